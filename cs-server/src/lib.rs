@@ -1,1 +1,25 @@
-//! Crypto Service library.
+//! The LURK Crypto Service (CS): it holds every credential of a TLS 1.3 client and answers
+//! the engine's LURK exchanges over gRPC (`lurk.tls13.v1.CryptoService`).
+//!
+//! Layout, from the wire inwards:
+//! - [`server`]: listeners (mTLS, or plaintext in dev), engine identity, graceful shutdown;
+//! - [`service`]: the tonic service: one handler per RPC, each calling its operation;
+//! - [`ops`]: one file per LURK exchange, enforcing LURK.md §2–§4;
+//! - [`session`]: the session table (the one place a replicated CS would replace);
+//! - [`ephemeral`]: (EC)DHE backends (token, memory, test vectors);
+//! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);
+//! - [`store`]: tickets and external PSKs in SQLite, sealed by the token;
+//! - [`error`]: the layer errors and the single mapping to gRPC + LURK status.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod ephemeral;
+pub mod error;
+pub mod init_dev;
+pub mod keys;
+pub mod ops;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod store;
+pub mod token;

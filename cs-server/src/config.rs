@@ -1,0 +1,318 @@
+//! Service configuration: a TOML file (see `deploy/lurk-cs.toml`, every key commented)
+//! overlaid with `LURK_*` environment variables (`LURK_LISTEN__ADDR=0.0.0.0:7443`, the
+//! double underscore separating sections). The token PIN is never read from this file: it
+//! comes from the environment variable or the file the `[token]` section names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub token: TokenConfig,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub ephemeral: EphemeralConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    #[serde(default)]
+    pub freshness: FreshnessConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Socket address of the gRPC listener.
+    pub addr: String,
+    /// TLS with client-certificate authentication. Required unless `plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Development only: serve gRPC without TLS. Engines then name themselves with the
+    /// `lurk-engine-id` metadata header, which nothing authenticates.
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the CS.
+    pub cert: PathBuf,
+    /// PEM private key of the CS's TLS certificate (transport only; no LURK credential).
+    pub key: PathBuf,
+    /// PEM CA certificates that issue engine client certificates.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Path of the PKCS#11 module (any module; SoftHSM2 is the default).
+    #[serde(default = "default_module")]
+    pub module: PathBuf,
+    /// Label of the token to use.
+    pub label: String,
+    /// Name of the environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// File holding the user PIN (first line; the file should be mode 0600).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Number of logged-in sessions kept open (0 = twice the number of CPUs).
+    #[serde(default)]
+    pub pool_size: usize,
+    /// Label of the AES key in the token that seals stored PSKs.
+    #[serde(default = "default_sealing_key")]
+    pub sealing_key: String,
+    /// Environment variables set before the module is initialised (e.g. SOFTHSM2_CONF).
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id engines name in their requests.
+    pub id: String,
+    /// The private key in the token: an RFC 7512 `pkcs11:` URI (`object=`, `id=`) or a label.
+    pub object: String,
+    /// PEM certificate chain of the key, leaf first.
+    pub certificate_chain: PathBuf,
+    /// Engine identities allowed to use this key; empty = every authenticated engine.
+    #[serde(default)]
+    pub allowed_engines: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EphemeralBackendKind {
+    /// (EC)DHE key pairs generated in the token as session objects (default).
+    #[default]
+    Token,
+    /// (EC)DHE key pairs in CS memory (ring), zeroized after use.
+    Memory,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EphemeralConfig {
+    #[serde(default)]
+    pub backend: EphemeralBackendKind,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file holding the sealed tickets and external PSKs.
+    pub path: PathBuf,
+    /// Ticket lifetime cap in seconds (RFC 8446 §4.6.1: at most 7 days).
+    #[serde(default = "default_ticket_lifetime")]
+    pub ticket_lifetime_secs: u64,
+    /// Tickets kept per engine identity.
+    #[serde(default = "default_max_tickets")]
+    pub max_tickets_per_engine: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Open LURK sessions at most (across all engines).
+    #[serde(default = "default_max_sessions")]
+    pub max: usize,
+    /// Open LURK sessions per engine identity at most.
+    #[serde(default = "default_max_sessions_per_engine")]
+    pub max_per_engine: usize,
+    /// Seconds a session lives without an exchange.
+    #[serde(default = "default_session_ttl")]
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max: default_max_sessions(),
+            max_per_engine: default_max_sessions_per_engine(),
+            ttl_secs: default_session_ttl(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FreshnessMode {
+    /// ClientHello.random = H(engine random ‖ "tls13 pfs clt") (draft-mglt-lurk-tls13).
+    #[default]
+    Draft,
+    /// ClientHello.random = H(engine random), as pylurk 0.0.3 does.
+    Pylurk,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessConfig {
+    #[serde(default)]
+    pub mode: FreshnessMode,
+    /// Test-vector mode: accepts `null` freshness and injected ephemeral keys. Never in
+    /// production: it lets the engine choose the random the CS signs over.
+    #[serde(default)]
+    pub test_vectors: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `lurk_cs=debug`, ...); RUST_LOG overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_module() -> PathBuf {
+    PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+}
+fn default_sealing_key() -> String {
+    "lurk-ticket-seal".to_owned()
+}
+fn default_ticket_lifetime() -> u64 {
+    7 * 24 * 3600
+}
+fn default_max_tickets() -> u32 {
+    64
+}
+fn default_max_sessions() -> usize {
+    100_000
+}
+fn default_max_sessions_per_engine() -> usize {
+    50_000
+}
+fn default_session_ttl() -> u64 {
+    30
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    /// Reads the TOML file, then the `LURK_*` environment variables over it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("LURK")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+        let cfg: Config = built
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (tests, `init-dev`), without environment overlay.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.tls.is_none() && !self.listen.plaintext {
+            return Err(ConfigError::Invalid(
+                "listen: set [listen.tls] (mTLS) or, for development only, plaintext = true".into(),
+            ));
+        }
+        if self.token.pin_env.is_none() && self.token.pin_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "token: set pin_env or pin_file (the PIN never goes in this file)".into(),
+            ));
+        }
+        if self.store.ticket_lifetime_secs > 7 * 24 * 3600 {
+            return Err(ConfigError::Invalid(
+                "store.ticket_lifetime_secs: RFC 8446 §4.6.1 caps ticket lifetime at 7 days".into(),
+            ));
+        }
+        if self.sessions.max == 0 || self.sessions.ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "sessions: max and ttl_secs must be > 0".into(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for k in &self.keys {
+            if !ids.insert(&k.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "keys: duplicate id {:?}",
+                    k.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listen]
+        addr = "127.0.0.1:0"
+        plaintext = true
+        [token]
+        label = "t"
+        pin_env = "LURK_TEST_PIN"
+        [store]
+        path = "/tmp/x.sqlite"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.ephemeral.backend, EphemeralBackendKind::Token);
+        assert_eq!(c.freshness.mode, FreshnessMode::Draft);
+        assert!(!c.freshness.test_vectors);
+        assert_eq!(c.sessions.ttl_secs, 30);
+    }
+
+    #[test]
+    fn a_pin_in_the_config_file_is_refused() {
+        let with_pin = MINIMAL.replace("pin_env = \"LURK_TEST_PIN\"", "pin = \"1234\"");
+        assert!(Config::from_toml(&with_pin).is_err());
+    }
+
+    #[test]
+    fn plaintext_must_be_explicit() {
+        let no_tls = MINIMAL.replace("plaintext = true", "");
+        assert!(Config::from_toml(&no_tls).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Errors, one type per layer, and the one place where they become a gRPC status plus a
+//! LURK status: `TokenError` (PKCS#11) and `StoreError` (SQLite) → `ServiceError` →
+//! `tonic::Status` with the `lurk-status` metadata.
+//!
+//! Messages never carry secret material: a refusal names the rule that was broken, an
+//! internal failure names the operation that failed.
+
+use std::fmt;
+
+use lurk_proto::status::{LurkStatus, LURK_STATUS_METADATA};
+
+/// Configuration errors (start-up only).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Errors of the PKCS#11 token layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    #[error("cannot load PKCS#11 module {module}: {reason}")]
+    Module { module: String, reason: String },
+    #[error("no token labelled {0:?} in any slot")]
+    TokenNotFound(String),
+    #[error("cannot read the token PIN: {0}")]
+    Pin(String),
+    #[error("login to token {label:?} failed: {reason}")]
+    Login { label: String, reason: String },
+    #[error("the token lacks mechanisms this configuration needs: {}", .0.join(", "))]
+    MissingMechanisms(Vec<String>),
+    #[error("key not found in the token: {0}")]
+    KeyNotFound(String),
+    #[error("unsupported key: {0}")]
+    UnsupportedKey(String),
+    #[error("unsupported group or scheme: {0}")]
+    Unsupported(String),
+    #[error("invalid peer public key for {0}")]
+    InvalidPeerKey(&'static str),
+    #[error("sealed data failed authentication")]
+    Unseal,
+    #[error("PKCS#11 {op} failed: {reason}")]
+    Pkcs11 { op: &'static str, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TokenError {
+    /// Wraps a cryptoki error with the name of the call that failed.
+    pub fn pkcs11(op: &'static str, e: impl fmt::Display) -> Self {
+        Self::Pkcs11 {
+            op,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Errors of the ticket store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("ticket store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("ticket store schema version {found} is not supported (expected {expected})")]
+    Schema { found: i64, expected: i64 },
+    #[error("too many tickets for engine {engine:?} (cap {cap})")]
+    TooManyTickets { engine: String, cap: u32 },
+    #[error("ticket store: sealing failed: {0}")]
+    Seal(#[from] TokenError),
+    #[error("ticket store: {0}")]
+    Other(String),
+}
+
+/// What an operation returns when it fails.
+#[derive(Debug)]
+pub enum ServiceError {
+    /// The request broke a rule of the protocol or of the policy: refused with this status.
+    Refused { status: LurkStatus, reason: String },
+    /// The token failed.
+    Token(TokenError),
+    /// The store failed.
+    Store(StoreError),
+    /// Anything else on our side.
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn refuse(status: LurkStatus, reason: impl Into<String>) -> Self {
+        Self::Refused {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The LURK status this error is reported with.
+    pub fn lurk_status(&self) -> LurkStatus {
+        match self {
+            Self::Refused { status, .. } => *status,
+            Self::Token(TokenError::InvalidPeerKey(_)) => LurkStatus::InvalidEphemeral,
+            Self::Token(TokenError::KeyNotFound(_)) => LurkStatus::InvalidCertificate,
+            Self::Token(TokenError::Unseal) => LurkStatus::InvalidPsk,
+            Self::Token(TokenError::Unsupported(_)) => LurkStatus::InvalidSignatureScheme,
+            Self::Token(_) => LurkStatus::UndefinedError,
+            Self::Store(StoreError::TooManyTickets { .. }) => LurkStatus::TooManyTickets,
+            Self::Store(StoreError::Seal(TokenError::Unseal)) => LurkStatus::InvalidPsk,
+            Self::Store(_) => LurkStatus::UndefinedError,
+            Self::Internal(_) => LurkStatus::UndefinedError,
+        }
+    }
+
+    fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::Refused { status, .. } => match status {
+                LurkStatus::Unauthenticated => tonic::Code::Unauthenticated,
+                LurkStatus::InvalidSessionId => tonic::Code::NotFound,
+                LurkStatus::InvalidStatus => tonic::Code::FailedPrecondition,
+                LurkStatus::TooManySessions | LurkStatus::TooManyTickets => {
+                    tonic::Code::ResourceExhausted
+                }
+                LurkStatus::UndefinedError => tonic::Code::Internal,
+                _ => tonic::Code::InvalidArgument,
+            },
+            Self::Token(TokenError::InvalidPeerKey(_)) => tonic::Code::InvalidArgument,
+            Self::Token(TokenError::KeyNotFound(_)) => tonic::Code::InvalidArgument,
+            Self::Token(TokenError::Unseal) => tonic::Code::InvalidArgument,
+            Self::Token(TokenError::Unsupported(_)) => tonic::Code::InvalidArgument,
+            Self::Store(StoreError::TooManyTickets { .. }) => tonic::Code::ResourceExhausted,
+            Self::Token(_) | Self::Store(_) => tonic::Code::Unavailable,
+            Self::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused { status, reason } => write!(f, "{}: {reason}", status.name()),
+            Self::Token(e) => write!(f, "token: {e}"),
+            Self::Store(e) => write!(f, "{e}"),
+            Self::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl From<TokenError> for ServiceError {
+    fn from(e: TokenError) -> Self {
+        Self::Token(e)
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooManyTickets { .. } => {
+                Self::refuse(LurkStatus::TooManyTickets, e.to_string())
+            }
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<lurk_proto::wire::WireError> for ServiceError {
+    fn from(e: lurk_proto::wire::WireError) -> Self {
+        Self::refuse(LurkStatus::InvalidFormat, e.to_string())
+    }
+}
+
+/// The one mapping to what the engine sees: a gRPC status whose metadata carries the LURK
+/// status number. Internal details (token and store failures) are logged, not returned.
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        let lurk = e.lurk_status();
+        let message = match &e {
+            ServiceError::Refused { .. } => e.to_string(),
+            ServiceError::Token(TokenError::InvalidPeerKey(_))
+            | ServiceError::Token(TokenError::KeyNotFound(_))
+            | ServiceError::Token(TokenError::Unseal)
+            | ServiceError::Token(TokenError::Unsupported(_))
+            | ServiceError::Store(StoreError::TooManyTickets { .. }) => {
+                format!("{}: {e}", lurk.name())
+            }
+            _ => {
+                tracing::error!(error = %e, "request failed on the CS side");
+                format!("{}: the crypto service failed; see its log", lurk.name())
+            }
+        };
+        let mut status = tonic::Status::new(e.grpc_code(), message);
+        if let Ok(v) = lurk.code().to_string().parse() {
+            status.metadata_mut().insert(LURK_STATUS_METADATA, v);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_the_lurk_status_number() {
+        let st: tonic::Status =
+            ServiceError::refuse(LurkStatus::InvalidSessionId, "unknown session").into();
+        assert_eq!(st.code(), tonic::Code::NotFound);
+        assert_eq!(
+            LurkStatus::from_grpc(&st),
+            Some(LurkStatus::InvalidSessionId)
+        );
+        assert!(st.message().contains("invalid_session_id"));
+    }
+
+    #[test]
+    fn internal_failures_do_not_leak_details() {
+        let st: tonic::Status =
+            ServiceError::Token(TokenError::pkcs11("C_Sign", "CKR_DEVICE_ERROR secret-ish")).into();
+        assert_eq!(LurkStatus::from_grpc(&st), Some(LurkStatus::UndefinedError));
+        assert!(!st.message().contains("secret-ish"));
+    }
+}
