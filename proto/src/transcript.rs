@@ -1,1 +1,184 @@
-//! TODO-skeleton
+//! The handshake transcript (RFC 8446 §4.4.1).
+//!
+//! The Crypto Service must hash before it knows the hash: it computes binders with each PSK's
+//! own hash at ClientHello time and learns the cipher suite only from the ServerHello (or the
+//! HelloRetryRequest). A [`Transcript`] therefore keeps the exact bytes it was given (LURK.md
+//! §4.2: never re-encode) together with a running SHA-256 and SHA-384 context, so that the hash
+//! of everything so far, with either function, costs one clone of a digest context. A handshake
+//! is a few kilobytes, so hashing every message twice is cheap.
+
+use std::fmt;
+
+use ring::digest;
+
+use crate::wire::enums::{HandshakeType, HashAlg};
+
+/// Length of a handshake message header: msg_type (1) + uint24 length (RFC 8446 §4).
+const HANDSHAKE_HEADER_LEN: usize = 4;
+
+/// Why the transcript could not be restarted for a HelloRetryRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TranscriptError {
+    /// The transcript does not start with a whole handshake message.
+    TruncatedFirstMessage,
+    /// The first message is not a ClientHello.
+    FirstMessageNotClientHello { got: u8 },
+    /// The transcript was already restarted: a second HelloRetryRequest in one connection is
+    /// illegal (RFC 8446 §4.1.4).
+    AlreadyRestarted,
+}
+
+impl fmt::Display for TranscriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TruncatedFirstMessage => {
+                write!(
+                    f,
+                    "the transcript does not start with a whole handshake message"
+                )
+            }
+            Self::FirstMessageNotClientHello { got } => {
+                write!(
+                    f,
+                    "the transcript starts with handshake type {got}, not a ClientHello"
+                )
+            }
+            Self::AlreadyRestarted => write!(
+                f,
+                "the transcript was already restarted for a HelloRetryRequest (RFC 8446 §4.1.4)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TranscriptError {}
+
+/// The concatenation of the handshake messages so far (with their 4-byte headers), hashable
+/// with any TLS 1.3 hash at any time. `Clone` forks it (e.g. one branch per PSK candidate).
+#[derive(Clone)]
+pub struct Transcript {
+    messages: Vec<u8>,
+    sha256: digest::Context,
+    sha384: digest::Context,
+    hello_retry_hash: Option<HashAlg>,
+}
+
+impl Default for Transcript {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transcript")
+            .field("len", &self.messages.len())
+            .field("hello_retry_hash", &self.hello_retry_hash)
+            .finish()
+    }
+}
+
+impl Transcript {
+    pub fn new() -> Self {
+        Self {
+            messages: Vec::new(),
+            sha256: digest::Context::new(HashAlg::Sha256.digest_algorithm()),
+            sha384: digest::Context::new(HashAlg::Sha384.digest_algorithm()),
+            hello_retry_hash: None,
+        }
+    }
+
+    /// Appends handshake messages exactly as they were (or will be) sent, headers included.
+    pub fn add(&mut self, raw_messages: &[u8]) {
+        self.messages.extend_from_slice(raw_messages);
+        self.sha256.update(raw_messages);
+        self.sha384.update(raw_messages);
+    }
+
+    /// Transcript-Hash of everything added so far.
+    pub fn hash(&self, alg: HashAlg) -> Vec<u8> {
+        self.context(alg).clone().finish().as_ref().to_vec()
+    }
+
+    /// Transcript-Hash of everything added so far followed by `extra`, which is not added: e.g.
+    /// a ClientHello truncated before its binders (RFC 8446 §4.2.11.2).
+    pub fn hash_with(&self, alg: HashAlg, extra: &[u8]) -> Vec<u8> {
+        let mut context = self.context(alg).clone();
+        context.update(extra);
+        context.finish().as_ref().to_vec()
+    }
+
+    /// The exact bytes added so far (after a restart, starting with the message_hash message).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.messages
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The hash the transcript was restarted with, if a HelloRetryRequest happened. From then
+    /// on only that hash is meaningful, and the ServerHello must select a suite with it
+    /// (RFC 8446 §4.1.4: same cipher suite as the HelloRetryRequest): callers check that.
+    pub fn hello_retry_hash(&self) -> Option<HashAlg> {
+        self.hello_retry_hash
+    }
+
+    /// Replaces the first ClientHello by the synthetic message
+    /// `message_hash(254) || 00 00 Hash.length || Hash(ClientHello1)` (RFC 8446 §4.4.1),
+    /// keeping every message added after it (the HelloRetryRequest may already be there).
+    pub fn restart_for_hello_retry(&mut self, alg: HashAlg) -> Result<(), TranscriptError> {
+        if self.hello_retry_hash.is_some() {
+            return Err(TranscriptError::AlreadyRestarted);
+        }
+        let first_len = self.first_message_len()?;
+        let client_hello_hash = alg.hash(&self.messages[..first_len]);
+
+        let mut restarted = Self::new();
+        restarted.add(&message_hash_message(&client_hello_hash));
+        restarted.add(&self.messages[first_len..]);
+        restarted.hello_retry_hash = Some(alg);
+        *self = restarted;
+        Ok(())
+    }
+
+    fn first_message_len(&self) -> Result<usize, TranscriptError> {
+        let header = self
+            .messages
+            .get(..HANDSHAKE_HEADER_LEN)
+            .ok_or(TranscriptError::TruncatedFirstMessage)?;
+        if header[0] != HandshakeType::ClientHello.get() {
+            return Err(TranscriptError::FirstMessageNotClientHello { got: header[0] });
+        }
+        let body_len =
+            usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
+        let total = HANDSHAKE_HEADER_LEN + body_len;
+        if total > self.messages.len() {
+            return Err(TranscriptError::TruncatedFirstMessage);
+        }
+        Ok(total)
+    }
+
+    fn context(&self, alg: HashAlg) -> &digest::Context {
+        match alg {
+            HashAlg::Sha256 => &self.sha256,
+            HashAlg::Sha384 => &self.sha384,
+        }
+    }
+}
+
+/// The synthetic handshake message that stands for ClientHello1 after a HelloRetryRequest
+/// (RFC 8446 §4.4.1).
+pub fn message_hash_message(client_hello_hash: &[u8]) -> Vec<u8> {
+    let hash_len =
+        u8::try_from(client_hello_hash.len()).expect("a TLS 1.3 hash is at most 64 bytes");
+    let mut message = Vec::with_capacity(HANDSHAKE_HEADER_LEN + client_hello_hash.len());
+    message.extend_from_slice(&[HandshakeType::MessageHash.get(), 0, 0, hash_len]);
+    message.extend_from_slice(client_hello_hash);
+    message
+}
