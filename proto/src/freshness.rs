@@ -110,3 +110,91 @@ pub fn client_random(
 pub fn freshness_from_wire(value: i32) -> Option<pb::Freshness> {
     pb::Freshness::try_from(value).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_random() -> [u8; RANDOM_LEN] {
+        std::array::from_fn(|i| i as u8)
+    }
+
+    fn first_32(algorithm: &'static digest::Algorithm, parts: &[&[u8]]) -> [u8; RANDOM_LEN] {
+        let mut context = digest::Context::new(algorithm);
+        for part in parts {
+            context.update(part);
+        }
+        let mut out = [0u8; RANDOM_LEN];
+        out.copy_from_slice(&context.finish().as_ref()[..RANDOM_LEN]);
+        out
+    }
+
+    #[test]
+    fn draft_and_pylurk_match_their_formulas() {
+        let random = engine_random();
+        for (freshness, algorithm) in [
+            (pb::Freshness::Sha256, &digest::SHA256),
+            (pb::Freshness::Sha384, &digest::SHA384),
+            (pb::Freshness::Sha512, &digest::SHA512),
+        ] {
+            let draft = client_random(freshness, FreshnessMode::Draft, &random);
+            let pylurk = client_random(freshness, FreshnessMode::Pylurk, &random);
+            assert_eq!(draft, first_32(algorithm, &[&random, b"tls13 pfs clt"]));
+            assert_eq!(pylurk, first_32(algorithm, &[&random]));
+            assert_ne!(draft, pylurk);
+            assert_ne!(draft, random);
+        }
+    }
+
+    /// Values from Python's hashlib, for engine_random = 00 01 .. 1f.
+    #[test]
+    fn known_answers() {
+        let random = engine_random();
+        let known = [
+            (
+                pb::Freshness::Sha256,
+                FreshnessMode::Draft,
+                "678327fe10b52477c6473e53dc163f8f62816e84890a201172547c5d4284dee7",
+            ),
+            (
+                pb::Freshness::Sha384,
+                FreshnessMode::Draft,
+                "a9b8e0f102d9df89481f545e0fd57639d3b09bf862380994f81d73b8c4243466",
+            ),
+            (
+                pb::Freshness::Sha512,
+                FreshnessMode::Pylurk,
+                "3d94eea49c580aef816935762be049559d6d1440dede12e6a125f1841fff8e6f",
+            ),
+        ];
+        for (freshness, mode, expected) in known {
+            assert_eq!(
+                hex::encode(client_random(freshness, mode, &random)),
+                expected,
+                "{freshness:?} {mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn null_keeps_the_engine_random() {
+        let random = engine_random();
+        for mode in [FreshnessMode::Draft, FreshnessMode::Pylurk] {
+            assert_eq!(client_random(pb::Freshness::Null, mode, &random), random);
+        }
+        assert!(freshness_digest(pb::Freshness::Null).is_none());
+    }
+
+    #[test]
+    fn mode_names_and_wire_numbers() {
+        assert_eq!(FreshnessMode::default(), FreshnessMode::Draft);
+        assert_eq!("PyLurk".parse(), Ok(FreshnessMode::Pylurk));
+        assert_eq!("draft".parse(), Ok(FreshnessMode::Draft));
+        assert!("sha256".parse::<FreshnessMode>().is_err());
+        assert_eq!(FreshnessMode::Pylurk.to_string(), "pylurk");
+        assert_eq!(freshness_from_wire(0), Some(pb::Freshness::Sha256));
+        assert_eq!(freshness_from_wire(2), Some(pb::Freshness::Sha512));
+        assert_eq!(freshness_from_wire(255), Some(pb::Freshness::Null));
+        assert_eq!(freshness_from_wire(3), None);
+    }
+}

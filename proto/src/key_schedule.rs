@@ -533,3 +533,189 @@ pub fn next_application_traffic_secret(hash: HashAlg, traffic_secret: &[u8]) -> 
         hash.output_len(),
     )
 }
+
+#[cfg(test)]
+pub(crate) mod rfc8448_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(text: &str) -> Vec<u8> {
+        hex::decode(text).expect("test constant is hex")
+    }
+
+    #[test]
+    fn secret_debug_shows_only_its_length() {
+        let secret = Secret::from_bytes(&[0xab; 32]);
+        assert_eq!(format!("{secret:?}"), "Secret(32 bytes)");
+        let schedule = KeyScheduleEarly::new(HashAlg::Sha256, Some(&[0xab; 32]));
+        assert!(!format!("{schedule:?}").contains("ab, ab"));
+        assert!(!format!("{schedule:?}").to_lowercase().contains("abab"));
+    }
+
+    #[test]
+    fn secret_ct_eq_compares_contents_and_length() {
+        let secret = Secret::from_vec(vec![1, 2, 3]);
+        assert!(secret.ct_eq(&[1, 2, 3]));
+        assert!(!secret.ct_eq(&[1, 2, 4]));
+        assert!(!secret.ct_eq(&[1, 2]));
+        assert_eq!(secret.len(), 3);
+        assert!(!secret.is_empty());
+        assert_eq!(secret.as_bytes(), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn every_label_is_the_rfc_one() {
+        let all = [
+            (SecretKind::ExternalPskBinderKey, "ext binder"),
+            (SecretKind::ResumptionPskBinderKey, "res binder"),
+            (SecretKind::ClientEarlyTrafficSecret, "c e traffic"),
+            (SecretKind::EarlyExporterMasterSecret, "e exp master"),
+            (SecretKind::ClientHandshakeTrafficSecret, "c hs traffic"),
+            (SecretKind::ServerHandshakeTrafficSecret, "s hs traffic"),
+            (SecretKind::ClientApplicationTrafficSecret, "c ap traffic"),
+            (SecretKind::ServerApplicationTrafficSecret, "s ap traffic"),
+            (SecretKind::ExporterMasterSecret, "exp master"),
+            (SecretKind::ResumptionMasterSecret, "res master"),
+            (SecretKind::Derived, "derived"),
+            (SecretKind::FinishedKey, "finished"),
+            (SecretKind::TrafficKey, "key"),
+            (SecretKind::TrafficIv, "iv"),
+            (SecretKind::TrafficUpdate, "traffic upd"),
+            (SecretKind::ResumptionPsk, "resumption"),
+        ];
+        for (kind, label) in all {
+            assert_eq!(kind.label(), label.as_bytes());
+        }
+    }
+
+    #[test]
+    fn empty_salt_is_hash_length_zeros() {
+        for hash in [HashAlg::Sha256, HashAlg::Sha384] {
+            let zeros = vec![0u8; hash.output_len()];
+            let implicit = hkdf_extract(hash, &[], b"ikm");
+            let explicit = hkdf_extract(hash, &zeros, b"ikm");
+            assert!(implicit.ct_eq(explicit.as_bytes()));
+            assert_eq!(implicit.len(), hash.output_len());
+        }
+    }
+
+    /// psk_ke (RFC 8446 §4.2.9): no (EC)DHE, the Handshake Secret's IKM is Hash.length zeros.
+    #[test]
+    fn psk_only_handshake_uses_zero_ikm() {
+        for hash in [HashAlg::Sha256, HashAlg::Sha384] {
+            let psk = [7u8; 32];
+            let zeros = vec![0u8; hash.output_len()];
+            let psk_ke = KeyScheduleEarly::new(hash, Some(&psk)).into_handshake(None);
+            let explicit_zeros =
+                KeyScheduleEarly::new(hash, Some(&psk)).into_handshake(Some(&zeros));
+            let with_ecdhe =
+                KeyScheduleEarly::new(hash, Some(&psk)).into_handshake(Some(&[9u8; 32]));
+            assert!(psk_ke
+                .handshake_secret
+                .ct_eq(explicit_zeros.handshake_secret.as_bytes()));
+            assert!(!psk_ke
+                .handshake_secret
+                .ct_eq(with_ecdhe.handshake_secret.as_bytes()));
+            let th = hash.hash(b"ClientHello..ServerHello");
+            assert!(psk_ke.client_handshake_traffic_secret(&th).ct_eq(
+                explicit_zeros
+                    .client_handshake_traffic_secret(&th)
+                    .as_bytes()
+            ));
+        }
+        // Without a PSK the early secret is the one of RFC 8448 §3 (IKM zeros as well).
+        let no_psk = KeyScheduleEarly::new(HashAlg::Sha256, None);
+        assert!(no_psk.early_secret.ct_eq(&unhex(
+            "33ad0a1c607ec03b09e6cd9893680ce210adf300aa1f2660e1b22e10f170f92a"
+        )));
+    }
+
+    /// SHA-384 has no RFC 8448 trace: these values come from an independent Python
+    /// implementation (hmac/hashlib) of RFC 8446 §7.1, with ECDHE = 01..20 and the transcript
+    /// hash SHA-384("transcript").
+    #[test]
+    fn sha384_schedule_matches_an_independent_implementation() {
+        let hash = HashAlg::Sha384;
+        let early = KeyScheduleEarly::new(hash, None);
+        assert!(early.early_secret.ct_eq(&unhex(
+            "7ee8206f5570023e6dc7519eb1073bc4e791ad37b5c382aa10ba18e2357e716971f9362f2c2fe2a76bfd78dfec4ea9b5"
+        )));
+        assert!(derived_salt(hash, early.early_secret.as_bytes()).ct_eq(&unhex(
+            "1591dac5cbbf0330a4a84de9c753330e92d01f0a88214b4464972fd668049e93e52f2b16fad922fdc0584478428f282b"
+        )));
+        let ecdhe: Vec<u8> = (1..=32).collect();
+        let handshake = early.into_handshake(Some(&ecdhe));
+        assert!(handshake.handshake_secret.ct_eq(&unhex(
+            "20a354fb9049f8995b72aa0f1ab1407014e4f8ee3d5a7cf96050ae1ae81c50444ad026c9897ab0ebab5802bfcc57f2a4"
+        )));
+        let th = hash.hash(b"transcript");
+        let chts = handshake.client_handshake_traffic_secret(&th);
+        assert!(chts.ct_eq(&unhex(
+            "68e11174d7df6fb5ec4927f2fde40a75ee4a7e35e6f95187ca9a087d65dbfdf5d03c1090c627c4f5713304dff21aada3"
+        )));
+        let (key, iv) =
+            traffic_key_iv(CipherSuite::TlsAes256GcmSha384, chts.as_bytes()).expect("supported");
+        assert!(key.ct_eq(&unhex(
+            "e4c48798fa9e60ef3ce858e489ee6b2a6a6bdfb3219d0a44d3256a00b2fc66b8"
+        )));
+        assert_eq!(iv.to_vec(), unhex("76b430222f7dcaa15dddd50d"));
+        assert_eq!(
+            finished_verify_data(hash, chts.as_bytes(), &th),
+            unhex("77d06c7204189d0dd0e7755a4f006c4668357d1610e331297f49eee66d77c6a27e82d3dca192ea0172b54b0552b25d64")
+        );
+        let master = handshake.into_master();
+        assert!(master.master_secret.ct_eq(&unhex(
+            "c01176af5b1206edfb9dda9369796bc341484a9873d08b8120e7aba9fd05ac0a9830d3d9bb8e6dd2ce7b693d0103730d"
+        )));
+    }
+
+    #[test]
+    fn traffic_key_lengths_follow_the_suite() {
+        let secret = [5u8; 32];
+        for (suite, key_len) in [
+            (CipherSuite::TlsAes128GcmSha256, 16),
+            (CipherSuite::TlsChacha20Poly1305Sha256, 32),
+        ] {
+            let (key, iv) = traffic_key_iv(suite, &secret).expect("supported");
+            assert_eq!(key.len(), key_len);
+            assert_eq!(iv.len(), TRAFFIC_IV_LEN);
+        }
+        let (key, _) = traffic_key_iv(CipherSuite::TlsAes256GcmSha384, &[5u8; 48]).expect("ok");
+        assert_eq!(key.len(), 32);
+        assert!(traffic_key_iv(CipherSuite::TlsAes128CcmSha256, &secret).is_none());
+        assert!(traffic_key_iv(CipherSuite::Unknown(0x1399), &secret).is_none());
+    }
+
+    #[test]
+    fn verify_finished_rejects_wrong_length_and_wrong_transcript() {
+        let hash = HashAlg::Sha256;
+        let base = [3u8; 32];
+        let th = hash.hash(b"messages");
+        let verify_data = finished_verify_data(hash, &base, &th);
+        assert!(verify_finished(hash, &base, &th, &verify_data));
+        assert!(!verify_finished(hash, &base, &th, &verify_data[..16]));
+        assert!(!verify_finished(
+            hash,
+            &base,
+            &hash.hash(b"other"),
+            &verify_data
+        ));
+        assert!(!verify_finished(hash, &[4u8; 32], &th, &verify_data));
+    }
+
+    #[test]
+    fn psk_kind_maps_to_the_contract() {
+        for kind in [PskKind::External, PskKind::Resumption] {
+            assert_eq!(PskKind::from(pb::PskType::from(kind)), kind);
+        }
+        assert_eq!(PskKind::from(pb::PskType::Resumption), PskKind::Resumption);
+    }
+
+    #[test]
+    #[should_panic(expected = "HkdfLabel.context")]
+    fn oversized_context_is_refused() {
+        hkdf_expand_label(HashAlg::Sha256, &[0u8; 32], b"key", &[0u8; 256], 16);
+    }
+}

@@ -182,3 +182,149 @@ pub fn message_hash_message(client_hello_hash: &[u8]) -> Vec<u8> {
     message.extend_from_slice(client_hello_hash);
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_schedule::rfc8448_tests::section;
+
+    #[test]
+    fn hashes_with_either_function_after_the_fact() {
+        let simple = section("simple_1rtt");
+        let client_hello = simple.message("client_hello");
+        let server_hello = simple.message("server_hello");
+        let mut transcript = Transcript::new();
+        assert!(transcript.is_empty());
+        transcript.add(&client_hello);
+        transcript.add(&server_hello);
+        assert_eq!(
+            transcript.hash(HashAlg::Sha256),
+            simple.schedule("transcript_hash_for_handshake_secrets")
+        );
+        let both = [client_hello.as_slice(), server_hello.as_slice()].concat();
+        assert_eq!(
+            transcript.hash(HashAlg::Sha384),
+            HashAlg::Sha384.hash(&both)
+        );
+        assert_eq!(transcript.as_bytes(), both);
+        assert_eq!(transcript.len(), both.len());
+        assert_eq!(
+            Transcript::new().hash(HashAlg::Sha256),
+            HashAlg::Sha256.hash(&[])
+        );
+    }
+
+    #[test]
+    fn hash_with_does_not_add() {
+        let simple = section("simple_1rtt");
+        let mut transcript = Transcript::new();
+        transcript.add(&simple.message("client_hello"));
+        let server_hello = simple.message("server_hello");
+        let peeked = transcript.hash_with(HashAlg::Sha256, &server_hello);
+        assert_eq!(
+            peeked,
+            simple.schedule("transcript_hash_for_handshake_secrets")
+        );
+        assert_eq!(
+            transcript.hash(HashAlg::Sha256),
+            HashAlg::Sha256.hash(&simple.message("client_hello"))
+        );
+    }
+
+    #[test]
+    fn clone_forks_the_transcript() {
+        let mut trunk = Transcript::new();
+        trunk.add(b"\x01\x00\x00\x00");
+        let mut branch = trunk.clone();
+        branch.add(b"more");
+        assert_ne!(trunk.hash(HashAlg::Sha256), branch.hash(HashAlg::Sha256));
+        assert_eq!(
+            trunk.hash(HashAlg::Sha256),
+            HashAlg::Sha256.hash(b"\x01\x00\x00\x00")
+        );
+    }
+
+    /// RFC 8448 §5: ClientHello1 becomes message_hash, and the handshake traffic secrets come
+    /// out right (checked in full in key_schedule's RFC 8448 tests); here, restarting before or
+    /// after the HelloRetryRequest was added gives the same transcript.
+    #[test]
+    fn hello_retry_restart_before_or_after_the_hrr() {
+        let hrr = section("hello_retry_request");
+        let expected_message_hash = hrr.verification_derived("message_hash_of_client_hello_1");
+        assert_eq!(
+            message_hash_message(&HashAlg::Sha256.hash(&hrr.message("client_hello"))),
+            expected_message_hash
+        );
+
+        let mut restarted_early = Transcript::new();
+        restarted_early.add(&hrr.message("client_hello"));
+        restarted_early
+            .restart_for_hello_retry(HashAlg::Sha256)
+            .expect("ClientHello1");
+        assert_eq!(restarted_early.as_bytes(), expected_message_hash);
+        restarted_early.add(&hrr.message("hello_retry_request"));
+
+        let mut restarted_late = Transcript::new();
+        restarted_late.add(&hrr.message("client_hello"));
+        restarted_late.add(&hrr.message("hello_retry_request"));
+        restarted_late
+            .restart_for_hello_retry(HashAlg::Sha256)
+            .expect("ClientHello1");
+        assert_eq!(restarted_late.hello_retry_hash(), Some(HashAlg::Sha256));
+
+        for transcript in [&mut restarted_early, &mut restarted_late] {
+            transcript.add(&hrr.message("client_hello_2"));
+            transcript.add(&hrr.message("server_hello"));
+            assert_eq!(
+                transcript.hash(HashAlg::Sha256),
+                hrr.schedule("transcript_hash_for_handshake_secrets")
+            );
+        }
+    }
+
+    #[test]
+    fn hello_retry_restart_with_sha384_uses_a_48_byte_hash() {
+        let client_hello = section("simple_1rtt").message("client_hello");
+        let mut transcript = Transcript::new();
+        transcript.add(&client_hello);
+        transcript
+            .restart_for_hello_retry(HashAlg::Sha384)
+            .expect("ClientHello1");
+        let bytes = transcript.as_bytes();
+        assert_eq!(&bytes[..4], &[0xfe, 0, 0, 48]);
+        assert_eq!(&bytes[4..], HashAlg::Sha384.hash(&client_hello));
+    }
+
+    #[test]
+    fn hello_retry_restart_errors() {
+        assert_eq!(
+            Transcript::new().restart_for_hello_retry(HashAlg::Sha256),
+            Err(TranscriptError::TruncatedFirstMessage)
+        );
+
+        let mut not_client_hello = Transcript::new();
+        not_client_hello.add(&section("simple_1rtt").message("server_hello"));
+        assert_eq!(
+            not_client_hello.restart_for_hello_retry(HashAlg::Sha256),
+            Err(TranscriptError::FirstMessageNotClientHello { got: 2 })
+        );
+
+        let client_hello = section("simple_1rtt").message("client_hello");
+        let mut truncated = Transcript::new();
+        truncated.add(&client_hello[..client_hello.len() - 1]);
+        assert_eq!(
+            truncated.restart_for_hello_retry(HashAlg::Sha256),
+            Err(TranscriptError::TruncatedFirstMessage)
+        );
+
+        let mut twice = Transcript::new();
+        twice.add(&client_hello);
+        twice
+            .restart_for_hello_retry(HashAlg::Sha256)
+            .expect("first");
+        assert_eq!(
+            twice.restart_for_hello_retry(HashAlg::Sha256),
+            Err(TranscriptError::AlreadyRestarted)
+        );
+    }
+}
