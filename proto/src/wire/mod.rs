@@ -1,7 +1,39 @@
 //! TLS 1.3 wire types (RFC 8446 §4), read from and spliced into exact wire bytes.
+//!
+//! - [`codec`]: [`Reader`] and the length-prefixed writers.
+//! - [`handshake`]: the 4-byte handshake header, splitting a flight into messages.
+//! - [`extensions`]: the extension list and the extensions TLS 1.3 clients meet.
+//! - [`hello`]: ClientHello / ServerHello / HelloRetryRequest views, ClientHello splicing
+//!   for the Crypto Service, and [`ClientHelloBuilder`] for the engine.
+//! - [`messages`]: the other handshake messages (views and encoders).
+//!
+//! Views borrow the input (zero-copy) and check the structural rules of RFC 8446 while
+//! parsing ("parse, don't validate"); nothing here re-encodes a received message.
+pub mod codec;
 pub mod enums;
+pub mod extensions;
+pub mod handshake;
+pub mod hello;
+pub mod messages;
 
+#[cfg(test)]
+pub(crate) mod test_vectors;
+
+pub use codec::Reader;
 pub use enums::*;
+pub use extensions::{
+    Extension, ExtensionContext, KeyShareEntry, OfferedPsks, PskBinder, PskIdentity,
+};
+pub use handshake::{encode_handshake, split_handshake_messages, HandshakeMessage};
+pub use hello::{
+    binders_offset, complete_client_hello, set_binders, truncated_for_binders, ClientHello,
+    ClientHelloBuilder, ServerHello,
+};
+pub use messages::{
+    encode_certificate, encode_certificate_verify, encode_end_of_early_data, encode_finished,
+    encode_key_update, message_hash, Certificate, CertificateEntry, CertificateRequest,
+    CertificateVerify, EncryptedExtensions, EndOfEarlyData, Finished, KeyUpdate, NewSessionTicket,
+};
 
 use std::fmt;
 
@@ -17,6 +49,38 @@ pub enum WireError {
     Invalid(String),
     /// A handshake message of another type was expected.
     UnexpectedMessage { expected: &'static str, got: u8 },
+    /// The same extension type appears twice in one message (RFC 8446 §4.2).
+    DuplicateExtension { message: &'static str, typ: u16 },
+    /// An extension RFC 8446 §4.2 does not allow in this message.
+    ExtensionNotAllowed { message: &'static str, typ: u16 },
+    /// pre_shared_key is not the last ClientHello extension (RFC 8446 §4.2.11).
+    PreSharedKeyNotLast,
+    /// The numbers of PSK identities and binders differ (RFC 8446 §4.2.11).
+    BinderCountMismatch { identities: usize, binders: usize },
+    /// A value does not fit its length prefix (encoding, or splicing a value in).
+    TooLong(&'static str),
+}
+
+impl WireError {
+    /// The alert RFC 8446 §6.2 prescribes for this error: decode_error for bytes that do not
+    /// parse, illegal_parameter for well-formed values that break a rule.
+    pub fn alert(&self) -> AlertDescription {
+        match self {
+            Self::Truncated(_) | Self::TrailingBytes(_) | Self::TooLong(_) => {
+                AlertDescription::DecodeError
+            }
+            Self::UnexpectedMessage { .. } => AlertDescription::UnexpectedMessage,
+            Self::Invalid(_)
+            | Self::DuplicateExtension { .. }
+            | Self::ExtensionNotAllowed { .. }
+            | Self::PreSharedKeyNotLast
+            | Self::BinderCountMismatch { .. } => AlertDescription::IllegalParameter,
+        }
+    }
+
+    pub(crate) fn invalid(why: impl Into<String>) -> Self {
+        Self::Invalid(why.into())
+    }
 }
 
 impl fmt::Display for WireError {
@@ -28,6 +92,23 @@ impl fmt::Display for WireError {
             Self::UnexpectedMessage { expected, got } => {
                 write!(f, "expected {expected}, got handshake type {got}")
             }
+            Self::DuplicateExtension { message, typ } => {
+                write!(f, "duplicate extension {typ:#06x} in {message}")
+            }
+            Self::ExtensionNotAllowed { message, typ } => {
+                write!(f, "extension {typ:#06x} is not allowed in {message}")
+            }
+            Self::PreSharedKeyNotLast => {
+                write!(f, "pre_shared_key is not the last ClientHello extension")
+            }
+            Self::BinderCountMismatch {
+                identities,
+                binders,
+            } => write!(
+                f,
+                "pre_shared_key has {identities} identities but {binders} binders"
+            ),
+            Self::TooLong(what) => write!(f, "{what} is too long for its length field"),
         }
     }
 }
