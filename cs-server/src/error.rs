@@ -73,6 +73,15 @@ pub enum StoreError {
     TooManyTickets { engine: String, cap: u32 },
     #[error("ticket store: sealing failed: {0}")]
     Seal(#[from] TokenError),
+    #[error("ticket store: invalid input: {0}")]
+    Invalid(String),
+    #[error("ticket store: corrupt row: {0}")]
+    Corrupt(String),
+    #[error("ticket store {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("ticket store: {0}")]
     Other(String),
 }
