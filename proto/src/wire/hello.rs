@@ -241,6 +241,18 @@ impl<'a> ClientHello<'a> {
     pub fn random_offset(&self) -> usize {
         RANDOM_OFFSET
     }
+
+    /// Fails if a key_share entry is still empty: RFC 8446 §4.2.8 requires
+    /// `key_exchange<1..2^16-1>` on the wire (the engine checks what the CS returned).
+    pub fn ensure_complete(&self) -> Result<(), WireError> {
+        match self.placeholder_key_shares().first() {
+            Some(e) => Err(WireError::invalid(format!(
+                "key_share entry for group {:#06x} is still empty",
+                e.group.get()
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Fills a ClientHello the engine sent to the CS (LURK.md §4.2): writes `random` (if
@@ -998,6 +1010,38 @@ mod tests {
         assert_ne!(placeholder, raw);
         set_binders(&mut placeholder, &[binder]).unwrap();
         assert_eq!(placeholder, raw);
+    }
+
+    #[test]
+    fn crypto_service_flow_on_the_resumed_client_hello_reproduces_rfc8448() {
+        // What the engine sends: its own random, an empty x25519 share, zero binders.
+        let raw = rfc8448_message("resumed_0rtt", "client_hello");
+        let ch = ClientHello::parse(&raw).unwrap();
+        let key = ch.key_shares.as_ref().unwrap()[0].key_exchange.to_vec();
+        let binder = ch.pre_shared_key.as_ref().unwrap().binders[0]
+            .binder
+            .to_vec();
+        let binder_range = ch.pre_shared_key.as_ref().unwrap().binders[0].range();
+        let mut sent = raw.clone();
+        sent[binder_range].fill(0);
+        let mut sent = blank_key_shares(&sent);
+        sent[RANDOM_OFFSET..RANDOM_OFFSET + 32].fill(0x11);
+        let sent_ch = ClientHello::parse(&sent).unwrap();
+        assert!(sent_ch.ensure_complete().is_err());
+
+        // The CS: fresh random and key share, binders over the truncated message.
+        let mut done =
+            complete_client_hello(&sent, Some(ch.random), &[(NamedGroup::X25519, key)]).unwrap();
+        assert_eq!(
+            truncated_for_binders(&done).unwrap(),
+            rfc8448_message("resumed_0rtt", "client_hello_truncated_for_binder")
+        );
+        set_binders(&mut done, &[binder]).unwrap();
+        assert_eq!(done, raw);
+        ClientHello::parse(&done)
+            .unwrap()
+            .ensure_complete()
+            .unwrap();
     }
 
     #[test]

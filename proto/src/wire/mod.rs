@@ -114,3 +114,52 @@ impl fmt::Display for WireError {
 }
 
 impl std::error::Error for WireError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_failures_map_to_decode_error_and_rule_breaks_to_illegal_parameter() {
+        assert_eq!(
+            WireError::Truncated("x").alert(),
+            AlertDescription::DecodeError
+        );
+        assert_eq!(
+            WireError::TrailingBytes("x").alert(),
+            AlertDescription::DecodeError
+        );
+        assert_eq!(
+            WireError::PreSharedKeyNotLast.alert(),
+            AlertDescription::IllegalParameter
+        );
+        assert_eq!(
+            WireError::UnexpectedMessage {
+                expected: "Finished",
+                got: 1
+            }
+            .alert(),
+            AlertDescription::UnexpectedMessage
+        );
+    }
+
+    #[test]
+    fn errors_display_what_was_wrong() {
+        assert_eq!(
+            WireError::DuplicateExtension {
+                message: "ClientHello",
+                typ: 0x2b
+            }
+            .to_string(),
+            "duplicate extension 0x002b in ClientHello"
+        );
+        assert_eq!(
+            WireError::BinderCountMismatch {
+                identities: 2,
+                binders: 1
+            }
+            .to_string(),
+            "pre_shared_key has 2 identities but 1 binders"
+        );
+    }
+}
