@@ -10,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod deframer;
 pub mod error;
+pub mod record;
 
 pub use error::{Error, InvalidMessage, PeerMisbehaved};
 
