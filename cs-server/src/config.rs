@@ -131,9 +131,13 @@ pub struct SessionConfig {
     /// Open LURK sessions per engine identity at most.
     #[serde(default = "default_max_sessions_per_engine")]
     pub max_per_engine: usize,
-    /// Seconds a session lives without an exchange.
+    /// Seconds a session lives without an exchange during the handshake.
     #[serde(default = "default_session_ttl")]
     pub ttl_secs: u64,
+    /// Seconds an established session (kept for post-handshake authentication or ticket
+    /// registration) lives without an exchange.
+    #[serde(default = "default_established_ttl")]
+    pub established_ttl_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -142,6 +146,7 @@ impl Default for SessionConfig {
             max: default_max_sessions(),
             max_per_engine: default_max_sessions_per_engine(),
             ttl_secs: default_session_ttl(),
+            established_ttl_secs: default_established_ttl(),
         }
     }
 }
@@ -214,6 +219,9 @@ fn default_max_sessions_per_engine() -> usize {
 }
 fn default_session_ttl() -> u64 {
     30
+}
+fn default_established_ttl() -> u64 {
+    3600
 }
 fn default_log_level() -> String {
     "info".to_owned()

@@ -1,1 +1,285 @@
-//! (skeleton)
+//! (EC)DHE key pairs the CS generates for the ClientHello's key_share (cs_generated, LURK.md
+//! §4.4). Three backends:
+//! - `Token` (default): key pairs generated in the PKCS#11 token as session objects, derived
+//!   with CKM_ECDH1_DERIVE and destroyed as soon as the shared secret exists;
+//! - `Memory`: ring's ephemeral keys in CS memory (single use, dropped after agreement);
+//! - test vectors: private keys injected by an in-process test (RFC 8448 traces), only when
+//!   the test-vector mode is enabled in the configuration. There is no RPC to inject keys.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Mutex;
+
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::NamedGroup;
+use ring::agreement;
+use ring::rand::SystemRandom;
+use zeroize::Zeroizing;
+
+use crate::config::EphemeralBackendKind;
+use crate::error::ServiceError;
+use crate::token::{Token, TokenEphemeral};
+
+/// A generated key pair waiting for the server's share.
+pub enum PendingEphemeral {
+    Token(TokenEphemeral),
+    Memory(agreement::EphemeralPrivateKey),
+    Injected(InjectedKey),
+}
+
+impl fmt::Debug for PendingEphemeral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Token(_) => "PendingEphemeral::Token",
+            Self::Memory(_) => "PendingEphemeral::Memory",
+            Self::Injected(_) => "PendingEphemeral::Injected",
+        })
+    }
+}
+
+/// A test-vector private key (RFC 8448), zeroized on drop.
+pub struct InjectedKey {
+    group: NamedGroup,
+    private: Zeroizing<Vec<u8>>,
+}
+
+/// Where ephemeral key pairs come from.
+pub struct EphemeralSource {
+    kind: EphemeralBackendKind,
+    token: Option<Token>,
+    rng: SystemRandom,
+    /// Some only in test-vector mode.
+    injected: Option<Mutex<VecDeque<InjectedKey>>>,
+}
+
+fn invalid_ephemeral(why: impl Into<String>) -> ServiceError {
+    ServiceError::refuse(LurkStatus::InvalidEphemeral, why)
+}
+
+impl EphemeralSource {
+    pub fn new(kind: EphemeralBackendKind, token: Option<Token>, test_vectors: bool) -> Self {
+        Self {
+            kind,
+            token,
+            rng: SystemRandom::new(),
+            injected: test_vectors.then(|| Mutex::new(VecDeque::new())),
+        }
+    }
+
+    pub fn kind(&self) -> EphemeralBackendKind {
+        self.kind
+    }
+
+    /// Test-vector mode only: the next key pair generated for `group` uses this private key.
+    pub fn inject(&self, group: NamedGroup, private: &[u8]) -> Result<(), ServiceError> {
+        let q = self.injected.as_ref().ok_or_else(|| {
+            ServiceError::Internal("ephemeral keys can be injected only in test-vector mode".into())
+        })?;
+        q.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(InjectedKey { group, private: Zeroizing::new(private.to_vec()) });
+        Ok(())
+    }
+
+    fn take_injected(&self, group: NamedGroup) -> Option<InjectedKey> {
+        let mut q = self.injected.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        let pos = q.iter().position(|k| k.group == group)?;
+        q.remove(pos)
+    }
+
+    /// Generates a key pair for `group`; returns the key_share public value (TLS encoding).
+    /// Blocking (may call the token).
+    pub fn generate(&self, group: NamedGroup) -> Result<(Vec<u8>, PendingEphemeral), ServiceError> {
+        if !NamedGroup::SUPPORTED.contains(&group) {
+            return Err(invalid_ephemeral(format!("group {group:?} is not supported")));
+        }
+        if let Some(k) = self.take_injected(group) {
+            let public = injected_public(&k)?;
+            return Ok((public, PendingEphemeral::Injected(k)));
+        }
+        match self.kind {
+            EphemeralBackendKind::Token => {
+                let token = self
+                    .token
+                    .as_ref()
+                    .ok_or_else(|| ServiceError::Internal("no token for ephemerals".into()))?;
+                let eph = token.generate_ephemeral(group)?;
+                let public = eph.public_key().to_vec();
+                Ok((public, PendingEphemeral::Token(eph)))
+            }
+            EphemeralBackendKind::Memory => {
+                let alg = ring_alg(group)?;
+                let private = agreement::EphemeralPrivateKey::generate(alg, &self.rng)
+                    .map_err(|_| ServiceError::Internal("ephemeral key generation failed".into()))?;
+                let public = private
+                    .compute_public_key()
+                    .map_err(|_| ServiceError::Internal("ephemeral public key failed".into()))?
+                    .as_ref()
+                    .to_vec();
+                Ok((public, PendingEphemeral::Memory(private)))
+            }
+        }
+    }
+}
+
+impl PendingEphemeral {
+    /// The (EC)DHE shared secret with the server's public value; consumes the key pair.
+    /// Blocking (may call the token).
+    pub fn agree(self, token: Option<&Token>, group: NamedGroup, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        check_peer_format(group, peer)?;
+        match self {
+            Self::Token(eph) => {
+                let token = token.ok_or_else(|| ServiceError::Internal("no token".into()))?;
+                Ok(token.derive_ephemeral(eph, peer)?)
+            }
+            Self::Memory(private) => {
+                let alg = ring_alg(group)?;
+                let peer = agreement::UnparsedPublicKey::new(alg, peer);
+                agreement::agree_ephemeral(private, &peer, |s| Zeroizing::new(s.to_vec()))
+                    .map_err(|_| invalid_ephemeral("the server's key share is not a valid point"))
+            }
+            Self::Injected(k) => injected_agree(&k, peer),
+        }
+    }
+}
+
+fn ring_alg(group: NamedGroup) -> Result<&'static agreement::Algorithm, ServiceError> {
+    match group {
+        NamedGroup::X25519 => Ok(&agreement::X25519),
+        NamedGroup::Secp256r1 => Ok(&agreement::ECDH_P256),
+        NamedGroup::Secp384r1 => Ok(&agreement::ECDH_P384),
+        other => Err(invalid_ephemeral(format!("group {other:?} is not supported"))),
+    }
+}
+
+/// RFC 8446 §4.2.8.2: NIST curve shares are uncompressed points; X25519 shares are 32 bytes.
+fn check_peer_format(group: NamedGroup, peer: &[u8]) -> Result<(), ServiceError> {
+    let ok = match group {
+        NamedGroup::X25519 => peer.len() == 32,
+        NamedGroup::Secp256r1 => peer.len() == 65 && peer[0] == 4,
+        NamedGroup::Secp384r1 => peer.len() == 97 && peer[0] == 4,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid_ephemeral(format!(
+            "the server's {} key share has a wrong length or format",
+            group.name()
+        )))
+    }
+}
+
+fn injected_public(k: &InjectedKey) -> Result<Vec<u8>, ServiceError> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let bad = || invalid_ephemeral("injected test-vector key is invalid");
+    match k.group {
+        NamedGroup::X25519 => {
+            let bytes: [u8; 32] = k.private.as_slice().try_into().map_err(|_| bad())?;
+            let secret = x25519_dalek::StaticSecret::from(bytes);
+            Ok(x25519_dalek::PublicKey::from(&secret).as_bytes().to_vec())
+        }
+        NamedGroup::Secp256r1 => {
+            let sk = p256::SecretKey::from_slice(&k.private).map_err(|_| bad())?;
+            Ok(sk.public_key().to_encoded_point(false).as_bytes().to_vec())
+        }
+        NamedGroup::Secp384r1 => {
+            let sk = p384::SecretKey::from_slice(&k.private).map_err(|_| bad())?;
+            Ok(sk.public_key().to_encoded_point(false).as_bytes().to_vec())
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn injected_agree(k: &InjectedKey, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    let bad_peer = || invalid_ephemeral("the server's key share is not a valid point");
+    let bad = || invalid_ephemeral("injected test-vector key is invalid");
+    match k.group {
+        NamedGroup::X25519 => {
+            let bytes: [u8; 32] = k.private.as_slice().try_into().map_err(|_| bad())?;
+            let secret = x25519_dalek::StaticSecret::from(bytes);
+            let peer: [u8; 32] = peer.try_into().map_err(|_| bad_peer())?;
+            let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+            Ok(Zeroizing::new(shared.as_bytes().to_vec()))
+        }
+        NamedGroup::Secp256r1 => {
+            let sk = p256::SecretKey::from_slice(&k.private).map_err(|_| bad())?;
+            let pk = p256::PublicKey::from_sec1_bytes(peer).map_err(|_| bad_peer())?;
+            let shared = p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+            Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
+        }
+        NamedGroup::Secp384r1 => {
+            let sk = p384::SecretKey::from_slice(&k.private).map_err(|_| bad())?;
+            let pk = p384::PublicKey::from_sec1_bytes(peer).map_err(|_| bad_peer())?;
+            let shared = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+            Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> EphemeralSource {
+        EphemeralSource::new(EphemeralBackendKind::Memory, None, false)
+    }
+
+    #[test]
+    fn memory_ephemerals_agree_with_a_peer_for_every_group() {
+        let rng = SystemRandom::new();
+        for group in NamedGroup::SUPPORTED {
+            let (public, pending) = memory().generate(group).unwrap();
+            let alg = ring_alg(group).unwrap();
+            let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
+            let peer_pub = peer.compute_public_key().unwrap().as_ref().to_vec();
+            let ours = pending.agree(None, group, &peer_pub).unwrap();
+            let theirs = agreement::agree_ephemeral(
+                peer,
+                &agreement::UnparsedPublicKey::new(alg, &public),
+                |s| s.to_vec(),
+            )
+            .unwrap();
+            assert_eq!(ours.as_slice(), theirs.as_slice(), "{group:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_server_share_is_invalid_ephemeral() {
+        let (_, pending) = memory().generate(NamedGroup::Secp256r1).unwrap();
+        let err = pending.agree(None, NamedGroup::Secp256r1, &[4u8; 10]).unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::InvalidEphemeral);
+        let (_, pending) = memory().generate(NamedGroup::Secp256r1).unwrap();
+        let mut not_on_curve = vec![4u8];
+        not_on_curve.extend_from_slice(&[1u8; 64]);
+        let err = pending.agree(None, NamedGroup::Secp256r1, &not_on_curve).unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::InvalidEphemeral);
+    }
+
+    #[test]
+    fn injection_is_refused_outside_test_vector_mode() {
+        assert!(memory().inject(NamedGroup::X25519, &[1u8; 32]).is_err());
+    }
+
+    #[test]
+    fn injected_x25519_key_gives_rfc8448_public_key_and_shared_secret() {
+        // RFC 8448 §3: client and server ephemeral keys and the shared secret.
+        let src = EphemeralSource::new(EphemeralBackendKind::Memory, None, true);
+        let private =
+            hex::decode("49af42ba7f7994852d713ef2784bcbcaa7911de26adc5642cb634540e7ea5005").unwrap();
+        src.inject(NamedGroup::X25519, &private).unwrap();
+        let (public, pending) = src.generate(NamedGroup::X25519).unwrap();
+        assert_eq!(
+            hex::encode(&public),
+            "99381de560e4bd43d23d8e435a7dbafeb3c06e51c13cae4d5413691e529aaf2c"
+        );
+        let server_pub =
+            hex::decode("c9828876112095fe66762bdbf7c672e156d6cc253b833df1dd69b1b04e751f0f").unwrap();
+        let shared = pending.agree(None, NamedGroup::X25519, &server_pub).unwrap();
+        assert_eq!(
+            hex::encode(shared.as_slice()),
+            "8bd4054fb55b9d63fdfbacf9f04b9f0d35e6d63f537563efd46272900f89492d"
+        );
+    }
+}

@@ -16,6 +16,7 @@ pub mod config;
 pub mod ephemeral;
 pub mod error;
 pub mod init_dev;
+pub mod keyring;
 pub mod keys;
 pub mod ops;
 pub mod server;

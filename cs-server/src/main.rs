@@ -1,1 +1,247 @@
-fn main() {}
+//! `lurk-cs`: the LURK Crypto Service.
+//!
+//! - `lurk-cs serve --config FILE`: serve the gRPC API (mTLS unless configured otherwise);
+//! - `lurk-cs token init-dev DIR`: a private SoftHSM token with client keys, certificates,
+//!   sealing key, transport PKI and a config file, in one step;
+//! - `lurk-cs keys import|list|generate`: manage the signing keys in the token;
+//! - `lurk-cs psk import`: store an external PSK, sealed by the token.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use lurk_cs::config::{Config, LogFormat};
+use lurk_cs::service::{CryptoServiceImpl, Cs};
+
+#[derive(Parser)]
+#[command(name = "lurk-cs", version, about = "LURK-T Crypto Service for TLS 1.3 clients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CryptoService gRPC API.
+    Serve {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+        /// Override listen.addr (e.g. 127.0.0.1:0 to pick a free port; the bound address
+        /// is printed as `READY <addr>` on stdout).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Token set-up.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Signing keys in the token.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// External PSKs (sealed in the store).
+    Psk {
+        #[command(subcommand)]
+        command: PskCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a development setup under DIR: SoftHSM config and token, Ed25519 and P-256
+    /// client keys with self-signed certificates, sealing key, mTLS files, lurk-cs.toml.
+    InitDev { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Import a PKCS#8 PEM private key (sensitive, non-extractable) and its chain.
+    Import {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+        /// Object label in the token.
+        #[arg(long)]
+        label: String,
+        /// Object id in the token (hex).
+        #[arg(long)]
+        id: String,
+        /// PKCS#8 PEM private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// PEM certificate chain, leaf first; copied next to the config as certs/<label>.pem.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+    /// List the keys in the token.
+    List {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PskCommand {
+    /// Store an external PSK (hex in a file), sealed by the token's key.
+    Import {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        identity: String,
+        /// File holding the PSK in hex (never on the command line).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// sha256 or sha384.
+        #[arg(long, default_value = "sha256")]
+        hash: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lurk-cs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn load(config: &Path) -> Result<Config, BoxError> {
+    let cfg = Config::load(config)?;
+    // The module reads its environment (e.g. SOFTHSM2_CONF) at C_Initialize: set it now,
+    // while this process has a single thread.
+    lurk_cs::token::apply_module_env(&cfg.token);
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let mut cfg = load(&config)?;
+            if let Some(addr) = listen {
+                cfg.listen.addr = addr;
+            }
+            init_logging(&cfg);
+            serve(cfg)
+        }
+        Command::Token { command: TokenCommand::InitDev { dir } } => {
+            let setup = lurk_cs::init_dev::init_dev(&dir)?;
+            println!("{setup}");
+            Ok(())
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Import { config, label, id, key, cert } => {
+                let cfg = load(&config)?;
+                let token = lurk_cs::token::Token::open(&cfg.token)?;
+                let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
+                let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
+                let imported = lurk_cs::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
+                println!("imported {imported}");
+                if let Some(cert) = cert {
+                    let chain = lurk_cs::keyring::read_chain(&cert)?;
+                    let key = token.find_signing_key(&label)?;
+                    if lurk_cs::keyring::leaf_spki(&chain[0])? != key.spki_der() {
+                        return Err("the certificate does not carry the imported key".into());
+                    }
+                    let dir = config.parent().unwrap_or(Path::new(".")).join("certs");
+                    std::fs::create_dir_all(&dir)?;
+                    let dest = dir.join(format!("{label}.pem"));
+                    std::fs::copy(&cert, &dest)?;
+                    println!(
+                        "add to the configuration:\n[[keys]]\nid = \"{label}\"\nobject = \"pkcs11:object={label};type=private\"\ncertificate_chain = \"{}\"",
+                        dest.display()
+                    );
+                }
+                Ok(())
+            }
+            KeysCommand::List { config } => {
+                let cfg = load(&config)?;
+                let token = lurk_cs::token::Token::open(&cfg.token)?;
+                for k in lurk_cs::keys::list_keys(&token)? {
+                    println!("{k}");
+                }
+                Ok(())
+            }
+        },
+        Command::Psk { command: PskCommand::Import { config, identity, key_file, hash } } => {
+            let cfg = load(&config)?;
+            let hash = match hash.as_str() {
+                "sha256" => lurk_proto::wire::HashAlg::Sha256,
+                "sha384" => lurk_proto::wire::HashAlg::Sha384,
+                other => return Err(format!("--hash: {other:?} is not sha256 or sha384").into()),
+            };
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?);
+            let psk = zeroize::Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| "the key file must hold the PSK in hex")?,
+            );
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            let store =
+                lurk_cs::store::SqliteStore::open(&cfg.store.path, Arc::new(token), &cfg.store)?;
+            use lurk_cs::store::TicketStore;
+            store.put_external_psk(lurk_cs::store::ExternalPsk {
+                identity: identity.as_bytes().to_vec(),
+                psk,
+                hash,
+                allowed_engines: Vec::new(),
+            })?;
+            println!("stored external PSK {identity:?} ({hash:?})");
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn serve(cfg: Config) -> Result<(), BoxError> {
+    let cs = Arc::new(Cs::from_config(&cfg)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.listen.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen.addr))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            %addr,
+            mode = if cfg.listen.plaintext { "PLAINTEXT (development only)" } else { "mTLS" },
+            ephemeral = ?cfg.ephemeral.backend,
+            "lurk-cs serving"
+        );
+        println!("READY {addr}");
+        // Expired sessions are purged off the async threads (dropping one may destroy a
+        // token object).
+        let purge_cs = cs.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let cs = purge_cs.clone();
+                let _ = tokio::task::spawn_blocking(move || cs.sessions.purge_expired()).await;
+            }
+        });
+        let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);
+        lurk_cs::server::serve_with_listener(
+            &cfg.listen,
+            listener,
+            lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
+            lurk_cs::server::shutdown_signal(),
+        )
+        .await?;
+        tracing::info!("lurk-cs stopped");
+        Ok::<(), BoxError>(())
+    })
+}

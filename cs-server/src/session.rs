@@ -1,1 +1,330 @@
-//! (skeleton)
+//! The session table: every open LURK session, its owner and its expiry.
+//!
+//! This is the one place a replicated CS replaces (sealed session context that any replica
+//! can serve): operations only see [`SessionTable::open`], [`SessionTable::get`] and
+//! [`SessionTable::close`], and the state they keep is the [`Stage`] value.
+//!
+//! Rules enforced here (LURK.md §4.7): session ids are 16 random bytes from the OS CSPRNG,
+//! unguessable; a session belongs to the engine identity that opened it, and another engine
+//! naming it gets the same answer as for an unknown id (`invalid_session_id`), so ids do not
+//! leak across engines; the table is bounded in total and per engine; a session expires after
+//! a TTL without an exchange (longer once the handshake is established, for post-handshake
+//! authentication and ticket registration). Expired sessions are dropped, which destroys any
+//! ephemeral key they still hold.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lurk_proto::status::LurkStatus;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::error::ServiceError;
+use crate::ops::state::Stage;
+
+/// A LURK session id: 16 random bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 16]);
+
+impl SessionId {
+    fn random(rng: &SystemRandom) -> Result<Self, ServiceError> {
+        let mut id = [0u8; 16];
+        rng.fill(&mut id)
+            .map_err(|_| ServiceError::Internal("CSPRNG failure".into()))?;
+        Ok(Self(id))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Parses an id received from an engine: anything but 16 bytes is an unknown session.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ServiceError> {
+        let id: [u8; 16] = bytes.try_into().map_err(|_| unknown_session())?;
+        Ok(Self(id))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first 4 bytes are enough to correlate logs.
+        write!(f, "SessionId({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+/// Limits of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub max: usize,
+    pub max_per_engine: usize,
+    /// Idle lifetime during the handshake.
+    pub handshake_ttl: Duration,
+    /// Idle lifetime once established (post-handshake auth, tickets).
+    pub established_ttl: Duration,
+}
+
+/// One LURK session.
+#[derive(Debug)]
+pub struct Session {
+    owner: String,
+    expires: Instant,
+    pub stage: Stage,
+}
+
+struct Entry {
+    owner: String,
+    expires: Instant,
+    session: Arc<Mutex<Session>>,
+}
+
+/// The table of open sessions.
+pub struct SessionTable {
+    limits: SessionLimits,
+    rng: SystemRandom,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<SessionId, Entry>,
+    per_engine: HashMap<String, usize>,
+}
+
+fn unknown_session() -> ServiceError {
+    ServiceError::refuse(LurkStatus::InvalidSessionId, "unknown or expired session")
+}
+
+impl SessionTable {
+    pub fn new(limits: SessionLimits) -> Self {
+        Self { limits, rng: SystemRandom::new(), inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the map consistent (every update is a
+        // single insert/remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ttl(&self, stage: &Stage) -> Duration {
+        if stage.is_established() {
+            self.limits.established_ttl
+        } else {
+            self.limits.handshake_ttl
+        }
+    }
+
+    /// Opens a session owned by `owner`, purging expired sessions when a limit is reached.
+    pub fn open(&self, owner: &str, stage: Stage) -> Result<SessionId, ServiceError> {
+        let now = Instant::now();
+        let expires = now + self.ttl(&stage);
+        let id = SessionId::random(&self.rng)?;
+        let mut expired = Vec::new();
+        {
+            let mut inner = self.lock();
+            let engine_count = inner.per_engine.get(owner).copied().unwrap_or(0);
+            if inner.sessions.len() >= self.limits.max
+                || engine_count >= self.limits.max_per_engine
+            {
+                expired = Self::remove_expired(&mut inner, now);
+            }
+            let engine_count = inner.per_engine.get(owner).copied().unwrap_or(0);
+            if inner.sessions.len() >= self.limits.max {
+                return Err(ServiceError::refuse(
+                    LurkStatus::TooManySessions,
+                    format!("the CS holds its maximum of {} sessions", self.limits.max),
+                ));
+            }
+            if engine_count >= self.limits.max_per_engine {
+                return Err(ServiceError::refuse(
+                    LurkStatus::TooManySessions,
+                    format!(
+                        "engine {owner:?} holds its maximum of {} sessions",
+                        self.limits.max_per_engine
+                    ),
+                ));
+            }
+            let session = Session { owner: owner.to_owned(), expires, stage };
+            inner.sessions.insert(
+                id,
+                Entry { owner: owner.to_owned(), expires, session: Arc::new(Mutex::new(session)) },
+            );
+            *inner.per_engine.entry(owner.to_owned()).or_insert(0) += 1;
+        }
+        // Expired sessions (and the ephemeral keys they hold) are dropped outside the lock.
+        drop(expired);
+        Ok(id)
+    }
+
+    /// The session `id` if it exists, is alive and belongs to `owner`.
+    pub fn get(&self, owner: &str, id: &SessionId) -> Result<Arc<Mutex<Session>>, ServiceError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let entry = inner.sessions.get(id).ok_or_else(unknown_session)?;
+        // Another engine's session looks exactly like an unknown one (LURK.md §4.7).
+        if entry.owner != owner {
+            return Err(unknown_session());
+        }
+        if entry.expires <= now {
+            let removed = Self::remove(&mut inner, id);
+            drop(inner);
+            drop(removed);
+            return Err(unknown_session());
+        }
+        Ok(entry.session.clone())
+    }
+
+    /// Refreshes the expiry after a successful exchange (the stage may have changed).
+    pub fn touch(&self, id: &SessionId, session: &mut Session) {
+        let expires = Instant::now() + self.ttl(&session.stage);
+        session.expires = expires;
+        if let Some(e) = self.lock().sessions.get_mut(id) {
+            e.expires = expires;
+        }
+    }
+
+    /// Forgets a session (last_exchange, or a fatal error).
+    pub fn close(&self, id: &SessionId) {
+        let removed = {
+            let mut inner = self.lock();
+            Self::remove(&mut inner, id)
+        };
+        drop(removed);
+    }
+
+    fn remove(inner: &mut Inner, id: &SessionId) -> Option<Entry> {
+        let entry = inner.sessions.remove(id)?;
+        if let Some(n) = inner.per_engine.get_mut(&entry.owner) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_engine.remove(&entry.owner);
+            }
+        }
+        Some(entry)
+    }
+
+    fn remove_expired(inner: &mut Inner, now: Instant) -> Vec<Entry> {
+        let dead: Vec<SessionId> =
+            inner.sessions.iter().filter(|(_, e)| e.expires <= now).map(|(k, _)| *k).collect();
+        dead.iter().filter_map(|id| Self::remove(inner, id)).collect()
+    }
+
+    /// Drops every expired session; returns how many. Run periodically off the async threads.
+    pub fn purge_expired(&self) -> usize {
+        let removed = {
+            let mut inner = self.lock();
+            Self::remove_expired(&mut inner, Instant::now())
+        };
+        removed.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Session {
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// Locks a session for one exchange. Two exchanges on one session at the same time are a
+/// protocol error: the second is refused rather than queued.
+pub fn lock_session(session: &Mutex<Session>) -> Result<MutexGuard<'_, Session>, ServiceError> {
+    match session.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::WouldBlock) => Err(ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            "another exchange is in progress on this session",
+        )),
+        Err(std::sync::TryLockError::Poisoned(_)) => Err(unknown_session()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_engine: usize, ttl_ms: u64) -> SessionLimits {
+        SessionLimits {
+            max,
+            max_per_engine: per_engine,
+            handshake_ttl: Duration::from_millis(ttl_ms),
+            established_ttl: Duration::from_millis(ttl_ms),
+        }
+    }
+
+    #[test]
+    fn ids_are_random_and_sixteen_bytes() {
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        let a = t.open("e", Stage::test_stage()).unwrap();
+        let b = t.open("e", Stage::test_stage()).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.as_bytes().len(), 16);
+        assert!(SessionId::parse(&[0u8; 15]).is_err());
+    }
+
+    #[test]
+    fn another_engines_session_looks_unknown() {
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        let id = t.open("engine-a", Stage::test_stage()).unwrap();
+        assert!(t.get("engine-a", &id).is_ok());
+        let err = t.get("engine-b", &id).unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::InvalidSessionId);
+        assert!(t.get("engine-a", &id).is_ok(), "the owner keeps its session");
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let t = SessionTable::new(limits(10, 10, 1));
+        let id = t.open("e", Stage::test_stage()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.get("e", &id).unwrap_err().lurk_status(), LurkStatus::InvalidSessionId);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_purges_expired_sessions_when_full() {
+        let t = SessionTable::new(limits(3, 2, 10_000));
+        t.open("a", Stage::test_stage()).unwrap();
+        t.open("a", Stage::test_stage()).unwrap();
+        let err = t.open("a", Stage::test_stage()).unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::TooManySessions);
+        t.open("b", Stage::test_stage()).unwrap();
+        assert_eq!(
+            t.open("c", Stage::test_stage()).unwrap_err().lurk_status(),
+            LurkStatus::TooManySessions
+        );
+
+        let short = SessionTable::new(limits(2, 2, 1));
+        short.open("a", Stage::test_stage()).unwrap();
+        short.open("a", Stage::test_stage()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        short.open("a", Stage::test_stage()).expect("expired sessions make room");
+        assert_eq!(short.len(), 1);
+    }
+
+    #[test]
+    fn close_forgets_the_session() {
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        let id = t.open("e", Stage::test_stage()).unwrap();
+        t.close(&id);
+        assert!(t.get("e", &id).is_err());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn concurrent_exchanges_on_one_session_are_refused() {
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        let id = t.open("e", Stage::test_stage()).unwrap();
+        let s = t.get("e", &id).unwrap();
+        let _held = lock_session(&s).unwrap();
+        let s2 = t.get("e", &id).unwrap();
+        assert_eq!(lock_session(&s2).unwrap_err().lurk_status(), LurkStatus::InvalidStatus);
+    }
+}

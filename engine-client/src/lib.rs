@@ -1,4 +1,7 @@
-//! Engine library: the TLS 1.3 client side of LURK-T.
+//! The LURK engine: a TLS 1.3 client that holds no long-term secret and calls the Crypto
+//! Service whenever a credential is involved.
+//!
+//! - [`cs_client`]: the channel to the Crypto Service (mTLS, one HTTP/2 connection reused).
 //!
 //! Sans-IO record layer (bytes in → records, messages and events out; no sockets here):
 //!
@@ -10,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod cs_client;
 pub mod deframer;
 pub mod error;
 pub mod joiner;

@@ -1,1 +1,193 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: real `lurk-cs` processes on a real SoftHSM token
+//! (made by `lurk-cs token init-dev` in a temp dir, private SOFTHSM2_CONF), on free ports,
+//! killed by PID when the test ends.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lurk_engine::cs_client::CsEndpoint;
+use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
+use tonic::transport::Channel;
+
+/// Path of a binary built from this workspace (`cargo build --bins` must have run; the
+/// test script does it).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A development CS set-up: a temp dir holding the SoftHSM token, keys, certificates and
+/// config, made by `lurk-cs token init-dev`.
+pub struct DevSetup {
+    pub dir: tempfile::TempDir,
+}
+
+impl DevSetup {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("lurk-e2e-").tempdir().expect("tempdir");
+        let out = Command::new(workspace_bin("lurk-cs"))
+            .args(["token", "init-dev"])
+            .arg(dir.path().join("dev"))
+            .output()
+            .expect("run lurk-cs token init-dev");
+        assert!(
+            out.status.success(),
+            "init-dev failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("lurk-cs.toml")
+    }
+
+    /// Appends TOML to the config (tests switch backends or limits this way).
+    pub fn append_config(&self, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.config_path()).unwrap();
+        writeln!(f, "{toml}").unwrap();
+    }
+
+    /// Replaces text in the config.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let p = self.config_path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "config has no {from:?}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    }
+
+    /// Starts `lurk-cs serve` on a free port.
+    pub fn start(&self) -> CsProcess {
+        self.start_with_env(&[])
+    }
+
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> CsProcess {
+        let mut cmd = Command::new(workspace_bin("lurk-cs"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn lurk-cs serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("READY ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("lurk-cs did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        CsProcess { child, addr, dir: self.path(), log }
+    }
+}
+
+impl Default for DevSetup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `lurk-cs serve`, killed by PID on drop.
+pub struct CsProcess {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl CsProcess {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// mTLS endpoint for one of the dev engine identities (`engine` or `engine2`).
+    pub fn endpoint(&self, identity: &str) -> CsEndpoint {
+        let tls = self.dir.join("tls");
+        let mut ep = CsEndpoint::from_files(
+            &self.url(),
+            Some(&tls.join("ca.pem")),
+            Some(&tls.join(format!("{identity}.pem"))),
+            Some(&tls.join(format!("{identity}.key"))),
+        )
+        .unwrap();
+        ep.domain = Some("localhost".into());
+        ep
+    }
+
+    pub fn client(&self, identity: &str) -> CryptoServiceClient<Channel> {
+        self.endpoint(identity).connect_lazy().unwrap()
+    }
+
+    /// The CS's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the process (SIGKILL) and waits for it.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CsProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,1 +1,181 @@
-//! (skeleton)
+//! `c_client_finished` (LURK.md §2): the server's flight, EncryptedExtensions through the
+//! server Finished (and EndOfEarlyData when early data was accepted). The CS checks the
+//! order of the messages and the server Finished, derives the application secrets, signs
+//! the client CertificateVerify when the server asked for a certificate, makes the client
+//! Finished, and keeps the resumption master secret inside for c_register_tickets.
+
+use lurk_proto::key_schedule::finished_verify_data;
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::HandshakeType;
+
+use crate::error::ServiceError;
+use crate::ops::common;
+use crate::ops::msgs;
+use crate::ops::state::{EstablishedState, HandshakeState, Stage};
+use crate::service::Cs;
+use crate::session::{lock_session, SessionId};
+
+pub fn handle(
+    cs: &Cs,
+    engine: &str,
+    req: pb::CClientFinishedRequest,
+) -> Result<pb::CClientFinishedResponse, ServiceError> {
+    common::check_secret_request(req.secret_request.as_ref())?;
+    let id = SessionId::parse(&req.session_id)?;
+    let session = cs.sessions.get(engine, &id)?;
+    let mut session = lock_session(&session)?;
+    let Stage::Handshake(state) = &session.stage else {
+        return Err(session.stage.out_of_order("c_client_finished"));
+    };
+    let (next, resp) = run(cs, engine, state, &req)?;
+    let last = req.last_exchange;
+    session.stage = Stage::Established(Box::new(next));
+    let last = common::finish(cs, &id, &mut session, last);
+    Ok(pb::CClientFinishedResponse { last_exchange: last, ..resp })
+}
+
+fn run(
+    cs: &Cs,
+    engine: &str,
+    state: &HandshakeState,
+    req: &pb::CClientFinishedRequest,
+) -> Result<(EstablishedState, pb::CClientFinishedResponse), ServiceError> {
+    let hash = state.hash;
+    let messages = msgs::split(&req.handshake_messages)?;
+    let mut transcript = state.transcript.clone();
+    let mut it = messages.iter().peekable();
+
+    // RFC 8446 §4.3.1: EncryptedExtensions first.
+    let ee = it.next().filter(|m| m.typ == HandshakeType::EncryptedExtensions).ok_or_else(|| {
+        ServiceError::refuse(LurkStatus::InvalidHandshake, "the server flight must start with EncryptedExtensions")
+    })?;
+    let ee_info = msgs::encrypted_extensions(ee.raw)?;
+    if ee_info.early_data && !state.early_data_offered {
+        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "early data accepted but not offered"));
+    }
+    transcript.add(ee.raw);
+
+    let mut cert_request = None;
+    if let Some(m) = it.peek().filter(|m| m.typ == HandshakeType::CertificateRequest) {
+        // RFC 8446 §4.3.2: no CertificateRequest in the main handshake of a PSK connection.
+        if state.psk_mode {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "CertificateRequest in a PSK handshake",
+            ));
+        }
+        let cr = msgs::certificate_request(m.raw)?;
+        if !cr.context.is_empty() {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "certificate_request_context must be empty in the handshake (RFC 8446 §4.3.2)",
+            ));
+        }
+        cert_request = Some(cr);
+        transcript.add(m.raw);
+        it.next();
+    }
+    if !state.psk_mode {
+        // RFC 8446 §4.4.2/§4.4.3: Certificate then CertificateVerify.
+        for expected in [HandshakeType::Certificate, HandshakeType::CertificateVerify] {
+            let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
+                ServiceError::refuse(LurkStatus::InvalidHandshake, format!("expected the server's {expected:?}"))
+            })?;
+            transcript.add(m.raw);
+        }
+    }
+    let fin = it.next().filter(|m| m.typ == HandshakeType::Finished).ok_or_else(|| {
+        ServiceError::refuse(LurkStatus::InvalidHandshake, "expected the server Finished")
+    })?;
+    // RFC 8446 §4.4.4: the server Finished is checked before anything is signed.
+    let expected = finished_verify_data(hash, state.server_hs.as_bytes(), &transcript.hash(hash));
+    if !msgs::finished_matches(fin.raw, hash, &expected) {
+        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "the server Finished does not verify"));
+    }
+    transcript.add(fin.raw);
+    let th_server_finished = transcript.hash(hash);
+
+    // RFC 8446 §4.5: EndOfEarlyData follows the server Finished iff early data was accepted.
+    match it.next() {
+        Some(m) if m.typ == HandshakeType::EndOfEarlyData && ee_info.early_data => transcript.add(m.raw),
+        None if !ee_info.early_data => {}
+        None => {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "early data was accepted: EndOfEarlyData must follow the server Finished",
+            ))
+        }
+        Some(m) => {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                format!("unexpected {:?} after the server Finished", m.typ),
+            ))
+        }
+    }
+    if it.next().is_some() {
+        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "messages after EndOfEarlyData"));
+    }
+
+    let master = state.key_schedule.clone().into_master();
+    let client_ap = master.client_application_traffic_secret_0(&th_server_finished);
+    let server_ap = master.server_application_traffic_secret_0(&th_server_finished);
+
+    let mut certificate_verify = Vec::new();
+    if let Some(cr) = &cert_request {
+        if req.client_certificate.is_empty() {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidCertificate,
+                "the server asked for a certificate: send the client Certificate message",
+            ));
+        }
+        transcript.add(&req.client_certificate);
+        if let Some(cv) = common::certificate_verify(
+            cs,
+            engine,
+            &req.key_id,
+            &req.client_certificate,
+            &cr.context,
+            &cr.signature_schemes,
+            &transcript.hash(hash),
+        )? {
+            transcript.add(&cv);
+            certificate_verify = cv;
+        }
+    }
+    let verify_data = finished_verify_data(hash, state.client_hs.as_bytes(), &transcript.hash(hash));
+    let client_finished = msgs::encode(HandshakeType::Finished, &verify_data);
+    transcript.add(&client_finished);
+    let resumption_master = master.resumption_master_secret(&transcript.hash(hash));
+
+    let (want_c, want_s, want_x) = match req.secret_request.as_ref() {
+        Some(r) => (r.a_c, r.a_s, r.x),
+        None => (true, true, false),
+    };
+    let mut secrets = Vec::new();
+    if want_c {
+        secrets.push(common::secret(pb::SecretType::ClientApplicationTraffic, &client_ap));
+    }
+    if want_s {
+        secrets.push(common::secret(pb::SecretType::ServerApplicationTraffic, &server_ap));
+    }
+    if want_x {
+        secrets.push(common::secret(
+            pb::SecretType::ExporterMaster,
+            &master.exporter_master_secret(&th_server_finished),
+        ));
+    }
+    let next = EstablishedState {
+        suite: state.suite,
+        hash,
+        transcript,
+        resumption_master: Some(resumption_master),
+        post_handshake_auth: state.post_handshake_auth,
+        awaiting_client_finished: false,
+        pha_contexts: Vec::new(),
+    };
+    Ok((
+        next,
+        pb::CClientFinishedResponse { certificate_verify, client_finished, secrets, last_exchange: false },
+    ))
+}

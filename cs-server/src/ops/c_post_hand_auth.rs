@@ -1,1 +1,80 @@
-//! (skeleton)
+//! `c_post_hand_auth` (LURK.md §2, RFC 8446 §4.6.2): a CertificateRequest after the
+//! handshake. The CS signs the CertificateVerify over the handshake transcript (through the
+//! client Finished) + CertificateRequest + Certificate (RFC 8446 §4.4.1). The engine makes
+//! the Finished with its current application traffic secret.
+
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::HandshakeType;
+
+use crate::error::ServiceError;
+use crate::ops::common;
+use crate::ops::msgs;
+use crate::ops::state::Stage;
+use crate::service::Cs;
+use crate::session::{lock_session, SessionId};
+
+pub fn handle(
+    cs: &Cs,
+    engine: &str,
+    req: pb::CPostHandAuthRequest,
+) -> Result<pb::CPostHandAuthResponse, ServiceError> {
+    let id = SessionId::parse(&req.session_id)?;
+    let session = cs.sessions.get(engine, &id)?;
+    let mut session = lock_session(&session)?;
+    let Stage::Established(state) = &mut session.stage else {
+        return Err(session.stage.out_of_order("c_post_hand_auth"));
+    };
+    if !state.post_handshake_auth {
+        // RFC 8446 §4.6.2: only when the client offered post_handshake_auth.
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the ClientHello did not offer post_handshake_auth",
+        ));
+    }
+    let hash = state.hash;
+    let mut base = state.transcript.clone();
+    let messages = msgs::split(&req.handshake_messages)?;
+    if state.awaiting_client_finished {
+        // Sequence C: the engine made the client Finished; it completes the transcript.
+        match messages.as_slice() {
+            [m] if m.typ == HandshakeType::Finished && m.body.len() == hash.output_len() => base.add(m.raw),
+            _ => {
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidHandshake,
+                    "handshake_messages must be the client Finished",
+                ))
+            }
+        }
+    } else if !messages.is_empty() {
+        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "unexpected handshake_messages"));
+    }
+
+    let cr = msgs::certificate_request(&req.certificate_request)?;
+    // RFC 8446 §4.3.2: a post-handshake request has a non-empty, unique context.
+    if cr.context.is_empty() || state.pha_contexts.contains(&cr.context) {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "certificate_request_context must be non-empty and unique in the connection",
+        ));
+    }
+    let mut transcript = base.clone();
+    transcript.add(&req.certificate_request);
+    transcript.add(&req.client_certificate);
+    let cv = common::certificate_verify(
+        cs,
+        engine,
+        &req.key_id,
+        &req.client_certificate,
+        &cr.context,
+        &cr.signature_schemes,
+        &transcript.hash(hash),
+    )?
+    .unwrap_or_default();
+
+    state.transcript = base;
+    state.awaiting_client_finished = false;
+    state.pha_contexts.push(cr.context);
+    let last = common::finish(cs, &id, &mut session, req.last_exchange);
+    Ok(pb::CPostHandAuthResponse { certificate_verify: cv, last_exchange: last })
+}

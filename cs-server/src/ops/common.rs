@@ -1,0 +1,175 @@
+//! Rules and computations several exchanges share: the secret_request policy, freshness,
+//! PSK loading, binders and the client CertificateVerify.
+
+use lurk_proto::freshness::{client_random, FreshnessMode as ProtoFreshnessMode};
+use lurk_proto::key_schedule::{binder, KeyScheduleEarly, PskKind, Secret};
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::transcript::Transcript;
+use lurk_proto::wire::{HandshakeType, HashAlg, SignatureScheme};
+
+use crate::config::FreshnessMode;
+use crate::error::ServiceError;
+use crate::ops::msgs;
+use crate::ops::state::OfferedPsk;
+use crate::service::Cs;
+use crate::session::{SessionId, Session};
+
+/// At most this many PSK identities in one ClientHello (each one costs a store lookup).
+pub const MAX_PSK_IDENTITIES: usize = 8;
+/// At most this many NewSessionTicket messages in one c_register_tickets.
+pub const MAX_TICKETS_PER_REQUEST: usize = 16;
+
+/// The secret_request policy (LURK.md §4.6): r, the PSK and private keys never leave the
+/// CS; asking for r is refused outright. Other bits are wishes.
+pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
+    if req.is_some_and(|r| r.r) {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidSecretRequest,
+            "the resumption master secret (r) never leaves the CS",
+        ));
+    }
+    Ok(())
+}
+
+pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
+    pb::Secret { secret_type: kind as i32, value: value.as_bytes().to_vec() }
+}
+
+/// The ClientHello.random the CS derives from the engine's random (LURK.md §3).
+pub fn fresh_random(cs: &Cs, freshness: i32, engine_random: &[u8; 32]) -> Result<[u8; 32], ServiceError> {
+    let f = pb::Freshness::try_from(freshness).map_err(|_| {
+        ServiceError::refuse(LurkStatus::InvalidFreshness, format!("unknown freshness function {freshness}"))
+    })?;
+    if f == pb::Freshness::Null && !cs.test_vectors {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidFreshness,
+            "null freshness is accepted only in test-vector mode",
+        ));
+    }
+    let mode = match cs.freshness_mode {
+        FreshnessMode::Draft => ProtoFreshnessMode::Draft,
+        FreshnessMode::Pylurk => ProtoFreshnessMode::Pylurk,
+    };
+    Ok(client_random(f, mode, engine_random))
+}
+
+pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
+    match pb::TlsHash::try_from(tls_hash) {
+        Ok(pb::TlsHash::Sha256) => Ok(HashAlg::Sha256),
+        Ok(pb::TlsHash::Sha384) => Ok(HashAlg::Sha384),
+        Err(_) => Err(ServiceError::refuse(LurkStatus::InvalidPsk, format!("unknown tls_hash {tls_hash}"))),
+    }
+}
+
+/// Loads the PSK of each identity the ClientHello offers. A resumption ticket is consumed
+/// (used once, RFC 8446 §C.4) and only the engine that registered it can load it.
+pub fn load_psks(
+    cs: &Cs,
+    engine: &str,
+    identities: &[Vec<u8>],
+    infos: &[pb::PskInfo],
+) -> Result<Vec<OfferedPsk>, ServiceError> {
+    let mut out = Vec::with_capacity(identities.len());
+    for (i, identity) in identities.iter().enumerate() {
+        let info = infos.iter().find(|p| p.identity_index as usize == i).ok_or_else(|| {
+            ServiceError::refuse(LurkStatus::InvalidPsk, format!("no PSK metadata for identity {i}"))
+        })?;
+        let hash = hash_of(info.tls_hash)?;
+        let external = match pb::PskType::try_from(info.psk_type) {
+            Ok(pb::PskType::External) => true,
+            Ok(pb::PskType::Resumption) => false,
+            Err(_) => return Err(ServiceError::refuse(LurkStatus::InvalidPsk, "unknown psk_type")),
+        };
+        let psk = if external {
+            cs.store.get_external_psk(Some(engine), identity)?.map(|p| (p.psk, p.hash))
+        } else {
+            cs.store.take_ticket(engine, identity)?.map(|t| (t.psk, t.hash))
+        };
+        let (psk, stored_hash) = psk.ok_or_else(|| {
+            ServiceError::refuse(LurkStatus::InvalidPsk, format!("PSK identity {i} is unknown to this CS"))
+        })?;
+        if stored_hash != hash {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidPsk,
+                format!("PSK identity {i} is bound to {stored_hash:?}, not {hash:?}"),
+            ));
+        }
+        out.push(OfferedPsk { identity: identity.clone(), psk: Secret::from_bytes(&psk), hash, external });
+    }
+    Ok(out)
+}
+
+/// RFC 8446 §4.2.11.2: each binder is an HMAC over the transcript so far plus the
+/// ClientHello truncated before the binders, under the PSK's binder key.
+pub fn binders(prefix: &Transcript, client_hello: &[u8], psks: &[OfferedPsk]) -> Result<Vec<Vec<u8>>, ServiceError> {
+    let truncated = msgs::truncated_for_binders(client_hello)?;
+    Ok(psks
+        .iter()
+        .map(|p| {
+            let early = KeyScheduleEarly::new(p.hash, Some(p.psk.as_bytes()));
+            let kind = if p.external { PskKind::External } else { PskKind::Resumption };
+            let key = early.binder_key(kind);
+            binder(p.hash, key.as_bytes(), &prefix.hash_with(p.hash, truncated))
+        })
+        .collect())
+}
+
+/// Signs the client CertificateVerify (RFC 8446 §4.4.3) over `transcript_hash` (the
+/// handshake through the client Certificate) with the key `key_id`, in a scheme from the
+/// server's signature_algorithms. Checks that the Certificate message the engine sends
+/// carries that key's certificate. Returns None when the engine sends an empty Certificate
+/// (no suitable key: no CertificateVerify, RFC 8446 §4.4.2).
+pub fn certificate_verify(
+    cs: &Cs,
+    engine: &str,
+    key_id: &str,
+    client_certificate: &[u8],
+    expected_context: &[u8],
+    offered: &[SignatureScheme],
+    transcript_hash: &[u8],
+) -> Result<Option<Vec<u8>>, ServiceError> {
+    let cert = msgs::certificate(client_certificate)?;
+    // RFC 8446 §4.4.2: the context echoes the CertificateRequest's.
+    if cert.context != expected_context {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidCertificate,
+            "the client Certificate does not echo the certificate_request_context",
+        ));
+    }
+    if cert.chain.is_empty() {
+        return Ok(None);
+    }
+    let key = cs.keys.get(key_id, engine)?;
+    if cert.chain[0] != key.chain[0] {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidCertificate,
+            format!("the client Certificate's leaf is not the certificate of key {key_id:?}"),
+        ));
+    }
+    let scheme = key.choose_scheme(offered)?;
+    let mut content = vec![0x20u8; 64];
+    content.extend_from_slice(b"TLS 1.3, client CertificateVerify");
+    content.push(0);
+    content.extend_from_slice(transcript_hash);
+    let token = cs
+        .token
+        .as_ref()
+        .ok_or_else(|| ServiceError::Internal("no token to sign with".into()))?;
+    let signature = token.sign(&key.key, scheme, &content)?;
+    let mut body = Vec::with_capacity(signature.len() + 4);
+    body.extend_from_slice(&scheme.get().to_be_bytes());
+    body.extend_from_slice(&(signature.len() as u16).to_be_bytes());
+    body.extend_from_slice(&signature);
+    Ok(Some(msgs::encode(HandshakeType::CertificateVerify, &body)))
+}
+
+/// Closes the session when the engine says this was its last exchange.
+pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session, last_exchange: bool) -> bool {
+    if last_exchange {
+        cs.sessions.close(id);
+    } else {
+        cs.sessions.touch(id, session);
+    }
+    last_exchange
+}

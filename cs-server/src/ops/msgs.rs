@@ -1,0 +1,167 @@
+//! What the operations read from handshake messages: thin views over `lurk_proto::wire`,
+//! owning what outlives the request. Malformed bytes are `invalid_format`; a message that
+//! parses but breaks a TLS 1.3 rule the exchange depends on is `invalid_handshake`.
+
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::{
+    self, CipherSuite, HandshakeMessage, HandshakeType, NamedGroup, PskKeyExchangeMode,
+    SignatureScheme, TLS13,
+};
+use subtle::ConstantTimeEq;
+
+use crate::error::ServiceError;
+
+pub use wire::split_handshake_messages as split_raw;
+
+/// Splits a concatenation of complete handshake messages.
+pub fn split(bytes: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, ServiceError> {
+    Ok(wire::split_handshake_messages(bytes)?)
+}
+
+pub fn encode(typ: HandshakeType, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(typ.get());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(body);
+    out
+}
+
+pub struct ClientHelloInfo {
+    pub random: [u8; 32],
+    pub suites: Vec<CipherSuite>,
+    pub groups: Vec<NamedGroup>,
+    /// (group, the engine left it empty for the CS)
+    pub shares: Vec<(NamedGroup, bool)>,
+    pub psk_identities: Vec<Vec<u8>>,
+    pub psk_modes: Vec<PskKeyExchangeMode>,
+    pub early_data: bool,
+    pub post_handshake_auth: bool,
+    pub cookie: Option<Vec<u8>>,
+}
+
+pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
+    let ch = wire::ClientHello::parse(raw)?;
+    // RFC 8446 §4.2.1: a TLS 1.3 ClientHello lists 0x0304 in supported_versions.
+    if !ch.supported_versions.contains(&TLS13) {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the ClientHello does not offer TLS 1.3",
+        ));
+    }
+    Ok(ClientHelloInfo {
+        random: *ch.random,
+        suites: ch.cipher_suites.clone(),
+        groups: ch.supported_groups.clone().unwrap_or_default(),
+        shares: ch
+            .key_shares
+            .as_ref()
+            .map(|v| v.iter().map(|k| (k.group, k.is_placeholder())).collect())
+            .unwrap_or_default(),
+        psk_identities: ch
+            .pre_shared_key
+            .as_ref()
+            .map(|p| p.identities.iter().map(|i| i.identity.to_vec()).collect())
+            .unwrap_or_default(),
+        psk_modes: ch.psk_modes.clone().unwrap_or_default(),
+        early_data: ch.early_data,
+        post_handshake_auth: ch.post_handshake_auth,
+        cookie: ch.cookie.map(<[u8]>::to_vec),
+    })
+}
+
+pub fn complete_client_hello(
+    raw: &[u8],
+    random: Option<&[u8; 32]>,
+    fills: &[(NamedGroup, Vec<u8>)],
+) -> Result<Vec<u8>, ServiceError> {
+    Ok(wire::complete_client_hello(raw, random, fills)?)
+}
+
+pub fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], ServiceError> {
+    Ok(wire::truncated_for_binders(raw)?)
+}
+
+pub fn set_binders(raw: &mut [u8], binders: &[Vec<u8>]) -> Result<(), ServiceError> {
+    Ok(wire::set_binders(raw, binders)?)
+}
+
+pub struct ServerHelloInfo {
+    pub is_hrr: bool,
+    pub suite: CipherSuite,
+    pub key_share: Option<(NamedGroup, Vec<u8>)>,
+    pub hrr_group: Option<NamedGroup>,
+    pub selected_psk: Option<u16>,
+    pub cookie: Option<Vec<u8>>,
+}
+
+pub fn server_hello(raw: &[u8]) -> Result<ServerHelloInfo, ServiceError> {
+    let sh = wire::ServerHello::parse(raw)?;
+    Ok(ServerHelloInfo {
+        is_hrr: sh.is_hello_retry_request(),
+        suite: sh.cipher_suite,
+        key_share: sh.key_share.map(|k| (k.group, k.key_exchange.to_vec())),
+        hrr_group: sh.selected_group,
+        selected_psk: sh.selected_identity,
+        cookie: sh.cookie.map(<[u8]>::to_vec),
+    })
+}
+
+pub struct EncryptedExtensionsInfo {
+    pub early_data: bool,
+}
+
+pub fn encrypted_extensions(raw: &[u8]) -> Result<EncryptedExtensionsInfo, ServiceError> {
+    let ee = wire::EncryptedExtensions::parse(raw)?;
+    Ok(EncryptedExtensionsInfo { early_data: ee.early_data })
+}
+
+pub struct CertificateRequestInfo {
+    pub context: Vec<u8>,
+    pub signature_schemes: Vec<SignatureScheme>,
+}
+
+pub fn certificate_request(raw: &[u8]) -> Result<CertificateRequestInfo, ServiceError> {
+    let cr = wire::CertificateRequest::parse(raw)?;
+    Ok(CertificateRequestInfo {
+        context: cr.context.to_vec(),
+        signature_schemes: cr.signature_algorithms.clone(),
+    })
+}
+
+pub struct CertificateInfo {
+    pub context: Vec<u8>,
+    pub chain: Vec<Vec<u8>>,
+}
+
+pub fn certificate(raw: &[u8]) -> Result<CertificateInfo, ServiceError> {
+    let c = wire::Certificate::parse(raw)?;
+    Ok(CertificateInfo {
+        context: c.context.to_vec(),
+        chain: c.entries.iter().map(|e| e.cert_data.to_vec()).collect(),
+    })
+}
+
+pub struct TicketInfo {
+    pub lifetime: u32,
+    pub nonce: Vec<u8>,
+    pub ticket: Vec<u8>,
+    pub max_early_data: u32,
+}
+
+pub fn new_session_ticket(raw: &[u8]) -> Result<TicketInfo, ServiceError> {
+    let t = wire::NewSessionTicket::parse(raw)?;
+    Ok(TicketInfo {
+        lifetime: t.ticket_lifetime,
+        nonce: t.ticket_nonce.to_vec(),
+        ticket: t.ticket.to_vec(),
+        max_early_data: t.max_early_data_size.unwrap_or(0),
+    })
+}
+
+/// Whether a Finished message carries `expected` (constant time).
+pub fn finished_matches(raw: &[u8], hash: wire::HashAlg, expected: &[u8]) -> bool {
+    match wire::Finished::parse(raw, hash) {
+        Ok(f) => f.verify_data.len() == expected.len() && bool::from(f.verify_data.ct_eq(expected)),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,121 @@
+//! What a LURK session keeps between exchanges, one variant per point of the protocol
+//! (LURK.md §2, sequences A and C). An operation accepts only the stage that precedes it:
+//! anything else is refused with `invalid_status` and leaves the session as it was.
+
+use std::fmt;
+
+use lurk_proto::key_schedule::Secret;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::transcript::Transcript;
+use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup};
+
+use crate::ephemeral::PendingEphemeral;
+use crate::error::ServiceError;
+
+/// The stage a session is in.
+pub enum Stage {
+    /// After `c_init_client_hello` (or `c_client_hello`): waiting for the ServerHello.
+    Hello(Box<HelloState>),
+    /// After `c_server_hello`: waiting for the server's flight (`c_client_finished`).
+    Handshake(Box<HandshakeState>),
+    /// After the client Finished: tickets and post-handshake authentication.
+    Established(Box<EstablishedState>),
+    /// A placeholder while an operation owns the state.
+    Taken,
+}
+
+impl fmt::Debug for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Handshake(_) => "handshake",
+            Self::Established(_) => "established",
+            Self::Taken => "taken",
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self, Self::Established(_))
+    }
+
+    /// Refusal for an exchange that does not come next in this session.
+    pub fn out_of_order(&self, exchange: &str) -> ServiceError {
+        ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            format!("{exchange} is not a valid next exchange for a session in stage {}", self.name()),
+        )
+    }
+
+    #[cfg(test)]
+    pub fn test_stage() -> Self {
+        Self::Taken
+    }
+}
+
+/// A key share the CS generated and still holds.
+pub struct CsShare {
+    pub group: NamedGroup,
+    pub pending: PendingEphemeral,
+}
+
+/// A PSK offered in the ClientHello, loaded from the store (never leaves the CS).
+pub struct OfferedPsk {
+    pub identity: Vec<u8>,
+    pub psk: Secret,
+    pub hash: HashAlg,
+    pub external: bool,
+}
+
+pub struct HelloState {
+    /// The ClientHello (or, after a HelloRetryRequest, message_hash + HRR + ClientHello2).
+    pub transcript: Transcript,
+    /// The last completed ClientHello, as sent.
+    pub client_hello: Vec<u8>,
+    pub random: [u8; 32],
+    pub offered_suites: Vec<CipherSuite>,
+    pub offered_groups: Vec<NamedGroup>,
+    /// Groups with a key share in the ClientHello (CS- or engine-generated).
+    pub shared_groups: Vec<NamedGroup>,
+    pub cs_shares: Vec<CsShare>,
+    pub psks: Vec<OfferedPsk>,
+    pub psk_ke: bool,
+    pub psk_dhe_ke: bool,
+    pub early_data: bool,
+    pub post_handshake_auth: bool,
+    pub retried: bool,
+}
+
+pub struct HandshakeState {
+    pub suite: CipherSuite,
+    pub hash: HashAlg,
+    pub transcript: Transcript,
+    pub key_schedule: lurk_proto::key_schedule::KeyScheduleHandshake,
+    pub client_hs: Secret,
+    pub server_hs: Secret,
+    /// A PSK was selected: no server Certificate is expected.
+    pub psk_mode: bool,
+    pub early_data_offered: bool,
+    pub post_handshake_auth: bool,
+}
+
+pub struct EstablishedState {
+    pub suite: CipherSuite,
+    pub hash: HashAlg,
+    /// Transcript through the client Finished: the base of every post-handshake
+    /// authentication (RFC 8446 §4.4.1).
+    pub transcript: Transcript,
+    /// r: used for c_register_tickets, never returned.
+    pub resumption_master: Option<Secret>,
+    pub post_handshake_auth: bool,
+    /// Sequence C: the engine made the client Finished itself; the CS receives it with the
+    /// first c_post_hand_auth.
+    pub awaiting_client_finished: bool,
+    /// certificate_request_context values already answered (RFC 8446 §4.3.2: unique).
+    pub pha_contexts: Vec<Vec<u8>>,
+}

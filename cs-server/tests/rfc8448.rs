@@ -1,0 +1,460 @@
+//! RFC 8448 traces reproduced byte for byte through the CS operations, on a real SoftHSM
+//! token and a real SQLite store, in test-vector mode (null freshness, injected ephemeral
+//! private keys). The engine's side is played by the test: it sends the RFC's ClientHello
+//! with its key shares left empty (and binders zeroed) and must get the RFC's exact bytes
+//! back, then the RFC's secrets at each step.
+//!
+//! §6's client certificate key is not published: the CS signs with a token RSA key
+//! configured, in test-vector mode, with the RFC's client certificate; the test checks the
+//! scheme the CS chose from the CertificateRequest and verifies the signature over the RFC's
+//! transcript with that key, and every secret against the RFC.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use lurk_cs::config::Config;
+use lurk_cs::keyring::KeyRing;
+use lurk_cs::service::Cs;
+use lurk_cs::store::SqliteStore;
+use lurk_cs::token::Token;
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::{self, NamedGroup};
+use serde_json::Value;
+
+const ENGINE: &str = "engine-rfc8448";
+
+fn vectors() -> &'static Value {
+    static V: OnceLock<Value> = OnceLock::new();
+    V.get_or_init(|| serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap())
+}
+
+fn section(name: &str) -> &'static Value {
+    &vectors()["sections"][name]["summary"]
+}
+
+fn msg(sec: &str, name: &str) -> Vec<u8> {
+    hex::decode(section(sec)["messages"][name].as_str().unwrap_or_else(|| panic!("{sec}.{name}")))
+        .unwrap()
+}
+
+fn ks(sec: &str, name: &str) -> String {
+    section(sec)["key_schedule"][name].as_str().unwrap_or_else(|| panic!("{sec}.{name}")).to_owned()
+}
+
+fn client_private(sec: &str, group: &str) -> Vec<u8> {
+    let keys = section(sec)["ephemeral_keys"]["client"].as_array().unwrap();
+    let k = keys.iter().find(|k| k["group"] == group).unwrap();
+    hex::decode(k["private_key"].as_str().unwrap()).unwrap()
+}
+
+struct Fixture {
+    cs: Cs,
+    token: Token,
+    _dir: tempfile::TempDir,
+}
+
+/// One token, one store, one CS for the whole file (C_Initialize happens once per process);
+/// the tests take turns because the injected keys are a shared queue.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev");
+        lurk_cs::init_dev::init_dev(&dev).expect("init-dev");
+        let mut cfg = Config::load(&dev.join("lurk-cs.toml")).unwrap();
+        cfg.freshness.test_vectors = true;
+        lurk_cs::token::apply_module_env(&cfg.token);
+        let token = Token::open(&cfg.token).unwrap();
+        let mut keys = KeyRing::load(&token, &cfg.keys).unwrap();
+        // §6: an RSA key in the token stands in for the RFC's unpublished client key.
+        lurk_cs::keys::generate_signing_key(&token, "rfc8448-client", b"\x68", lurk_cs::keys::KeyKind::Rsa2048)
+            .unwrap();
+        let rsa = token.find_signing_key("rfc8448-client").unwrap();
+        let cert = msg("client_authentication", "client_certificate");
+        let rfc_client_cert = wire::Certificate::parse(&cert).unwrap().entries[0].cert_data.to_vec();
+        keys.insert_test_vector_key("rfc8448-client", rsa, vec![rfc_client_cert]);
+        let store = SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store).unwrap();
+        let cs = Cs::new(&cfg, Some(token.clone()), keys, Arc::new(store));
+        Fixture { cs, token, _dir: dir }
+    })
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The ClientHello as the engine sends it to the CS: every key_share entry emptied (the CS
+/// fills it) and the binders zeroed (the CS computes them).
+fn as_engine_sends(ch: &[u8]) -> Vec<u8> {
+    let parsed = wire::ClientHello::parse(ch).unwrap();
+    let mut out = ch.to_vec();
+    let shares = parsed.key_shares.clone().unwrap_or_default();
+    let ks_ext = parsed.extension(wire::ExtensionType::KeyShare).unwrap();
+    let ks_body = ks_ext.body_offset();
+    let removed: usize = shares.iter().map(|s| s.key_exchange.len()).sum();
+    for s in shares.iter().rev() {
+        out.drain(s.key_exchange_range());
+        let o = s.key_exchange_len_offset();
+        out[o..o + 2].copy_from_slice(&0u16.to_be_bytes());
+    }
+    let dec16 = |out: &mut Vec<u8>, at: usize| {
+        let v = u16::from_be_bytes([out[at], out[at + 1]]) as usize - removed;
+        out[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+    };
+    dec16(&mut out, ks_body); // client_shares
+    dec16(&mut out, ks_body - 2); // extension length
+    dec16(&mut out, parsed.extensions_len_offset);
+    let hs_len = (u32::from_be_bytes([0, out[1], out[2], out[3]]) as usize - removed) as u32;
+    out[1..4].copy_from_slice(&hs_len.to_be_bytes()[1..]);
+    if let Some(psk) = wire::ClientHello::parse(&out).unwrap().pre_shared_key {
+        let zeros: Vec<Vec<u8>> = psk.binders.iter().map(|b| vec![0u8; b.binder.len()]).collect();
+        wire::set_binders(&mut out, &zeros).unwrap();
+    }
+    out
+}
+
+fn secret(secrets: &[pb::Secret], t: pb::SecretType) -> String {
+    hex::encode(&secrets.iter().find(|s| s.secret_type == t as i32).unwrap_or_else(|| panic!("no {t:?}")).value)
+}
+
+fn all_secrets() -> pb::SecretRequest {
+    pb::SecretRequest { h_c: true, h_s: true, a_c: true, a_s: true, e_s: true, ..Default::default() }
+}
+
+/// Runs §3 (1-RTT) and returns the session id after c_client_finished.
+fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
+    let s = "simple_1rtt";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    let resp = lurk_cs::ops::c_init_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")), "§3 ClientHello");
+    assert_eq!(resp.key_shares.len(), 1);
+    let id = resp.session_id.clone();
+
+    let sh = lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: id.clone(),
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+
+    let flight = [
+        msg(s, "encrypted_extensions"),
+        msg(s, "server_certificate"),
+        msg(s, "server_certificate_verify"),
+        msg(s, "server_finished"),
+    ]
+    .concat();
+    let fin = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id.clone(),
+            handshake_messages: flight,
+            secret_request: Some(all_secrets()),
+            last_exchange: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(fin.certificate_verify.is_empty());
+    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
+    assert!(!fin.secrets.iter().any(|x| x.secret_type == pb::SecretType::ResumptionMaster as i32));
+    id
+}
+
+#[test]
+fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_early_secrets() {
+    let _g = serial();
+    let cs = &fixture().cs;
+    let id = run_simple_1rtt(cs);
+
+    // §3's NewSessionTicket: the CS derives and stores the PSK §4 resumes with.
+    let reg = lurk_cs::ops::c_register_tickets::handle(
+        cs,
+        ENGINE,
+        pb::CRegisterTicketsRequest {
+            session_id: id.clone(),
+            new_session_tickets: vec![msg("simple_1rtt", "new_session_ticket")],
+            last_exchange: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(reg.registered, 1);
+    assert!(reg.last_exchange);
+
+    // §4: the ClientHello offers that ticket, with early data.
+    let s = "resumed_0rtt";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    let resp = lurk_cs::ops::c_init_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![pb::PskInfo {
+                identity_index: 0,
+                psk_type: pb::PskType::Resumption as i32,
+                tls_hash: pb::TlsHash::Sha256 as i32,
+            }],
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&resp.binders[0]), ks(s, "binder"), "§4 binder");
+    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")), "§4 ClientHello");
+    assert_eq!(secret(&resp.secrets, pb::SecretType::ClientEarlyTraffic), ks(s, "client_early_traffic_secret"));
+    let id = resp.session_id.clone();
+
+    let sh = lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: id.clone(),
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+
+    let flight =
+        [msg(s, "encrypted_extensions"), msg(s, "server_finished"), msg(s, "end_of_early_data")].concat();
+    let fin = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id.clone(),
+            handshake_messages: flight,
+            secret_request: Some(all_secrets()),
+            last_exchange: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
+    assert!(fin.last_exchange);
+    // last_exchange closed the session.
+    let err = lurk_cs::ops::c_register_tickets::handle(
+        cs,
+        ENGINE,
+        pb::CRegisterTicketsRequest { session_id: id, new_session_tickets: vec![], last_exchange: true },
+    )
+    .unwrap_err();
+    assert_eq!(err.lurk_status(), LurkStatus::InvalidSessionId);
+}
+
+#[test]
+fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie() {
+    let _g = serial();
+    let cs = &fixture().cs;
+    let s = "hello_retry_request";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    cs.inject_ephemeral(NamedGroup::Secp256r1, &client_private(s, "secp256r1")).unwrap();
+    let resp = lurk_cs::ops::c_init_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    let id = resp.session_id.clone();
+
+    // The engine puts a different random in the second ClientHello: the CS keeps the first.
+    let mut ch2 = as_engine_sends(&msg(s, "client_hello_2"));
+    ch2[6..38].copy_from_slice(&[0x55; 32]);
+    let retry = lurk_cs::ops::c_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CClientHelloRequest {
+            session_id: id.clone(),
+            hello_retry_request: msg(s, "hello_retry_request"),
+            client_hello: ch2,
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&retry.client_hello), hex::encode(msg(s, "client_hello_2")), "§5 ClientHello2");
+
+    let sh = lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: id.clone(),
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+
+    let flight = [
+        msg(s, "encrypted_extensions"),
+        msg(s, "server_certificate"),
+        msg(s, "server_certificate_verify"),
+        msg(s, "server_finished"),
+    ]
+    .concat();
+    let fin = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id,
+            handshake_messages: flight,
+            secret_request: Some(all_secrets()),
+            last_exchange: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
+}
+
+#[test]
+fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_scheme_the_server_asked() {
+    let _g = serial();
+    let f = fixture();
+    let cs = &f.cs;
+    let s = "client_authentication";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    let resp = lurk_cs::ops::c_init_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    let id = resp.session_id.clone();
+    let sh = lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: id.clone(),
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
+
+    let flight = [
+        msg(s, "encrypted_extensions"),
+        msg(s, "certificate_request"),
+        msg(s, "server_certificate"),
+        msg(s, "server_certificate_verify"),
+        msg(s, "server_finished"),
+    ]
+    .concat();
+    let fin = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id,
+            handshake_messages: flight,
+            key_id: "rfc8448-client".into(),
+            client_certificate: msg(s, "client_certificate"),
+            secret_request: Some(all_secrets()),
+            last_exchange: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
+    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
+
+    // The CertificateVerify: the RFC's scheme (rsa_pss_rsae_sha256, picked from the
+    // CertificateRequest for an RSA key), signed over the RFC's transcript.
+    let cv = wire::CertificateVerify::parse(&fin.certificate_verify).unwrap();
+    assert_eq!(cv.scheme, wire::SignatureScheme::RsaPssRsaeSha256);
+    let th = hex::decode(
+        section(s)["verification_derived"]["transcript_hash_for_client_certificate_verify"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut content = vec![0x20u8; 64];
+    content.extend_from_slice(b"TLS 1.3, client CertificateVerify\0");
+    content.extend_from_slice(&th);
+    let key = f.token.find_signing_key("rfc8448-client").unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, key.public_key_raw())
+        .verify(&content, cv.signature)
+        .expect("the CS signed the RFC transcript");
+    // The client Finished covers our CertificateVerify, so it is checked against a local
+    // computation rather than the RFC's bytes.
+    let mut transcript = lurk_proto::transcript::Transcript::new();
+    for m in ["client_hello", "server_hello", "encrypted_extensions", "certificate_request", "server_certificate", "server_certificate_verify", "server_finished", "client_certificate"] {
+        transcript.add(&msg(s, m));
+    }
+    transcript.add(&fin.certificate_verify);
+    let expected = lurk_proto::key_schedule::finished_verify_data(
+        wire::HashAlg::Sha256,
+        &hex::decode(ks(s, "client_handshake_traffic_secret")).unwrap(),
+        &transcript.hash(wire::HashAlg::Sha256),
+    );
+    assert_eq!(wire::Finished::parse(&fin.client_finished, wire::HashAlg::Sha256).unwrap().verify_data, expected);
+}
+
+#[test]
+fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
+    let _g = serial();
+    let cs = &fixture().cs;
+    let s = "compatibility_mode";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    let resp = lurk_cs::ops::c_init_client_hello::handle(
+        cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    let sh = lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: resp.session_id,
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap();
+    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+}

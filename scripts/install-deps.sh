@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what lurk needs on Debian when it is missing: SoftHSM2 (the default PKCS#11
+# token), OpenSSL (test servers and certificates). Rust comes from rustup.
+set -euo pipefail
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "install-deps: installing ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found; install Rust with rustup" >&2; exit 1; }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, RFC 8448 known-answer tests and the
+# end-to-end tests (real SoftHSM tokens in temp dirs, real SQLite files, real lurk-cs
+# processes, real openssl s_server). Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests start the lurk-cs / lurk-engine binaries.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
