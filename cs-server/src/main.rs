@@ -114,11 +114,9 @@ fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn load(config: &Path) -> Result<Config, BoxError> {
-    let cfg = Config::load(config)?;
-    // The module reads its environment (e.g. SOFTHSM2_CONF) at C_Initialize: set it now,
-    // while this process has a single thread.
-    lurk_cs::token::apply_module_env(&cfg.token);
-    Ok(cfg)
+    // The token module's environment (`[token] module_env`, e.g. SOFTHSM2_CONF) is set when
+    // the token is opened, which happens before any worker thread starts.
+    Ok(Config::load(config)?)
 }
 
 fn run(cli: Cli) -> Result<(), BoxError> {
