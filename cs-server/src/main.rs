@@ -141,7 +141,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
                 let imported = lurk_cs::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
-                println!("imported {imported}");
+                println!("imported {imported:?}");
                 if let Some(cert) = cert {
                     let chain = lurk_cs::keyring::read_chain(&cert)?;
                     let key = token.find_signing_key(&label)?;
@@ -228,7 +228,13 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             loop {
                 tick.tick().await;
                 let cs = purge_cs.clone();
-                let _ = tokio::task::spawn_blocking(move || cs.sessions.purge_expired()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    cs.sessions.purge_expired();
+                    if let Err(e) = cs.store.purge_expired(std::time::SystemTime::now()) {
+                        tracing::warn!(error = %e, "purging expired tickets failed");
+                    }
+                })
+                .await;
             }
         });
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);

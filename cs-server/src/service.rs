@@ -116,7 +116,8 @@ impl CryptoServiceImpl {
         let engine = engine_identity(&req, self.plaintext)?;
         let cs = self.cs.clone();
         let msg = req.into_inner();
-        let result = tokio::task::spawn_blocking(move || op(&cs, engine.as_str(), msg))
+        let who = engine.clone();
+        let result = tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
             .await
             .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?;
         match result {
