@@ -55,6 +55,7 @@ fn init_dev_makes_a_usable_setup() {
         assert_eq!(chain.len(), 1);
         let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
         assert_eq!(cert.public_key().raw, key.spki_der(), "{}", k.id);
+        assert!(key.matches_certificate(&chain[0]).unwrap());
         let alg = verify_alg(key.key_type());
         UnparsedPublicKey::new(alg, key.public_key_raw())
             .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
