@@ -329,6 +329,19 @@ mod tests {
     }
 
     #[test]
+    fn only_sectioned_lurk_variables_are_overrides() {
+        // Variable names no other test uses.
+        std::env::set_var("LURK_UNRELATED_TEST_VARIABLE", "x");
+        std::env::set_var("LURK_SESSIONS__TTL_SECS", "7");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cs.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load(&path).expect("an unrelated LURK_ variable is not a config key");
+        std::env::remove_var("LURK_SESSIONS__TTL_SECS");
+        assert_eq!(c.sessions.ttl_secs, 7);
+    }
+
+    #[test]
     fn plaintext_must_be_explicit() {
         let no_tls = MINIMAL.replace("plaintext = true", "");
         assert!(Config::from_toml(&no_tls).is_err());

@@ -51,7 +51,7 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
     dev.append_config("[freshness]\ntest_vectors = true\n");
     let s = "simple_1rtt";
 
-    let cs = dev.start();
+    let cs = dev.start_with_env(&[("RUST_LOG", "trace")]);
     let mut c = cs.client("engine");
     let init = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
@@ -110,8 +110,9 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
 
     // Restart: same token, same SQLite file, new process.
     let first_pid = cs.pid();
+    let first_log = cs.log();
     cs.kill();
-    let cs = dev.start();
+    let cs = dev.start_with_env(&[("RUST_LOG", "trace")]);
     assert_ne!(cs.pid(), first_pid);
 
     // Another engine offering the same ticket gets nothing, and does not consume it.
@@ -138,6 +139,23 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
         .await
         .unwrap_err();
     assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::InvalidPsk));
+
+    // Nothing secret reached either process's log, even at trace level.
+    let log = first_log + &cs.log();
+    assert!(
+        log.contains("lurk-cs serving"),
+        "the log is captured: {log}"
+    );
+    for secret in [
+        ks(s, "client_handshake_traffic_secret"),
+        ks(s, "client_application_traffic_secret_0"),
+        ks(s, "resumption_master_secret"),
+        ks(s, "resumption_psk"),
+        ks(s, "ecdhe_shared_secret"),
+        ks("resumed_0rtt", "client_early_traffic_secret"),
+    ] {
+        assert!(!log.contains(&hex::encode(&secret)), "a secret in the log");
+    }
 }
 
 #[tokio::test]
