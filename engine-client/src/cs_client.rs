@@ -1,8 +1,10 @@
 //! The engine's connection to the Crypto Service: one HTTP/2 channel (mTLS unless the CS is
 //! a plaintext development listener), reused by every connection the engine makes.
 
+use std::fmt;
 use std::path::Path;
 
+use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -33,7 +35,12 @@ impl CsEndpoint {
             (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
             _ => None,
         };
-        Ok(Self { url: url.to_owned(), ca_pem, identity_pem, domain: None })
+        Ok(Self {
+            url: url.to_owned(),
+            ca_pem,
+            identity_pem,
+            domain: None,
+        })
     }
 
     /// Opens the channel (lazily: the first call connects).
@@ -55,7 +62,9 @@ impl CsEndpoint {
             if let Some(d) = &self.domain {
                 tls = tls.domain_name(d.clone());
             }
-            ep = ep.tls_config(tls).map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
         }
         Ok(CryptoServiceClient::new(ep.connect_lazy()))
     }
@@ -86,13 +95,110 @@ impl CsError {
 impl From<tonic::Status> for CsError {
     fn from(s: tonic::Status) -> Self {
         if let Some(status) = LurkStatus::from_grpc(&s) {
-            return Self::Refused { status, message: s.message().to_owned() };
+            return Self::Refused {
+                status,
+                message: s.message().to_owned(),
+            };
         }
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                 Self::Unreachable(s.message().to_owned())
             }
-            code => Self::Other { code, message: s.message().to_owned() },
+            code => Self::Other {
+                code,
+                message: s.message().to_owned(),
+            },
         }
     }
+}
+
+/// A call to the CS the state machine asks its driver to make (one LURK exchange).
+#[derive(Clone)]
+pub enum CsCall {
+    InitClientHello(pb::CInitClientHelloRequest),
+    ClientHello(pb::CClientHelloRequest),
+    ServerHello(pb::CServerHelloRequest),
+    ClientFinished(pb::CClientFinishedRequest),
+    InitClientFinished(pb::CInitClientFinishedRequest),
+    PostHandAuth(pb::CPostHandAuthRequest),
+    RegisterTickets(pb::CRegisterTicketsRequest),
+}
+
+impl CsCall {
+    /// The LURK exchange name.
+    pub fn exchange(&self) -> &'static str {
+        match self {
+            Self::InitClientHello(_) => "c_init_client_hello",
+            Self::ClientHello(_) => "c_client_hello",
+            Self::ServerHello(_) => "c_server_hello",
+            Self::ClientFinished(_) => "c_client_finished",
+            Self::InitClientFinished(_) => "c_init_client_finished",
+            Self::PostHandAuth(_) => "c_post_hand_auth",
+            Self::RegisterTickets(_) => "c_register_tickets",
+        }
+    }
+}
+
+/// Requests carry secrets (shared secrets) and transcripts: show only the exchange.
+impl fmt::Debug for CsCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CsCall({})", self.exchange())
+    }
+}
+
+/// The CS's answer to a [`CsCall`].
+pub enum CsReply {
+    InitClientHello(pb::CInitClientHelloResponse),
+    ClientHello(pb::CClientHelloResponse),
+    ServerHello(pb::CServerHelloResponse),
+    ClientFinished(pb::CClientFinishedResponse),
+    InitClientFinished(pb::CInitClientFinishedResponse),
+    PostHandAuth(pb::CPostHandAuthResponse),
+    RegisterTickets(pb::CRegisterTicketsResponse),
+}
+
+/// Responses carry traffic secrets: show only the variant.
+impl fmt::Debug for CsReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::InitClientHello(_) => "InitClientHello",
+            Self::ClientHello(_) => "ClientHello",
+            Self::ServerHello(_) => "ServerHello",
+            Self::ClientFinished(_) => "ClientFinished",
+            Self::InitClientFinished(_) => "InitClientFinished",
+            Self::PostHandAuth(_) => "PostHandAuth",
+            Self::RegisterTickets(_) => "RegisterTickets",
+        };
+        write!(f, "CsReply({name})")
+    }
+}
+
+/// Makes one call on `client` (a cheap clone of the shared channel).
+pub async fn perform(
+    mut client: CryptoServiceClient<Channel>,
+    call: CsCall,
+) -> Result<CsReply, CsError> {
+    Ok(match call {
+        CsCall::InitClientHello(r) => {
+            CsReply::InitClientHello(client.c_init_client_hello(r).await?.into_inner())
+        }
+        CsCall::ClientHello(r) => {
+            CsReply::ClientHello(client.c_client_hello(r).await?.into_inner())
+        }
+        CsCall::ServerHello(r) => {
+            CsReply::ServerHello(client.c_server_hello(r).await?.into_inner())
+        }
+        CsCall::ClientFinished(r) => {
+            CsReply::ClientFinished(client.c_client_finished(r).await?.into_inner())
+        }
+        CsCall::InitClientFinished(r) => {
+            CsReply::InitClientFinished(client.c_init_client_finished(r).await?.into_inner())
+        }
+        CsCall::PostHandAuth(r) => {
+            CsReply::PostHandAuth(client.c_post_hand_auth(r).await?.into_inner())
+        }
+        CsCall::RegisterTickets(r) => {
+            CsReply::RegisterTickets(client.c_register_tickets(r).await?.into_inner())
+        }
+    })
 }
