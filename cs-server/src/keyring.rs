@@ -21,12 +21,12 @@ pub struct ConfiguredKey {
 }
 
 impl ConfiguredKey {
-    pub fn kind_name(&self) -> &'static str {
-        self.key.kind().name()
+    pub fn kind_name(&self) -> String {
+        self.key.key_type().name()
     }
 
     /// Schemes this key can make, in our order of preference.
-    pub fn schemes(&self) -> Vec<SignatureScheme> {
+    pub fn schemes(&self) -> &'static [SignatureScheme] {
         self.key.schemes()
     }
 
@@ -37,7 +37,7 @@ impl ConfiguredKey {
     /// RFC 8446 §4.4.3: the scheme must be one the peer offered in signature_algorithms.
     /// We take our most preferred scheme among those the peer listed.
     pub fn choose_scheme(&self, offered: &[SignatureScheme]) -> Result<SignatureScheme, ServiceError> {
-        self.schemes().into_iter().find(|s| offered.contains(s)).ok_or_else(|| {
+        self.schemes().iter().copied().find(|s| offered.contains(s)).ok_or_else(|| {
             ServiceError::refuse(
                 LurkStatus::InvalidSignatureScheme,
                 format!(
@@ -100,6 +100,21 @@ impl KeyRing {
                     format!("no signing key {id:?} for this engine"),
                 )
             })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ConfiguredKey> {
+        self.keys.iter()
+    }
+
+    /// Test-vector mode only (RFC 8448 §6, whose client key is not published): adds a key
+    /// whose certificate is NOT checked against it. Never reachable from configuration.
+    pub fn insert_test_vector_key(&mut self, id: &str, key: SigningKey, chain: Vec<Vec<u8>>) {
+        self.keys.push(ConfiguredKey {
+            id: id.to_owned(),
+            key,
+            chain,
+            allowed_engines: Vec::new(),
+        });
     }
 
     pub fn usable_by<'a>(&'a self, engine: &'a str) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {

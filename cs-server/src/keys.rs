@@ -580,6 +580,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out.stdout, imported.spki_der);
+        // A certificate for another key does not match.
+        let other = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".to_owned()])
+            .unwrap()
+            .self_signed(&other)
+            .unwrap();
+        assert!(!key.matches_certificate(cert.der()).unwrap());
         assert_not_extractable(&token, "imp-rsa", key.key_type());
 
         let listing = list_keys(&token).unwrap();

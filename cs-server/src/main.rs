@@ -114,11 +114,9 @@ fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn load(config: &Path) -> Result<Config, BoxError> {
-    let cfg = Config::load(config)?;
-    // The module reads its environment (e.g. SOFTHSM2_CONF) at C_Initialize: set it now,
-    // while this process has a single thread.
-    lurk_cs::token::apply_module_env(&cfg.token);
-    Ok(cfg)
+    // The token module's environment (`[token] module_env`, e.g. SOFTHSM2_CONF) is set when
+    // the token is opened, which happens before any worker thread starts.
+    Ok(Config::load(config)?)
 }
 
 fn run(cli: Cli) -> Result<(), BoxError> {
@@ -143,7 +141,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
                 let imported = lurk_cs::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
-                println!("imported {imported}");
+                println!("imported {imported:?}");
                 if let Some(cert) = cert {
                     let chain = lurk_cs::keyring::read_chain(&cert)?;
                     let key = token.find_signing_key(&label)?;
@@ -230,7 +228,13 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             loop {
                 tick.tick().await;
                 let cs = purge_cs.clone();
-                let _ = tokio::task::spawn_blocking(move || cs.sessions.purge_expired()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    cs.sessions.purge_expired();
+                    if let Err(e) = cs.store.purge_expired(std::time::SystemTime::now()) {
+                        tracing::warn!(error = %e, "purging expired tickets failed");
+                    }
+                })
+                .await;
             }
         });
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);

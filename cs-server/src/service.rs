@@ -18,7 +18,7 @@ use crate::ops;
 use crate::server::engine_identity;
 use crate::session::{SessionLimits, SessionTable};
 use crate::store::TicketStore;
-use crate::token::Token;
+use crate::token::{Need, Token};
 
 /// Everything an operation needs: the CS's state, shared by all requests.
 pub struct Cs {
@@ -39,8 +39,14 @@ impl Cs {
     /// loads the signing keys and their certificates, opens the ticket store.
     pub fn from_config(cfg: &Config) -> Result<Self, ServiceError> {
         let token = Token::open(&cfg.token)?;
-        token.check_mechanisms(&crate::token::needs_for(cfg))?;
         let keys = KeyRing::load(&token, &cfg.keys)?;
+        // Say at start, and exactly, what the token lacks for this configuration.
+        let mut needs = vec![Need::Sealing];
+        if cfg.ephemeral.backend == crate::config::EphemeralBackendKind::Token {
+            needs.extend(NamedGroup::SUPPORTED.iter().map(|g| Need::TokenEphemeral(*g)));
+        }
+        needs.extend(keys.all().map(|k| Need::Sign(k.key.key_type())));
+        token.check_mechanisms(&needs)?;
         let store = crate::store::SqliteStore::open(
             &cfg.store.path,
             Arc::new(token.clone()),
@@ -110,7 +116,8 @@ impl CryptoServiceImpl {
         let engine = engine_identity(&req, self.plaintext)?;
         let cs = self.cs.clone();
         let msg = req.into_inner();
-        let result = tokio::task::spawn_blocking(move || op(&cs, engine.as_str(), msg))
+        let who = engine.clone();
+        let result = tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
             .await
             .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?;
         match result {
@@ -206,7 +213,7 @@ fn capabilities(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Servi
         .usable_by(engine)
         .map(|k| pb::KeyInfo {
             key_id: k.id.clone(),
-            key_type: k.kind_name().to_owned(),
+            key_type: k.kind_name(),
             signature_schemes: k.schemes().iter().map(|s| u32::from(s.get())).collect(),
             certificate_chain: k.chain.clone(),
         })

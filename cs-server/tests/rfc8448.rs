@@ -63,7 +63,6 @@ fn fixture() -> &'static Fixture {
         lurk_cs::init_dev::init_dev(&dev).expect("init-dev");
         let mut cfg = Config::load(&dev.join("lurk-cs.toml")).unwrap();
         cfg.freshness.test_vectors = true;
-        lurk_cs::token::apply_module_env(&cfg.token);
         let token = Token::open(&cfg.token).unwrap();
         let mut keys = KeyRing::load(&token, &cfg.keys).unwrap();
         // §6: an RSA key in the token stands in for the RFC's unpublished client key.

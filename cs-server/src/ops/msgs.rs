@@ -11,7 +11,6 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ServiceError;
 
-pub use wire::split_handshake_messages as split_raw;
 
 /// Splits a concatenation of complete handshake messages.
 pub fn split(bytes: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, ServiceError> {

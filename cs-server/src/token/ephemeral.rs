@@ -424,8 +424,20 @@ mod tests {
                 v.extend_from_slice(&[1u8; 32]);
                 v
             }),
-            // x25519 small-order point (u = 0) gives an all-zero secret.
+            // x25519 small-order points (u = 0, u = 1, u = p + 1 non-canonical) give an
+            // all-zero secret.
             (NamedGroup::X25519, vec![0u8; 32]),
+            (NamedGroup::X25519, {
+                let mut v = vec![0u8; 32];
+                v[0] = 1;
+                v
+            }),
+            (NamedGroup::X25519, {
+                let mut v = vec![0xffu8; 32];
+                v[0] = 0xee;
+                v[31] = 0x7f;
+                v
+            }),
         ] {
             let eph = token.generate_ephemeral(group).unwrap();
             let r = token.derive_ephemeral(eph, &bad);
@@ -441,6 +453,34 @@ mod tests {
             token.generate_ephemeral(NamedGroup::X448),
             Err(TokenError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn derive_in_another_session_than_generate() {
+        let (token, _) = testutil::new_token("eph-cross-session");
+        let rng = SystemRandom::new();
+        for group in NamedGroup::SUPPORTED {
+            let eph = token.generate_ephemeral(group).unwrap();
+            // Hold the session that generated the pair (the pool is LIFO): derive gets another.
+            let held = token.session().unwrap();
+            let alg = ring_alg(group);
+            let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
+            let peer_pub = peer.compute_public_key().unwrap();
+            let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+            let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+            let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
+            assert_eq!(&got[..], &expected[..]);
+            drop(held);
+        }
+        assert_eq!(token.count_session_objects(), 0);
+    }
+
+    #[test]
+    fn token_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Token>();
+        check::<TokenEphemeral>();
+        check::<crate::token::SigningKey>();
     }
 
     #[test]

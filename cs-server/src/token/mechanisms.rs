@@ -29,6 +29,22 @@ pub enum Need {
     },
 }
 
+impl Need {
+    /// What the service needs: a signature mechanism per configured key type, sealing, and
+    /// with the token ephemeral backend, key generation and ECDH for every supported group.
+    pub fn for_service(
+        key_types: impl IntoIterator<Item = SigningKeyType>,
+        token_ephemerals: bool,
+    ) -> Vec<Need> {
+        let mut needs: Vec<Need> = key_types.into_iter().map(Need::Sign).collect();
+        needs.push(Need::Sealing);
+        if token_ephemerals {
+            needs.extend(NamedGroup::SUPPORTED.map(Need::TokenEphemeral));
+        }
+        needs
+    }
+}
+
 /// The operation a mechanism must allow.
 #[derive(Clone, Copy)]
 enum Op {
@@ -212,6 +228,12 @@ mod tests {
     #[test]
     fn softhsm_has_everything_the_cs_needs() {
         let (token, _) = testutil::new_token("mech-ok");
+        token
+            .check_mechanisms(&Need::for_service(
+                [SigningKeyType::Ed25519, SigningKeyType::EcdsaP384],
+                true,
+            ))
+            .unwrap();
         let mut needs = vec![
             Need::Sign(SigningKeyType::Ed25519),
             Need::Sign(SigningKeyType::EcdsaP256),

@@ -302,6 +302,10 @@ pub fn initialize_token(
 impl Token {
     /// Opens the token `cfg` names and logs in a pool of `cfg.pool_size` read-write sessions
     /// (0 = twice the number of CPUs).
+    ///
+    /// PKCS#11 login state belongs to the application: while another `Token` of this process
+    /// is open on the same token, `C_Login` answers CKR_USER_ALREADY_LOGGED_IN without
+    /// looking at the PIN. The service opens one `Token` per process.
     pub fn open(cfg: &TokenConfig) -> Result<Token, TokenError> {
         let pkcs11 = load_module(&cfg.module, &cfg.module_env)?;
         let slot = find_slot(&pkcs11, &cfg.label)?;

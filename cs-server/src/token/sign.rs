@@ -96,6 +96,14 @@ impl SigningKey {
         &self.spki
     }
 
+    /// Whether the certificate (DER) carries this key's public key.
+    pub fn matches_certificate(&self, cert_der: &[u8]) -> Result<bool, TokenError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(cert_der)
+            .map_err(|e| TokenError::Other(format!("unparsable certificate: {e}")))?;
+        Ok(cert.public_key().raw == self.spki.as_slice())
+    }
+
     /// The public key without its SPKI wrapper: 32 bytes for Ed25519, the uncompressed
     /// point for ECDSA, an `RSAPublicKey` for RSA (what ring and rcgen call "raw").
     pub fn public_key_raw(&self) -> &[u8] {

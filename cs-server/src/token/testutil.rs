@@ -3,7 +3,8 @@
 //! without seeing each other's objects.
 //!
 //! The token directory is a temporary directory kept for the life of the process (a static
-//! is never dropped); it holds only test tokens.
+//! is never dropped, so nothing removes it at exit); the next test process removes those
+//! older than an hour.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,8 +31,9 @@ pub(crate) struct Fixture {
 pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
+        remove_stale_fixtures();
         let dir = tempfile::Builder::new()
-            .prefix("lurk-softhsm-test-")
+            .prefix(PREFIX)
             .tempdir()
             .expect("temp dir")
             .keep();
@@ -55,6 +57,27 @@ pub(crate) fn fixture() -> &'static Fixture {
         load_module(SOFTHSM_MODULE.as_ref(), &env).expect("load SoftHSM");
         Fixture { conf, pin_file }
     })
+}
+
+const PREFIX: &str = "lurk-softhsm-test-";
+
+/// Removes fixture directories of earlier test processes (older than an hour, so that a
+/// concurrent test process keeps its own).
+fn remove_stale_fixtures() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if old && e.file_name().to_string_lossy().starts_with(PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A fresh token for one test, opened with a 4-session pool and the PIN from the
