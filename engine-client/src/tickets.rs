@@ -148,7 +148,7 @@ impl TicketStore for MemoryTicketStore {
         let mut map = self.lock();
         let list = map.get_mut(server)?;
         list.retain(|t| !t.is_expired(now));
-        let pos = list.iter().rposition(|t| accept(t))?;
+        let pos = list.iter().rposition(accept)?;
         list.remove(pos)
     }
 
