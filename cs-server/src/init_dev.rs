@@ -244,6 +244,8 @@ fn render_config(l: &Layout) -> String {
             qp(&l.client_cert(label))
         ));
     }
+    c.push_str("# token: (EC)DHE key pairs in the token; memory: in CS memory (faster).\n");
+    c.push_str("[ephemeral]\nbackend = \"token\"\n\n");
     c.push_str(&format!(
         "[store]\npath = {}\n",
         qp(&l.dir.join("tickets.sqlite"))

@@ -36,17 +36,24 @@ impl ConfiguredKey {
 
     /// RFC 8446 §4.4.3: the scheme must be one the peer offered in signature_algorithms.
     /// We take our most preferred scheme among those the peer listed.
-    pub fn choose_scheme(&self, offered: &[SignatureScheme]) -> Result<SignatureScheme, ServiceError> {
-        self.schemes().iter().copied().find(|s| offered.contains(s)).ok_or_else(|| {
-            ServiceError::refuse(
-                LurkStatus::InvalidSignatureScheme,
-                format!(
-                    "key {:?} ({}) can make none of the signature schemes the server accepts",
-                    self.id,
-                    self.kind_name()
-                ),
-            )
-        })
+    pub fn choose_scheme(
+        &self,
+        offered: &[SignatureScheme],
+    ) -> Result<SignatureScheme, ServiceError> {
+        self.schemes()
+            .iter()
+            .copied()
+            .find(|s| offered.contains(s))
+            .ok_or_else(|| {
+                ServiceError::refuse(
+                    LurkStatus::InvalidSignatureScheme,
+                    format!(
+                        "key {:?} ({}) can make none of the signature schemes the server accepts",
+                        self.id,
+                        self.kind_name()
+                    ),
+                )
+            })
     }
 }
 
@@ -117,21 +124,30 @@ impl KeyRing {
         });
     }
 
-    pub fn usable_by<'a>(&'a self, engine: &'a str) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {
+    pub fn usable_by<'a>(
+        &'a self,
+        engine: &'a str,
+    ) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {
         self.keys.iter().filter(move |k| k.allows(engine))
     }
 }
 
 /// Reads a PEM certificate chain (leaf first) as DER.
 pub fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let io = |e| ConfigError::Io { path: path.display().to_string(), source: e };
+    let io = |e| ConfigError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
     let pem = std::fs::read(path).map_err(io)?;
     let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_slice())
         .map(|c| c.map(|c| c.as_ref().to_vec()))
         .collect::<Result<_, _>>()
         .map_err(io)?;
     if certs.is_empty() {
-        return Err(ConfigError::Invalid(format!("{}: no certificate", path.display())));
+        return Err(ConfigError::Invalid(format!(
+            "{}: no certificate",
+            path.display()
+        )));
     }
     Ok(certs)
 }

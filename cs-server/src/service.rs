@@ -41,17 +41,12 @@ impl Cs {
         let token = Token::open(&cfg.token)?;
         let keys = KeyRing::load(&token, &cfg.keys)?;
         // Say at start, and exactly, what the token lacks for this configuration.
-        let mut needs = vec![Need::Sealing];
-        if cfg.ephemeral.backend == crate::config::EphemeralBackendKind::Token {
-            needs.extend(NamedGroup::SUPPORTED.iter().map(|g| Need::TokenEphemeral(*g)));
-        }
-        needs.extend(keys.all().map(|k| Need::Sign(k.key.key_type())));
-        token.check_mechanisms(&needs)?;
-        let store = crate::store::SqliteStore::open(
-            &cfg.store.path,
-            Arc::new(token.clone()),
-            &cfg.store,
-        )?;
+        token.check_mechanisms(&Need::for_service(
+            keys.all().map(|k| k.key.key_type()),
+            cfg.ephemeral.backend == crate::config::EphemeralBackendKind::Token,
+        ))?;
+        let store =
+            crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
         Ok(Self::new(cfg, Some(token), keys, Arc::new(store)))
     }
 
@@ -185,10 +180,14 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        self.run(req, |cs, engine, _| capabilities(cs, engine)).await
+        self.run(req, |cs, engine, _| capabilities(cs, engine))
+            .await
     }
 
-    async fn ping(&self, req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
         self.run(req, |_, engine, _| {
             Ok(pb::PingResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -241,7 +240,10 @@ fn capabilities(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Servi
         }
     }
     Ok(pb::CapabilitiesResponse {
-        groups: NamedGroup::SUPPORTED.iter().map(|g| u32::from(g.get())).collect(),
+        groups: NamedGroup::SUPPORTED
+            .iter()
+            .map(|g| u32::from(g.get()))
+            .collect(),
         signature_schemes: schemes,
         freshness,
         keys,

@@ -17,7 +17,10 @@ use tonic::transport::Channel;
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
@@ -35,7 +38,10 @@ pub struct DevSetup {
 
 impl DevSetup {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("lurk-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("lurk-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let out = Command::new(workspace_bin("lurk-cs"))
             .args(["token", "init-dev"])
             .arg(dir.path().join("dev"))
@@ -61,7 +67,10 @@ impl DevSetup {
     /// Appends TOML to the config (tests switch backends or limits this way).
     pub fn append_config(&self, toml: &str) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.config_path()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.config_path())
+            .unwrap();
         writeln!(f, "{toml}").unwrap();
     }
 
@@ -119,7 +128,12 @@ impl DevSetup {
                 panic!("lurk-cs did not start; its log:\n{}", log.lock().unwrap());
             }
         };
-        CsProcess { child, addr, dir: self.path(), log }
+        CsProcess {
+            child,
+            addr,
+            dir: self.path(),
+            log,
+        }
     }
 }
 

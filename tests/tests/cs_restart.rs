@@ -11,12 +11,22 @@ use serde_json::Value;
 
 fn msg(sec: &str, name: &str) -> Vec<u8> {
     let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(v["sections"][sec]["summary"]["messages"][name].as_str().unwrap()).unwrap()
+    hex::decode(
+        v["sections"][sec]["summary"]["messages"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn ks(sec: &str, name: &str) -> Vec<u8> {
     let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(v["sections"][sec]["summary"]["key_schedule"][name].as_str().unwrap()).unwrap()
+    hex::decode(
+        v["sections"][sec]["summary"]["key_schedule"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn resumption_request() -> pb::CInitClientHelloRequest {
@@ -53,7 +63,11 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(init.client_hello, msg(s, "client_hello"), "an engine-made share is kept as is");
+    assert_eq!(
+        init.client_hello,
+        msg(s, "client_hello"),
+        "an engine-made share is kept as is"
+    );
     assert!(init.key_shares.is_empty());
     let id = init.session_id;
     c.c_server_hello(pb::CServerHelloRequest {
@@ -102,17 +116,27 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
 
     // Another engine offering the same ticket gets nothing, and does not consume it.
     let mut other = cs.client("engine2");
-    let e = other.c_init_client_hello(resumption_request()).await.unwrap_err();
+    let e = other
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap_err();
     assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::InvalidPsk));
 
     // The engine that registered it resumes: §4's binder proves the PSK the CS re-read.
     let mut c = cs.client("engine");
-    let resumed = c.c_init_client_hello(resumption_request()).await.unwrap().into_inner();
+    let resumed = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resumed.binders, vec![ks("resumed_0rtt", "binder")]);
     assert_eq!(resumed.client_hello, msg("resumed_0rtt", "client_hello"));
 
     // Used once.
-    let e = c.c_init_client_hello(resumption_request()).await.unwrap_err();
+    let e = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap_err();
     assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::InvalidPsk));
 }
 
@@ -182,6 +206,10 @@ async fn too_many_tickets_are_refused_and_the_stored_ones_kept() {
         .unwrap_err();
     assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::TooManyTickets));
     // The first ticket is intact.
-    let resumed = c.c_init_client_hello(resumption_request()).await.unwrap().into_inner();
+    let resumed = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resumed.binders, vec![ks("resumed_0rtt", "binder")]);
 }

@@ -6,7 +6,9 @@ use lurk_e2e::{CsProcess, DevSetup};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
-use lurk_proto::wire::{ClientHelloBuilder, CipherSuite, NamedGroup, PskKeyExchangeMode, SignatureScheme};
+use lurk_proto::wire::{
+    CipherSuite, ClientHelloBuilder, NamedGroup, PskKeyExchangeMode, SignatureScheme,
+};
 use tonic::transport::Channel;
 
 fn status_of(e: tonic::Status) -> LurkStatus {
@@ -21,7 +23,10 @@ fn client_hello(groups: &[NamedGroup], shares: &[NamedGroup]) -> Vec<u8> {
         .server_name("localhost")
         .supported_versions(&[0x0304])
         .supported_groups(groups)
-        .signature_algorithms(&[SignatureScheme::EcdsaSecp256r1Sha256, SignatureScheme::Ed25519]);
+        .signature_algorithms(&[
+            SignatureScheme::EcdsaSecp256r1Sha256,
+            SignatureScheme::Ed25519,
+        ]);
     for g in shares {
         b = b.key_share(*g, &[]);
     }
@@ -38,7 +43,11 @@ fn init_request(ch: Vec<u8>) -> pb::CInitClientHelloRequest {
 }
 
 async fn ping_ok(client: &mut CryptoServiceClient<Channel>) {
-    let p = client.ping(pb::PingRequest {}).await.expect("the CS still serves").into_inner();
+    let p = client
+        .ping(pb::PingRequest {})
+        .await
+        .expect("the CS still serves")
+        .into_inner();
     assert_eq!(p.engine_identity, "engine-dev");
 }
 
@@ -56,7 +65,11 @@ async fn engines_are_named_by_their_certificate_and_capabilities_list_the_dev_ke
     let mut c2 = cs.client("engine2");
     let p = c2.ping(pb::PingRequest {}).await.unwrap().into_inner();
     assert_eq!(p.engine_identity, "engine-other");
-    let caps = c.capabilities(pb::CapabilitiesRequest {}).await.unwrap().into_inner();
+    let caps = c
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<_> = caps.keys.iter().map(|k| k.key_id.as_str()).collect();
     assert!(ids.contains(&"ed25519") && ids.contains(&"p256"), "{ids:?}");
     assert!(caps.keys.iter().all(|k| !k.certificate_chain.is_empty()));
@@ -69,7 +82,10 @@ async fn an_engine_without_a_client_certificate_is_refused() {
     let mut ep = cs.endpoint("engine");
     ep.identity_pem = None;
     let mut c = ep.connect_lazy().unwrap();
-    assert!(c.ping(pb::PingRequest {}).await.is_err(), "mTLS must refuse an anonymous engine");
+    assert!(
+        c.ping(pb::PingRequest {}).await.is_err(),
+        "mTLS must refuse an anonymous engine"
+    );
     // A certificate from another CA (the CS's own server certificate is not a client CA).
     let mut ep = cs.endpoint("engine");
     let dir = _dev.path().join("tls");
@@ -92,19 +108,31 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
     let mut c = cs.client("engine");
 
     // Malformed handshake bytes.
-    let e = c.c_init_client_hello(init_request(vec![1, 0, 0, 3, 9, 9])).await.unwrap_err();
+    let e = c
+        .c_init_client_hello(init_request(vec![1, 0, 0, 3, 9, 9]))
+        .await
+        .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidFormat);
     ping_ok(&mut c).await;
 
     // null freshness outside test-vector mode.
     let mut req = init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519]));
     req.freshness = pb::Freshness::Null as i32;
-    assert_eq!(status_of(c.c_init_client_hello(req).await.unwrap_err()), LurkStatus::InvalidFreshness);
+    assert_eq!(
+        status_of(c.c_init_client_hello(req).await.unwrap_err()),
+        LurkStatus::InvalidFreshness
+    );
 
     // A request for r.
     let mut req = init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519]));
-    req.secret_request = Some(pb::SecretRequest { r: true, ..Default::default() });
-    assert_eq!(status_of(c.c_init_client_hello(req).await.unwrap_err()), LurkStatus::InvalidSecretRequest);
+    req.secret_request = Some(pb::SecretRequest {
+        r: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        status_of(c.c_init_client_hello(req).await.unwrap_err()),
+        LurkStatus::InvalidSecretRequest
+    );
 
     // An unknown PSK identity.
     let ch = ClientHelloBuilder::new([7u8; 32])
@@ -123,11 +151,17 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
         psk_type: pb::PskType::Resumption as i32,
         tls_hash: pb::TlsHash::Sha256 as i32,
     }];
-    assert_eq!(status_of(c.c_init_client_hello(req).await.unwrap_err()), LurkStatus::InvalidPsk);
+    assert_eq!(
+        status_of(c.c_init_client_hello(req).await.unwrap_err()),
+        LurkStatus::InvalidPsk
+    );
 
     // Unknown session.
     let e = c
-        .c_server_hello(pb::CServerHelloRequest { session_id: vec![0u8; 16], ..Default::default() })
+        .c_server_hello(pb::CServerHelloRequest {
+            session_id: vec![0u8; 16],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidSessionId);
@@ -135,7 +169,11 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
     // A real session, with two CS-generated shares (x25519 and secp256r1).
     let resp = c
         .c_init_client_hello(init_request(client_hello(
-            &[NamedGroup::X25519, NamedGroup::Secp256r1, NamedGroup::Secp384r1],
+            &[
+                NamedGroup::X25519,
+                NamedGroup::Secp256r1,
+                NamedGroup::Secp384r1,
+            ],
             &[NamedGroup::X25519, NamedGroup::Secp256r1],
         )))
         .await
@@ -153,20 +191,31 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
     // Another engine's session looks unknown.
     let mut other = cs.client("engine2");
     let e = other
-        .c_client_finished(pb::CClientFinishedRequest { session_id: id.clone(), ..Default::default() })
+        .c_client_finished(pb::CClientFinishedRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidSessionId);
 
     // Out of order: c_client_finished before c_server_hello.
     let e = c
-        .c_client_finished(pb::CClientFinishedRequest { session_id: id.clone(), ..Default::default() })
+        .c_client_finished(pb::CClientFinishedRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidStatus);
 
     // The server's share is for a group the client did not offer a share for.
-    let server_hello = lurk_e2e::server_hello(CipherSuite::TlsAes128GcmSha256, NamedGroup::Secp384r1, &[4u8; 97], &[1u8; 32]);
+    let server_hello = lurk_e2e::server_hello(
+        CipherSuite::TlsAes128GcmSha256,
+        NamedGroup::Secp384r1,
+        &[4u8; 97],
+        &[1u8; 32],
+    );
     let e = c
         .c_server_hello(pb::CServerHelloRequest {
             session_id: id.clone(),
@@ -178,22 +227,41 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
     assert_eq!(status_of(e), LurkStatus::InvalidEphemeral);
 
     // The session survived every refusal: a valid ServerHello for x25519 now works.
-    let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &ring::rand::SystemRandom::new()).unwrap();
+    let peer = ring::agreement::EphemeralPrivateKey::generate(
+        &ring::agreement::X25519,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
     let peer_pub = peer.compute_public_key().unwrap();
-    let server_hello = lurk_e2e::server_hello(CipherSuite::TlsAes128GcmSha256, NamedGroup::X25519, peer_pub.as_ref(), &[1u8; 32]);
+    let server_hello = lurk_e2e::server_hello(
+        CipherSuite::TlsAes128GcmSha256,
+        NamedGroup::X25519,
+        peer_pub.as_ref(),
+        &[1u8; 32],
+    );
     let sh = c
-        .c_server_hello(pb::CServerHelloRequest { session_id: id.clone(), server_hello, ..Default::default() })
+        .c_server_hello(pb::CServerHelloRequest {
+            session_id: id.clone(),
+            server_hello,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let kinds: Vec<i32> = sh.secrets.iter().map(|s| s.secret_type).collect();
     assert_eq!(
         kinds,
-        vec![pb::SecretType::ClientHandshakeTraffic as i32, pb::SecretType::ServerHandshakeTraffic as i32]
+        vec![
+            pb::SecretType::ClientHandshakeTraffic as i32,
+            pb::SecretType::ServerHandshakeTraffic as i32
+        ]
     );
     // Replaying the same exchange is out of order now.
     let e = c
-        .c_server_hello(pb::CServerHelloRequest { session_id: id, ..Default::default() })
+        .c_server_hello(pb::CServerHelloRequest {
+            session_id: id,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidStatus);
@@ -207,13 +275,19 @@ async fn sessions_expire() {
     let cs = dev.start();
     let mut c = cs.client("engine");
     let resp = c
-        .c_init_client_hello(init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519])))
+        .c_init_client_hello(init_request(client_hello(
+            &[NamedGroup::X25519],
+            &[NamedGroup::X25519],
+        )))
         .await
         .unwrap()
         .into_inner();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let e = c
-        .c_server_hello(pb::CServerHelloRequest { session_id: resp.session_id, ..Default::default() })
+        .c_server_hello(pb::CServerHelloRequest {
+            session_id: resp.session_id,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidSessionId);
@@ -227,19 +301,28 @@ async fn too_many_sessions_are_refused_with_their_status() {
     let cs = dev.start();
     let mut c = cs.client("engine");
     for _ in 0..2 {
-        c.c_init_client_hello(init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519])))
-            .await
-            .unwrap();
+        c.c_init_client_hello(init_request(client_hello(
+            &[NamedGroup::X25519],
+            &[NamedGroup::X25519],
+        )))
+        .await
+        .unwrap();
     }
     let e = c
-        .c_init_client_hello(init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519])))
+        .c_init_client_hello(init_request(client_hello(
+            &[NamedGroup::X25519],
+            &[NamedGroup::X25519],
+        )))
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::TooManySessions);
     // Another engine still has room: limits are per engine too.
     let mut c2 = cs.client("engine2");
-    c2.c_init_client_hello(init_request(client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519])))
-        .await
-        .unwrap();
+    c2.c_init_client_hello(init_request(client_hello(
+        &[NamedGroup::X25519],
+        &[NamedGroup::X25519],
+    )))
+    .await
+    .unwrap();
     ping_ok(&mut c).await;
 }
