@@ -45,7 +45,7 @@ use crate::alert::{encode_alert, AlertOutcome, AlertReceiver};
 use crate::config::{ClientConfig, Ephemeral, HandshakeSummary, TlsMode};
 use crate::cs_client::{CsCall, CsError, CsReply};
 use crate::deframer::{Deframer, OpaqueRecord};
-use crate::error::{Error, PeerMisbehaved};
+use crate::error::{CertificateError, Error, PeerMisbehaved};
 use crate::joiner::{HandshakeJoiner, HandshakeMessage};
 use crate::keyshare::EngineShare;
 use crate::record::{encode_plaintext, PlainMessage, RecordDecrypter, RecordEncrypter, RecordKeys};
@@ -1442,6 +1442,13 @@ fn handle_certificate(
     let chain = cert.chain();
     if chain.is_empty() {
         return Err(PeerMisbehaved::EmptyServerCertificate.into());
+    }
+    if core.config.trust_anchors.is_empty() {
+        return Err(CertificateError::new(
+            AlertDescription::UnknownCa,
+            "no trust anchors configured (--ca): cannot validate the server's certificate",
+        )
+        .into());
     }
     core.config
         .trust_anchors

@@ -458,7 +458,6 @@ async fn connect(address: &str, tls: &TlsArgs) -> Result<(), BoxError> {
         report(tls, &s);
     }
     let mut stream = open(&connector, &host, port, &server_name).await?;
-    report(tls, &stream);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
     tokio::spawn(async move {

@@ -333,3 +333,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// `TlsStream` and the handshake future can move between threads (hyper, tokio::spawn).
+    #[test]
+    fn stream_and_connect_future_are_send() {
+        let connector = Connector::new(Arc::new(ClientConfig::default()), None);
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = connector.connect(a, "localhost", 443);
+        assert_send(&fut);
+        fn stream_is_send<T: Send>() {}
+        stream_is_send::<TlsStream<tokio::net::TcpStream>>();
+    }
+}
