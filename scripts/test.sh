@@ -10,3 +10,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The benchmark tool in its quick mode (seconds; figures not checked): it keeps working.
+cargo run -p lurk-bench --locked -- --quick > /dev/null

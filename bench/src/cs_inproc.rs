@@ -362,7 +362,11 @@ pub fn raw_token(
 }
 
 /// RSS of this process (KiB) as a run goes: (operations so far, RSS, sessions held).
-pub type Samples = Vec<(usize, u64, usize)>;
+pub type Samples = Vec<(usize, u64, usize, f64)>;
+
+fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
 
 /// `n` full handshakes on two threads (memory ephemerals), sampling RSS every `every`.
 pub fn memory_over_handshakes(
@@ -372,8 +376,8 @@ pub fn memory_over_handshakes(
     budget: Duration,
 ) -> Result<(Samples, Duration), BoxError> {
     let template = engine_client_hello(NamedGroup::X25519);
-    let mut samples = vec![(0, sys::rss_kib(None), cs.sessions.len())];
     let start = Instant::now();
+    let mut samples = vec![(0, sys::rss_kib(None), cs.sessions.len(), 0.0)];
     let mut done = 0;
     while done < n && start.elapsed() < budget {
         let chunk = every.min(n - done);
@@ -393,7 +397,7 @@ pub fn memory_over_handshakes(
             }
         });
         done += chunk;
-        samples.push((done, sys::rss_kib(None), cs.sessions.len()));
+        samples.push((done, sys::rss_kib(None), cs.sessions.len(), secs(start)));
     }
     Ok((samples, start.elapsed()))
 }
@@ -410,9 +414,9 @@ pub fn abandoned_sessions(
 ) -> Result<(Samples, usize, Duration), BoxError> {
     let template = engine_client_hello(NamedGroup::X25519);
     let names: Vec<String> = (0..engines).map(|i| format!("{ENGINE}-{i}")).collect();
-    let mut samples = vec![(0, sys::rss_kib(None), cs.sessions.len())];
-    let refused = AtomicUsize::new(0);
     let start = Instant::now();
+    let mut samples = vec![(0, sys::rss_kib(None), cs.sessions.len(), 0.0)];
+    let refused = AtomicUsize::new(0);
     let mut done = 0;
     while done < n && start.elapsed() < budget {
         let chunk = every.min(n - done);
@@ -436,7 +440,7 @@ pub fn abandoned_sessions(
             }
         });
         done += next.load(Ordering::Relaxed).min(chunk);
-        samples.push((done, sys::rss_kib(None), cs.sessions.len()));
+        samples.push((done, sys::rss_kib(None), cs.sessions.len(), secs(start)));
     }
     Ok((samples, refused.load(Ordering::Relaxed), start.elapsed()))
 }

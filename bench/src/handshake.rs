@@ -178,6 +178,13 @@ pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("LURK_EPHEMERAL__BACKEND", backend)
+        // Its own ticket store, and room for the tickets a run leaves behind: servers send
+        // two per connection and a resumption consumes one (the default cap is 64).
+        .env(
+            "LURK_STORE__PATH",
+            dev.join(format!("bench-tickets-{backend}-{port}.sqlite")),
+        )
+        .env("LURK_STORE__MAX_TICKETS_PER_ENGINE", "10000000")
         .env("LURK_LOG__LEVEL", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -296,8 +296,9 @@ impl Results {
         if let Some((samples, refused, took, max)) = &self.abandoned {
             let _ = writeln!(
                 s,
-                "Abandoned `c_init_client_hello` sessions (never followed up; `[sessions] max` = {max}, several engine identities; {refused} refused with too_many_sessions; {:.1} s): {}\n",
+                "Abandoned `c_init_client_hello` sessions (never followed up; `[sessions] max` = {max}, four engine identities; {refused} refused with too_many_sessions; {:.1} s; {:.0} requests/s once the table was full): {}\n",
                 took.as_secs_f64(),
+                full_rate(samples, *max),
                 samples_line(samples)
             );
         }
@@ -395,11 +396,22 @@ impl Results {
 
 fn samples_line(s: &Samples) -> String {
     s.iter()
-        .map(|(n, rss, sessions)| {
-            format!("{n}: {:.1} MiB ({sessions} sessions)", *rss as f64 / 1024.0)
+        .map(|(n, rss, sessions, t)| {
+            format!(
+                "{n}: {:.1} MiB ({sessions} sessions, {t:.1} s)",
+                *rss as f64 / 1024.0
+            )
         })
         .collect::<Vec<_>>()
         .join(" → ")
+}
+
+/// Requests per second after the table filled.
+fn full_rate(s: &Samples, max: usize) -> f64 {
+    match (s.iter().find(|x| x.2 >= max), s.last()) {
+        (Some(a), Some(b)) if b.3 > a.3 => (b.0 - a.0) as f64 / (b.3 - a.3),
+        _ => 0.0,
+    }
 }
 
 /// RSS growth (MiB) from the sample at 10% of the run to the last one.
