@@ -89,6 +89,16 @@ pub struct SessionTable {
 struct Inner {
     sessions: HashMap<SessionId, Entry>,
     per_engine: HashMap<String, usize>,
+    /// No session expires before this instant (a lower bound, kept on insert and touch): a
+    /// full table is scanned for expired sessions only once one may have expired, not on
+    /// every refused open.
+    earliest_expiry: Option<Instant>,
+}
+
+impl Inner {
+    fn note_expiry(&mut self, expires: Instant) {
+        self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
+    }
 }
 
 fn unknown_session() -> ServiceError {
@@ -161,6 +171,7 @@ impl SessionTable {
                 },
             );
             *inner.per_engine.entry(owner.to_owned()).or_insert(0) += 1;
+            inner.note_expiry(expires);
         }
         // Expired sessions (and the ephemeral keys they hold) are dropped outside the lock.
         drop(expired);
@@ -189,8 +200,10 @@ impl SessionTable {
     pub fn touch(&self, id: &SessionId, session: &mut Session) {
         let expires = Instant::now() + self.ttl(&session.stage);
         session.expires = expires;
-        if let Some(e) = self.lock().sessions.get_mut(id) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.sessions.get_mut(id) {
             e.expires = expires;
+            inner.note_expiry(expires);
         }
     }
 
@@ -215,12 +228,19 @@ impl SessionTable {
     }
 
     fn remove_expired(inner: &mut Inner, now: Instant) -> Vec<Entry> {
-        let dead: Vec<SessionId> = inner
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.expires <= now)
-            .map(|(k, _)| *k)
-            .collect();
+        if inner.earliest_expiry.is_some_and(|e| e > now) {
+            return Vec::new();
+        }
+        let mut dead = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for (k, e) in &inner.sessions {
+            if e.expires <= now {
+                dead.push(*k);
+            } else {
+                earliest = Some(earliest.map_or(e.expires, |x| x.min(e.expires)));
+            }
+        }
+        inner.earliest_expiry = earliest;
         dead.iter()
             .filter_map(|id| Self::remove(inner, id))
             .collect()
