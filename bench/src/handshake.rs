@@ -460,8 +460,8 @@ pub fn s_time(pki: &Pki, port: u16, mode: Mode, secs: u32) -> Result<(f64, Durat
     // "N connections in T real seconds, B bytes read per connection"
     let line = text
         .lines()
-        .filter(|l| l.contains("real seconds"))
-        .last()
+        .rev()
+        .find(|l| l.contains("real seconds"))
         .ok_or("s_time printed no result")?;
     let mut w = line.split_whitespace();
     let n: f64 = w.next().ok_or("s_time")?.parse()?;

@@ -16,6 +16,9 @@ fn quick_cs_half_writes_the_markdown_and_the_plots() {
     assert!(md.contains("### Crypto Service in-process"));
     for svg in ["bench-handshake.svg", "bench-cs.svg", "bench-memory.svg"] {
         let s = std::fs::read_to_string(out.path().join("docs").join(svg)).unwrap();
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"), "{svg}");
+        assert!(
+            s.starts_with("<svg") && s.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
     }
 }
