@@ -39,6 +39,13 @@ pub fn handle(
             "hello_retry_request is not a HelloRetryRequest selecting a group",
         ));
     };
+    if hrr.legacy_session_id_echo != state.legacy_session_id {
+        // RFC 8446 §4.1.4: the HRR echoes legacy_session_id like a ServerHello.
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the HelloRetryRequest does not echo the ClientHello's legacy_session_id",
+        ));
+    }
     if !state.offered_suites.contains(&hrr.suite) {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidHandshake,

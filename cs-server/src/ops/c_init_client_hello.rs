@@ -153,6 +153,7 @@ fn build(
         transcript,
         client_hello: client_hello.clone(),
         random,
+        legacy_session_id: ch.legacy_session_id,
         offered_suites: ch.suites,
         offered_groups: ch.groups,
         shared_groups: ch.shares.iter().map(|(g, _)| *g).collect(),

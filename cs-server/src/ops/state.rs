@@ -81,6 +81,7 @@ pub struct HelloState {
     /// The last completed ClientHello, as sent.
     pub client_hello: Vec<u8>,
     pub random: [u8; 32],
+    pub legacy_session_id: Vec<u8>,
     pub offered_suites: Vec<CipherSuite>,
     pub offered_groups: Vec<NamedGroup>,
     /// Groups with a key share in the ClientHello (CS- or engine-generated).
