@@ -1,8 +1,10 @@
 //! The engine's connection to the Crypto Service: one HTTP/2 channel (mTLS unless the CS is
 //! a plaintext development listener), reused by every connection the engine makes.
 
+use std::fmt;
 use std::path::Path;
 
+use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -108,4 +110,95 @@ impl From<tonic::Status> for CsError {
             },
         }
     }
+}
+
+/// A call to the CS the state machine asks its driver to make (one LURK exchange).
+#[derive(Clone)]
+pub enum CsCall {
+    InitClientHello(pb::CInitClientHelloRequest),
+    ClientHello(pb::CClientHelloRequest),
+    ServerHello(pb::CServerHelloRequest),
+    ClientFinished(pb::CClientFinishedRequest),
+    InitClientFinished(pb::CInitClientFinishedRequest),
+    PostHandAuth(pb::CPostHandAuthRequest),
+    RegisterTickets(pb::CRegisterTicketsRequest),
+}
+
+impl CsCall {
+    /// The LURK exchange name.
+    pub fn exchange(&self) -> &'static str {
+        match self {
+            Self::InitClientHello(_) => "c_init_client_hello",
+            Self::ClientHello(_) => "c_client_hello",
+            Self::ServerHello(_) => "c_server_hello",
+            Self::ClientFinished(_) => "c_client_finished",
+            Self::InitClientFinished(_) => "c_init_client_finished",
+            Self::PostHandAuth(_) => "c_post_hand_auth",
+            Self::RegisterTickets(_) => "c_register_tickets",
+        }
+    }
+}
+
+/// Requests carry secrets (shared secrets) and transcripts: show only the exchange.
+impl fmt::Debug for CsCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CsCall({})", self.exchange())
+    }
+}
+
+/// The CS's answer to a [`CsCall`].
+pub enum CsReply {
+    InitClientHello(pb::CInitClientHelloResponse),
+    ClientHello(pb::CClientHelloResponse),
+    ServerHello(pb::CServerHelloResponse),
+    ClientFinished(pb::CClientFinishedResponse),
+    InitClientFinished(pb::CInitClientFinishedResponse),
+    PostHandAuth(pb::CPostHandAuthResponse),
+    RegisterTickets(pb::CRegisterTicketsResponse),
+}
+
+/// Responses carry traffic secrets: show only the variant.
+impl fmt::Debug for CsReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::InitClientHello(_) => "InitClientHello",
+            Self::ClientHello(_) => "ClientHello",
+            Self::ServerHello(_) => "ServerHello",
+            Self::ClientFinished(_) => "ClientFinished",
+            Self::InitClientFinished(_) => "InitClientFinished",
+            Self::PostHandAuth(_) => "PostHandAuth",
+            Self::RegisterTickets(_) => "RegisterTickets",
+        };
+        write!(f, "CsReply({name})")
+    }
+}
+
+/// Makes one call on `client` (a cheap clone of the shared channel).
+pub async fn perform(
+    mut client: CryptoServiceClient<Channel>,
+    call: CsCall,
+) -> Result<CsReply, CsError> {
+    Ok(match call {
+        CsCall::InitClientHello(r) => {
+            CsReply::InitClientHello(client.c_init_client_hello(r).await?.into_inner())
+        }
+        CsCall::ClientHello(r) => {
+            CsReply::ClientHello(client.c_client_hello(r).await?.into_inner())
+        }
+        CsCall::ServerHello(r) => {
+            CsReply::ServerHello(client.c_server_hello(r).await?.into_inner())
+        }
+        CsCall::ClientFinished(r) => {
+            CsReply::ClientFinished(client.c_client_finished(r).await?.into_inner())
+        }
+        CsCall::InitClientFinished(r) => {
+            CsReply::InitClientFinished(client.c_init_client_finished(r).await?.into_inner())
+        }
+        CsCall::PostHandAuth(r) => {
+            CsReply::PostHandAuth(client.c_post_hand_auth(r).await?.into_inner())
+        }
+        CsCall::RegisterTickets(r) => {
+            CsReply::RegisterTickets(client.c_register_tickets(r).await?.into_inner())
+        }
+    })
 }

@@ -10,7 +10,9 @@
 
 use std::fmt;
 
+use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::enums::{AlertDescription, ContentType, HandshakeType};
+use lurk_proto::wire::WireError;
 
 /// An error of the engine. Fatal for the connection unless a caller documents otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,32 @@ pub enum Error {
     /// A sequence number would wrap (RFC 8446 §5.3: rekey or terminate). No alert can be sent
     /// under the exhausted write key, so none is.
     SequenceExhausted,
+    /// A handshake message that does not parse or breaks a structural rule of RFC 8446 (the
+    /// alert is the one [`WireError::alert`] prescribes).
+    Wire(WireError),
+    /// The server's certificate was rejected (chain, name, validity or signature).
+    InvalidCertificate(CertificateError),
+    /// A call to the Crypto Service failed: unreachable, refused with a LURK status, or
+    /// answered something unusable.
+    CryptoService {
+        /// The LURK exchange (`c_server_hello`, ...).
+        exchange: &'static str,
+        /// The LURK status of a refusal.
+        status: Option<LurkStatus>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The handshake needs the Crypto Service but the engine was configured without one.
+    NoCryptoService(&'static str),
+    /// The transport failed (or closed in the middle of the handshake).
+    Io {
+        /// The I/O error kind.
+        kind: std::io::ErrorKind,
+        /// What happened.
+        message: String,
+    },
+    /// The operation needs a completed handshake.
+    HandshakeNotComplete,
     /// A local failure or misuse of the API (a bug, a bad key length, an unsupported suite).
     General(String),
 }
@@ -60,7 +88,20 @@ impl Error {
             Self::InappropriateMessage { .. } | Self::InappropriateHandshakeMessage { .. } => {
                 Some(AlertDescription::UnexpectedMessage)
             }
-            Self::General(_) => Some(AlertDescription::InternalError),
+            Self::Wire(e) => Some(e.alert()),
+            Self::InvalidCertificate(e) => Some(e.alert),
+            Self::CryptoService { .. } | Self::NoCryptoService(_) | Self::General(_) => {
+                Some(AlertDescription::InternalError)
+            }
+            Self::Io { .. } | Self::HandshakeNotComplete => None,
+        }
+    }
+
+    /// An I/O error, kept with its kind.
+    pub fn io(e: &std::io::Error) -> Self {
+        Self::Io {
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
 
@@ -91,12 +132,70 @@ impl fmt::Display for Error {
                 )
             }
             Self::SequenceExhausted => f.write_str("record sequence number exhausted"),
+            Self::Wire(e) => write!(f, "received invalid handshake message: {e}"),
+            Self::InvalidCertificate(e) => write!(f, "server certificate rejected: {e}"),
+            Self::CryptoService {
+                exchange,
+                status: Some(status),
+                message,
+            } => write!(
+                f,
+                "Crypto Service refused {exchange} with LURK status {status}: {message}"
+            ),
+            Self::CryptoService {
+                exchange,
+                status: None,
+                message,
+            } => write!(f, "Crypto Service call {exchange} failed: {message}"),
+            Self::NoCryptoService(exchange) => write!(
+                f,
+                "the handshake needs the Crypto Service ({exchange}) but none is configured (--cs)"
+            ),
+            Self::Io { kind, message } => write!(f, "I/O error ({kind:?}): {message}"),
+            Self::HandshakeNotComplete => f.write_str("the handshake is not complete"),
             Self::General(msg) => write!(f, "unexpected error: {msg}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
+
+impl From<CertificateError> for Error {
+    fn from(e: CertificateError) -> Self {
+        Self::InvalidCertificate(e)
+    }
+}
+
+/// Why the server's certificate was rejected, and the alert that says so (RFC 8446 §6.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateError {
+    /// The reason, naming the check that failed.
+    pub reason: String,
+    /// bad_certificate, unknown_ca, certificate_expired, decrypt_error, ...
+    pub alert: AlertDescription,
+}
+
+impl CertificateError {
+    /// A rejection with its alert.
+    pub fn new(alert: AlertDescription, reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            alert,
+        }
+    }
+}
+
+impl fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
 
 impl From<InvalidMessage> for Error {
     fn from(e: InvalidMessage) -> Self {
@@ -199,13 +298,83 @@ pub enum PeerMisbehaved {
     TooManyWarningAlerts,
     /// A record_size_limit below 64 (RFC 8449 §4: `illegal_parameter`).
     IllegalRecordSizeLimit,
+    /// ServerHello.legacy_session_id_echo differs from our legacy_session_id (§4.1.3).
+    WrongSessionIdEcho,
+    /// The server selected a cipher suite we did not offer (§4.1.3).
+    SelectedUnofferedCipherSuite,
+    /// The ServerHello's cipher suite differs from the HelloRetryRequest's (§4.1.4).
+    SelectedDifferentCipherSuiteAfterRetry,
+    /// The server's key share is for a group we sent no share for (§4.2.8).
+    WrongGroupForKeyShare,
+    /// The server's key share does not decode or gives no shared secret (§4.2.8.1, §7.4).
+    InvalidKeyShare,
+    /// The server selected a PSK identity we did not offer (§4.2.11).
+    SelectedUnofferedPsk,
+    /// The selected PSK's hash is not the cipher suite's (§4.2.11).
+    SelectedPskWithWrongHash,
+    /// Neither key_share nor pre_shared_key in the ServerHello (§4.2.8, §9.2).
+    MissingKeyShare,
+    /// The server used a PSK key exchange mode we did not offer (§4.2.9).
+    UnofferedPskKeyExchangeMode,
+    /// A second HelloRetryRequest (§4.1.4).
+    TwoHelloRetryRequests,
+    /// A HelloRetryRequest that would not change the ClientHello, or asks for a group that was
+    /// not offered or already had a share (§4.1.4).
+    IllegalHelloRetryRequest,
+    /// early_data accepted in EncryptedExtensions although not offered (§4.2.10).
+    UnsolicitedEarlyDataExtension,
+    /// An ALPN protocol we did not offer (RFC 7301 §3.2).
+    UnofferedAlpnProtocol,
+    /// certificate_request_context not empty in the handshake, or empty after it (§4.3.2).
+    IllegalCertificateRequestContext,
+    /// A CertificateRequest in a PSK handshake (§4.3.2).
+    CertificateRequestInPskHandshake,
+    /// The server sent an empty certificate_list (§4.4.2.4: `decode_error`).
+    EmptyServerCertificate,
+    /// The server Certificate's certificate_request_context is not empty (§4.4.2).
+    ServerCertificateWithContext,
+    /// CertificateVerify with a scheme we did not offer, or unfit for the key (§4.4.3).
+    UnofferedSignatureScheme,
+    /// The server's CertificateVerify signature does not verify (§4.4.3: `decrypt_error`).
+    BadCertificateVerifySignature,
+    /// The server Finished does not verify (§4.4.4: `decrypt_error`).
+    IncorrectFinished,
+    /// A post-handshake CertificateRequest although post_handshake_auth was not offered
+    /// (§4.6.2: `unexpected_message`).
+    UnsolicitedPostHandshakeAuth,
+    /// The Crypto Service completed the ClientHello with another random than the freshness
+    /// function of our random (LURK.md §3).
+    WrongFreshRandom,
 }
 
 impl PeerMisbehaved {
     /// The alert answering this broken rule.
     pub fn alert(&self) -> AlertDescription {
         match self {
-            Self::IllegalRecordSizeLimit => AlertDescription::IllegalParameter,
+            Self::IllegalRecordSizeLimit
+            | Self::WrongSessionIdEcho
+            | Self::SelectedUnofferedCipherSuite
+            | Self::SelectedDifferentCipherSuiteAfterRetry
+            | Self::WrongGroupForKeyShare
+            | Self::InvalidKeyShare
+            | Self::SelectedUnofferedPsk
+            | Self::SelectedPskWithWrongHash
+            | Self::UnofferedPskKeyExchangeMode
+            | Self::IllegalHelloRetryRequest
+            | Self::UnofferedAlpnProtocol
+            | Self::IllegalCertificateRequestContext
+            | Self::ServerCertificateWithContext
+            | Self::UnofferedSignatureScheme => AlertDescription::IllegalParameter,
+            Self::MissingKeyShare => AlertDescription::MissingExtension,
+            Self::UnsolicitedEarlyDataExtension => AlertDescription::UnsupportedExtension,
+            Self::EmptyServerCertificate => AlertDescription::DecodeError,
+            Self::BadCertificateVerifySignature | Self::IncorrectFinished => {
+                AlertDescription::DecryptError
+            }
+            Self::WrongFreshRandom => AlertDescription::InternalError,
+            Self::TwoHelloRetryRequests
+            | Self::CertificateRequestInPskHandshake
+            | Self::UnsolicitedPostHandshakeAuth => AlertDescription::UnexpectedMessage,
             Self::TooManyWarningAlerts => AlertDescription::DecodeError,
             Self::IllegalTlsInnerPlaintext
             | Self::ProtectedChangeCipherSpec
@@ -234,6 +403,42 @@ impl fmt::Display for PeerMisbehaved {
             }
             Self::TooManyWarningAlerts => "too many warning alerts",
             Self::IllegalRecordSizeLimit => "record_size_limit below 64",
+            Self::WrongSessionIdEcho => "ServerHello does not echo our legacy_session_id",
+            Self::SelectedUnofferedCipherSuite => "server selected a cipher suite we did not offer",
+            Self::SelectedDifferentCipherSuiteAfterRetry => {
+                "ServerHello cipher suite differs from the HelloRetryRequest's"
+            }
+            Self::WrongGroupForKeyShare => "server key share for a group we sent no share for",
+            Self::InvalidKeyShare => "server key share is invalid",
+            Self::SelectedUnofferedPsk => "server selected a PSK identity we did not offer",
+            Self::SelectedPskWithWrongHash => "selected PSK's hash is not the cipher suite's",
+            Self::MissingKeyShare => "ServerHello has neither key_share nor pre_shared_key",
+            Self::UnofferedPskKeyExchangeMode => "server used a PSK mode we did not offer",
+            Self::TwoHelloRetryRequests => "second HelloRetryRequest",
+            Self::IllegalHelloRetryRequest => {
+                "HelloRetryRequest asks for an unoffered group, a group we already shared, or no change"
+            }
+            Self::UnsolicitedEarlyDataExtension => "server accepted early data we did not offer",
+            Self::UnofferedAlpnProtocol => "server selected an ALPN protocol we did not offer",
+            Self::IllegalCertificateRequestContext => "illegal certificate_request_context",
+            Self::CertificateRequestInPskHandshake => "CertificateRequest in a PSK handshake",
+            Self::EmptyServerCertificate => "server sent an empty certificate list",
+            Self::ServerCertificateWithContext => {
+                "server Certificate has a non-empty certificate_request_context"
+            }
+            Self::UnofferedSignatureScheme => {
+                "server CertificateVerify uses a scheme we did not offer or unfit for its key"
+            }
+            Self::BadCertificateVerifySignature => {
+                "server CertificateVerify signature does not verify"
+            }
+            Self::IncorrectFinished => "server Finished does not verify",
+            Self::UnsolicitedPostHandshakeAuth => {
+                "post-handshake CertificateRequest without post_handshake_auth offered"
+            }
+            Self::WrongFreshRandom => {
+                "Crypto Service returned a ClientHello.random that is not the freshness of ours"
+            }
         })
     }
 }

@@ -10,16 +10,34 @@
 //! - [`joiner`]: handshake messages out of handshake record payloads;
 //! - [`alert`]: alert parsing, encoding and close_notify semantics;
 //! - [`error`]: the engine's error tree and the choice of alert to send.
+//!
+//! The client:
+//!
+//! - [`conn`]: the Sans-IO TLS 1.3 client state machine (CS calls are actions);
+//! - [`stream`]: [`Connector`] and [`TlsStream`] for tokio;
+//! - [`config`]: [`ClientConfig`] and the [`HandshakeSummary`];
+//! - [`tickets`]: the engine's ticket store; [`verify`]: server authentication;
+//!   [`keyshare`]: the engine's own (EC)DHE key pairs.
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod config;
+pub mod conn;
 pub mod cs_client;
 pub mod deframer;
 pub mod error;
 pub mod joiner;
+pub mod keyshare;
 pub mod record;
+pub mod stream;
+pub mod tickets;
+pub mod verify;
 
-pub use error::{Error, InvalidMessage, PeerMisbehaved};
+pub use config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk, HandshakeSummary, TlsMode};
+pub use conn::ClientConnection;
+pub use error::{CertificateError, Error, InvalidMessage, PeerMisbehaved};
+pub use stream::{Connector, TlsStream};
+pub use tickets::{MemoryTicketStore, StoredTicket, TicketStore};
 
 #[cfg(test)]
 mod pipeline_tests {

@@ -1,12 +1,30 @@
 //! `lurk-engine`: the LURK engine's command line.
+//!
+//! - `cs-info`: what the CS offers this engine;
+//! - `get URL`: `GET path HTTP/1.0`, prints the response body (read until EOF);
+//! - `connect HOST:PORT`: like `openssl s_client`: stdin to the server (a line `k` / `K` alone
+//!   sends a KeyUpdate, not requesting / requesting the server's), server to stdout.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk};
 use lurk_engine::cs_client::{CsEndpoint, CsError};
+use lurk_engine::tickets::MemoryTicketStore;
+use lurk_engine::verify::TrustAnchors;
+use lurk_engine::{Connector, TlsStream};
 use lurk_proto::pb;
+use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
+use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, PskKeyExchangeMode, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
 #[command(
@@ -36,12 +54,100 @@ struct CsArgs {
     cs_key: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EphemeralArg {
+    Cs,
+    Engine,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PskKeArg {
+    Dhe,
+    Ke,
+    Both,
+}
+
+/// TLS and CS options shared by `get` and `connect`.
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// CS URL (https:// mTLS, http:// plaintext); not needed for --ephemeral engine without
+    /// client key or external PSK.
+    #[arg(long, env = "LURK_CS")]
+    cs: Option<String>,
+    /// PEM CA of the CS certificate.
+    #[arg(long)]
+    cs_ca: Option<PathBuf>,
+    /// PEM client certificate of this engine at the CS.
+    #[arg(long)]
+    cs_cert: Option<PathBuf>,
+    /// PEM key of that certificate.
+    #[arg(long)]
+    cs_key: Option<PathBuf>,
+    /// PEM trust anchors for the server's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Key id at the CS to authenticate with when the server asks.
+    #[arg(long)]
+    client_key: Option<String>,
+    /// supported_groups in preference order: x25519, secp256r1 / P-256, secp384r1 / P-384.
+    #[arg(long, default_value = "x25519,secp256r1,secp384r1")]
+    groups: String,
+    /// How many of the first groups get a key share (the others are listed only).
+    #[arg(long, default_value_t = 1)]
+    key_shares: usize,
+    /// Cipher suites (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
+    /// TLS_CHACHA20_POLY1305_SHA256), comma-separated.
+    #[arg(long)]
+    ciphersuites: Option<String>,
+    /// Who makes the (EC)DHE key pairs.
+    #[arg(long, value_enum, default_value = "cs")]
+    ephemeral: EphemeralArg,
+    /// PSK key exchange modes offered.
+    #[arg(long, value_enum, default_value = "dhe")]
+    psk_ke: PskKeArg,
+    /// External PSK identity held by the CS (offers only suites of its hash).
+    #[arg(long)]
+    external_psk: Option<String>,
+    /// Make N more connections resuming with the tickets received.
+    #[arg(long, default_value_t = 0)]
+    resume: usize,
+    /// Send this file as 0-RTT early data when a ticket allows it.
+    #[arg(long)]
+    early_data: Option<PathBuf>,
+    /// ALPN protocols, comma-separated.
+    #[arg(long)]
+    alpn: Option<String>,
+    /// Offer post-handshake client authentication.
+    #[arg(long)]
+    post_handshake_auth: bool,
+    /// After each connection, print one JSON line with the handshake summary on stderr.
+    #[arg(long)]
+    json: bool,
+    /// Server name for SNI and certificate checks (default: the host).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print what the CS offers this engine (keys, groups, schemes).
     CsInfo {
         #[command(flatten)]
         cs: CsArgs,
+    },
+    /// GET a URL over HTTP/1.0 and print the response body.
+    Get {
+        /// https://host[:port]/path
+        url: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Connect like `openssl s_client`: stdin to the server, the server to stdout.
+    Connect {
+        /// host:port
+        address: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -66,19 +172,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn endpoint(a: &CsArgs) -> Result<CsEndpoint, Box<dyn std::error::Error>> {
-    Ok(CsEndpoint::from_files(
-        &a.cs,
-        a.cs_ca.as_deref(),
-        a.cs_cert.as_deref(),
-        a.cs_key.as_deref(),
-    )?)
+fn cs_client(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<CryptoServiceClient<Channel>, BoxError> {
+    let ep = CsEndpoint::from_files(url, ca, cert, key)
+        .map_err(|e| format!("reading the CS credentials: {e}"))?;
+    Ok(ep.connect_lazy()?)
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::CsInfo { cs } => {
-            let mut client = endpoint(&cs)?.connect_lazy()?;
+            let mut client = cs_client(
+                &cs.cs,
+                cs.cs_ca.as_deref(),
+                cs.cs_cert.as_deref(),
+                cs.cs_key.as_deref(),
+            )?;
             let ping = client
                 .ping(pb::PingRequest {})
                 .await
@@ -97,18 +210,14 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let groups: Vec<String> = caps
                 .groups
                 .iter()
-                .map(|g| {
-                    lurk_proto::wire::NamedGroup::from(*g as u16)
-                        .name()
-                        .to_owned()
-                })
+                .map(|g| NamedGroup::from(*g as u16).name().to_owned())
                 .collect();
             println!("groups: {}", groups.join(", "));
             for k in &caps.keys {
                 let schemes: Vec<&str> = k
                     .signature_schemes
                     .iter()
-                    .map(|s| lurk_proto::wire::SignatureScheme::from(*s as u16).name())
+                    .map(|s| SignatureScheme::from(*s as u16).name())
                     .collect();
                 println!(
                     "key {:?}: {} ({}), chain of {} certificate(s)",
@@ -118,11 +227,295 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     k.certificate_chain.len()
                 );
             }
+            for p in &caps.external_psks {
+                println!(
+                    "external PSK {:?} ({})",
+                    String::from_utf8_lossy(&p.identity),
+                    if p.tls_hash == pb::TlsHash::Sha384 as i32 {
+                        "SHA-384"
+                    } else {
+                        "SHA-256"
+                    }
+                );
+            }
             println!(
                 "tickets: at most {} per engine, lifetime cap {} s",
                 caps.max_tickets_per_engine, caps.ticket_lifetime_seconds
             );
             Ok(())
         }
+        Command::Get { url, tls } => get(&url, &tls).await,
+        Command::Connect { address, tls } => connect(&address, &tls).await,
     }
+}
+
+/// Builds the connector: configuration from the flags, the CS channel, and what the CS says
+/// about the client key and the external PSK.
+async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
+    let mut cfg = ClientConfig::default();
+    if let Some(ca) = &tls.ca {
+        cfg.trust_anchors = TrustAnchors::from_pem_file(ca)?;
+    }
+    cfg.groups = tls
+        .groups
+        .split([',', ':'])
+        .filter(|s| !s.is_empty())
+        .map(|g| NamedGroup::from_name(g).ok_or_else(|| format!("unknown group {g:?}")))
+        .collect::<Result<_, _>>()?;
+    cfg.key_shares = tls.key_shares;
+    if let Some(list) = &tls.ciphersuites {
+        cfg.cipher_suites = list
+            .split([',', ':'])
+            .filter(|s| !s.is_empty())
+            .map(|n| {
+                CipherSuite::SUPPORTED
+                    .into_iter()
+                    .find(|s| s.name().eq_ignore_ascii_case(n))
+                    .ok_or_else(|| format!("unknown cipher suite {n:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    cfg.ephemeral = match tls.ephemeral {
+        EphemeralArg::Cs => Ephemeral::Cs,
+        EphemeralArg::Engine => Ephemeral::Engine,
+    };
+    cfg.psk_modes = match tls.psk_ke {
+        PskKeArg::Dhe => vec![PskKeyExchangeMode::PskDheKe],
+        PskKeArg::Ke => vec![PskKeyExchangeMode::PskKe],
+        PskKeArg::Both => vec![PskKeyExchangeMode::PskDheKe, PskKeyExchangeMode::PskKe],
+    };
+    if let Some(list) = &tls.alpn {
+        cfg.alpn = list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+    }
+    cfg.post_handshake_auth = tls.post_handshake_auth;
+    if let Some(f) = &tls.early_data {
+        cfg.early_data =
+            Some(std::fs::read(f).map_err(|e| format!("reading early data {}: {e}", f.display()))?);
+    }
+    cfg.ticket_store = Some(Arc::new(MemoryTicketStore::default()));
+
+    let cs = match &tls.cs {
+        Some(url) => Some(cs_client(
+            url,
+            tls.cs_ca.as_deref(),
+            tls.cs_cert.as_deref(),
+            tls.cs_key.as_deref(),
+        )?),
+        None => None,
+    };
+    if tls.client_key.is_some() || tls.external_psk.is_some() {
+        let mut client = cs
+            .clone()
+            .ok_or("--client-key and --external-psk need the Crypto Service (--cs)")?;
+        let caps = client
+            .capabilities(pb::CapabilitiesRequest {})
+            .await
+            .map_err(CsError::from)?
+            .into_inner();
+        if let Some(id) = &tls.client_key {
+            let k = caps
+                .keys
+                .iter()
+                .find(|k| &k.key_id == id)
+                .ok_or_else(|| format!("the CS has no key {id:?} for this engine"))?;
+            cfg.client_key = Some(ClientKey {
+                key_id: id.clone(),
+                certificate_chain: k.certificate_chain.clone(),
+                signature_schemes: k
+                    .signature_schemes
+                    .iter()
+                    .map(|s| SignatureScheme::from(*s as u16))
+                    .collect(),
+            });
+        }
+        if let Some(id) = &tls.external_psk {
+            let hash = caps
+                .external_psks
+                .iter()
+                .find(|p| p.identity == id.as_bytes())
+                .map_or(HashAlg::Sha256, |p| {
+                    if p.tls_hash == pb::TlsHash::Sha384 as i32 {
+                        HashAlg::Sha384
+                    } else {
+                        HashAlg::Sha256
+                    }
+                });
+            cfg.external_psk = Some(ExternalPsk {
+                identity: id.as_bytes().to_vec(),
+                hash,
+            });
+        }
+    }
+    Ok(Connector::new(Arc::new(cfg), cs))
+}
+
+/// host, port, path of `https://host[:port]/path` (or `host:port/path`).
+fn parse_url(url: &str) -> Result<(String, u16, String), BoxError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let (host, port) = split_host_port(authority, 443)?;
+    Ok((host, port, path))
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), BoxError> {
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, rest) = v6.split_once(']').ok_or("unterminated [IPv6] address")?;
+        let port = match rest.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            None => default_port,
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Ok((
+            h.to_owned(),
+            p.parse().map_err(|_| format!("bad port {p:?}"))?,
+        )),
+        None => Ok((authority.to_owned(), default_port)),
+    }
+}
+
+async fn open(
+    connector: &Connector,
+    host: &str,
+    port: u16,
+    server_name: &str,
+) -> Result<TlsStream<TcpStream>, BoxError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    tcp.set_nodelay(true)?;
+    Ok(connector.connect(tcp, server_name, port).await?)
+}
+
+fn report(tls: &TlsArgs, stream: &TlsStream<TcpStream>) {
+    if tls.json {
+        eprintln!("{}", stream.summary().to_json());
+    }
+}
+
+async fn get(url: &str, tls: &TlsArgs) -> Result<(), BoxError> {
+    let (host, port, path) = parse_url(url)?;
+    let server_name = tls.server_name.clone().unwrap_or_else(|| host.clone());
+    let connector = connector(tls).await?;
+    for _ in 0..=tls.resume {
+        let mut stream = open(&connector, &host, port, &server_name).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {server_name}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
+        let mut response = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+                // HTTP/1.0 ends at EOF; a server closing TCP without close_notify (OpenSSL
+                // s_server -www does) ends it too, with a warning.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    eprintln!("lurk-engine: warning: {e}");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Ignore a peer that already went away when we say goodbye.
+        let _ = stream.shutdown().await;
+        report(tls, &stream);
+        let body = match find_subslice(&response, b"\r\n\r\n") {
+            Some(i) if response.starts_with(b"HTTP/") => &response[i + 4..],
+            _ => &response[..],
+        };
+        let mut stdout = tokio::io::stdout();
+        stdout.write_all(body).await?;
+        stdout.flush().await?;
+    }
+    Ok(())
+}
+
+fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn connect(address: &str, tls: &TlsArgs) -> Result<(), BoxError> {
+    let (host, port) = split_host_port(address, 443)?;
+    let server_name = tls.server_name.clone().unwrap_or_else(|| host.clone());
+    let connector = connector(tls).await?;
+    // --resume N: N connections first, to collect tickets; the interactive one resumes.
+    for _ in 0..tls.resume {
+        let mut s = open(&connector, &host, port, &server_name).await?;
+        s.wait_for_tickets(Duration::from_secs(2)).await?;
+        let _ = s.shutdown().await;
+        report(tls, &s);
+    }
+    let mut stream = open(&connector, &host, port, &server_name).await?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        loop {
+            let mut line = Vec::new();
+            match stdin.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None).await;
+                    return;
+                }
+                Ok(_) => {
+                    if tx.send(Some(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            line = rx.recv() => match line.flatten() {
+                Some(line) => {
+                    let trimmed = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+                    match trimmed {
+                        b"k" => stream.key_update(false).await?,
+                        b"K" => stream.key_update(true).await?,
+                        _ => {
+                            stream.write_all(&line).await?;
+                            stream.flush().await?;
+                        }
+                    }
+                }
+                None => {
+                    stream.shutdown().await?;
+                    break;
+                }
+            },
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(n) => {
+                    stdout.write_all(&buf[..n]).await?;
+                    stdout.flush().await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    eprintln!("lurk-engine: warning: {e}");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    if tls.json {
+        eprintln!("{}", stream.summary().to_json());
+    }
+    Ok(())
 }

@@ -1,0 +1,353 @@
+//! The tokio side: [`Connector`] runs the handshake over any `AsyncRead + AsyncWrite`
+//! (making the CS calls the connection asks for) and returns a [`TlsStream`], itself
+//! `AsyncRead + AsyncWrite` (so usable under hyper).
+//!
+//! Reading also serves the post-handshake traffic (tickets registered at the CS,
+//! post-handshake authentication, KeyUpdate answers); shutting down sends close_notify and
+//! closes the CS session.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tonic::transport::Channel;
+
+use crate::config::{ClientConfig, HandshakeSummary};
+use crate::conn::ClientConnection;
+use crate::cs_client::{perform, CsCall, CsError, CsReply};
+use crate::error::Error;
+
+type CsFuture = Pin<Box<dyn Future<Output = Result<CsReply, CsError>> + Send>>;
+
+/// Above this many buffered outgoing bytes, writes wait for the socket.
+const MAX_BUFFERED_OUT: usize = 64 * 1024;
+const READ_SIZE: usize = 18 * 1024;
+
+/// Makes TLS connections with one configuration and one CS channel.
+#[derive(Clone)]
+pub struct Connector {
+    config: Arc<ClientConfig>,
+    cs: Option<CryptoServiceClient<Channel>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("config", &self.config)
+            .field("cs", &self.cs.is_some())
+            .finish()
+    }
+}
+
+impl Connector {
+    /// A connector; `cs` is the Crypto Service channel (`None`: the engine can only run
+    /// handshakes that need no CS, sequence D).
+    pub fn new(config: Arc<ClientConfig>, cs: Option<CryptoServiceClient<Channel>>) -> Self {
+        Self { config, cs }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    /// Runs the handshake with `server_name` (DNS name or IP address) on `io`; `port` keys the
+    /// ticket store.
+    pub async fn connect<IO>(
+        &self,
+        mut io: IO,
+        server_name: &str,
+        port: u16,
+    ) -> Result<TlsStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut conn =
+            ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
+        let mut buf = vec![0u8; READ_SIZE];
+        let result: Result<(), Error> = async {
+            loop {
+                while let Some(call) = conn.take_cs_call() {
+                    let reply = self.call(call).await;
+                    conn.cs_response(reply)?;
+                }
+                let out = conn.take_tls();
+                if !out.is_empty() {
+                    io.write_all(&out).await.map_err(|e| Error::io(&e))?;
+                    io.flush().await.map_err(|e| Error::io(&e))?;
+                }
+                if !conn.is_handshaking() {
+                    return Ok(());
+                }
+                if conn.peer_closed() {
+                    return Err(Error::Io {
+                        kind: io::ErrorKind::UnexpectedEof,
+                        message: "the server sent close_notify during the handshake".into(),
+                    });
+                }
+                let n = io.read(&mut buf).await.map_err(|e| Error::io(&e))?;
+                if n == 0 {
+                    return Err(Error::Io {
+                        kind: io::ErrorKind::UnexpectedEof,
+                        message: "the server closed the connection during the handshake".into(),
+                    });
+                }
+                conn.read_tls(&buf[..n]);
+                conn.process_new_packets()?;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            // The alert the connection queued, if any.
+            let out = conn.take_tls();
+            if !out.is_empty() {
+                let _ = io.write_all(&out).await;
+                let _ = io.flush().await;
+            }
+            return Err(e);
+        }
+        Ok(TlsStream {
+            io,
+            conn,
+            cs: self.cs.clone(),
+            cs_fut: None,
+            out: Vec::new(),
+            read_buf: buf,
+            io_eof: false,
+            cs_closed: false,
+        })
+    }
+
+    async fn call(&self, call: CsCall) -> Result<CsReply, CsError> {
+        match &self.cs {
+            Some(c) => perform(c.clone(), call).await,
+            None => Err(CsError::Config("no Crypto Service configured".into())),
+        }
+    }
+}
+
+/// A TLS connection after its handshake.
+pub struct TlsStream<IO> {
+    io: IO,
+    conn: ClientConnection,
+    cs: Option<CryptoServiceClient<Channel>>,
+    cs_fut: Option<CsFuture>,
+    out: Vec<u8>,
+    read_buf: Vec<u8>,
+    io_eof: bool,
+    cs_closed: bool,
+}
+
+fn to_io(e: Error) -> io::Error {
+    match &e {
+        Error::Io { kind, .. } => io::Error::new(*kind, e),
+        _ => io::Error::new(io::ErrorKind::InvalidData, e),
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
+    /// What the handshake negotiated (LURK exchanges made later are appended).
+    pub fn summary(&self) -> &HandshakeSummary {
+        self.conn.summary()
+    }
+
+    /// The connection state machine.
+    pub fn connection(&self) -> &ClientConnection {
+        &self.conn
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Sends a KeyUpdate (`request_peer`: update_requested) and switches the write key.
+    pub async fn key_update(&mut self, request_peer: bool) -> io::Result<()> {
+        self.conn.key_update(request_peer).map_err(to_io)?;
+        self.flush().await
+    }
+
+    /// Reads (and processes tickets, KeyUpdates, post-handshake requests) until at least one
+    /// NewSessionTicket arrived or `timeout` passed; data read meanwhile is kept for `read`.
+    pub async fn wait_for_tickets(&mut self, timeout: Duration) -> io::Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.conn.summary().tickets_received == 0 && !self.conn.peer_closed() && !self.io_eof
+        {
+            let fut = std::future::poll_fn(|cx| self.poll_progress(cx));
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(r) => r?,
+                Err(_) => break,
+            }
+        }
+        // Let the registration at the CS finish.
+        std::future::poll_fn(|cx| self.poll_cs(cx)).await?;
+        Ok(self.conn.summary().tickets_received)
+    }
+
+    /// Drives pending CS calls to completion.
+    fn poll_cs(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(fut) = self.cs_fut.as_mut() {
+                let reply = ready!(fut.as_mut().poll(cx));
+                self.cs_fut = None;
+                if let Err(e) = self.conn.cs_response(reply) {
+                    self.out.extend(self.conn.take_tls());
+                    return Poll::Ready(Err(to_io(e)));
+                }
+                continue;
+            }
+            match self.conn.take_cs_call() {
+                Some(call) => self.start_cs(call),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn start_cs(&mut self, call: CsCall) {
+        let fut: CsFuture = match self.cs.clone() {
+            Some(c) => Box::pin(perform(c, call)),
+            None => Box::pin(async { Err(CsError::Config("no Crypto Service configured".into())) }),
+        };
+        self.cs_fut = Some(fut);
+    }
+
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.out.extend(self.conn.take_tls());
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.drain(..n);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// One step of reading: CS calls, pending writes, then one read from the transport.
+    /// Ready when something happened (plaintext, EOF, or a processed read).
+    fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_cs(cx))?;
+        ready!(self.poll_flush_out(cx))?;
+        if self.conn.plaintext_len() > 0 || self.conn.peer_closed() || self.io_eof {
+            return Poll::Ready(Ok(()));
+        }
+        let mut rb = ReadBuf::new(&mut self.read_buf);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            self.io_eof = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.conn.read_tls(&self.read_buf[..n]);
+        if let Err(e) = self.conn.process_new_packets() {
+            self.out.extend(self.conn.take_tls());
+            let _ = self.poll_flush_out(cx);
+            return Poll::Ready(Err(to_io(e)));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Closes the CS session if the connection has one open (best effort).
+    fn poll_close_cs(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.cs_closed {
+            self.cs_closed = true;
+            if self.cs_fut.is_none() {
+                if let Some(call) = self.conn.close_cs_session() {
+                    self.start_cs(call);
+                }
+            }
+        }
+        match self.poll_cs(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    tracing::warn!("closing the CS session: {e}");
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.conn.plaintext_len() > 0 {
+                let n = this.conn.read_plaintext(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.conn.peer_closed() {
+                ready!(this.poll_close_cs(cx));
+                return Poll::Ready(Ok(()));
+            }
+            if this.io_eof {
+                ready!(this.poll_close_cs(cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the TCP connection without close_notify (possible truncation)",
+                )));
+            }
+            ready!(this.poll_progress(cx))?;
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.len() > MAX_BUFFERED_OUT {
+            ready!(this.poll_flush_out(cx))?;
+        }
+        this.conn.write_plaintext(buf).map_err(to_io)?;
+        // Push what we can now; the rest goes with the next flush.
+        match this.poll_flush_out(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(buf.len())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_flush_out(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.conn.send_close_notify();
+        ready!(this.poll_flush_out(cx))?;
+        ready!(this.poll_close_cs(cx));
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// `TlsStream` and the handshake future can move between threads (hyper, tokio::spawn).
+    #[test]
+    fn stream_and_connect_future_are_send() {
+        let connector = Connector::new(Arc::new(ClientConfig::default()), None);
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = connector.connect(a, "localhost", 443);
+        assert_send(&fut);
+        fn stream_is_send<T: Send>() {}
+        stream_is_send::<TlsStream<tokio::net::TcpStream>>();
+    }
+}
