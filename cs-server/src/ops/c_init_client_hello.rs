@@ -108,9 +108,10 @@ fn build(
                 group: u32::from(group.get()),
                 key_exchange: public.clone(),
             });
-            fills.push((*group, public));
+            fills.push((*group, public.clone()));
             cs_shares.push(CsShare {
                 group: *group,
+                public,
                 pending,
             });
         }

@@ -64,6 +64,8 @@ impl Stage {
 /// A key share the CS generated and still holds.
 pub struct CsShare {
     pub group: NamedGroup,
+    /// The public key sent in the ClientHello (reused if a HelloRetryRequest keeps it).
+    pub public: Vec<u8>,
     pub pending: PendingEphemeral,
 }
 
