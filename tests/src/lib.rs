@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod engine;
+pub mod lurk;
+pub mod openssl;
+pub mod process;
+
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tonic::transport::Channel;
@@ -17,7 +22,10 @@ use tonic::transport::Channel;
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
@@ -25,6 +33,44 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `target/tmp/lurk-e2e`: scratch space that outlives one test (fixtures shared by the tests
+/// of one process live here; Rust statics are never dropped). Entries older than two hours
+/// (left by earlier runs) are removed the first time it is used in a process.
+pub fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test-binary>
+        let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
+        let root = target.join("tmp").join("lurk-e2e");
+        std::fs::create_dir_all(&root).expect("create target/tmp/lurk-e2e");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(2 * 3600));
+                if old {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        root
+    })
+    .clone()
+}
+
+/// A fresh directory `scratch_root()/TAG-XXXXXX`, kept after the process ends.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("{tag}-"))
+        .tempdir_in(scratch_root())
+        .expect("scratch dir")
+        .keep()
 }
 
 /// A development CS set-up: a temp dir holding the SoftHSM token, keys, certificates and
@@ -35,7 +81,23 @@ pub struct DevSetup {
 
 impl DevSetup {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("lurk-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("lurk-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        Self::init(dir)
+    }
+
+    /// Like [`new`](Self::new), in a temp dir under `parent`.
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lurk-e2e-")
+            .tempdir_in(parent)
+            .expect("tempdir");
+        Self::init(dir)
+    }
+
+    fn init(dir: tempfile::TempDir) -> Self {
         let out = Command::new(workspace_bin("lurk-cs"))
             .args(["token", "init-dev"])
             .arg(dir.path().join("dev"))
@@ -61,7 +123,10 @@ impl DevSetup {
     /// Appends TOML to the config (tests switch backends or limits this way).
     pub fn append_config(&self, toml: &str) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.config_path()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.config_path())
+            .unwrap();
         writeln!(f, "{toml}").unwrap();
     }
 
@@ -119,7 +184,12 @@ impl DevSetup {
                 panic!("lurk-cs did not start; its log:\n{}", log.lock().unwrap());
             }
         };
-        CsProcess { child, addr, dir: self.path(), log }
+        CsProcess {
+            child,
+            addr,
+            dir: self.path(),
+            log,
+        }
     }
 }
 
@@ -140,6 +210,27 @@ pub struct CsProcess {
 impl CsProcess {
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Directory of the CS's transport PKI (`ca.pem`, `IDENTITY.pem`, `IDENTITY.key`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// `--cs URL --cs-ca … --cs-cert … --cs-key …` for `lurk-engine`, as `identity`.
+    pub fn engine_args(&self, identity: &str) -> Vec<String> {
+        let tls = self.tls_dir();
+        let s = |p: PathBuf| p.to_str().expect("UTF-8 path").to_owned();
+        vec![
+            "--cs".into(),
+            self.url(),
+            "--cs-ca".into(),
+            s(tls.join("ca.pem")),
+            "--cs-cert".into(),
+            s(tls.join(format!("{identity}.pem"))),
+            "--cs-key".into(),
+            s(tls.join(format!("{identity}.key"))),
+        ]
     }
 
     /// mTLS endpoint for one of the dev engine identities (`engine` or `engine2`).
