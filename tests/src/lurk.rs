@@ -118,6 +118,11 @@ impl Lurk {
         a
     }
 
+    /// `--cs … --cs-ca … --cs-cert … --cs-key …` only (no `--ca`).
+    pub fn cs_args(&self) -> Vec<String> {
+        self.cs.engine_args("engine")
+    }
+
     fn with(&self, extra: &[&str]) -> Vec<String> {
         let mut a = self.engine_args();
         a.extend(extra.iter().map(|s| s.to_string()));
