@@ -227,6 +227,15 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// The `LURK_SECTION__KEY` variables: every setting lives in a section, so a variable
+/// without the `__` separator (`LURK_CONFIG`, a PIN variable named `LURK_…`) is not a
+/// configuration override and is left alone.
+fn overrides_from_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("LURK_") && k.contains("__"))
+        .collect()
+}
+
 impl Config {
     /// Reads the TOML file, then the `LURK_*` environment variables over it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -236,7 +245,8 @@ impl Config {
                 config::Environment::with_prefix("LURK")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(overrides_from_env())),
             )
             .build()
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;

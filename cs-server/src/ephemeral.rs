@@ -77,12 +77,19 @@ impl EphemeralSource {
         })?;
         q.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(InjectedKey { group, private: Zeroizing::new(private.to_vec()) });
+            .push_back(InjectedKey {
+                group,
+                private: Zeroizing::new(private.to_vec()),
+            });
         Ok(())
     }
 
     fn take_injected(&self, group: NamedGroup) -> Option<InjectedKey> {
-        let mut q = self.injected.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self
+            .injected
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let pos = q.iter().position(|k| k.group == group)?;
         q.remove(pos)
     }
@@ -91,7 +98,9 @@ impl EphemeralSource {
     /// Blocking (may call the token).
     pub fn generate(&self, group: NamedGroup) -> Result<(Vec<u8>, PendingEphemeral), ServiceError> {
         if !NamedGroup::SUPPORTED.contains(&group) {
-            return Err(invalid_ephemeral(format!("group {group:?} is not supported")));
+            return Err(invalid_ephemeral(format!(
+                "group {group:?} is not supported"
+            )));
         }
         if let Some(k) = self.take_injected(group) {
             let public = injected_public(&k)?;
@@ -109,8 +118,10 @@ impl EphemeralSource {
             }
             EphemeralBackendKind::Memory => {
                 let alg = ring_alg(group)?;
-                let private = agreement::EphemeralPrivateKey::generate(alg, &self.rng)
-                    .map_err(|_| ServiceError::Internal("ephemeral key generation failed".into()))?;
+                let private =
+                    agreement::EphemeralPrivateKey::generate(alg, &self.rng).map_err(|_| {
+                        ServiceError::Internal("ephemeral key generation failed".into())
+                    })?;
                 let public = private
                     .compute_public_key()
                     .map_err(|_| ServiceError::Internal("ephemeral public key failed".into()))?
@@ -125,7 +136,12 @@ impl EphemeralSource {
 impl PendingEphemeral {
     /// The (EC)DHE shared secret with the server's public value; consumes the key pair.
     /// Blocking (may call the token).
-    pub fn agree(self, token: Option<&Token>, group: NamedGroup, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    pub fn agree(
+        self,
+        token: Option<&Token>,
+        group: NamedGroup,
+        peer: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
         check_peer_format(group, peer)?;
         match self {
             Self::Token(eph) => {
@@ -148,7 +164,9 @@ fn ring_alg(group: NamedGroup) -> Result<&'static agreement::Algorithm, ServiceE
         NamedGroup::X25519 => Ok(&agreement::X25519),
         NamedGroup::Secp256r1 => Ok(&agreement::ECDH_P256),
         NamedGroup::Secp384r1 => Ok(&agreement::ECDH_P384),
-        other => Err(invalid_ephemeral(format!("group {other:?} is not supported"))),
+        other => Err(invalid_ephemeral(format!(
+            "group {other:?} is not supported"
+        ))),
     }
 }
 
@@ -248,12 +266,16 @@ mod tests {
     #[test]
     fn a_malformed_server_share_is_invalid_ephemeral() {
         let (_, pending) = memory().generate(NamedGroup::Secp256r1).unwrap();
-        let err = pending.agree(None, NamedGroup::Secp256r1, &[4u8; 10]).unwrap_err();
+        let err = pending
+            .agree(None, NamedGroup::Secp256r1, &[4u8; 10])
+            .unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::InvalidEphemeral);
         let (_, pending) = memory().generate(NamedGroup::Secp256r1).unwrap();
         let mut not_on_curve = vec![4u8];
         not_on_curve.extend_from_slice(&[1u8; 64]);
-        let err = pending.agree(None, NamedGroup::Secp256r1, &not_on_curve).unwrap_err();
+        let err = pending
+            .agree(None, NamedGroup::Secp256r1, &not_on_curve)
+            .unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::InvalidEphemeral);
     }
 
@@ -267,7 +289,8 @@ mod tests {
         // RFC 8448 §3: client and server ephemeral keys and the shared secret.
         let src = EphemeralSource::new(EphemeralBackendKind::Memory, None, true);
         let private =
-            hex::decode("49af42ba7f7994852d713ef2784bcbcaa7911de26adc5642cb634540e7ea5005").unwrap();
+            hex::decode("49af42ba7f7994852d713ef2784bcbcaa7911de26adc5642cb634540e7ea5005")
+                .unwrap();
         src.inject(NamedGroup::X25519, &private).unwrap();
         let (public, pending) = src.generate(NamedGroup::X25519).unwrap();
         assert_eq!(
@@ -275,8 +298,11 @@ mod tests {
             "99381de560e4bd43d23d8e435a7dbafeb3c06e51c13cae4d5413691e529aaf2c"
         );
         let server_pub =
-            hex::decode("c9828876112095fe66762bdbf7c672e156d6cc253b833df1dd69b1b04e751f0f").unwrap();
-        let shared = pending.agree(None, NamedGroup::X25519, &server_pub).unwrap();
+            hex::decode("c9828876112095fe66762bdbf7c672e156d6cc253b833df1dd69b1b04e751f0f")
+                .unwrap();
+        let shared = pending
+            .agree(None, NamedGroup::X25519, &server_pub)
+            .unwrap();
         assert_eq!(
             hex::encode(shared.as_slice()),
             "8bd4054fb55b9d63fdfbacf9f04b9f0d35e6d63f537563efd46272900f89492d"

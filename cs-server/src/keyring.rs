@@ -21,12 +21,12 @@ pub struct ConfiguredKey {
 }
 
 impl ConfiguredKey {
-    pub fn kind_name(&self) -> &'static str {
-        self.key.kind().name()
+    pub fn kind_name(&self) -> String {
+        self.key.key_type().name()
     }
 
     /// Schemes this key can make, in our order of preference.
-    pub fn schemes(&self) -> Vec<SignatureScheme> {
+    pub fn schemes(&self) -> &'static [SignatureScheme] {
         self.key.schemes()
     }
 
@@ -36,17 +36,24 @@ impl ConfiguredKey {
 
     /// RFC 8446 §4.4.3: the scheme must be one the peer offered in signature_algorithms.
     /// We take our most preferred scheme among those the peer listed.
-    pub fn choose_scheme(&self, offered: &[SignatureScheme]) -> Result<SignatureScheme, ServiceError> {
-        self.schemes().into_iter().find(|s| offered.contains(s)).ok_or_else(|| {
-            ServiceError::refuse(
-                LurkStatus::InvalidSignatureScheme,
-                format!(
-                    "key {:?} ({}) can make none of the signature schemes the server accepts",
-                    self.id,
-                    self.kind_name()
-                ),
-            )
-        })
+    pub fn choose_scheme(
+        &self,
+        offered: &[SignatureScheme],
+    ) -> Result<SignatureScheme, ServiceError> {
+        self.schemes()
+            .iter()
+            .copied()
+            .find(|s| offered.contains(s))
+            .ok_or_else(|| {
+                ServiceError::refuse(
+                    LurkStatus::InvalidSignatureScheme,
+                    format!(
+                        "key {:?} ({}) can make none of the signature schemes the server accepts",
+                        self.id,
+                        self.kind_name()
+                    ),
+                )
+            })
     }
 }
 
@@ -102,21 +109,45 @@ impl KeyRing {
             })
     }
 
-    pub fn usable_by<'a>(&'a self, engine: &'a str) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {
+    pub fn all(&self) -> impl Iterator<Item = &ConfiguredKey> {
+        self.keys.iter()
+    }
+
+    /// Test-vector mode only (RFC 8448 §6, whose client key is not published): adds a key
+    /// whose certificate is NOT checked against it. Never reachable from configuration.
+    pub fn insert_test_vector_key(&mut self, id: &str, key: SigningKey, chain: Vec<Vec<u8>>) {
+        self.keys.push(ConfiguredKey {
+            id: id.to_owned(),
+            key,
+            chain,
+            allowed_engines: Vec::new(),
+        });
+    }
+
+    pub fn usable_by<'a>(
+        &'a self,
+        engine: &'a str,
+    ) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {
         self.keys.iter().filter(move |k| k.allows(engine))
     }
 }
 
 /// Reads a PEM certificate chain (leaf first) as DER.
 pub fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let io = |e| ConfigError::Io { path: path.display().to_string(), source: e };
+    let io = |e| ConfigError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
     let pem = std::fs::read(path).map_err(io)?;
     let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_slice())
         .map(|c| c.map(|c| c.as_ref().to_vec()))
         .collect::<Result<_, _>>()
         .map_err(io)?;
     if certs.is_empty() {
-        return Err(ConfigError::Invalid(format!("{}: no certificate", path.display())));
+        return Err(ConfigError::Invalid(format!(
+            "{}: no certificate",
+            path.display()
+        )));
     }
     Ok(certs)
 }

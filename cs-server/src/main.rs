@@ -16,7 +16,11 @@ use lurk_cs::config::{Config, LogFormat};
 use lurk_cs::service::{CryptoServiceImpl, Cs};
 
 #[derive(Parser)]
-#[command(name = "lurk-cs", version, about = "LURK-T Crypto Service for TLS 1.3 clients")]
+#[command(
+    name = "lurk-cs",
+    version,
+    about = "LURK-T Crypto Service for TLS 1.3 clients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,11 +118,9 @@ fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn load(config: &Path) -> Result<Config, BoxError> {
-    let cfg = Config::load(config)?;
-    // The module reads its environment (e.g. SOFTHSM2_CONF) at C_Initialize: set it now,
-    // while this process has a single thread.
-    lurk_cs::token::apply_module_env(&cfg.token);
-    Ok(cfg)
+    // The token module's environment (`[token] module_env`, e.g. SOFTHSM2_CONF) is set when
+    // the token is opened, which happens before any worker thread starts.
+    Ok(Config::load(config)?)
 }
 
 fn run(cli: Cli) -> Result<(), BoxError> {
@@ -131,19 +133,41 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             init_logging(&cfg);
             serve(cfg)
         }
-        Command::Token { command: TokenCommand::InitDev { dir } } => {
+        Command::Token {
+            command: TokenCommand::InitDev { dir },
+        } => {
             let setup = lurk_cs::init_dev::init_dev(&dir)?;
-            println!("{setup}");
+            println!("development setup in {}", setup.dir.display());
+            println!(
+                "  token {:?} (SoftHSM config {})",
+                setup.token_label,
+                setup.softhsm_conf.display()
+            );
+            println!("  PIN file {} (mode 0600)", setup.pin_file.display());
+            for (id, cert) in &setup.client_certs {
+                println!("  client key {id:?}: certificate {}", cert.display());
+            }
+            println!("  mTLS files in {}", setup.tls_dir.display());
+            println!(
+                "start the CS with: lurk-cs serve --config {}",
+                setup.config.display()
+            );
             Ok(())
         }
         Command::Keys { command } => match command {
-            KeysCommand::Import { config, label, id, key, cert } => {
+            KeysCommand::Import {
+                config,
+                label,
+                id,
+                key,
+                cert,
+            } => {
                 let cfg = load(&config)?;
                 let token = lurk_cs::token::Token::open(&cfg.token)?;
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
                 let imported = lurk_cs::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
-                println!("imported {imported}");
+                println!("imported {imported:?}");
                 if let Some(cert) = cert {
                     let chain = lurk_cs::keyring::read_chain(&cert)?;
                     let key = token.find_signing_key(&label)?;
@@ -170,7 +194,15 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 Ok(())
             }
         },
-        Command::Psk { command: PskCommand::Import { config, identity, key_file, hash } } => {
+        Command::Psk {
+            command:
+                PskCommand::Import {
+                    config,
+                    identity,
+                    key_file,
+                    hash,
+                },
+        } => {
             let cfg = load(&config)?;
             let hash = match hash.as_str() {
                 "sha256" => lurk_proto::wire::HashAlg::Sha256,
@@ -199,8 +231,11 @@ fn run(cli: Cli) -> Result<(), BoxError> {
 
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -209,7 +244,9 @@ fn init_logging(cfg: &Config) {
 
 fn serve(cfg: Config) -> Result<(), BoxError> {
     let cs = Arc::new(Cs::from_config(&cfg)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&cfg.listen.addr)
             .await
@@ -230,7 +267,13 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             loop {
                 tick.tick().await;
                 let cs = purge_cs.clone();
-                let _ = tokio::task::spawn_blocking(move || cs.sessions.purge_expired()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    cs.sessions.purge_expired();
+                    if let Err(e) = cs.store.purge_expired(std::time::SystemTime::now()) {
+                        tracing::warn!(error = %e, "purging expired tickets failed");
+                    }
+                })
+                .await;
             }
         });
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);

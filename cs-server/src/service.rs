@@ -18,7 +18,7 @@ use crate::ops;
 use crate::server::engine_identity;
 use crate::session::{SessionLimits, SessionTable};
 use crate::store::TicketStore;
-use crate::token::Token;
+use crate::token::{Need, Token};
 
 /// Everything an operation needs: the CS's state, shared by all requests.
 pub struct Cs {
@@ -39,13 +39,14 @@ impl Cs {
     /// loads the signing keys and their certificates, opens the ticket store.
     pub fn from_config(cfg: &Config) -> Result<Self, ServiceError> {
         let token = Token::open(&cfg.token)?;
-        token.check_mechanisms(&crate::token::needs_for(cfg))?;
         let keys = KeyRing::load(&token, &cfg.keys)?;
-        let store = crate::store::SqliteStore::open(
-            &cfg.store.path,
-            Arc::new(token.clone()),
-            &cfg.store,
-        )?;
+        // Say at start, and exactly, what the token lacks for this configuration.
+        token.check_mechanisms(&Need::for_service(
+            keys.all().map(|k| k.key.key_type()),
+            cfg.ephemeral.backend == crate::config::EphemeralBackendKind::Token,
+        ))?;
+        let store =
+            crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
         Ok(Self::new(cfg, Some(token), keys, Arc::new(store)))
     }
 
@@ -110,7 +111,8 @@ impl CryptoServiceImpl {
         let engine = engine_identity(&req, self.plaintext)?;
         let cs = self.cs.clone();
         let msg = req.into_inner();
-        let result = tokio::task::spawn_blocking(move || op(&cs, engine.as_str(), msg))
+        let who = engine.clone();
+        let result = tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
             .await
             .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?;
         match result {
@@ -178,10 +180,14 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        self.run(req, |cs, engine, _| capabilities(cs, engine)).await
+        self.run(req, |cs, engine, _| capabilities(cs, engine))
+            .await
     }
 
-    async fn ping(&self, req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
         self.run(req, |_, engine, _| {
             Ok(pb::PingResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -206,7 +212,7 @@ fn capabilities(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Servi
         .usable_by(engine)
         .map(|k| pb::KeyInfo {
             key_id: k.id.clone(),
-            key_type: k.kind_name().to_owned(),
+            key_type: k.kind_name(),
             signature_schemes: k.schemes().iter().map(|s| u32::from(s.get())).collect(),
             certificate_chain: k.chain.clone(),
         })
@@ -234,7 +240,10 @@ fn capabilities(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Servi
         }
     }
     Ok(pb::CapabilitiesResponse {
-        groups: NamedGroup::SUPPORTED.iter().map(|g| u32::from(g.get())).collect(),
+        groups: NamedGroup::SUPPORTED
+            .iter()
+            .map(|g| u32::from(g.get()))
+            .collect(),
         signature_schemes: schemes,
         freshness,
         keys,

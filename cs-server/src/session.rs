@@ -97,7 +97,11 @@ fn unknown_session() -> ServiceError {
 
 impl SessionTable {
     pub fn new(limits: SessionLimits) -> Self {
-        Self { limits, rng: SystemRandom::new(), inner: Mutex::new(Inner::default()) }
+        Self {
+            limits,
+            rng: SystemRandom::new(),
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -123,8 +127,7 @@ impl SessionTable {
         {
             let mut inner = self.lock();
             let engine_count = inner.per_engine.get(owner).copied().unwrap_or(0);
-            if inner.sessions.len() >= self.limits.max
-                || engine_count >= self.limits.max_per_engine
+            if inner.sessions.len() >= self.limits.max || engine_count >= self.limits.max_per_engine
             {
                 expired = Self::remove_expired(&mut inner, now);
             }
@@ -144,10 +147,18 @@ impl SessionTable {
                     ),
                 ));
             }
-            let session = Session { owner: owner.to_owned(), expires, stage };
+            let session = Session {
+                owner: owner.to_owned(),
+                expires,
+                stage,
+            };
             inner.sessions.insert(
                 id,
-                Entry { owner: owner.to_owned(), expires, session: Arc::new(Mutex::new(session)) },
+                Entry {
+                    owner: owner.to_owned(),
+                    expires,
+                    session: Arc::new(Mutex::new(session)),
+                },
             );
             *inner.per_engine.entry(owner.to_owned()).or_insert(0) += 1;
         }
@@ -204,9 +215,15 @@ impl SessionTable {
     }
 
     fn remove_expired(inner: &mut Inner, now: Instant) -> Vec<Entry> {
-        let dead: Vec<SessionId> =
-            inner.sessions.iter().filter(|(_, e)| e.expires <= now).map(|(k, _)| *k).collect();
-        dead.iter().filter_map(|id| Self::remove(inner, id)).collect()
+        let dead: Vec<SessionId> = inner
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.expires <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        dead.iter()
+            .filter_map(|id| Self::remove(inner, id))
+            .collect()
     }
 
     /// Drops every expired session; returns how many. Run periodically off the async threads.
@@ -276,7 +293,10 @@ mod tests {
         assert!(t.get("engine-a", &id).is_ok());
         let err = t.get("engine-b", &id).unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::InvalidSessionId);
-        assert!(t.get("engine-a", &id).is_ok(), "the owner keeps its session");
+        assert!(
+            t.get("engine-a", &id).is_ok(),
+            "the owner keeps its session"
+        );
     }
 
     #[test]
@@ -284,7 +304,10 @@ mod tests {
         let t = SessionTable::new(limits(10, 10, 1));
         let id = t.open("e", Stage::test_stage()).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(t.get("e", &id).unwrap_err().lurk_status(), LurkStatus::InvalidSessionId);
+        assert_eq!(
+            t.get("e", &id).unwrap_err().lurk_status(),
+            LurkStatus::InvalidSessionId
+        );
         assert!(t.is_empty());
     }
 
@@ -305,7 +328,9 @@ mod tests {
         short.open("a", Stage::test_stage()).unwrap();
         short.open("a", Stage::test_stage()).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        short.open("a", Stage::test_stage()).expect("expired sessions make room");
+        short
+            .open("a", Stage::test_stage())
+            .expect("expired sessions make room");
         assert_eq!(short.len(), 1);
     }
 
@@ -325,6 +350,9 @@ mod tests {
         let s = t.get("e", &id).unwrap();
         let _held = lock_session(&s).unwrap();
         let s2 = t.get("e", &id).unwrap();
-        assert_eq!(lock_session(&s2).unwrap_err().lurk_status(), LurkStatus::InvalidStatus);
+        assert_eq!(
+            lock_session(&s2).unwrap_err().lurk_status(),
+            LurkStatus::InvalidStatus
+        );
     }
 }

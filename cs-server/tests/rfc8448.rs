@@ -33,12 +33,19 @@ fn section(name: &str) -> &'static Value {
 }
 
 fn msg(sec: &str, name: &str) -> Vec<u8> {
-    hex::decode(section(sec)["messages"][name].as_str().unwrap_or_else(|| panic!("{sec}.{name}")))
-        .unwrap()
+    hex::decode(
+        section(sec)["messages"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{sec}.{name}")),
+    )
+    .unwrap()
 }
 
 fn ks(sec: &str, name: &str) -> String {
-    section(sec)["key_schedule"][name].as_str().unwrap_or_else(|| panic!("{sec}.{name}")).to_owned()
+    section(sec)["key_schedule"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sec}.{name}"))
+        .to_owned()
 }
 
 fn client_private(sec: &str, group: &str) -> Vec<u8> {
@@ -63,19 +70,30 @@ fn fixture() -> &'static Fixture {
         lurk_cs::init_dev::init_dev(&dev).expect("init-dev");
         let mut cfg = Config::load(&dev.join("lurk-cs.toml")).unwrap();
         cfg.freshness.test_vectors = true;
-        lurk_cs::token::apply_module_env(&cfg.token);
         let token = Token::open(&cfg.token).unwrap();
         let mut keys = KeyRing::load(&token, &cfg.keys).unwrap();
         // §6: an RSA key in the token stands in for the RFC's unpublished client key.
-        lurk_cs::keys::generate_signing_key(&token, "rfc8448-client", b"\x68", lurk_cs::keys::KeyKind::Rsa2048)
-            .unwrap();
+        lurk_cs::keys::generate_signing_key(
+            &token,
+            "rfc8448-client",
+            b"\x68",
+            lurk_cs::keys::KeyKind::Rsa2048,
+        )
+        .unwrap();
         let rsa = token.find_signing_key("rfc8448-client").unwrap();
         let cert = msg("client_authentication", "client_certificate");
-        let rfc_client_cert = wire::Certificate::parse(&cert).unwrap().entries[0].cert_data.to_vec();
+        let rfc_client_cert = wire::Certificate::parse(&cert).unwrap().entries[0]
+            .cert_data
+            .to_vec();
         keys.insert_test_vector_key("rfc8448-client", rsa, vec![rfc_client_cert]);
-        let store = SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store).unwrap();
+        let store =
+            SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store).unwrap();
         let cs = Cs::new(&cfg, Some(token.clone()), keys, Arc::new(store));
-        Fixture { cs, token, _dir: dir }
+        Fixture {
+            cs,
+            token,
+            _dir: dir,
+        }
     })
 }
 
@@ -108,24 +126,42 @@ fn as_engine_sends(ch: &[u8]) -> Vec<u8> {
     let hs_len = (u32::from_be_bytes([0, out[1], out[2], out[3]]) as usize - removed) as u32;
     out[1..4].copy_from_slice(&hs_len.to_be_bytes()[1..]);
     if let Some(psk) = wire::ClientHello::parse(&out).unwrap().pre_shared_key {
-        let zeros: Vec<Vec<u8>> = psk.binders.iter().map(|b| vec![0u8; b.binder.len()]).collect();
+        let zeros: Vec<Vec<u8>> = psk
+            .binders
+            .iter()
+            .map(|b| vec![0u8; b.binder.len()])
+            .collect();
         wire::set_binders(&mut out, &zeros).unwrap();
     }
     out
 }
 
 fn secret(secrets: &[pb::Secret], t: pb::SecretType) -> String {
-    hex::encode(&secrets.iter().find(|s| s.secret_type == t as i32).unwrap_or_else(|| panic!("no {t:?}")).value)
+    hex::encode(
+        &secrets
+            .iter()
+            .find(|s| s.secret_type == t as i32)
+            .unwrap_or_else(|| panic!("no {t:?}"))
+            .value,
+    )
 }
 
 fn all_secrets() -> pb::SecretRequest {
-    pb::SecretRequest { h_c: true, h_s: true, a_c: true, a_s: true, e_s: true, ..Default::default() }
+    pb::SecretRequest {
+        h_c: true,
+        h_s: true,
+        a_c: true,
+        a_s: true,
+        e_s: true,
+        ..Default::default()
+    }
 }
 
 /// Runs §3 (1-RTT) and returns the session id after c_client_finished.
 fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     let s = "simple_1rtt";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
     let resp = lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
@@ -137,7 +173,11 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")), "§3 ClientHello");
+    assert_eq!(
+        hex::encode(&resp.client_hello),
+        hex::encode(msg(s, "client_hello")),
+        "§3 ClientHello"
+    );
     assert_eq!(resp.key_shares.len(), 1);
     let id = resp.session_id.clone();
 
@@ -152,8 +192,14 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
         },
     )
     .unwrap();
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
+        ks(s, "client_handshake_traffic_secret")
+    );
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
 
     let flight = [
         msg(s, "encrypted_extensions"),
@@ -175,10 +221,22 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     )
     .unwrap();
     assert!(fin.certificate_verify.is_empty());
-    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
-    assert!(!fin.secrets.iter().any(|x| x.secret_type == pb::SecretType::ResumptionMaster as i32));
+    assert_eq!(
+        hex::encode(&fin.client_finished),
+        hex::encode(msg(s, "client_finished"))
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
+        ks(s, "client_application_traffic_secret_0")
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
+        ks(s, "server_application_traffic_secret_0")
+    );
+    assert!(!fin
+        .secrets
+        .iter()
+        .any(|x| x.secret_type == pb::SecretType::ResumptionMaster as i32));
     id
 }
 
@@ -204,7 +262,8 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
 
     // §4: the ClientHello offers that ticket, with early data.
     let s = "resumed_0rtt";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
     let resp = lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
@@ -221,8 +280,15 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     )
     .unwrap();
     assert_eq!(hex::encode(&resp.binders[0]), ks(s, "binder"), "§4 binder");
-    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")), "§4 ClientHello");
-    assert_eq!(secret(&resp.secrets, pb::SecretType::ClientEarlyTraffic), ks(s, "client_early_traffic_secret"));
+    assert_eq!(
+        hex::encode(&resp.client_hello),
+        hex::encode(msg(s, "client_hello")),
+        "§4 ClientHello"
+    );
+    assert_eq!(
+        secret(&resp.secrets, pb::SecretType::ClientEarlyTraffic),
+        ks(s, "client_early_traffic_secret")
+    );
     let id = resp.session_id.clone();
 
     let sh = lurk_cs::ops::c_server_hello::handle(
@@ -236,11 +302,21 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
         },
     )
     .unwrap();
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
+        ks(s, "client_handshake_traffic_secret")
+    );
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
 
-    let flight =
-        [msg(s, "encrypted_extensions"), msg(s, "server_finished"), msg(s, "end_of_early_data")].concat();
+    let flight = [
+        msg(s, "encrypted_extensions"),
+        msg(s, "server_finished"),
+        msg(s, "end_of_early_data"),
+    ]
+    .concat();
     let fin = lurk_cs::ops::c_client_finished::handle(
         cs,
         ENGINE,
@@ -253,15 +329,28 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
+    assert_eq!(
+        hex::encode(&fin.client_finished),
+        hex::encode(msg(s, "client_finished"))
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
+        ks(s, "client_application_traffic_secret_0")
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
+        ks(s, "server_application_traffic_secret_0")
+    );
     assert!(fin.last_exchange);
     // last_exchange closed the session.
     let err = lurk_cs::ops::c_register_tickets::handle(
         cs,
         ENGINE,
-        pb::CRegisterTicketsRequest { session_id: id, new_session_tickets: vec![], last_exchange: true },
+        pb::CRegisterTicketsRequest {
+            session_id: id,
+            new_session_tickets: vec![],
+            last_exchange: true,
+        },
     )
     .unwrap_err();
     assert_eq!(err.lurk_status(), LurkStatus::InvalidSessionId);
@@ -272,8 +361,10 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
     let _g = serial();
     let cs = &fixture().cs;
     let s = "hello_retry_request";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
-    cs.inject_ephemeral(NamedGroup::Secp256r1, &client_private(s, "secp256r1")).unwrap();
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
+    cs.inject_ephemeral(NamedGroup::Secp256r1, &client_private(s, "secp256r1"))
+        .unwrap();
     let resp = lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
@@ -285,7 +376,10 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    assert_eq!(
+        hex::encode(&resp.client_hello),
+        hex::encode(msg(s, "client_hello"))
+    );
     let id = resp.session_id.clone();
 
     // The engine puts a different random in the second ClientHello: the CS keeps the first.
@@ -301,7 +395,11 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&retry.client_hello), hex::encode(msg(s, "client_hello_2")), "§5 ClientHello2");
+    assert_eq!(
+        hex::encode(&retry.client_hello),
+        hex::encode(msg(s, "client_hello_2")),
+        "§5 ClientHello2"
+    );
 
     let sh = lurk_cs::ops::c_server_hello::handle(
         cs,
@@ -314,8 +412,14 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         },
     )
     .unwrap();
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
+        ks(s, "client_handshake_traffic_secret")
+    );
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
 
     let flight = [
         msg(s, "encrypted_extensions"),
@@ -336,17 +440,25 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&fin.client_finished), hex::encode(msg(s, "client_finished")));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
+    assert_eq!(
+        hex::encode(&fin.client_finished),
+        hex::encode(msg(s, "client_finished"))
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
+        ks(s, "client_application_traffic_secret_0")
+    );
 }
 
 #[test]
-fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_scheme_the_server_asked() {
+fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_scheme_the_server_asked(
+) {
     let _g = serial();
     let f = fixture();
     let cs = &f.cs;
     let s = "client_authentication";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
     let resp = lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
@@ -358,7 +470,10 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    assert_eq!(
+        hex::encode(&resp.client_hello),
+        hex::encode(msg(s, "client_hello"))
+    );
     let id = resp.session_id.clone();
     let sh = lurk_cs::ops::c_server_hello::handle(
         cs,
@@ -371,7 +486,10 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
         },
     )
     .unwrap();
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic), ks(s, "client_handshake_traffic_secret"));
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
+        ks(s, "client_handshake_traffic_secret")
+    );
 
     let flight = [
         msg(s, "encrypted_extensions"),
@@ -394,28 +512,48 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
         },
     )
     .unwrap();
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic), ks(s, "client_application_traffic_secret_0"));
-    assert_eq!(secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic), ks(s, "server_application_traffic_secret_0"));
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
+        ks(s, "client_application_traffic_secret_0")
+    );
+    assert_eq!(
+        secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
+        ks(s, "server_application_traffic_secret_0")
+    );
 
     // The CertificateVerify: the RFC's scheme (rsa_pss_rsae_sha256, picked from the
     // CertificateRequest for an RSA key), signed over the RFC's transcript.
     let cv = wire::CertificateVerify::parse(&fin.certificate_verify).unwrap();
     assert_eq!(cv.scheme, wire::SignatureScheme::RsaPssRsaeSha256);
     let th = hex::decode(
-        section(s)["verification_derived"]["transcript_hash_for_client_certificate_verify"].as_str().unwrap(),
+        section(s)["verification_derived"]["transcript_hash_for_client_certificate_verify"]
+            .as_str()
+            .unwrap(),
     )
     .unwrap();
     let mut content = vec![0x20u8; 64];
     content.extend_from_slice(b"TLS 1.3, client CertificateVerify\0");
     content.extend_from_slice(&th);
     let key = f.token.find_signing_key("rfc8448-client").unwrap();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, key.public_key_raw())
-        .verify(&content, cv.signature)
-        .expect("the CS signed the RFC transcript");
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PSS_2048_8192_SHA256,
+        key.public_key_raw(),
+    )
+    .verify(&content, cv.signature)
+    .expect("the CS signed the RFC transcript");
     // The client Finished covers our CertificateVerify, so it is checked against a local
     // computation rather than the RFC's bytes.
     let mut transcript = lurk_proto::transcript::Transcript::new();
-    for m in ["client_hello", "server_hello", "encrypted_extensions", "certificate_request", "server_certificate", "server_certificate_verify", "server_finished", "client_certificate"] {
+    for m in [
+        "client_hello",
+        "server_hello",
+        "encrypted_extensions",
+        "certificate_request",
+        "server_certificate",
+        "server_certificate_verify",
+        "server_finished",
+        "client_certificate",
+    ] {
         transcript.add(&msg(s, m));
     }
     transcript.add(&fin.certificate_verify);
@@ -424,7 +562,12 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
         &hex::decode(ks(s, "client_handshake_traffic_secret")).unwrap(),
         &transcript.hash(wire::HashAlg::Sha256),
     );
-    assert_eq!(wire::Finished::parse(&fin.client_finished, wire::HashAlg::Sha256).unwrap().verify_data, expected);
+    assert_eq!(
+        wire::Finished::parse(&fin.client_finished, wire::HashAlg::Sha256)
+            .unwrap()
+            .verify_data,
+        expected
+    );
 }
 
 #[test]
@@ -432,7 +575,8 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
     let _g = serial();
     let cs = &fixture().cs;
     let s = "compatibility_mode";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519")).unwrap();
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
     let resp = lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
@@ -444,7 +588,10 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
         },
     )
     .unwrap();
-    assert_eq!(hex::encode(&resp.client_hello), hex::encode(msg(s, "client_hello")));
+    assert_eq!(
+        hex::encode(&resp.client_hello),
+        hex::encode(msg(s, "client_hello"))
+    );
     let sh = lurk_cs::ops::c_server_hello::handle(
         cs,
         ENGINE,
@@ -456,5 +603,8 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
         },
     )
     .unwrap();
-    assert_eq!(secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic), ks(s, "server_handshake_traffic_secret"));
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
 }

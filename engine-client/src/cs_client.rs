@@ -33,7 +33,12 @@ impl CsEndpoint {
             (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
             _ => None,
         };
-        Ok(Self { url: url.to_owned(), ca_pem, identity_pem, domain: None })
+        Ok(Self {
+            url: url.to_owned(),
+            ca_pem,
+            identity_pem,
+            domain: None,
+        })
     }
 
     /// Opens the channel (lazily: the first call connects).
@@ -55,7 +60,9 @@ impl CsEndpoint {
             if let Some(d) = &self.domain {
                 tls = tls.domain_name(d.clone());
             }
-            ep = ep.tls_config(tls).map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
         }
         Ok(CryptoServiceClient::new(ep.connect_lazy()))
     }
@@ -86,13 +93,19 @@ impl CsError {
 impl From<tonic::Status> for CsError {
     fn from(s: tonic::Status) -> Self {
         if let Some(status) = LurkStatus::from_grpc(&s) {
-            return Self::Refused { status, message: s.message().to_owned() };
+            return Self::Refused {
+                status,
+                message: s.message().to_owned(),
+            };
         }
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                 Self::Unreachable(s.message().to_owned())
             }
-            code => Self::Other { code, message: s.message().to_owned() },
+            code => Self::Other {
+                code,
+                message: s.message().to_owned(),
+            },
         }
     }
 }

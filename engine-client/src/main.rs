@@ -9,7 +9,11 @@ use lurk_engine::cs_client::{CsEndpoint, CsError};
 use lurk_proto::pb;
 
 #[derive(Parser)]
-#[command(name = "lurk-engine", version, about = "TLS 1.3 client whose secrets stay in the LURK Crypto Service")]
+#[command(
+    name = "lurk-engine",
+    version,
+    about = "TLS 1.3 client whose secrets stay in the LURK Crypto Service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lurk-engine: {e}");
@@ -60,25 +67,41 @@ fn main() -> ExitCode {
 }
 
 fn endpoint(a: &CsArgs) -> Result<CsEndpoint, Box<dyn std::error::Error>> {
-    Ok(CsEndpoint::from_files(&a.cs, a.cs_ca.as_deref(), a.cs_cert.as_deref(), a.cs_key.as_deref())?)
+    Ok(CsEndpoint::from_files(
+        &a.cs,
+        a.cs_ca.as_deref(),
+        a.cs_cert.as_deref(),
+        a.cs_key.as_deref(),
+    )?)
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::CsInfo { cs } => {
             let mut client = endpoint(&cs)?.connect_lazy()?;
-            let ping = client.ping(pb::PingRequest {}).await.map_err(CsError::from)?.into_inner();
+            let ping = client
+                .ping(pb::PingRequest {})
+                .await
+                .map_err(CsError::from)?
+                .into_inner();
             let caps = client
                 .capabilities(pb::CapabilitiesRequest {})
                 .await
                 .map_err(CsError::from)?
                 .into_inner();
-            println!("CS version {} sees this engine as {:?}", ping.version, ping.engine_identity);
+            println!(
+                "CS version {} sees this engine as {:?}",
+                ping.version, ping.engine_identity
+            );
             println!("ephemeral backend: {}", caps.ephemeral_backend);
             let groups: Vec<String> = caps
                 .groups
                 .iter()
-                .map(|g| lurk_proto::wire::NamedGroup::from(*g as u16).name().to_owned())
+                .map(|g| {
+                    lurk_proto::wire::NamedGroup::from(*g as u16)
+                        .name()
+                        .to_owned()
+                })
                 .collect();
             println!("groups: {}", groups.join(", "));
             for k in &caps.keys {

@@ -32,7 +32,10 @@ pub fn handle(
     let last = req.last_exchange;
     session.stage = Stage::Established(Box::new(next));
     let last = common::finish(cs, &id, &mut session, last);
-    Ok(pb::CClientFinishedResponse { last_exchange: last, ..resp })
+    Ok(pb::CClientFinishedResponse {
+        last_exchange: last,
+        ..resp
+    })
 }
 
 fn run(
@@ -47,17 +50,29 @@ fn run(
     let mut it = messages.iter().peekable();
 
     // RFC 8446 §4.3.1: EncryptedExtensions first.
-    let ee = it.next().filter(|m| m.typ == HandshakeType::EncryptedExtensions).ok_or_else(|| {
-        ServiceError::refuse(LurkStatus::InvalidHandshake, "the server flight must start with EncryptedExtensions")
-    })?;
+    let ee = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::EncryptedExtensions)
+        .ok_or_else(|| {
+            ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "the server flight must start with EncryptedExtensions",
+            )
+        })?;
     let ee_info = msgs::encrypted_extensions(ee.raw)?;
     if ee_info.early_data && !state.early_data_offered {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "early data accepted but not offered"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "early data accepted but not offered",
+        ));
     }
     transcript.add(ee.raw);
 
     let mut cert_request = None;
-    if let Some(m) = it.peek().filter(|m| m.typ == HandshakeType::CertificateRequest) {
+    if let Some(m) = it
+        .peek()
+        .filter(|m| m.typ == HandshakeType::CertificateRequest)
+    {
         // RFC 8446 §4.3.2: no CertificateRequest in the main handshake of a PSK connection.
         if state.psk_mode {
             return Err(ServiceError::refuse(
@@ -80,25 +95,36 @@ fn run(
         // RFC 8446 §4.4.2/§4.4.3: Certificate then CertificateVerify.
         for expected in [HandshakeType::Certificate, HandshakeType::CertificateVerify] {
             let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
-                ServiceError::refuse(LurkStatus::InvalidHandshake, format!("expected the server's {expected:?}"))
+                ServiceError::refuse(
+                    LurkStatus::InvalidHandshake,
+                    format!("expected the server's {expected:?}"),
+                )
             })?;
             transcript.add(m.raw);
         }
     }
-    let fin = it.next().filter(|m| m.typ == HandshakeType::Finished).ok_or_else(|| {
-        ServiceError::refuse(LurkStatus::InvalidHandshake, "expected the server Finished")
-    })?;
+    let fin = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::Finished)
+        .ok_or_else(|| {
+            ServiceError::refuse(LurkStatus::InvalidHandshake, "expected the server Finished")
+        })?;
     // RFC 8446 §4.4.4: the server Finished is checked before anything is signed.
     let expected = finished_verify_data(hash, state.server_hs.as_bytes(), &transcript.hash(hash));
     if !msgs::finished_matches(fin.raw, hash, &expected) {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "the server Finished does not verify"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the server Finished does not verify",
+        ));
     }
     transcript.add(fin.raw);
     let th_server_finished = transcript.hash(hash);
 
     // RFC 8446 §4.5: EndOfEarlyData follows the server Finished iff early data was accepted.
     match it.next() {
-        Some(m) if m.typ == HandshakeType::EndOfEarlyData && ee_info.early_data => transcript.add(m.raw),
+        Some(m) if m.typ == HandshakeType::EndOfEarlyData && ee_info.early_data => {
+            transcript.add(m.raw)
+        }
         None if !ee_info.early_data => {}
         None => {
             return Err(ServiceError::refuse(
@@ -114,7 +140,10 @@ fn run(
         }
     }
     if it.next().is_some() {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "messages after EndOfEarlyData"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "messages after EndOfEarlyData",
+        ));
     }
 
     let master = state.key_schedule.clone().into_master();
@@ -143,7 +172,8 @@ fn run(
             certificate_verify = cv;
         }
     }
-    let verify_data = finished_verify_data(hash, state.client_hs.as_bytes(), &transcript.hash(hash));
+    let verify_data =
+        finished_verify_data(hash, state.client_hs.as_bytes(), &transcript.hash(hash));
     let client_finished = msgs::encode(HandshakeType::Finished, &verify_data);
     transcript.add(&client_finished);
     let resumption_master = master.resumption_master_secret(&transcript.hash(hash));
@@ -154,10 +184,16 @@ fn run(
     };
     let mut secrets = Vec::new();
     if want_c {
-        secrets.push(common::secret(pb::SecretType::ClientApplicationTraffic, &client_ap));
+        secrets.push(common::secret(
+            pb::SecretType::ClientApplicationTraffic,
+            &client_ap,
+        ));
     }
     if want_s {
-        secrets.push(common::secret(pb::SecretType::ServerApplicationTraffic, &server_ap));
+        secrets.push(common::secret(
+            pb::SecretType::ServerApplicationTraffic,
+            &server_ap,
+        ));
     }
     if want_x {
         secrets.push(common::secret(
@@ -176,6 +212,11 @@ fn run(
     };
     Ok((
         next,
-        pb::CClientFinishedResponse { certificate_verify, client_finished, secrets, last_exchange: false },
+        pb::CClientFinishedResponse {
+            certificate_verify,
+            client_finished,
+            secrets,
+            last_exchange: false,
+        },
     ))
 }

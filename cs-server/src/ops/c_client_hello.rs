@@ -27,7 +27,10 @@ pub fn handle(
     };
     if state.retried {
         // RFC 8446 §4.1.4: a second HelloRetryRequest in one connection is an error.
-        return Err(ServiceError::refuse(LurkStatus::InvalidStatus, "only one HelloRetryRequest per handshake"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            "only one HelloRetryRequest per handshake",
+        ));
     }
     let hrr = msgs::server_hello(&req.hello_retry_request)?;
     let Some(selected) = hrr.hrr_group.filter(|_| hrr.is_hrr) else {
@@ -37,16 +40,25 @@ pub fn handle(
         ));
     };
     if !state.offered_suites.contains(&hrr.suite) {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "the HRR selects a cipher suite not offered"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the HRR selects a cipher suite not offered",
+        ));
     }
     let hash = hrr.suite.hash().ok_or_else(|| {
-        ServiceError::refuse(LurkStatus::InvalidHandshake, "the HRR selects an unsupported cipher suite")
+        ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the HRR selects an unsupported cipher suite",
+        )
     })?;
     // RFC 8446 §4.1.4: the selected group must be offered and must not already have a share.
     if !state.offered_groups.contains(&selected) || state.shared_groups.contains(&selected) {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidHandshake,
-            format!("the HRR selects {} which was not offered or already had a key share", selected.name()),
+            format!(
+                "the HRR selects {} which was not offered or already had a key share",
+                selected.name()
+            ),
         ));
     }
 
@@ -59,27 +71,46 @@ pub fn handle(
     }
     if ch2.early_data {
         // RFC 8446 §4.2.10: no early data after a HelloRetryRequest.
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "early_data in the second ClientHello"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "early_data in the second ClientHello",
+        ));
     }
     if hrr.cookie.is_some() && ch2.cookie != hrr.cookie {
         // RFC 8446 §4.2.2: the client echoes the cookie.
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "the second ClientHello does not echo the cookie"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the second ClientHello does not echo the cookie",
+        ));
     }
     // The identities may shrink to those whose hash fits the suite, never grow.
     let mut kept = Vec::new();
     for identity in &ch2.psk_identities {
-        let pos = state.psks.iter().position(|p| &p.identity == identity).ok_or_else(|| {
-            ServiceError::refuse(LurkStatus::InvalidPsk, "the second ClientHello offers a new PSK identity")
-        })?;
+        let pos = state
+            .psks
+            .iter()
+            .position(|p| &p.identity == identity)
+            .ok_or_else(|| {
+                ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    "the second ClientHello offers a new PSK identity",
+                )
+            })?;
         if state.psks[pos].hash != hash {
-            return Err(ServiceError::refuse(LurkStatus::InvalidPsk, "a PSK whose hash does not match the HRR's suite"));
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidPsk,
+                "a PSK whose hash does not match the HRR's suite",
+            ));
         }
         kept.push(pos);
     }
 
     let (public, pending) = cs.ephemeral.generate(selected)?;
-    let mut client_hello =
-        msgs::complete_client_hello(&req.client_hello, Some(&state.random), &[(selected, public.clone())])?;
+    let mut client_hello = msgs::complete_client_hello(
+        &req.client_hello,
+        Some(&state.random),
+        &[(selected, public.clone())],
+    )?;
 
     let mut transcript = state.transcript.clone();
     transcript
@@ -87,7 +118,10 @@ pub fn handle(
         .map_err(|e| ServiceError::refuse(LurkStatus::InvalidHandshake, e.to_string()))?;
     transcript.add(&req.hello_retry_request);
     // Binders follow the second ClientHello's order of identities.
-    let mut old: Vec<Option<_>> = std::mem::take(&mut state.psks).into_iter().map(Some).collect();
+    let mut old: Vec<Option<_>> = std::mem::take(&mut state.psks)
+        .into_iter()
+        .map(Some)
+        .collect();
     let mut psks = Vec::with_capacity(kept.len());
     for i in kept {
         psks.push(old[i].take().ok_or_else(|| {
@@ -107,7 +141,10 @@ pub fn handle(
     state.psks = psks;
     state.transcript = transcript;
     state.client_hello = client_hello.clone();
-    state.cs_shares = vec![CsShare { group: selected, pending }];
+    state.cs_shares = vec![CsShare {
+        group: selected,
+        pending,
+    }];
     state.shared_groups = vec![selected];
     state.offered_suites = vec![hrr.suite];
     state.early_data = false;
@@ -115,7 +152,10 @@ pub fn handle(
     cs.sessions.touch(&id, &mut session);
     Ok(pb::CClientHelloResponse {
         client_hello,
-        key_shares: vec![pb::KeyShareEntry { group: u32::from(selected.get()), key_exchange: public }],
+        key_shares: vec![pb::KeyShareEntry {
+            group: u32::from(selected.get()),
+            key_exchange: public,
+        }],
         binders,
     })
 }

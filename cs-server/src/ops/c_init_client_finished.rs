@@ -25,27 +25,45 @@ pub fn handle(
     let mut it = messages.iter().peekable();
     let invalid = |why: &str| ServiceError::refuse(LurkStatus::InvalidHandshake, why.to_owned());
 
-    let ch_msg = it.next().filter(|m| m.typ == HandshakeType::ClientHello).ok_or_else(|| invalid("the handshake must start with the ClientHello"))?;
+    let ch_msg = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::ClientHello)
+        .ok_or_else(|| invalid("the handshake must start with the ClientHello"))?;
     let ch = msgs::client_hello(ch_msg.raw)?;
     if ch.shares.iter().any(|(_, empty)| *empty) {
-        return Err(ServiceError::refuse(LurkStatus::InvalidFormat, "an empty key share in a handshake that took place"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidFormat,
+            "an empty key share in a handshake that took place",
+        ));
     }
     let random = common::fresh_random(cs, req.freshness, &ch.random)?;
     let client_hello = msgs::complete_client_hello(ch_msg.raw, Some(&random), &[])?;
 
-    let mut sh_msg = it.next().filter(|m| m.typ == HandshakeType::ServerHello).ok_or_else(|| invalid("expected the ServerHello"))?;
+    let mut sh_msg = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::ServerHello)
+        .ok_or_else(|| invalid("expected the ServerHello"))?;
     let mut sh = msgs::server_hello(sh_msg.raw)?;
     let mut transcript = Transcript::new();
     transcript.add(&client_hello);
     if sh.is_hrr {
-        let hash = sh.suite.hash().ok_or_else(|| invalid("unsupported cipher suite"))?;
+        let hash = sh
+            .suite
+            .hash()
+            .ok_or_else(|| invalid("unsupported cipher suite"))?;
         transcript
             .restart_for_hello_retry(hash)
             .map_err(|e| ServiceError::refuse(LurkStatus::InvalidHandshake, e.to_string()))?;
         transcript.add(sh_msg.raw);
-        let ch2 = it.next().filter(|m| m.typ == HandshakeType::ClientHello).ok_or_else(|| invalid("expected the second ClientHello"))?;
+        let ch2 = it
+            .next()
+            .filter(|m| m.typ == HandshakeType::ClientHello)
+            .ok_or_else(|| invalid("expected the second ClientHello"))?;
         transcript.add(&msgs::complete_client_hello(ch2.raw, Some(&random), &[])?);
-        sh_msg = it.next().filter(|m| m.typ == HandshakeType::ServerHello).ok_or_else(|| invalid("expected the ServerHello"))?;
+        sh_msg = it
+            .next()
+            .filter(|m| m.typ == HandshakeType::ServerHello)
+            .ok_or_else(|| invalid("expected the ServerHello"))?;
         sh = msgs::server_hello(sh_msg.raw)?;
         if sh.is_hrr {
             return Err(invalid("a second HelloRetryRequest"));
@@ -54,31 +72,52 @@ pub fn handle(
     if !ch.suites.contains(&sh.suite) {
         return Err(invalid("the server selected a cipher suite not offered"));
     }
-    let hash = sh.suite.hash().ok_or_else(|| invalid("unsupported cipher suite"))?;
+    let hash = sh
+        .suite
+        .hash()
+        .ok_or_else(|| invalid("unsupported cipher suite"))?;
     transcript.add(sh_msg.raw);
 
-    let ee = it.next().filter(|m| m.typ == HandshakeType::EncryptedExtensions).ok_or_else(|| invalid("expected EncryptedExtensions"))?;
+    let ee = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::EncryptedExtensions)
+        .ok_or_else(|| invalid("expected EncryptedExtensions"))?;
     transcript.add(ee.raw);
     let mut cert_request = None;
-    if let Some(m) = it.peek().filter(|m| m.typ == HandshakeType::CertificateRequest) {
+    if let Some(m) = it
+        .peek()
+        .filter(|m| m.typ == HandshakeType::CertificateRequest)
+    {
         let cr = msgs::certificate_request(m.raw)?;
         if !cr.context.is_empty() {
-            return Err(invalid("certificate_request_context must be empty in the handshake (RFC 8446 §4.3.2)"));
+            return Err(invalid(
+                "certificate_request_context must be empty in the handshake (RFC 8446 §4.3.2)",
+            ));
         }
         transcript.add(m.raw);
         cert_request = Some(cr);
         it.next();
     }
     // The server authenticated with a certificate, or with a PSK (then neither message).
-    if it.peek().is_some_and(|m| m.typ == HandshakeType::Certificate) {
+    if it
+        .peek()
+        .is_some_and(|m| m.typ == HandshakeType::Certificate)
+    {
         for expected in [HandshakeType::Certificate, HandshakeType::CertificateVerify] {
-            let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| invalid("expected the server's Certificate and CertificateVerify"))?;
+            let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
+                invalid("expected the server's Certificate and CertificateVerify")
+            })?;
             transcript.add(m.raw);
         }
     } else if sh.selected_psk.is_none() {
-        return Err(invalid("a certificate handshake without the server's Certificate"));
+        return Err(invalid(
+            "a certificate handshake without the server's Certificate",
+        ));
     }
-    let fin = it.next().filter(|m| m.typ == HandshakeType::Finished).ok_or_else(|| invalid("expected the server Finished"))?;
+    let fin = it
+        .next()
+        .filter(|m| m.typ == HandshakeType::Finished)
+        .ok_or_else(|| invalid("expected the server Finished"))?;
     transcript.add(fin.raw);
     if let Some(m) = it.next() {
         if m.typ != HandshakeType::EndOfEarlyData || it.next().is_some() {
@@ -111,7 +150,11 @@ pub fn handle(
     }
 
     if req.last_exchange || !ch.post_handshake_auth {
-        return Ok(pb::CInitClientFinishedResponse { session_id: Vec::new(), certificate_verify, last_exchange: true });
+        return Ok(pb::CInitClientFinishedResponse {
+            session_id: Vec::new(),
+            certificate_verify,
+            last_exchange: true,
+        });
     }
     let state = EstablishedState {
         suite: sh.suite,
@@ -122,6 +165,12 @@ pub fn handle(
         awaiting_client_finished: true,
         pha_contexts: Vec::new(),
     };
-    let id = cs.sessions.open(engine, Stage::Established(Box::new(state)))?;
-    Ok(pb::CInitClientFinishedResponse { session_id: id.as_bytes().to_vec(), certificate_verify, last_exchange: false })
+    let id = cs
+        .sessions
+        .open(engine, Stage::Established(Box::new(state)))?;
+    Ok(pb::CInitClientFinishedResponse {
+        session_id: id.as_bytes().to_vec(),
+        certificate_verify,
+        last_exchange: false,
+    })
 }

@@ -31,7 +31,10 @@ pub fn handle(
     if ch.psk_identities.len() > MAX_PSK_IDENTITIES {
         return Err(ServiceError::refuse(
             LurkStatus::TooManyIdentities,
-            format!("{} PSK identities offered; at most {MAX_PSK_IDENTITIES}", ch.psk_identities.len()),
+            format!(
+                "{} PSK identities offered; at most {MAX_PSK_IDENTITIES}",
+                ch.psk_identities.len()
+            ),
         ));
     }
     if ch.psk_identities.len() != req.psks.len() {
@@ -59,7 +62,10 @@ pub fn handle(
         if !ch.groups.contains(group) {
             return Err(ServiceError::refuse(
                 LurkStatus::InvalidEphemeral,
-                format!("key share for {} which supported_groups does not list", group.name()),
+                format!(
+                    "key share for {} which supported_groups does not list",
+                    group.name()
+                ),
             ));
         }
     }
@@ -73,7 +79,10 @@ pub fn handle(
             let mut session = lock_session(&session)?;
             session.stage = Stage::Hello(Box::new(state));
             cs.sessions.touch(&id, &mut session);
-            Ok(pb::CInitClientHelloResponse { session_id: id.as_bytes().to_vec(), ..resp })
+            Ok(pb::CInitClientHelloResponse {
+                session_id: id.as_bytes().to_vec(),
+                ..resp
+            })
         }
         Err(e) => {
             cs.sessions.close(&id);
@@ -95,9 +104,15 @@ fn build(
     for (group, empty) in &ch.shares {
         if *empty {
             let (public, pending) = cs.ephemeral.generate(*group)?;
-            key_shares.push(pb::KeyShareEntry { group: u32::from(group.get()), key_exchange: public.clone() });
+            key_shares.push(pb::KeyShareEntry {
+                group: u32::from(group.get()),
+                key_exchange: public.clone(),
+            });
             fills.push((*group, public));
-            cs_shares.push(CsShare { group: *group, pending });
+            cs_shares.push(CsShare {
+                group: *group,
+                pending,
+            });
         }
     }
     let psks = common::load_psks(cs, engine, &ch.psk_identities, &req.psks)?;

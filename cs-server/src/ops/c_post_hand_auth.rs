@@ -38,7 +38,9 @@ pub fn handle(
     if state.awaiting_client_finished {
         // Sequence C: the engine made the client Finished; it completes the transcript.
         match messages.as_slice() {
-            [m] if m.typ == HandshakeType::Finished && m.body.len() == hash.output_len() => base.add(m.raw),
+            [m] if m.typ == HandshakeType::Finished && m.body.len() == hash.output_len() => {
+                base.add(m.raw)
+            }
             _ => {
                 return Err(ServiceError::refuse(
                     LurkStatus::InvalidHandshake,
@@ -47,7 +49,10 @@ pub fn handle(
             }
         }
     } else if !messages.is_empty() {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "unexpected handshake_messages"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "unexpected handshake_messages",
+        ));
     }
 
     let cr = msgs::certificate_request(&req.certificate_request)?;
@@ -76,5 +81,8 @@ pub fn handle(
     state.awaiting_client_finished = false;
     state.pha_contexts.push(cr.context);
     let last = common::finish(cs, &id, &mut session, req.last_exchange);
-    Ok(pb::CPostHandAuthResponse { certificate_verify: cv, last_exchange: last })
+    Ok(pb::CPostHandAuthResponse {
+        certificate_verify: cv,
+        last_exchange: last,
+    })
 }

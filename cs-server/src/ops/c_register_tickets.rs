@@ -59,7 +59,9 @@ pub fn handle(
                 psk: Zeroizing::new(psk.as_bytes().to_vec()),
                 hash: state.hash,
                 cipher_suite: state.suite.get(),
-                lifetime_secs: t.lifetime.min(u32::try_from(cs.ticket_lifetime_cap).unwrap_or(u32::MAX)),
+                lifetime_secs: t
+                    .lifetime
+                    .min(u32::try_from(cs.ticket_lifetime_cap).unwrap_or(u32::MAX)),
                 max_early_data: t.max_early_data,
                 server_name: None,
             },
@@ -67,5 +69,8 @@ pub fn handle(
         registered += 1;
     }
     let last = common::finish(cs, &id, &mut session, req.last_exchange);
-    Ok(pb::CRegisterTicketsResponse { registered, last_exchange: last })
+    Ok(pb::CRegisterTicketsResponse {
+        registered,
+        last_exchange: last,
+    })
 }

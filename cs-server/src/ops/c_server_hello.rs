@@ -36,21 +36,33 @@ pub fn handle(
     }
     // RFC 8446 §4.1.3: the suite is one the client offered.
     if !state.offered_suites.contains(&sh.suite) {
-        return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "the server selected a cipher suite not offered"));
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the server selected a cipher suite not offered",
+        ));
     }
     let hash = sh.suite.hash().ok_or_else(|| {
-        ServiceError::refuse(LurkStatus::InvalidHandshake, "the server selected an unsupported cipher suite")
+        ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the server selected an unsupported cipher suite",
+        )
     })?;
 
     let psk = match sh.selected_psk {
         None => None,
         Some(i) => {
             let p = state.psks.get(i as usize).ok_or_else(|| {
-                ServiceError::refuse(LurkStatus::InvalidPsk, "the server selected a PSK identity not offered")
+                ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    "the server selected a PSK identity not offered",
+                )
             })?;
             // RFC 8446 §4.2.11: the PSK's hash must be the suite's.
             if p.hash != hash {
-                return Err(ServiceError::refuse(LurkStatus::InvalidPsk, "the selected PSK's hash is not the suite's"));
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    "the selected PSK's hash is not the suite's",
+                ));
             }
             Some(i as usize)
         }
@@ -62,16 +74,26 @@ pub fn handle(
             if !state.shared_groups.contains(group) {
                 return Err(ServiceError::refuse(
                     LurkStatus::InvalidEphemeral,
-                    format!("the server's key share is for {}, for which no share was offered", group.name()),
+                    format!(
+                        "the server's key share is for {}, for which no share was offered",
+                        group.name()
+                    ),
                 ));
             }
             if psk.is_some() && !state.psk_dhe_ke {
-                return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "psk_dhe_ke was not offered"));
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidHandshake,
+                    "psk_dhe_ke was not offered",
+                ));
             }
             match state.cs_shares.iter().position(|s| s.group == *group) {
                 Some(pos) => {
                     let share = state.cs_shares.remove(pos);
-                    Some(share.pending.agree(cs.token.as_ref(), *group, server_share)?)
+                    Some(
+                        share
+                            .pending
+                            .agree(cs.token.as_ref(), *group, server_share)?,
+                    )
                 }
                 None => {
                     // The engine made this share (e_generated): it sends the shared secret.
@@ -98,7 +120,10 @@ pub fn handle(
                 ));
             }
             if !state.psk_ke {
-                return Err(ServiceError::refuse(LurkStatus::InvalidHandshake, "psk_ke was not offered"));
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidHandshake,
+                    "psk_ke was not offered",
+                ));
             }
             None
         }
@@ -118,10 +143,16 @@ pub fn handle(
     };
     let mut secrets = Vec::new();
     if want_c {
-        secrets.push(common::secret(pb::SecretType::ClientHandshakeTraffic, &client_hs));
+        secrets.push(common::secret(
+            pb::SecretType::ClientHandshakeTraffic,
+            &client_hs,
+        ));
     }
     if want_s {
-        secrets.push(common::secret(pb::SecretType::ServerHandshakeTraffic, &server_hs));
+        secrets.push(common::secret(
+            pb::SecretType::ServerHandshakeTraffic,
+            &server_hs,
+        ));
     }
     let next = HandshakeState {
         suite: sh.suite,

@@ -13,7 +13,7 @@ use crate::error::ServiceError;
 use crate::ops::msgs;
 use crate::ops::state::OfferedPsk;
 use crate::service::Cs;
-use crate::session::{SessionId, Session};
+use crate::session::{Session, SessionId};
 
 /// At most this many PSK identities in one ClientHello (each one costs a store lookup).
 pub const MAX_PSK_IDENTITIES: usize = 8;
@@ -33,13 +33,23 @@ pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), Servi
 }
 
 pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
-    pb::Secret { secret_type: kind as i32, value: value.as_bytes().to_vec() }
+    pb::Secret {
+        secret_type: kind as i32,
+        value: value.as_bytes().to_vec(),
+    }
 }
 
 /// The ClientHello.random the CS derives from the engine's random (LURK.md §3).
-pub fn fresh_random(cs: &Cs, freshness: i32, engine_random: &[u8; 32]) -> Result<[u8; 32], ServiceError> {
+pub fn fresh_random(
+    cs: &Cs,
+    freshness: i32,
+    engine_random: &[u8; 32],
+) -> Result<[u8; 32], ServiceError> {
     let f = pb::Freshness::try_from(freshness).map_err(|_| {
-        ServiceError::refuse(LurkStatus::InvalidFreshness, format!("unknown freshness function {freshness}"))
+        ServiceError::refuse(
+            LurkStatus::InvalidFreshness,
+            format!("unknown freshness function {freshness}"),
+        )
     })?;
     if f == pb::Freshness::Null && !cs.test_vectors {
         return Err(ServiceError::refuse(
@@ -58,7 +68,10 @@ pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
     match pb::TlsHash::try_from(tls_hash) {
         Ok(pb::TlsHash::Sha256) => Ok(HashAlg::Sha256),
         Ok(pb::TlsHash::Sha384) => Ok(HashAlg::Sha384),
-        Err(_) => Err(ServiceError::refuse(LurkStatus::InvalidPsk, format!("unknown tls_hash {tls_hash}"))),
+        Err(_) => Err(ServiceError::refuse(
+            LurkStatus::InvalidPsk,
+            format!("unknown tls_hash {tls_hash}"),
+        )),
     }
 }
 
@@ -72,22 +85,40 @@ pub fn load_psks(
 ) -> Result<Vec<OfferedPsk>, ServiceError> {
     let mut out = Vec::with_capacity(identities.len());
     for (i, identity) in identities.iter().enumerate() {
-        let info = infos.iter().find(|p| p.identity_index as usize == i).ok_or_else(|| {
-            ServiceError::refuse(LurkStatus::InvalidPsk, format!("no PSK metadata for identity {i}"))
-        })?;
+        let info = infos
+            .iter()
+            .find(|p| p.identity_index as usize == i)
+            .ok_or_else(|| {
+                ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    format!("no PSK metadata for identity {i}"),
+                )
+            })?;
         let hash = hash_of(info.tls_hash)?;
         let external = match pb::PskType::try_from(info.psk_type) {
             Ok(pb::PskType::External) => true,
             Ok(pb::PskType::Resumption) => false,
-            Err(_) => return Err(ServiceError::refuse(LurkStatus::InvalidPsk, "unknown psk_type")),
+            Err(_) => {
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    "unknown psk_type",
+                ))
+            }
         };
         let psk = if external {
-            cs.store.get_external_psk(Some(engine), identity)?.map(|p| (p.psk, p.hash))
+            cs.store
+                .get_external_psk(Some(engine), identity)?
+                .map(|p| (p.psk, p.hash))
         } else {
-            cs.store.take_ticket(engine, identity)?.map(|t| (t.psk, t.hash))
+            cs.store
+                .take_ticket(engine, identity)?
+                .map(|t| (t.psk, t.hash))
         };
         let (psk, stored_hash) = psk.ok_or_else(|| {
-            ServiceError::refuse(LurkStatus::InvalidPsk, format!("PSK identity {i} is unknown to this CS"))
+            ServiceError::refuse(
+                LurkStatus::InvalidPsk,
+                format!("PSK identity {i} is unknown to this CS"),
+            )
         })?;
         if stored_hash != hash {
             return Err(ServiceError::refuse(
@@ -95,20 +126,33 @@ pub fn load_psks(
                 format!("PSK identity {i} is bound to {stored_hash:?}, not {hash:?}"),
             ));
         }
-        out.push(OfferedPsk { identity: identity.clone(), psk: Secret::from_bytes(&psk), hash, external });
+        out.push(OfferedPsk {
+            identity: identity.clone(),
+            psk: Secret::from_bytes(&psk),
+            hash,
+            external,
+        });
     }
     Ok(out)
 }
 
 /// RFC 8446 §4.2.11.2: each binder is an HMAC over the transcript so far plus the
 /// ClientHello truncated before the binders, under the PSK's binder key.
-pub fn binders(prefix: &Transcript, client_hello: &[u8], psks: &[OfferedPsk]) -> Result<Vec<Vec<u8>>, ServiceError> {
+pub fn binders(
+    prefix: &Transcript,
+    client_hello: &[u8],
+    psks: &[OfferedPsk],
+) -> Result<Vec<Vec<u8>>, ServiceError> {
     let truncated = msgs::truncated_for_binders(client_hello)?;
     Ok(psks
         .iter()
         .map(|p| {
             let early = KeyScheduleEarly::new(p.hash, Some(p.psk.as_bytes()));
-            let kind = if p.external { PskKind::External } else { PskKind::Resumption };
+            let kind = if p.external {
+                PskKind::External
+            } else {
+                PskKind::Resumption
+            };
             let key = early.binder_key(kind);
             binder(p.hash, key.as_bytes(), &prefix.hash_with(p.hash, truncated))
         })

@@ -11,8 +11,6 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ServiceError;
 
-pub use wire::split_handshake_messages as split_raw;
-
 /// Splits a concatenation of complete handshake messages.
 pub fn split(bytes: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, ServiceError> {
     Ok(wire::split_handshake_messages(bytes)?)
@@ -112,7 +110,9 @@ pub struct EncryptedExtensionsInfo {
 
 pub fn encrypted_extensions(raw: &[u8]) -> Result<EncryptedExtensionsInfo, ServiceError> {
     let ee = wire::EncryptedExtensions::parse(raw)?;
-    Ok(EncryptedExtensionsInfo { early_data: ee.early_data })
+    Ok(EncryptedExtensionsInfo {
+        early_data: ee.early_data,
+    })
 }
 
 pub struct CertificateRequestInfo {

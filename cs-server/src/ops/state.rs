@@ -48,7 +48,10 @@ impl Stage {
     pub fn out_of_order(&self, exchange: &str) -> ServiceError {
         ServiceError::refuse(
             LurkStatus::InvalidStatus,
-            format!("{exchange} is not a valid next exchange for a session in stage {}", self.name()),
+            format!(
+                "{exchange} is not a valid next exchange for a session in stage {}",
+                self.name()
+            ),
         )
     }
 

@@ -298,6 +298,17 @@ pub(crate) fn check_identity(identity: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The token seals stored PSKs with its AES key (AES-GCM, LURK.md §4.6).
+impl Sealer for crate::token::Token {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, TokenError> {
+        crate::token::Token::seal(self, aad, plaintext)
+    }
+
+    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        crate::token::Token::unseal(self, aad, sealed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

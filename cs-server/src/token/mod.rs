@@ -1,1 +1,510 @@
-//! (skeleton)
+//! The PKCS#11 token: every credential of the CS lives here (LURK.md §4.4–§4.6).
+//!
+//! - [`Token::open`] loads the module once per process ([`CInitializeFlags::OS_LOCKING_OK`]),
+//!   finds the token by label, logs in with the PIN from the environment or a file, and
+//!   keeps a pool of logged-in sessions (`pool`);
+//! - [`Token::check_mechanisms`] names what the token lacks for a configuration (`mechanisms`);
+//! - signing keys found by RFC 7512 URI or label, and TLS 1.3 signatures (`sign`, `uri`);
+//! - (EC)DHE key pairs as session objects, destroyed as soon as the shared secret exists
+//!   (`ephemeral`);
+//! - the AES-256-GCM key that seals stored PSKs (`seal`).
+//!
+//! Every method blocks on the token: async callers use `spawn_blocking`. Errors are
+//! [`TokenError`]; messages never carry PINs or key material.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::MechanismType;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
+
+use crate::config::TokenConfig;
+use crate::error::TokenError;
+
+pub(crate) mod der;
+mod ephemeral;
+mod mechanisms;
+mod pool;
+mod seal;
+mod sign;
+#[cfg(test)]
+pub(crate) mod testutil;
+mod uri;
+
+pub use ephemeral::TokenEphemeral;
+pub use mechanisms::Need;
+pub use sign::{SigningKey, SigningKeyType};
+pub use uri::KeyUri;
+
+pub(crate) use der::wrap_ec_point;
+pub(crate) use der::{OID_ED25519, OID_P256, OID_P384};
+
+use pool::{PooledSession, SessionPool};
+
+/// A logged-in PKCS#11 token. Cheap to clone (an `Arc`); `Send + Sync`.
+#[derive(Clone)]
+pub struct Token {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    label: String,
+    manufacturer: String,
+    model: String,
+    serial: String,
+    mechanisms: Vec<MechanismType>,
+    pool: SessionPool,
+    sealing_label: String,
+    sealing_key: OnceLock<ObjectHandle>,
+    signing_keys: Mutex<HashMap<String, SigningKey>>,
+    x25519: ephemeral::X25519Route,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("label", &self.inner.label)
+            .field("slot", &self.inner.slot.id())
+            .field("sessions", &self.inner.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One loaded module: the context and the environment it was initialised with.
+struct Module {
+    pkcs11: Pkcs11,
+    env: BTreeMap<String, String>,
+}
+
+/// One `Pkcs11` per module path per process: `C_Initialize` may run once, and modules such
+/// as SoftHSM read their configuration (`SOFTHSM2_CONF`) only then.
+static MODULES: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
+
+/// Loads and initialises `module` once per process, after setting `env` in the process
+/// environment. A later call for the same module with a different value of one of those
+/// variables is refused: the module would silently keep the first one.
+pub(crate) fn load_module(
+    module: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Pkcs11, TokenError> {
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = modules.get(module) {
+        for (k, v) in env {
+            let in_effect = m.env.get(k).cloned().or_else(|| std::env::var(k).ok());
+            if in_effect.as_deref() != Some(v.as_str()) {
+                return Err(TokenError::Module {
+                    module: module.display().to_string(),
+                    reason: format!(
+                        "already initialised in this process with {k}={}; cannot switch to {v:?} \
+                         (start another process)",
+                        in_effect.as_deref().unwrap_or("(unset)")
+                    ),
+                });
+            }
+        }
+        return Ok(m.pkcs11.clone());
+    }
+    for (k, v) in env {
+        // Edition 2021: safe. This runs before the module reads its environment, under the
+        // registry lock; the service opens its token before starting worker threads.
+        std::env::set_var(k, v);
+    }
+    let err = |reason: String| TokenError::Module {
+        module: module.display().to_string(),
+        reason,
+    };
+    let pkcs11 = Pkcs11::new(module).map_err(|e| err(e.to_string()))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(err(format!("C_Initialize: {e}"))),
+    }
+    modules.insert(
+        module.to_path_buf(),
+        Module {
+            pkcs11: pkcs11.clone(),
+            env: env.clone(),
+        },
+    );
+    Ok(pkcs11)
+}
+
+/// Finds the one slot holding an initialised token with this label.
+fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
+    let slots = pkcs11
+        .get_slots_with_initialized_token()
+        .map_err(|e| TokenError::pkcs11("C_GetSlotList", e))?;
+    let mut found = Vec::new();
+    for slot in slots {
+        let info = pkcs11
+            .get_token_info(slot)
+            .map_err(|e| TokenError::pkcs11("C_GetTokenInfo", e))?;
+        if info.label() == label {
+            found.push(slot);
+        }
+    }
+    match found.as_slice() {
+        [] => Err(TokenError::TokenNotFound(label.to_owned())),
+        [slot] => Ok(*slot),
+        _ => Err(TokenError::Other(format!(
+            "{} tokens are labelled {label:?}; labels must be unique",
+            found.len()
+        ))),
+    }
+}
+
+/// Reads the user PIN from `pin_env` (first) or `pin_file`: never from the configuration.
+fn read_pin(cfg: &TokenConfig) -> Result<AuthPin, TokenError> {
+    let mut why = Vec::new();
+    if let Some(var) = &cfg.pin_env {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                let v = Zeroizing::new(v);
+                return Ok(AuthPin::from(v.as_str()));
+            }
+            Ok(_) => why.push(format!("environment variable {var} is empty")),
+            Err(_) => why.push(format!("environment variable {var} is not set")),
+        }
+    }
+    if let Some(path) = &cfg.pin_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| TokenError::Pin(format!("{}: {e}", path.display())))?,
+        );
+        warn_if_readable_by_others(path);
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('\r');
+        if line.is_empty() {
+            return Err(TokenError::Pin(format!("{}: empty", path.display())));
+        }
+        return Ok(AuthPin::from(line));
+    }
+    if why.is_empty() {
+        why.push("set [token] pin_env or pin_file".to_owned());
+    }
+    Err(TokenError::Pin(why.join("; ")))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the PIN file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}
+
+fn login(session: &Session, pin: &AuthPin, label: &str) -> Result<(), TokenError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(rv, _)) => Err(TokenError::Login {
+            label: label.to_owned(),
+            reason: match rv {
+                RvError::PinIncorrect => "incorrect user PIN (CKR_PIN_INCORRECT)".to_owned(),
+                RvError::PinLocked => "the user PIN is locked (CKR_PIN_LOCKED)".to_owned(),
+                RvError::UserPinNotInitialized => {
+                    "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_owned()
+                }
+                other => format!("C_Login: {other:?}"),
+            },
+        }),
+        Err(e) => Err(TokenError::Login {
+            label: label.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Initialises the token in the first uninitialised slot of `module` with this label, SO
+/// PIN and user PIN (for `init-dev` and tests; a production token is initialised by its
+/// owner's tools). Returns nothing: open it with [`Token::open`].
+pub fn initialize_token(
+    module: &Path,
+    module_env: &BTreeMap<String, String>,
+    label: &str,
+    so_pin: &str,
+    user_pin: &str,
+) -> Result<(), TokenError> {
+    if label.is_empty() || label.len() > 32 {
+        return Err(TokenError::Other(format!(
+            "token label {label:?} must be 1 to 32 bytes"
+        )));
+    }
+    let pkcs11 = load_module(module, module_env)?;
+    // One initialisation at a time: SoftHSM shows a single free slot, which a concurrent
+    // initialisation would take.
+    static INIT: Mutex<()> = Mutex::new(());
+    let _one = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if find_slot(&pkcs11, label).is_ok() {
+        return Err(TokenError::Other(format!(
+            "a token labelled {label:?} already exists"
+        )));
+    }
+    let slots = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| TokenError::pkcs11("C_GetSlotList", e))?;
+    let mut free = None;
+    for slot in slots {
+        let info = pkcs11
+            .get_token_info(slot)
+            .map_err(|e| TokenError::pkcs11("C_GetTokenInfo", e))?;
+        if !info.token_initialized() {
+            free = Some(slot);
+            break;
+        }
+    }
+    let slot = free.ok_or_else(|| {
+        TokenError::Other("no slot with an uninitialised token to initialise".to_owned())
+    })?;
+    let so_pin = AuthPin::from(so_pin);
+    pkcs11
+        .init_token(slot, &so_pin, label)
+        .map_err(|e| TokenError::pkcs11("C_InitToken", e))?;
+    // The slot list changes after C_InitToken in SoftHSM: find the token again by label.
+    let slot = find_slot(&pkcs11, label)?;
+    let session = pkcs11
+        .open_rw_session(slot)
+        .map_err(|e| TokenError::pkcs11("C_OpenSession", e))?;
+    session
+        .login(UserType::So, Some(&so_pin))
+        .map_err(|e| TokenError::pkcs11("C_Login(SO)", e))?;
+    session
+        .init_pin(&AuthPin::from(user_pin))
+        .map_err(|e| TokenError::pkcs11("C_InitPIN", e))?;
+    session
+        .logout()
+        .map_err(|e| TokenError::pkcs11("C_Logout", e))?;
+    Ok(())
+}
+
+impl Token {
+    /// Opens the token `cfg` names and logs in a pool of `cfg.pool_size` read-write sessions
+    /// (0 = twice the number of CPUs).
+    ///
+    /// PKCS#11 login state belongs to the application: while another `Token` of this process
+    /// is open on the same token, `C_Login` answers CKR_USER_ALREADY_LOGGED_IN without
+    /// looking at the PIN. The service opens one `Token` per process.
+    pub fn open(cfg: &TokenConfig) -> Result<Token, TokenError> {
+        let pkcs11 = load_module(&cfg.module, &cfg.module_env)?;
+        let slot = find_slot(&pkcs11, &cfg.label)?;
+        let info = pkcs11
+            .get_token_info(slot)
+            .map_err(|e| TokenError::pkcs11("C_GetTokenInfo", e))?;
+        let mechanisms = pkcs11
+            .get_mechanism_list(slot)
+            .map_err(|e| TokenError::pkcs11("C_GetMechanismList", e))?;
+        let size = if cfg.pool_size == 0 {
+            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.pool_size
+        };
+        let pin = read_pin(cfg)?;
+        let mut sessions = Vec::with_capacity(size);
+        for _ in 0..size {
+            let s = pkcs11
+                .open_rw_session(slot)
+                .map_err(|e| TokenError::pkcs11("C_OpenSession", e))?;
+            // Login state is per application and token: the first login covers every session;
+            // the others get UserAlreadyLoggedIn, which is fine.
+            login(&s, &pin, &cfg.label)?;
+            sessions.push(s);
+        }
+        drop(pin);
+        let x25519 = ephemeral::X25519Route::from_mechanisms(&mechanisms);
+        tracing::info!(
+            token = %cfg.label,
+            slot = slot.id(),
+            sessions = size,
+            "token opened"
+        );
+        Ok(Token {
+            inner: Arc::new(Inner {
+                pkcs11,
+                slot,
+                label: cfg.label.clone(),
+                manufacturer: info.manufacturer_id().to_owned(),
+                model: info.model().to_owned(),
+                serial: info.serial_number().to_owned(),
+                mechanisms,
+                pool: SessionPool::new(sessions),
+                sealing_label: cfg.sealing_key.clone(),
+                sealing_key: OnceLock::new(),
+                signing_keys: Mutex::new(HashMap::new()),
+                x25519,
+            }),
+        })
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// The mechanisms the token lists.
+    pub fn mechanisms(&self) -> &[MechanismType] {
+        &self.inner.mechanisms
+    }
+
+    /// Number of sessions in the pool.
+    pub fn pool_size(&self) -> usize {
+        self.inner.pool.size()
+    }
+
+    /// A session of the pool for the caller's exclusive use until the guard drops. Never
+    /// hold one while calling another `Token` method (the pool may be empty).
+    pub(crate) fn session(&self) -> Result<PooledSession<'_>, TokenError> {
+        self.inner.pool.checkout()
+    }
+
+    pub(crate) fn pkcs11(&self) -> &Pkcs11 {
+        &self.inner.pkcs11
+    }
+
+    pub(crate) fn slot(&self) -> Slot {
+        self.inner.slot
+    }
+
+    /// Random bytes from the token's generator.
+    pub fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        let mut out = Zeroizing::new(vec![0u8; n]);
+        self.session()?
+            .generate_random_slice(&mut out)
+            .map_err(|e| TokenError::pkcs11("C_GenerateRandom", e))?;
+        Ok(out)
+    }
+}
+
+/// Finds at most one object matching `template`; two or more is an error (`what` names
+/// the object in messages).
+pub(crate) fn find_one(
+    session: &Session,
+    template: &[Attribute],
+    what: &dyn fmt::Display,
+) -> Result<Option<ObjectHandle>, TokenError> {
+    let found = session
+        .find_objects(template)
+        .map_err(|e| TokenError::pkcs11("C_FindObjects", e))?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(TokenError::KeyNotFound(format!(
+            "{what}: {} objects match; make the name unique (add id=)",
+            many.len()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::{self, TEST_PIN_ENV};
+    use super::*;
+
+    #[test]
+    fn open_with_pin_from_env_and_from_file() {
+        let (token, mut cfg) = testutil::new_token("open-env-file");
+        assert_eq!(token.label(), cfg.label);
+        assert_eq!(token.pool_size(), cfg.pool_size);
+        // From the environment (the fixture's config uses pin_env).
+        assert_eq!(cfg.pin_env.as_deref(), Some(TEST_PIN_ENV));
+        drop(token);
+        // From a file, with pin_env unset.
+        cfg.pin_env = None;
+        cfg.pin_file = Some(testutil::fixture().pin_file.clone());
+        cfg.pool_size = 0;
+        let token = Token::open(&cfg).unwrap();
+        assert!(token.pool_size() >= 2);
+        assert_eq!(token.random(16).unwrap().len(), 16);
+        // An env var that is not set falls back to the file.
+        cfg.pin_env = Some("LURK_TEST_UNSET_PIN_VARIABLE".to_owned());
+        assert!(Token::open(&cfg).is_ok());
+    }
+
+    #[test]
+    fn wrong_pin_is_a_login_error() {
+        let (token, mut cfg) = testutil::new_token("wrong-pin");
+        // While a session is logged in, C_Login answers CKR_USER_ALREADY_LOGGED_IN before
+        // looking at the PIN: close the first Token's sessions.
+        drop(token);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "not-the-pin\n").unwrap();
+        cfg.pin_env = None;
+        cfg.pin_file = Some(path);
+        let err = Token::open(&cfg).unwrap_err();
+        assert!(
+            matches!(&err, TokenError::Login { reason, .. } if reason.contains("incorrect user PIN")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("not-the-pin"));
+    }
+
+    #[test]
+    fn missing_pin_and_unknown_token_are_clear() {
+        let (_token, mut cfg) = testutil::new_token("missing-pin");
+        cfg.pin_env = Some("LURK_TEST_UNSET_PIN_VARIABLE".to_owned());
+        let err = Token::open(&cfg).unwrap_err();
+        assert!(
+            matches!(err, TokenError::Pin(ref m) if m.contains("LURK_TEST_UNSET_PIN_VARIABLE"))
+        );
+        cfg.label = "no-such-token".to_owned();
+        assert!(matches!(
+            Token::open(&cfg).unwrap_err(),
+            TokenError::TokenNotFound(_)
+        ));
+    }
+
+    #[test]
+    fn switching_module_env_in_one_process_is_refused() {
+        let (_token, mut cfg) = testutil::new_token("switch-env");
+        cfg.module_env.insert(
+            "SOFTHSM2_CONF".to_owned(),
+            "/somewhere/else/softhsm2.conf".to_owned(),
+        );
+        let err = Token::open(&cfg).unwrap_err();
+        assert!(matches!(err, TokenError::Module { .. }), "{err}");
+        // The value in effect is accepted.
+        cfg.module_env.insert(
+            "SOFTHSM2_CONF".to_owned(),
+            testutil::fixture().conf.display().to_string(),
+        );
+        Token::open(&cfg).unwrap();
+    }
+
+    #[test]
+    fn pool_serves_more_threads_than_sessions() {
+        let (token, _cfg) = testutil::new_token("pool-threads");
+        assert_eq!(token.inner.pool.idle(), token.pool_size());
+        std::thread::scope(|s| {
+            for _ in 0..3 * token.pool_size() {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        token.random(32).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(token.inner.pool.idle(), token.pool_size());
+    }
+}

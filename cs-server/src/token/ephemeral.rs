@@ -1,0 +1,514 @@
+//! (EC)DHE in the token (LURK.md §4.4): key pairs generated as session objects (never
+//! stored, private half sensitive and derive-only), CKM_ECDH1_DERIVE with CKD_NULL, and
+//! every object destroyed as soon as the shared secret exists.
+//!
+//! x25519: PKCS#11 3.0 names CKM_EC_MONTGOMERY_KEY_PAIR_GEN, which SoftHSM 2.6 lacks. Its
+//! Edwards generator given the X25519 curve OID (1.3.101.110) makes an X25519 key pair that
+//! CKM_ECDH1_DERIVE uses correctly (checked against ring in the tests). The standard
+//! mechanism is tried first; the first `CKR_MECHANISM_INVALID` switches to the Edwards route
+//! for the rest of the process.
+//!
+//! Reading the shared secret: SoftHSM returns CKA_VALUE only for a derived key created with
+//! `sensitive=false, extractable=true`; that key is a session object that lives for the
+//! microseconds between C_DeriveKey and its C_DestroyObject, in this function.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use lurk_proto::wire::NamedGroup;
+use zeroize::Zeroizing;
+
+use super::der::{self, OID_P256, OID_P384, OID_X25519};
+use super::Token;
+use crate::error::TokenError;
+
+const ROUTE_MONTGOMERY: u8 = 0;
+const ROUTE_EDWARDS: u8 = 1;
+
+/// Which generator makes x25519 key pairs on this token.
+pub(crate) struct X25519Route(AtomicU8);
+
+impl X25519Route {
+    pub(crate) fn from_mechanisms(mechs: &[MechanismType]) -> Self {
+        let route = if mechs.contains(&MechanismType::ECC_MONTGOMERY_KEY_PAIR_GEN)
+            || !mechs.contains(&MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)
+        {
+            ROUTE_MONTGOMERY
+        } else {
+            ROUTE_EDWARDS
+        };
+        Self(AtomicU8::new(route))
+    }
+}
+
+/// An (EC)DHE key pair held in the token as session objects. Consumed by
+/// [`Token::derive_ephemeral`]; if dropped unused (the LURK session expired or failed), its
+/// `Drop` destroys the objects, which takes a pooled session: a short blocking call (drop it
+/// from blocking context, or accept a wait of one token call when the pool is busy).
+pub struct TokenEphemeral {
+    token: Token,
+    group: NamedGroup,
+    public: Vec<u8>,
+    private_handle: ObjectHandle,
+    public_handle: ObjectHandle,
+    live: bool,
+}
+
+impl std::fmt::Debug for TokenEphemeral {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEphemeral")
+            .field("group", &self.group)
+            .field("public", &hex::encode(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEphemeral {
+    pub fn group(&self) -> NamedGroup {
+        self.group
+    }
+
+    /// The public key as a TLS key_share carries it: `0x04‖X‖Y` for the NIST curves, the
+    /// 32-byte u-coordinate for x25519.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// Destroys the key pair now (what `Drop` does, with the error reported).
+    pub fn destroy(mut self) -> Result<(), TokenError> {
+        self.live = false;
+        let session = self.token.session()?;
+        destroy_all(&session, &[self.private_handle, self.public_handle])
+    }
+}
+
+impl Drop for TokenEphemeral {
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        let result = self
+            .token
+            .session()
+            .and_then(|s| destroy_all(&s, &[self.private_handle, self.public_handle]));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, group = self.group.name(), "could not destroy an unused token ephemeral");
+        }
+    }
+}
+
+/// Destroys every object, reporting the first failure.
+fn destroy_all(session: &Session, handles: &[ObjectHandle]) -> Result<(), TokenError> {
+    let mut first = Ok(());
+    for &h in handles {
+        if let Err(e) = session.destroy_object(h) {
+            if first.is_ok() {
+                first = Err(TokenError::pkcs11("C_DestroyObject", e));
+            }
+        }
+    }
+    first
+}
+
+/// Curve parameters and sizes of a supported group.
+struct GroupParams {
+    oid: &'static [u8],
+    public_len: usize,
+    secret_len: usize,
+}
+
+fn params(group: NamedGroup) -> Result<GroupParams, TokenError> {
+    match group {
+        NamedGroup::Secp256r1 => Ok(GroupParams {
+            oid: OID_P256,
+            public_len: 65,
+            secret_len: 32,
+        }),
+        NamedGroup::Secp384r1 => Ok(GroupParams {
+            oid: OID_P384,
+            public_len: 97,
+            secret_len: 48,
+        }),
+        NamedGroup::X25519 => Ok(GroupParams {
+            oid: OID_X25519,
+            public_len: 32,
+            secret_len: 32,
+        }),
+        other => Err(TokenError::Unsupported(format!(
+            "(EC)DHE group {} in the token",
+            other.name()
+        ))),
+    }
+}
+
+/// Checks the peer's key_share value (RFC 8446 §4.2.8.2): uncompressed points on the curve
+/// for the NIST groups, 32 bytes for x25519.
+fn validate_peer(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
+    let ok = match group {
+        NamedGroup::Secp256r1 => {
+            peer.len() == 65 && peer[0] == 4 && p256::PublicKey::from_sec1_bytes(peer).is_ok()
+        }
+        NamedGroup::Secp384r1 => {
+            peer.len() == 97 && peer[0] == 4 && p384::PublicKey::from_sec1_bytes(peer).is_ok()
+        }
+        NamedGroup::X25519 => peer.len() == 32,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::InvalidPeerKey(group.name()))
+    }
+}
+
+impl Token {
+    /// Generates an (EC)DHE key pair for `group` as session objects.
+    pub fn generate_ephemeral(&self, group: NamedGroup) -> Result<TokenEphemeral, TokenError> {
+        let p = params(group)?;
+        let session = self.session()?;
+        let (public_handle, private_handle) = match group {
+            NamedGroup::X25519 => self.generate_x25519(&session)?,
+            _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.oid)
+                .map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e))?,
+        };
+        let read = session
+            .get_attributes(public_handle, &[AttributeType::EcPoint])
+            .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))
+            .and_then(|attrs| {
+                attrs
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::EcPoint(p) => Some(p),
+                        _ => None,
+                    })
+                    .ok_or_else(|| TokenError::Other("generated key has no CKA_EC_POINT".into()))
+            })
+            .and_then(|point| der::unwrap_ec_point(&point, p.public_len));
+        let public = match read {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = destroy_all(&session, &[private_handle, public_handle]);
+                return Err(e);
+            }
+        };
+        drop(session);
+        Ok(TokenEphemeral {
+            token: self.clone(),
+            group,
+            public,
+            private_handle,
+            public_handle,
+            live: true,
+        })
+    }
+
+    fn generate_x25519(
+        &self,
+        session: &Session,
+    ) -> Result<(ObjectHandle, ObjectHandle), TokenError> {
+        let route = &self.inner.x25519.0;
+        if route.load(Ordering::Relaxed) == ROUTE_MONTGOMERY {
+            match generate(
+                session,
+                &Mechanism::EccMontgomeryKeyPairGen,
+                KeyType::EC_MONTGOMERY,
+                OID_X25519,
+            ) {
+                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {
+                    tracing::info!(
+                        "token lacks CKM_EC_MONTGOMERY_KEY_PAIR_GEN; x25519 via the Edwards generator"
+                    );
+                    route.store(ROUTE_EDWARDS, Ordering::Relaxed);
+                }
+                other => return other.map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e)),
+            }
+        }
+        generate(
+            session,
+            &Mechanism::EccEdwardsKeyPairGen,
+            KeyType::EC_EDWARDS,
+            OID_X25519,
+        )
+        .map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e))
+    }
+
+    /// Computes the shared secret with the peer's key_share value and destroys the key pair
+    /// and the derived object before returning (also on failure).
+    pub fn derive_ephemeral(
+        &self,
+        mut eph: TokenEphemeral,
+        peer: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        // From here on this function destroys the objects, not Drop.
+        eph.live = false;
+        let keypair = [eph.private_handle, eph.public_handle];
+        let group = eph.group;
+        let session = self.session()?;
+        let result = validate_peer(group, peer)
+            .and_then(|()| params(group))
+            .and_then(|p| derive(&session, eph.private_handle, peer, p.secret_len));
+        let destroyed = destroy_all(&session, &keypair);
+        // SoftHSM fails x25519 derivation with CKR_GENERAL_ERROR on a small-order peer key
+        // (OpenSSL refuses the all-zero result): classify that failure here, off the
+        // normal path.
+        let result = match result {
+            Err(TokenError::Pkcs11 { .. })
+                if group == NamedGroup::X25519 && x25519_small_order(peer) =>
+            {
+                Err(TokenError::InvalidPeerKey(group.name()))
+            }
+            other => other,
+        };
+        let secret = result?;
+        destroyed?;
+        // RFC 8446 §7.4.2: an all-zero x25519 result means a small-order peer key.
+        if secret.iter().all(|b| *b == 0) {
+            return Err(TokenError::InvalidPeerKey(group.name()));
+        }
+        Ok(secret)
+    }
+
+    /// Session objects of this token visible to us (tests: nothing may leak).
+    #[cfg(test)]
+    pub(crate) fn count_session_objects(&self) -> usize {
+        self.session()
+            .unwrap()
+            .find_objects(&[Attribute::Token(false)])
+            .unwrap()
+            .len()
+    }
+}
+
+fn generate(
+    session: &Session,
+    mechanism: &Mechanism<'_>,
+    key_type: KeyType,
+    oid: &[u8],
+) -> Result<(ObjectHandle, ObjectHandle), CkError> {
+    let public = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::KeyType(key_type),
+        Attribute::EcParams(oid.to_vec()),
+    ];
+    let private = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::KeyType(key_type),
+        Attribute::Derive(true),
+        Attribute::Sign(false),
+    ];
+    session.generate_key_pair(mechanism, &public, &private)
+}
+
+/// True when `u` has small order: X25519 with any clamped scalar (a multiple of the
+/// cofactor 8) then gives zero.
+fn x25519_small_order(u: &[u8]) -> bool {
+    let Ok(u) = <[u8; 32]>::try_from(u) else {
+        return false;
+    };
+    x25519_dalek::x25519([0x42; 32], u) == [0u8; 32]
+}
+
+/// CKM_ECDH1_DERIVE with CKD_NULL into a readable session secret, read, then destroyed.
+fn derive(
+    session: &Session,
+    private: ObjectHandle,
+    peer: &[u8],
+    len: usize,
+) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+    let mechanism = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), peer));
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::ValueLen((len as u64).into()),
+    ];
+    let derived = session
+        .derive_key(&mechanism, private, &template)
+        .map_err(|e| TokenError::pkcs11("C_DeriveKey", e))?;
+    let value = session
+        .get_attributes(derived, &[AttributeType::Value])
+        .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))
+        .map(|attrs| {
+            attrs.into_iter().find_map(|a| match a {
+                // Moved, not copied, into the zeroizing buffer. (cryptoki's own transfer
+                // buffer is freed without being wiped; no safe way around that.)
+                Attribute::Value(v) => Some(Zeroizing::new(v)),
+                _ => None,
+            })
+        });
+    let destroyed = session
+        .destroy_object(derived)
+        .map_err(|e| TokenError::pkcs11("C_DestroyObject", e));
+    let value = value?.ok_or_else(|| {
+        TokenError::Other("the derived secret is not readable (CKA_VALUE)".to_owned())
+    })?;
+    destroyed?;
+    if value.len() != len {
+        return Err(TokenError::Other(format!(
+            "derived secret of {} bytes, expected {len}",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil;
+    use super::*;
+    use ring::agreement;
+    use ring::rand::SystemRandom;
+
+    fn ring_alg(group: NamedGroup) -> &'static agreement::Algorithm {
+        match group {
+            NamedGroup::X25519 => &agreement::X25519,
+            NamedGroup::Secp256r1 => &agreement::ECDH_P256,
+            NamedGroup::Secp384r1 => &agreement::ECDH_P384,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn ecdh_matches_ring_for_every_group() {
+        let (token, _) = testutil::new_token("ecdh-ring");
+        let rng = SystemRandom::new();
+        for group in NamedGroup::SUPPORTED {
+            for _ in 0..3 {
+                let eph = token.generate_ephemeral(group).unwrap();
+                assert_eq!(eph.public_key().len(), group.public_key_len().unwrap());
+                let alg = ring_alg(group);
+                let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
+                let peer_pub = peer.compute_public_key().unwrap();
+                let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+                let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+                let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
+                assert_eq!(&got[..], &expected[..], "{group:?}");
+            }
+        }
+        assert_eq!(token.count_session_objects(), 0);
+    }
+
+    #[test]
+    fn objects_are_destroyed_after_derive_on_drop_and_on_bad_peer() {
+        let (token, _) = testutil::new_token("eph-destroy");
+        assert_eq!(token.count_session_objects(), 0);
+        let eph = token.generate_ephemeral(NamedGroup::Secp256r1).unwrap();
+        let eph2 = token.generate_ephemeral(NamedGroup::X25519).unwrap();
+        assert_eq!(token.count_session_objects(), 4);
+        drop(eph2);
+        assert_eq!(token.count_session_objects(), 2);
+        // A bad peer key: refused, and the key pair is gone anyway.
+        let err = token.derive_ephemeral(eph, &[4u8; 65]).unwrap_err();
+        assert!(
+            matches!(err, TokenError::InvalidPeerKey("secp256r1")),
+            "{err}"
+        );
+        assert_eq!(token.count_session_objects(), 0);
+        for (group, bad) in [
+            (NamedGroup::X25519, vec![9u8; 31]),
+            (NamedGroup::Secp384r1, vec![4u8; 65]),
+            // Compressed points are not allowed in TLS 1.3 key shares.
+            (NamedGroup::Secp256r1, {
+                let mut v = vec![2u8];
+                v.extend_from_slice(&[1u8; 32]);
+                v
+            }),
+            // x25519 small-order points (u = 0, u = 1, u = p + 1 non-canonical) give an
+            // all-zero secret.
+            (NamedGroup::X25519, vec![0u8; 32]),
+            (NamedGroup::X25519, {
+                let mut v = vec![0u8; 32];
+                v[0] = 1;
+                v
+            }),
+            (NamedGroup::X25519, {
+                let mut v = vec![0xffu8; 32];
+                v[0] = 0xee;
+                v[31] = 0x7f;
+                v
+            }),
+        ] {
+            let eph = token.generate_ephemeral(group).unwrap();
+            let r = token.derive_ephemeral(eph, &bad);
+            assert!(
+                matches!(r, Err(TokenError::InvalidPeerKey(_))),
+                "{group:?} {r:?}"
+            );
+        }
+        let eph = token.generate_ephemeral(NamedGroup::Secp384r1).unwrap();
+        eph.destroy().unwrap();
+        assert_eq!(token.count_session_objects(), 0);
+        assert!(matches!(
+            token.generate_ephemeral(NamedGroup::X448),
+            Err(TokenError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn derive_in_another_session_than_generate() {
+        let (token, _) = testutil::new_token("eph-cross-session");
+        let rng = SystemRandom::new();
+        for group in NamedGroup::SUPPORTED {
+            let eph = token.generate_ephemeral(group).unwrap();
+            // Hold the session that generated the pair (the pool is LIFO): derive gets another.
+            let held = token.session().unwrap();
+            let alg = ring_alg(group);
+            let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
+            let peer_pub = peer.compute_public_key().unwrap();
+            let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+            let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+            let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
+            assert_eq!(&got[..], &expected[..]);
+            drop(held);
+        }
+        assert_eq!(token.count_session_objects(), 0);
+    }
+
+    #[test]
+    fn token_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Token>();
+        check::<TokenEphemeral>();
+        check::<crate::token::SigningKey>();
+    }
+
+    #[test]
+    fn ephemerals_in_parallel_across_pool_sessions() {
+        let (token, _) = testutil::new_token("eph-threads");
+        let rng = SystemRandom::new();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (token, rng) = (&token, &rng);
+                s.spawn(move || {
+                    let group = NamedGroup::SUPPORTED[t % 3];
+                    for _ in 0..10 {
+                        let eph = token.generate_ephemeral(group).unwrap();
+                        let alg = ring_alg(group);
+                        let peer = agreement::EphemeralPrivateKey::generate(alg, rng).unwrap();
+                        let peer_pub = peer.compute_public_key().unwrap();
+                        let ours =
+                            agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+                        let expected =
+                            agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+                        assert_eq!(
+                            &token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap()[..],
+                            &expected[..]
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(token.count_session_objects(), 0);
+    }
+}

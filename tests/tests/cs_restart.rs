@@ -1,0 +1,215 @@
+//! Tickets survive a restart of the CS process, stay bound to the engine that registered
+//! them and are used once. Driven through gRPC with the RFC 8448 §3/§4 traces: the CS runs
+//! in test-vector mode (null freshness) and the engine makes its own key share
+//! (e_generated), so the transcript is the RFC's and §4's binder proves the PSK that the
+//! CS re-read after the restart.
+
+use lurk_e2e::DevSetup;
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
+use serde_json::Value;
+
+fn msg(sec: &str, name: &str) -> Vec<u8> {
+    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
+    hex::decode(
+        v["sections"][sec]["summary"]["messages"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn ks(sec: &str, name: &str) -> Vec<u8> {
+    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
+    hex::decode(
+        v["sections"][sec]["summary"]["key_schedule"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn resumption_request() -> pb::CInitClientHelloRequest {
+    let mut ch = msg("resumed_0rtt", "client_hello");
+    let zeros = vec![vec![0u8; 32]];
+    lurk_proto::wire::set_binders(&mut ch, &zeros).unwrap();
+    pb::CInitClientHelloRequest {
+        client_hello: ch,
+        freshness: pb::Freshness::Null as i32,
+        psks: vec![pb::PskInfo {
+            identity_index: 0,
+            psk_type: pb::PskType::Resumption as i32,
+            tls_hash: pb::TlsHash::Sha256 as i32,
+        }],
+        secret_request: None,
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
+    let dev = DevSetup::new();
+    dev.append_config("[freshness]\ntest_vectors = true\n");
+    let s = "simple_1rtt";
+
+    let cs = dev.start();
+    let mut c = cs.client("engine");
+    let init = c
+        .c_init_client_hello(pb::CInitClientHelloRequest {
+            client_hello: msg(s, "client_hello"),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        init.client_hello,
+        msg(s, "client_hello"),
+        "an engine-made share is kept as is"
+    );
+    assert!(init.key_shares.is_empty());
+    let id = init.session_id;
+    c.c_server_hello(pb::CServerHelloRequest {
+        session_id: id.clone(),
+        server_hello: msg(s, "server_hello"),
+        ephemeral: Some(pb::Ephemeral {
+            method: pb::EphemeralMethod::EGenerated as i32,
+            shared_secret: ks(s, "ecdhe_shared_secret"),
+        }),
+        secret_request: None,
+    })
+    .await
+    .unwrap();
+    let fin = c
+        .c_client_finished(pb::CClientFinishedRequest {
+            session_id: id.clone(),
+            handshake_messages: [
+                msg(s, "encrypted_extensions"),
+                msg(s, "server_certificate"),
+                msg(s, "server_certificate_verify"),
+                msg(s, "server_finished"),
+            ]
+            .concat(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fin.client_finished, msg(s, "client_finished"));
+    let reg = c
+        .c_register_tickets(pb::CRegisterTicketsRequest {
+            session_id: id,
+            new_session_tickets: vec![msg(s, "new_session_ticket")],
+            last_exchange: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.registered, 1);
+
+    // Restart: same token, same SQLite file, new process.
+    let first_pid = cs.pid();
+    cs.kill();
+    let cs = dev.start();
+    assert_ne!(cs.pid(), first_pid);
+
+    // Another engine offering the same ticket gets nothing, and does not consume it.
+    let mut other = cs.client("engine2");
+    let e = other
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap_err();
+    assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::InvalidPsk));
+
+    // The engine that registered it resumes: §4's binder proves the PSK the CS re-read.
+    let mut c = cs.client("engine");
+    let resumed = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.binders, vec![ks("resumed_0rtt", "binder")]);
+    assert_eq!(resumed.client_hello, msg("resumed_0rtt", "client_hello"));
+
+    // Used once.
+    let e = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap_err();
+    assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::InvalidPsk));
+}
+
+#[tokio::test]
+async fn too_many_tickets_are_refused_and_the_stored_ones_kept() {
+    let dev = DevSetup::new();
+    dev.append_config("[freshness]\ntest_vectors = true\n");
+    dev.edit_config("[store]\n", "[store]\nmax_tickets_per_engine = 1\n");
+    let s = "simple_1rtt";
+    let cs = dev.start();
+    let mut c = cs.client("engine");
+    let id = c
+        .c_init_client_hello(pb::CInitClientHelloRequest {
+            client_hello: msg(s, "client_hello"),
+            freshness: pb::Freshness::Null as i32,
+            psks: vec![],
+            secret_request: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    c.c_server_hello(pb::CServerHelloRequest {
+        session_id: id.clone(),
+        server_hello: msg(s, "server_hello"),
+        ephemeral: Some(pb::Ephemeral {
+            method: pb::EphemeralMethod::EGenerated as i32,
+            shared_secret: ks(s, "ecdhe_shared_secret"),
+        }),
+        secret_request: None,
+    })
+    .await
+    .unwrap();
+    c.c_client_finished(pb::CClientFinishedRequest {
+        session_id: id.clone(),
+        handshake_messages: [
+            msg(s, "encrypted_extensions"),
+            msg(s, "server_certificate"),
+            msg(s, "server_certificate_verify"),
+            msg(s, "server_finished"),
+        ]
+        .concat(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nst = msg(s, "new_session_ticket");
+    c.c_register_tickets(pb::CRegisterTicketsRequest {
+        session_id: id.clone(),
+        new_session_tickets: vec![nst.clone()],
+        last_exchange: false,
+    })
+    .await
+    .unwrap();
+    // A second, different ticket (another identity) goes over the cap of 1.
+    let mut second = nst.clone();
+    // The ticket's last byte (the 10 bytes after it are the early_data extension block).
+    let i = second.len() - 11;
+    second[i] ^= 0xff;
+    let e = c
+        .c_register_tickets(pb::CRegisterTicketsRequest {
+            session_id: id.clone(),
+            new_session_tickets: vec![second],
+            last_exchange: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(LurkStatus::from_grpc(&e), Some(LurkStatus::TooManyTickets));
+    // The first ticket is intact.
+    let resumed = c
+        .c_init_client_hello(resumption_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.binders, vec![ks("resumed_0rtt", "binder")]);
+}
