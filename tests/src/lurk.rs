@@ -15,22 +15,18 @@ use crate::engine::{EngineConnect, EngineRun, Output};
 use crate::openssl::{certs, path_str, SServer};
 use crate::{scratch_dir, workspace_bin, CsProcess, DevSetup};
 
-/// Client keys imported into the token: (key id for `--client-key`, make-certs name, object id,
-/// the CN the server prints).
+/// Client keys imported into the token: (key id for `--client-key` = token label, make-certs
+/// name, object id, the CN the server prints). init-dev's own keys are `ed25519` / `p256`
+/// (labels `client-ed25519` / `client-p256`, ids 01 / 02, self-signed: not for s_server).
 pub const CLIENT_KEYS: [(&str, &str, &str, &str); 3] = [
     (
-        "client-ecdsa-p256",
+        "pki-ecdsa-p256",
         "client-ecdsa-p256",
         "a1",
         "test-client-ecdsa",
     ),
-    ("client-rsa", "client-rsa", "a2", "test-client-rsa"),
-    (
-        "client-ed25519",
-        "client-ed25519",
-        "a3",
-        "test-client-ed25519",
-    ),
+    ("pki-rsa", "client-rsa", "a2", "test-client-rsa"),
+    ("pki-ed25519", "client-ed25519", "a3", "test-client-ed25519"),
 ];
 
 /// The CS set-up shared by the tests of one process.
