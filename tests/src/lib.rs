@@ -144,6 +144,12 @@ impl DevSetup {
     }
 
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> CsProcess {
+        self.try_start_with_env(env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env); `Err` holds the CS's log.
+    pub fn try_start_with_env(&self, env: &[(&str, &str)]) -> Result<CsProcess, String> {
         let mut cmd = Command::new(workspace_bin("lurk-cs"));
         cmd.arg("serve")
             .arg("--config")
@@ -181,15 +187,18 @@ impl DevSetup {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("lurk-cs did not start; its log:\n{}", log.lock().unwrap());
+                return Err(format!(
+                    "lurk-cs did not start; its log:\n{}",
+                    log.lock().unwrap()
+                ));
             }
         };
-        CsProcess {
+        Ok(CsProcess {
             child,
             addr,
             dir: self.path(),
             log,
-        }
+        })
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::engine::{EngineConnect, EngineRun, Output};
 use crate::openssl::{certs, path_str, SServer};
@@ -100,10 +100,23 @@ pub struct Lurk {
 
 impl Lurk {
     /// Starts a `lurk-cs serve` on the shared set-up.
+    ///
+    /// Starts are serialized within the process and retried: SoftHSM writes the token's
+    /// file store at C_Login, and a CS logging in while another one does failed now and then
+    /// with CKR_GENERAL_ERROR (C_Login, C_GetSlotList/C_GetTokenInfo; about 1 run in 5 with
+    /// 34 tests on 2 cores).
     pub fn start() -> Lurk {
-        Lurk {
-            cs: lurk_env().setup.start(),
+        static START: Mutex<()> = Mutex::new(());
+        let env = lurk_env();
+        let _one_at_a_time = START.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            match env.setup.try_start_with_env(&[]) {
+                Ok(cs) => return Lurk { cs },
+                Err(e) => errors.push(e),
+            }
         }
+        panic!("{}", errors.join("\n--- retry ---\n"))
     }
 
     /// `--cs … --cs-ca … --cs-cert … --cs-key … --ca ca-all.pem` (identity `engine`).
