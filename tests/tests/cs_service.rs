@@ -326,3 +326,18 @@ async fn too_many_sessions_are_refused_with_their_status() {
     .unwrap();
     ping_ok(&mut c).await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_cs_even_with_an_engine_connected() {
+    let (_dev, mut cs) = start();
+    // The engine keeps its HTTP/2 connection open (and this test's runtime is blocked while
+    // it waits): the CS still stops, after its grace period.
+    let mut client = cs.client("engine");
+    ping_ok(&mut client).await;
+    let status = cs
+        .terminate(std::time::Duration::from_secs(15))
+        .expect("lurk-cs exits on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(cs.log().contains("lurk-cs stopped"), "{}", cs.log());
+}
