@@ -22,7 +22,7 @@ if [ ! -f "$DIR/lurk-cs.toml" ]; then
 fi
 CERTS=$DIR/server-pki
 if [ ! -f "$CERTS/ca-all.pem" ]; then
-  bash scripts/make-certs.sh "$CERTS" >/dev/null
+  bash scripts/make-certs.sh "$CERTS" >"$DIR/make-certs.log" 2>&1 || { cat "$DIR/make-certs.log"; exit 1; }
 fi
 
 pids=()
