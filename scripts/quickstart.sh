@@ -63,7 +63,9 @@ echo "== openssl s_server on 127.0.0.1:$PORT"
 # key schedule and keeps the resumption PSK.
 echo "== lurk-engine get https://localhost:$PORT/ (then --resume 1)"
 "$BIN/lurk-engine" get "https://localhost:$PORT/" "${CS_ARGS[@]}" --ca "$CERTS/ca-all.pem" \
-  --resume 1 --json 2>"$DIR/engine.json" | sed -n '1,12p'
+  --resume 1 --json 2>"$DIR/engine.json" >"$DIR/page.html"
+echo "(the s_server status pages, in full in $DIR/page.html:)"
+grep -E '^(New|Reused), TLSv1.3' "$DIR/page.html"
 echo "== handshake summaries (one JSON line per connection)"
 cat "$DIR/engine.json"
 
