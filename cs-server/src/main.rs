@@ -59,6 +59,11 @@ enum TokenCommand {
     /// Create a development setup under DIR: SoftHSM config and token, Ed25519 and P-256
     /// client keys with self-signed certificates, sealing key, mTLS files, lurk-cs.toml.
     InitDev { dir: PathBuf },
+    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists.
+    SealingKey {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +160,18 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 "start the CS with: lurk-cs serve --config {}",
                 setup.config.display()
             );
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::SealingKey { config },
+        } => {
+            let cfg = load(&config)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            if token.ensure_sealing_key()? {
+                println!("created the sealing key {:?}", cfg.token.sealing_key);
+            } else {
+                println!("the sealing key {:?} already exists", cfg.token.sealing_key);
+            }
             Ok(())
         }
         Command::Keys { command } => match command {
