@@ -59,6 +59,11 @@ enum TokenCommand {
     /// Create a development setup under DIR: SoftHSM config and token, Ed25519 and P-256
     /// client keys with self-signed certificates, sealing key, mTLS files, lurk-cs.toml.
     InitDev { dir: PathBuf },
+    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists.
+    SealingKey {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +122,9 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long RPCs in flight may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn load(config: &Path) -> Result<Config, BoxError> {
     // The token module's environment (`[token] module_env`, e.g. SOFTHSM2_CONF) is set when
     // the token is opened, which happens before any worker thread starts.
@@ -152,6 +160,18 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 "start the CS with: lurk-cs serve --config {}",
                 setup.config.display()
             );
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::SealingKey { config },
+        } => {
+            let cfg = load(&config)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            if token.ensure_sealing_key()? {
+                println!("created the sealing key {:?}", cfg.token.sealing_key);
+            } else {
+                println!("the sealing key {:?} already exists", cfg.token.sealing_key);
+            }
             Ok(())
         }
         Command::Keys { command } => match command {
@@ -277,13 +297,33 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             }
         });
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);
-        lurk_cs::server::serve_with_listener(
+        // SIGTERM/SIGINT stop accepting and let RPCs in flight finish; engines keep their
+        // HTTP/2 connections open, so after a grace period the remaining ones are closed.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            lurk_cs::server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut stopping = stop_rx.clone();
+        let serving = lurk_cs::server::serve_with_listener(
             &cfg.listen,
             listener,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
-            lurk_cs::server::shutdown_signal(),
-        )
-        .await?;
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            },
+        );
+        let mut grace = stop_rx;
+        tokio::select! {
+            served = serving => served?,
+            _ = async move {
+                let _ = grace.wait_for(|stop| *stop).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "shutdown grace period over: closing the remaining engine connections"
+            ),
+        }
         tracing::info!("lurk-cs stopped");
         Ok::<(), BoxError>(())
     })

@@ -39,6 +39,12 @@ impl Cs {
     /// loads the signing keys and their certificates, opens the ticket store.
     pub fn from_config(cfg: &Config) -> Result<Self, ServiceError> {
         let token = Token::open(&cfg.token)?;
+        if !token.has_sealing_key()? {
+            return Err(ServiceError::Token(TokenError::KeyNotFound(format!(
+                "sealing key {:?}: create it with `lurk-cs token sealing-key --config FILE`",
+                cfg.token.sealing_key
+            ))));
+        }
         let keys = KeyRing::load(&token, &cfg.keys)?;
         // Say at start, and exactly, what the token lacks for this configuration.
         token.check_mechanisms(&Need::for_service(

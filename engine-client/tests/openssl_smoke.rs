@@ -1,6 +1,6 @@
 //! Quick end-to-end checks of the engine against a real `openssl s_server` on 127.0.0.1 (LURK
 //! sequence D: ephemeral=engine, no Crypto Service). The full mode matrix lives in `tests/`.
-//! Skipped (with a message) when `openssl` is not installed.
+//! `openssl` must be installed (`scripts/install-deps.sh` does it): the tests fail without it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,11 +16,15 @@ use lurk_proto::wire::{NamedGroup, PskKeyExchangeMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn have_openssl() -> bool {
-    Command::new("openssl")
+fn require_openssl() {
+    let ok = Command::new("openssl")
         .arg("version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "openssl is needed (scripts/install-deps.sh installs it)"
+    );
 }
 
 fn make_certs(dir: &Path) -> PathBuf {
@@ -112,10 +116,7 @@ async fn get(
 
 #[tokio::test]
 async fn ecdhe_x25519_engine_ephemeral_then_resumption() {
-    if !have_openssl() {
-        eprintln!("openssl not installed: skipped");
-        return;
-    }
+    require_openssl();
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());
     let port = free_port(0);
@@ -169,10 +170,7 @@ async fn ecdhe_x25519_engine_ephemeral_then_resumption() {
 
 #[tokio::test]
 async fn hello_retry_and_psk_ke_resumption() {
-    if !have_openssl() {
-        eprintln!("openssl not installed: skipped");
-        return;
-    }
+    require_openssl();
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());
     let port = free_port(1);
@@ -209,4 +207,47 @@ async fn hello_retry_and_psk_ke_resumption() {
     assert!(s.resumed);
     assert_eq!(s.mode, Some(TlsMode::Psk));
     assert_eq!(s.group, None);
+}
+
+/// The engine's stream under hyper (HTTP/1.1 client): what edge proxies do with it.
+#[tokio::test]
+async fn hyper_sends_a_request_over_the_engine_stream() {
+    use http_body_util::BodyExt;
+
+    require_openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let port = free_port(2);
+    let _srv = Server::start(
+        port,
+        &[
+            "-naccept",
+            "1",
+            "-www",
+            "-cert",
+            certs.join("server-ecdsa-p256.pem").to_str().unwrap(),
+            "-key",
+            certs.join("server-ecdsa-p256.key").to_str().unwrap(),
+        ],
+    );
+    let connector = Connector::new(Arc::new(config(&certs)), None);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = connector.connect(tcp, "localhost", port).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tls))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let page = String::from_utf8_lossy(&body);
+    assert!(page.contains("New, TLSv1.3"), "{page}");
 }

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod engine;
+pub mod lurk;
+pub mod openssl;
+pub mod process;
+
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tonic::transport::Channel;
@@ -30,6 +35,44 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// `target/tmp/lurk-e2e`: scratch space that outlives one test (fixtures shared by the tests
+/// of one process live here; Rust statics are never dropped). Entries older than two hours
+/// (left by earlier runs) are removed the first time it is used in a process.
+pub fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test-binary>
+        let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
+        let root = target.join("tmp").join("lurk-e2e");
+        std::fs::create_dir_all(&root).expect("create target/tmp/lurk-e2e");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(2 * 3600));
+                if old {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        root
+    })
+    .clone()
+}
+
+/// A fresh directory `scratch_root()/TAG-XXXXXX`, kept after the process ends.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("{tag}-"))
+        .tempdir_in(scratch_root())
+        .expect("scratch dir")
+        .keep()
+}
+
 /// A development CS set-up: a temp dir holding the SoftHSM token, keys, certificates and
 /// config, made by `lurk-cs token init-dev`.
 pub struct DevSetup {
@@ -42,6 +85,19 @@ impl DevSetup {
             .prefix("lurk-e2e-")
             .tempdir()
             .expect("tempdir");
+        Self::init(dir)
+    }
+
+    /// Like [`new`](Self::new), in a temp dir under `parent`.
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lurk-e2e-")
+            .tempdir_in(parent)
+            .expect("tempdir");
+        Self::init(dir)
+    }
+
+    fn init(dir: tempfile::TempDir) -> Self {
         let out = Command::new(workspace_bin("lurk-cs"))
             .args(["token", "init-dev"])
             .arg(dir.path().join("dev"))
@@ -88,6 +144,12 @@ impl DevSetup {
     }
 
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> CsProcess {
+        self.try_start_with_env(env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env); `Err` holds the CS's log.
+    pub fn try_start_with_env(&self, env: &[(&str, &str)]) -> Result<CsProcess, String> {
         let mut cmd = Command::new(workspace_bin("lurk-cs"));
         cmd.arg("serve")
             .arg("--config")
@@ -125,15 +187,18 @@ impl DevSetup {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("lurk-cs did not start; its log:\n{}", log.lock().unwrap());
+                return Err(format!(
+                    "lurk-cs did not start; its log:\n{}",
+                    log.lock().unwrap()
+                ));
             }
         };
-        CsProcess {
+        Ok(CsProcess {
             child,
             addr,
             dir: self.path(),
             log,
-        }
+        })
     }
 }
 
@@ -154,6 +219,27 @@ pub struct CsProcess {
 impl CsProcess {
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Directory of the CS's transport PKI (`ca.pem`, `IDENTITY.pem`, `IDENTITY.key`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// `--cs URL --cs-ca … --cs-cert … --cs-key …` for `lurk-engine`, as `identity`.
+    pub fn engine_args(&self, identity: &str) -> Vec<String> {
+        let tls = self.tls_dir();
+        let s = |p: PathBuf| p.to_str().expect("UTF-8 path").to_owned();
+        vec![
+            "--cs".into(),
+            self.url(),
+            "--cs-ca".into(),
+            s(tls.join("ca.pem")),
+            "--cs-cert".into(),
+            s(tls.join(format!("{identity}.pem"))),
+            "--cs-key".into(),
+            s(tls.join(format!("{identity}.key"))),
+        ]
     }
 
     /// mTLS endpoint for one of the dev engine identities (`engine` or `engine2`).
@@ -177,6 +263,22 @@ impl CsProcess {
     /// The CS's log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn pid(&self) -> u32 {

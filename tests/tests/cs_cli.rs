@@ -213,3 +213,37 @@ async fn imported_keys_are_listed_non_extractable_and_external_psks_get_ext_bind
     .unwrap();
     assert!(!cs.log().contains(&hex::encode(psk)));
 }
+
+#[test]
+fn the_cs_refuses_to_start_without_its_sealing_key_until_one_is_created() {
+    let dev = DevSetup::new();
+    let cfg = dev.config_path();
+    let cfg = cfg.to_str().unwrap();
+    dev.edit_config(
+        "sealing_key = \"lurk-ticket-seal\"",
+        "sealing_key = \"production-seal\"",
+    );
+    let err = dev
+        .try_start_with_env(&[])
+        .err()
+        .expect("no sealing key: no CS");
+    assert!(
+        err.contains("production-seal") && err.contains("token sealing-key"),
+        "{err}"
+    );
+
+    let (ok, out) = lurk_cs(&["token", "sealing-key", "--config", cfg]);
+    assert!(ok && out.contains("created"), "{out}");
+    let (ok, out) = lurk_cs(&["token", "sealing-key", "--config", cfg]);
+    assert!(ok && out.contains("already exists"), "{out}");
+    let (_, list) = lurk_cs(&["keys", "list", "--config", cfg]);
+    let line = list
+        .lines()
+        .find(|l| l.contains("production-seal"))
+        .expect(&list);
+    assert!(
+        line.contains("sensitive=true") && line.contains("extractable=false"),
+        "{line}"
+    );
+    let _cs = dev.start();
+}

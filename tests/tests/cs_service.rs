@@ -326,3 +326,92 @@ async fn too_many_sessions_are_refused_with_their_status() {
     .unwrap();
     ping_ok(&mut c).await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_cs_even_with_an_engine_connected() {
+    let (_dev, mut cs) = start();
+    // The engine keeps its HTTP/2 connection open (and this test's runtime is blocked while
+    // it waits): the CS still stops, after its grace period.
+    let mut client = cs.client("engine");
+    ping_ok(&mut client).await;
+    let status = cs
+        .terminate(std::time::Duration::from_secs(15))
+        .expect("lurk-cs exits on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(cs.log().contains("lurk-cs stopped"), "{}", cs.log());
+}
+
+/// A HelloRetryRequest carrying only a cookie (RFC 8446 §4.1.4): the second ClientHello
+/// keeps the first one's shares, and the CS refills them with the key it already holds.
+#[tokio::test]
+async fn a_cookie_only_hello_retry_request_keeps_the_cs_key_share_and_the_random() {
+    let (_dev, cs) = start();
+    let mut c = cs.client("engine");
+    let groups = [NamedGroup::X25519, NamedGroup::Secp256r1];
+    let first = c
+        .c_init_client_hello(init_request(client_hello(&groups, &[NamedGroup::X25519])))
+        .await
+        .unwrap()
+        .into_inner();
+    let ch1 = lurk_proto::wire::ClientHello::parse(&first.client_hello).unwrap();
+
+    // HRR: the special random, the session id echoed, supported_versions and a cookie.
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&lurk_proto::wire::HELLO_RETRY_REQUEST_RANDOM);
+    body.push(32);
+    body.extend_from_slice(&[1u8; 32]);
+    body.extend_from_slice(&[0x13, 0x01, 0x00]);
+    let ext = [
+        0x00, 0x2b, 0x00, 0x02, 0x03, 0x04, 0x00, 0x2c, 0x00, 0x05, 0x00, 0x03, 0xc0, 0x0c, 0x1e,
+    ];
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hrr = vec![2, 0, 0, body.len() as u8];
+    hrr.extend_from_slice(&body);
+
+    let ch2 = ClientHelloBuilder::new([0x55u8; 32])
+        .legacy_session_id(&[1u8; 32])
+        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
+        .server_name("localhost")
+        .supported_versions(&[0x0304])
+        .supported_groups(&groups)
+        .signature_algorithms(&[
+            SignatureScheme::EcdsaSecp256r1Sha256,
+            SignatureScheme::Ed25519,
+        ])
+        .key_share(NamedGroup::X25519, &[])
+        .cookie(&[0xc0, 0x0c, 0x1e])
+        .build()
+        .unwrap();
+    let second = c
+        .c_client_hello(pb::CClientHelloRequest {
+            session_id: first.session_id.clone(),
+            hello_retry_request: hrr.clone(),
+            client_hello: ch2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ch2 = lurk_proto::wire::ClientHello::parse(&second.client_hello).unwrap();
+    assert_eq!(
+        ch2.random, ch1.random,
+        "both ClientHellos carry the same random"
+    );
+    assert_eq!(ch2.cookie, Some(&[0xc0, 0x0c, 0x1e][..]));
+    assert_eq!(
+        ch2.key_shares.unwrap()[0].key_exchange,
+        first.key_shares[0].key_exchange.as_slice(),
+        "the same x25519 key the CS holds"
+    );
+    // A second HRR is refused (RFC 8446 §4.1.4).
+    let e = c
+        .c_client_hello(pb::CClientHelloRequest {
+            session_id: first.session_id,
+            hello_retry_request: hrr,
+            client_hello: second.client_hello,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(e), LurkStatus::InvalidStatus);
+}

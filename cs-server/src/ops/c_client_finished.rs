@@ -150,28 +150,15 @@ fn run(
     let client_ap = master.client_application_traffic_secret_0(&th_server_finished);
     let server_ap = master.server_application_traffic_secret_0(&th_server_finished);
 
-    let mut certificate_verify = Vec::new();
-    if let Some(cr) = &cert_request {
-        if req.client_certificate.is_empty() {
-            return Err(ServiceError::refuse(
-                LurkStatus::InvalidCertificate,
-                "the server asked for a certificate: send the client Certificate message",
-            ));
-        }
-        transcript.add(&req.client_certificate);
-        if let Some(cv) = common::certificate_verify(
-            cs,
-            engine,
-            &req.key_id,
-            &req.client_certificate,
-            &cr.context,
-            &cr.signature_schemes,
-            &transcript.hash(hash),
-        )? {
-            transcript.add(&cv);
-            certificate_verify = cv;
-        }
-    }
+    let certificate_verify = common::answer_certificate_request(
+        cs,
+        engine,
+        cert_request.as_ref(),
+        &req.key_id,
+        &req.client_certificate,
+        &mut transcript,
+        hash,
+    )?;
     let verify_data =
         finished_verify_data(hash, state.client_hs.as_bytes(), &transcript.hash(hash));
     let client_finished = msgs::encode(HandshakeType::Finished, &verify_data);

@@ -1,18 +1,25 @@
 //! `c_client_hello` (LURK.md §4.8): after a HelloRetryRequest, the engine sends the HRR and
 //! its second ClientHello. The CS keeps the first random (both ClientHellos carry the same
-//! one, LURK.md §3), makes a key share for the group the server asked for, replaces the
-//! first ClientHello in the transcript by message_hash (RFC 8446 §4.4.1) and recomputes
-//! the binders.
+//! one, LURK.md §3), replaces the first ClientHello in the transcript by message_hash
+//! (RFC 8446 §4.4.1) and recomputes the binders. When the HRR selects a group, the CS makes
+//! a key share for it and destroys the old key pairs; when it only carries a cookie, the
+//! second ClientHello keeps the first one's shares (RFC 8446 §4.1.2) and the CS refills the
+//! empty entries with the public keys it already holds.
 
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::NamedGroup;
 
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::{CsShare, Stage};
+use crate::ops::state::{CsShare, HelloState, Stage};
 use crate::service::Cs;
 use crate::session::{lock_session, SessionId};
+
+fn invalid(why: impl Into<String>) -> ServiceError {
+    ServiceError::refuse(LurkStatus::InvalidHandshake, why)
+}
 
 pub fn handle(
     cs: &Cs,
@@ -33,89 +40,95 @@ pub fn handle(
         ));
     }
     let hrr = msgs::server_hello(&req.hello_retry_request)?;
-    let Some(selected) = hrr.hrr_group.filter(|_| hrr.is_hrr) else {
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "hello_retry_request is not a HelloRetryRequest selecting a group",
-        ));
-    };
-    if !state.offered_suites.contains(&hrr.suite) {
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "the HRR selects a cipher suite not offered",
+    if !hrr.is_hrr {
+        return Err(invalid("hello_retry_request is not a HelloRetryRequest"));
+    }
+    if hrr.legacy_session_id_echo != state.legacy_session_id {
+        // RFC 8446 §4.1.4: the HRR echoes legacy_session_id like a ServerHello.
+        return Err(invalid(
+            "the HelloRetryRequest does not echo the ClientHello's legacy_session_id",
         ));
     }
-    let hash = hrr.suite.hash().ok_or_else(|| {
-        ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "the HRR selects an unsupported cipher suite",
-        )
-    })?;
-    // RFC 8446 §4.1.4: the selected group must be offered and must not already have a share.
-    if !state.offered_groups.contains(&selected) || state.shared_groups.contains(&selected) {
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            format!(
+    if !state.offered_suites.contains(&hrr.suite) {
+        return Err(invalid("the HRR selects a cipher suite not offered"));
+    }
+    let hash = hrr
+        .suite
+        .hash()
+        .ok_or_else(|| invalid("the HRR selects an unsupported cipher suite"))?;
+    if let Some(group) = hrr.hrr_group {
+        // RFC 8446 §4.1.4: the selected group was offered and had no share yet.
+        if !state.offered_groups.contains(&group) || state.shared_groups.contains(&group) {
+            return Err(invalid(format!(
                 "the HRR selects {} which was not offered or already had a key share",
-                selected.name()
-            ),
+                group.name()
+            )));
+        }
+    } else if hrr.cookie.is_none() {
+        // RFC 8446 §4.1.4: an HRR that would not change the ClientHello is an error.
+        return Err(invalid(
+            "a HelloRetryRequest with neither a group nor a cookie",
         ));
     }
 
     let ch2 = msgs::client_hello(&req.client_hello)?;
-    if ch2.shares.len() != 1 || ch2.shares[0].0 != selected {
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "the second ClientHello must carry exactly one key share, for the HRR's group",
-        ));
+    let ch2_groups: Vec<NamedGroup> = ch2.shares.iter().map(|(g, _)| *g).collect();
+    match hrr.hrr_group {
+        Some(group) if ch2_groups != [group] => {
+            return Err(invalid(
+                "the second ClientHello must carry exactly one key share, for the HRR's group",
+            ))
+        }
+        None if ch2_groups != state.shared_groups => {
+            return Err(invalid(
+                "after a cookie-only HRR the second ClientHello keeps the same key shares",
+            ))
+        }
+        _ => {}
     }
     if ch2.early_data {
         // RFC 8446 §4.2.10: no early data after a HelloRetryRequest.
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "early_data in the second ClientHello",
-        ));
+        return Err(invalid("early_data in the second ClientHello"));
     }
     if hrr.cookie.is_some() && ch2.cookie != hrr.cookie {
         // RFC 8446 §4.2.2: the client echoes the cookie.
-        return Err(ServiceError::refuse(
-            LurkStatus::InvalidHandshake,
-            "the second ClientHello does not echo the cookie",
-        ));
+        return Err(invalid("the second ClientHello does not echo the cookie"));
     }
-    // The identities may shrink to those whose hash fits the suite, never grow.
-    let mut kept = Vec::new();
-    for identity in &ch2.psk_identities {
-        let pos = state
-            .psks
-            .iter()
-            .position(|p| &p.identity == identity)
-            .ok_or_else(|| {
-                ServiceError::refuse(
-                    LurkStatus::InvalidPsk,
-                    "the second ClientHello offers a new PSK identity",
-                )
-            })?;
-        if state.psks[pos].hash != hash {
-            return Err(ServiceError::refuse(
-                LurkStatus::InvalidPsk,
-                "a PSK whose hash does not match the HRR's suite",
-            ));
-        }
-        kept.push(pos);
-    }
+    let kept = kept_psks(state, &ch2.psk_identities, hash)?;
 
-    let (public, pending) = cs.ephemeral.generate(selected)?;
-    let mut client_hello = msgs::complete_client_hello(
-        &req.client_hello,
-        Some(&state.random),
-        &[(selected, public.clone())],
-    )?;
+    // Key shares: a new key pair for the selected group, or the ones already held.
+    let (fills, new_share) = match hrr.hrr_group {
+        Some(group) => {
+            let (public, pending) = cs.ephemeral.generate(group)?;
+            let share = CsShare {
+                group,
+                public: public.clone(),
+                pending,
+            };
+            (vec![(group, public)], Some(share))
+        }
+        None => {
+            let mut fills = Vec::new();
+            for (group, empty) in &ch2.shares {
+                if *empty {
+                    let held = state
+                        .cs_shares
+                        .iter()
+                        .find(|s| s.group == *group)
+                        .ok_or_else(|| invalid("an empty key share the CS did not make"))?;
+                    fills.push((*group, held.public.clone()));
+                }
+            }
+            (fills, None)
+        }
+    };
+    let mut client_hello =
+        msgs::complete_client_hello(&req.client_hello, Some(&state.random), &fills)?;
 
     let mut transcript = state.transcript.clone();
     transcript
         .restart_for_hello_retry(hash)
-        .map_err(|e| ServiceError::refuse(LurkStatus::InvalidHandshake, e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     transcript.add(&req.hello_retry_request);
     // Binders follow the second ClientHello's order of identities.
     let mut old: Vec<Option<_>> = std::mem::take(&mut state.psks)
@@ -137,25 +150,59 @@ pub fn handle(
     };
     transcript.add(&client_hello);
 
-    // Commit: the old key pairs are dropped (destroyed), the new one kept.
+    // Commit. With a new group the old key pairs are dropped (destroyed).
+    let key_shares = fills
+        .iter()
+        .map(|(g, public)| pb::KeyShareEntry {
+            group: u32::from(g.get()),
+            key_exchange: public.clone(),
+        })
+        .collect();
+    if let Some(share) = new_share {
+        state.shared_groups = vec![share.group];
+        state.cs_shares = vec![share];
+    }
     state.psks = psks;
     state.transcript = transcript;
     state.client_hello = client_hello.clone();
-    state.cs_shares = vec![CsShare {
-        group: selected,
-        pending,
-    }];
-    state.shared_groups = vec![selected];
     state.offered_suites = vec![hrr.suite];
     state.early_data = false;
     state.retried = true;
     cs.sessions.touch(&id, &mut session);
     Ok(pb::CClientHelloResponse {
         client_hello,
-        key_shares: vec![pb::KeyShareEntry {
-            group: u32::from(selected.get()),
-            key_exchange: public,
-        }],
+        key_shares,
         binders,
     })
+}
+
+/// Positions (in the first ClientHello's PSK list) of the identities the second one keeps:
+/// they may shrink to those whose hash fits the HRR's suite, never grow (RFC 8446 §4.1.2).
+fn kept_psks(
+    state: &HelloState,
+    identities: &[Vec<u8>],
+    hash: lurk_proto::wire::HashAlg,
+) -> Result<Vec<usize>, ServiceError> {
+    identities
+        .iter()
+        .map(|identity| {
+            let pos = state
+                .psks
+                .iter()
+                .position(|p| &p.identity == identity)
+                .ok_or_else(|| {
+                    ServiceError::refuse(
+                        LurkStatus::InvalidPsk,
+                        "the second ClientHello offers a new PSK identity",
+                    )
+                })?;
+            if state.psks[pos].hash != hash {
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    "a PSK whose hash does not match the HRR's suite",
+                ));
+            }
+            Ok(pos)
+        })
+        .collect()
 }

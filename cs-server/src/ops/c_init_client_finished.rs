@@ -126,28 +126,15 @@ pub fn handle(
         transcript.add(m.raw);
     }
 
-    let mut certificate_verify = Vec::new();
-    if let Some(cr) = &cert_request {
-        if req.client_certificate.is_empty() {
-            return Err(ServiceError::refuse(
-                LurkStatus::InvalidCertificate,
-                "the server asked for a certificate: send the client Certificate message",
-            ));
-        }
-        transcript.add(&req.client_certificate);
-        if let Some(cv) = common::certificate_verify(
-            cs,
-            engine,
-            &req.key_id,
-            &req.client_certificate,
-            &cr.context,
-            &cr.signature_schemes,
-            &transcript.hash(hash),
-        )? {
-            transcript.add(&cv);
-            certificate_verify = cv;
-        }
-    }
+    let certificate_verify = common::answer_certificate_request(
+        cs,
+        engine,
+        cert_request.as_ref(),
+        &req.key_id,
+        &req.client_certificate,
+        &mut transcript,
+        hash,
+    )?;
 
     if req.last_exchange || !ch.post_handshake_auth {
         return Ok(pb::CInitClientFinishedResponse {

@@ -108,9 +108,10 @@ fn build(
                 group: u32::from(group.get()),
                 key_exchange: public.clone(),
             });
-            fills.push((*group, public));
+            fills.push((*group, public.clone()));
             cs_shares.push(CsShare {
                 group: *group,
+                public,
                 pending,
             });
         }
@@ -153,6 +154,7 @@ fn build(
         transcript,
         client_hello: client_hello.clone(),
         random,
+        legacy_session_id: ch.legacy_session_id,
         offered_suites: ch.suites,
         offered_groups: ch.groups,
         shared_groups: ch.shares.iter().map(|(g, _)| *g).collect(),

@@ -2,6 +2,10 @@
 //! handshake. For each, the CS derives the PSK from the resumption master secret it kept
 //! (RFC 8446 §4.6.1: HKDF-Expand-Label(r, "resumption", ticket_nonce)) and stores it sealed,
 //! bound to this engine. Neither r nor the PSK is ever returned.
+//!
+//! A request with no ticket and last_exchange set closes the session in any stage: the
+//! engine's way to say it no longer needs it (connection closed, or the server declined
+//! what the session was opened for), instead of leaving it to expire.
 
 use lurk_proto::key_schedule::resumption_psk;
 use lurk_proto::pb;
@@ -24,6 +28,15 @@ pub fn handle(
     let id = SessionId::parse(&req.session_id)?;
     let session = cs.sessions.get(engine, &id)?;
     let mut session = lock_session(&session)?;
+    if req.new_session_tickets.is_empty() && req.last_exchange {
+        // The engine closes a session it no longer needs (the connection ended, or the
+        // server declined what the session was opened for), whatever its stage.
+        cs.sessions.close(&id);
+        return Ok(pb::CRegisterTicketsResponse {
+            registered: 0,
+            last_exchange: true,
+        });
+    }
     let Stage::Established(state) = &session.stage else {
         return Err(session.stage.out_of_order("c_register_tickets"));
     };

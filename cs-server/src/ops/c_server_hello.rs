@@ -34,6 +34,13 @@ pub fn handle(
             "a HelloRetryRequest goes through c_client_hello",
         ));
     }
+    // RFC 8446 §4.1.3: legacy_session_id_echo echoes the ClientHello's legacy_session_id.
+    if sh.legacy_session_id_echo != state.legacy_session_id {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidHandshake,
+            "the ServerHello does not echo the ClientHello's legacy_session_id",
+        ));
+    }
     // RFC 8446 §4.1.3: the suite is one the client offered.
     if !state.offered_suites.contains(&sh.suite) {
         return Err(ServiceError::refuse(

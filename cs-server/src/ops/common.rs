@@ -208,6 +208,47 @@ pub fn certificate_verify(
     Ok(Some(msgs::encode(HandshakeType::CertificateVerify, &body)))
 }
 
+/// The client's answer to a CertificateRequest received in the handshake: adds the client
+/// Certificate and, when the engine has a key, the CertificateVerify the CS signs to the
+/// transcript. Returns the CertificateVerify message (empty when no request or no key).
+#[allow(clippy::too_many_arguments)]
+pub fn answer_certificate_request(
+    cs: &Cs,
+    engine: &str,
+    cert_request: Option<&msgs::CertificateRequestInfo>,
+    key_id: &str,
+    client_certificate: &[u8],
+    transcript: &mut Transcript,
+    hash: HashAlg,
+) -> Result<Vec<u8>, ServiceError> {
+    let Some(cr) = cert_request else {
+        return Ok(Vec::new());
+    };
+    if client_certificate.is_empty() {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidCertificate,
+            "the server asked for a certificate: send the client Certificate message",
+        ));
+    }
+    transcript.add(client_certificate);
+    let cv = certificate_verify(
+        cs,
+        engine,
+        key_id,
+        client_certificate,
+        &cr.context,
+        &cr.signature_schemes,
+        &transcript.hash(hash),
+    )?;
+    match cv {
+        Some(cv) => {
+            transcript.add(&cv);
+            Ok(cv)
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Closes the session when the engine says this was its last exchange.
 pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session, last_exchange: bool) -> bool {
     if last_exchange {

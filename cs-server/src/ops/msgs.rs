@@ -26,6 +26,7 @@ pub fn encode(typ: HandshakeType, body: &[u8]) -> Vec<u8> {
 
 pub struct ClientHelloInfo {
     pub random: [u8; 32],
+    pub legacy_session_id: Vec<u8>,
     pub suites: Vec<CipherSuite>,
     pub groups: Vec<NamedGroup>,
     /// (group, the engine left it empty for the CS)
@@ -48,6 +49,7 @@ pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
     }
     Ok(ClientHelloInfo {
         random: *ch.random,
+        legacy_session_id: ch.legacy_session_id.to_vec(),
         suites: ch.cipher_suites.clone(),
         groups: ch.supported_groups.clone().unwrap_or_default(),
         shares: ch
@@ -85,6 +87,7 @@ pub fn set_binders(raw: &mut [u8], binders: &[Vec<u8>]) -> Result<(), ServiceErr
 
 pub struct ServerHelloInfo {
     pub is_hrr: bool,
+    pub legacy_session_id_echo: Vec<u8>,
     pub suite: CipherSuite,
     pub key_share: Option<(NamedGroup, Vec<u8>)>,
     pub hrr_group: Option<NamedGroup>,
@@ -96,6 +99,7 @@ pub fn server_hello(raw: &[u8]) -> Result<ServerHelloInfo, ServiceError> {
     let sh = wire::ServerHello::parse(raw)?;
     Ok(ServerHelloInfo {
         is_hrr: sh.is_hello_retry_request(),
+        legacy_session_id_echo: sh.legacy_session_id_echo.to_vec(),
         suite: sh.cipher_suite,
         key_share: sh.key_share.map(|k| (k.group, k.key_exchange.to_vec())),
         hrr_group: sh.selected_group,

@@ -64,6 +64,8 @@ impl Stage {
 /// A key share the CS generated and still holds.
 pub struct CsShare {
     pub group: NamedGroup,
+    /// The public key sent in the ClientHello (reused if a HelloRetryRequest keeps it).
+    pub public: Vec<u8>,
     pub pending: PendingEphemeral,
 }
 
@@ -81,6 +83,7 @@ pub struct HelloState {
     /// The last completed ClientHello, as sent.
     pub client_hello: Vec<u8>,
     pub random: [u8; 32],
+    pub legacy_session_id: Vec<u8>,
     pub offered_suites: Vec<CipherSuite>,
     pub offered_groups: Vec<NamedGroup>,
     /// Groups with a key share in the ClientHello (CS- or engine-generated).

@@ -54,6 +54,12 @@ impl Token {
         Ok(true)
     }
 
+    /// Whether the token holds the sealing key.
+    pub fn has_sealing_key(&self) -> Result<bool, TokenError> {
+        let session = self.session()?;
+        Ok(self.find_sealing_key(&session)?.is_some())
+    }
+
     fn find_sealing_key(&self, session: &Session) -> Result<Option<ObjectHandle>, TokenError> {
         if let Some(h) = self.inner.sealing_key.get() {
             return Ok(Some(*h));
@@ -77,7 +83,7 @@ impl Token {
     fn sealing_key(&self, session: &Session) -> Result<ObjectHandle, TokenError> {
         self.find_sealing_key(session)?.ok_or_else(|| {
             TokenError::KeyNotFound(format!(
-                "sealing key {:?} (create it with init-dev or keys)",
+                "sealing key {:?} (create it with `lurk-cs token sealing-key`)",
                 self.inner.sealing_label
             ))
         })

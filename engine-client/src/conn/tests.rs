@@ -6,6 +6,8 @@ use crate::deframer::Deframer;
 use lurk_proto::freshness::FreshnessMode;
 use lurk_proto::wire::SignatureScheme;
 
+use crate::tickets::TicketStore;
+
 fn config(ephemeral: Ephemeral) -> Arc<ClientConfig> {
     Arc::new(ClientConfig {
         ephemeral,
@@ -377,4 +379,115 @@ fn writing_before_the_handshake_is_refused() {
         conn.key_update(false).unwrap_err(),
         Error::HandshakeNotComplete
     );
+}
+
+/// RFC 8448 §3 (simple 1-RTT) through the real states: the recorded ClientHello is replayed
+/// with its X25519 secret injected, the server's records go in, and what the client sends
+/// must be the RFC's records byte for byte (Finished, application data, close_notify); the
+/// ticket's PSK must be the RFC's resumption PSK. Server authentication is skipped (the RFC's
+/// certificate has expired and its RSA-1024 key is below ring's minimum).
+#[test]
+fn rfc8448_simple_1rtt_through_the_states() {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
+    let s = &doc["sections"]["simple_1rtt"]["summary"];
+    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let recs = s["records"].as_array().unwrap();
+    let rec = |i: usize| hexv(&recs[i]["record"]);
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    let cfg = Arc::new(ClientConfig {
+        ticket_store: Some(store.clone()),
+        middlebox_compat: false,
+        ephemeral: Ephemeral::Engine,
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::replay(
+        cfg,
+        &hexv(&s["messages"]["client_hello"]),
+        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+    )
+    .unwrap();
+
+    // ServerHello, then EncryptedExtensions .. Finished in one protected record.
+    conn.read_tls(&rec(1));
+    conn.read_tls(&rec(2));
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    assert_eq!(conn.take_tls(), rec(3), "client Finished record");
+    let sum = conn.summary();
+    assert_eq!(sum.mode, Some(TlsMode::Ecdhe));
+    assert_eq!(sum.cipher_suite, Some(CipherSuite::TlsAes128GcmSha256));
+    assert!(sum.lurk_exchanges.is_empty());
+
+    // NewSessionTicket: stored with the RFC's resumption PSK.
+    conn.read_tls(&rec(4));
+    conn.process_new_packets().unwrap();
+    let t = store
+        .take("server:443", SystemTime::now(), &|_| true)
+        .expect("ticket stored");
+    assert_eq!(
+        t.psk.as_deref().map(Vec::as_slice),
+        Some(&hexv(&s["key_schedule"]["resumption_psk"])[..])
+    );
+
+    // Application data both ways, then close_notify both ways.
+    conn.write_plaintext(&hexv(&recs[5]["payload"])).unwrap();
+    assert_eq!(conn.take_tls(), rec(5), "client application data record");
+    conn.read_tls(&rec(6));
+    conn.process_new_packets().unwrap();
+    let mut buf = vec![0u8; 100];
+    let n = conn.read_plaintext(&mut buf);
+    assert_eq!(&buf[..n], &hexv(&recs[6]["payload"])[..]);
+    conn.send_close_notify();
+    assert_eq!(conn.take_tls(), rec(7), "client close_notify record");
+    conn.read_tls(&rec(8));
+    conn.process_new_packets().unwrap();
+    assert!(conn.peer_closed());
+}
+
+/// RFC 8448 §3 with the server Finished tampered with (the flight re-sealed under the
+/// RFC's server handshake key): decrypt_error (RFC 8446 §4.4.4), and no client Finished.
+#[test]
+fn rfc8448_bad_server_finished_is_decrypt_error() {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
+    let s = &doc["sections"]["simple_1rtt"]["summary"];
+    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let recs = s["records"].as_array().unwrap();
+    let keys = &s["traffic_keys"]["server_handshake"];
+    let iv: [u8; 12] = hexv(&keys["iv"]).try_into().unwrap();
+    let keys = RecordKeys::new(
+        CipherSuite::TlsAes128GcmSha256,
+        Zeroizing::new(hexv(&keys["key"])),
+        iv,
+    );
+    let mut flight = hexv(&recs[2]["payload"]);
+    let last = flight.len() - 1;
+    flight[last] ^= 1; // the last byte of the Finished verify_data
+    let mut sealed = Vec::new();
+    RecordEncrypter::new(&keys)
+        .unwrap()
+        .encrypt_all(ContentType::Handshake, &flight, &mut sealed)
+        .unwrap();
+    let cfg = Arc::new(ClientConfig {
+        middlebox_compat: false,
+        ephemeral: Ephemeral::Engine,
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::replay(
+        cfg,
+        &hexv(&s["messages"]["client_hello"]),
+        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+    )
+    .unwrap();
+    conn.read_tls(&hexv(&recs[1]["record"]));
+    conn.read_tls(&sealed);
+    assert_eq!(
+        conn.process_new_packets().unwrap_err(),
+        PeerMisbehaved::IncorrectFinished.into()
+    );
+    // Only the (encrypted) decrypt_error alert goes out: one short record.
+    let out = conn.take_tls();
+    assert_eq!(out.len(), 5 + 2 + 1 + 16);
+    assert!(conn.is_handshaking());
 }
