@@ -209,7 +209,9 @@ fn default_ticket_lifetime() -> u64 {
     7 * 24 * 3600
 }
 fn default_max_tickets() -> u32 {
-    64
+    // Servers send 2+ tickets per connection and a resumption uses one: a busy engine needs
+    // thousands alive (each row is a few hundred bytes).
+    10_000
 }
 fn default_max_sessions() -> usize {
     100_000
