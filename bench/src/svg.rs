@@ -16,16 +16,19 @@ fn esc(s: &str) -> String {
 /// A horizontal bar chart: one bar per (label, value, colour index, note).
 pub fn bars(title: &str, unit: &str, items: &[(String, f64, usize, String)]) -> String {
     let row = 22.0;
-    let left = 300.0;
+    // Room for the longest label (about 6.8 px per character at font-size 12).
+    let longest = items.iter().map(|i| i.0.chars().count()).max().unwrap_or(10);
+    let left = longest as f64 * 6.8 + 16.0;
     let right = 150.0;
+    let w = left + 420.0 + right;
     let top = 40.0;
     let h = top + row * items.len() as f64 + 30.0;
     let max = items.iter().map(|i| i.1).fold(0.0_f64, f64::max).max(1e-9);
-    let scale = (W - left - right) / max;
+    let scale = (w - left - right) / max;
     let mut s = String::new();
     let _ = write!(
         s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="10" y="22" font-size="15" font-weight="bold">{}</text>
 "##,
