@@ -85,6 +85,14 @@ pub struct ClientConfig {
     /// Middlebox compatibility mode (RFC 8446 D.4): 32-byte legacy_session_id and a
     /// change_cipher_spec before the second flight.
     pub middlebox_compat: bool,
+    /// record_size_limit to offer (RFC 8449), 64..=16385: the largest TLSInnerPlaintext
+    /// (content + content type byte + padding) the engine accepts in a protected record once
+    /// the server echoes the extension. `None`: not offered.
+    pub record_size_limit: Option<u16>,
+    /// Keep exporter_master_secret so that [`crate::TlsStream::export_keying_material`] works
+    /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
+    /// `x`; off by default so that the secret is neither requested nor kept.
+    pub exporter: bool,
 }
 
 impl Default for ClientConfig {
@@ -112,6 +120,8 @@ impl Default for ClientConfig {
             freshness: pb::Freshness::Sha256,
             freshness_mode: FreshnessMode::Draft,
             middlebox_compat: true,
+            record_size_limit: None,
+            exporter: false,
         }
     }
 }
@@ -131,6 +141,8 @@ impl fmt::Debug for ClientConfig {
             .field("external_psk", &self.external_psk.is_some())
             .field("early_data", &self.early_data.as_ref().map(Vec::len))
             .field("post_handshake_auth", &self.post_handshake_auth)
+            .field("record_size_limit", &self.record_size_limit)
+            .field("exporter", &self.exporter)
             .finish_non_exhaustive()
     }
 }

@@ -48,7 +48,10 @@ use crate::deframer::{Deframer, OpaqueRecord};
 use crate::error::{CertificateError, Error, PeerMisbehaved};
 use crate::joiner::{HandshakeJoiner, HandshakeMessage};
 use crate::keyshare::EngineShare;
-use crate::record::{encode_plaintext, PlainMessage, RecordDecrypter, RecordEncrypter, RecordKeys};
+use crate::record::{
+    encode_plaintext, PlainMessage, RecordDecrypter, RecordEncrypter, RecordKeys,
+    MAX_INNER_PLAINTEXT_LEN, MIN_RECORD_SIZE_LIMIT,
+};
 use crate::tickets::StoredTicket;
 use crate::verify::verify_server_signature;
 
@@ -56,6 +59,8 @@ use crate::verify::verify_server_signature;
 /// some middleboxes expect it).
 const FIRST_RECORD_VERSION: u16 = 0x0301;
 const RECORD_VERSION: u16 = 0x0303;
+/// The largest record_size_limit a TLS 1.3 endpoint may send: 2^14 + 1 (RFC 8449 §4).
+const MAX_RECORD_SIZE_LIMIT: u16 = MAX_INNER_PLAINTEXT_LEN as u16;
 
 /// The record layer, the buffers and what the driver sees; shared by every state.
 pub(crate) struct Core {
@@ -79,6 +84,10 @@ pub(crate) struct Core {
     error: Option<Error>,
     summary: HandshakeSummary,
     started: Instant,
+    /// RFC 8449, once the server echoed record_size_limit: ours bounds what we receive, the
+    /// server's bounds what we send. Reapplied at every key change.
+    receive_limit: Option<u16>,
+    send_limit: Option<u16>,
     /// RFC 8448's server certificate has expired and an RSA-1024 key ring refuses: trace
     /// replays skip the chain and CertificateVerify checks (and only those).
     #[cfg(test)]
@@ -108,6 +117,50 @@ impl Core {
                 RECORD_VERSION,
             ));
         }
+    }
+
+    /// Installs the read key with the negotiated record_size_limit (RFC 8449 §4).
+    fn install_decrypter(&mut self, keys: &RecordKeys) -> Result<(), Error> {
+        let mut dec = RecordDecrypter::new(keys)?;
+        if let Some(limit) = self.receive_limit {
+            dec.set_record_size_limit(limit)?;
+        }
+        self.decrypter = Some(dec);
+        Ok(())
+    }
+
+    /// Installs the write key with the server's record_size_limit (RFC 8449 §4).
+    fn install_encrypter(&mut self, keys: &RecordKeys) -> Result<(), Error> {
+        let mut enc = RecordEncrypter::new(keys)?;
+        if let Some(limit) = self.send_limit {
+            enc.set_record_size_limit(limit)?;
+        }
+        self.encrypter = Some(enc);
+        Ok(())
+    }
+
+    /// EncryptedExtensions' record_size_limit (RFC 8449 §4). The limits apply only when both
+    /// sides sent the extension; in TLS 1.3 the value counts the content type byte and padding
+    /// (the record layer converts). Our limit also covers the protected records already opened
+    /// under the handshake key (the server knew our limit when it sealed them).
+    fn negotiate_record_size_limit(&mut self, server: Option<u16>) -> Result<(), Error> {
+        let Some(server) = server else {
+            return Ok(());
+        };
+        // RFC 8446 §4.2: no extension response without the request.
+        let ours = self
+            .config
+            .record_size_limit
+            .ok_or(PeerMisbehaved::UnsolicitedRecordSizeLimit)?;
+        self.receive_limit = Some(ours);
+        self.send_limit = Some(server);
+        if let Some(dec) = self.decrypter.as_mut() {
+            dec.set_record_size_limit(ours)?;
+        }
+        if let Some(enc) = self.encrypter.as_mut() {
+            enc.set_record_size_limit(server)?;
+        }
+        Ok(())
     }
 
     fn send_encrypted(&mut self, typ: ContentType, parts: &[&[u8]]) -> Result<(), Error> {
@@ -464,6 +517,8 @@ impl ClientConnection {
             error: None,
             summary: HandshakeSummary::new(server_name),
             started: Instant::now(),
+            receive_limit: None,
+            send_limit: None,
             #[cfg(test)]
             skip_server_auth: false,
             config,
@@ -802,6 +857,9 @@ fn client_hello_builder(core: &Core, hs: &Hs, random_field: [u8; 32]) -> ClientH
     if !c.psk_modes.is_empty() {
         b = b.psk_modes(&c.psk_modes);
     }
+    if let Some(limit) = c.record_size_limit {
+        b = b.record_size_limit(limit);
+    }
     b
 }
 
@@ -849,6 +907,14 @@ fn start(core: &mut Core) -> Result<State, Error> {
     let now = SystemTime::now();
     if config.groups.is_empty() {
         return Err(Error::general("no group configured"));
+    }
+    // RFC 8449 §4: at least 64; in TLS 1.3 at most 2^14 + 1 (content type included).
+    if let Some(l) = config.record_size_limit {
+        if !(MIN_RECORD_SIZE_LIMIT..=MAX_RECORD_SIZE_LIMIT).contains(&l) {
+            return Err(Error::general(format!(
+                "record_size_limit {l} is outside {MIN_RECORD_SIZE_LIMIT}..={MAX_RECORD_SIZE_LIMIT}"
+            )));
+        }
     }
 
     // The PSK: an external one held by the CS, or a stored ticket usable in this mode.
@@ -1184,8 +1250,8 @@ fn install_handshake_keys(
     server: Secret,
 ) -> Result<(), Error> {
     let suite = hs.suite()?;
-    core.decrypter = Some(RecordDecrypter::new(&record_keys(suite, &server)?)?);
-    core.encrypter = Some(RecordEncrypter::new(&record_keys(suite, &client)?)?);
+    core.install_decrypter(&record_keys(suite, &server)?)?;
+    core.install_encrypter(&record_keys(suite, &client)?)?;
     hs.client_hs = Some(client);
     hs.server_hs = Some(server);
     Ok(())
@@ -1423,6 +1489,7 @@ impl ExpectEncryptedExtensions {
             }
             hs.alpn = Some(p.to_vec());
         }
+        core.negotiate_record_size_limit(ee.record_size_limit)?;
         hs.early_accepted = ee.early_data;
         core.summary.early_data_accepted = ee.early_data;
         core.summary.alpn = hs.alpn.clone();
@@ -1706,8 +1773,8 @@ fn send_flight(
         .chain(std::iter::once(finished.as_slice()))
         .collect();
     core.send_encrypted(ContentType::Handshake, &parts)?;
-    core.encrypter = Some(RecordEncrypter::new(&record_keys(suite, &client_ap)?)?);
-    core.decrypter = Some(RecordDecrypter::new(&record_keys(suite, &server_ap)?)?);
+    core.install_encrypter(&record_keys(suite, &client_ap)?)?;
+    core.install_decrypter(&record_keys(suite, &server_ap)?)?;
     let s = &mut core.summary;
     s.client_authenticated = flight
         .certificate
@@ -1991,11 +2058,17 @@ impl ClientConnection {
         ch: &[u8],
         shared: &[u8],
     ) -> Result<Self, Error> {
+        let parsed = ClientHello::parse(ch)?;
+        // The recorded ClientHello's record_size_limit counts as offered, unless the test
+        // configures its own value.
+        let config = Arc::new(ClientConfig {
+            record_size_limit: config.record_size_limit.or(parsed.record_size_limit),
+            ..(*config).clone()
+        });
         let mut conn = Self::new(config, "server", 443, false)?;
         conn.core.out.clear();
         conn.core.skip_server_auth = true;
         conn.core.first_record_sent = true;
-        let parsed = ClientHello::parse(ch)?;
         let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
             return Err(Error::general("not waiting for the ServerHello"));
         };

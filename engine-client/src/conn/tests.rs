@@ -491,3 +491,220 @@ fn rfc8448_bad_server_finished_is_decrypt_error() {
     assert_eq!(out.len(), 5 + 2 + 1 + 16);
     assert!(conn.is_handshaking());
 }
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8448 §3 with a changed EncryptedExtensions
+
+fn rfc_1rtt() -> serde_json::Value {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
+    doc["sections"]["simple_1rtt"]["summary"].clone()
+}
+
+fn hexv(v: &serde_json::Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap()).unwrap()
+}
+
+/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions, the
+/// server Finished recomputed over the new transcript, all sealed under the RFC's server
+/// handshake key: (ServerHello record, protected flight).
+fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let s = rfc_1rtt();
+    let m = &s["messages"];
+    let ee = hexv(&m["encrypted_extensions"]);
+    // The RFC's extensions without its record_size_limit (0x4001), then `extra`.
+    let mut exts = Vec::new();
+    for e in &EncryptedExtensions::parse(&ee).unwrap().extensions {
+        if e.typ.get() != RECORD_SIZE_LIMIT {
+            exts.extend_from_slice(&e.typ.get().to_be_bytes());
+            exts.extend_from_slice(&(e.body.len() as u16).to_be_bytes());
+            exts.extend_from_slice(e.body);
+        }
+    }
+    for (t, b) in extra {
+        exts.extend_from_slice(&t.to_be_bytes());
+        exts.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        exts.extend_from_slice(b);
+    }
+    let body_len = exts.len() + 2;
+    let mut ee2 = vec![8, 0, (body_len >> 8) as u8, body_len as u8];
+    ee2.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    ee2.extend_from_slice(&exts);
+
+    let mut t = Transcript::new();
+    for part in [
+        hexv(&m["client_hello"]),
+        hexv(&m["server_hello"]),
+        ee2.clone(),
+        hexv(&m["server_certificate"]),
+        hexv(&m["server_certificate_verify"]),
+    ] {
+        t.add(&part);
+    }
+    let server_hs = hexv(&s["key_schedule"]["server_handshake_traffic_secret"]);
+    let vd = finished_verify_data(HashAlg::Sha256, &server_hs, &t.hash(HashAlg::Sha256));
+    let mut flight = ee2;
+    flight.extend(hexv(&m["server_certificate"]));
+    flight.extend(hexv(&m["server_certificate_verify"]));
+    flight.extend(encode_finished(&vd).unwrap());
+
+    let keys = &s["traffic_keys"]["server_handshake"];
+    let keys = RecordKeys::new(
+        CipherSuite::TlsAes128GcmSha256,
+        Zeroizing::new(hexv(&keys["key"])),
+        hexv(&keys["iv"]).try_into().unwrap(),
+    );
+    let mut sealed = Vec::new();
+    RecordEncrypter::new(&keys)
+        .unwrap()
+        .encrypt_all(ContentType::Handshake, &flight, &mut sealed)
+        .unwrap();
+    (hexv(&s["records"][1]["record"]), sealed)
+}
+
+fn rfc_replay(cfg: ClientConfig) -> ClientConnection {
+    let s = rfc_1rtt();
+    ClientConnection::replay(
+        Arc::new(ClientConfig {
+            middlebox_compat: false,
+            ephemeral: Ephemeral::Engine,
+            ..cfg
+        }),
+        &hexv(&s["messages"]["client_hello"]),
+        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+    )
+    .unwrap()
+}
+
+/// Lengths of the records in `bytes`.
+fn record_lengths(bytes: &[u8]) -> Vec<usize> {
+    let mut d = Deframer::new();
+    d.push(bytes);
+    let mut out = Vec::new();
+    while let Some(r) = d.next_record().unwrap() {
+        out.push(r.payload.len());
+    }
+    out
+}
+
+const RECORD_SIZE_LIMIT: u16 = 28;
+
+#[test]
+fn record_size_limit_is_offered_when_configured() {
+    let cfg = Arc::new(ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        record_size_limit: Some(512),
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::new(cfg, "localhost", 443, false).unwrap();
+    let raw = first_client_hello(&mut conn);
+    assert_eq!(
+        ClientHello::parse(&raw).unwrap().record_size_limit,
+        Some(512)
+    );
+    // Not offered by default.
+    let (_, ch) = started();
+    assert_eq!(ch.record_size_limit, None);
+    // RFC 8449 §4: 64 ..= 2^14 + 1 in TLS 1.3.
+    for bad in [63, 16386] {
+        let cfg = Arc::new(ClientConfig {
+            ephemeral: Ephemeral::Engine,
+            record_size_limit: Some(bad),
+            ..ClientConfig::default()
+        });
+        assert!(ClientConnection::new(cfg, "localhost", 443, false).is_err());
+    }
+}
+
+/// RFC 8449 §4: the server's limit (content type included in TLS 1.3) bounds every protected
+/// record we send after EncryptedExtensions, application data under later keys too.
+#[test]
+fn server_record_size_limit_bounds_what_we_send() {
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0, 100])]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    conn.take_tls();
+    conn.write_plaintext(&[0x61; 500]).unwrap();
+    let lens = record_lengths(&conn.take_tls());
+    // 99 bytes of content + the type byte = 100 per record, + the 16-byte tag.
+    assert_eq!(lens, vec![116, 116, 116, 116, 116, 5 + 1 + 16]);
+    // KeyUpdate keeps the limit.
+    conn.key_update(false).unwrap();
+    conn.take_tls();
+    conn.write_plaintext(&[0x62; 200]).unwrap();
+    assert!(record_lengths(&conn.take_tls()).iter().all(|l| *l <= 116));
+
+    // Without the extension in EncryptedExtensions the records are full size.
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    conn.take_tls();
+    conn.write_plaintext(&[0x61; 500]).unwrap();
+    assert_eq!(record_lengths(&conn.take_tls()), vec![500 + 1 + 16]);
+}
+
+/// RFC 8449 §4: once the server echoes the extension, a protected record longer than our limit
+/// is a record_overflow, including the server flight's record that carried the
+/// EncryptedExtensions. Without the echo the limit is not negotiated and nothing is enforced.
+#[test]
+fn our_record_size_limit_is_enforced_once_negotiated() {
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(100),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0x40, 1])]);
+    assert!(record_lengths(&flight)[0] > 100 + 16);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    assert_eq!(
+        conn.process_new_packets().unwrap_err(),
+        Error::RecordOverflow
+    );
+    assert!(conn.is_handshaking());
+
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(100),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+}
+
+/// RFC 8446 §4.2: an extension response we did not ask for is unsupported_extension; a value
+/// below 64 does not parse (RFC 8449 §4).
+#[test]
+fn server_record_size_limit_rules() {
+    // (The RFC's ClientHello offers the extension: the rule is checked on a fresh connection.)
+    let (mut conn, _) = started();
+    let e = conn
+        .core
+        .negotiate_record_size_limit(Some(100))
+        .unwrap_err();
+    assert_eq!(e, PeerMisbehaved::UnsolicitedRecordSizeLimit.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+    conn.core.negotiate_record_size_limit(None).unwrap();
+
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(1000),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0, 63])]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    let e = conn.process_new_packets().unwrap_err();
+    assert!(matches!(e, Error::Wire(_)), "{e:?}");
+}
