@@ -72,9 +72,12 @@ pub struct ClientConfig {
     pub resume: bool,
     /// An external PSK held by the CS, offered instead of a ticket.
     pub external_psk: Option<ExternalPsk>,
-    /// Data to send as 0-RTT early data when a ticket allows it.
+    /// Data to send as 0-RTT early data when a ticket allows it (RFC 8446 §4.2.10: a ticket
+    /// with max_early_data_size > 0, of a connection whose ALPN protocol is the first of
+    /// `alpn`). At most max_early_data_size bytes go as 0-RTT; when the server accepts them
+    /// the rest follows as ordinary data right after the handshake.
     pub early_data: Option<Vec<u8>>,
-    /// Send the early data again after the handshake when the server rejected it.
+    /// Send the early data again (all of it) after the handshake when the server rejected it.
     pub resend_rejected_early_data: bool,
     /// Offer post-handshake client authentication (RFC 8446 §4.6.2).
     pub post_handshake_auth: bool,

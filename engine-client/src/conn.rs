@@ -314,7 +314,11 @@ struct OfferedPsk {
 /// 0-RTT data in flight.
 struct Early {
     encrypter: RecordEncrypter,
+    /// All of the configured early data.
     data: Vec<u8>,
+    /// How much of it went as 0-RTT (at most the ticket's max_early_data_size); the rest goes
+    /// as ordinary data after the handshake when the server accepts the early data.
+    sent: usize,
 }
 
 /// What the handshake has learnt so far (see the module documentation).
@@ -964,7 +968,7 @@ fn start(core: &mut Core) -> Result<State, Error> {
         (Some(data), Some(p)) if !data.is_empty() => p
             .ticket
             .as_ref()
-            .filter(|t| t.max_early_data > 0 && offered_suites.contains(&t.suite))
+            .filter(|t| ticket_allows_early_data(t, &config, &offered_suites))
             .map(|t| t.suite),
         _ => None,
     };
@@ -1058,8 +1062,23 @@ fn start(core: &mut Core) -> Result<State, Error> {
     Ok(State::ServerHello(ExpectServerHello { hs }))
 }
 
+/// RFC 8446 §4.2.10: 0-RTT only with a ticket whose max_early_data_size is not 0 (§4.6.1),
+/// whose cipher suite we offer, and when the ALPN protocol we offer first is the one of the
+/// connection that issued the ticket (the server must select the same one to accept the early
+/// data; with no ALPN on either side they match).
+fn ticket_allows_early_data(
+    t: &StoredTicket,
+    config: &ClientConfig,
+    suites: &[CipherSuite],
+) -> bool {
+    t.max_early_data > 0
+        && suites.contains(&t.suite)
+        && t.alpn.as_deref() == config.alpn.first().map(Vec::as_slice)
+}
+
 /// Sends the first ClientHello and, when offered, the early data under
-/// client_early_traffic_secret.
+/// client_early_traffic_secret: at most the ticket's max_early_data_size bytes of it (§4.6.1:
+/// application data bytes, not counting the content type and padding).
 fn send_first_client_hello(
     core: &mut Core,
     hs: &mut Hs,
@@ -1077,11 +1096,15 @@ fn send_first_client_hello(
             .ticket
             .as_ref()
             .map_or(0, |t| t.max_early_data as usize);
-        let data: Vec<u8> = data.into_iter().take(max).collect();
+        let sent = data.len().min(max);
         let mut encrypter = RecordEncrypter::new(&record_keys(suite, &secret)?)?;
         core.send_ccs_once();
-        encrypter.encrypt_all(ContentType::ApplicationData, &data, &mut core.out)?;
-        hs.early = Some(Early { encrypter, data });
+        encrypter.encrypt_all(ContentType::ApplicationData, &data[..sent], &mut core.out)?;
+        hs.early = Some(Early {
+            encrypter,
+            data,
+            sent,
+        });
     }
     Ok(())
 }
@@ -1479,15 +1502,24 @@ impl ExpectEncryptedExtensions {
         if ee.early_data && !hs.early_data_offered {
             return Err(PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
         }
-        // §4.2.10: early data can only be accepted with the first PSK.
+        // §4.2.11: early data can only be accepted with the first PSK (illegal_parameter).
         if ee.early_data && hs.psk_selected != Some(0) {
-            return Err(PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
+            return Err(PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
         }
         if let Some(p) = ee.alpn_protocol {
             if !core.config.alpn.iter().any(|a| a == p) {
                 return Err(PeerMisbehaved::UnofferedAlpnProtocol.into());
             }
             hs.alpn = Some(p.to_vec());
+        }
+        // §4.2.10: a server accepting early data keeps the ticket's cipher suite and ALPN
+        // protocol (none if the ticket's connection had none).
+        if ee.early_data {
+            let ticket = hs.psks.first().and_then(|p| p.ticket.as_ref());
+            let same = ticket.is_some_and(|t| t.alpn == hs.alpn && Some(t.suite) == hs.suite);
+            if !same {
+                return Err(PeerMisbehaved::EarlyDataParametersChanged.into());
+            }
         }
         core.negotiate_record_size_limit(ee.record_size_limit)?;
         hs.early_accepted = ee.early_data;
@@ -1803,10 +1835,18 @@ fn send_flight(
         pending_tickets: Vec::new(),
         waiting: None,
     });
-    // Early data the server did not take goes again as ordinary data.
+    // Early data the server did not take goes again as ordinary data (when so configured);
+    // when it took it, what did not fit in max_early_data_size follows.
     if let Some(early) = early {
-        if !hs.early_accepted && core.config.resend_rejected_early_data && !early.data.is_empty() {
-            core.send_encrypted(ContentType::ApplicationData, &[&early.data])?;
+        let rest = if hs.early_accepted {
+            &early.data[early.sent..]
+        } else if core.config.resend_rejected_early_data {
+            &early.data[..]
+        } else {
+            &[][..]
+        };
+        if !rest.is_empty() {
+            core.send_encrypted(ContentType::ApplicationData, &[rest])?;
         }
     }
     Ok(State::Traffic(traffic))

@@ -708,3 +708,178 @@ fn server_record_size_limit_rules() {
     let e = conn.process_new_packets().unwrap_err();
     assert!(matches!(e, Error::Wire(_)), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 0-RTT rules (RFC 8446 §4.2.10)
+
+fn early_ticket(max_early_data: u32, alpn: Option<&[u8]>) -> StoredTicket {
+    StoredTicket {
+        identity: vec![0x71; 16],
+        age_add: 7,
+        lifetime: 3600,
+        max_early_data,
+        suite: CipherSuite::TlsAes128GcmSha256,
+        received_at: SystemTime::now(),
+        psk: Some(Zeroizing::new(vec![0x5a; 32])),
+        alpn: alpn.map(<[u8]>::to_vec),
+    }
+}
+
+/// A sequence D connection resuming `ticket` with `early` as early data and `alpn` offered:
+/// the ClientHello and the bytes of 0-RTT application data sent after it.
+fn early_attempt(
+    ticket: StoredTicket,
+    alpn: &[&[u8]],
+    early: &[u8],
+) -> (ClientConnection, Vec<u8>, usize) {
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    store.insert("localhost:443", ticket);
+    let cfg = Arc::new(ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        ticket_store: Some(store),
+        early_data: Some(early.to_vec()),
+        alpn: alpn.iter().map(|a| a.to_vec()).collect(),
+        middlebox_compat: false,
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::new(cfg, "localhost", 443, false).unwrap();
+    let out = conn.take_tls();
+    let mut d = Deframer::new();
+    d.push(&out);
+    let first = d.next_record().unwrap().unwrap();
+    assert_eq!(first.typ, ContentType::Handshake);
+    let mut early_bytes = 0;
+    while let Some(r) = d.next_record().unwrap() {
+        assert_eq!(r.typ, ContentType::ApplicationData);
+        // Content + the inner type byte + the 16-byte tag.
+        early_bytes += r.payload.len() - 17;
+    }
+    (conn, first.payload, early_bytes)
+}
+
+#[test]
+fn early_data_needs_a_ticket_that_allows_it_and_the_same_alpn() {
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    // Allowed: 0-RTT with all the data.
+    let (_, ch, n) = early_attempt(early_ticket(1000, None), &[], data);
+    let ch = ClientHello::parse(&ch).unwrap();
+    assert!(ch.early_data && ch.pre_shared_key.is_some());
+    assert_eq!(n, data.len());
+    // Same ALPN as the ticket's connection, offered first.
+    let (_, ch, n) = early_attempt(early_ticket(1000, Some(b"h2")), &[b"h2", b"http/1.1"], data);
+    assert!(ClientHello::parse(&ch).unwrap().early_data);
+    assert_eq!(n, data.len());
+
+    // max_early_data_size 0; another ALPN first; an ALPN on one side only. The ticket is
+    // still offered for resumption, without early data.
+    for (ticket, alpn) in [
+        (early_ticket(0, None), &[][..]),
+        (
+            early_ticket(1000, Some(b"h2")),
+            &[&b"http/1.1"[..], b"h2"][..],
+        ),
+        (early_ticket(1000, Some(b"h2")), &[][..]),
+        (early_ticket(1000, None), &[&b"h2"[..]][..]),
+    ] {
+        let (conn, ch, n) = early_attempt(ticket, alpn, data);
+        let ch = ClientHello::parse(&ch).unwrap();
+        assert!(!ch.early_data, "{alpn:?}");
+        assert!(ch.pre_shared_key.is_some());
+        assert_eq!(n, 0);
+        assert!(!conn.summary().early_data_offered);
+    }
+}
+
+#[test]
+fn early_data_is_at_most_max_early_data_size() {
+    let data = [0x65u8; 100];
+    let (conn, ch, n) = early_attempt(early_ticket(10, None), &[], &data);
+    assert!(ClientHello::parse(&ch).unwrap().early_data);
+    assert_eq!(n, 10);
+    let Some(State::ServerHello(s)) = conn.state.as_ref() else {
+        panic!("waiting for the ServerHello");
+    };
+    let early = s.hs.early.as_ref().unwrap();
+    assert_eq!((early.sent, early.data.len()), (10, 100));
+}
+
+/// The EncryptedExtensions of a resumption that offered early data, handled in the state that
+/// expects it (the ServerHello's effects set by hand: PSK `selected`, `suite`).
+fn encrypted_extensions_after_early_offer(
+    ticket: StoredTicket,
+    alpn_offered: &[&[u8]],
+    selected: usize,
+    suite: CipherSuite,
+    ee_alpn: Option<&[u8]>,
+    ee_early_data: bool,
+) -> Result<(), Error> {
+    let (mut conn, _, _) = early_attempt(ticket, alpn_offered, b"early");
+    let Some(State::ServerHello(ExpectServerHello { mut hs })) = conn.state.take() else {
+        panic!("waiting for the ServerHello");
+    };
+    assert!(hs.early_data_offered);
+    hs.psk_selected = Some(selected);
+    hs.suite = Some(suite);
+    let mut exts = Vec::new();
+    if let Some(p) = ee_alpn {
+        exts.extend_from_slice(&16u16.to_be_bytes());
+        exts.extend_from_slice(&((p.len() + 3) as u16).to_be_bytes());
+        exts.extend_from_slice(&((p.len() + 1) as u16).to_be_bytes());
+        exts.push(p.len() as u8);
+        exts.extend_from_slice(p);
+    }
+    if ee_early_data {
+        exts.extend_from_slice(&[0, 42, 0, 0]);
+    }
+    let len = exts.len() + 2;
+    let mut encoded = vec![8, 0, (len >> 8) as u8, len as u8];
+    encoded.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    encoded.extend_from_slice(&exts);
+    let m = HandshakeMessage {
+        typ: HandshakeType::EncryptedExtensions,
+        encoded,
+    };
+    ExpectEncryptedExtensions { hs }
+        .handle(&mut conn.core, &m)
+        .map(|_| ())
+}
+
+#[test]
+fn accepted_early_data_keeps_the_tickets_alpn_suite_and_psk() {
+    let aes128 = CipherSuite::TlsAes128GcmSha256;
+    let h2 = Some(&b"h2"[..]);
+    let t = || early_ticket(1000, Some(b"h2"));
+    let offered: &[&[u8]] = &[b"h2", b"http/1.1"];
+    encrypted_extensions_after_early_offer(t(), offered, 0, aes128, h2, true).unwrap();
+    // Rejected early data may come with another ALPN.
+    encrypted_extensions_after_early_offer(t(), offered, 0, aes128, Some(b"http/1.1"), false)
+        .unwrap();
+
+    let cases: [(Option<&[u8]>, CipherSuite, Error); 3] = [
+        (
+            Some(b"http/1.1"),
+            aes128,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+        (
+            None,
+            aes128,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+        (
+            h2,
+            CipherSuite::TlsChacha20Poly1305Sha256,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+    ];
+    for (alpn, suite, want) in cases {
+        let e =
+            encrypted_extensions_after_early_offer(t(), offered, 0, suite, alpn, true).unwrap_err();
+        assert_eq!(e, want);
+        assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+    }
+    // §4.2.11: early data accepted with another PSK than the first.
+    let e = encrypted_extensions_after_early_offer(t(), offered, 1, aes128, h2, true).unwrap_err();
+    assert_eq!(e, PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
