@@ -24,8 +24,9 @@ use std::time::{Instant, SystemTime};
 
 use lurk_proto::freshness::client_random;
 use lurk_proto::key_schedule::{
-    binder, finished_verify_data, next_application_traffic_secret, resumption_psk, traffic_key_iv,
-    verify_finished, KeyScheduleEarly, KeyScheduleHandshake, KeyScheduleMaster, PskKind, Secret,
+    binder, export_keying_material, finished_verify_data, next_application_traffic_secret,
+    resumption_psk, traffic_key_iv, verify_finished, KeyScheduleEarly, KeyScheduleHandshake,
+    KeyScheduleMaster, PskKind, Secret,
 };
 use lurk_proto::pb;
 use lurk_proto::transcript::Transcript;
@@ -404,6 +405,8 @@ pub(crate) struct EngineFinish {
     master: KeyScheduleMaster,
     client_ap: Secret,
     server_ap: Secret,
+    /// exporter_master_secret, when `ClientConfig::exporter` asks for it.
+    exporter_master: Option<Secret>,
 }
 
 /// The client's second flight being prepared.
@@ -464,6 +467,8 @@ pub struct ExpectTraffic {
     /// Handshake transcript through the client Finished (the base of post-handshake auth).
     transcript: Transcript,
     resumption_master: Option<Secret>,
+    /// exporter_master_secret (RFC 8446 §7.5), kept only when `ClientConfig::exporter` is set.
+    exporter_master: Option<Secret>,
     cs: CsSession,
     pha_offered: bool,
     /// ClientHello .. server Finished (+EndOfEarlyData) for a late c_init_client_finished.
@@ -635,6 +640,33 @@ impl ClientConnection {
             KeyUpdateRequest::UpdateNotRequested
         };
         t.send_key_update(&mut self.core, req)
+    }
+
+    /// Keying material from the TLS 1.3 exporter (RFC 8446 §7.5) for `label` and `context`
+    /// (an empty context is the same as none in TLS 1.3), `len` bytes. Needs a completed
+    /// handshake and `ClientConfig::exporter`.
+    pub fn export_keying_material(
+        &self,
+        label: &[u8],
+        context: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let Some(State::Traffic(t)) = self.state.as_ref() else {
+            return Err(Error::HandshakeNotComplete);
+        };
+        let ems = t
+            .exporter_master
+            .as_ref()
+            .ok_or(Error::ExporterNotEnabled)?;
+        let out = export_keying_material(t.hash, ems.as_bytes(), label, context, len).ok_or_else(
+            || {
+                Error::general(format!(
+                    "exporter label of {} bytes or length {len} out of range (RFC 8446 §7.1)",
+                    label.len()
+                ))
+            },
+        )?;
+        Ok(out.as_bytes().to_vec())
     }
 
     /// Queues close_notify (once).
@@ -1160,6 +1192,11 @@ impl AwaitCs {
                     find_secret(&r.secrets, pb::SecretType::ClientApplicationTraffic, ex)?;
                 let server_ap =
                     find_secret(&r.secrets, pb::SecretType::ServerApplicationTraffic, ex)?;
+                let exporter_master = if core.config.exporter {
+                    Some(find_secret(&r.secrets, pb::SecretType::ExporterMaster, ex)?)
+                } else {
+                    None
+                };
                 if r.client_finished.first() != Some(&HandshakeType::Finished.get()) {
                     return Err(Error::CryptoService {
                         exchange: ex,
@@ -1190,9 +1227,12 @@ impl AwaitCs {
                     hs,
                     *flight,
                     r.client_finished,
-                    client_ap,
-                    server_ap,
-                    None,
+                    AppSecrets {
+                        client: client_ap,
+                        server: server_ap,
+                        resumption_master: None,
+                        exporter_master,
+                    },
                     cs,
                 )
             }
@@ -1699,9 +1739,11 @@ impl ExpectFinished {
                 handshake_messages,
                 key_id,
                 client_certificate: flight.certificate.clone().unwrap_or_default(),
+                // x (exporter_master_secret) only when the exporter is enabled (RFC 8446 §7.5).
                 secret_request: Some(pb::SecretRequest {
                     a_c: true,
                     a_s: true,
+                    x: core.config.exporter,
                     ..Default::default()
                 }),
                 last_exchange: !pha && core.config.ticket_store.is_none(),
@@ -1717,6 +1759,10 @@ impl ExpectFinished {
         let fin = Box::new(EngineFinish {
             client_ap: master.client_application_traffic_secret_0(&th_server_finished),
             server_ap: master.server_application_traffic_secret_0(&th_server_finished),
+            exporter_master: core
+                .config
+                .exporter
+                .then(|| master.exporter_master_secret(&th_server_finished)),
             master,
         });
         if let Some(e) = &flight.eoed {
@@ -1769,27 +1815,42 @@ fn finish_engine(
         hs,
         flight,
         finished,
-        fin.client_ap,
-        fin.server_ap,
-        Some(rms),
+        AppSecrets {
+            client: fin.client_ap,
+            server: fin.server_ap,
+            resumption_master: Some(rms),
+            exporter_master: fin.exporter_master,
+        },
         cs,
     )
+}
+
+/// What the connection keeps from the key schedule for after the handshake.
+struct AppSecrets {
+    client: Secret,
+    server: Secret,
+    /// Only when the engine ran the key schedule (sequence C/D); the CS keeps its own.
+    resumption_master: Option<Secret>,
+    exporter_master: Option<Secret>,
 }
 
 /// Sends the client's second flight in one write ([CCS], [EndOfEarlyData under the early
 /// key], Certificate, CertificateVerify, Finished under the handshake key) and moves to the
 /// application keys.
-#[allow(clippy::too_many_arguments)]
 fn send_flight(
     core: &mut Core,
     mut hs: Box<Hs>,
     flight: Flight,
     finished: Vec<u8>,
-    client_ap: Secret,
-    server_ap: Secret,
-    resumption_master: Option<Secret>,
+    secrets: AppSecrets,
     cs: CsSession,
 ) -> Result<State, Error> {
+    let AppSecrets {
+        client: client_ap,
+        server: server_ap,
+        resumption_master,
+        exporter_master,
+    } = secrets;
     let suite = hs.suite()?;
     let hash = hs.hash()?;
     if let (Some(eoed), Some(early)) = (&flight.eoed, hs.early.as_mut()) {
@@ -1827,6 +1888,7 @@ fn send_flight(
         server_secret: server_ap,
         transcript: hs.transcript.clone(),
         resumption_master,
+        exporter_master,
         cs,
         pha_offered: core.config.post_handshake_auth,
         cs_log,

@@ -883,3 +883,196 @@ fn accepted_early_data_keeps_the_tickets_alpn_suite_and_psk() {
     assert_eq!(e, PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
     assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exporter (RFC 8446 §7.5)
+
+/// HKDF-Expand-Label with SHA-256, written out with ring alone (RFC 8446 §7.1).
+fn ring_expand_label(secret: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+    struct Len(usize);
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let full_label = [&b"tls13 "[..], label].concat();
+    let mut info = (len as u16).to_be_bytes().to_vec();
+    info.push(full_label.len() as u8);
+    info.extend_from_slice(&full_label);
+    info.push(context.len() as u8);
+    info.extend_from_slice(context);
+    let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret);
+    let mut out = vec![0u8; len];
+    prk.expand(&[&info], Len(len))
+        .unwrap()
+        .fill(&mut out)
+        .unwrap();
+    out
+}
+
+/// TLS-Exporter from exporter_master_secret, step by step with ring: Derive-Secret(ems,
+/// label, "") then HKDF-Expand-Label(., "exporter", Hash(context), len).
+fn ring_exporter(ems: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+    let sha256 = |d: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, d)
+            .as_ref()
+            .to_vec()
+    };
+    let derived = ring_expand_label(ems, label, &sha256(b""), 32);
+    ring_expand_label(&derived, b"exporter", &sha256(context), len)
+}
+
+const EXPORT_LABEL: &[u8] = b"EXPERIMENTAL-lurk-test";
+
+/// Sequence D: the engine's own exporter_master_secret is RFC 8448's, and the exported keying
+/// material is the independent computation's.
+#[test]
+fn exporter_known_answer_sequence_d() {
+    let s = rfc_1rtt();
+    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let mut conn = rfc_replay(ClientConfig {
+        exporter: true,
+        ..ClientConfig::default()
+    });
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"", 32)
+            .unwrap_err(),
+        Error::HandshakeNotComplete
+    );
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    let Some(State::Traffic(t)) = conn.state.as_ref() else {
+        panic!("handshake not done");
+    };
+    assert_eq!(t.exporter_master.as_ref().unwrap().as_bytes(), &ems[..]);
+    for (context, len) in [(&b""[..], 32), (&b"some context"[..], 77), (&b"x"[..], 1)] {
+        assert_eq!(
+            conn.export_keying_material(EXPORT_LABEL, context, len)
+                .unwrap(),
+            ring_exporter(&ems, EXPORT_LABEL, context, len),
+            "{context:?} {len}"
+        );
+    }
+    // Different labels, different keys.
+    assert_ne!(
+        conn.export_keying_material(b"EXPERIMENTAL-a", b"", 32)
+            .unwrap(),
+        conn.export_keying_material(b"EXPERIMENTAL-b", b"", 32)
+            .unwrap()
+    );
+    // HkdfLabel limits: an error, not a panic.
+    assert!(conn.export_keying_material(b"", b"", 32).is_err());
+    assert!(conn.export_keying_material(&[b'a'; 250], b"", 32).is_err());
+    assert!(conn
+        .export_keying_material(EXPORT_LABEL, b"", 255 * 32 + 1)
+        .is_err());
+    conn.export_keying_material(&[b'a'; 249], &[7; 1000], 255 * 32)
+        .unwrap();
+
+    // Not enabled: the secret is not kept.
+    let mut conn = rfc_replay(ClientConfig::default());
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"", 32)
+            .unwrap_err(),
+        Error::ExporterNotEnabled
+    );
+}
+
+fn cs_secret(kind: pb::SecretType, v: &serde_json::Value) -> pb::Secret {
+    pb::Secret {
+        secret_type: kind as i32,
+        value: hexv(v),
+    }
+}
+
+/// RFC 8448 §3 as sequence A: the share counts as CS-made, the CS answers with the RFC's
+/// secrets. `x` is asked for in c_client_finished exactly when the exporter is enabled; the
+/// client Finished record is the RFC's; the export uses the CS's exporter_master_secret.
+fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedRequest) {
+    let s = rfc_1rtt();
+    let ks = &s["key_schedule"];
+    let mut conn = rfc_replay(ClientConfig {
+        exporter,
+        ..ClientConfig::default()
+    });
+    conn.core.has_cs = true;
+    {
+        let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
+            panic!("waiting for the ServerHello");
+        };
+        hs.shares[0].injected = None;
+        hs.cs_session = Some(vec![1; 16]);
+    }
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    let Some(CsCall::ServerHello(_)) = conn.take_cs_call() else {
+        panic!("expected c_server_hello");
+    };
+    conn.cs_response(Ok(CsReply::ServerHello(pb::CServerHelloResponse {
+        secrets: vec![
+            cs_secret(
+                pb::SecretType::ClientHandshakeTraffic,
+                &ks["client_handshake_traffic_secret"],
+            ),
+            cs_secret(
+                pb::SecretType::ServerHandshakeTraffic,
+                &ks["server_handshake_traffic_secret"],
+            ),
+        ],
+    })))
+    .unwrap();
+    let Some(CsCall::ClientFinished(req)) = conn.take_cs_call() else {
+        panic!("expected c_client_finished");
+    };
+    let mut secrets = vec![
+        cs_secret(
+            pb::SecretType::ClientApplicationTraffic,
+            &ks["client_application_traffic_secret_0"],
+        ),
+        cs_secret(
+            pb::SecretType::ServerApplicationTraffic,
+            &ks["server_application_traffic_secret_0"],
+        ),
+    ];
+    if req.secret_request.as_ref().is_some_and(|r| r.x) {
+        secrets.push(cs_secret(
+            pb::SecretType::ExporterMaster,
+            &ks["exporter_master_secret"],
+        ));
+    }
+    conn.cs_response(Ok(CsReply::ClientFinished(pb::CClientFinishedResponse {
+        certificate_verify: Vec::new(),
+        client_finished: hexv(&s["messages"]["client_finished"]),
+        secrets,
+        last_exchange: false,
+    })))
+    .unwrap();
+    assert_eq!(conn.take_tls(), hexv(&s["records"][3]["record"]));
+    (conn, req)
+}
+
+#[test]
+fn exporter_known_answer_sequence_a() {
+    let s = rfc_1rtt();
+    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let (conn, req) = rfc_sequence_a(true);
+    assert!(req.secret_request.unwrap().x, "x asked for");
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"ctx", 48)
+            .unwrap(),
+        ring_exporter(&ems, EXPORT_LABEL, b"ctx", 48)
+    );
+
+    let (conn, req) = rfc_sequence_a(false);
+    assert!(!req.secret_request.unwrap().x, "x not asked for");
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"ctx", 48)
+            .unwrap_err(),
+        Error::ExporterNotEnabled
+    );
+}
