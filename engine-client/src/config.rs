@@ -72,9 +72,12 @@ pub struct ClientConfig {
     pub resume: bool,
     /// An external PSK held by the CS, offered instead of a ticket.
     pub external_psk: Option<ExternalPsk>,
-    /// Data to send as 0-RTT early data when a ticket allows it.
+    /// Data to send as 0-RTT early data when a ticket allows it (RFC 8446 §4.2.10: a ticket
+    /// with max_early_data_size > 0, of a connection whose ALPN protocol is the first of
+    /// `alpn`). At most max_early_data_size bytes go as 0-RTT; when the server accepts them
+    /// the rest follows as ordinary data right after the handshake.
     pub early_data: Option<Vec<u8>>,
-    /// Send the early data again after the handshake when the server rejected it.
+    /// Send the early data again (all of it) after the handshake when the server rejected it.
     pub resend_rejected_early_data: bool,
     /// Offer post-handshake client authentication (RFC 8446 §4.6.2).
     pub post_handshake_auth: bool,
@@ -85,6 +88,14 @@ pub struct ClientConfig {
     /// Middlebox compatibility mode (RFC 8446 D.4): 32-byte legacy_session_id and a
     /// change_cipher_spec before the second flight.
     pub middlebox_compat: bool,
+    /// record_size_limit to offer (RFC 8449), 64..=16385: the largest TLSInnerPlaintext
+    /// (content + content type byte + padding) the engine accepts in a protected record once
+    /// the server echoes the extension. `None`: not offered.
+    pub record_size_limit: Option<u16>,
+    /// Keep exporter_master_secret so that [`crate::TlsStream::export_keying_material`] works
+    /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
+    /// `x`; off by default so that the secret is neither requested nor kept.
+    pub exporter: bool,
 }
 
 impl Default for ClientConfig {
@@ -112,6 +123,8 @@ impl Default for ClientConfig {
             freshness: pb::Freshness::Sha256,
             freshness_mode: FreshnessMode::Draft,
             middlebox_compat: true,
+            record_size_limit: None,
+            exporter: false,
         }
     }
 }
@@ -131,6 +144,8 @@ impl fmt::Debug for ClientConfig {
             .field("external_psk", &self.external_psk.is_some())
             .field("early_data", &self.early_data.as_ref().map(Vec::len))
             .field("post_handshake_auth", &self.post_handshake_auth)
+            .field("record_size_limit", &self.record_size_limit)
+            .field("exporter", &self.exporter)
             .finish_non_exhaustive()
     }
 }

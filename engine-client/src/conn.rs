@@ -24,8 +24,9 @@ use std::time::{Instant, SystemTime};
 
 use lurk_proto::freshness::client_random;
 use lurk_proto::key_schedule::{
-    binder, finished_verify_data, next_application_traffic_secret, resumption_psk, traffic_key_iv,
-    verify_finished, KeyScheduleEarly, KeyScheduleHandshake, KeyScheduleMaster, PskKind, Secret,
+    binder, export_keying_material, finished_verify_data, next_application_traffic_secret,
+    resumption_psk, traffic_key_iv, verify_finished, KeyScheduleEarly, KeyScheduleHandshake,
+    KeyScheduleMaster, PskKind, Secret,
 };
 use lurk_proto::pb;
 use lurk_proto::transcript::Transcript;
@@ -48,7 +49,10 @@ use crate::deframer::{Deframer, OpaqueRecord};
 use crate::error::{CertificateError, Error, PeerMisbehaved};
 use crate::joiner::{HandshakeJoiner, HandshakeMessage};
 use crate::keyshare::EngineShare;
-use crate::record::{encode_plaintext, PlainMessage, RecordDecrypter, RecordEncrypter, RecordKeys};
+use crate::record::{
+    encode_plaintext, PlainMessage, RecordDecrypter, RecordEncrypter, RecordKeys,
+    MAX_INNER_PLAINTEXT_LEN, MIN_RECORD_SIZE_LIMIT,
+};
 use crate::tickets::StoredTicket;
 use crate::verify::verify_server_signature;
 
@@ -56,6 +60,8 @@ use crate::verify::verify_server_signature;
 /// some middleboxes expect it).
 const FIRST_RECORD_VERSION: u16 = 0x0301;
 const RECORD_VERSION: u16 = 0x0303;
+/// The largest record_size_limit a TLS 1.3 endpoint may send: 2^14 + 1 (RFC 8449 §4).
+const MAX_RECORD_SIZE_LIMIT: u16 = MAX_INNER_PLAINTEXT_LEN as u16;
 
 /// The record layer, the buffers and what the driver sees; shared by every state.
 pub(crate) struct Core {
@@ -79,6 +85,10 @@ pub(crate) struct Core {
     error: Option<Error>,
     summary: HandshakeSummary,
     started: Instant,
+    /// RFC 8449, once the server echoed record_size_limit: ours bounds what we receive, the
+    /// server's bounds what we send. Reapplied at every key change.
+    receive_limit: Option<u16>,
+    send_limit: Option<u16>,
     /// RFC 8448's server certificate has expired and an RSA-1024 key ring refuses: trace
     /// replays skip the chain and CertificateVerify checks (and only those).
     #[cfg(test)]
@@ -108,6 +118,50 @@ impl Core {
                 RECORD_VERSION,
             ));
         }
+    }
+
+    /// Installs the read key with the negotiated record_size_limit (RFC 8449 §4).
+    fn install_decrypter(&mut self, keys: &RecordKeys) -> Result<(), Error> {
+        let mut dec = RecordDecrypter::new(keys)?;
+        if let Some(limit) = self.receive_limit {
+            dec.set_record_size_limit(limit)?;
+        }
+        self.decrypter = Some(dec);
+        Ok(())
+    }
+
+    /// Installs the write key with the server's record_size_limit (RFC 8449 §4).
+    fn install_encrypter(&mut self, keys: &RecordKeys) -> Result<(), Error> {
+        let mut enc = RecordEncrypter::new(keys)?;
+        if let Some(limit) = self.send_limit {
+            enc.set_record_size_limit(limit)?;
+        }
+        self.encrypter = Some(enc);
+        Ok(())
+    }
+
+    /// EncryptedExtensions' record_size_limit (RFC 8449 §4). The limits apply only when both
+    /// sides sent the extension; in TLS 1.3 the value counts the content type byte and padding
+    /// (the record layer converts). Our limit also covers the protected records already opened
+    /// under the handshake key (the server knew our limit when it sealed them).
+    fn negotiate_record_size_limit(&mut self, server: Option<u16>) -> Result<(), Error> {
+        let Some(server) = server else {
+            return Ok(());
+        };
+        // RFC 8446 §4.2: no extension response without the request.
+        let ours = self
+            .config
+            .record_size_limit
+            .ok_or(PeerMisbehaved::UnsolicitedRecordSizeLimit)?;
+        self.receive_limit = Some(ours);
+        self.send_limit = Some(server);
+        if let Some(dec) = self.decrypter.as_mut() {
+            dec.set_record_size_limit(ours)?;
+        }
+        if let Some(enc) = self.encrypter.as_mut() {
+            enc.set_record_size_limit(server)?;
+        }
+        Ok(())
     }
 
     fn send_encrypted(&mut self, typ: ContentType, parts: &[&[u8]]) -> Result<(), Error> {
@@ -261,7 +315,11 @@ struct OfferedPsk {
 /// 0-RTT data in flight.
 struct Early {
     encrypter: RecordEncrypter,
+    /// All of the configured early data.
     data: Vec<u8>,
+    /// How much of it went as 0-RTT (at most the ticket's max_early_data_size); the rest goes
+    /// as ordinary data after the handshake when the server accepts the early data.
+    sent: usize,
 }
 
 /// What the handshake has learnt so far (see the module documentation).
@@ -347,6 +405,8 @@ pub(crate) struct EngineFinish {
     master: KeyScheduleMaster,
     client_ap: Secret,
     server_ap: Secret,
+    /// exporter_master_secret, when `ClientConfig::exporter` asks for it.
+    exporter_master: Option<Secret>,
 }
 
 /// The client's second flight being prepared.
@@ -407,6 +467,8 @@ pub struct ExpectTraffic {
     /// Handshake transcript through the client Finished (the base of post-handshake auth).
     transcript: Transcript,
     resumption_master: Option<Secret>,
+    /// exporter_master_secret (RFC 8446 §7.5), kept only when `ClientConfig::exporter` is set.
+    exporter_master: Option<Secret>,
     cs: CsSession,
     pha_offered: bool,
     /// ClientHello .. server Finished (+EndOfEarlyData) for a late c_init_client_finished.
@@ -464,6 +526,8 @@ impl ClientConnection {
             error: None,
             summary: HandshakeSummary::new(server_name),
             started: Instant::now(),
+            receive_limit: None,
+            send_limit: None,
             #[cfg(test)]
             skip_server_auth: false,
             config,
@@ -576,6 +640,33 @@ impl ClientConnection {
             KeyUpdateRequest::UpdateNotRequested
         };
         t.send_key_update(&mut self.core, req)
+    }
+
+    /// Keying material from the TLS 1.3 exporter (RFC 8446 §7.5) for `label` and `context`
+    /// (an empty context is the same as none in TLS 1.3), `len` bytes. Needs a completed
+    /// handshake and `ClientConfig::exporter`.
+    pub fn export_keying_material(
+        &self,
+        label: &[u8],
+        context: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let Some(State::Traffic(t)) = self.state.as_ref() else {
+            return Err(Error::HandshakeNotComplete);
+        };
+        let ems = t
+            .exporter_master
+            .as_ref()
+            .ok_or(Error::ExporterNotEnabled)?;
+        let out = export_keying_material(t.hash, ems.as_bytes(), label, context, len).ok_or_else(
+            || {
+                Error::general(format!(
+                    "exporter label of {} bytes or length {len} out of range (RFC 8446 §7.1)",
+                    label.len()
+                ))
+            },
+        )?;
+        Ok(out.as_bytes().to_vec())
     }
 
     /// Queues close_notify (once).
@@ -802,6 +893,9 @@ fn client_hello_builder(core: &Core, hs: &Hs, random_field: [u8; 32]) -> ClientH
     if !c.psk_modes.is_empty() {
         b = b.psk_modes(&c.psk_modes);
     }
+    if let Some(limit) = c.record_size_limit {
+        b = b.record_size_limit(limit);
+    }
     b
 }
 
@@ -849,6 +943,14 @@ fn start(core: &mut Core) -> Result<State, Error> {
     let now = SystemTime::now();
     if config.groups.is_empty() {
         return Err(Error::general("no group configured"));
+    }
+    // RFC 8449 §4: at least 64; in TLS 1.3 at most 2^14 + 1 (content type included).
+    if let Some(l) = config.record_size_limit {
+        if !(MIN_RECORD_SIZE_LIMIT..=MAX_RECORD_SIZE_LIMIT).contains(&l) {
+            return Err(Error::general(format!(
+                "record_size_limit {l} is outside {MIN_RECORD_SIZE_LIMIT}..={MAX_RECORD_SIZE_LIMIT}"
+            )));
+        }
     }
 
     // The PSK: an external one held by the CS, or a stored ticket usable in this mode.
@@ -898,7 +1000,7 @@ fn start(core: &mut Core) -> Result<State, Error> {
         (Some(data), Some(p)) if !data.is_empty() => p
             .ticket
             .as_ref()
-            .filter(|t| t.max_early_data > 0 && offered_suites.contains(&t.suite))
+            .filter(|t| ticket_allows_early_data(t, &config, &offered_suites))
             .map(|t| t.suite),
         _ => None,
     };
@@ -992,8 +1094,23 @@ fn start(core: &mut Core) -> Result<State, Error> {
     Ok(State::ServerHello(ExpectServerHello { hs }))
 }
 
+/// RFC 8446 §4.2.10: 0-RTT only with a ticket whose max_early_data_size is not 0 (§4.6.1),
+/// whose cipher suite we offer, and when the ALPN protocol we offer first is the one of the
+/// connection that issued the ticket (the server must select the same one to accept the early
+/// data; with no ALPN on either side they match).
+fn ticket_allows_early_data(
+    t: &StoredTicket,
+    config: &ClientConfig,
+    suites: &[CipherSuite],
+) -> bool {
+    t.max_early_data > 0
+        && suites.contains(&t.suite)
+        && t.alpn.as_deref() == config.alpn.first().map(Vec::as_slice)
+}
+
 /// Sends the first ClientHello and, when offered, the early data under
-/// client_early_traffic_secret.
+/// client_early_traffic_secret: at most the ticket's max_early_data_size bytes of it (§4.6.1:
+/// application data bytes, not counting the content type and padding).
 fn send_first_client_hello(
     core: &mut Core,
     hs: &mut Hs,
@@ -1011,11 +1128,15 @@ fn send_first_client_hello(
             .ticket
             .as_ref()
             .map_or(0, |t| t.max_early_data as usize);
-        let data: Vec<u8> = data.into_iter().take(max).collect();
+        let sent = data.len().min(max);
         let mut encrypter = RecordEncrypter::new(&record_keys(suite, &secret)?)?;
         core.send_ccs_once();
-        encrypter.encrypt_all(ContentType::ApplicationData, &data, &mut core.out)?;
-        hs.early = Some(Early { encrypter, data });
+        encrypter.encrypt_all(ContentType::ApplicationData, &data[..sent], &mut core.out)?;
+        hs.early = Some(Early {
+            encrypter,
+            data,
+            sent,
+        });
     }
     Ok(())
 }
@@ -1071,6 +1192,11 @@ impl AwaitCs {
                     find_secret(&r.secrets, pb::SecretType::ClientApplicationTraffic, ex)?;
                 let server_ap =
                     find_secret(&r.secrets, pb::SecretType::ServerApplicationTraffic, ex)?;
+                let exporter_master = if core.config.exporter {
+                    Some(find_secret(&r.secrets, pb::SecretType::ExporterMaster, ex)?)
+                } else {
+                    None
+                };
                 if r.client_finished.first() != Some(&HandshakeType::Finished.get()) {
                     return Err(Error::CryptoService {
                         exchange: ex,
@@ -1101,9 +1227,12 @@ impl AwaitCs {
                     hs,
                     *flight,
                     r.client_finished,
-                    client_ap,
-                    server_ap,
-                    None,
+                    AppSecrets {
+                        client: client_ap,
+                        server: server_ap,
+                        resumption_master: None,
+                        exporter_master,
+                    },
                     cs,
                 )
             }
@@ -1184,8 +1313,8 @@ fn install_handshake_keys(
     server: Secret,
 ) -> Result<(), Error> {
     let suite = hs.suite()?;
-    core.decrypter = Some(RecordDecrypter::new(&record_keys(suite, &server)?)?);
-    core.encrypter = Some(RecordEncrypter::new(&record_keys(suite, &client)?)?);
+    core.install_decrypter(&record_keys(suite, &server)?)?;
+    core.install_encrypter(&record_keys(suite, &client)?)?;
     hs.client_hs = Some(client);
     hs.server_hs = Some(server);
     Ok(())
@@ -1413,9 +1542,9 @@ impl ExpectEncryptedExtensions {
         if ee.early_data && !hs.early_data_offered {
             return Err(PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
         }
-        // §4.2.10: early data can only be accepted with the first PSK.
+        // §4.2.11: early data can only be accepted with the first PSK (illegal_parameter).
         if ee.early_data && hs.psk_selected != Some(0) {
-            return Err(PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
+            return Err(PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
         }
         if let Some(p) = ee.alpn_protocol {
             if !core.config.alpn.iter().any(|a| a == p) {
@@ -1423,6 +1552,16 @@ impl ExpectEncryptedExtensions {
             }
             hs.alpn = Some(p.to_vec());
         }
+        // §4.2.10: a server accepting early data keeps the ticket's cipher suite and ALPN
+        // protocol (none if the ticket's connection had none).
+        if ee.early_data {
+            let ticket = hs.psks.first().and_then(|p| p.ticket.as_ref());
+            let same = ticket.is_some_and(|t| t.alpn == hs.alpn && Some(t.suite) == hs.suite);
+            if !same {
+                return Err(PeerMisbehaved::EarlyDataParametersChanged.into());
+            }
+        }
+        core.negotiate_record_size_limit(ee.record_size_limit)?;
         hs.early_accepted = ee.early_data;
         core.summary.early_data_accepted = ee.early_data;
         core.summary.alpn = hs.alpn.clone();
@@ -1600,9 +1739,11 @@ impl ExpectFinished {
                 handshake_messages,
                 key_id,
                 client_certificate: flight.certificate.clone().unwrap_or_default(),
+                // x (exporter_master_secret) only when the exporter is enabled (RFC 8446 §7.5).
                 secret_request: Some(pb::SecretRequest {
                     a_c: true,
                     a_s: true,
+                    x: core.config.exporter,
                     ..Default::default()
                 }),
                 last_exchange: !pha && core.config.ticket_store.is_none(),
@@ -1618,6 +1759,10 @@ impl ExpectFinished {
         let fin = Box::new(EngineFinish {
             client_ap: master.client_application_traffic_secret_0(&th_server_finished),
             server_ap: master.server_application_traffic_secret_0(&th_server_finished),
+            exporter_master: core
+                .config
+                .exporter
+                .then(|| master.exporter_master_secret(&th_server_finished)),
             master,
         });
         if let Some(e) = &flight.eoed {
@@ -1670,27 +1815,42 @@ fn finish_engine(
         hs,
         flight,
         finished,
-        fin.client_ap,
-        fin.server_ap,
-        Some(rms),
+        AppSecrets {
+            client: fin.client_ap,
+            server: fin.server_ap,
+            resumption_master: Some(rms),
+            exporter_master: fin.exporter_master,
+        },
         cs,
     )
+}
+
+/// What the connection keeps from the key schedule for after the handshake.
+struct AppSecrets {
+    client: Secret,
+    server: Secret,
+    /// Only when the engine ran the key schedule (sequence C/D); the CS keeps its own.
+    resumption_master: Option<Secret>,
+    exporter_master: Option<Secret>,
 }
 
 /// Sends the client's second flight in one write ([CCS], [EndOfEarlyData under the early
 /// key], Certificate, CertificateVerify, Finished under the handshake key) and moves to the
 /// application keys.
-#[allow(clippy::too_many_arguments)]
 fn send_flight(
     core: &mut Core,
     mut hs: Box<Hs>,
     flight: Flight,
     finished: Vec<u8>,
-    client_ap: Secret,
-    server_ap: Secret,
-    resumption_master: Option<Secret>,
+    secrets: AppSecrets,
     cs: CsSession,
 ) -> Result<State, Error> {
+    let AppSecrets {
+        client: client_ap,
+        server: server_ap,
+        resumption_master,
+        exporter_master,
+    } = secrets;
     let suite = hs.suite()?;
     let hash = hs.hash()?;
     if let (Some(eoed), Some(early)) = (&flight.eoed, hs.early.as_mut()) {
@@ -1706,8 +1866,8 @@ fn send_flight(
         .chain(std::iter::once(finished.as_slice()))
         .collect();
     core.send_encrypted(ContentType::Handshake, &parts)?;
-    core.encrypter = Some(RecordEncrypter::new(&record_keys(suite, &client_ap)?)?);
-    core.decrypter = Some(RecordDecrypter::new(&record_keys(suite, &server_ap)?)?);
+    core.install_encrypter(&record_keys(suite, &client_ap)?)?;
+    core.install_decrypter(&record_keys(suite, &server_ap)?)?;
     let s = &mut core.summary;
     s.client_authenticated = flight
         .certificate
@@ -1728,6 +1888,7 @@ fn send_flight(
         server_secret: server_ap,
         transcript: hs.transcript.clone(),
         resumption_master,
+        exporter_master,
         cs,
         pha_offered: core.config.post_handshake_auth,
         cs_log,
@@ -1736,10 +1897,18 @@ fn send_flight(
         pending_tickets: Vec::new(),
         waiting: None,
     });
-    // Early data the server did not take goes again as ordinary data.
+    // Early data the server did not take goes again as ordinary data (when so configured);
+    // when it took it, what did not fit in max_early_data_size follows.
     if let Some(early) = early {
-        if !hs.early_accepted && core.config.resend_rejected_early_data && !early.data.is_empty() {
-            core.send_encrypted(ContentType::ApplicationData, &[&early.data])?;
+        let rest = if hs.early_accepted {
+            &early.data[early.sent..]
+        } else if core.config.resend_rejected_early_data {
+            &early.data[..]
+        } else {
+            &[][..]
+        };
+        if !rest.is_empty() {
+            core.send_encrypted(ContentType::ApplicationData, &[rest])?;
         }
     }
     Ok(State::Traffic(traffic))
@@ -1991,11 +2160,17 @@ impl ClientConnection {
         ch: &[u8],
         shared: &[u8],
     ) -> Result<Self, Error> {
+        let parsed = ClientHello::parse(ch)?;
+        // The recorded ClientHello's record_size_limit counts as offered, unless the test
+        // configures its own value.
+        let config = Arc::new(ClientConfig {
+            record_size_limit: config.record_size_limit.or(parsed.record_size_limit),
+            ..(*config).clone()
+        });
         let mut conn = Self::new(config, "server", 443, false)?;
         conn.core.out.clear();
         conn.core.skip_server_auth = true;
         conn.core.first_record_sent = true;
-        let parsed = ClientHello::parse(ch)?;
         let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
             return Err(Error::general("not waiting for the ServerHello"));
         };

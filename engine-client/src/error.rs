@@ -71,6 +71,9 @@ pub enum Error {
     },
     /// The operation needs a completed handshake.
     HandshakeNotComplete,
+    /// Keying material export needs `ClientConfig::exporter` (RFC 8446 §7.5): without it the
+    /// engine neither asks the Crypto Service for exporter_master_secret nor keeps it.
+    ExporterNotEnabled,
     /// A local failure or misuse of the API (a bug, a bad key length, an unsupported suite).
     General(String),
 }
@@ -93,7 +96,7 @@ impl Error {
             Self::CryptoService { .. } | Self::NoCryptoService(_) | Self::General(_) => {
                 Some(AlertDescription::InternalError)
             }
-            Self::Io { .. } | Self::HandshakeNotComplete => None,
+            Self::Io { .. } | Self::HandshakeNotComplete | Self::ExporterNotEnabled => None,
         }
     }
 
@@ -153,6 +156,9 @@ impl fmt::Display for Error {
             ),
             Self::Io { kind, message } => write!(f, "I/O error ({kind:?}): {message}"),
             Self::HandshakeNotComplete => f.write_str("the handshake is not complete"),
+            Self::ExporterNotEnabled => {
+                f.write_str("keying material export is not enabled (ClientConfig::exporter)")
+            }
             Self::General(msg) => write!(f, "unexpected error: {msg}"),
         }
     }
@@ -323,6 +329,14 @@ pub enum PeerMisbehaved {
     IllegalHelloRetryRequest,
     /// early_data accepted in EncryptedExtensions although not offered (§4.2.10).
     UnsolicitedEarlyDataExtension,
+    /// early_data accepted with a PSK other than the first (§4.2.11: `illegal_parameter`).
+    EarlyDataAcceptedWithOtherPsk,
+    /// early_data accepted but the ALPN protocol or cipher suite differs from the ticket's
+    /// (§4.2.10).
+    EarlyDataParametersChanged,
+    /// record_size_limit in EncryptedExtensions although we did not offer it (§4.2:
+    /// `unsupported_extension`).
+    UnsolicitedRecordSizeLimit,
     /// An ALPN protocol we did not offer (RFC 7301 §3.2).
     UnofferedAlpnProtocol,
     /// certificate_request_context not empty in the handshake, or empty after it (§4.3.2).
@@ -362,11 +376,15 @@ impl PeerMisbehaved {
             | Self::UnofferedPskKeyExchangeMode
             | Self::IllegalHelloRetryRequest
             | Self::UnofferedAlpnProtocol
+            | Self::EarlyDataAcceptedWithOtherPsk
+            | Self::EarlyDataParametersChanged
             | Self::IllegalCertificateRequestContext
             | Self::ServerCertificateWithContext
             | Self::UnofferedSignatureScheme => AlertDescription::IllegalParameter,
             Self::MissingKeyShare => AlertDescription::MissingExtension,
-            Self::UnsolicitedEarlyDataExtension => AlertDescription::UnsupportedExtension,
+            Self::UnsolicitedEarlyDataExtension | Self::UnsolicitedRecordSizeLimit => {
+                AlertDescription::UnsupportedExtension
+            }
             Self::EmptyServerCertificate => AlertDescription::DecodeError,
             Self::BadCertificateVerifySignature | Self::IncorrectFinished => {
                 AlertDescription::DecryptError
@@ -420,6 +438,13 @@ impl fmt::Display for PeerMisbehaved {
             }
             Self::UnsolicitedEarlyDataExtension => "server accepted early data we did not offer",
             Self::UnofferedAlpnProtocol => "server selected an ALPN protocol we did not offer",
+            Self::EarlyDataAcceptedWithOtherPsk => {
+                "server accepted early data with a PSK other than the first"
+            }
+            Self::EarlyDataParametersChanged => {
+                "server accepted early data with another ALPN protocol or cipher suite than the ticket's"
+            }
+            Self::UnsolicitedRecordSizeLimit => "server sent record_size_limit we did not offer",
             Self::IllegalCertificateRequestContext => "illegal certificate_request_context",
             Self::CertificateRequestInPskHandshake => "CertificateRequest in a PSK handshake",
             Self::EmptyServerCertificate => "server sent an empty certificate list",

@@ -40,6 +40,9 @@ pub use stream::{Connector, TlsStream};
 pub use tickets::{MemoryTicketStore, StoredTicket, TicketStore};
 
 #[cfg(test)]
+mod mutation_tests;
+
+#[cfg(test)]
 mod pipeline_tests {
     //! Deframer → decrypter → joiner on whole server flights of the traces.
 

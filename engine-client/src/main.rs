@@ -120,6 +120,10 @@ struct TlsArgs {
     /// Offer post-handshake client authentication.
     #[arg(long)]
     post_handshake_auth: bool,
+    /// Offer record_size_limit N (RFC 8449): the largest protected record the engine accepts
+    /// once the server echoes it (content type byte included).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(64..=16385))]
+    record_size_limit: Option<u16>,
     /// After each connection, print one JSON line with the handshake summary on stderr.
     #[arg(long)]
     json: bool,
@@ -292,6 +296,7 @@ async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
             .collect();
     }
     cfg.post_handshake_auth = tls.post_handshake_auth;
+    cfg.record_size_limit = tls.record_size_limit;
     if let Some(f) = &tls.early_data {
         cfg.early_data =
             Some(std::fs::read(f).map_err(|e| format!("reading early data {}: {e}", f.display()))?);

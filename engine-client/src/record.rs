@@ -374,6 +374,10 @@ pub struct RecordDecrypter {
     seq: u64,
     /// Maximum TLSInnerPlaintext accepted: 2^14 + 1, or the record_size_limit we advertised.
     max_inner: usize,
+    /// The longest TLSInnerPlaintext opened under this key, so that a limit that becomes known
+    /// after the first records (the server's EncryptedExtensions says whether it honours ours)
+    /// still covers them.
+    largest_inner: usize,
 }
 
 impl RecordDecrypter {
@@ -385,6 +389,7 @@ impl RecordDecrypter {
             iv: Zeroizing::new(keys.iv),
             seq: 0,
             max_inner: MAX_INNER_PLAINTEXT_LEN,
+            largest_inner: 0,
         })
     }
 
@@ -407,11 +412,21 @@ impl RecordDecrypter {
     }
 
     /// Enforces the record_size_limit we advertised (RFC 8449 §4: larger records are a
-    /// `record_overflow`). Our own value, so a value below 64 is a local error.
+    /// `record_overflow`). Our own value, so a value below 64 is a local error. Records
+    /// already opened under this key count too: a longer one is a `record_overflow` now.
     pub fn set_record_size_limit(&mut self, limit: u16) -> Result<(), Error> {
-        self.max_inner = inner_limit(limit)
+        let max = inner_limit(limit)
             .ok_or_else(|| Error::general(format!("record_size_limit {limit} below 64")))?;
+        if self.largest_inner > max {
+            return Err(Error::RecordOverflow);
+        }
+        self.max_inner = max;
         Ok(())
+    }
+
+    /// The longest TLSInnerPlaintext opened under this key so far.
+    pub fn largest_inner_plaintext(&self) -> usize {
+        self.largest_inner
     }
 
     /// Authenticates and decrypts one record; returns the inner content type and content.
@@ -447,6 +462,7 @@ impl RecordDecrypter {
         if inner_len > self.max_inner {
             return Err(Error::RecordOverflow);
         }
+        self.largest_inner = self.largest_inner.max(inner_len);
         // Strip the zero padding: the content type is the last non-zero byte (§5.4).
         let type_at = payload
             .iter()
@@ -1084,6 +1100,16 @@ e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b61161ae10b594f09e26a7e
             Error::RecordOverflow
         );
         assert!(dec.set_record_size_limit(63).is_err());
+
+        // A limit learnt after a longer record was opened under the same key: overflow.
+        let mut dec = RecordDecrypter::new(&k).unwrap();
+        dec.decrypt(opaque(&rec)).unwrap();
+        assert_eq!(dec.largest_inner_plaintext(), MAX_INNER_PLAINTEXT_LEN);
+        assert_eq!(
+            dec.set_record_size_limit(1000).unwrap_err(),
+            Error::RecordOverflow
+        );
+        dec.set_record_size_limit(16385).unwrap();
     }
 
     #[test]

@@ -166,6 +166,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         &self.io
     }
 
+    /// Keying material from the TLS 1.3 exporter (RFC 8446 §7.5); needs
+    /// `ClientConfig::exporter`. See [`ClientConnection::export_keying_material`].
+    pub fn export_keying_material(
+        &self,
+        label: &[u8],
+        context: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        self.conn.export_keying_material(label, context, len)
+    }
+
     /// Sends a KeyUpdate (`request_peer`: update_requested) and switches the write key.
     pub async fn key_update(&mut self, request_peer: bool) -> io::Result<()> {
         self.conn.key_update(request_peer).map_err(to_io)?;

@@ -238,6 +238,43 @@ pub fn derive_secret(
     )
 }
 
+/// The TLS 1.3 exporter (RFC 8446 §7.5):
+/// `TLS-Exporter(label, context_value, key_length) =
+///  HKDF-Expand-Label(Derive-Secret(exporter_master_secret, label, ""), "exporter",
+///                    Hash(context_value), key_length)`.
+/// TLS 1.3 makes no difference between an empty and an absent context.
+///
+/// `None` when the arguments break the HkdfLabel limits (§7.1): `label` empty or longer than
+/// 249 bytes ("tls13 " ‖ label ≤ 255), `len` above 255 × Hash.length (RFC 5869 §2.3).
+pub fn export_keying_material(
+    hash: HashAlg,
+    exporter_master_secret: &[u8],
+    label: &[u8],
+    context: &[u8],
+    len: usize,
+) -> Option<Secret> {
+    if label.is_empty() || LABEL_PREFIX.len() + label.len() > 255 {
+        return None;
+    }
+    if len > 255 * hash.output_len() {
+        return None;
+    }
+    let secret = hkdf_expand_label(
+        hash,
+        exporter_master_secret,
+        label,
+        &hash.hash(&[]),
+        hash.output_len(),
+    );
+    Some(hkdf_expand_label(
+        hash,
+        secret.as_bytes(),
+        b"exporter",
+        &hash.hash(context),
+        len,
+    ))
+}
+
 /// Derive-Secret(secret, "derived", "") : the salt of the next stage's Extract.
 fn derived_salt(hash: HashAlg, secret: &[u8]) -> Secret {
     derive_secret(hash, secret, SecretKind::Derived, &hash.hash(&[]))

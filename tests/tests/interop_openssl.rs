@@ -707,6 +707,23 @@ fn small_records_512() {
     assert!(full >= 4, "{full} full records:\n{}", srv.output());
 }
 
+/// RFC 8449: the engine offers record_size_limit; OpenSSL 3.0 does not implement it, so it
+/// ignores the extension and does not echo it, and the limit is not negotiated: the handshake
+/// and full-size records go through unchanged.
+#[test]
+fn record_size_limit_offered() {
+    let lurk = Lurk::start();
+    let mut srv = server(1, "server-rsa", &["-www", "-trace"]);
+    let out = lurk.get(&srv, &["--record-size-limit", "512"]);
+    out.assert_success().assert_connections(1);
+    check_common(&out, out.summary(0));
+    assert_full_cs(&out, 0);
+    assert_page(&out, "New, TLSv1.3");
+    assert_server_done(&mut srv, 1);
+    // The server saw the extension in the ClientHello (2-byte body: 0x0200).
+    srv.expect("extension_type=UNKNOWN(28), length=2");
+}
+
 // ---------------------------------------------------------------------------------------
 // KeyUpdate
 

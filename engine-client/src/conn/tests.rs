@@ -491,3 +491,588 @@ fn rfc8448_bad_server_finished_is_decrypt_error() {
     assert_eq!(out.len(), 5 + 2 + 1 + 16);
     assert!(conn.is_handshaking());
 }
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8448 §3 with a changed EncryptedExtensions
+
+fn rfc_1rtt() -> serde_json::Value {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
+    doc["sections"]["simple_1rtt"]["summary"].clone()
+}
+
+fn hexv(v: &serde_json::Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap()).unwrap()
+}
+
+/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions, the
+/// server Finished recomputed over the new transcript, all sealed under the RFC's server
+/// handshake key: (ServerHello record, protected flight).
+fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let s = rfc_1rtt();
+    let m = &s["messages"];
+    let ee = hexv(&m["encrypted_extensions"]);
+    // The RFC's extensions without its record_size_limit (0x4001), then `extra`.
+    let mut exts = Vec::new();
+    for e in &EncryptedExtensions::parse(&ee).unwrap().extensions {
+        if e.typ.get() != RECORD_SIZE_LIMIT {
+            exts.extend_from_slice(&e.typ.get().to_be_bytes());
+            exts.extend_from_slice(&(e.body.len() as u16).to_be_bytes());
+            exts.extend_from_slice(e.body);
+        }
+    }
+    for (t, b) in extra {
+        exts.extend_from_slice(&t.to_be_bytes());
+        exts.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        exts.extend_from_slice(b);
+    }
+    let body_len = exts.len() + 2;
+    let mut ee2 = vec![8, 0, (body_len >> 8) as u8, body_len as u8];
+    ee2.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    ee2.extend_from_slice(&exts);
+
+    let mut t = Transcript::new();
+    for part in [
+        hexv(&m["client_hello"]),
+        hexv(&m["server_hello"]),
+        ee2.clone(),
+        hexv(&m["server_certificate"]),
+        hexv(&m["server_certificate_verify"]),
+    ] {
+        t.add(&part);
+    }
+    let server_hs = hexv(&s["key_schedule"]["server_handshake_traffic_secret"]);
+    let vd = finished_verify_data(HashAlg::Sha256, &server_hs, &t.hash(HashAlg::Sha256));
+    let mut flight = ee2;
+    flight.extend(hexv(&m["server_certificate"]));
+    flight.extend(hexv(&m["server_certificate_verify"]));
+    flight.extend(encode_finished(&vd).unwrap());
+
+    let keys = &s["traffic_keys"]["server_handshake"];
+    let keys = RecordKeys::new(
+        CipherSuite::TlsAes128GcmSha256,
+        Zeroizing::new(hexv(&keys["key"])),
+        hexv(&keys["iv"]).try_into().unwrap(),
+    );
+    let mut sealed = Vec::new();
+    RecordEncrypter::new(&keys)
+        .unwrap()
+        .encrypt_all(ContentType::Handshake, &flight, &mut sealed)
+        .unwrap();
+    (hexv(&s["records"][1]["record"]), sealed)
+}
+
+fn rfc_replay(cfg: ClientConfig) -> ClientConnection {
+    let s = rfc_1rtt();
+    ClientConnection::replay(
+        Arc::new(ClientConfig {
+            middlebox_compat: false,
+            ephemeral: Ephemeral::Engine,
+            ..cfg
+        }),
+        &hexv(&s["messages"]["client_hello"]),
+        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+    )
+    .unwrap()
+}
+
+/// Lengths of the records in `bytes`.
+fn record_lengths(bytes: &[u8]) -> Vec<usize> {
+    let mut d = Deframer::new();
+    d.push(bytes);
+    let mut out = Vec::new();
+    while let Some(r) = d.next_record().unwrap() {
+        out.push(r.payload.len());
+    }
+    out
+}
+
+const RECORD_SIZE_LIMIT: u16 = 28;
+
+#[test]
+fn record_size_limit_is_offered_when_configured() {
+    let cfg = Arc::new(ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        record_size_limit: Some(512),
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::new(cfg, "localhost", 443, false).unwrap();
+    let raw = first_client_hello(&mut conn);
+    assert_eq!(
+        ClientHello::parse(&raw).unwrap().record_size_limit,
+        Some(512)
+    );
+    // Not offered by default.
+    let (_, ch) = started();
+    assert_eq!(ch.record_size_limit, None);
+    // RFC 8449 §4: 64 ..= 2^14 + 1 in TLS 1.3.
+    for bad in [63, 16386] {
+        let cfg = Arc::new(ClientConfig {
+            ephemeral: Ephemeral::Engine,
+            record_size_limit: Some(bad),
+            ..ClientConfig::default()
+        });
+        assert!(ClientConnection::new(cfg, "localhost", 443, false).is_err());
+    }
+}
+
+/// RFC 8449 §4: the server's limit (content type included in TLS 1.3) bounds every protected
+/// record we send after EncryptedExtensions, application data under later keys too.
+#[test]
+fn server_record_size_limit_bounds_what_we_send() {
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0, 100])]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    conn.take_tls();
+    conn.write_plaintext(&[0x61; 500]).unwrap();
+    let lens = record_lengths(&conn.take_tls());
+    // 99 bytes of content + the type byte = 100 per record, + the 16-byte tag.
+    assert_eq!(lens, vec![116, 116, 116, 116, 116, 5 + 1 + 16]);
+    // KeyUpdate keeps the limit.
+    conn.key_update(false).unwrap();
+    conn.take_tls();
+    conn.write_plaintext(&[0x62; 200]).unwrap();
+    assert!(record_lengths(&conn.take_tls()).iter().all(|l| *l <= 116));
+
+    // Without the extension in EncryptedExtensions the records are full size.
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    conn.take_tls();
+    conn.write_plaintext(&[0x61; 500]).unwrap();
+    assert_eq!(record_lengths(&conn.take_tls()), vec![500 + 1 + 16]);
+}
+
+/// RFC 8449 §4: once the server echoes the extension, a protected record longer than our limit
+/// is a record_overflow, including the server flight's record that carried the
+/// EncryptedExtensions. Without the echo the limit is not negotiated and nothing is enforced.
+#[test]
+fn our_record_size_limit_is_enforced_once_negotiated() {
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(100),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0x40, 1])]);
+    assert!(record_lengths(&flight)[0] > 100 + 16);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    assert_eq!(
+        conn.process_new_packets().unwrap_err(),
+        Error::RecordOverflow
+    );
+    assert!(conn.is_handshaking());
+
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(100),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+}
+
+/// RFC 8446 §4.2: an extension response we did not ask for is unsupported_extension; a value
+/// below 64 does not parse (RFC 8449 §4).
+#[test]
+fn server_record_size_limit_rules() {
+    // (The RFC's ClientHello offers the extension: the rule is checked on a fresh connection.)
+    let (mut conn, _) = started();
+    let e = conn
+        .core
+        .negotiate_record_size_limit(Some(100))
+        .unwrap_err();
+    assert_eq!(e, PeerMisbehaved::UnsolicitedRecordSizeLimit.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+    conn.core.negotiate_record_size_limit(None).unwrap();
+
+    let mut conn = rfc_replay(ClientConfig {
+        record_size_limit: Some(1000),
+        ..ClientConfig::default()
+    });
+    let (sh, flight) = rfc_flight_with_ee_extensions(&[(RECORD_SIZE_LIMIT, vec![0, 63])]);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    let e = conn.process_new_packets().unwrap_err();
+    assert!(matches!(e, Error::Wire(_)), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0-RTT rules (RFC 8446 §4.2.10)
+
+fn early_ticket(max_early_data: u32, alpn: Option<&[u8]>) -> StoredTicket {
+    StoredTicket {
+        identity: vec![0x71; 16],
+        age_add: 7,
+        lifetime: 3600,
+        max_early_data,
+        suite: CipherSuite::TlsAes128GcmSha256,
+        received_at: SystemTime::now(),
+        psk: Some(Zeroizing::new(vec![0x5a; 32])),
+        alpn: alpn.map(<[u8]>::to_vec),
+    }
+}
+
+/// A sequence D connection resuming `ticket` with `early` as early data and `alpn` offered:
+/// the ClientHello and the bytes of 0-RTT application data sent after it.
+fn early_attempt(
+    ticket: StoredTicket,
+    alpn: &[&[u8]],
+    early: &[u8],
+) -> (ClientConnection, Vec<u8>, usize) {
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    store.insert("localhost:443", ticket);
+    let cfg = Arc::new(ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        ticket_store: Some(store),
+        early_data: Some(early.to_vec()),
+        alpn: alpn.iter().map(|a| a.to_vec()).collect(),
+        middlebox_compat: false,
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::new(cfg, "localhost", 443, false).unwrap();
+    let out = conn.take_tls();
+    let mut d = Deframer::new();
+    d.push(&out);
+    let first = d.next_record().unwrap().unwrap();
+    assert_eq!(first.typ, ContentType::Handshake);
+    let mut early_bytes = 0;
+    while let Some(r) = d.next_record().unwrap() {
+        assert_eq!(r.typ, ContentType::ApplicationData);
+        // Content + the inner type byte + the 16-byte tag.
+        early_bytes += r.payload.len() - 17;
+    }
+    (conn, first.payload, early_bytes)
+}
+
+#[test]
+fn early_data_needs_a_ticket_that_allows_it_and_the_same_alpn() {
+    let data = b"GET / HTTP/1.0\r\n\r\n";
+    // Allowed: 0-RTT with all the data.
+    let (_, ch, n) = early_attempt(early_ticket(1000, None), &[], data);
+    let ch = ClientHello::parse(&ch).unwrap();
+    assert!(ch.early_data && ch.pre_shared_key.is_some());
+    assert_eq!(n, data.len());
+    // Same ALPN as the ticket's connection, offered first.
+    let (_, ch, n) = early_attempt(early_ticket(1000, Some(b"h2")), &[b"h2", b"http/1.1"], data);
+    assert!(ClientHello::parse(&ch).unwrap().early_data);
+    assert_eq!(n, data.len());
+
+    // max_early_data_size 0; another ALPN first; an ALPN on one side only. The ticket is
+    // still offered for resumption, without early data.
+    for (ticket, alpn) in [
+        (early_ticket(0, None), &[][..]),
+        (
+            early_ticket(1000, Some(b"h2")),
+            &[&b"http/1.1"[..], b"h2"][..],
+        ),
+        (early_ticket(1000, Some(b"h2")), &[][..]),
+        (early_ticket(1000, None), &[&b"h2"[..]][..]),
+    ] {
+        let (conn, ch, n) = early_attempt(ticket, alpn, data);
+        let ch = ClientHello::parse(&ch).unwrap();
+        assert!(!ch.early_data, "{alpn:?}");
+        assert!(ch.pre_shared_key.is_some());
+        assert_eq!(n, 0);
+        assert!(!conn.summary().early_data_offered);
+    }
+}
+
+#[test]
+fn early_data_is_at_most_max_early_data_size() {
+    let data = [0x65u8; 100];
+    let (conn, ch, n) = early_attempt(early_ticket(10, None), &[], &data);
+    assert!(ClientHello::parse(&ch).unwrap().early_data);
+    assert_eq!(n, 10);
+    let Some(State::ServerHello(s)) = conn.state.as_ref() else {
+        panic!("waiting for the ServerHello");
+    };
+    let early = s.hs.early.as_ref().unwrap();
+    assert_eq!((early.sent, early.data.len()), (10, 100));
+}
+
+/// The EncryptedExtensions of a resumption that offered early data, handled in the state that
+/// expects it (the ServerHello's effects set by hand: PSK `selected`, `suite`).
+fn encrypted_extensions_after_early_offer(
+    ticket: StoredTicket,
+    alpn_offered: &[&[u8]],
+    selected: usize,
+    suite: CipherSuite,
+    ee_alpn: Option<&[u8]>,
+    ee_early_data: bool,
+) -> Result<(), Error> {
+    let (mut conn, _, _) = early_attempt(ticket, alpn_offered, b"early");
+    let Some(State::ServerHello(ExpectServerHello { mut hs })) = conn.state.take() else {
+        panic!("waiting for the ServerHello");
+    };
+    assert!(hs.early_data_offered);
+    hs.psk_selected = Some(selected);
+    hs.suite = Some(suite);
+    let mut exts = Vec::new();
+    if let Some(p) = ee_alpn {
+        exts.extend_from_slice(&16u16.to_be_bytes());
+        exts.extend_from_slice(&((p.len() + 3) as u16).to_be_bytes());
+        exts.extend_from_slice(&((p.len() + 1) as u16).to_be_bytes());
+        exts.push(p.len() as u8);
+        exts.extend_from_slice(p);
+    }
+    if ee_early_data {
+        exts.extend_from_slice(&[0, 42, 0, 0]);
+    }
+    let len = exts.len() + 2;
+    let mut encoded = vec![8, 0, (len >> 8) as u8, len as u8];
+    encoded.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    encoded.extend_from_slice(&exts);
+    let m = HandshakeMessage {
+        typ: HandshakeType::EncryptedExtensions,
+        encoded,
+    };
+    ExpectEncryptedExtensions { hs }
+        .handle(&mut conn.core, &m)
+        .map(|_| ())
+}
+
+#[test]
+fn accepted_early_data_keeps_the_tickets_alpn_suite_and_psk() {
+    let aes128 = CipherSuite::TlsAes128GcmSha256;
+    let h2 = Some(&b"h2"[..]);
+    let t = || early_ticket(1000, Some(b"h2"));
+    let offered: &[&[u8]] = &[b"h2", b"http/1.1"];
+    encrypted_extensions_after_early_offer(t(), offered, 0, aes128, h2, true).unwrap();
+    // Rejected early data may come with another ALPN.
+    encrypted_extensions_after_early_offer(t(), offered, 0, aes128, Some(b"http/1.1"), false)
+        .unwrap();
+
+    let cases: [(Option<&[u8]>, CipherSuite, Error); 3] = [
+        (
+            Some(b"http/1.1"),
+            aes128,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+        (
+            None,
+            aes128,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+        (
+            h2,
+            CipherSuite::TlsChacha20Poly1305Sha256,
+            PeerMisbehaved::EarlyDataParametersChanged.into(),
+        ),
+    ];
+    for (alpn, suite, want) in cases {
+        let e =
+            encrypted_extensions_after_early_offer(t(), offered, 0, suite, alpn, true).unwrap_err();
+        assert_eq!(e, want);
+        assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+    }
+    // §4.2.11: early data accepted with another PSK than the first.
+    let e = encrypted_extensions_after_early_offer(t(), offered, 1, aes128, h2, true).unwrap_err();
+    assert_eq!(e, PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exporter (RFC 8446 §7.5)
+
+/// HKDF-Expand-Label with SHA-256, written out with ring alone (RFC 8446 §7.1).
+fn ring_expand_label(secret: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+    struct Len(usize);
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let full_label = [&b"tls13 "[..], label].concat();
+    let mut info = (len as u16).to_be_bytes().to_vec();
+    info.push(full_label.len() as u8);
+    info.extend_from_slice(&full_label);
+    info.push(context.len() as u8);
+    info.extend_from_slice(context);
+    let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret);
+    let mut out = vec![0u8; len];
+    prk.expand(&[&info], Len(len))
+        .unwrap()
+        .fill(&mut out)
+        .unwrap();
+    out
+}
+
+/// TLS-Exporter from exporter_master_secret, step by step with ring: Derive-Secret(ems,
+/// label, "") then HKDF-Expand-Label(., "exporter", Hash(context), len).
+fn ring_exporter(ems: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+    let sha256 = |d: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, d)
+            .as_ref()
+            .to_vec()
+    };
+    let derived = ring_expand_label(ems, label, &sha256(b""), 32);
+    ring_expand_label(&derived, b"exporter", &sha256(context), len)
+}
+
+const EXPORT_LABEL: &[u8] = b"EXPERIMENTAL-lurk-test";
+
+/// Sequence D: the engine's own exporter_master_secret is RFC 8448's, and the exported keying
+/// material is the independent computation's.
+#[test]
+fn exporter_known_answer_sequence_d() {
+    let s = rfc_1rtt();
+    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let mut conn = rfc_replay(ClientConfig {
+        exporter: true,
+        ..ClientConfig::default()
+    });
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"", 32)
+            .unwrap_err(),
+        Error::HandshakeNotComplete
+    );
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    let Some(State::Traffic(t)) = conn.state.as_ref() else {
+        panic!("handshake not done");
+    };
+    assert_eq!(t.exporter_master.as_ref().unwrap().as_bytes(), &ems[..]);
+    for (context, len) in [(&b""[..], 32), (&b"some context"[..], 77), (&b"x"[..], 1)] {
+        assert_eq!(
+            conn.export_keying_material(EXPORT_LABEL, context, len)
+                .unwrap(),
+            ring_exporter(&ems, EXPORT_LABEL, context, len),
+            "{context:?} {len}"
+        );
+    }
+    // Different labels, different keys.
+    assert_ne!(
+        conn.export_keying_material(b"EXPERIMENTAL-a", b"", 32)
+            .unwrap(),
+        conn.export_keying_material(b"EXPERIMENTAL-b", b"", 32)
+            .unwrap()
+    );
+    // HkdfLabel limits: an error, not a panic.
+    assert!(conn.export_keying_material(b"", b"", 32).is_err());
+    assert!(conn.export_keying_material(&[b'a'; 250], b"", 32).is_err());
+    assert!(conn
+        .export_keying_material(EXPORT_LABEL, b"", 255 * 32 + 1)
+        .is_err());
+    conn.export_keying_material(&[b'a'; 249], &[7; 1000], 255 * 32)
+        .unwrap();
+
+    // Not enabled: the secret is not kept.
+    let mut conn = rfc_replay(ClientConfig::default());
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"", 32)
+            .unwrap_err(),
+        Error::ExporterNotEnabled
+    );
+}
+
+fn cs_secret(kind: pb::SecretType, v: &serde_json::Value) -> pb::Secret {
+    pb::Secret {
+        secret_type: kind as i32,
+        value: hexv(v),
+    }
+}
+
+/// RFC 8448 §3 as sequence A: the share counts as CS-made, the CS answers with the RFC's
+/// secrets. `x` is asked for in c_client_finished exactly when the exporter is enabled; the
+/// client Finished record is the RFC's; the export uses the CS's exporter_master_secret.
+fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedRequest) {
+    let s = rfc_1rtt();
+    let ks = &s["key_schedule"];
+    let mut conn = rfc_replay(ClientConfig {
+        exporter,
+        ..ClientConfig::default()
+    });
+    conn.core.has_cs = true;
+    {
+        let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
+            panic!("waiting for the ServerHello");
+        };
+        hs.shares[0].injected = None;
+        hs.cs_session = Some(vec![1; 16]);
+    }
+    conn.read_tls(&hexv(&s["records"][1]["record"]));
+    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.process_new_packets().unwrap();
+    let Some(CsCall::ServerHello(_)) = conn.take_cs_call() else {
+        panic!("expected c_server_hello");
+    };
+    conn.cs_response(Ok(CsReply::ServerHello(pb::CServerHelloResponse {
+        secrets: vec![
+            cs_secret(
+                pb::SecretType::ClientHandshakeTraffic,
+                &ks["client_handshake_traffic_secret"],
+            ),
+            cs_secret(
+                pb::SecretType::ServerHandshakeTraffic,
+                &ks["server_handshake_traffic_secret"],
+            ),
+        ],
+    })))
+    .unwrap();
+    let Some(CsCall::ClientFinished(req)) = conn.take_cs_call() else {
+        panic!("expected c_client_finished");
+    };
+    let mut secrets = vec![
+        cs_secret(
+            pb::SecretType::ClientApplicationTraffic,
+            &ks["client_application_traffic_secret_0"],
+        ),
+        cs_secret(
+            pb::SecretType::ServerApplicationTraffic,
+            &ks["server_application_traffic_secret_0"],
+        ),
+    ];
+    if req.secret_request.as_ref().is_some_and(|r| r.x) {
+        secrets.push(cs_secret(
+            pb::SecretType::ExporterMaster,
+            &ks["exporter_master_secret"],
+        ));
+    }
+    conn.cs_response(Ok(CsReply::ClientFinished(pb::CClientFinishedResponse {
+        certificate_verify: Vec::new(),
+        client_finished: hexv(&s["messages"]["client_finished"]),
+        secrets,
+        last_exchange: false,
+    })))
+    .unwrap();
+    assert_eq!(conn.take_tls(), hexv(&s["records"][3]["record"]));
+    (conn, req)
+}
+
+#[test]
+fn exporter_known_answer_sequence_a() {
+    let s = rfc_1rtt();
+    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let (conn, req) = rfc_sequence_a(true);
+    assert!(req.secret_request.unwrap().x, "x asked for");
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"ctx", 48)
+            .unwrap(),
+        ring_exporter(&ems, EXPORT_LABEL, b"ctx", 48)
+    );
+
+    let (conn, req) = rfc_sequence_a(false);
+    assert!(!req.secret_request.unwrap().x, "x not asked for");
+    assert_eq!(
+        conn.export_keying_material(EXPORT_LABEL, b"ctx", 48)
+            .unwrap_err(),
+        Error::ExporterNotEnabled
+    );
+}

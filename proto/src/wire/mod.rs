@@ -17,6 +17,8 @@ pub mod hello;
 pub mod messages;
 
 #[cfg(test)]
+mod mutation_tests;
+#[cfg(test)]
 pub(crate) mod test_vectors;
 
 pub use codec::Reader;
