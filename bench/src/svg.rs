@@ -17,7 +17,11 @@ fn esc(s: &str) -> String {
 pub fn bars(title: &str, unit: &str, items: &[(String, f64, usize, String)]) -> String {
     let row = 22.0;
     // Room for the longest label (about 6.8 px per character at font-size 12).
-    let longest = items.iter().map(|i| i.0.chars().count()).max().unwrap_or(10);
+    let longest = items
+        .iter()
+        .map(|i| i.0.chars().count())
+        .max()
+        .unwrap_or(10);
     let left = longest as f64 * 6.8 + 16.0;
     let right = 150.0;
     let w = left + 420.0 + right;

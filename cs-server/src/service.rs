@@ -1,6 +1,11 @@
-//! The tonic service: each RPC authenticates the engine, then runs its operation on a
-//! blocking thread (token calls, hashing and SQLite never run on the async workers) and
-//! maps the result through the one error mapping of `error.rs`.
+//! The tonic service: each RPC authenticates the engine, then runs its operation and maps
+//! the result through the one error mapping of `error.rs`.
+//!
+//! Where an operation runs is decided per request ([`Where`]): an operation that may call
+//! the token (PKCS#11) or the ticket store (SQLite) runs on a blocking thread, never on the
+//! async workers. An operation that touches neither (memory ephemerals, no PSK, no client
+//! signature, a session close) is tens of microseconds of CPU and runs inline: the hop to
+//! the blocking pool and back (two thread wake-ups) cost more than the operation itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +15,7 @@ use lurk_proto::pb::crypto_service_server::CryptoService;
 use lurk_proto::wire::NamedGroup;
 use tonic::{Request, Response, Status};
 
-use crate::config::{Config, FreshnessMode};
+use crate::config::{Config, EphemeralBackendKind, FreshnessMode};
 use crate::ephemeral::EphemeralSource;
 use crate::error::{ServiceError, TokenError};
 use crate::keyring::KeyRing;
@@ -49,7 +54,7 @@ impl Cs {
         // Say at start, and exactly, what the token lacks for this configuration.
         token.check_mechanisms(&Need::for_service(
             keys.all().map(|k| k.key.key_type()),
-            cfg.ephemeral.backend == crate::config::EphemeralBackendKind::Token,
+            cfg.ephemeral.backend == EphemeralBackendKind::Token,
         ))?;
         let store =
             crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
@@ -91,6 +96,25 @@ impl Cs {
     }
 }
 
+/// Where an operation runs (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    /// On the async worker: no token, no store, only short CPU work.
+    Inline,
+    /// On the blocking pool: may call the token or SQLite.
+    Blocking,
+}
+
+impl Where {
+    fn inline_if(cond: bool) -> Self {
+        if cond {
+            Self::Inline
+        } else {
+            Self::Blocking
+        }
+    }
+}
+
 /// The gRPC face of the CS.
 #[derive(Clone)]
 pub struct CryptoServiceImpl {
@@ -107,20 +131,35 @@ impl CryptoServiceImpl {
         &self.cs
     }
 
-    /// Authenticates the engine, then runs `op` on a blocking thread.
-    async fn run<Req, Resp, F>(&self, req: Request<Req>, op: F) -> Result<Response<Resp>, Status>
+    /// Whether the memory backend makes the ephemerals (no token call to make or use one).
+    fn memory_ephemerals(&self) -> bool {
+        self.cs.ephemeral.kind() == EphemeralBackendKind::Memory
+    }
+
+    /// Authenticates the engine, then runs `op` where `place` says.
+    async fn run<Req, Resp, F>(
+        &self,
+        req: Request<Req>,
+        place: Where,
+        op: F,
+    ) -> Result<Response<Resp>, Status>
     where
         Req: Send + 'static,
         Resp: Send + 'static,
         F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
     {
         let engine = engine_identity(&req, self.plaintext)?;
-        let cs = self.cs.clone();
         let msg = req.into_inner();
-        let who = engine.clone();
-        let result = tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?;
+        let result = match place {
+            Where::Inline => op(&self.cs, engine.as_str(), msg),
+            Where::Blocking => {
+                let cs = self.cs.clone();
+                let who = engine.clone();
+                tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
+                    .await
+                    .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?
+            }
+        };
         match result {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => {
@@ -137,64 +176,78 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CInitClientHelloRequest>,
     ) -> Result<Response<pb::CInitClientHelloResponse>, Status> {
-        self.run(req, ops::c_init_client_hello::handle).await
+        // A PSK is taken from the store (and unsealed by the token).
+        let place = Where::inline_if(self.memory_ephemerals() && req.get_ref().psks.is_empty());
+        self.run(req, place, ops::c_init_client_hello::handle).await
     }
 
     async fn c_client_hello(
         &self,
         req: Request<pb::CClientHelloRequest>,
     ) -> Result<Response<pb::CClientHelloResponse>, Status> {
-        self.run(req, ops::c_client_hello::handle).await
+        // The new share only; the PSKs are in the session already.
+        let place = Where::inline_if(self.memory_ephemerals());
+        self.run(req, place, ops::c_client_hello::handle).await
     }
 
     async fn c_server_hello(
         &self,
         req: Request<pb::CServerHelloRequest>,
     ) -> Result<Response<pb::CServerHelloResponse>, Status> {
-        self.run(req, ops::c_server_hello::handle).await
+        // The agreement with the session's ephemeral (token-made with token ephemerals).
+        let place = Where::inline_if(self.memory_ephemerals());
+        self.run(req, place, ops::c_server_hello::handle).await
     }
 
     async fn c_client_finished(
         &self,
         req: Request<pb::CClientFinishedRequest>,
     ) -> Result<Response<pb::CClientFinishedResponse>, Status> {
-        self.run(req, ops::c_client_finished::handle).await
+        // Only a client CertificateVerify needs the token (a key to sign with).
+        let place = Where::inline_if(req.get_ref().key_id.is_empty());
+        self.run(req, place, ops::c_client_finished::handle).await
     }
 
     async fn c_init_client_finished(
         &self,
         req: Request<pb::CInitClientFinishedRequest>,
     ) -> Result<Response<pb::CInitClientFinishedResponse>, Status> {
-        self.run(req, ops::c_init_client_finished::handle).await
+        self.run(req, Where::Blocking, ops::c_init_client_finished::handle)
+            .await
     }
 
     async fn c_post_hand_auth(
         &self,
         req: Request<pb::CPostHandAuthRequest>,
     ) -> Result<Response<pb::CPostHandAuthResponse>, Status> {
-        self.run(req, ops::c_post_hand_auth::handle).await
+        self.run(req, Where::Blocking, ops::c_post_hand_auth::handle)
+            .await
     }
 
     async fn c_register_tickets(
         &self,
         req: Request<pb::CRegisterTicketsRequest>,
     ) -> Result<Response<pb::CRegisterTicketsResponse>, Status> {
-        self.run(req, ops::c_register_tickets::handle).await
+        // Tickets go to the store (sealed by the token); closing a session touches neither.
+        let place = Where::inline_if(req.get_ref().new_session_tickets.is_empty());
+        self.run(req, place, ops::c_register_tickets::handle).await
     }
 
     async fn capabilities(
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        self.run(req, |cs, engine, _| capabilities(cs, engine))
-            .await
+        self.run(req, Where::Blocking, |cs, engine, _| {
+            capabilities(cs, engine)
+        })
+        .await
     }
 
     async fn ping(
         &self,
         req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
-        self.run(req, |_, engine, _| {
+        self.run(req, Where::Inline, |_, engine, _| {
             Ok(pb::PingResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 engine_identity: engine.to_owned(),

@@ -704,6 +704,90 @@ impl ClientConnection {
         Some(call)
     }
 
+    /// Hands the CS work left at the end of the connection to the driver, to be finished
+    /// after it (the connection itself no longer needs the CS): the ticket registration in
+    /// flight, if any, and one last `c_register_tickets` carrying the tickets not registered
+    /// yet with last_exchange set, which also closes the session. Tickets still go to the
+    /// store only once the CS accepted them ([`CsEpilogue`]). `None` when there is nothing
+    /// to do, or when the call in flight is not a registration (the driver then waits for it).
+    pub fn detach_cs(&mut self) -> Option<CsEpilogue> {
+        if !self.core.has_cs || self.core.error.is_some() {
+            return None;
+        }
+        let registration_out = self.registration_out();
+        if self.core.cs_busy() && !registration_out {
+            return None;
+        }
+        let Some(State::Traffic(t)) = self.state.as_mut() else {
+            return None;
+        };
+        let mut in_flight = None;
+        let mut raws = Vec::new();
+        let mut metas = Vec::new();
+        if registration_out {
+            let Some(TrafficWait::Tickets(m)) = t.waiting.take() else {
+                return None;
+            };
+            match self.core.pending_cs.take() {
+                // Asked for, not yet sent: it goes with the last call.
+                Some(CsCall::RegisterTickets(r)) => {
+                    raws.extend(r.new_session_tickets);
+                    metas.extend(m);
+                    // Undo its count: the last call is counted below.
+                    self.core.summary.lurk_exchanges.pop();
+                }
+                Some(other) => {
+                    self.core.pending_cs = Some(other);
+                    return None;
+                }
+                None => in_flight = Some(m),
+            }
+        }
+        self.core.cs_in_flight = None;
+        let (r, m): (Vec<_>, Vec<_>) = std::mem::take(&mut t.pending_tickets).into_iter().unzip();
+        raws.extend(r);
+        metas.extend(m);
+        let last = match std::mem::replace(&mut t.cs, CsSession::Closed) {
+            CsSession::Full(id) => {
+                let call = CsCall::RegisterTickets(pb::CRegisterTicketsRequest {
+                    session_id: id,
+                    new_session_tickets: raws,
+                    last_exchange: true,
+                });
+                self.core.summary.lurk_exchanges.push(call.exchange());
+                Some((call, metas))
+            }
+            other => {
+                t.cs = other;
+                None
+            }
+        };
+        if in_flight.is_none() && last.is_none() {
+            return None;
+        }
+        Some(CsEpilogue {
+            store: self.core.config.ticket_store.clone(),
+            store_key: self.core.store_key.clone(),
+            in_flight,
+            last,
+        })
+    }
+
+    /// TLS bytes received and not yet processed into records.
+    pub fn held_tls_len(&self) -> usize {
+        self.core.deframer.buffered()
+    }
+
+    /// Whether received records wait for the CS call out.
+    pub fn records_held(&self) -> bool {
+        self.core.cs_busy() && (self.core.deframer.buffered() > 0 || !self.core.joiner.is_empty())
+    }
+
+    /// The ticket store key of this connection (`host:port`).
+    pub fn store_key(&self) -> &str {
+        &self.core.store_key
+    }
+
     fn check_failed(&self) -> Result<(), Error> {
         match &self.core.error {
             Some(e) => Err(e.clone()),
@@ -725,13 +809,27 @@ impl ClientConnection {
         r
     }
 
+    /// While a ticket registration is out, records keep flowing: application data, alerts,
+    /// more tickets (registered with the next call) and KeyUpdates need no CS. Only a message
+    /// that needs the CS (a post-handshake CertificateRequest) waits, and everything after it.
+    /// Any other CS call (handshake, post-handshake authentication) holds every record.
+    fn registration_out(&self) -> bool {
+        matches!(&self.state, Some(State::Traffic(t)) if matches!(t.waiting, Some(TrafficWait::Tickets(_))))
+    }
+
     fn process(&mut self) -> Result<(), Error> {
         loop {
-            if self.core.cs_busy() {
+            let busy = self.core.cs_busy();
+            if busy && !self.registration_out() {
                 return Ok(());
             }
-            if let Some(m) = self.core.joiner.next_message() {
-                self.handle_message(m)?;
+            if let Some(typ) = self.core.joiner.peek_type() {
+                if busy && typ == HandshakeType::CertificateRequest {
+                    return Ok(());
+                }
+                if let Some(m) = self.core.joiner.next_message() {
+                    self.handle_message(m)?;
+                }
                 continue;
             }
             if self.core.peer_closed {
@@ -847,6 +945,72 @@ impl ClientConnection {
         };
         self.state = Some(next);
         self.process()
+    }
+}
+
+/// The CS work of a finished connection ([`ClientConnection::detach_cs`]): the driver awaits
+/// the registration in flight (if any) and gives its reply to [`Self::in_flight_done`], then
+/// makes [`Self::take_last_call`] and gives its reply to [`Self::last_done`]. Tickets are stored
+/// when, and only when, the CS accepted them.
+pub struct CsEpilogue {
+    store: Option<Arc<dyn crate::tickets::TicketStore>>,
+    store_key: String,
+    in_flight: Option<Vec<StoredTicket>>,
+    last: Option<(CsCall, Vec<StoredTicket>)>,
+}
+
+impl std::fmt::Debug for CsEpilogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsEpilogue")
+            .field("in_flight", &self.in_flight.is_some())
+            .field("last", &self.last.as_ref().map(|(c, _)| c.exchange()))
+            .finish()
+    }
+}
+
+impl CsEpilogue {
+    /// Whether a registration was in flight when the connection ended.
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The reply to the registration that was in flight.
+    pub fn in_flight_done(&mut self, reply: Result<CsReply, CsError>) {
+        if let Some(metas) = self.in_flight.take() {
+            self.accept("c_register_tickets", metas, reply);
+        }
+    }
+
+    /// The last call: the remaining tickets, closing the session.
+    pub fn take_last_call(&mut self) -> Option<CsCall> {
+        self.last.as_mut().map(|(c, _)| c.clone())
+    }
+
+    /// The reply to the last call.
+    pub fn last_done(&mut self, reply: Result<CsReply, CsError>) {
+        if let Some((call, metas)) = self.last.take() {
+            self.accept(call.exchange(), metas, reply);
+        }
+    }
+
+    fn accept(
+        &self,
+        exchange: &'static str,
+        metas: Vec<StoredTicket>,
+        reply: Result<CsReply, CsError>,
+    ) {
+        match reply {
+            Ok(CsReply::RegisterTickets(_)) => {
+                if let Some(store) = &self.store {
+                    for t in metas {
+                        store.insert(&self.store_key, t);
+                    }
+                }
+            }
+            // Losing tickets does not matter to a connection that is over.
+            Ok(_) => tracing::warn!("{}", unexpected_reply(exchange)),
+            Err(e) => tracing::warn!("{}", cs_error(exchange, e)),
+        }
     }
 }
 

@@ -107,6 +107,11 @@ impl HandshakeJoiner {
         self.scan()
     }
 
+    /// The type of the next complete message, without taking it.
+    pub fn peek_type(&self) -> Option<HandshakeType> {
+        (self.start < self.complete).then(|| HandshakeType::from(self.buf[self.start]))
+    }
+
     /// The next complete message, in order; `None` if none is complete yet.
     pub fn next_message(&mut self) -> Option<HandshakeMessage> {
         if self.start == self.complete {

@@ -444,6 +444,8 @@ async fn get(url: &str, tls: &TlsArgs) -> Result<(), BoxError> {
         stdout.write_all(body).await?;
         stdout.flush().await?;
     }
+    // Ticket registrations and session closes left at the CS by the connections.
+    connector.wait_for_cs(Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -522,5 +524,7 @@ async fn connect(address: &str, tls: &TlsArgs) -> Result<(), BoxError> {
     if tls.json {
         eprintln!("{}", stream.summary().to_json());
     }
+    drop(stream);
+    connector.wait_for_cs(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -5,6 +5,15 @@
 //! Reading also serves the post-handshake traffic (tickets registered at the CS,
 //! post-handshake authentication, KeyUpdate answers); shutting down sends close_notify and
 //! closes the CS session.
+//!
+//! A ticket registration never holds back application data: the CS call is polled beside the
+//! socket, and the connection keeps decrypting while it is out. When the connection ends,
+//! what is left of the CS work (the registration in flight, the remaining tickets and the
+//! session close, in one last call) goes to a background task
+//! ([`ClientConnection::detach_cs`]): EOF and shutdown do not wait for the CS. The tickets
+//! reach the store once the CS accepted them; [`Connector::connect`] waits for that work
+//! when the store has no ticket for the server, and [`Connector::wait_for_cs`] waits for all
+//! of it (before the process exits).
 
 use std::future::Future;
 use std::io;
@@ -18,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tonic::transport::Channel;
 
 use crate::config::{ClientConfig, HandshakeSummary};
-use crate::conn::ClientConnection;
+use crate::conn::{ClientConnection, CsEpilogue};
 use crate::cs_client::{perform, CsCall, CsError, CsReply};
 use crate::error::Error;
 
@@ -28,11 +37,70 @@ type CsFuture = Pin<Box<dyn Future<Output = Result<CsReply, CsError>> + Send>>;
 const MAX_BUFFERED_OUT: usize = 64 * 1024;
 const READ_SIZE: usize = 18 * 1024;
 
+/// Deframed but unprocessed TLS bytes above which reading pauses while a CS call holds the
+/// records.
+const MAX_HELD_IN: usize = 64 * 1024;
+/// How long [`Connector::connect`] waits for ticket registrations of earlier connections when
+/// the store has no ticket for the server.
+const EPILOGUE_WAIT: Duration = Duration::from_secs(2);
+
+/// CS work of finished connections still running in the background (a count).
+#[derive(Clone)]
+struct Epilogues(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Epilogues {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+
+    fn busy(&self) -> bool {
+        *self.0.borrow() > 0
+    }
+
+    /// Waits until no background CS work is left, at most `timeout`.
+    async fn wait(&self, timeout: Duration) {
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Runs `epilogue` in a background task on `rt`.
+    fn spawn(
+        &self,
+        rt: &tokio::runtime::Handle,
+        mut epilogue: CsEpilogue,
+        in_flight: Option<CsFuture>,
+        client: CryptoServiceClient<Channel>,
+    ) {
+        self.0.send_modify(|n| *n += 1);
+        let done = EpilogueDone(self.0.clone());
+        rt.spawn(async move {
+            let _done = done;
+            if let Some(fut) = in_flight {
+                epilogue.in_flight_done(fut.await);
+            }
+            if let Some(call) = epilogue.take_last_call() {
+                let reply = perform(client, call).await;
+                epilogue.last_done(reply);
+            }
+        });
+    }
+}
+
+/// Decrements the count when the background task ends (or is cancelled).
+struct EpilogueDone(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for EpilogueDone {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Makes TLS connections with one configuration and one CS channel.
 #[derive(Clone)]
 pub struct Connector {
     config: Arc<ClientConfig>,
     cs: Option<CryptoServiceClient<Channel>>,
+    epilogues: Epilogues,
 }
 
 impl std::fmt::Debug for Connector {
@@ -48,7 +116,17 @@ impl Connector {
     /// A connector; `cs` is the Crypto Service channel (`None`: the engine can only run
     /// handshakes that need no CS, sequence D).
     pub fn new(config: Arc<ClientConfig>, cs: Option<CryptoServiceClient<Channel>>) -> Self {
-        Self { config, cs }
+        Self {
+            config,
+            cs,
+            epilogues: Epilogues::new(),
+        }
+    }
+
+    /// Waits, at most `timeout`, for the CS work that connections left when they ended (ticket
+    /// registrations, session closes). Call it before the process exits.
+    pub async fn wait_for_cs(&self, timeout: Duration) {
+        self.epilogues.wait(timeout).await;
     }
 
     /// The configuration.
@@ -67,6 +145,14 @@ impl Connector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        // Tickets of earlier connections may still be on their way to the store.
+        if self.config.resume && self.epilogues.busy() {
+            if let Some(store) = &self.config.ticket_store {
+                if store.count(&format!("{server_name}:{port}")) == 0 {
+                    self.epilogues.wait(EPILOGUE_WAIT).await;
+                }
+            }
+        }
         let mut conn =
             ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
         let mut buf = vec![0u8; READ_SIZE];
@@ -115,6 +201,7 @@ impl Connector {
             io,
             conn,
             cs: self.cs.clone(),
+            epilogues: self.epilogues.clone(),
             cs_fut: None,
             out: Vec::new(),
             read_buf: buf,
@@ -136,6 +223,7 @@ pub struct TlsStream<IO> {
     io: IO,
     conn: ClientConnection,
     cs: Option<CryptoServiceClient<Channel>>,
+    epilogues: Epilogues,
     cs_fut: Option<CsFuture>,
     out: Vec<u8>,
     read_buf: Vec<u8>,
@@ -240,12 +328,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     }
 
     /// One step of reading: CS calls, pending writes, then one read from the transport.
-    /// Ready when something happened (plaintext, EOF, or a processed read).
+    /// Ready when something happened (plaintext, EOF, or a processed read). A CS call still
+    /// out does not stop reading: the connection decides which records wait for it.
     fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_cs(cx))?;
+        let cs_pending = match self.poll_cs(cx) {
+            Poll::Ready(r) => {
+                r?;
+                false
+            }
+            Poll::Pending => true,
+        };
         ready!(self.poll_flush_out(cx))?;
         if self.conn.plaintext_len() > 0 || self.conn.peer_closed() || self.io_eof {
             return Poll::Ready(Ok(()));
+        }
+        if cs_pending && self.conn.held_tls_len() > MAX_HELD_IN {
+            // The CS call's waker is registered.
+            return Poll::Pending;
         }
         let mut rb = ReadBuf::new(&mut self.read_buf);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
@@ -263,23 +362,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         Poll::Ready(Ok(()))
     }
 
-    /// Closes the CS session if the connection has one open (best effort).
+    /// Closes the CS session if the connection has one open (best effort): in the background
+    /// when a runtime is there, else here, after the call in flight.
     fn poll_close_cs(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.cs_closed {
-            self.cs_closed = true;
-            if self.cs_fut.is_none() {
-                if let Some(call) = self.conn.close_cs_session() {
-                    self.start_cs(call);
-                }
+        loop {
+            if !self.cs_closed && self.detach_cs() {
+                self.cs_closed = true;
             }
-        }
-        match self.poll_cs(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(r) => {
-                if let Err(e) = r {
-                    tracing::warn!("closing the CS session: {e}");
-                }
-                Poll::Ready(())
+            match self.poll_cs(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => tracing::warn!("closing the CS session: {e}"),
+                Poll::Ready(Ok(())) => {}
+            }
+            if self.cs_closed {
+                return Poll::Ready(());
+            }
+            self.cs_closed = true;
+            match self.conn.close_cs_session() {
+                Some(call) => self.start_cs(call),
+                None => return Poll::Ready(()),
             }
         }
     }
@@ -303,6 +404,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 return Poll::Ready(Ok(()));
             }
             if this.io_eof {
+                if this.conn.records_held() {
+                    // Records may be held for the CS call: deliver them first.
+                    ready!(this.poll_cs(cx))?;
+                    this.conn.process_new_packets().map_err(to_io)?;
+                    continue;
+                }
                 ready!(this.poll_close_cs(cx));
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -342,6 +449,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         ready!(this.poll_flush_out(cx))?;
         ready!(this.poll_close_cs(cx));
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO> TlsStream<IO> {
+    /// Hands the CS work left (registration in flight, remaining tickets, session close) to
+    /// a background task. False when it stays here (no runtime, or a call in flight that the
+    /// connection still waits for).
+    fn detach_cs(&mut self) -> bool {
+        let (Some(client), Ok(rt)) = (self.cs.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return false;
+        };
+        let Some(epilogue) = self.conn.detach_cs() else {
+            return false;
+        };
+        let in_flight = if epilogue.has_in_flight() {
+            self.cs_fut.take()
+        } else {
+            None
+        };
+        self.epilogues.spawn(&rt, epilogue, in_flight, client);
+        true
+    }
+}
+
+/// A connection dropped without EOF or shutdown still hands its CS work to the background.
+impl<IO> Drop for TlsStream<IO> {
+    fn drop(&mut self) {
+        if self.cs_closed {
+            return;
+        }
+        self.cs_closed = true;
+        self.detach_cs();
     }
 }
 

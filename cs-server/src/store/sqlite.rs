@@ -76,6 +76,9 @@ type Clock = Box<dyn Fn() -> SystemTime + Send + Sync>;
 /// The SQLite ticket store. See the module documentation.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Rows per engine, so that the per-engine cap needs no `count(*)` over the engine's
+    /// rows on every registration. Locked only with `conn` held (order: `conn`, `counts`).
+    counts: Mutex<RowCounts>,
     sealer: Arc<dyn Sealer>,
     path: PathBuf,
     lifetime_cap_secs: u64,
@@ -91,6 +94,15 @@ impl std::fmt::Debug for SqliteStore {
             .field("max_tickets_per_engine", &self.max_tickets_per_engine)
             .finish_non_exhaustive()
     }
+}
+
+/// Ticket rows per engine (expired ones included), as of `data_version`: SQLite changes that
+/// value when another connection (an administrator's `sqlite3`, another process) commits, and
+/// then the counts are dropped and read again. Our own commits keep them exact.
+#[derive(Default)]
+struct RowCounts {
+    data_version: Option<i64>,
+    by_engine: std::collections::HashMap<String, i64>,
 }
 
 /// A ticket row as read, before unsealing.
@@ -134,6 +146,7 @@ impl SqliteStore {
 
         let store = Self {
             conn: Mutex::new(conn),
+            counts: Mutex::new(RowCounts::default()),
             sealer,
             path: path.to_owned(),
             lifetime_cap_secs: cfg.ticket_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
@@ -270,18 +283,40 @@ impl TicketStore for SqliteStore {
         let blob = self.seal(&aad, &ticket.psk)?;
 
         let mut conn = self.conn();
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Expired tickets neither count nor stay.
-        tx.prepare_cached("DELETE FROM tickets WHERE engine = ?1 AND expires_at <= ?2")?
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if counts.data_version != Some(version) {
+            counts.by_engine.clear();
+            counts.data_version = Some(version);
+        }
+        let known = counts.by_engine.remove(engine);
+        // Expired tickets neither count nor stay. Through the expiry index: the primary
+        // key would visit every row of the engine.
+        let expired = tx
+            .prepare_cached(
+                "DELETE FROM tickets INDEXED BY tickets_expires_at
+                 WHERE expires_at <= ?2 AND engine = ?1",
+            )?
             .execute(params![engine, sql_int(now)])?;
+        let total: i64 = match known {
+            Some(n) => n - expired as i64,
+            None => tx
+                .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1")?
+                .query_row(params![engine], |r| r.get(0))?,
+        };
         // Re-registering an identity replaces it, so it does not count against the cap.
-        let live: i64 = tx
-            .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1 AND id_hash <> ?2")?
+        let exists: i64 = tx
+            .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
             .query_row(params![engine, &id_hash[..]], |r| r.get(0))?;
+        let live = total - exists;
         let cap = self.max_tickets_per_engine;
         if live >= i64::from(cap) {
             // Keep the purge; nothing else was changed.
             tx.commit()?;
+            counts.by_engine.insert(engine.to_owned(), total);
             tracing::warn!(engine, cap, "ticket refused: per-engine cap reached");
             return Err(StoreError::TooManyTickets {
                 engine: engine.to_owned(),
@@ -310,6 +345,9 @@ impl TicketStore for SqliteStore {
             blob,
         ])?;
         tx.commit()?;
+        counts
+            .by_engine
+            .insert(engine.to_owned(), total + 1 - exists);
         Ok(())
     }
 
@@ -362,9 +400,14 @@ impl TicketStore for SqliteStore {
             Ok(_) => {}
         }
         // Used, expired, forged or corrupt: in every case the row goes.
-        tx.prepare_cached("DELETE FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
+        let deleted = tx
+            .prepare_cached("DELETE FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
             .execute(params![engine, &id_hash[..]])?;
         tx.commit()?;
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.by_engine.get_mut(engine) {
+            *n -= deleted as i64;
+        }
         result
     }
 
@@ -378,10 +421,18 @@ impl TicketStore for SqliteStore {
     }
 
     fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
-        let n = self
-            .conn()
+        let conn = self.conn();
+        let n = conn
             .prepare_cached("DELETE FROM tickets WHERE expires_at <= ?1")?
             .execute(params![sql_int(unix_secs(now))])?;
+        if n > 0 {
+            // Rows of any engine went: count again when needed.
+            self.counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_engine
+                .clear();
+        }
         Ok(n as u64)
     }
 
@@ -982,6 +1033,40 @@ mod tests {
             let t = s.take_ticket("engine-a", &[i as u8 + 1]).unwrap().unwrap();
             assert_eq!(&t.psk[..], &psk[..]);
         }
+    }
+
+    #[test]
+    fn the_cap_follows_changes_made_by_another_connection() {
+        let f = Fixture::new();
+        let s = f.open_with(&cfg(2, 3600)).unwrap();
+        s.put_ticket("engine-a", ticket(b"1", &random_psk(32)))
+            .unwrap();
+        s.put_ticket("engine-a", ticket(b"2", &random_psk(32)))
+            .unwrap();
+        assert!(matches!(
+            s.put_ticket("engine-a", ticket(b"3", &random_psk(32))),
+            Err(StoreError::TooManyTickets { .. })
+        ));
+        // Re-registering a stored identity is not a new ticket.
+        s.put_ticket("engine-a", ticket(b"2", &random_psk(32)))
+            .unwrap();
+        // An administrator deletes a row with sqlite3: the cached count is dropped.
+        f.raw()
+            .execute("DELETE FROM tickets WHERE engine = 'engine-a'", [])
+            .unwrap();
+        s.put_ticket("engine-a", ticket(b"3", &random_psk(32)))
+            .unwrap();
+        s.put_ticket("engine-a", ticket(b"4", &random_psk(32)))
+            .unwrap();
+        assert!(matches!(
+            s.put_ticket("engine-a", ticket(b"5", &random_psk(32))),
+            Err(StoreError::TooManyTickets { .. })
+        ));
+        // A ticket taken frees its place.
+        assert!(s.take_ticket("engine-a", b"3").unwrap().is_some());
+        s.put_ticket("engine-a", ticket(b"5", &random_psk(32)))
+            .unwrap();
+        assert_eq!(s.count_tickets("engine-a").unwrap(), 2);
     }
 
     #[test]

@@ -1076,3 +1076,116 @@ fn exporter_known_answer_sequence_a() {
         Error::ExporterNotEnabled
     );
 }
+
+/// RFC 8448 §3 up to the server's NewSessionTicket, with the session turned into a CS-held
+/// one (sequence A): the ticket is for the CS to register.
+fn rfc8448_with_cs_session() -> (
+    ClientConnection,
+    Arc<crate::tickets::MemoryTicketStore>,
+    impl Fn(usize) -> Vec<u8>,
+    serde_json::Value,
+) {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
+    let s = doc["sections"]["simple_1rtt"]["summary"].clone();
+    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    let cfg = Arc::new(ClientConfig {
+        ticket_store: Some(store.clone()),
+        middlebox_compat: false,
+        ephemeral: Ephemeral::Engine,
+        ..ClientConfig::default()
+    });
+    let mut conn = ClientConnection::replay(
+        cfg,
+        &hexv(&s["messages"]["client_hello"]),
+        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+    )
+    .unwrap();
+    let recs = s["records"].as_array().unwrap().clone();
+    let rec = move |i: usize| hex::decode(recs[i]["record"].as_str().unwrap()).unwrap();
+    conn.read_tls(&rec(1));
+    conn.read_tls(&rec(2));
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    conn.take_tls();
+    conn.core.has_cs = true;
+    let Some(State::Traffic(t)) = conn.state.as_mut() else {
+        panic!("not in traffic")
+    };
+    t.resumption_master = None;
+    t.cs = CsSession::Full(vec![7; 16]);
+    (conn, store, rec, s)
+}
+
+#[test]
+fn application_data_flows_while_tickets_are_registered() {
+    let (mut conn, store, rec, s) = rfc8448_with_cs_session();
+    conn.read_tls(&rec(4));
+    conn.process_new_packets().unwrap();
+    let Some(CsCall::RegisterTickets(r)) = conn.take_cs_call() else {
+        panic!("no c_register_tickets")
+    };
+    assert_eq!(r.new_session_tickets.len(), 1);
+    assert!(!r.last_exchange);
+    // The registration is out: application data is still delivered.
+    conn.read_tls(&rec(6));
+    conn.process_new_packets().unwrap();
+    let want = hex::decode(s["records"][6]["payload"].as_str().unwrap()).unwrap();
+    let mut buf = vec![0u8; 100];
+    let n = conn.read_plaintext(&mut buf);
+    assert_eq!(&buf[..n], &want[..]);
+    // The ticket is stored once the CS accepted it, not before.
+    assert_eq!(store.count("server:443"), 0);
+    conn.cs_response(Ok(CsReply::RegisterTickets(pb::CRegisterTicketsResponse {
+        registered: 1,
+        last_exchange: false,
+    })))
+    .unwrap();
+    assert_eq!(store.count("server:443"), 1);
+    // close_notify ends it; the session close is one call with no ticket.
+    conn.read_tls(&rec(8));
+    conn.process_new_packets().unwrap();
+    assert!(conn.peer_closed());
+    let mut epi = conn.detach_cs().expect("session to close");
+    assert!(!epi.has_in_flight());
+    let Some(CsCall::RegisterTickets(r)) = epi.take_last_call() else {
+        panic!("no closing call")
+    };
+    assert!(r.last_exchange && r.new_session_tickets.is_empty());
+    assert!(conn.detach_cs().is_none(), "closed once");
+}
+
+#[test]
+fn a_registration_in_flight_at_the_end_is_detached_and_stores_on_acceptance() {
+    let (mut conn, store, rec, _) = rfc8448_with_cs_session();
+    conn.read_tls(&rec(4));
+    conn.process_new_packets().unwrap();
+    assert!(conn.take_cs_call().is_some());
+    let mut epi = conn.detach_cs().expect("work left");
+    assert!(epi.has_in_flight());
+    assert!(!conn.cs_busy());
+    epi.in_flight_done(Ok(CsReply::RegisterTickets(pb::CRegisterTicketsResponse {
+        registered: 1,
+        last_exchange: false,
+    })));
+    assert_eq!(store.count("server:443"), 1);
+    let Some(CsCall::RegisterTickets(r)) = epi.take_last_call() else {
+        panic!("no closing call")
+    };
+    assert!(r.last_exchange);
+    // A refused close stores nothing more and breaks nothing.
+    epi.last_done(Err(CsError::Unreachable("gone".into())));
+    assert_eq!(store.count("server:443"), 1);
+}
+
+#[test]
+fn a_ticket_refused_by_the_cs_is_not_stored() {
+    let (mut conn, store, rec, _) = rfc8448_with_cs_session();
+    conn.read_tls(&rec(4));
+    conn.process_new_packets().unwrap();
+    assert!(conn.take_cs_call().is_some());
+    let mut epi = conn.detach_cs().expect("work left");
+    epi.in_flight_done(Err(CsError::Unreachable("gone".into())));
+    assert_eq!(store.count("server:443"), 0);
+}
