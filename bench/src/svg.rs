@@ -123,10 +123,11 @@ pub fn lines(
             .collect();
         let _ = writeln!(
             s,
-            r##"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/><text x="{}" y="{}" fill="{colour}">{}</text>"##,
+            r##"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/><text x="{}" y="{}" fill="{colour}" text-anchor="end">{}</text>"##,
             path.join(" "),
-            left + 10.0,
-            top + 14.0 + 16.0 * i as f64,
+            // The legend sits in the bottom-right corner, away from the curves' rise.
+            W - right - 10.0,
+            h - bottom - 10.0 - 16.0 * (series.len() - 1 - i) as f64,
             esc(name)
         );
     }
