@@ -157,22 +157,50 @@ fn all_secrets() -> pb::SecretRequest {
     }
 }
 
-/// Runs §3 (1-RTT) and returns the session id after c_client_finished.
-fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
-    let s = "simple_1rtt";
-    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
-        .unwrap();
-    let resp = lurk_cs::ops::c_init_client_hello::handle(
+fn resumption_psk() -> pb::PskInfo {
+    pb::PskInfo {
+        identity_index: 0,
+        psk_type: pb::PskType::Resumption as i32,
+        tls_hash: pb::TlsHash::Sha256 as i32,
+    }
+}
+
+/// c_init_client_hello with section `s`'s ClientHello as the engine sends it.
+fn init_hello(cs: &Cs, s: &str, psks: Vec<pb::PskInfo>) -> pb::CInitClientHelloResponse {
+    lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
         pb::CInitClientHelloRequest {
             client_hello: as_engine_sends(&msg(s, "client_hello")),
             freshness: pb::Freshness::Null as i32,
-            psks: vec![],
+            psks,
             secret_request: Some(all_secrets()),
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// c_server_hello with section `s`'s ServerHello.
+fn server_hello(cs: &Cs, id: &[u8], s: &str) -> pb::CServerHelloResponse {
+    lurk_cs::ops::c_server_hello::handle(
+        cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: id.to_vec(),
+            server_hello: msg(s, "server_hello"),
+            ephemeral: None,
+            secret_request: Some(all_secrets()),
+        },
+    )
+    .unwrap()
+}
+
+/// Runs §3 (1-RTT) and returns the session id after c_client_finished.
+fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
+    let s = "simple_1rtt";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
+    let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
         hex::encode(msg(s, "client_hello")),
@@ -181,17 +209,7 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     assert_eq!(resp.key_shares.len(), 1);
     let id = resp.session_id.clone();
 
-    let sh = lurk_cs::ops::c_server_hello::handle(
-        cs,
-        ENGINE,
-        pb::CServerHelloRequest {
-            session_id: id.clone(),
-            server_hello: msg(s, "server_hello"),
-            ephemeral: None,
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let sh = server_hello(cs, &id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
         ks(s, "client_handshake_traffic_secret")
@@ -264,21 +282,7 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     let s = "resumed_0rtt";
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
-    let resp = lurk_cs::ops::c_init_client_hello::handle(
-        cs,
-        ENGINE,
-        pb::CInitClientHelloRequest {
-            client_hello: as_engine_sends(&msg(s, "client_hello")),
-            freshness: pb::Freshness::Null as i32,
-            psks: vec![pb::PskInfo {
-                identity_index: 0,
-                psk_type: pb::PskType::Resumption as i32,
-                tls_hash: pb::TlsHash::Sha256 as i32,
-            }],
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let resp = init_hello(cs, s, vec![resumption_psk()]);
     assert_eq!(hex::encode(&resp.binders[0]), ks(s, "binder"), "§4 binder");
     assert_eq!(
         hex::encode(&resp.client_hello),
@@ -291,17 +295,7 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     );
     let id = resp.session_id.clone();
 
-    let sh = lurk_cs::ops::c_server_hello::handle(
-        cs,
-        ENGINE,
-        pb::CServerHelloRequest {
-            session_id: id.clone(),
-            server_hello: msg(s, "server_hello"),
-            ephemeral: None,
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let sh = server_hello(cs, &id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
         ks(s, "client_handshake_traffic_secret")
@@ -365,17 +359,7 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         .unwrap();
     cs.inject_ephemeral(NamedGroup::Secp256r1, &client_private(s, "secp256r1"))
         .unwrap();
-    let resp = lurk_cs::ops::c_init_client_hello::handle(
-        cs,
-        ENGINE,
-        pb::CInitClientHelloRequest {
-            client_hello: as_engine_sends(&msg(s, "client_hello")),
-            freshness: pb::Freshness::Null as i32,
-            psks: vec![],
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
         hex::encode(msg(s, "client_hello"))
@@ -401,17 +385,7 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
         "§5 ClientHello2"
     );
 
-    let sh = lurk_cs::ops::c_server_hello::handle(
-        cs,
-        ENGINE,
-        pb::CServerHelloRequest {
-            session_id: id.clone(),
-            server_hello: msg(s, "server_hello"),
-            ephemeral: None,
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let sh = server_hello(cs, &id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
         ks(s, "client_handshake_traffic_secret")
@@ -459,33 +433,13 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
     let s = "client_authentication";
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
-    let resp = lurk_cs::ops::c_init_client_hello::handle(
-        cs,
-        ENGINE,
-        pb::CInitClientHelloRequest {
-            client_hello: as_engine_sends(&msg(s, "client_hello")),
-            freshness: pb::Freshness::Null as i32,
-            psks: vec![],
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
         hex::encode(msg(s, "client_hello"))
     );
     let id = resp.session_id.clone();
-    let sh = lurk_cs::ops::c_server_hello::handle(
-        cs,
-        ENGINE,
-        pb::CServerHelloRequest {
-            session_id: id.clone(),
-            server_hello: msg(s, "server_hello"),
-            ephemeral: None,
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let sh = server_hello(cs, &id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
         ks(s, "client_handshake_traffic_secret")
@@ -577,32 +531,12 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
     let s = "compatibility_mode";
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
-    let resp = lurk_cs::ops::c_init_client_hello::handle(
-        cs,
-        ENGINE,
-        pb::CInitClientHelloRequest {
-            client_hello: as_engine_sends(&msg(s, "client_hello")),
-            freshness: pb::Freshness::Null as i32,
-            psks: vec![],
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
         hex::encode(msg(s, "client_hello"))
     );
-    let sh = lurk_cs::ops::c_server_hello::handle(
-        cs,
-        ENGINE,
-        pb::CServerHelloRequest {
-            session_id: resp.session_id,
-            server_hello: msg(s, "server_hello"),
-            ephemeral: None,
-            secret_request: Some(all_secrets()),
-        },
-    )
-    .unwrap();
+    let sh = server_hello(cs, &resp.session_id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
         ks(s, "server_handshake_traffic_secret")
