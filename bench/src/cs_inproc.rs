@@ -143,23 +143,14 @@ impl ServerSim {
 
 /// A ServerHello selecting TLS_AES_128_GCM_SHA256 and x25519.
 fn server_hello(random: &[u8; 32], session_id: &[u8], key_exchange: &[u8]) -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(random);
-    body.push(session_id.len() as u8);
-    body.extend_from_slice(session_id);
-    body.extend_from_slice(&CipherSuite::TlsAes128GcmSha256.get().to_be_bytes());
-    body.push(0);
-    let mut ext = vec![0x00, 0x2b, 0x00, 0x02, 0x03, 0x04, 0x00, 0x33];
-    ext.extend_from_slice(&((key_exchange.len() + 4) as u16).to_be_bytes());
-    ext.extend_from_slice(&NamedGroup::X25519.get().to_be_bytes());
-    ext.extend_from_slice(&(key_exchange.len() as u16).to_be_bytes());
-    ext.extend_from_slice(key_exchange);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut msg = vec![2];
-    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    msg.extend_from_slice(&body);
-    msg
+    lurk_proto::wire::encode_server_hello(
+        random,
+        session_id,
+        CipherSuite::TlsAes128GcmSha256,
+        NamedGroup::X25519,
+        key_exchange,
+    )
+    .expect("a ServerHello fits")
 }
 
 fn init_request(template: &[u8], rng: &SystemRandom) -> pb::CInitClientHelloRequest {

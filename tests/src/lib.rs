@@ -316,23 +316,6 @@ pub fn server_hello(
     key_exchange: &[u8],
     session_id: &[u8],
 ) -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(session_id.len() as u8);
-    body.extend_from_slice(session_id);
-    body.extend_from_slice(&suite.get().to_be_bytes());
-    body.push(0);
-    let mut ext = Vec::new();
-    ext.extend_from_slice(&[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
-    ext.extend_from_slice(&[0x00, 0x33]);
-    ext.extend_from_slice(&((key_exchange.len() + 4) as u16).to_be_bytes());
-    ext.extend_from_slice(&group.get().to_be_bytes());
-    ext.extend_from_slice(&(key_exchange.len() as u16).to_be_bytes());
-    ext.extend_from_slice(key_exchange);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut msg = vec![2];
-    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    msg.extend_from_slice(&body);
-    msg
+    lurk_proto::wire::encode_server_hello(&[0x42; 32], session_id, suite, group, key_exchange)
+        .expect("a ServerHello fits")
 }

@@ -28,8 +28,8 @@ pub use extensions::{
 };
 pub use handshake::{encode_handshake, split_handshake_messages, HandshakeMessage};
 pub use hello::{
-    binders_offset, complete_client_hello, set_binders, truncated_for_binders, ClientHello,
-    ClientHelloBuilder, ServerHello,
+    binders_offset, complete_client_hello, encode_server_hello, set_binders, truncated_for_binders,
+    ClientHello, ClientHelloBuilder, ServerHello,
 };
 pub use messages::{
     encode_certificate, encode_certificate_verify, encode_end_of_early_data, encode_finished,
