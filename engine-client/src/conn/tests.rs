@@ -1,12 +1,19 @@
 //! State machine tests without a network: the ClientHello the engine builds, the CS call it
 //! asks for, and the ServerHello / HelloRetryRequest rules (RFC 8446 §4.1.3, §4.1.4).
 
-use super::*;
-use crate::deframer::Deframer;
-use lurk_proto::freshness::FreshnessMode;
-use lurk_proto::wire::SignatureScheme;
+use std::time::SystemTime;
 
-use crate::tickets::TicketStore;
+use lurk_proto::freshness::{client_random, FreshnessMode};
+use lurk_proto::key_schedule::finished_verify_data;
+use lurk_proto::wire::{
+    encode_finished, ClientHello, EncryptedExtensions, NamedGroup, PskKeyExchangeMode,
+    SignatureScheme,
+};
+
+use super::*;
+use crate::config::{Ephemeral, TlsMode};
+use crate::deframer::Deframer;
+use crate::tickets::{StoredTicket, TicketStore};
 
 fn config(ephemeral: Ephemeral) -> Arc<ClientConfig> {
     Arc::new(ClientConfig {
