@@ -14,9 +14,9 @@ use lurk_proto::wire::{
 };
 use zeroize::Zeroizing;
 
-use super::server_flight::ExpectEncryptedExtensions;
+use super::server_flight::{ExpectEncryptedExtensions, Handshake, Schedule, SelectedPsk};
 use super::{
-    find_secret, random_bytes, record_keys, require, tls_hash, AwaitCs, Core, Hs, State,
+    find_secret, random_bytes, record_keys, require, tls_hash, AwaitCs, Core, State,
     MAX_RECORD_SIZE_LIMIT,
 };
 use crate::config::{ClientConfig, Ephemeral, TlsMode};
@@ -98,13 +98,48 @@ pub(super) struct Early {
     pub(super) sent: usize,
 }
 
-/// Waiting for the ServerHello (or a HelloRetryRequest).
+/// Waiting for the ServerHello (or a HelloRetryRequest): what the ClientHello offered.
 pub struct ExpectServerHello {
-    pub(super) hs: Box<Hs>,
+    pub(super) engine_random: [u8; 32],
+    /// The random field of the ClientHellos we build: the engine's random when the CS completes
+    /// them, else the fresh random we put on the wire ourselves.
+    pub(super) random_field: [u8; 32],
+    pub(super) session_id: Vec<u8>,
+    pub(super) offered_suites: Vec<CipherSuite>,
+    pub(super) shares: Vec<OfferedShare>,
+    pub(super) psks: Vec<OfferedPsk>,
+    pub(super) early_data_offered: bool,
+    /// The early data sent, if any: kept after a HelloRetryRequest, which only stops the offer,
+    /// so that rejected early data can be sent again after the handshake.
+    pub(super) early: Option<Early>,
+    pub(super) early_suite: Option<CipherSuite>,
+    pub(super) transcript: Transcript,
+    /// ClientHello(s) with the engine's random .. what the server sent, for
+    /// c_init_client_finished.
+    pub(super) cs_log: Vec<u8>,
+    /// Opened by c_init_client_hello (when the CS makes the shares or holds a PSK).
+    pub(super) cs_session: Option<Vec<u8>>,
+    /// The HelloRetryRequest's suite, after one.
+    pub(super) hrr_suite: Option<CipherSuite>,
+}
+
+/// c_server_hello is out: the ServerHello's outcome, waiting for the handshake traffic secrets.
+pub(crate) struct AwaitServerHelloSecrets {
+    suite: CipherSuite,
+    hash: HashAlg,
+    transcript: Transcript,
+    early: Option<Early>,
+    session_id: Vec<u8>,
+    psk: Option<SelectedPsk>,
+    early_data_offered: bool,
 }
 
 /// What goes into a ClientHello besides its shares and PSKs.
-fn client_hello_builder(core: &Core, hs: &Hs, random_field: [u8; 32]) -> ClientHelloBuilder {
+fn client_hello_builder(
+    core: &Core,
+    hs: &ExpectServerHello,
+    random_field: [u8; 32],
+) -> ClientHelloBuilder {
     let c = &core.config;
     let mut b = ClientHelloBuilder::new(random_field)
         .legacy_session_id(&hs.session_id)
@@ -254,7 +289,7 @@ pub(super) fn start(core: &mut Core) -> Result<State, Error> {
     } else {
         client_random(config.freshness, config.freshness_mode, &engine_random)
     };
-    let mut hs = Box::new(Hs {
+    let mut hs = Box::new(ExpectServerHello {
         engine_random,
         random_field,
         session_id,
@@ -268,16 +303,6 @@ pub(super) fn start(core: &mut Core) -> Result<State, Error> {
         cs_log: Vec::new(),
         cs_session: None,
         hrr_suite: None,
-        suite: None,
-        psk_selected: None,
-        cs_key_schedule: false,
-        key_schedule: None,
-        client_hs: None,
-        server_hs: None,
-        server_flight: Vec::new(),
-        early_accepted: false,
-        cert_request: None,
-        alpn: None,
     });
     core.summary.early_data_offered = hs.early_data_offered;
 
@@ -322,7 +347,7 @@ pub(super) fn start(core: &mut Core) -> Result<State, Error> {
         _ => None,
     };
     send_first_client_hello(core, &mut hs, &ch, early_secret)?;
-    Ok(State::ServerHello(ExpectServerHello { hs }))
+    Ok(State::ServerHello(hs))
 }
 
 /// RFC 8446 §4.2.10: 0-RTT only with a ticket whose max_early_data_size is not 0 (§4.6.1),
@@ -344,7 +369,7 @@ fn ticket_allows_early_data(
 /// application data bytes, not counting the content type and padding).
 fn send_first_client_hello(
     core: &mut Core,
-    hs: &mut Hs,
+    hs: &mut ExpectServerHello,
     ch: &[u8],
     early_secret: Option<Secret>,
 ) -> Result<(), Error> {
@@ -355,9 +380,10 @@ fn send_first_client_hello(
     if let (Some(suite), Some(secret), Some(data)) =
         (hs.early_suite, early_secret, core.config.early_data.clone())
     {
-        let max = hs.psks[0]
-            .ticket
-            .as_ref()
+        let max = hs
+            .psks
+            .first()
+            .and_then(|p| p.ticket.as_ref())
             .map_or(0, |t| t.max_early_data as usize);
         let sent = data.len().min(max);
         let mut encrypter = RecordEncrypter::new(&record_keys(suite, &secret)?)?;
@@ -375,7 +401,7 @@ fn send_first_client_hello(
 /// c_init_client_hello answered: the completed ClientHello goes out (with the early data).
 pub(super) fn init_client_hello_done(
     core: &mut Core,
-    mut hs: Box<Hs>,
+    mut hs: Box<ExpectServerHello>,
     r: pb::CInitClientHelloResponse,
 ) -> Result<State, Error> {
     let ch = r.client_hello;
@@ -398,24 +424,24 @@ pub(super) fn init_client_hello_done(
         None
     };
     send_first_client_hello(core, &mut hs, &ch, early_secret)?;
-    Ok(State::ServerHello(ExpectServerHello { hs }))
+    Ok(State::ServerHello(hs))
 }
 
 /// c_client_hello answered: the completed second ClientHello goes out.
 pub(super) fn client_hello_done(
     core: &mut Core,
-    mut hs: Box<Hs>,
+    mut hs: Box<ExpectServerHello>,
     r: pb::CClientHelloResponse,
 ) -> Result<State, Error> {
     check_completed_client_hello(core, &hs, &r.client_hello, "c_client_hello")?;
     send_second_client_hello(core, &mut hs, &r.client_hello);
-    Ok(State::ServerHello(ExpectServerHello { hs }))
+    Ok(State::ServerHello(hs))
 }
 
 /// c_server_hello answered: the handshake traffic secrets.
 pub(super) fn server_hello_done(
     core: &mut Core,
-    mut hs: Box<Hs>,
+    w: AwaitServerHelloSecrets,
     r: pb::CServerHelloResponse,
 ) -> Result<State, Error> {
     let client = find_secret(
@@ -428,15 +454,31 @@ pub(super) fn server_hello_done(
         pb::SecretType::ServerHandshakeTraffic,
         "c_server_hello",
     )?;
-    install_handshake_keys(core, &mut hs, client, server)?;
-    Ok(State::EncryptedExtensions(ExpectEncryptedExtensions { hs }))
+    install_handshake_keys(core, w.suite, &client, &server)?;
+    Ok(State::EncryptedExtensions(Box::new(
+        ExpectEncryptedExtensions {
+            hs: Handshake {
+                suite: w.suite,
+                hash: w.hash,
+                transcript: w.transcript,
+                early: w.early,
+                server_hs: server,
+                schedule: Schedule::Cs {
+                    session_id: w.session_id,
+                    server_flight: Vec::new(),
+                },
+            },
+            psk: w.psk,
+            early_data_offered: w.early_data_offered,
+        },
+    )))
 }
 
 /// The ClientHello the CS completed must parse, carry no empty share, and carry the fresh
 /// random of our random (LURK.md §3: the engine checks what it sends).
 fn check_completed_client_hello(
     core: &Core,
-    hs: &Hs,
+    hs: &ExpectServerHello,
     ch: &[u8],
     exchange: &'static str,
 ) -> Result<(), Error> {
@@ -461,7 +503,7 @@ fn check_completed_client_hello(
     Ok(())
 }
 
-fn send_second_client_hello(core: &mut Core, hs: &mut Hs, ch: &[u8]) {
+fn send_second_client_hello(core: &mut Core, hs: &mut ExpectServerHello, ch: &[u8]) {
     core.send_ccs_once();
     core.send_plain_handshake(ch);
     hs.transcript.add(ch);
@@ -471,22 +513,23 @@ fn send_second_client_hello(core: &mut Core, hs: &mut Hs, ch: &[u8]) {
 
 fn install_handshake_keys(
     core: &mut Core,
-    hs: &mut Hs,
-    client: Secret,
-    server: Secret,
+    suite: CipherSuite,
+    client: &Secret,
+    server: &Secret,
 ) -> Result<(), Error> {
-    let suite = hs.suite()?;
-    core.install_decrypter(&record_keys(suite, &server)?)?;
-    core.install_encrypter(&record_keys(suite, &client)?)?;
-    hs.client_hs = Some(client);
-    hs.server_hs = Some(server);
+    core.install_decrypter(&record_keys(suite, server)?)?;
+    core.install_encrypter(&record_keys(suite, client)?)?;
     Ok(())
 }
 
 impl ExpectServerHello {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(m, &[HandshakeType::ServerHello])?;
-        let mut hs = self.hs;
+        let mut hs = self;
         let sh = ServerHello::parse(&m.encoded)?;
         // §4.1.3 / §4.1.4 checks common to ServerHello and HelloRetryRequest.
         if sh.legacy_session_id_echo != hs.session_id.as_slice() {
@@ -543,8 +586,6 @@ impl ExpectServerHello {
         core.joiner.check_key_change()?;
         hs.transcript.add(&m.encoded);
         hs.cs_log.extend_from_slice(&m.encoded);
-        hs.suite = Some(suite);
-        hs.psk_selected = psk_selected;
 
         let mode = match (psk_selected, share_pos) {
             (None, _) => TlsMode::Ecdhe,
@@ -560,22 +601,39 @@ impl ExpectServerHello {
             s.external_psk = hs.psks[i].kind == PskKind::External;
         }
 
-        let share = share_pos.map(|p| hs.shares.swap_remove(p));
+        let ExpectServerHello {
+            mut shares,
+            mut psks,
+            early_data_offered,
+            early,
+            transcript,
+            cs_log,
+            cs_session,
+            ..
+        } = *hs;
+        let share = share_pos.map(|p| shares.swap_remove(p));
+        // Key pairs of the other shares are dropped (destroyed) here.
+        drop(shares);
         let cs_share = share.as_ref().is_some_and(OfferedShare::cs_made);
-        let cs_psk = psk_selected.is_some_and(|i| hs.psks[i].local.is_none());
-        hs.cs_key_schedule = cs_share || cs_psk;
+        let (psk, psk_secret) = match psk_selected.map(|i| (i, psks.swap_remove(i))) {
+            Some((index, p)) => (
+                Some(SelectedPsk {
+                    index,
+                    ticket: p.ticket,
+                }),
+                p.local,
+            ),
+            None => (None, None),
+        };
+        let cs_psk = psk.is_some() && psk_secret.is_none();
         let shared = match (share, &sh.key_share) {
             (Some(share), Some(ks)) if !cs_share => share.agree(ks.key_exchange)?,
             _ => None,
         };
-        // Key pairs of the other shares are dropped (destroyed) here.
-        hs.shares.clear();
 
-        if hs.cs_key_schedule {
-            let session_id = hs
-                .cs_session
-                .clone()
-                .ok_or_else(|| Error::general("CS key schedule without a CS session"))?;
+        if cs_share || cs_psk {
+            let session_id =
+                cs_session.ok_or_else(|| Error::general("CS key schedule without a CS session"))?;
             let ephemeral = match &shared {
                 Some(secret) => pb::Ephemeral {
                     method: pb::EphemeralMethod::EGenerated as i32,
@@ -587,7 +645,7 @@ impl ExpectServerHello {
                 },
             };
             core.request_cs(CsCall::ServerHello(pb::CServerHelloRequest {
-                session_id,
+                session_id: session_id.clone(),
                 server_hello: m.encoded.clone(),
                 ephemeral: Some(ephemeral),
                 secret_request: Some(pb::SecretRequest {
@@ -596,17 +654,42 @@ impl ExpectServerHello {
                     ..Default::default()
                 }),
             }))?;
-            return Ok(State::AwaitCs(AwaitCs::ServerHello(hs)));
+            return Ok(State::AwaitCs(AwaitCs::ServerHello(Box::new(
+                AwaitServerHelloSecrets {
+                    suite,
+                    hash,
+                    transcript,
+                    early,
+                    session_id,
+                    psk,
+                    early_data_offered,
+                },
+            ))));
         }
-        let psk = psk_selected.and_then(|i| hs.psks[i].local.as_ref().map(Secret::as_bytes));
-        let ks = KeyScheduleEarly::new(hash, psk)
+        let ks = KeyScheduleEarly::new(hash, psk_secret.as_ref().map(Secret::as_bytes))
             .into_handshake(shared.as_deref().map(|v| v.as_slice()));
-        let th = hs.transcript.hash(hash);
+        let th = transcript.hash(hash);
         let client = ks.client_handshake_traffic_secret(&th);
         let server = ks.server_handshake_traffic_secret(&th);
-        hs.key_schedule = Some(ks);
-        install_handshake_keys(core, &mut hs, client, server)?;
-        Ok(State::EncryptedExtensions(ExpectEncryptedExtensions { hs }))
+        install_handshake_keys(core, suite, &client, &server)?;
+        Ok(State::EncryptedExtensions(Box::new(
+            ExpectEncryptedExtensions {
+                hs: Handshake {
+                    suite,
+                    hash,
+                    transcript,
+                    early,
+                    server_hs: server,
+                    schedule: Schedule::Engine {
+                        key_schedule: ks,
+                        client_hs: client,
+                        cs_log,
+                    },
+                },
+                psk,
+                early_data_offered,
+            },
+        )))
     }
 }
 
@@ -614,7 +697,7 @@ impl ExpectServerHello {
 /// c_client_hello when a CS session is open: the CS makes the new share and the binders).
 fn hello_retry(
     core: &mut Core,
-    mut hs: Box<Hs>,
+    mut hs: Box<ExpectServerHello>,
     hrr: &ServerHello<'_>,
     m: &HandshakeMessage,
 ) -> Result<State, Error> {
@@ -677,8 +760,7 @@ fn hello_retry(
     }
     b = add_psks(b, &hs.psks, SystemTime::now());
     let mut ch2 = b.build()?;
-    if cs {
-        let session_id = hs.cs_session.clone().unwrap_or_default();
+    if let Some(session_id) = hs.cs_session.clone() {
         core.request_cs(CsCall::ClientHello(pb::CClientHelloRequest {
             session_id,
             hello_retry_request: m.encoded.clone(),
@@ -688,7 +770,7 @@ fn hello_retry(
     }
     local_binders(&hs.transcript, &mut ch2, &hs.psks)?;
     send_second_client_hello(core, &mut hs, &ch2);
-    Ok(State::ServerHello(ExpectServerHello { hs }))
+    Ok(State::ServerHello(hs))
 }
 
 #[cfg(test)]
@@ -712,7 +794,7 @@ impl super::ClientConnection {
         conn.core.out.clear();
         conn.core.skip_server_auth = true;
         conn.core.first_record_sent = true;
-        let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
+        let Some(State::ServerHello(hs)) = conn.state.as_mut() else {
             return Err(Error::general("not waiting for the ServerHello"));
         };
         let group = parsed

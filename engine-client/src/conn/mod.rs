@@ -4,13 +4,28 @@
 //! [`ClientConnection::cs_response`]). No socket, no gRPC, no clock other than the one
 //! read for ticket ages and certificate validity.
 //!
-//! The handshake is an enum of states, one struct per expected message (rustls `main`):
+//! The handshake is an enum of boxed states, one struct per expected message (rustls `main`):
 //! [`ExpectServerHello`], [`ExpectEncryptedExtensions`], [`ExpectCertificateOrCertReq`],
 //! [`ExpectCertificate`] (after a CertificateRequest), [`ExpectCertificateVerify`],
-//! [`ExpectFinished`], [`ExpectTraffic`], plus [`AwaitCs`] while a LURK exchange is out.
-//! The states carry a boxed [`Hs`] with what the handshake has learnt so far; fields that
-//! only exist after the ServerHello are `Option`s filled there (a pragmatic departure from
-//! rustls' one-type-per-stage data, which would multiply the types by the LURK sequences).
+//! [`ExpectFinished`], [`ExpectTraffic`], plus `AwaitCs` while a LURK exchange is out. Each
+//! holds only what is valid there (rustls' one-type-per-stage data, STYLE §4.5):
+//!
+//! - before the ServerHello, what the ClientHello offered: shares, PSKs, randoms, transcript,
+//!   the early data sent, the CS session if one was opened;
+//! - from the ServerHello to the server Finished, a `Handshake`: the suite and its hash, the
+//!   transcript, server_handshake_traffic_secret and a `Schedule` saying who runs the key
+//!   schedule: the engine (sequences C/D: lurk_proto's `KeyScheduleHandshake`, our handshake
+//!   secret, the log for c_init_client_finished) or the CS (sequences A/B: the session id and
+//!   the server flight for c_client_finished). The selected PSK lives in
+//!   [`ExpectEncryptedExtensions`] (the early data checks), what the EncryptedExtensions settled
+//!   (ALPN, early data accepted) from there on, and the CertificateRequest, when the server
+//!   sent one, until the Finished;
+//! - after the server Finished, the client's second flight (`ClientFlight`), with the
+//!   `KeyScheduleMaster` stage when the engine runs the schedule, then [`ExpectTraffic`]:
+//!   application secrets, the resumption and exporter secrets the engine keeps, the CS session.
+//!
+//! `Option`s remain only for what the protocol makes optional (a CertificateRequest, early
+//! data, a CS session, the exporter secret).
 //!
 //! The module is split by concern: this file has [`ClientConnection`], the record layer and
 //! buffers it shares with every state (`Core`) and the CS call plumbing (`AwaitCs`);
@@ -33,11 +48,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lurk_proto::key_schedule::{
-    export_keying_material, traffic_key_iv, KeyScheduleHandshake, Secret,
-};
+use lurk_proto::key_schedule::{export_keying_material, traffic_key_iv, Secret};
 use lurk_proto::pb;
-use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{
     AlertDescription, CipherSuite, ContentType, HandshakeType, HashAlg, KeyUpdateRequest,
 };
@@ -51,8 +63,8 @@ pub use self::server_flight::{
 };
 pub use self::traffic::{CsEpilogue, ExpectTraffic};
 
-use self::hello::{start, Early, OfferedPsk, OfferedShare};
-use self::server_flight::{EngineFinish, Flight};
+use self::hello::{start, AwaitServerHelloSecrets};
+use self::server_flight::{ClientFlight, EngineFinish};
 use self::traffic::{CsSession, TrafficWait};
 use crate::alert::{encode_alert, AlertOutcome, AlertReceiver};
 use crate::config::{ClientConfig, HandshakeSummary};
@@ -260,79 +272,31 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
     Ok(out)
 }
 
-/// What the handshake has learnt so far (see the module documentation).
-pub(crate) struct Hs {
-    engine_random: [u8; 32],
-    /// The random field of the ClientHellos we build: the engine's random when the CS completes
-    /// them, else the fresh random we put on the wire ourselves.
-    random_field: [u8; 32],
-    session_id: Vec<u8>,
-    offered_suites: Vec<CipherSuite>,
-    shares: Vec<OfferedShare>,
-    psks: Vec<OfferedPsk>,
-    early_data_offered: bool,
-    early: Option<Early>,
-    early_suite: Option<CipherSuite>,
-    transcript: Transcript,
-    /// ClientHello(s) with the engine's random .. what the server sent, for
-    /// c_init_client_finished.
-    cs_log: Vec<u8>,
-    cs_session: Option<Vec<u8>>,
-    hrr_suite: Option<CipherSuite>,
-    // Set by the ServerHello:
-    suite: Option<CipherSuite>,
-    psk_selected: Option<usize>,
-    cs_key_schedule: bool,
-    key_schedule: Option<KeyScheduleHandshake>,
-    client_hs: Option<Secret>,
-    server_hs: Option<Secret>,
-    // Set by the server flight:
-    server_flight: Vec<u8>,
-    early_accepted: bool,
-    cert_request: Option<Vec<u8>>,
-    alpn: Option<Vec<u8>>,
-}
-
-impl Hs {
-    fn suite(&self) -> Result<CipherSuite, Error> {
-        self.suite
-            .ok_or_else(|| Error::general("no cipher suite yet"))
-    }
-
-    fn hash(&self) -> Result<HashAlg, Error> {
-        self.suite()?
-            .hash()
-            .ok_or_else(|| Error::general("suite without hash"))
-    }
-
-    fn add_received(&mut self, m: &HandshakeMessage) {
-        self.transcript.add(&m.encoded);
-        self.cs_log.extend_from_slice(&m.encoded);
-        self.server_flight.extend_from_slice(&m.encoded);
-    }
-}
-
+/// What a LURK exchange in flight will resume.
 pub(crate) enum AwaitCs {
     /// c_init_client_hello.
-    InitClientHello(Box<Hs>),
+    InitClientHello(Box<ExpectServerHello>),
     /// c_client_hello after a HelloRetryRequest.
-    ClientHello(Box<Hs>),
+    ClientHello(Box<ExpectServerHello>),
     /// c_server_hello.
-    ServerHello(Box<Hs>),
+    ServerHello(Box<AwaitServerHelloSecrets>),
     /// c_client_finished.
-    ClientFinished(Box<Hs>, Box<Flight>),
+    ClientFinished {
+        flight: Box<ClientFlight>,
+        session_id: Vec<u8>,
+    },
     /// c_init_client_finished in the handshake.
-    InitClientFinished(Box<Hs>, Box<Flight>, Box<EngineFinish>),
+    InitClientFinished(Box<ClientFlight>, Box<EngineFinish>),
 }
 
 enum State {
     AwaitCs(AwaitCs),
-    ServerHello(ExpectServerHello),
-    EncryptedExtensions(ExpectEncryptedExtensions),
-    CertificateOrCertReq(ExpectCertificateOrCertReq),
-    Certificate(ExpectCertificate),
-    CertificateVerify(ExpectCertificateVerify),
-    Finished(ExpectFinished),
+    ServerHello(Box<ExpectServerHello>),
+    EncryptedExtensions(Box<ExpectEncryptedExtensions>),
+    CertificateOrCertReq(Box<ExpectCertificateOrCertReq>),
+    Certificate(Box<ExpectCertificate>),
+    CertificateVerify(Box<ExpectCertificateVerify>),
+    Finished(Box<ExpectFinished>),
     Traffic(Box<ExpectTraffic>),
 }
 
@@ -825,14 +789,14 @@ impl AwaitCs {
             (AwaitCs::ClientHello(hs), CsReply::ClientHello(r)) => {
                 hello::client_hello_done(core, hs, r)
             }
-            (AwaitCs::ServerHello(hs), CsReply::ServerHello(r)) => {
-                hello::server_hello_done(core, hs, r)
+            (AwaitCs::ServerHello(w), CsReply::ServerHello(r)) => {
+                hello::server_hello_done(core, *w, r)
             }
-            (AwaitCs::ClientFinished(hs, flight), CsReply::ClientFinished(r)) => {
-                server_flight::client_finished_done(core, hs, *flight, r)
+            (AwaitCs::ClientFinished { flight, session_id }, CsReply::ClientFinished(r)) => {
+                server_flight::client_finished_done(core, *flight, session_id, r)
             }
-            (AwaitCs::InitClientFinished(hs, flight, fin), CsReply::InitClientFinished(r)) => {
-                server_flight::init_client_finished_done(core, hs, *flight, *fin, r)
+            (AwaitCs::InitClientFinished(flight, fin), CsReply::InitClientFinished(r)) => {
+                server_flight::init_client_finished_done(core, *flight, *fin, r)
             }
             (w, _) => Err(unexpected_reply(w.exchange())),
         }
@@ -843,7 +807,7 @@ impl AwaitCs {
             Self::InitClientHello(_) => "c_init_client_hello",
             Self::ClientHello(_) => "c_client_hello",
             Self::ServerHello(_) => "c_server_hello",
-            Self::ClientFinished(..) => "c_client_finished",
+            Self::ClientFinished { .. } => "c_client_finished",
             Self::InitClientFinished(..) => "c_init_client_finished",
         }
     }

@@ -2,104 +2,207 @@
 //! CertificateVerify, Finished) and the client's second flight, which moves to the application
 //! traffic keys.
 
-use lurk_proto::key_schedule::{finished_verify_data, verify_finished, KeyScheduleMaster, Secret};
+use lurk_proto::key_schedule::{
+    finished_verify_data, verify_finished, KeyScheduleHandshake, KeyScheduleMaster, Secret,
+};
 use lurk_proto::pb;
+use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{
     encode_certificate, encode_end_of_early_data, encode_finished, AlertDescription, Certificate,
-    CertificateRequest, CertificateVerify, ContentType, EncryptedExtensions, Finished,
-    HandshakeType,
+    CertificateRequest, CertificateVerify, CipherSuite, ContentType, EncryptedExtensions, Finished,
+    HandshakeType, HashAlg,
 };
 use rustls_pki_types::UnixTime;
 
+use super::hello::Early;
 use super::traffic::{CsSession, ExpectTraffic};
-use super::{find_secret, record_keys, require, AwaitCs, Core, Hs, State};
+use super::{find_secret, record_keys, require, AwaitCs, Core, State};
 use crate::cs_client::CsCall;
 use crate::error::{CertificateError, Error, PeerMisbehaved};
 use crate::joiner::HandshakeMessage;
+use crate::tickets::StoredTicket;
 use crate::verify::verify_server_signature;
+
+/// What every handshake state from the ServerHello to the server Finished holds: the
+/// negotiated suite, the transcript and the handshake stage of the key schedule, wherever it
+/// runs.
+pub(crate) struct Handshake {
+    pub(super) suite: CipherSuite,
+    /// The suite's hash (checked at the ServerHello).
+    pub(super) hash: HashAlg,
+    pub(super) transcript: Transcript,
+    /// The early data sent with the first ClientHello, if any (the EndOfEarlyData goes under
+    /// its key; what the server did not take may be sent again).
+    pub(super) early: Option<Early>,
+    /// server_handshake_traffic_secret, for the server Finished.
+    pub(super) server_hs: Secret,
+    pub(super) schedule: Schedule,
+}
+
+/// Who runs the key schedule from the ServerHello on (see the module documentation).
+pub(crate) enum Schedule {
+    /// Sequences C/D: the engine, at the handshake stage.
+    Engine {
+        key_schedule: KeyScheduleHandshake,
+        /// client_handshake_traffic_secret, for our Finished.
+        client_hs: Secret,
+        /// ClientHello(s) with the engine's random .. what the server sent, for a
+        /// c_init_client_finished (in the handshake, or later for post-handshake auth).
+        cs_log: Vec<u8>,
+    },
+    /// Sequences A/B: the CS session, which gets the server's flight (EncryptedExtensions ..
+    /// Finished) in c_client_finished.
+    Cs {
+        session_id: Vec<u8>,
+        server_flight: Vec<u8>,
+    },
+}
+
+impl Handshake {
+    fn add_received(&mut self, m: &HandshakeMessage) {
+        self.transcript.add(&m.encoded);
+        match &mut self.schedule {
+            Schedule::Engine { cs_log, .. } => cs_log.extend_from_slice(&m.encoded),
+            Schedule::Cs { server_flight, .. } => server_flight.extend_from_slice(&m.encoded),
+        }
+    }
+}
+
+/// The PSK the server selected.
+pub(crate) struct SelectedPsk {
+    /// Its position in the ClientHello (early data goes only with the first).
+    pub(super) index: usize,
+    /// The ticket it came from (for resumption).
+    pub(super) ticket: Option<StoredTicket>,
+}
+
+/// What the EncryptedExtensions settled.
+pub(crate) struct ServerParams {
+    alpn: Option<Vec<u8>>,
+    early_accepted: bool,
+}
 
 /// Waiting for EncryptedExtensions.
 pub struct ExpectEncryptedExtensions {
-    pub(super) hs: Box<Hs>,
+    pub(super) hs: Handshake,
+    pub(super) psk: Option<SelectedPsk>,
+    pub(super) early_data_offered: bool,
 }
 /// Waiting for CertificateRequest or Certificate.
 pub struct ExpectCertificateOrCertReq {
-    pub(super) hs: Box<Hs>,
+    hs: Handshake,
+    params: ServerParams,
 }
 /// Waiting for the Certificate after a CertificateRequest.
 pub struct ExpectCertificate {
-    pub(super) hs: Box<Hs>,
+    hs: Handshake,
+    params: ServerParams,
+    cert_request: Vec<u8>,
 }
 /// Waiting for CertificateVerify.
 pub struct ExpectCertificateVerify {
-    pub(super) hs: Box<Hs>,
-    pub(super) leaf: Vec<u8>,
+    hs: Handshake,
+    params: ServerParams,
+    cert_request: Option<Vec<u8>>,
+    leaf: Vec<u8>,
 }
 /// Waiting for the server Finished.
 pub struct ExpectFinished {
-    pub(super) hs: Box<Hs>,
+    hs: Handshake,
+    params: ServerParams,
+    /// The server's CertificateRequest, if it sent one.
+    cert_request: Option<Vec<u8>>,
 }
 
-/// The engine's key schedule after the server Finished (sequence C/D).
-pub(crate) struct EngineFinish {
-    master: KeyScheduleMaster,
-    client_ap: Secret,
-    server_ap: Secret,
-    /// exporter_master_secret, when `ClientConfig::exporter` asks for it.
-    exporter_master: Option<Secret>,
-}
-
-/// The client's second flight being prepared.
-pub(crate) struct Flight {
+/// After the server Finished: the client's second flight being prepared, and what the
+/// connection keeps for after the handshake.
+pub(crate) struct ClientFlight {
+    suite: CipherSuite,
+    hash: HashAlg,
+    transcript: Transcript,
+    early: Option<Early>,
+    params: ServerParams,
     eoed: Option<Vec<u8>>,
     certificate: Option<Vec<u8>>,
     certificate_verify: Option<Vec<u8>>,
 }
 
+/// The engine's key schedule after the server Finished (sequence C/D).
+pub(crate) struct EngineFinish {
+    master: KeyScheduleMaster,
+    client_hs: Secret,
+    client_ap: Secret,
+    server_ap: Secret,
+    /// exporter_master_secret, when `ClientConfig::exporter` asks for it.
+    exporter_master: Option<Secret>,
+    /// The log for c_init_client_finished, through the EndOfEarlyData.
+    cs_log: Vec<u8>,
+}
+
 impl ExpectEncryptedExtensions {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(m, &[HandshakeType::EncryptedExtensions])?;
-        let mut hs = self.hs;
+        let Self {
+            mut hs,
+            psk,
+            early_data_offered,
+        } = *self;
         let ee = EncryptedExtensions::parse(&m.encoded)?;
-        if ee.early_data && !hs.early_data_offered {
+        if ee.early_data && !early_data_offered {
             return Err(PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
         }
         // §4.2.11: early data can only be accepted with the first PSK (illegal_parameter).
-        if ee.early_data && hs.psk_selected != Some(0) {
+        if ee.early_data && psk.as_ref().map(|p| p.index) != Some(0) {
             return Err(PeerMisbehaved::EarlyDataAcceptedWithOtherPsk.into());
         }
+        let mut alpn = None;
         if let Some(p) = ee.alpn_protocol {
             if !core.config.alpn.iter().any(|a| a == p) {
                 return Err(PeerMisbehaved::UnofferedAlpnProtocol.into());
             }
-            hs.alpn = Some(p.to_vec());
+            alpn = Some(p.to_vec());
         }
         // §4.2.10: a server accepting early data keeps the ticket's cipher suite and ALPN
         // protocol (none if the ticket's connection had none).
         if ee.early_data {
-            let ticket = hs.psks.first().and_then(|p| p.ticket.as_ref());
-            let same = ticket.is_some_and(|t| t.alpn == hs.alpn && Some(t.suite) == hs.suite);
+            let ticket = psk.as_ref().and_then(|p| p.ticket.as_ref());
+            let same = ticket.is_some_and(|t| t.alpn == alpn && t.suite == hs.suite);
             if !same {
                 return Err(PeerMisbehaved::EarlyDataParametersChanged.into());
             }
         }
         core.negotiate_record_size_limit(ee.record_size_limit)?;
-        hs.early_accepted = ee.early_data;
         core.summary.early_data_accepted = ee.early_data;
-        core.summary.alpn = hs.alpn.clone();
+        core.summary.alpn = alpn.clone();
         hs.add_received(m);
-        if hs.psk_selected.is_some() {
-            Ok(State::Finished(ExpectFinished { hs }))
-        } else {
-            Ok(State::CertificateOrCertReq(ExpectCertificateOrCertReq {
+        let params = ServerParams {
+            alpn,
+            early_accepted: ee.early_data,
+        };
+        if psk.is_some() {
+            Ok(State::Finished(Box::new(ExpectFinished {
                 hs,
-            }))
+                params,
+                cert_request: None,
+            })))
+        } else {
+            Ok(State::CertificateOrCertReq(Box::new(
+                ExpectCertificateOrCertReq { hs, params },
+            )))
         }
     }
 }
 
 impl ExpectCertificateOrCertReq {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(
             m,
             &[
@@ -107,31 +210,45 @@ impl ExpectCertificateOrCertReq {
                 HandshakeType::Certificate,
             ],
         )?;
-        let mut hs = self.hs;
+        let Self { mut hs, params } = *self;
         if m.typ == HandshakeType::Certificate {
-            return handle_certificate(core, hs, m);
+            return handle_certificate(core, hs, params, None, m);
         }
         let cr = CertificateRequest::parse(&m.encoded)?;
         // §4.3.2: the context is empty in the handshake.
         if !cr.context.is_empty() {
             return Err(PeerMisbehaved::IllegalCertificateRequestContext.into());
         }
-        hs.cert_request = Some(m.encoded.clone());
         hs.add_received(m);
-        Ok(State::Certificate(ExpectCertificate { hs }))
+        Ok(State::Certificate(Box::new(ExpectCertificate {
+            hs,
+            params,
+            cert_request: m.encoded.clone(),
+        })))
     }
 }
 
 impl ExpectCertificate {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(m, &[HandshakeType::Certificate])?;
-        handle_certificate(core, self.hs, m)
+        let Self {
+            hs,
+            params,
+            cert_request,
+        } = *self;
+        handle_certificate(core, hs, params, Some(cert_request), m)
     }
 }
 
 fn handle_certificate(
     core: &mut Core,
-    mut hs: Box<Hs>,
+    mut hs: Handshake,
+    params: ServerParams,
+    cert_request: Option<Vec<u8>>,
     m: &HandshakeMessage,
 ) -> Result<State, Error> {
     let cert = Certificate::parse(&m.encoded)?;
@@ -143,45 +260,57 @@ fn handle_certificate(
         return Err(PeerMisbehaved::EmptyServerCertificate.into());
     }
     #[cfg(test)]
-    if core.skip_server_auth {
-        let leaf = chain[0].to_vec();
-        hs.add_received(m);
-        return Ok(State::CertificateVerify(ExpectCertificateVerify {
-            hs,
-            leaf,
-        }));
+    let skip = core.skip_server_auth;
+    #[cfg(not(test))]
+    let skip = false;
+    if !skip {
+        if core.config.trust_anchors.is_empty() {
+            return Err(CertificateError::new(
+                AlertDescription::UnknownCa,
+                "no trust anchors configured (--ca): cannot validate the server's certificate",
+            )
+            .into());
+        }
+        core.config.trust_anchors.verify_server_chain(
+            &chain,
+            &core.server_name,
+            UnixTime::now(),
+        )?;
     }
-    if core.config.trust_anchors.is_empty() {
-        return Err(CertificateError::new(
-            AlertDescription::UnknownCa,
-            "no trust anchors configured (--ca): cannot validate the server's certificate",
-        )
-        .into());
-    }
-    core.config
-        .trust_anchors
-        .verify_server_chain(&chain, &core.server_name, UnixTime::now())?;
     let leaf = chain[0].to_vec();
     hs.add_received(m);
-    Ok(State::CertificateVerify(ExpectCertificateVerify {
-        hs,
-        leaf,
-    }))
+    Ok(State::CertificateVerify(Box::new(
+        ExpectCertificateVerify {
+            hs,
+            params,
+            cert_request,
+            leaf,
+        },
+    )))
 }
 
 impl ExpectCertificateVerify {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(m, &[HandshakeType::CertificateVerify])?;
-        let mut hs = self.hs;
+        let Self {
+            mut hs,
+            params,
+            cert_request,
+            leaf,
+        } = *self;
         let cv = CertificateVerify::parse(&m.encoded)?;
-        let th = hs.transcript.hash(hs.hash()?);
+        let th = hs.transcript.hash(hs.hash);
         #[cfg(test)]
         let skip = core.skip_server_auth;
         #[cfg(not(test))]
         let skip = false;
         if !skip {
             verify_server_signature(
-                &self.leaf,
+                &leaf,
                 &core.config.signature_schemes,
                 cv.scheme,
                 &th,
@@ -189,7 +318,11 @@ impl ExpectCertificateVerify {
             )?;
         }
         hs.add_received(m);
-        Ok(State::Finished(ExpectFinished { hs }))
+        Ok(State::Finished(Box::new(ExpectFinished {
+            hs,
+            params,
+            cert_request,
+        })))
     }
 }
 
@@ -217,17 +350,21 @@ pub(super) fn client_certificate(core: &Core, cr: &[u8]) -> Result<(Vec<u8>, Str
 }
 
 impl ExpectFinished {
-    pub(super) fn handle(self, core: &mut Core, m: &HandshakeMessage) -> Result<State, Error> {
+    pub(super) fn handle(
+        self: Box<Self>,
+        core: &mut Core,
+        m: &HandshakeMessage,
+    ) -> Result<State, Error> {
         require(m, &[HandshakeType::Finished])?;
-        let mut hs = self.hs;
-        let hash = hs.hash()?;
+        let Self {
+            mut hs,
+            params,
+            cert_request,
+        } = *self;
+        let hash = hs.hash;
         let fin = Finished::parse(&m.encoded, hash)?;
-        let server_hs = hs
-            .server_hs
-            .as_ref()
-            .ok_or_else(|| Error::general("no server handshake secret"))?;
         let th = hs.transcript.hash(hash);
-        if !verify_finished(hash, server_hs.as_bytes(), &th, fin.verify_data) {
+        if !verify_finished(hash, hs.server_hs.as_bytes(), &th, fin.verify_data) {
             return Err(PeerMisbehaved::IncorrectFinished.into());
         }
         core.joiner.check_key_change()?;
@@ -235,81 +372,107 @@ impl ExpectFinished {
         hs.add_received(m);
         let th_server_finished = hs.transcript.hash(hash);
 
-        let eoed = hs.early_accepted.then(encode_end_of_early_data);
-        let (certificate, key_id) = match &hs.cert_request {
+        let eoed = params.early_accepted.then(encode_end_of_early_data);
+        let (certificate, key_id) = match &cert_request {
             Some(cr) => {
                 let (c, k) = client_certificate(core, cr)?;
                 (Some(c), k)
             }
             None => (None, String::new()),
         };
-        let flight = Box::new(Flight {
+        let pha = core.config.post_handshake_auth;
+        let Handshake {
+            suite,
+            transcript,
+            early,
+            schedule,
+            ..
+        } = hs;
+        let mut flight = Box::new(ClientFlight {
+            suite,
+            hash,
+            transcript,
+            early,
+            params,
             eoed,
             certificate,
             certificate_verify: None,
         });
-        let pha = core.config.post_handshake_auth;
 
-        if hs.cs_key_schedule {
-            let mut handshake_messages = hs.server_flight.clone();
-            if let Some(e) = &flight.eoed {
-                handshake_messages.extend_from_slice(e);
-            }
-            let session_id = hs.cs_session.clone().unwrap_or_default();
-            core.request_cs(CsCall::ClientFinished(pb::CClientFinishedRequest {
+        let (key_schedule, client_hs, mut cs_log) = match schedule {
+            Schedule::Cs {
                 session_id,
-                handshake_messages,
-                key_id,
-                client_certificate: flight.certificate.clone().unwrap_or_default(),
-                // x (exporter_master_secret) only when the exporter is enabled (RFC 8446 §7.5).
-                secret_request: Some(pb::SecretRequest {
-                    a_c: true,
-                    a_s: true,
-                    x: core.config.exporter,
-                    ..Default::default()
-                }),
-                last_exchange: !pha && core.config.ticket_store.is_none(),
-            }))?;
-            return Ok(State::AwaitCs(AwaitCs::ClientFinished(hs, flight)));
-        }
+                server_flight: mut handshake_messages,
+            } => {
+                if let Some(e) = &flight.eoed {
+                    handshake_messages.extend_from_slice(e);
+                }
+                core.request_cs(CsCall::ClientFinished(pb::CClientFinishedRequest {
+                    session_id: session_id.clone(),
+                    handshake_messages,
+                    key_id,
+                    client_certificate: flight.certificate.clone().unwrap_or_default(),
+                    // x (exporter_master_secret) only when the exporter is enabled (RFC 8446
+                    // §7.5).
+                    secret_request: Some(pb::SecretRequest {
+                        a_c: true,
+                        a_s: true,
+                        x: core.config.exporter,
+                        ..Default::default()
+                    }),
+                    last_exchange: !pha && core.config.ticket_store.is_none(),
+                }))?;
+                return Ok(State::AwaitCs(AwaitCs::ClientFinished {
+                    flight,
+                    session_id,
+                }));
+            }
+            Schedule::Engine {
+                key_schedule,
+                client_hs,
+                cs_log,
+            } => (key_schedule, client_hs, cs_log),
+        };
 
-        let ks = hs
-            .key_schedule
-            .take()
-            .ok_or_else(|| Error::general("no key schedule"))?;
-        let master = ks.into_master();
-        let fin = Box::new(EngineFinish {
-            client_ap: master.client_application_traffic_secret_0(&th_server_finished),
-            server_ap: master.server_application_traffic_secret_0(&th_server_finished),
-            exporter_master: core
-                .config
-                .exporter
-                .then(|| master.exporter_master_secret(&th_server_finished)),
-            master,
-        });
+        let master = key_schedule.into_master();
+        let client_ap = master.client_application_traffic_secret_0(&th_server_finished);
+        let server_ap = master.server_application_traffic_secret_0(&th_server_finished);
+        let exporter_master = core
+            .config
+            .exporter
+            .then(|| master.exporter_master_secret(&th_server_finished));
         if let Some(e) = &flight.eoed {
-            hs.transcript.add(e);
-            hs.cs_log.extend_from_slice(e);
+            flight.transcript.add(e);
+            cs_log.extend_from_slice(e);
         }
         if let Some(c) = &flight.certificate {
-            hs.transcript.add(c);
+            flight.transcript.add(c);
         }
         let needs_signature = flight
             .certificate
             .as_ref()
             .is_some_and(|_| !key_id.is_empty());
-        if needs_signature {
+        let request = needs_signature.then(|| pb::CInitClientFinishedRequest {
+            handshake_messages: cs_log.clone(),
+            freshness: core.config.freshness as i32,
+            key_id,
+            client_certificate: flight.certificate.clone().unwrap_or_default(),
+            last_exchange: !pha,
+        });
+        let fin = Box::new(EngineFinish {
+            master,
+            client_hs,
+            client_ap,
+            server_ap,
+            exporter_master,
+            cs_log,
+        });
+        if let Some(request) = request {
             // Sequence C: only the signing key is protected.
-            core.request_cs(CsCall::InitClientFinished(pb::CInitClientFinishedRequest {
-                handshake_messages: hs.cs_log.clone(),
-                freshness: core.config.freshness as i32,
-                key_id,
-                client_certificate: flight.certificate.clone().unwrap_or_default(),
-                last_exchange: !pha,
-            }))?;
-            return Ok(State::AwaitCs(AwaitCs::InitClientFinished(hs, flight, fin)));
+            core.request_cs(CsCall::InitClientFinished(request))?;
+            return Ok(State::AwaitCs(AwaitCs::InitClientFinished(flight, fin)));
         }
-        finish_engine(core, hs, *flight, *fin, CsSession::None)
+        finish_engine(core, *flight, *fin, CsSession::None)
     }
 }
 
@@ -317,8 +480,8 @@ impl ExpectFinished {
 /// application traffic secrets.
 pub(super) fn client_finished_done(
     core: &mut Core,
-    mut hs: Box<Hs>,
-    mut flight: Flight,
+    mut flight: ClientFlight,
+    session_id: Vec<u8>,
     r: pb::CClientFinishedResponse,
 ) -> Result<State, Error> {
     let ex = "c_client_finished";
@@ -347,16 +510,16 @@ pub(super) fn client_finished_done(
     .into_iter()
     .flatten()
     {
-        hs.transcript.add(m);
+        flight.transcript.add(m);
     }
-    hs.transcript.add(&r.client_finished);
-    let cs = match (r.last_exchange, hs.cs_session.clone()) {
-        (false, Some(id)) => CsSession::Full(id),
-        _ => CsSession::Closed,
+    flight.transcript.add(&r.client_finished);
+    let cs = if r.last_exchange {
+        CsSession::Closed
+    } else {
+        CsSession::Full(session_id)
     };
     send_flight(
         core,
-        hs,
         flight,
         r.client_finished,
         AppSecrets {
@@ -366,6 +529,8 @@ pub(super) fn client_finished_done(
             exporter_master,
         },
         cs,
+        // The CS log is only needed for a later c_init_client_finished (sequence C).
+        Vec::new(),
     )
 }
 
@@ -373,13 +538,12 @@ pub(super) fn client_finished_done(
 /// Finished.
 pub(super) fn init_client_finished_done(
     core: &mut Core,
-    mut hs: Box<Hs>,
-    mut flight: Flight,
+    mut flight: ClientFlight,
     fin: EngineFinish,
     r: pb::CInitClientFinishedResponse,
 ) -> Result<State, Error> {
     if !r.certificate_verify.is_empty() {
-        hs.transcript.add(&r.certificate_verify);
+        flight.transcript.add(&r.certificate_verify);
         flight.certificate_verify = Some(r.certificate_verify);
     }
     let cs = if r.session_id.is_empty() {
@@ -390,31 +554,29 @@ pub(super) fn init_client_finished_done(
             awaiting_client_finished: true,
         }
     };
-    finish_engine(core, hs, flight, fin, cs)
+    finish_engine(core, flight, fin, cs)
 }
 
 /// Sequence C/D: the engine makes its Finished and the resumption master secret.
 fn finish_engine(
     core: &mut Core,
-    mut hs: Box<Hs>,
-    flight: Flight,
+    mut flight: ClientFlight,
     fin: EngineFinish,
     cs: CsSession,
 ) -> Result<State, Error> {
-    let hash = hs.hash()?;
-    let client_hs = hs
-        .client_hs
-        .as_ref()
-        .ok_or_else(|| Error::general("no client handshake secret"))?;
-    let verify_data = finished_verify_data(hash, client_hs.as_bytes(), &hs.transcript.hash(hash));
+    let hash = flight.hash;
+    let verify_data = finished_verify_data(
+        hash,
+        fin.client_hs.as_bytes(),
+        &flight.transcript.hash(hash),
+    );
     let finished = encode_finished(&verify_data)?;
-    hs.transcript.add(&finished);
+    flight.transcript.add(&finished);
     let rms = fin
         .master
-        .resumption_master_secret(&hs.transcript.hash(hash));
+        .resumption_master_secret(&flight.transcript.hash(hash));
     send_flight(
         core,
-        hs,
         flight,
         finished,
         AppSecrets {
@@ -424,6 +586,7 @@ fn finish_engine(
             exporter_master: fin.exporter_master,
         },
         cs,
+        fin.cs_log,
     )
 }
 
@@ -436,16 +599,17 @@ struct AppSecrets {
     exporter_master: Option<Secret>,
 }
 
-/// Sends the client's second flight in one write ([CCS], [EndOfEarlyData under the early
-/// key], Certificate, CertificateVerify, Finished under the handshake key) and moves to the
-/// application keys.
+/// Sends the client's second flight in one write (\[CCS\], \[EndOfEarlyData under the early
+/// key\], Certificate, CertificateVerify, Finished under the handshake key) and moves to the
+/// application keys. `cs_log` is the log for a later c_init_client_finished (empty when the CS
+/// ran the key schedule).
 fn send_flight(
     core: &mut Core,
-    mut hs: Box<Hs>,
-    flight: Flight,
+    flight: ClientFlight,
     finished: Vec<u8>,
     secrets: AppSecrets,
     cs: CsSession,
+    cs_log: Vec<u8>,
 ) -> Result<State, Error> {
     let AppSecrets {
         client: client_ap,
@@ -453,15 +617,24 @@ fn send_flight(
         resumption_master,
         exporter_master,
     } = secrets;
-    let suite = hs.suite()?;
-    let hash = hs.hash()?;
-    if let (Some(eoed), Some(early)) = (&flight.eoed, hs.early.as_mut()) {
+    let ClientFlight {
+        suite,
+        hash,
+        transcript,
+        early,
+        params,
+        eoed,
+        certificate,
+        certificate_verify,
+    } = flight;
+    let mut early = early;
+    if let (Some(eoed), Some(early)) = (&eoed, early.as_mut()) {
         early
             .encrypter
             .encrypt_all(ContentType::Handshake, eoed, &mut core.out)?;
     }
     core.send_ccs_once();
-    let parts: Vec<&[u8]> = [&flight.certificate, &flight.certificate_verify]
+    let parts: Vec<&[u8]> = [&certificate, &certificate_verify]
         .into_iter()
         .flatten()
         .map(Vec::as_slice)
@@ -471,38 +644,31 @@ fn send_flight(
     core.install_encrypter(&record_keys(suite, &client_ap)?)?;
     core.install_decrypter(&record_keys(suite, &server_ap)?)?;
     let s = &mut core.summary;
-    s.client_authenticated = flight
-        .certificate
+    s.client_authenticated = certificate
         .as_ref()
         .is_some_and(|c| Certificate::parse(c).is_ok_and(|c| !c.entries.is_empty()));
     s.handshake_time = Some(core.started.elapsed());
 
-    let mut cs_log = std::mem::take(&mut hs.cs_log);
-    if hs.cs_key_schedule {
-        // The CS log is only needed for a later c_init_client_finished (sequence C).
-        cs_log.clear();
-    }
-    let early = hs.early.take();
     let traffic = Box::new(ExpectTraffic {
         suite,
         hash,
         client_secret: client_ap,
         server_secret: server_ap,
-        transcript: hs.transcript.clone(),
+        transcript,
         resumption_master,
         exporter_master,
         cs,
         pha_offered: core.config.post_handshake_auth,
         cs_log,
         client_finished: finished,
-        alpn: hs.alpn.clone(),
+        alpn: params.alpn,
         pending_tickets: Vec::new(),
         waiting: None,
     });
     // Early data the server did not take goes again as ordinary data (when so configured);
     // when it took it, what did not fit in max_early_data_size follows.
     if let Some(early) = early {
-        let rest = if hs.early_accepted {
+        let rest = if params.early_accepted {
             &early.data[early.sent..]
         } else if core.config.resend_rejected_early_data {
             &early.data[..]
