@@ -1,12 +1,21 @@
 //! State machine tests without a network: the ClientHello the engine builds, the CS call it
 //! asks for, and the ServerHello / HelloRetryRequest rules (RFC 8446 §4.1.3, §4.1.4).
 
-use super::*;
-use crate::deframer::Deframer;
-use lurk_proto::freshness::FreshnessMode;
-use lurk_proto::wire::SignatureScheme;
+use std::time::SystemTime;
 
-use crate::tickets::TicketStore;
+use lurk_proto::freshness::{client_random, FreshnessMode};
+use lurk_proto::key_schedule::{finished_verify_data, Secret};
+use lurk_proto::transcript::Transcript;
+use lurk_proto::wire::{
+    encode_finished, ClientHello, EncryptedExtensions, NamedGroup, PskKeyExchangeMode,
+    SignatureScheme,
+};
+
+use super::server_flight::{Handshake, Schedule, SelectedPsk};
+use super::*;
+use crate::config::{Ephemeral, TlsMode};
+use crate::deframer::Deframer;
+use crate::tickets::{StoredTicket, TicketStore};
 
 fn config(ephemeral: Ephemeral) -> Arc<ClientConfig> {
     Arc::new(ClientConfig {
@@ -799,7 +808,7 @@ fn early_data_is_at_most_max_early_data_size() {
     let Some(State::ServerHello(s)) = conn.state.as_ref() else {
         panic!("waiting for the ServerHello");
     };
-    let early = s.hs.early.as_ref().unwrap();
+    let early = s.early.as_ref().unwrap();
     assert_eq!((early.sent, early.data.len()), (10, 100));
 }
 
@@ -814,12 +823,31 @@ fn encrypted_extensions_after_early_offer(
     ee_early_data: bool,
 ) -> Result<(), Error> {
     let (mut conn, _, _) = early_attempt(ticket, alpn_offered, b"early");
-    let Some(State::ServerHello(ExpectServerHello { mut hs })) = conn.state.take() else {
+    let Some(State::ServerHello(sh)) = conn.state.take() else {
         panic!("waiting for the ServerHello");
     };
-    assert!(hs.early_data_offered);
-    hs.psk_selected = Some(selected);
-    hs.suite = Some(suite);
+    assert!(sh.early_data_offered);
+    let sh = *sh;
+    // The first PSK's ticket (the one early data goes with).
+    let ticket = sh.psks.into_iter().next().and_then(|p| p.ticket);
+    let state = Box::new(ExpectEncryptedExtensions {
+        hs: Handshake {
+            suite,
+            hash: suite.hash().unwrap(),
+            transcript: sh.transcript,
+            early: sh.early,
+            server_hs: Secret::from_bytes(&[0; 32]),
+            schedule: Schedule::Cs {
+                session_id: Vec::new(),
+                server_flight: Vec::new(),
+            },
+        },
+        psk: Some(SelectedPsk {
+            index: selected,
+            ticket,
+        }),
+        early_data_offered: sh.early_data_offered,
+    });
     let mut exts = Vec::new();
     if let Some(p) = ee_alpn {
         exts.extend_from_slice(&16u16.to_be_bytes());
@@ -839,9 +867,7 @@ fn encrypted_extensions_after_early_offer(
         typ: HandshakeType::EncryptedExtensions,
         encoded,
     };
-    ExpectEncryptedExtensions { hs }
-        .handle(&mut conn.core, &m)
-        .map(|_| ())
+    state.handle(&mut conn.core, &m).map(|_| ())
 }
 
 #[test]
@@ -1001,7 +1027,7 @@ fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedReque
     });
     conn.core.has_cs = true;
     {
-        let Some(State::ServerHello(ExpectServerHello { hs })) = conn.state.as_mut() else {
+        let Some(State::ServerHello(hs)) = conn.state.as_mut() else {
             panic!("waiting for the ServerHello");
         };
         hs.shares[0].injected = None;
