@@ -195,6 +195,18 @@ fn server_hello(cs: &Cs, id: &[u8], s: &str) -> pb::CServerHelloResponse {
     .unwrap()
 }
 
+/// The RFC's client and server handshake traffic secrets for section `s`.
+fn assert_handshake_secrets(sh: &pb::CServerHelloResponse, s: &str) {
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
+        ks(s, "client_handshake_traffic_secret")
+    );
+    assert_eq!(
+        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
+}
+
 /// Runs §3 (1-RTT) and returns the session id after c_client_finished.
 fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     let s = "simple_1rtt";
@@ -210,14 +222,7 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     let id = resp.session_id.clone();
 
     let sh = server_hello(cs, &id, s);
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
-        ks(s, "client_handshake_traffic_secret")
-    );
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
-    );
+    assert_handshake_secrets(&sh, s);
 
     let flight = [
         msg(s, "encrypted_extensions"),
@@ -296,14 +301,7 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     let id = resp.session_id.clone();
 
     let sh = server_hello(cs, &id, s);
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
-        ks(s, "client_handshake_traffic_secret")
-    );
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
-    );
+    assert_handshake_secrets(&sh, s);
 
     let flight = [
         msg(s, "encrypted_extensions"),
@@ -386,14 +384,7 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
     );
 
     let sh = server_hello(cs, &id, s);
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
-        ks(s, "client_handshake_traffic_secret")
-    );
-    assert_eq!(
-        secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
-    );
+    assert_handshake_secrets(&sh, s);
 
     let flight = [
         msg(s, "encrypted_extensions"),
