@@ -1,5 +1,5 @@
 //! The Crypto Service measured without the network: `lurk_cs::ops::*::handle` driven
-//! in-process on a `lurk_cs::service::Cs` built from an `init-dev` set-up (a real SoftHSM
+//! in-process on a `lurk_cs::cs::Cs` built from an `init-dev` set-up (a real SoftHSM
 //! token, a real SQLite store), with a small server simulator that answers each completed
 //! ClientHello with valid ServerHello / EncryptedExtensions / Certificate / CertificateVerify
 //! / Finished bytes (the CS checks the server Finished, not the certificate or signature).
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lurk_cs::config::{Config, EphemeralBackendKind};
+use lurk_cs::cs::Cs;
 use lurk_cs::keyring::KeyRing;
-use lurk_cs::service::Cs;
 use lurk_cs::store::{SqliteStore, TicketStore};
 use lurk_cs::token::Token;
 use lurk_proto::key_schedule::{finished_verify_data, KeyScheduleEarly};

@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::config::TokenConfig;
 use crate::error::TokenError;
-use crate::keys::{generate_signing_key, key_uri, KeyKind};
+use crate::token::keys::{generate_signing_key, key_uri, KeyKind};
 use crate::token::{initialize_token, Need, SigningKey, SigningKeyType, Token};
 
 pub const DEV_TOKEN_LABEL: &str = "lurk-dev";

@@ -4,6 +4,7 @@
 //! Layout, from the wire inwards:
 //! - [`server`]: listeners (mTLS, or plaintext in dev), engine identity, graceful shutdown;
 //! - [`service`]: the tonic service: one handler per RPC, each calling its operation;
+//! - [`cs`]: the state every operation uses (token, keys, store, sessions, ephemerals);
 //! - [`ops`]: one file per LURK exchange, enforcing LURK.md §2–§4;
 //! - [`session`]: the session table (the one place a replicated CS would replace);
 //! - [`ephemeral`]: (EC)DHE backends (token, memory, test vectors);
@@ -13,11 +14,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod cs;
 pub mod ephemeral;
 pub mod error;
 pub mod init_dev;
 pub mod keyring;
-pub mod keys;
 pub mod ops;
 pub mod server;
 pub mod service;

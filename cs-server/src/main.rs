@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use lurk_cs::config::{Config, LogFormat};
-use lurk_cs::service::{CryptoServiceImpl, Cs};
+use lurk_cs::cs::Cs;
+use lurk_cs::service::CryptoServiceImpl;
 
 #[derive(Parser)]
 #[command(
@@ -186,7 +187,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 let token = lurk_cs::token::Token::open(&cfg.token)?;
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
-                let imported = lurk_cs::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
+                let imported = lurk_cs::token::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
                 println!("imported {imported:?}");
                 if let Some(cert) = cert {
                     let chain = lurk_cs::keyring::read_chain(&cert)?;
@@ -208,7 +209,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             KeysCommand::List { config } => {
                 let cfg = load(&config)?;
                 let token = lurk_cs::token::Token::open(&cfg.token)?;
-                for k in lurk_cs::keys::list_keys(&token)? {
+                for k in lurk_cs::token::keys::list_keys(&token)? {
                     println!("{k}");
                 }
                 Ok(())

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use lurk_cs::config::Config;
 use lurk_cs::init_dev::{init_dev, InitDevError};
-use lurk_cs::keys::list_keys;
+use lurk_cs::token::keys::list_keys;
 use lurk_cs::token::{Need, SigningKeyType, Token};
 use lurk_proto::wire::{NamedGroup, SignatureScheme};
 use ring::signature::{self as rs, UnparsedPublicKey};

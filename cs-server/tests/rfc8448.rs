@@ -12,8 +12,8 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use lurk_cs::config::Config;
+use lurk_cs::cs::Cs;
 use lurk_cs::keyring::KeyRing;
-use lurk_cs::service::Cs;
 use lurk_cs::store::SqliteStore;
 use lurk_cs::token::Token;
 use lurk_proto::pb;
@@ -73,11 +73,11 @@ fn fixture() -> &'static Fixture {
         let token = Token::open(&cfg.token).unwrap();
         let mut keys = KeyRing::load(&token, &cfg.keys).unwrap();
         // §6: an RSA key in the token stands in for the RFC's unpublished client key.
-        lurk_cs::keys::generate_signing_key(
+        lurk_cs::token::keys::generate_signing_key(
             &token,
             "rfc8448-client",
             b"\x68",
-            lurk_cs::keys::KeyKind::Rsa2048,
+            lurk_cs::token::keys::KeyKind::Rsa2048,
         )
         .unwrap();
         let rsa = token.find_signing_key("rfc8448-client").unwrap();

@@ -10,11 +10,11 @@ use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::NamedGroup;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{CsShare, HelloState, Stage};
-use crate::service::Cs;
 use crate::session::{lock_session, SessionId};
 
 fn invalid(why: impl Into<String>) -> ServiceError {

@@ -10,11 +10,11 @@ use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::HandshakeType;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, Stage};
-use crate::service::Cs;
 
 pub fn handle(
     cs: &Cs,

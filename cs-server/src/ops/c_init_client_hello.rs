@@ -12,11 +12,11 @@ use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::PskKeyExchangeMode;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common::{self, MAX_PSK_IDENTITIES};
 use crate::ops::msgs;
 use crate::ops::state::{CsShare, HelloState, Stage};
-use crate::service::Cs;
 use crate::session::lock_session;
 
 pub fn handle(

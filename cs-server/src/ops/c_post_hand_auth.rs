@@ -7,11 +7,11 @@ use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::HandshakeType;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::Stage;
-use crate::service::Cs;
 use crate::session::{lock_session, SessionId};
 
 pub fn handle(

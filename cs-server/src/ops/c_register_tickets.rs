@@ -12,11 +12,11 @@ use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use zeroize::Zeroizing;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST};
 use crate::ops::msgs;
 use crate::ops::state::Stage;
-use crate::service::Cs;
 use crate::session::{lock_session, SessionId};
 use crate::store::NewTicket;
 

@@ -8,11 +8,11 @@ use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use zeroize::Zeroizing;
 
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{HandshakeState, Stage};
-use crate::service::Cs;
 use crate::session::{lock_session, SessionId};
 
 pub fn handle(

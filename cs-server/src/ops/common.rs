@@ -9,10 +9,10 @@ use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{HandshakeType, HashAlg, SignatureScheme};
 
 use crate::config::FreshnessMode;
+use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::msgs;
 use crate::ops::state::OfferedPsk;
-use crate::service::Cs;
 use crate::session::{Session, SessionId};
 
 /// At most this many PSK identities in one ClientHello (each one costs a store lookup).

@@ -31,6 +31,7 @@ use crate::error::TokenError;
 
 pub(crate) mod der;
 mod ephemeral;
+pub mod keys;
 mod mechanisms;
 mod pool;
 mod seal;

@@ -409,7 +409,7 @@ fn public_point(
 mod tests {
     use super::super::testutil;
     use super::*;
-    use crate::keys::{self, KeyKind};
+    use crate::token::keys::{self, KeyKind};
     use ring::signature::{self as rs, UnparsedPublicKey};
 
     /// A CertificateVerify content as TLS 1.3 builds it.

@@ -1,0 +1,87 @@
+//! The CS's state, shared by every operation: the token, the signing keys, the ticket store,
+//! the session table and the ephemeral backend. The gRPC adapter (`service`) holds one
+//! `Arc<Cs>`; the operations (`ops`) take `&Cs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lurk_proto::wire::NamedGroup;
+
+use crate::config::{Config, EphemeralBackendKind, FreshnessMode};
+use crate::ephemeral::EphemeralSource;
+use crate::error::{ServiceError, TokenError};
+use crate::keyring::KeyRing;
+use crate::session::{SessionLimits, SessionTable};
+use crate::store::TicketStore;
+use crate::token::{Need, Token};
+
+/// Everything an operation needs: the CS's state, shared by all requests.
+pub struct Cs {
+    pub token: Option<Token>,
+    pub keys: KeyRing,
+    pub store: Arc<dyn TicketStore>,
+    pub sessions: SessionTable,
+    pub ephemeral: EphemeralSource,
+    pub freshness_mode: FreshnessMode,
+    /// Test-vector mode: `null` freshness allowed, ephemeral keys injectable in-process.
+    pub test_vectors: bool,
+    pub ticket_lifetime_cap: u64,
+    pub max_tickets_per_engine: u32,
+}
+
+impl Cs {
+    /// Builds the CS from its configuration: opens the token (mechanism check included),
+    /// loads the signing keys and their certificates, opens the ticket store.
+    pub fn from_config(cfg: &Config) -> Result<Self, ServiceError> {
+        let token = Token::open(&cfg.token)?;
+        if !token.has_sealing_key()? {
+            return Err(ServiceError::Token(TokenError::KeyNotFound(format!(
+                "sealing key {:?}: create it with `lurk-cs token sealing-key --config FILE`",
+                cfg.token.sealing_key
+            ))));
+        }
+        let keys = KeyRing::load(&token, &cfg.keys)?;
+        // Say at start, and exactly, what the token lacks for this configuration.
+        token.check_mechanisms(&Need::for_service(
+            keys.all().map(|k| k.key.key_type()),
+            cfg.ephemeral.backend == EphemeralBackendKind::Token,
+        ))?;
+        let store =
+            crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
+        Ok(Self::new(cfg, Some(token), keys, Arc::new(store)))
+    }
+
+    pub fn new(
+        cfg: &Config,
+        token: Option<Token>,
+        keys: KeyRing,
+        store: Arc<dyn TicketStore>,
+    ) -> Self {
+        let limits = SessionLimits {
+            max: cfg.sessions.max,
+            max_per_engine: cfg.sessions.max_per_engine,
+            handshake_ttl: Duration::from_secs(cfg.sessions.ttl_secs),
+            established_ttl: Duration::from_secs(cfg.sessions.established_ttl_secs),
+        };
+        Self {
+            ephemeral: EphemeralSource::new(
+                cfg.ephemeral.backend,
+                token.clone(),
+                cfg.freshness.test_vectors,
+            ),
+            token,
+            keys,
+            store,
+            sessions: SessionTable::new(limits),
+            freshness_mode: cfg.freshness.mode,
+            test_vectors: cfg.freshness.test_vectors,
+            ticket_lifetime_cap: cfg.store.ticket_lifetime_secs,
+            max_tickets_per_engine: cfg.store.max_tickets_per_engine,
+        }
+    }
+
+    /// Test-vector mode: the next ephemeral key for `group` uses this private key.
+    pub fn inject_ephemeral(&self, group: NamedGroup, private: &[u8]) -> Result<(), ServiceError> {
+        self.ephemeral.inject(group, private)
+    }
+}
