@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The API docs build with no warning (broken links, unclosed tags).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

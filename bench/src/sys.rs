@@ -1,5 +1,5 @@
-//! What the OS accounts for: CPU time of a process (/proc/<pid>/stat utime+stime, and
-//! cutime+cstime for reaped children), resident memory (/proc/<pid>/status VmRSS), the
+//! What the OS accounts for: CPU time of a process (`/proc/<pid>/stat` utime+stime, and
+//! cutime+cstime for reaped children), resident memory (`/proc/<pid>/status` VmRSS), the
 //! machine's description, free loopback ports and percentiles.
 
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`, 100 on Linux).
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
 fn clk_tck() -> u64 {
     static T: OnceLock<u64> = OnceLock::new();
     *T.get_or_init(|| {
@@ -22,7 +22,7 @@ fn clk_tck() -> u64 {
     })
 }
 
-/// The fields of /proc/<pid>/stat after the command name (field 3 = index 0).
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 = index 0).
 fn stat_fields(pid: &str) -> Option<Vec<u64>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &text[text.rfind(')')? + 2..];
@@ -195,7 +195,7 @@ pub fn machine() -> Vec<(String, String)> {
     ]
 }
 
-/// A binary of this workspace, next to the running one (target/<profile>/NAME).
+/// A binary of this workspace, next to the running one (`target/<profile>/NAME`).
 pub fn sibling_bin(name: &str) -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;

@@ -1,5 +1,5 @@
-//! (EC)DHE key pairs the CS generates for the ClientHello's key_share (cs_generated, LURK.md
-//! §4.4). Three backends:
+//! (EC)DHE key pairs the CS generates for the ClientHello's key_share (cs_generated,
+//! docs/design.md §4.4). Three backends:
 //! - `Token` (default): key pairs generated in the PKCS#11 token as session objects, derived
 //!   with CKM_ECDH1_DERIVE and destroyed as soon as the shared secret exists;
 //! - `Memory`: ring's ephemeral keys in CS memory (single use, dropped after agreement);

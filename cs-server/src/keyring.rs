@@ -1,6 +1,6 @@
 //! The signing keys this CS offers engines: a key in the token, its certificate chain and
 //! the engines allowed to use it. The signature scheme is chosen here, from the peer's
-//! signature_algorithms and the key's type (LURK.md §4.9), never from configuration.
+//! signature_algorithms and the key's type (docs/design.md §4.9), never from configuration.
 
 use std::path::Path;
 

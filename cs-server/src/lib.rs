@@ -5,7 +5,7 @@
 //! - [`server`]: listeners (mTLS, or plaintext in dev), engine identity, graceful shutdown;
 //! - [`service`]: the tonic service: one handler per RPC, each calling its operation;
 //! - [`cs`]: the state every operation uses (token, keys, store, sessions, ephemerals);
-//! - [`ops`]: one file per LURK exchange, enforcing LURK.md §2–§4;
+//! - [`ops`]: one file per LURK exchange, enforcing docs/design.md §2–§4;
 //! - [`session`]: the session table (the one place a replicated CS would replace);
 //! - [`ephemeral`]: (EC)DHE backends (token, memory, test vectors);
 //! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);

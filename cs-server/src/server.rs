@@ -8,7 +8,7 @@
 //! - **Engine identity** ([`engine_identity`]): the subject CN of the engine's certificate
 //!   (first DNS SAN if there is no CN). Sessions, tickets and key permissions are keyed by it.
 //!   On a plaintext listener the engine names itself with the `lurk-engine-id` header.
-//! - **Sockets**: `TCP_NODELAY` on every accepted connection (LURK.md §5: Nagle's 40 ms
+//! - **Sockets**: `TCP_NODELAY` on every accepted connection (docs/design.md §5: Nagle's 40 ms
 //!   stalls), TCP and HTTP/2 keepalives, a TLS handshake timeout; tokio's listener sets
 //!   `SO_REUSEADDR`, so a restarted CS binds again at once.
 //! - **Shutdown**: when the shutdown future completes the listener closes, and in-flight

@@ -1,7 +1,7 @@
 //! The tonic service: each RPC authenticates the engine, then runs its operation and maps
 //! the result through the one error mapping of `error.rs`.
 //!
-//! Where an operation runs is decided per request ([`Where`]): an operation that may call
+//! Where an operation runs is decided per request (`Where`): an operation that may call
 //! the token (PKCS#11) or the ticket store (SQLite) runs on a blocking thread, never on the
 //! async workers. An operation that touches neither (memory ephemerals, no PSK, no client
 //! signature, a session close) is tens of microseconds of CPU and runs inline: the hop to

@@ -4,7 +4,7 @@
 //! can serve): operations only see [`SessionTable::open`], [`SessionTable::get`] and
 //! [`SessionTable::close`], and the state they keep is the [`Stage`] value.
 //!
-//! Rules enforced here (LURK.md §4.7): session ids are 16 random bytes from the OS CSPRNG,
+//! Rules enforced here (docs/design.md §4.7): session ids are 16 random bytes from the OS CSPRNG,
 //! unguessable; a session belongs to the engine identity that opened it, and another engine
 //! naming it gets the same answer as for an unknown id (`invalid_session_id`), so ids do not
 //! leak across engines; the table is bounded in total and per engine; a session expires after
@@ -183,7 +183,7 @@ impl SessionTable {
         let now = Instant::now();
         let mut inner = self.lock();
         let entry = inner.sessions.get(id).ok_or_else(unknown_session)?;
-        // Another engine's session looks exactly like an unknown one (LURK.md §4.7).
+        // Another engine's session looks exactly like an unknown one (docs/design.md §4.7).
         if entry.owner != owner {
             return Err(unknown_session());
         }

@@ -15,7 +15,7 @@ use crate::verify::{TrustAnchors, SUPPORTED_SCHEMES};
 /// Who makes the (EC)DHE key pairs (LURK ephemeral method).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ephemeral {
-    /// The Crypto Service (cs_generated, the default: LURK.md §4.4).
+    /// The Crypto Service (cs_generated, the default: docs/design.md §4.4).
     #[default]
     Cs,
     /// The engine (e_generated; with no CS-held PSK the engine runs the key schedule itself).
@@ -81,7 +81,7 @@ pub struct ClientConfig {
     pub resend_rejected_early_data: bool,
     /// Offer post-handshake client authentication (RFC 8446 §4.6.2).
     pub post_handshake_auth: bool,
-    /// The LURK freshness function the CS applies to the engine's random (LURK.md §3).
+    /// The LURK freshness function the CS applies to the engine's random (docs/design.md §3).
     pub freshness: pb::Freshness,
     /// Draft labels (default) or pylurk compatibility.
     pub freshness_mode: FreshnessMode,

@@ -357,7 +357,7 @@ pub enum PeerMisbehaved {
     /// (§4.6.2: `unexpected_message`).
     UnsolicitedPostHandshakeAuth,
     /// The Crypto Service completed the ClientHello with another random than the freshness
-    /// function of our random (LURK.md §3).
+    /// function of our random (docs/design.md §3).
     WrongFreshRandom,
 }
 

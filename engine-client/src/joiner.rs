@@ -1,7 +1,7 @@
 //! Handshake message reassembly (RFC 8446 §5.1): handshake record payloads in, whole
 //! handshake messages (4-byte header included, the exact bytes the transcript hashes) out.
 //!
-//! This is rustls' `HandshakeDeframer` checks on a copying `Vec<u8>` (STYLE §5: the in-place
+//! This is rustls' `HandshakeDeframer` checks on a copying `Vec<u8>` (docs/design.md §8: the in-place
 //! coalescer is not worth it here). It fixes the reference engine's `fragment_reassembly`,
 //! which could not find a message whose header was split across records and let the rest of
 //! a record be lost when several messages shared it:

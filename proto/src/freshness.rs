@@ -1,4 +1,4 @@
-//! The ClientHello.random of LURK (draft-mglt-lurk-tls13 §3, LURK.md §3 and §4.3).
+//! The ClientHello.random of LURK (draft-mglt-lurk-tls13 §3, docs/design.md §3 and §4.3).
 //!
 //! The engine never chooses the random the Crypto Service derives its secrets over: it sends
 //! its own random, and the CS puts `H(engine_random || "tls13 pfs clt")` (truncated to 32 bytes)
@@ -85,7 +85,7 @@ pub fn freshness_digest(freshness: pb::Freshness) -> Option<&'static digest::Alg
 /// the first 32 bytes of H(engine_random || "tls13 pfs clt") in `Draft` mode, of
 /// H(engine_random) in `Pylurk` mode, H being SHA-256/384/512 as `freshness` says. `Null`
 /// returns the engine's random unchanged: it exists for test vectors only, and the caller
-/// decides whether it is allowed (LURK.md §4.3).
+/// decides whether it is allowed (docs/design.md §4.3).
 pub fn client_random(
     freshness: pb::Freshness,
     mode: FreshnessMode,

@@ -2,7 +2,7 @@
 //! traffic keys (§7.3), key updates (§7.2) and resumption PSKs (§4.6.1).
 //!
 //! Both the Crypto Service and the engine use this module: the CS for the secrets it keeps, the
-//! engine when it runs the schedule itself (LURK.md §2, sequence D). The schedule is a typestate,
+//! engine when it runs the schedule itself (docs/design.md §2, sequence D). The schedule is a typestate,
 //! as in rustls: [`KeyScheduleEarly`] → [`KeyScheduleHandshake`] → [`KeyScheduleMaster`]; each
 //! stage consumes the one before, so a secret of a stage that is over can no longer be derived,
 //! and every intermediate secret is zeroized when its stage is dropped. All labels sit in one

@@ -2,10 +2,10 @@
 //!
 //! The Crypto Service must hash before it knows the hash: it computes binders with each PSK's
 //! own hash at ClientHello time and learns the cipher suite only from the ServerHello (or the
-//! HelloRetryRequest). A [`Transcript`] therefore keeps the exact bytes it was given (LURK.md
-//! §4.2: never re-encode) together with a running SHA-256 and SHA-384 context, so that the hash
-//! of everything so far, with either function, costs one clone of a digest context. A handshake
-//! is a few kilobytes, so hashing every message twice is cheap.
+//! HelloRetryRequest). A [`Transcript`] therefore keeps the exact bytes it was given
+//! (docs/design.md §4.2: never re-encode) together with a running SHA-256 and SHA-384
+//! context, so that the hash of everything so far, with either function, costs one clone of
+//! a digest context. A handshake is a few kilobytes, so hashing every message twice is cheap.
 
 use std::fmt;
 

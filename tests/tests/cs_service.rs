@@ -418,7 +418,7 @@ async fn a_cookie_only_hello_retry_request_keeps_the_cs_key_share_and_the_random
 
 /// Sequence C (c_init_client_finished): only the signing key is protected, and the engine
 /// cannot use the CS as a signing oracle for a transcript of its choosing. The CS signs over
-/// the ClientHello with the random derived from the engine's (freshness, LURK.md §3), not
+/// the ClientHello with the random derived from the engine's (freshness, docs/design.md §3), not
 /// over the bytes the engine sent: the signature verifies for the derived random and fails
 /// for the engine's.
 #[tokio::test]

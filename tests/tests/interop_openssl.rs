@@ -5,7 +5,7 @@
 //! the engine's (response body on stdout, one `--json` summary per connection on stderr,
 //! with the LURK exchanges made).
 //!
-//! Sequences (LURK.md §2): with CS-generated (EC)DHE or a CS-held PSK every connection runs
+//! Sequences (docs/design.md §2): with CS-generated (EC)DHE or a CS-held PSK every connection runs
 //! `c_init_client_hello → [c_client_hello] → c_server_hello → c_client_finished →
 //! (c_register_tickets | c_post_hand_auth)*`; with `--ephemeral engine` and no PSK the engine
 //! runs the key schedule itself and calls the CS only to sign (`c_init_client_finished`), or

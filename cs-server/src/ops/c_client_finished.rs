@@ -1,4 +1,4 @@
-//! `c_client_finished` (LURK.md §2): the server's flight, EncryptedExtensions through the
+//! `c_client_finished` (docs/design.md §2): the server's flight, EncryptedExtensions through the
 //! server Finished (and EndOfEarlyData when early data was accepted). The CS checks the
 //! order of the messages and the server Finished, derives the application secrets, signs
 //! the client CertificateVerify when the server asked for a certificate, makes the client

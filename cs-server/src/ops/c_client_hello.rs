@@ -1,6 +1,6 @@
-//! `c_client_hello` (LURK.md §4.8): after a HelloRetryRequest, the engine sends the HRR and
+//! `c_client_hello` (docs/design.md §4.8): after a HelloRetryRequest, the engine sends the HRR and
 //! its second ClientHello. The CS keeps the first random (both ClientHellos carry the same
-//! one, LURK.md §3), replaces the first ClientHello in the transcript by message_hash
+//! one, docs/design.md §3), replaces the first ClientHello in the transcript by message_hash
 //! (RFC 8446 §4.4.1) and recomputes the binders. When the HRR selects a group, the CS makes
 //! a key share for it and destroys the old key pairs; when it only carries a cookie, the
 //! second ClientHello keeps the first one's shares (RFC 8446 §4.1.2) and the CS refills the

@@ -1,4 +1,4 @@
-//! `c_init_client_finished` (LURK.md §2, sequence C): only the signing key is protected.
+//! `c_init_client_finished` (docs/design.md §2, sequence C): only the signing key is protected.
 //! The engine ran the key schedule itself and sends the whole handshake, ClientHello (with
 //! the engine's random: the CS applies the freshness function, so the engine cannot choose
 //! the transcript it gets signed) through the server Finished. The CS signs the client

@@ -1,9 +1,9 @@
-//! `c_init_client_hello` (LURK.md §2): opens a LURK session on the engine's ClientHello.
+//! `c_init_client_hello` (docs/design.md §2): opens a LURK session on the engine's ClientHello.
 //!
-//! The CS derives ClientHello.random from the engine's random (freshness, LURK.md §3),
+//! The CS derives ClientHello.random from the engine's random (freshness, docs/design.md §3),
 //! generates a key pair for every key_share entry the engine left empty (cs_generated),
 //! loads the PSK of every offered identity and computes the binders, splicing all of it
-//! into the received bytes (LURK.md §4.2). Early secrets are returned when early data is
+//! into the received bytes (docs/design.md §4.2). Early secrets are returned when early data is
 //! offered and asked for. The PSKs stay in the session, never in a response.
 
 use lurk_proto::key_schedule::KeyScheduleEarly;

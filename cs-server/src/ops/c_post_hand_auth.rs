@@ -1,4 +1,4 @@
-//! `c_post_hand_auth` (LURK.md §2, RFC 8446 §4.6.2): a CertificateRequest after the
+//! `c_post_hand_auth` (docs/design.md §2, RFC 8446 §4.6.2): a CertificateRequest after the
 //! handshake. The CS signs the CertificateVerify over the handshake transcript (through the
 //! client Finished) + CertificateRequest + Certificate (RFC 8446 §4.4.1). The engine makes
 //! the Finished with its current application traffic secret.

@@ -1,4 +1,4 @@
-//! `c_register_tickets` (LURK.md §2): NewSessionTicket messages received after the
+//! `c_register_tickets` (docs/design.md §2): NewSessionTicket messages received after the
 //! handshake. For each, the CS derives the PSK from the resumption master secret it kept
 //! (RFC 8446 §4.6.1: HKDF-Expand-Label(r, "resumption", ticket_nonce)) and stores it sealed,
 //! bound to this engine. Neither r nor the PSK is ever returned.

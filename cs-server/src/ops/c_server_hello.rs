@@ -1,4 +1,4 @@
-//! `c_server_hello` (LURK.md §2): the ServerHello fixes the cipher suite, the key exchange
+//! `c_server_hello` (docs/design.md §2): the ServerHello fixes the cipher suite, the key exchange
 //! and the PSK. The CS computes the (EC)DHE shared secret with the key pair it made (or
 //! takes the engine's, e_generated), runs the key schedule to the handshake secret and
 //! returns the handshake traffic secrets. Unused key pairs are destroyed.

@@ -20,7 +20,7 @@ pub const MAX_PSK_IDENTITIES: usize = 8;
 /// At most this many NewSessionTicket messages in one c_register_tickets.
 pub const MAX_TICKETS_PER_REQUEST: usize = 16;
 
-/// The secret_request policy (LURK.md §4.6): r, the PSK and private keys never leave the
+/// The secret_request policy (docs/design.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
 pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
     if req.is_some_and(|r| r.r) {
@@ -39,7 +39,7 @@ pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
     }
 }
 
-/// The ClientHello.random the CS derives from the engine's random (LURK.md §3).
+/// The ClientHello.random the CS derives from the engine's random (docs/design.md §3).
 pub fn fresh_random(
     cs: &Cs,
     freshness: i32,

@@ -1,4 +1,4 @@
-//! The LURK exchanges of a TLS 1.3 client, one file each (LURK.md §2), plus what they share:
+//! The LURK exchanges of a TLS 1.3 client, one file each (docs/design.md §2), plus what they share:
 //! the session stages (`state`), the policy and signing helpers (`common`) and the views of
 //! the handshake messages they check (`msgs`).
 pub mod c_client_finished;

@@ -1,6 +1,8 @@
 //! What the operations read from handshake messages: thin views over `lurk_proto::wire`,
-//! owning what outlives the request. Malformed bytes are `invalid_format`; a message that
-//! parses but breaks a TLS 1.3 rule the exchange depends on is `invalid_handshake`.
+//! owning what outlives the request. Whatever `lurk_proto::wire` refuses is `invalid_format`:
+//! malformed bytes, and the structural rules the parser itself enforces (duplicate or
+//! misplaced extensions, pre_shared_key not last, identities and binders unmatched). A rule
+//! checked here or in an operation on a parsed message is `invalid_handshake`.
 
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{

@@ -1,5 +1,5 @@
 //! What a LURK session keeps between exchanges, one variant per point of the protocol
-//! (LURK.md §2, sequences A and C). An operation accepts only the stage that precedes it:
+//! (docs/design.md §2, sequences A and C). An operation accepts only the stage that precedes it:
 //! anything else is refused with `invalid_status` and leaves the session as it was.
 
 use std::fmt;

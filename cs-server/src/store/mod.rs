@@ -1,15 +1,15 @@
-//! Resumption tickets and external PSKs (LURK.md §4.6): the PSKs never leave the CS, so the
+//! Resumption tickets and external PSKs (docs/design.md §4.6): the PSKs never leave the CS, so the
 //! CS keeps them, sealed, in a store.
 //!
 //! - [`Sealer`]: authenticated encryption under a key the store never sees (the PKCS#11
-//!   token's AES key in production; its impl lives with the token).
+//!   token's AES key in production; its impl is in `token/seal.rs`).
 //! - [`TicketStore`]: what the service needs, blocking (the service calls it through
 //!   `spawn_blocking`). [`SqliteStore`] is the one backend today; a larger deployment will
 //!   put tickets in PostgreSQL behind the same trait.
 //!
 //! Rules every backend follows:
 //! - **Only the PSK is sealed**, and its AAD binds it to everything stored next to it in
-//!   clear ([`ticket_aad`], [`external_psk_aad`]): schema version, engine identity, SHA-256
+//!   clear (`ticket_aad`, `external_psk_aad`): schema version, engine identity, SHA-256
 //!   of the ticket identity, hash, cipher suite, times, `max_early_data`, server name (for
 //!   external PSKs: identity and the list of allowed engines). A row copied to another engine
 //!   or identity, or whose lifetime or allowed engines were edited, fails to unseal.
@@ -296,17 +296,6 @@ pub(crate) fn check_identity(identity: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-/// The token seals stored PSKs with its AES key (AES-GCM, LURK.md §4.6).
-impl Sealer for crate::token::Token {
-    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, TokenError> {
-        crate::token::Token::seal(self, aad, plaintext)
-    }
-
-    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
-        crate::token::Token::unseal(self, aad, sealed)
-    }
 }
 
 #[cfg(test)]

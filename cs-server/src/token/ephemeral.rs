@@ -1,4 +1,4 @@
-//! (EC)DHE in the token (LURK.md §4.4): key pairs generated as session objects (never
+//! (EC)DHE in the token (docs/design.md §4.4): key pairs generated as session objects (never
 //! stored, private half sensitive and derive-only), CKM_ECDH1_DERIVE with CKD_NULL, and
 //! every object destroyed as soon as the shared secret exists.
 //!

@@ -1,5 +1,5 @@
 //! What a configuration needs from the token, checked once at start-up against
-//! `C_GetMechanismList` / `C_GetMechanismInfo` (STYLE.md §4.16), so that a token lacking a
+//! `C_GetMechanismList` / `C_GetMechanismInfo` (docs/design.md §8), so that a token lacking a
 //! mechanism fails the start with a list of what is missing instead of failing handshakes.
 
 use cryptoki::mechanism::{MechanismInfo, MechanismType};

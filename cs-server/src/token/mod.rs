@@ -1,4 +1,4 @@
-//! The PKCS#11 token: every credential of the CS lives here (LURK.md §4.4–§4.6).
+//! The PKCS#11 token: every credential of the CS lives here (docs/design.md §4.4–§4.6).
 //!
 //! - [`Token::open`] loads the module once per process ([`CInitializeFlags::OS_LOCKING_OK`]),
 //!   finds the token by label, logs in with the PIN from the environment or a file, and

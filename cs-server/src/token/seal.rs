@@ -1,5 +1,5 @@
 //! Sealing stored secrets (tickets' PSKs) under an AES-256 key that never leaves the token
-//! (LURK.md §4.6).
+//! (docs/design.md §4.6).
 //!
 //! Format (version 1): `0x01 ‖ iv (12 bytes) ‖ AES-256-GCM ciphertext ‖ tag (16 bytes)`,
 //! with additional data `0x01 ‖ aad`, so that the version byte is authenticated too. The IV
@@ -147,6 +147,17 @@ fn versioned_aad(aad: &[u8]) -> Vec<u8> {
     v.push(VERSION);
     v.extend_from_slice(aad);
     v
+}
+
+/// The token seals stored PSKs with its AES key (AES-GCM, docs/design.md §4.6).
+impl crate::store::Sealer for Token {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, TokenError> {
+        Token::seal(self, aad, plaintext)
+    }
+
+    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        Token::unseal(self, aad, sealed)
+    }
 }
 
 #[cfg(test)]

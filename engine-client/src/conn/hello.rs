@@ -475,7 +475,7 @@ pub(super) fn server_hello_done(
 }
 
 /// The ClientHello the CS completed must parse, carry no empty share, and carry the fresh
-/// random of our random (LURK.md §3: the engine checks what it sends).
+/// random of our random (docs/design.md §3: the engine checks what it sends).
 fn check_completed_client_hello(
     core: &Core,
     hs: &ExpectServerHello,

@@ -1,14 +1,15 @@
-//! The TLS 1.3 client connection, Sans-IO (STYLE §1 and §4.9): TLS bytes in
+//! The TLS 1.3 client connection, Sans-IO (docs/design.md §8): TLS bytes in
 //! ([`ClientConnection::read_tls`]), TLS bytes out ([`ClientConnection::take_tls`]), and calls to
 //! the Crypto Service as actions ([`ClientConnection::take_cs_call`] then
-//! [`ClientConnection::cs_response`]). No socket, no gRPC, no clock other than the one
-//! read for ticket ages and certificate validity.
+//! [`ClientConnection::cs_response`]). No socket and no gRPC. It still reads the clock
+//! itself: `SystemTime` for ticket ages, ticket receipt and certificate validity, `Instant`
+//! for the handshake's duration.
 //!
 //! The handshake is an enum of boxed states, one struct per expected message (rustls `main`):
 //! [`ExpectServerHello`], [`ExpectEncryptedExtensions`], [`ExpectCertificateOrCertReq`],
 //! [`ExpectCertificate`] (after a CertificateRequest), [`ExpectCertificateVerify`],
 //! [`ExpectFinished`], [`ExpectTraffic`], plus `AwaitCs` while a LURK exchange is out. Each
-//! holds only what is valid there (rustls' one-type-per-stage data, STYLE §4.5):
+//! holds only what is valid there (rustls' one-type-per-stage data, docs/design.md §8):
 //!
 //! - before the ServerHello, what the ClientHello offered: shares, PSKs, randoms, transcript,
 //!   the early data sent, the CS session if one was opened;
@@ -34,7 +35,7 @@
 //! `traffic.rs` [`ExpectTraffic`] (tickets, post-handshake authentication, KeyUpdate, the
 //! exporter) and the CS work left at the end ([`CsEpilogue`]).
 //!
-//! When the engine calls the CS (pytls13's policy, LURK.md §2): `c_init_client_hello` when the
+//! When the engine calls the CS (pytls13's policy, docs/design.md §2): `c_init_client_hello` when the
 //! ephemeral method is cs or a CS-held PSK is offered; `c_server_hello`, `c_client_finished` and
 //! `c_register_tickets` when the server picked a CS share or a CS-held PSK. Otherwise the engine
 //! runs the key schedule itself (sequence D) and, when it must sign, uses
@@ -758,9 +759,6 @@ impl ClientConnection {
     }
 }
 
-/// The CS work of a finished connection ([`ClientConnection::detach_cs`]): the driver awaits
-/// the registration in flight (if any) and gives its reply to [`Self::in_flight_done`], then
-/// makes [`Self::take_last_call`] and gives its reply to [`Self::last_done`]. Tickets are stored
 fn cs_error(exchange: &'static str, e: CsError) -> Error {
     Error::CryptoService {
         exchange,

@@ -72,6 +72,9 @@ pub struct ExpectTraffic {
     pub(super) waiting: Option<TrafficWait>,
 }
 
+/// The CS work of a finished connection ([`ClientConnection::detach_cs`](super::ClientConnection::detach_cs)): the driver awaits
+/// the registration in flight (if any) and gives its reply to [`Self::in_flight_done`], then
+/// makes [`Self::take_last_call`] and gives its reply to [`Self::last_done`]. Tickets are stored
 /// when, and only when, the CS accepted them.
 pub struct CsEpilogue {
     pub(super) store: Option<Arc<dyn crate::tickets::TicketStore>>,

@@ -3,7 +3,7 @@
 //!
 //! [`Reader`] is a slice plus a cursor (as in rustls). It also knows where its slice starts
 //! inside the original input, so that views built with it can report absolute byte offsets,
-//! which the Crypto Service needs to splice values into received bytes (LURK.md §4.2).
+//! which the Crypto Service needs to splice values into received bytes (docs/design.md §4.2).
 
 use super::WireError;
 

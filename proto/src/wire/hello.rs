@@ -1,7 +1,7 @@
 //! ClientHello (RFC 8446 §4.1.2), ServerHello and HelloRetryRequest (§4.1.3, §4.1.4).
 //!
 //! The [`ClientHello`] view records the byte offsets the Crypto Service needs to splice
-//! values into the bytes it received (LURK.md §4.2): [`complete_client_hello`] fills the
+//! values into the bytes it received (docs/design.md §4.2): [`complete_client_hello`] fills the
 //! random and the empty key_share entries, [`truncated_for_binders`] gives the
 //! PartialClientHello the binders are computed over, and [`set_binders`] writes them.
 //! [`ClientHelloBuilder`] is the engine's encoder.
@@ -255,7 +255,7 @@ impl<'a> ClientHello<'a> {
     }
 }
 
-/// Fills a ClientHello the engine sent to the CS (LURK.md §4.2): writes `random` (if
+/// Fills a ClientHello the engine sent to the CS (docs/design.md §4.2): writes `random` (if
 /// given) and inserts, for each key_share entry with an empty key_exchange in wire order,
 /// the next public key of `fills`, whose group must match. Every length that encloses an
 /// inserted key (entry, client_shares, extension, extensions block, handshake header) is
