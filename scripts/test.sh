@@ -9,6 +9,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The API docs build with no warning (broken links, unclosed tags).
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# Licences, banned crates and sources (deny.toml), and the MSRV of every dependency.
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked --quiet cargo-deny@0.20.2
+cargo deny --log-level error check licenses bans sources
+scripts/check-msrv.sh
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
