@@ -187,14 +187,22 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 let token = lurk_cs::token::Token::open(&cfg.token)?;
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
-                let imported = lurk_cs::token::keys::import_pkcs8_pem(&token, &label, &id, &pem)?;
+                // The certificate is checked against the key before the key enters the token.
+                let leaf_spki = match &cert {
+                    Some(cert) => Some(lurk_cs::keyring::leaf_spki(
+                        &lurk_cs::keyring::read_chain(cert)?[0],
+                    )?),
+                    None => None,
+                };
+                let imported = lurk_cs::token::keys::import_pkcs8_pem(
+                    &token,
+                    &label,
+                    &id,
+                    &pem,
+                    leaf_spki.as_deref(),
+                )?;
                 println!("imported {imported:?}");
                 if let Some(cert) = cert {
-                    let chain = lurk_cs::keyring::read_chain(&cert)?;
-                    let key = token.find_signing_key(&label)?;
-                    if lurk_cs::keyring::leaf_spki(&chain[0])? != key.spki_der() {
-                        return Err("the certificate does not carry the imported key".into());
-                    }
                     let dir = config.parent().unwrap_or(Path::new(".")).join("certs");
                     std::fs::create_dir_all(&dir)?;
                     let dest = dir.join(format!("{label}.pem"));

@@ -137,7 +137,7 @@ pub(crate) fn wrap_ec_point(raw: &[u8]) -> Vec<u8> {
 /// PKCS#11 returns ECDSA signatures as `r‖s` (each the size of the group order); TLS and
 /// X.509 want `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`.
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, TokenError> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(TokenError::Other(format!(
             "ECDSA signature of odd length {}",
             raw.len()

@@ -115,11 +115,15 @@ pub fn key_uri(label: &str, id: &[u8]) -> String {
 
 /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`: Ed25519, P-256, P-384 or
 /// RSA ≥ 2048 bits) as a non-extractable signing key, with its public key object.
+///
+/// With `leaf_spki` (the DER SubjectPublicKeyInfo of the certificate the key goes with), a
+/// key that is not the certificate's is refused before anything is written to the token.
 pub fn import_pkcs8_pem(
     token: &Token,
     label: &str,
     id: &[u8],
     pem_key: &str,
+    leaf_spki: Option<&[u8]>,
 ) -> Result<ImportedKey, TokenError> {
     let bad = |why: &str| TokenError::UnsupportedKey(format!("key for {label:?}: {why}"));
     if pem_key.contains("ENCRYPTED PRIVATE KEY") {
@@ -147,7 +151,7 @@ pub fn import_pkcs8_pem(
             Attribute::Id(id.to_vec()),
         ]
     };
-    let (mut private, public) = match info.algorithm.oid {
+    let (mut private, public, spki) = match info.algorithm.oid {
         OID_KEY_ED25519 => {
             // CurvePrivateKey ::= OCTET STRING (RFC 8410 §7), inside the PKCS#8 OCTET STRING.
             let mut r = token::der::DerReader::new(info.private_key);
@@ -166,7 +170,7 @@ pub fn import_pkcs8_pem(
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::EC_EDWARDS);
             pub_t.push(Attribute::EcParams(OID_ED25519.to_vec()));
             pub_t.push(Attribute::EcPoint(wrap_ec_point(&public)));
-            (priv_t, pub_t)
+            (priv_t, pub_t, token::der::spki_ed25519(&public))
         }
         OID_KEY_EC => {
             let curve = info
@@ -202,7 +206,7 @@ pub fn import_pkcs8_pem(
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::EC);
             pub_t.push(Attribute::EcParams(oid.to_vec()));
             pub_t.push(Attribute::EcPoint(wrap_ec_point(&point)));
-            (priv_t, pub_t)
+            (priv_t, pub_t, token::der::spki_ec(oid, &point))
         }
         OID_KEY_RSA => {
             let k = token::der::parse_rsa_private_key(info.private_key)
@@ -225,11 +229,16 @@ pub fn import_pkcs8_pem(
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::RSA);
             pub_t.push(Attribute::Modulus(k.modulus.to_vec()));
             pub_t.push(Attribute::PublicExponent(k.public_exponent.to_vec()));
-            (priv_t, pub_t)
+            let spki = token::der::spki_rsa(k.modulus, k.public_exponent);
+            (priv_t, pub_t, spki)
         }
         other => return Err(bad(&format!("key algorithm {other} is not supported"))),
     };
     drop(doc);
+    if leaf_spki.is_some_and(|leaf| leaf != spki.as_slice()) {
+        wipe(&mut private);
+        return Err(bad("the certificate does not carry this key's public key"));
+    }
     private.extend(private_key_policy());
     let mut public = public;
     public.extend([
@@ -517,6 +526,36 @@ mod tests {
     }
 
     #[test]
+    fn import_refuses_a_certificate_of_another_key_before_writing_to_the_token() {
+        let (token, _) = testutil::new_token("import-mismatch");
+        for alg in [
+            &rcgen::PKCS_ED25519,
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let other = rcgen::KeyPair::generate_for(alg).unwrap();
+            let pem = Zeroizing::new(key.serialize_pem());
+            let err = import_pkcs8_pem(
+                &token,
+                "mismatch",
+                b"m",
+                &pem,
+                Some(&other.public_key_der()),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("certificate"), "{err}");
+            // Nothing was written: neither object exists, and the label is still free.
+            assert!(token.find_signing_key("mismatch").is_err());
+            let session = token.session().unwrap();
+            let found = session
+                .find_objects(&[Attribute::Label(b"mismatch".to_vec())])
+                .unwrap();
+            assert!(found.is_empty(), "{} objects left", found.len());
+        }
+    }
+
+    #[test]
     fn import_every_key_type_sign_and_verify_with_the_original_public_key() {
         let (token, _) = testutil::new_token("import");
         let msg = b"TLS 1.3 CertificateVerify content";
@@ -528,7 +567,10 @@ mod tests {
         for (i, (label, alg)) in cases.into_iter().enumerate() {
             let sw = rcgen::KeyPair::generate_for(alg).unwrap();
             let pem = Zeroizing::new(sw.serialize_pem());
-            let imported = import_pkcs8_pem(&token, label, &[i as u8 + 1], &pem).unwrap();
+            // With the certificate's SPKI: the check before the import accepts the right key.
+            let spki = sw.public_key_der();
+            let imported =
+                import_pkcs8_pem(&token, label, &[i as u8 + 1], &pem, Some(&spki)).unwrap();
             assert_eq!(imported.spki_der, sw.public_key_der(), "{label}");
             let key = token.find_signing_key(&imported.uri).unwrap();
             let scheme = key.schemes()[0];
@@ -545,7 +587,7 @@ mod tests {
         }
         // RSA from openssl.
         let pem = Zeroizing::new(openssl_rsa_pem());
-        let imported = import_pkcs8_pem(&token, "imp-rsa", b"rsa", &pem).unwrap();
+        let imported = import_pkcs8_pem(&token, "imp-rsa", b"rsa", &pem, None).unwrap();
         assert_eq!(imported.key_type, SigningKeyType::Rsa { bits: 2048 });
         let key = token.find_signing_key("imp-rsa").unwrap();
         for (scheme, alg) in [
@@ -624,18 +666,18 @@ mod tests {
     fn import_refusals() {
         let (token, _) = testutil::new_token("import-refuse");
         let sw = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        import_pkcs8_pem(&token, "dup", b"1", &sw.serialize_pem()).unwrap();
+        import_pkcs8_pem(&token, "dup", b"1", &sw.serialize_pem(), None).unwrap();
         // Same label, or same id: refused.
-        assert!(import_pkcs8_pem(&token, "dup", b"2", &sw.serialize_pem()).is_err());
-        assert!(import_pkcs8_pem(&token, "other", b"1", &sw.serialize_pem()).is_err());
+        assert!(import_pkcs8_pem(&token, "dup", b"2", &sw.serialize_pem(), None).is_err());
+        assert!(import_pkcs8_pem(&token, "other", b"1", &sw.serialize_pem(), None).is_err());
         assert!(generate_signing_key(&token, "dup", b"3", KeyKind::P256).is_err());
         // Not PKCS#8 / not a key.
         let sec1 = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
         assert!(matches!(
-            import_pkcs8_pem(&token, "x", b"x", sec1),
+            import_pkcs8_pem(&token, "x", b"x", sec1, None),
             Err(TokenError::UnsupportedKey(m)) if m.contains("openssl pkcs8")
         ));
-        assert!(import_pkcs8_pem(&token, "x", b"x", "garbage").is_err());
+        assert!(import_pkcs8_pem(&token, "x", b"x", "garbage", None).is_err());
         // Nothing was left behind by the refusals.
         assert_eq!(list_keys(&token).unwrap().len(), 1);
     }
