@@ -14,7 +14,6 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, HandshakeState, Stage};
-use crate::session::{lock_session, SessionId};
 
 pub fn handle(
     cs: &Cs,
@@ -22,20 +21,23 @@ pub fn handle(
     req: pb::CClientFinishedRequest,
 ) -> Result<pb::CClientFinishedResponse, ServiceError> {
     common::check_secret_request(req.secret_request.as_ref())?;
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let Stage::Handshake(state) = &session.stage else {
-        return Err(session.stage.out_of_order("c_client_finished"));
-    };
-    let (next, resp) = run(cs, engine, state, &req)?;
-    let last = req.last_exchange;
-    session.stage = Stage::Established(Box::new(next));
-    let last = common::finish(cs, &id, &mut session, last);
-    Ok(pb::CClientFinishedResponse {
-        last_exchange: last,
-        ..resp
-    })
+    common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        req.last_exchange,
+        |stage| match stage {
+            Stage::Handshake(state) => run(cs, engine, state, &req),
+            other => Err(other.out_of_order("c_client_finished")),
+        },
+        |stage, (next, resp)| {
+            *stage = Stage::Established(Box::new(next));
+            pb::CClientFinishedResponse {
+                last_exchange: req.last_exchange,
+                ..resp
+            }
+        },
+    )
 }
 
 fn run(

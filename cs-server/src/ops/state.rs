@@ -70,6 +70,7 @@ pub struct CsShare {
 }
 
 /// A PSK offered in the ClientHello, loaded from the store (never leaves the CS).
+#[derive(Clone)]
 pub struct OfferedPsk {
     pub identity: Vec<u8>,
     pub psk: Secret,
