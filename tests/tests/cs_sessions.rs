@@ -332,3 +332,60 @@ async fn a_refused_client_hello_keeps_the_offered_psks() {
     assert_eq!(retry.binders.len(), 1);
     assert_eq!(retry.binders[0].len(), 32);
 }
+
+/// A ticket is used once (RFC 8446 §C.4): registering the same NewSessionTicket again after
+/// resuming with it is refused, and so is a second resumption with its identity.
+#[tokio::test]
+async fn a_resumed_ticket_cannot_be_registered_again() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    let id = handshake(&mut c).await;
+    let nst = new_session_ticket(600, b"nonce-1", b"ticket-1");
+    assert_eq!(register(&mut c, &id, vec![nst.clone()]).await, Ok(1));
+    resume(&mut c, b"ticket-1")
+        .await
+        .expect("the first resumption");
+
+    assert_eq!(
+        register(&mut c, &id, vec![nst]).await,
+        Err(LurkStatus::InvalidHandshake),
+        "the same NewSessionTicket again"
+    );
+    assert_eq!(
+        resume(&mut c, b"ticket-1").await.unwrap_err(),
+        LurkStatus::InvalidPsk,
+        "a second resumption with the identity"
+    );
+    // Same nonce under another identity, same identity under another nonce, or one nonce
+    // twice in a request: refused, and nothing of the request is stored.
+    for nsts in [
+        vec![new_session_ticket(600, b"nonce-1", b"ticket-2")],
+        vec![new_session_ticket(600, b"nonce-2", b"ticket-1")],
+        vec![
+            new_session_ticket(600, b"nonce-3", b"ticket-3"),
+            new_session_ticket(600, b"nonce-3", b"ticket-4"),
+        ],
+    ] {
+        assert_eq!(
+            register(&mut c, &id, nsts).await,
+            Err(LurkStatus::InvalidHandshake)
+        );
+    }
+    for identity in [&b"ticket-2"[..], b"ticket-3", b"ticket-4"] {
+        assert_eq!(
+            resume(&mut c, identity).await.unwrap_err(),
+            LurkStatus::InvalidPsk
+        );
+    }
+    // A new ticket of the session is still welcome.
+    assert_eq!(
+        register(
+            &mut c,
+            &id,
+            vec![new_session_ticket(600, b"nonce-5", b"ticket-5")]
+        )
+        .await,
+        Ok(1)
+    );
+    resume(&mut c, b"ticket-5").await.expect("a new ticket");
+}

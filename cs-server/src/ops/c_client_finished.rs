@@ -4,6 +4,8 @@
 //! the client CertificateVerify when the server asked for a certificate, makes the client
 //! Finished, and keeps the resumption master secret inside for c_register_tickets.
 
+use std::time::Instant;
+
 use lurk_proto::key_schedule::finished_verify_data;
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
@@ -195,6 +197,9 @@ fn run(
         hash,
         transcript,
         resumption_master: Some(resumption_master),
+        established_at: Instant::now(),
+        registered_nonces: Vec::new(),
+        registered_identities: Vec::new(),
         post_handshake_auth: state.post_handshake_auth,
         awaiting_client_finished: false,
         pha_contexts: Vec::new(),

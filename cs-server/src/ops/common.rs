@@ -19,6 +19,9 @@ use crate::session::{lock_session, Session, SessionId};
 pub const MAX_PSK_IDENTITIES: usize = 8;
 /// At most this many NewSessionTicket messages in one c_register_tickets.
 pub const MAX_TICKETS_PER_REQUEST: usize = 16;
+/// At most this many NewSessionTicket messages registered in one session (servers send a
+/// few per connection).
+pub const MAX_TICKETS_PER_SESSION: usize = 64;
 
 /// The secret_request policy (LURK.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
