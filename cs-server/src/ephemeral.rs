@@ -6,6 +6,7 @@
 //! - test vectors: private keys injected by an in-process test (RFC 8448 traces), only when
 //!   the test-vector mode is enabled in the configuration. There is no RPC to inject keys.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
@@ -20,10 +21,12 @@ use crate::config::EphemeralBackendKind;
 use crate::error::ServiceError;
 use crate::token::{Token, TokenEphemeral};
 
-/// A generated key pair waiting for the server's share.
+/// A generated key pair waiting for the server's share. An agreement that fails leaves it
+/// usable (a refused exchange changes nothing); it is destroyed when dropped.
 pub enum PendingEphemeral {
     Token(TokenEphemeral),
-    Memory(agreement::EphemeralPrivateKey),
+    /// ring's key agrees once: it is taken only after the server's share is validated.
+    Memory(Cell<Option<agreement::EphemeralPrivateKey>>),
     Injected(InjectedKey),
 }
 
@@ -127,17 +130,18 @@ impl EphemeralSource {
                     .map_err(|_| ServiceError::Internal("ephemeral public key failed".into()))?
                     .as_ref()
                     .to_vec();
-                Ok((public, PendingEphemeral::Memory(private)))
+                Ok((public, PendingEphemeral::Memory(Cell::new(Some(private)))))
             }
         }
     }
 }
 
 impl PendingEphemeral {
-    /// The (EC)DHE shared secret with the server's public value; consumes the key pair.
+    /// The (EC)DHE shared secret with the server's public value. A refused server share
+    /// leaves the key pair as it was, so that a refused c_server_hello changes nothing.
     /// Blocking (may call the token).
     pub fn agree(
-        self,
+        &self,
         token: Option<&Token>,
         group: NamedGroup,
         peer: &[u8],
@@ -146,15 +150,21 @@ impl PendingEphemeral {
         match self {
             Self::Token(eph) => {
                 let token = token.ok_or_else(|| ServiceError::Internal("no token".into()))?;
-                Ok(token.derive_ephemeral(eph, peer)?)
+                Ok(token.derive_ephemeral_keep(eph, peer)?)
             }
-            Self::Memory(private) => {
+            Self::Memory(cell) => {
+                // Every way ring's agreement can refuse the peer is checked before the
+                // single-use key is taken.
+                crate::token::validate_peer_key(group, peer)?;
+                let private = cell
+                    .take()
+                    .ok_or_else(|| ServiceError::Internal("key share already used".into()))?;
                 let alg = ring_alg(group)?;
                 let peer = agreement::UnparsedPublicKey::new(alg, peer);
                 agreement::agree_ephemeral(private, &peer, |s| Zeroizing::new(s.to_vec()))
-                    .map_err(|_| invalid_ephemeral("the server's key share is not a valid point"))
+                    .map_err(|_| ServiceError::Internal("ECDH failed on a validated key".into()))
             }
-            Self::Injected(k) => injected_agree(&k, peer),
+            Self::Injected(k) => injected_agree(k, peer),
         }
     }
 }

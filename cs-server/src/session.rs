@@ -114,6 +114,10 @@ impl SessionTable {
         }
     }
 
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the map consistent (every update is a
         // single insert/remove), so a poisoned lock is still usable.

@@ -4,6 +4,8 @@
 //! the client CertificateVerify when the server asked for a certificate, makes the client
 //! Finished, and keeps the resumption master secret inside for c_register_tickets.
 
+use std::time::Instant;
+
 use lurk_proto::key_schedule::finished_verify_data;
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
@@ -14,7 +16,6 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, HandshakeState, Stage};
-use crate::session::{lock_session, SessionId};
 
 pub fn handle(
     cs: &Cs,
@@ -22,20 +23,23 @@ pub fn handle(
     req: pb::CClientFinishedRequest,
 ) -> Result<pb::CClientFinishedResponse, ServiceError> {
     common::check_secret_request(req.secret_request.as_ref())?;
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let Stage::Handshake(state) = &session.stage else {
-        return Err(session.stage.out_of_order("c_client_finished"));
-    };
-    let (next, resp) = run(cs, engine, state, &req)?;
-    let last = req.last_exchange;
-    session.stage = Stage::Established(Box::new(next));
-    let last = common::finish(cs, &id, &mut session, last);
-    Ok(pb::CClientFinishedResponse {
-        last_exchange: last,
-        ..resp
-    })
+    common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        req.last_exchange,
+        |stage| match stage {
+            Stage::Handshake(state) => run(cs, engine, state, &req),
+            other => Err(other.out_of_order("c_client_finished")),
+        },
+        |stage, (next, resp)| {
+            *stage = Stage::Established(Box::new(next));
+            pb::CClientFinishedResponse {
+                last_exchange: req.last_exchange,
+                ..resp
+            }
+        },
+    )
 }
 
 fn run(
@@ -193,6 +197,9 @@ fn run(
         hash,
         transcript,
         resumption_master: Some(resumption_master),
+        established_at: Instant::now(),
+        registered_nonces: Vec::new(),
+        registered_identities: Vec::new(),
         post_handshake_auth: state.post_handshake_auth,
         awaiting_client_finished: false,
         pha_contexts: Vec::new(),

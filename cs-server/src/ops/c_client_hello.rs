@@ -8,14 +8,14 @@
 
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
-use lurk_proto::wire::NamedGroup;
+use lurk_proto::transcript::Transcript;
+use lurk_proto::wire::{CipherSuite, NamedGroup};
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::{CsShare, HelloState, Stage};
-use crate::session::{lock_session, SessionId};
+use crate::ops::state::{CsShare, HelloState, OfferedPsk, Stage};
 
 fn invalid(why: impl Into<String>) -> ServiceError {
     ServiceError::refuse(LurkStatus::InvalidHandshake, why)
@@ -26,12 +26,54 @@ pub fn handle(
     engine: &str,
     req: pb::CClientHelloRequest,
 ) -> Result<pb::CClientHelloResponse, ServiceError> {
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let Stage::Hello(state) = &mut session.stage else {
-        return Err(session.stage.out_of_order("c_client_hello"));
-    };
+    common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        false,
+        |stage| match stage {
+            Stage::Hello(state) => prepare(cs, state, &req),
+            other => Err(other.out_of_order("c_client_hello")),
+        },
+        commit,
+    )
+}
+
+/// What a successful c_client_hello changes in the session.
+struct Retry {
+    suite: CipherSuite,
+    /// The key share made for the HRR's group (the old key pairs are then dropped).
+    new_share: Option<CsShare>,
+    /// The PSKs the second ClientHello keeps, in its order.
+    psks: Vec<OfferedPsk>,
+    transcript: Transcript,
+    client_hello: Vec<u8>,
+    response: pb::CClientHelloResponse,
+}
+
+fn commit(stage: &mut Stage, retry: Retry) -> pb::CClientHelloResponse {
+    if let Stage::Hello(state) = stage {
+        // With a new group the old key pairs are dropped (destroyed).
+        if let Some(share) = retry.new_share {
+            state.shared_groups = vec![share.group];
+            state.cs_shares = vec![share];
+        }
+        state.psks = retry.psks;
+        state.transcript = retry.transcript;
+        state.client_hello = retry.client_hello;
+        state.offered_suites = vec![retry.suite];
+        state.early_data = false;
+        state.retried = true;
+    }
+    retry.response
+}
+
+/// Everything that can fail, on the session's stage read-only.
+fn prepare(
+    cs: &Cs,
+    state: &HelloState,
+    req: &pb::CClientHelloRequest,
+) -> Result<Retry, ServiceError> {
     if state.retried {
         // RFC 8446 §4.1.4: a second HelloRetryRequest in one connection is an error.
         return Err(ServiceError::refuse(
@@ -131,15 +173,15 @@ pub fn handle(
         .map_err(|e| invalid(e.to_string()))?;
     transcript.add(&req.hello_retry_request);
     // Binders follow the second ClientHello's order of identities.
-    let mut old: Vec<Option<_>> = std::mem::take(&mut state.psks)
-        .into_iter()
-        .map(Some)
-        .collect();
-    let mut psks = Vec::with_capacity(kept.len());
-    for i in kept {
-        psks.push(old[i].take().ok_or_else(|| {
-            ServiceError::refuse(LurkStatus::InvalidPsk, "a PSK identity offered twice")
-        })?);
+    let mut psks: Vec<OfferedPsk> = Vec::with_capacity(kept.len());
+    for (n, &i) in kept.iter().enumerate() {
+        if kept[..n].contains(&i) {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidPsk,
+                "a PSK identity offered twice",
+            ));
+        }
+        psks.push(state.psks[i].clone());
     }
     let binders = if psks.is_empty() {
         Vec::new()
@@ -150,7 +192,6 @@ pub fn handle(
     };
     transcript.add(&client_hello);
 
-    // Commit. With a new group the old key pairs are dropped (destroyed).
     let key_shares = fills
         .iter()
         .map(|(g, public)| pb::KeyShareEntry {
@@ -158,21 +199,17 @@ pub fn handle(
             key_exchange: public.clone(),
         })
         .collect();
-    if let Some(share) = new_share {
-        state.shared_groups = vec![share.group];
-        state.cs_shares = vec![share];
-    }
-    state.psks = psks;
-    state.transcript = transcript;
-    state.client_hello = client_hello.clone();
-    state.offered_suites = vec![hrr.suite];
-    state.early_data = false;
-    state.retried = true;
-    cs.sessions.touch(&id, &mut session);
-    Ok(pb::CClientHelloResponse {
-        client_hello,
-        key_shares,
-        binders,
+    Ok(Retry {
+        suite: hrr.suite,
+        new_share,
+        psks,
+        transcript,
+        client_hello: client_hello.clone(),
+        response: pb::CClientHelloResponse {
+            client_hello,
+            key_shares,
+            binders,
+        },
     })
 }
 

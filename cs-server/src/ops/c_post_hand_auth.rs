@@ -5,26 +5,51 @@
 
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
+use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::HandshakeType;
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::Stage;
-use crate::session::{lock_session, SessionId};
+use crate::ops::state::{EstablishedState, Stage};
 
 pub fn handle(
     cs: &Cs,
     engine: &str,
     req: pb::CPostHandAuthRequest,
 ) -> Result<pb::CPostHandAuthResponse, ServiceError> {
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let Stage::Established(state) = &mut session.stage else {
-        return Err(session.stage.out_of_order("c_post_hand_auth"));
-    };
+    common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        req.last_exchange,
+        |stage| match stage {
+            Stage::Established(state) => prepare(cs, engine, state, &req),
+            other => Err(other.out_of_order("c_post_hand_auth")),
+        },
+        |stage, (base, context, cv)| {
+            if let Stage::Established(state) = stage {
+                state.transcript = base;
+                state.awaiting_client_finished = false;
+                state.pha_contexts.push(context);
+            }
+            pb::CPostHandAuthResponse {
+                certificate_verify: cv,
+                last_exchange: req.last_exchange,
+            }
+        },
+    )
+}
+
+/// Everything that can fail, on the session's stage read-only: the completed base
+/// transcript, the request's context and the CertificateVerify.
+fn prepare(
+    cs: &Cs,
+    engine: &str,
+    state: &EstablishedState,
+    req: &pb::CPostHandAuthRequest,
+) -> Result<(Transcript, Vec<u8>, Vec<u8>), ServiceError> {
     if !state.post_handshake_auth {
         // RFC 8446 §4.6.2: only when the client offered post_handshake_auth.
         return Err(ServiceError::refuse(
@@ -76,13 +101,5 @@ pub fn handle(
         &transcript.hash(hash),
     )?
     .unwrap_or_default();
-
-    state.transcript = base;
-    state.awaiting_client_finished = false;
-    state.pha_contexts.push(cr.context);
-    let last = common::finish(cs, &id, &mut session, req.last_exchange);
-    Ok(pb::CPostHandAuthResponse {
-        certificate_verify: cv,
-        last_exchange: last,
-    })
+    Ok((base, cr.context, cv))
 }

@@ -3,6 +3,13 @@
 //! (RFC 8446 §4.6.1: HKDF-Expand-Label(r, "resumption", ticket_nonce)) and stores it sealed,
 //! bound to this engine. Neither r nor the PSK is ever returned.
 //!
+//! A NewSessionTicket is registered once per session: a ticket_nonce or a ticket identity
+//! already registered in this session (or twice in one request) is refused with
+//! `invalid_handshake` (RFC 8446 §4.6.1: the nonce is unique across the tickets of a
+//! connection), so that a ticket resumed once cannot be stored again with the same PSK. A
+//! ticket expires no later than its lifetime counted from the client Finished, and r serves
+//! for `established_ttl_secs` after it, whatever the exchanges in between.
+//!
 //! A request with no ticket and last_exchange set closes the session in any stage: the
 //! engine's way to say it no longer needs it (connection closed, or the server declined
 //! what the session was opened for), instead of leaving it to expire.
@@ -14,9 +21,9 @@ use zeroize::Zeroizing;
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
-use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST};
+use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST, MAX_TICKETS_PER_SESSION};
 use crate::ops::msgs;
-use crate::ops::state::Stage;
+use crate::ops::state::{EstablishedState, Stage};
 use crate::session::{lock_session, SessionId};
 use crate::store::NewTicket;
 
@@ -25,65 +32,138 @@ pub fn handle(
     engine: &str,
     req: pb::CRegisterTicketsRequest,
 ) -> Result<pb::CRegisterTicketsResponse, ServiceError> {
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
     if req.new_session_tickets.is_empty() && req.last_exchange {
         // The engine closes a session it no longer needs (the connection ended, or the
         // server declined what the session was opened for), whatever its stage.
+        let id = SessionId::parse(&req.session_id)?;
+        let session = cs.sessions.get(engine, &id)?;
+        let _session = lock_session(&session)?;
         cs.sessions.close(&id);
         return Ok(pb::CRegisterTicketsResponse {
             registered: 0,
             last_exchange: true,
         });
     }
-    let Stage::Established(state) = &session.stage else {
-        return Err(session.stage.out_of_order("c_register_tickets"));
-    };
+    let registered = common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        req.last_exchange,
+        |stage| match stage {
+            Stage::Established(state) => prepare(cs, state, &req),
+            other => Err(other.out_of_order("c_register_tickets")),
+        },
+        // The store writes happen here so that the session records exactly the tickets
+        // stored, also when the store refuses one midway (too many tickets).
+        |stage, tickets| -> Result<u32, ServiceError> {
+            let Stage::Established(state) = stage else {
+                return Ok(0);
+            };
+            let mut registered = 0;
+            for t in tickets {
+                if let Some(ticket) = t.ticket {
+                    cs.store.put_ticket(engine, ticket)?;
+                    registered += 1;
+                }
+                state.registered_nonces.push(t.nonce_hash);
+                state.registered_identities.push(t.identity_hash);
+            }
+            Ok(registered)
+        },
+    )??;
+    Ok(pb::CRegisterTicketsResponse {
+        registered,
+        last_exchange: req.last_exchange,
+    })
+}
+
+/// One NewSessionTicket ready to store (`None`: its lifetime is over, RFC 8446 §4.6.1).
+struct Prepared {
+    nonce_hash: [u8; 32],
+    identity_hash: [u8; 32],
+    ticket: Option<NewTicket>,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Everything that can fail, on the session's stage read-only.
+fn prepare(
+    cs: &Cs,
+    state: &EstablishedState,
+    req: &pb::CRegisterTicketsRequest,
+) -> Result<Vec<Prepared>, ServiceError> {
     let Some(r) = state.resumption_master.as_ref() else {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidStatus,
             "this session has no resumption secret at the CS (the engine ran the key schedule)",
         ));
     };
+    let age = state.established_at.elapsed();
+    if age >= cs.sessions.limits().established_ttl {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            "tickets are registered within established_ttl_secs of the handshake",
+        ));
+    }
     if req.new_session_tickets.len() > MAX_TICKETS_PER_REQUEST {
         return Err(ServiceError::refuse(
             LurkStatus::TooManyTickets,
             format!("at most {MAX_TICKETS_PER_REQUEST} tickets per request"),
         ));
     }
-    // Parse everything first: a malformed ticket stores nothing.
+    if state.registered_nonces.len() + req.new_session_tickets.len() > MAX_TICKETS_PER_SESSION {
+        return Err(ServiceError::refuse(
+            LurkStatus::TooManyTickets,
+            format!("at most {MAX_TICKETS_PER_SESSION} tickets per session"),
+        ));
+    }
+    // Parse and check everything first: a refused request stores nothing.
     let tickets = req
         .new_session_tickets
         .iter()
         .map(|raw| msgs::new_session_ticket(raw))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut registered = 0;
+    let cap = u32::try_from(cs.ticket_lifetime_cap).unwrap_or(u32::MAX);
+    let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+    let mut out: Vec<Prepared> = Vec::with_capacity(tickets.len());
     for t in tickets {
-        if t.lifetime == 0 {
-            // RFC 8446 §4.6.1: lifetime 0 means discard the ticket at once.
-            continue;
+        let nonce_hash = sha256(&t.nonce);
+        let identity_hash = sha256(&t.ticket);
+        if state.registered_nonces.contains(&nonce_hash)
+            || state.registered_identities.contains(&identity_hash)
+            || out
+                .iter()
+                .any(|p| p.nonce_hash == nonce_hash || p.identity_hash == identity_hash)
+        {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "this NewSessionTicket's nonce or ticket was already registered in this session",
+            ));
         }
-        let psk = resumption_psk(state.hash, r.as_bytes(), &t.nonce);
-        cs.store.put_ticket(
-            engine,
+        // RFC 8446 §4.6.1: lifetime 0 means discard the ticket at once; the lifetime counts
+        // from the handshake, not from the registration.
+        let lifetime = t.lifetime.min(cap).saturating_sub(elapsed);
+        let ticket = (lifetime > 0).then(|| {
+            let psk = resumption_psk(state.hash, r.as_bytes(), &t.nonce);
             NewTicket {
                 identity: t.ticket,
                 psk: Zeroizing::new(psk.as_bytes().to_vec()),
                 hash: state.hash,
                 cipher_suite: state.suite.get(),
-                lifetime_secs: t
-                    .lifetime
-                    .min(u32::try_from(cs.ticket_lifetime_cap).unwrap_or(u32::MAX)),
+                lifetime_secs: lifetime,
                 max_early_data: t.max_early_data,
                 server_name: None,
-            },
-        )?;
-        registered += 1;
+            }
+        });
+        out.push(Prepared {
+            nonce_hash,
+            identity_hash,
+            ticket,
+        });
     }
-    let last = common::finish(cs, &id, &mut session, req.last_exchange);
-    Ok(pb::CRegisterTicketsResponse {
-        registered,
-        last_exchange: last,
-    })
+    Ok(out)
 }

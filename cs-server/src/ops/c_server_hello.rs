@@ -12,8 +12,7 @@ use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::{HandshakeState, Stage};
-use crate::session::{lock_session, SessionId};
+use crate::ops::state::{HandshakeState, HelloState, Stage};
 
 pub fn handle(
     cs: &Cs,
@@ -21,12 +20,29 @@ pub fn handle(
     req: pb::CServerHelloRequest,
 ) -> Result<pb::CServerHelloResponse, ServiceError> {
     common::check_secret_request(req.secret_request.as_ref())?;
-    let id = SessionId::parse(&req.session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let Stage::Hello(state) = &mut session.stage else {
-        return Err(session.stage.out_of_order("c_server_hello"));
-    };
+    common::exchange(
+        cs,
+        engine,
+        &req.session_id,
+        false,
+        |stage| match stage {
+            Stage::Hello(state) => prepare(cs, state, &req),
+            other => Err(other.out_of_order("c_server_hello")),
+        },
+        |stage, (next, resp)| {
+            // The remaining key pairs and PSKs go with the old stage (destroyed / zeroized).
+            *stage = Stage::Handshake(Box::new(next));
+            resp
+        },
+    )
+}
+
+/// Everything that can fail, on the session's stage read-only.
+fn prepare(
+    cs: &Cs,
+    state: &HelloState,
+    req: &pb::CServerHelloRequest,
+) -> Result<(HandshakeState, pb::CServerHelloResponse), ServiceError> {
     let sh = msgs::server_hello(&req.server_hello)?;
     if sh.is_hrr {
         return Err(ServiceError::refuse(
@@ -94,14 +110,11 @@ pub fn handle(
                 ));
             }
             match state.cs_shares.iter().position(|s| s.group == *group) {
-                Some(pos) => {
-                    let share = state.cs_shares.remove(pos);
-                    Some(
-                        share
-                            .pending
-                            .agree(cs.token.as_ref(), *group, server_share)?,
-                    )
-                }
+                Some(pos) => Some(state.cs_shares[pos].pending.agree(
+                    cs.token.as_ref(),
+                    *group,
+                    server_share,
+                )?),
                 None => {
                     // The engine made this share (e_generated): it sends the shared secret.
                     let e = req.ephemeral.as_ref().filter(|e| {
@@ -172,10 +185,7 @@ pub fn handle(
         early_data_offered: state.early_data,
         post_handshake_auth: state.post_handshake_auth,
     };
-    // The remaining key pairs and PSKs go with the old stage (destroyed / zeroized).
-    session.stage = Stage::Handshake(Box::new(next));
-    cs.sessions.touch(&id, &mut session);
-    Ok(pb::CServerHelloResponse { secrets })
+    Ok((next, pb::CServerHelloResponse { secrets }))
 }
 
 fn expected_secret_len(group: lurk_proto::wire::NamedGroup) -> usize {

@@ -12,13 +12,16 @@ use crate::config::FreshnessMode;
 use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::msgs;
-use crate::ops::state::OfferedPsk;
-use crate::session::{Session, SessionId};
+use crate::ops::state::{OfferedPsk, Stage};
+use crate::session::{lock_session, Session, SessionId};
 
 /// At most this many PSK identities in one ClientHello (each one costs a store lookup).
 pub const MAX_PSK_IDENTITIES: usize = 8;
 /// At most this many NewSessionTicket messages in one c_register_tickets.
 pub const MAX_TICKETS_PER_REQUEST: usize = 16;
+/// At most this many NewSessionTicket messages registered in one session (servers send a
+/// few per connection).
+pub const MAX_TICKETS_PER_SESSION: usize = 64;
 
 /// The secret_request policy (docs/design.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
@@ -257,4 +260,25 @@ pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session, last_exchange: boo
         cs.sessions.touch(id, session);
     }
     last_exchange
+}
+
+/// Runs one exchange on an open session so that a refused exchange changes nothing
+/// (docs/protocol.md): `prepare` sees the stage read-only and does everything that can fail
+/// (checks, agreements, signatures); only once it succeeded does `commit` apply its result,
+/// and `commit` cannot fail. The session is then touched, or closed when `last_exchange`.
+pub fn exchange<P, R>(
+    cs: &Cs,
+    engine: &str,
+    session_id: &[u8],
+    last_exchange: bool,
+    prepare: impl FnOnce(&Stage) -> Result<P, ServiceError>,
+    commit: impl FnOnce(&mut Stage, P) -> R,
+) -> Result<R, ServiceError> {
+    let id = SessionId::parse(session_id)?;
+    let session = cs.sessions.get(engine, &id)?;
+    let mut session = lock_session(&session)?;
+    let prepared = prepare(&session.stage)?;
+    let out = commit(&mut session.stage, prepared);
+    finish(cs, &id, &mut session, last_exchange);
+    Ok(out)
 }

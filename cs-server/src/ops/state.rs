@@ -3,6 +3,7 @@
 //! anything else is refused with `invalid_status` and leaves the session as it was.
 
 use std::fmt;
+use std::time::Instant;
 
 use lurk_proto::key_schedule::Secret;
 use lurk_proto::status::LurkStatus;
@@ -70,6 +71,7 @@ pub struct CsShare {
 }
 
 /// A PSK offered in the ClientHello, loaded from the store (never leaves the CS).
+#[derive(Clone)]
 pub struct OfferedPsk {
     pub identity: Vec<u8>,
     pub psk: Secret,
@@ -116,8 +118,16 @@ pub struct EstablishedState {
     /// Transcript through the client Finished: the base of every post-handshake
     /// authentication (RFC 8446 §4.4.1).
     pub transcript: Transcript,
-    /// r: used for c_register_tickets, never returned.
+    /// r: used for c_register_tickets, never returned; dropped (zeroized) with the session.
     pub resumption_master: Option<Secret>,
+    /// When the client Finished was made: tickets registered later expire no later than
+    /// their lifetime counted from here, and r is usable `established_ttl` from here only.
+    pub established_at: Instant,
+    /// SHA-256 of every ticket_nonce and ticket identity registered in this session: a
+    /// NewSessionTicket is registered once (RFC 8446 §4.6.1: nonces are unique per
+    /// connection), so that a ticket, once resumed, cannot be stored again.
+    pub registered_nonces: Vec<[u8; 32]>,
+    pub registered_identities: Vec<[u8; 32]>,
     pub post_handshake_auth: bool,
     /// Sequence C: the engine made the client Finished itself; the CS receives it with the
     /// first c_post_hand_auth.

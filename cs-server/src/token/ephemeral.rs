@@ -147,6 +147,16 @@ fn params(group: NamedGroup) -> Result<GroupParams, TokenError> {
 
 /// Checks the peer's key_share value (RFC 8446 §4.2.8.2): uncompressed points on the curve
 /// for the NIST groups, 32 bytes for x25519.
+/// Every check a peer key_share value must pass before an agreement: the encoding, the point
+/// on the curve (RFC 8446 §4.2.8.2) and, for x25519, not of small order (RFC 8446 §7.4.2).
+pub fn validate_peer_key(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
+    validate_peer(group, peer)?;
+    if group == NamedGroup::X25519 && x25519_small_order(peer) {
+        return Err(TokenError::InvalidPeerKey(group.name()));
+    }
+    Ok(())
+}
+
 fn validate_peer(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
     let ok = match group {
         NamedGroup::Secp256r1 => {
@@ -243,15 +253,28 @@ impl Token {
         mut eph: TokenEphemeral,
         peer: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        let result = self.derive_ephemeral_keep(&eph, peer);
+        let session = self.session()?;
         // From here on this function destroys the objects, not Drop.
         eph.live = false;
-        let keypair = [eph.private_handle, eph.public_handle];
+        let destroyed = destroy_all(&session, &[eph.private_handle, eph.public_handle]);
+        let secret = result?;
+        destroyed?;
+        Ok(secret)
+    }
+
+    /// Computes the shared secret with the peer's key_share value; the key pair stays (it is
+    /// destroyed when `eph` is dropped), so that a refused peer key leaves it usable.
+    pub fn derive_ephemeral_keep(
+        &self,
+        eph: &TokenEphemeral,
+        peer: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let group = eph.group;
         let session = self.session()?;
         let result = validate_peer(group, peer)
             .and_then(|()| params(group))
             .and_then(|p| derive(&session, eph.private_handle, peer, p.secret_len));
-        let destroyed = destroy_all(&session, &keypair);
         // SoftHSM fails x25519 derivation with CKR_GENERAL_ERROR on a small-order peer key
         // (OpenSSL refuses the all-zero result): classify that failure here, off the
         // normal path.
@@ -264,7 +287,6 @@ impl Token {
             other => other,
         };
         let secret = result?;
-        destroyed?;
         // RFC 8446 §7.4.2: an all-zero x25519 result means a small-order peer key.
         if secret.iter().all(|b| *b == 0) {
             return Err(TokenError::InvalidPeerKey(group.name()));

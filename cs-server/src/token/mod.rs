@@ -40,7 +40,7 @@ mod sign;
 pub(crate) mod testutil;
 mod uri;
 
-pub use ephemeral::TokenEphemeral;
+pub use ephemeral::{validate_peer_key, TokenEphemeral};
 pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};
 pub use uri::KeyUri;
