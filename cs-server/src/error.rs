@@ -47,6 +47,10 @@ pub enum TokenError {
     Unseal,
     #[error("PKCS#11 {op} failed: {reason}")]
     Pkcs11 { op: &'static str, reason: String },
+    /// The token does not answer: a device or session failure, or the module is being
+    /// re-initialised (token/pool.rs). Exchanges fail fast with `token_unavailable`.
+    #[error("token unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -115,6 +119,10 @@ impl ServiceError {
             Self::Token(TokenError::KeyNotFound(_)) => LurkStatus::InvalidCertificate,
             Self::Token(TokenError::Unseal) => LurkStatus::InvalidPsk,
             Self::Token(TokenError::Unsupported(_)) => LurkStatus::InvalidSignatureScheme,
+            Self::Token(TokenError::Unavailable(_))
+            | Self::Store(StoreError::Seal(TokenError::Unavailable(_))) => {
+                LurkStatus::TokenUnavailable
+            }
             Self::Token(_) => LurkStatus::UndefinedError,
             Self::Store(StoreError::TooManyTickets { .. }) => LurkStatus::TooManyTickets,
             Self::Store(StoreError::Seal(TokenError::Unseal)) => LurkStatus::InvalidPsk,
@@ -133,6 +141,7 @@ impl ServiceError {
                     tonic::Code::ResourceExhausted
                 }
                 LurkStatus::UndefinedError => tonic::Code::Internal,
+                LurkStatus::TokenUnavailable => tonic::Code::Unavailable,
                 _ => tonic::Code::InvalidArgument,
             },
             Self::Token(TokenError::InvalidPeerKey(_)) => tonic::Code::InvalidArgument,
@@ -196,6 +205,14 @@ impl From<ServiceError> for tonic::Status {
             | ServiceError::Store(StoreError::TooManyTickets { .. }) => {
                 format!("{}: {e}", lurk.name())
             }
+            ServiceError::Token(TokenError::Unavailable(_))
+            | ServiceError::Store(StoreError::Seal(TokenError::Unavailable(_))) => {
+                tracing::warn!(error = %e, "request failed fast: the token is unavailable");
+                format!(
+                    "{}: the crypto service's token is recovering; retry later",
+                    lurk.name()
+                )
+            }
             _ => {
                 tracing::error!(error = %e, "request failed on the CS side");
                 format!("{}: the crypto service failed; see its log", lurk.name())
@@ -231,5 +248,21 @@ mod tests {
             ServiceError::Token(TokenError::pkcs11("C_Sign", "CKR_DEVICE_ERROR secret-ish")).into();
         assert_eq!(LurkStatus::from_grpc(&st), Some(LurkStatus::UndefinedError));
         assert!(!st.message().contains("secret-ish"));
+    }
+
+    #[test]
+    fn an_unavailable_token_has_its_own_status_and_grpc_code() {
+        for e in [
+            ServiceError::Token(TokenError::Unavailable("CKR_DEVICE_ERROR in C_Sign".into())),
+            ServiceError::Store(StoreError::Seal(TokenError::Unavailable("x".into()))),
+        ] {
+            let st: tonic::Status = e.into();
+            assert_eq!(st.code(), tonic::Code::Unavailable);
+            assert_eq!(
+                LurkStatus::from_grpc(&st),
+                Some(LurkStatus::TokenUnavailable)
+            );
+            assert!(!st.message().contains("CKR_DEVICE_ERROR"));
+        }
     }
 }

@@ -8,6 +8,10 @@
 //! mechanism is tried first; the first `CKR_MECHANISM_INVALID` switches to the Edwards route
 //! for the rest of the process.
 //!
+//! Session objects die with the session that created them: a key pair remembers its
+//! session and module generation (token/pool.rs) and is never used, nor its handles
+//! destroyed, once that session was dropped after a failure.
+//!
 //! Reading the shared secret: SoftHSM returns CKA_VALUE only for a derived key created with
 //! `sensitive=false, extractable=true`; that key is a session object that lives for the
 //! microseconds between C_DeriveKey and its C_DestroyObject, in this function.
@@ -18,11 +22,11 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 use lurk_proto::wire::NamedGroup;
 use zeroize::Zeroizing;
 
 use super::der::{self, OID_P256, OID_P384, OID_X25519};
+use super::pool::PooledSession;
 use super::Token;
 use crate::error::TokenError;
 
@@ -55,6 +59,9 @@ pub struct TokenEphemeral {
     public: Vec<u8>,
     private_handle: ObjectHandle,
     public_handle: ObjectHandle,
+    /// The module generation and pool session the objects were created in.
+    generation: u64,
+    creator: u64,
     live: bool,
 }
 
@@ -82,6 +89,10 @@ impl TokenEphemeral {
     pub fn destroy(mut self) -> Result<(), TokenError> {
         self.live = false;
         let session = self.token.session()?;
+        if !session.is_live(self.generation, self.creator) {
+            // Gone with the session that created them.
+            return Ok(());
+        }
         destroy_all(&session, &[self.private_handle, self.public_handle])
     }
 }
@@ -91,10 +102,13 @@ impl Drop for TokenEphemeral {
         if !self.live {
             return;
         }
-        let result = self
-            .token
-            .session()
-            .and_then(|s| destroy_all(&s, &[self.private_handle, self.public_handle]));
+        let result = self.token.session().and_then(|s| {
+            if s.is_live(self.generation, self.creator) {
+                destroy_all(&s, &[self.private_handle, self.public_handle])
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = result {
             tracing::warn!(error = %e, group = self.group.name(), "could not destroy an unused token ephemeral");
         }
@@ -102,12 +116,13 @@ impl Drop for TokenEphemeral {
 }
 
 /// Destroys every object, reporting the first failure.
-fn destroy_all(session: &Session, handles: &[ObjectHandle]) -> Result<(), TokenError> {
+fn destroy_all(session: &PooledSession<'_>, handles: &[ObjectHandle]) -> Result<(), TokenError> {
     let mut first = Ok(());
     for &h in handles {
         if let Err(e) = session.destroy_object(h) {
+            let e = session.error("C_DestroyObject", e);
             if first.is_ok() {
-                first = Err(TokenError::pkcs11("C_DestroyObject", e));
+                first = Err(e);
             }
         }
     }
@@ -165,7 +180,9 @@ fn validate_peer(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
         NamedGroup::Secp384r1 => {
             peer.len() == 97 && peer[0] == 4 && p384::PublicKey::from_sec1_bytes(peer).is_ok()
         }
-        NamedGroup::X25519 => peer.len() == 32,
+        // Refused here, before the token sees it: SoftHSM answers a small-order key with
+        // CKR_GENERAL_ERROR, which would read as a device fault (token/pool.rs).
+        NamedGroup::X25519 => peer.len() == 32 && !x25519_small_order(peer),
         _ => false,
     };
     if ok {
@@ -183,11 +200,11 @@ impl Token {
         let (public_handle, private_handle) = match group {
             NamedGroup::X25519 => self.generate_x25519(&session)?,
             _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.oid)
-                .map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e))?,
+                .map_err(session.fail("C_GenerateKeyPair"))?,
         };
         let read = session
             .get_attributes(public_handle, &[AttributeType::EcPoint])
-            .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))
+            .map_err(session.fail("C_GetAttributeValue"))
             .and_then(|attrs| {
                 attrs
                     .into_iter()
@@ -205,6 +222,7 @@ impl Token {
                 return Err(e);
             }
         };
+        let (generation, creator) = (session.generation(), session.id());
         drop(session);
         Ok(TokenEphemeral {
             token: self.clone(),
@@ -212,13 +230,15 @@ impl Token {
             public,
             private_handle,
             public_handle,
+            generation,
+            creator,
             live: true,
         })
     }
 
     fn generate_x25519(
         &self,
-        session: &Session,
+        session: &PooledSession<'_>,
     ) -> Result<(ObjectHandle, ObjectHandle), TokenError> {
         let route = &self.inner.x25519.0;
         if route.load(Ordering::Relaxed) == ROUTE_MONTGOMERY {
@@ -234,7 +254,7 @@ impl Token {
                     );
                     route.store(ROUTE_EDWARDS, Ordering::Relaxed);
                 }
-                other => return other.map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e)),
+                other => return other.map_err(session.fail("C_GenerateKeyPair")),
             }
         }
         generate(
@@ -243,7 +263,7 @@ impl Token {
             KeyType::EC_EDWARDS,
             OID_X25519,
         )
-        .map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e))
+        .map_err(session.fail("C_GenerateKeyPair"))
     }
 
     /// Computes the shared secret with the peer's key_share value and destroys the key pair
@@ -257,7 +277,12 @@ impl Token {
         let session = self.session()?;
         // From here on this function destroys the objects, not Drop.
         eph.live = false;
-        let destroyed = destroy_all(&session, &[eph.private_handle, eph.public_handle]);
+        // Objects of a lost session died with it; their handles may name new objects now.
+        let destroyed = if session.is_live(eph.generation, eph.creator) {
+            destroy_all(&session, &[eph.private_handle, eph.public_handle])
+        } else {
+            Ok(())
+        };
         let secret = result?;
         destroyed?;
         Ok(secret)
@@ -272,20 +297,14 @@ impl Token {
     ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let group = eph.group;
         let session = self.session()?;
+        if !session.is_live(eph.generation, eph.creator) {
+            return Err(TokenError::Unavailable(
+                "the token session holding this (EC)DHE key pair was lost".into(),
+            ));
+        }
         let result = validate_peer(group, peer)
             .and_then(|()| params(group))
             .and_then(|p| derive(&session, eph.private_handle, peer, p.secret_len));
-        // SoftHSM fails x25519 derivation with CKR_GENERAL_ERROR on a small-order peer key
-        // (OpenSSL refuses the all-zero result): classify that failure here, off the
-        // normal path.
-        let result = match result {
-            Err(TokenError::Pkcs11 { .. })
-                if group == NamedGroup::X25519 && x25519_small_order(peer) =>
-            {
-                Err(TokenError::InvalidPeerKey(group.name()))
-            }
-            other => other,
-        };
         let secret = result?;
         // RFC 8446 §7.4.2: an all-zero x25519 result means a small-order peer key.
         if secret.iter().all(|b| *b == 0) {
@@ -306,7 +325,7 @@ impl Token {
 }
 
 fn generate(
-    session: &Session,
+    session: &PooledSession<'_>,
     mechanism: &Mechanism<'_>,
     key_type: KeyType,
     oid: &[u8],
@@ -340,7 +359,7 @@ fn x25519_small_order(u: &[u8]) -> bool {
 
 /// CKM_ECDH1_DERIVE with CKD_NULL into a readable session secret, read, then destroyed.
 fn derive(
-    session: &Session,
+    session: &PooledSession<'_>,
     private: ObjectHandle,
     peer: &[u8],
     len: usize,
@@ -357,10 +376,10 @@ fn derive(
     ];
     let derived = session
         .derive_key(&mechanism, private, &template)
-        .map_err(|e| TokenError::pkcs11("C_DeriveKey", e))?;
+        .map_err(session.fail("C_DeriveKey"))?;
     let value = session
         .get_attributes(derived, &[AttributeType::Value])
-        .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))
+        .map_err(session.fail("C_GetAttributeValue"))
         .map(|attrs| {
             attrs.into_iter().find_map(|a| match a {
                 // Moved, not copied, into the zeroizing buffer. (cryptoki's own transfer
@@ -371,7 +390,7 @@ fn derive(
         });
     let destroyed = session
         .destroy_object(derived)
-        .map_err(|e| TokenError::pkcs11("C_DestroyObject", e));
+        .map_err(session.fail("C_DestroyObject"));
     let value = value?.ok_or_else(|| {
         TokenError::Other("the derived secret is not readable (CKA_VALUE)".to_owned())
     })?;

@@ -289,10 +289,11 @@ pub fn generate_signing_key(
             Mechanism::RsaPkcsKeyPairGen
         }
     };
-    token
-        .session()?
+    let session = token.session()?;
+    session
         .generate_key_pair(&mechanism, &public, &private)
-        .map_err(|e| TokenError::pkcs11("C_GenerateKeyPair", e))?;
+        .map_err(session.fail("C_GenerateKeyPair"))?;
+    drop(session);
     describe_new_key(token, label, id)
 }
 
@@ -306,7 +307,7 @@ pub fn list_keys(token: &Token) -> Result<Vec<KeyListing>, TokenError> {
     ] {
         let handles = session
             .find_objects(&[Attribute::Class(class)])
-            .map_err(|e| TokenError::pkcs11("C_FindObjects", e))?;
+            .map_err(session.fail("C_FindObjects"))?;
         for h in handles {
             let attrs = session
                 .get_attributes(
@@ -322,7 +323,7 @@ pub fn list_keys(token: &Token) -> Result<Vec<KeyListing>, TokenError> {
                         AttributeType::ValueLen,
                     ],
                 )
-                .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))?;
+                .map_err(session.fail("C_GetAttributeValue"))?;
             let mut l = KeyListing {
                 class: name,
                 label: String::new(),
@@ -394,7 +395,7 @@ fn refuse_duplicates(token: &Token, label: &str, id: &[u8]) -> Result<(), TokenE
     for t in clashes {
         let found = session
             .find_objects(&t)
-            .map_err(|e| TokenError::pkcs11("C_FindObjects", e))?;
+            .map_err(session.fail("C_FindObjects"))?;
         if !found.is_empty() {
             return Err(TokenError::Other(format!(
                 "the token already has a private key with label {label:?} or id {}",
@@ -417,10 +418,10 @@ fn create_pair(
     let session = token.session()?;
     let public_handle: ObjectHandle = session
         .create_object(public)
-        .map_err(|e| TokenError::pkcs11("C_CreateObject(public key)", e))?;
+        .map_err(session.fail("C_CreateObject(public key)"))?;
     if let Err(e) = session.create_object(private) {
         let _ = session.destroy_object(public_handle);
-        return Err(TokenError::pkcs11("C_CreateObject(private key)", e));
+        return Err(session.error("C_CreateObject(private key)", e));
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //!
 //! - [`Token::open`] loads the module once per process ([`CInitializeFlags::OS_LOCKING_OK`]),
 //!   finds the token by label, logs in with the PIN from the environment or a file, and
-//!   keeps a pool of logged-in sessions (`pool`);
+//!   keeps a pool of logged-in sessions (`pool`) that reopens failed sessions and
+//!   re-initialises a failed module, with backoff; [`Token::probe`] and
+//!   [`Token::healthy`] tell a health check whether the token answers;
 //! - [`Token::check_mechanisms`] names what the token lacks for a configuration (`mechanisms`);
 //! - signing keys found by RFC 7512 URI or label, and TLS 1.3 signatures (`sign`, `uri`);
 //! - (EC)DHE key pairs as session objects, destroyed as soon as the shared secret exists
@@ -58,7 +60,6 @@ pub struct Token {
 
 struct Inner {
     pkcs11: Pkcs11,
-    slot: Slot,
     label: String,
     manufacturer: String,
     model: String,
@@ -66,7 +67,8 @@ struct Inner {
     mechanisms: Vec<MechanismType>,
     pool: SessionPool,
     sealing_label: String,
-    sealing_key: OnceLock<ObjectHandle>,
+    /// The sealing key's handle and when it was looked up (`pool::HandleEpoch`).
+    sealing_key: Mutex<Option<(pool::HandleEpoch, ObjectHandle)>>,
     signing_keys: Mutex<HashMap<String, SigningKey>>,
     x25519: ephemeral::X25519Route,
 }
@@ -75,7 +77,7 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("label", &self.inner.label)
-            .field("slot", &self.inner.slot.id())
+            .field("slot", &self.inner.pool.slot().id())
             .field("sessions", &self.inner.pool.size())
             .finish_non_exhaustive()
     }
@@ -140,6 +142,19 @@ pub(crate) fn load_module(
         },
     );
     Ok(pkcs11)
+}
+
+/// C_Finalize then C_Initialize on a module that failed (token/pool.rs). A module that
+/// already lost its initialisation answers C_Finalize with CKR_CRYPTOKI_NOT_INITIALIZED.
+pub(crate) fn reinitialize_module(pkcs11: &Pkcs11) -> Result<(), TokenError> {
+    match pkcs11.clone().finalize() {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+        Err(e) => tracing::warn!(error = %e, "C_Finalize failed; initialising again anyway"),
+    }
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(TokenError::pkcs11("C_Initialize", e)),
+    }
 }
 
 /// Finds the one slot holding an initialised token with this label.
@@ -342,16 +357,15 @@ impl Token {
         );
         Ok(Token {
             inner: Arc::new(Inner {
+                pool: SessionPool::new(pkcs11.clone(), cfg.clone(), slot, sessions),
                 pkcs11,
-                slot,
                 label: cfg.label.clone(),
                 manufacturer: info.manufacturer_id().to_owned(),
                 model: info.model().to_owned(),
                 serial: info.serial_number().to_owned(),
                 mechanisms,
-                pool: SessionPool::new(sessions),
                 sealing_label: cfg.sealing_key.clone(),
-                sealing_key: OnceLock::new(),
+                sealing_key: Mutex::new(None),
                 signing_keys: Mutex::new(HashMap::new()),
                 x25519,
             }),
@@ -384,29 +398,57 @@ impl Token {
     }
 
     pub(crate) fn slot(&self) -> Slot {
-        self.inner.slot
+        self.inner.pool.slot()
     }
 
     /// Random bytes from the token's generator.
     pub fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let mut out = Zeroizing::new(vec![0u8; n]);
-        self.session()?
+        let session = self.session()?;
+        session
             .generate_random_slice(&mut out)
-            .map_err(|e| TokenError::pkcs11("C_GenerateRandom", e))?;
+            .map_err(session.fail("C_GenerateRandom"))?;
         Ok(out)
+    }
+
+    /// Whether the token is up: no failure seen since it was opened or last recovered.
+    /// Reads memory only (no token call); see [`probe`](Self::probe) for a live check.
+    pub fn healthy(&self) -> bool {
+        self.inner.pool.healthy()
+    }
+
+    /// A cheap live check for a health service: takes a pooled session and asks the token
+    /// for its state (C_GetSessionInfo), which must be a logged-in read-write session. A
+    /// token that is down answers [`TokenError::Unavailable`] at once, or is re-initialised
+    /// here when its backoff delay has passed, like an exchange would (token/pool.rs).
+    pub fn probe(&self) -> Result<(), TokenError> {
+        let session = self.session()?;
+        let info = session
+            .get_session_info()
+            .map_err(session.fail("C_GetSessionInfo"))?;
+        if info.session_state() != cryptoki::session::SessionState::RwUser {
+            return Err(session.error(
+                "C_GetSessionInfo",
+                CkError::Pkcs11(
+                    RvError::UserNotLoggedIn,
+                    cryptoki::context::Function::GetSessionInfo,
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
 /// Finds at most one object matching `template`; two or more is an error (`what` names
 /// the object in messages).
 pub(crate) fn find_one(
-    session: &Session,
+    session: &PooledSession<'_>,
     template: &[Attribute],
     what: &dyn fmt::Display,
 ) -> Result<Option<ObjectHandle>, TokenError> {
     let found = session
         .find_objects(template)
-        .map_err(|e| TokenError::pkcs11("C_FindObjects", e))?;
+        .map_err(session.fail("C_FindObjects"))?;
     match found.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(*one)),
@@ -491,6 +533,41 @@ mod tests {
             testutil::fixture().conf.display().to_string(),
         );
         Token::open(&cfg).unwrap();
+    }
+
+    /// Logging the application out behind the pool's back (what a token reset does): the
+    /// call that meets it fails as `Unavailable`, its session is closed, the other idle
+    /// sessions are checked before use, and a fresh session is logged in; the module is not
+    /// re-initialised for a session fault, and a key pair whose session died is refused.
+    #[test]
+    fn a_logged_out_session_is_replaced_by_a_fresh_logged_in_one() {
+        use lurk_proto::wire::NamedGroup;
+        let (token, _cfg) = testutil::new_token("relogin");
+        token.ensure_sealing_key().unwrap();
+        let sealed = token.seal(b"aad", b"psk").unwrap();
+        let eph = token.generate_ephemeral(NamedGroup::Secp256r1).unwrap();
+        token.probe().unwrap();
+        token.session().unwrap().logout().unwrap();
+
+        let err = token.seal(b"aad", b"psk").unwrap_err();
+        assert!(matches!(err, TokenError::Unavailable(_)), "{err}");
+        // A session fault: the token stays up, no re-initialisation.
+        assert!(token.healthy());
+        assert_eq!(token.inner.pool.generation(), 0);
+        assert_eq!(&token.unseal(b"aad", &sealed).unwrap()[..], b"psk");
+        token.probe().unwrap();
+        // Every session of the old login was dropped, so the key pair's objects are gone:
+        // refused, never derived from a stale handle.
+        let err = token.derive_ephemeral(eph, &[4u8; 65]).unwrap_err();
+        assert!(matches!(err, TokenError::Unavailable(_)), "{err}");
+        assert_eq!(token.count_session_objects(), 0);
+        // And the pool refills on demand.
+        std::thread::scope(|s| {
+            for _ in 0..2 * token.pool_size() {
+                s.spawn(|| token.random(8).unwrap());
+            }
+        });
+        assert!(token.inner.pool.idle() <= token.pool_size());
     }
 
     #[test]

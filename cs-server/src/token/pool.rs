@@ -1,17 +1,46 @@
-//! A fixed pool of logged-in read-write sessions.
+//! A pool of logged-in read-write sessions that survives a failing token.
 //!
 //! A cryptoki `Session` is `Send` but not `Sync`: one thread at a time. The pool hands each
 //! session to exactly one caller (checkout) and takes it back when the guard drops (checkin);
 //! callers wait on a condition variable when all sessions are out. The sessions stay open as
 //! long as the pool lives, which keeps the token logged in (PKCS#11 logs the application out
 //! when its last session closes) and keeps the session objects (token ephemerals) alive.
+//!
+//! Failures (PKCS#11 v2.40 §5.1, return values):
+//! - a call on a session that answers a *session* fault (CKR_SESSION_HANDLE_INVALID,
+//!   CKR_SESSION_CLOSED, CKR_USER_NOT_LOGGED_IN) marks that session broken: it is closed
+//!   instead of going back, the other idle sessions are checked with C_GetSessionInfo before
+//!   their next use, and a fresh session is opened and logged in when one is needed;
+//! - a *device* fault (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_DEVICE_MEMORY,
+//!   CKR_TOKEN_NOT_PRESENT, CKR_TOKEN_NOT_RECOGNIZED, CKR_GENERAL_ERROR,
+//!   CKR_CRYPTOKI_NOT_INITIALIZED), or a session that cannot be opened or logged in, marks
+//!   the token down. While it is down every checkout fails at once with
+//!   [`TokenError::Unavailable`]; the first checkout after the backoff delay re-initialises
+//!   the module (all sessions closed, C_Finalize, C_Initialize, the slot found again by
+//!   label, one session opened and logged in). A failed attempt doubles the delay
+//!   ([`Backoff`]); the delay starts again from its minimum once the token has stayed up
+//!   for [`BACKOFF_MAX`].
+//!
+//! Recovery runs lazily in the thread that finds it due (an exchange or [`Token::probe`]),
+//! under the write half of `gate`: every checked-out session holds the read half, so
+//! C_Finalize never runs while another thread uses the module (PKCS#11 v2.40 §5.4), and no
+//! session, object handle or session object of the old module is used afterwards (each
+//! checkout carries the module's `generation`; callers compare it with what they cached).
+//!
+//! [`Token::probe`]: super::Token::probe
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::ops::Deref;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
+use std::time::{Duration, Instant};
 
-use cryptoki::session::Session;
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, SessionState};
+use cryptoki::slot::Slot;
 
+use crate::config::TokenConfig;
 use crate::error::TokenError;
 
 /// How long a caller waits for a free session before giving up. Every checkout is held only
@@ -19,19 +48,161 @@ use crate::error::TokenError;
 /// session while waiting for another, which this module never does).
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// First delay before re-initialising a failed module; doubled after each failed attempt.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest delay between two attempts; also how long the token must stay up before the
+/// delay starts again from [`BACKOFF_MIN`].
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// Pool sessions this thread holds. A thread that holds one must not wait for the
+    /// write half of the gate (it would wait for itself): it never runs a recovery.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// What a failed PKCS#11 call says about the session and the module it ran on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// This session is unusable (closed, invalid, logged out): open another one.
+    Session,
+    /// The device or the module failed: re-initialise the module.
+    Device,
+}
+
+/// Classifies a return value: `None` for errors that say nothing about the session or the
+/// device (a bad argument, a wrong key, a failed decryption...).
+pub(crate) fn classify(rv: RvError) -> Option<Fault> {
+    match rv {
+        RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn => {
+            Some(Fault::Session)
+        }
+        RvError::DeviceError
+        | RvError::DeviceRemoved
+        | RvError::DeviceMemory
+        | RvError::TokenNotPresent
+        | RvError::TokenNotRecognized
+        | RvError::GeneralError
+        | RvError::CryptokiNotInitialized => Some(Fault::Device),
+        _ => None,
+    }
+}
+
+/// The fault a cryptoki error reports, if any.
+pub(crate) fn fault_of(e: &CkError) -> Option<Fault> {
+    match e {
+        CkError::Pkcs11(rv, _) => classify(*rv),
+        _ => None,
+    }
+}
+
+/// Exponential backoff between attempts to re-initialise the module.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The delay before the next attempt, doubling the one after (up to the maximum).
+    pub(crate) fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+enum Health {
+    Up { since: Instant },
+    Down { reason: String, retry_at: Instant },
+}
+
+/// A session of the pool with its number (never reused in a process) and the fault count
+/// at which it was last known good.
+struct Entry {
+    session: Session,
+    id: u64,
+    checked: u64,
+}
+
+struct State {
+    slot: Slot,
+    /// Incremented by every module re-initialisation.
+    generation: u64,
+    idle: Vec<Entry>,
+    /// Sessions that exist or are being opened: idle, checked out, opening.
+    open: usize,
+    /// Ids of the sessions open now: a session object is usable only while the session that
+    /// created it is open.
+    live: HashSet<u64>,
+    next_id: u64,
+    /// Session faults seen so far; an idle session checked before the last one is checked
+    /// again (C_GetSessionInfo) before it is handed out.
+    faults: u64,
+    health: Health,
+    recovering: bool,
+    backoff: Backoff,
+}
+
 pub(crate) struct SessionPool {
-    idle: Mutex<Vec<Session>>,
-    returned: Condvar,
+    pkcs11: Pkcs11,
+    /// Where the label and the PIN's source come from (never the PIN itself).
+    cfg: TokenConfig,
     size: usize,
+    gate: RwLock<()>,
+    state: Mutex<State>,
+    returned: Condvar,
 }
 
 impl SessionPool {
-    pub(crate) fn new(sessions: Vec<Session>) -> Self {
+    pub(crate) fn new(
+        pkcs11: Pkcs11,
+        cfg: TokenConfig,
+        slot: Slot,
+        sessions: Vec<Session>,
+    ) -> Self {
         let size = sessions.len();
+        let idle: Vec<Entry> = sessions
+            .into_iter()
+            .zip(0..)
+            .map(|(session, id)| Entry {
+                session,
+                id,
+                checked: 0,
+            })
+            .collect();
         Self {
-            idle: Mutex::new(sessions),
-            returned: Condvar::new(),
+            pkcs11,
+            cfg,
             size,
+            gate: RwLock::new(()),
+            state: Mutex::new(State {
+                slot,
+                generation: 0,
+                live: idle.iter().map(|e| e.id).collect(),
+                next_id: size as u64,
+                open: size,
+                idle,
+                faults: 0,
+                health: Health::Up {
+                    since: Instant::now(),
+                },
+                recovering: false,
+                backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            }),
+            returned: Condvar::new(),
         }
     }
 
@@ -39,66 +210,401 @@ impl SessionPool {
         self.size
     }
 
-    /// A poisoned lock only means a thread panicked while pushing or popping a session; the
-    /// vector is still a valid set of idle sessions.
-    fn lock(&self) -> MutexGuard<'_, Vec<Session>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    /// A poisoned lock only means a thread panicked while holding it; the state is updated
+    /// in single steps and stays consistent.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a session, waiting until one is free.
+    /// Whether the token is up (no known failure, or recovered since). Reads memory only.
+    pub(crate) fn healthy(&self) -> bool {
+        matches!(self.lock().health, Health::Up { .. })
+    }
+
+    /// The current slot of the token (it may change when the module is re-initialised).
+    pub(crate) fn slot(&self) -> Slot {
+        self.lock().slot
+    }
+
+    /// Takes a session, waiting until one is free; fails at once while the token is down.
     pub(crate) fn checkout(&self) -> Result<PooledSession<'_>, TokenError> {
-        let mut idle = self.lock();
+        let deadline = Instant::now() + CHECKOUT_TIMEOUT;
         loop {
-            if let Some(session) = idle.pop() {
-                return Ok(PooledSession {
-                    pool: self,
-                    session: Some(session),
-                });
+            let gate = match self.gate.try_read() {
+                Ok(g) => g,
+                Err(TryLockError::WouldBlock) => {
+                    return Err(TokenError::Unavailable(
+                        "the PKCS#11 module is being re-initialised".into(),
+                    ))
+                }
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            };
+            let mut st = self.lock();
+            if let Health::Down { reason, retry_at } = &st.health {
+                if st.recovering || Instant::now() < *retry_at || HELD.get() > 0 {
+                    return Err(TokenError::Unavailable(reason.clone()));
+                }
+                st.recovering = true;
+                drop(st);
+                drop(gate);
+                self.recover();
+                continue;
             }
-            let (guard, timeout) = self
-                .returned
-                .wait_timeout(idle, CHECKOUT_TIMEOUT)
-                .unwrap_or_else(|e| e.into_inner());
-            idle = guard;
-            if timeout.timed_out() && idle.is_empty() {
+            if let Some(entry) = st.idle.pop() {
+                let generation = st.generation;
+                let stale = entry.checked < st.faults;
+                let faults = st.faults;
+                drop(st);
+                let mut s = PooledSession::new(self, gate, entry, generation, faults);
+                if stale {
+                    // Another session failed since this one was last known good.
+                    match s.get_session_info() {
+                        Ok(info) if info.session_state() == SessionState::RwUser => {
+                            if let Some(e) = s.entry.as_mut() {
+                                e.checked = faults;
+                            }
+                        }
+                        Ok(_) => s.fault.set(Some(Fault::Session)),
+                        Err(e) => s.fault.set(Some(fault_of(&e).unwrap_or(Fault::Session))),
+                    }
+                    if s.fault.get().is_some() {
+                        drop(s);
+                        continue;
+                    }
+                }
+                return Ok(s);
+            }
+            if st.open < self.size {
+                // A session was dropped: open and log in its replacement.
+                st.open += 1;
+                let (slot, generation, faults) = (st.slot, st.generation, st.faults);
+                drop(st);
+                match open_session(&self.pkcs11, slot, &self.cfg) {
+                    Ok(session) => {
+                        let mut st = self.lock();
+                        let id = st.next_id;
+                        st.next_id += 1;
+                        st.live.insert(id);
+                        drop(st);
+                        tracing::info!(token = %self.cfg.label, "opened a new token session");
+                        let entry = Entry {
+                            session,
+                            id,
+                            checked: faults,
+                        };
+                        return Ok(PooledSession::new(self, gate, entry, generation, faults));
+                    }
+                    Err(e) => {
+                        let mut st = self.lock();
+                        st.open -= 1;
+                        let reason = format!("cannot open a logged-in session: {e}");
+                        self.mark_down(&mut st, &reason);
+                        return Err(TokenError::Unavailable(reason));
+                    }
+                }
+            }
+            // Wait for a checkin without holding the gate (a recovery may need it).
+            drop(gate);
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(TokenError::Other(format!(
                     "no token session became free in {} s ({} in the pool)",
                     CHECKOUT_TIMEOUT.as_secs(),
                     self.size
                 )));
             }
+            let (st, _) = self
+                .returned
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner());
+            drop(st);
         }
+    }
+
+    fn mark_down(&self, st: &mut State, reason: &str) {
+        if let Health::Up { since } = st.health {
+            if since.elapsed() >= BACKOFF_MAX {
+                st.backoff.reset();
+            }
+            let delay = st.backoff.fail();
+            tracing::error!(
+                token = %self.cfg.label,
+                reason,
+                retry_in_ms = delay.as_millis() as u64,
+                "token unavailable: exchanges fail fast until the module is re-initialised"
+            );
+            st.health = Health::Down {
+                reason: reason.to_owned(),
+                retry_at: Instant::now() + delay,
+            };
+            // Waiters fail fast now rather than at their timeout.
+            self.returned.notify_all();
+        }
+    }
+
+    /// Re-initialises the module and opens one session; on failure, the token stays down
+    /// until the next (later) attempt. Called with `recovering` set by this thread.
+    fn recover(&self) {
+        // Waits until every checked-out session is back (their guards hold the read half).
+        let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let old: Vec<Entry> = {
+            let mut st = self.lock();
+            st.live.clear();
+            st.open = 0;
+            st.idle.drain(..).collect()
+        };
+        // Closed before C_Finalize: after C_Initialize the same handle numbers may name the
+        // new module's sessions.
+        for e in old {
+            let _ = e.session.close();
+        }
+        let result = super::reinitialize_module(&self.pkcs11).and_then(|()| {
+            let slot = super::find_slot(&self.pkcs11, &self.cfg.label)?;
+            Ok((slot, open_session(&self.pkcs11, slot, &self.cfg)?))
+        });
+        let mut st = self.lock();
+        st.recovering = false;
+        match result {
+            Ok((slot, session)) => {
+                st.slot = slot;
+                st.generation += 1;
+                let id = st.next_id;
+                st.next_id += 1;
+                st.live.insert(id);
+                st.open = 1;
+                let checked = st.faults;
+                st.idle.push(Entry {
+                    session,
+                    id,
+                    checked,
+                });
+                st.health = Health::Up {
+                    since: Instant::now(),
+                };
+                tracing::warn!(
+                    token = %self.cfg.label,
+                    generation = st.generation,
+                    "token back: PKCS#11 module re-initialised, serving again"
+                );
+            }
+            Err(e) => {
+                let delay = st.backoff.fail();
+                let reason = format!("re-initialising the module failed: {e}");
+                tracing::error!(
+                    token = %self.cfg.label,
+                    reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "token still unavailable"
+                );
+                st.health = Health::Down {
+                    reason,
+                    retry_at: Instant::now() + delay,
+                };
+            }
+        }
+        drop(st);
+        drop(gate);
+        self.returned.notify_all();
     }
 
     /// Sessions currently idle.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
-        self.lock().len()
+        self.lock().idle.len()
+    }
+
+    /// The module generation (re-initialisations so far).
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().generation
     }
 }
 
-/// A session checked out of the pool; it goes back when this guard drops.
+/// Opens a read-write session on `slot` and logs it in with the PIN read again from its
+/// source.
+fn open_session(pkcs11: &Pkcs11, slot: Slot, cfg: &TokenConfig) -> Result<Session, TokenError> {
+    let session = pkcs11
+        .open_rw_session(slot)
+        .map_err(|e| TokenError::pkcs11("C_OpenSession", e))?;
+    let pin = super::read_pin(cfg)?;
+    super::login(&session, &pin, &cfg.label)?;
+    Ok(session)
+}
+
+/// A session checked out of the pool; it goes back when this guard drops, unless a call on
+/// it reported a fault (then it is closed, and the token may be marked down).
 pub(crate) struct PooledSession<'a> {
     pool: &'a SessionPool,
-    session: Option<Session>,
+    _gate: RwLockReadGuard<'a, ()>,
+    entry: Option<Entry>,
+    generation: u64,
+    /// Session faults seen by the pool when this session was checked out (or verified).
+    faults: u64,
+    fault: Cell<Option<Fault>>,
+}
+
+/// When cached object handles were looked up: the module generation and the session
+/// faults seen by then. A token that lost its login may give its private objects new
+/// handles when it logs in again (SoftHSM does), so a handle is reused only under the
+/// same epoch.
+pub(crate) type HandleEpoch = (u64, u64);
+
+impl<'a> PooledSession<'a> {
+    fn new(
+        pool: &'a SessionPool,
+        gate: RwLockReadGuard<'a, ()>,
+        entry: Entry,
+        generation: u64,
+        faults: u64,
+    ) -> Self {
+        HELD.set(HELD.get() + 1);
+        Self {
+            pool,
+            _gate: gate,
+            entry: Some(entry),
+            generation,
+            faults,
+            fault: Cell::new(None),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> HandleEpoch {
+        (self.generation, self.faults)
+    }
+
+    /// The module generation this session belongs to: object handles cached under another
+    /// generation must be looked up again.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// This session's number in the pool.
+    pub(crate) fn id(&self) -> u64 {
+        self.entry.as_ref().map_or(u64::MAX, |e| e.id)
+    }
+
+    /// Whether the pool session `id` of this generation is still open (the session objects
+    /// it created still exist).
+    pub(crate) fn is_live(&self, generation: u64, id: u64) -> bool {
+        generation == self.generation && self.pool.lock().live.contains(&id)
+    }
+
+    /// Maps the error of call `op` on this session; a session or device fault marks the
+    /// session broken and the error becomes [`TokenError::Unavailable`].
+    pub(crate) fn fail(&self, op: &'static str) -> impl Fn(CkError) -> TokenError + '_ {
+        move |e| self.error(op, e)
+    }
+
+    pub(crate) fn error(&self, op: &'static str, e: CkError) -> TokenError {
+        let fault = match &e {
+            // A token that lost its login hides its private objects: their handles read as
+            // invalid (SoftHSM). Only the session's state tells that from a bad handle.
+            CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _) => {
+                match self.get_session_info() {
+                    Ok(info) if info.session_state() == SessionState::RwUser => None,
+                    Ok(_) => Some(Fault::Session),
+                    Err(e) => Some(fault_of(&e).unwrap_or(Fault::Session)),
+                }
+            }
+            e => fault_of(e),
+        };
+        match fault {
+            Some(f) => {
+                if self.fault.get() != Some(Fault::Device) {
+                    self.fault.set(Some(f));
+                }
+                TokenError::Unavailable(format!("{op}: {e}"))
+            }
+            None => TokenError::pkcs11(op, e),
+        }
+    }
 }
 
 impl Deref for PooledSession<'_> {
     type Target = Session;
 
     fn deref(&self) -> &Session {
-        // Invariant: `session` is Some until `drop` takes it.
-        self.session
+        // Invariant: `entry` is Some until `drop` takes it.
+        &self
+            .entry
             .as_ref()
             .expect("pooled session present until drop")
+            .session
     }
 }
 
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            self.pool.lock().push(session);
+        HELD.set(HELD.get().saturating_sub(1));
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        let Some(fault) = self.fault.get() else {
+            self.pool.lock().idle.push(entry);
             self.pool.returned.notify_one();
+            return;
+        };
+        {
+            let mut st = self.pool.lock();
+            st.open -= 1;
+            st.live.remove(&entry.id);
+            st.faults += 1;
+            if fault == Fault::Device {
+                self.pool
+                    .mark_down(&mut st, "a token call failed with a device error");
+            }
+        }
+        tracing::warn!(
+            token = %self.pool.cfg.label,
+            ?fault,
+            "dropped a failed token session"
+        );
+        // Still under the read gate: the module cannot be re-initialised meanwhile.
+        let _ = entry.session.close();
+        self.pool.returned.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        let got: Vec<u128> = (0..5).map(|_| b.fail().as_millis()).collect();
+        assert_eq!(got, [200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.fail(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn faults_are_classified_by_what_they_break() {
+        for rv in [
+            RvError::SessionHandleInvalid,
+            RvError::SessionClosed,
+            RvError::UserNotLoggedIn,
+        ] {
+            assert_eq!(classify(rv), Some(Fault::Session), "{rv:?}");
+        }
+        for rv in [
+            RvError::DeviceError,
+            RvError::DeviceRemoved,
+            RvError::TokenNotPresent,
+            RvError::GeneralError,
+            RvError::CryptokiNotInitialized,
+        ] {
+            assert_eq!(classify(rv), Some(Fault::Device), "{rv:?}");
+        }
+        // Errors about the request, not the token.
+        for rv in [
+            RvError::KeyHandleInvalid,
+            RvError::ObjectHandleInvalid,
+            RvError::EncryptedDataInvalid,
+            RvError::MechanismInvalid,
+            RvError::SignatureInvalid,
+        ] {
+            assert_eq!(classify(rv), None, "{rv:?}");
         }
     }
 }

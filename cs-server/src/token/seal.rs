@@ -10,10 +10,10 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use super::pool::PooledSession;
 use super::{find_one, Token};
 use crate::error::TokenError;
 
@@ -48,8 +48,8 @@ impl Token {
         ];
         let handle = session
             .generate_key(&Mechanism::AesKeyGen, &template)
-            .map_err(|e| TokenError::pkcs11("C_GenerateKey", e))?;
-        let _ = self.inner.sealing_key.set(handle);
+            .map_err(session.fail("C_GenerateKey"))?;
+        self.cache_sealing_key(&session, handle);
         tracing::info!(label = %self.inner.sealing_label, "sealing key created in the token");
         Ok(true)
     }
@@ -60,9 +60,28 @@ impl Token {
         Ok(self.find_sealing_key(&session)?.is_some())
     }
 
-    fn find_sealing_key(&self, session: &Session) -> Result<Option<ObjectHandle>, TokenError> {
-        if let Some(h) = self.inner.sealing_key.get() {
-            return Ok(Some(*h));
+    /// Remembers the handle for this handle epoch (token/pool.rs).
+    fn cache_sealing_key(&self, session: &PooledSession<'_>, handle: ObjectHandle) {
+        *self
+            .inner
+            .sealing_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((session.epoch(), handle));
+    }
+
+    fn find_sealing_key(
+        &self,
+        session: &PooledSession<'_>,
+    ) -> Result<Option<ObjectHandle>, TokenError> {
+        let cached = *self
+            .inner
+            .sealing_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((epoch, h)) = cached {
+            if epoch == session.epoch() {
+                return Ok(Some(h));
+            }
         }
         let label = &self.inner.sealing_label;
         let found = find_one(
@@ -75,12 +94,12 @@ impl Token {
             &format!("sealing key {label:?}"),
         )?;
         if let Some(h) = found {
-            let _ = self.inner.sealing_key.set(h);
+            self.cache_sealing_key(session, h);
         }
         Ok(found)
     }
 
-    fn sealing_key(&self, session: &Session) -> Result<ObjectHandle, TokenError> {
+    fn sealing_key(&self, session: &PooledSession<'_>) -> Result<ObjectHandle, TokenError> {
         self.find_sealing_key(session)?.ok_or_else(|| {
             TokenError::KeyNotFound(format!(
                 "sealing key {:?} (create it with `lurk-cs token sealing-key`)",
@@ -103,7 +122,7 @@ impl Token {
             .map_err(|e| TokenError::pkcs11("GcmParams", e))?;
         let ct = session
             .encrypt(&Mechanism::AesGcm(params), key, plaintext)
-            .map_err(|e| TokenError::pkcs11("C_Encrypt", e))?;
+            .map_err(session.fail("C_Encrypt"))?;
         let mut out = Vec::with_capacity(1 + IV_LEN + ct.len());
         out.push(VERSION);
         out.extend_from_slice(&iv);
@@ -137,7 +156,7 @@ impl Token {
                 | RvError::GeneralError,
                 _,
             )) => Err(TokenError::Unseal),
-            Err(e) => Err(TokenError::pkcs11("C_Decrypt", e)),
+            Err(e) => Err(session.error("C_Decrypt", e)),
         }
     }
 }

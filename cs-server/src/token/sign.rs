@@ -9,16 +9,18 @@
 //!   hash length (RFC 8446 §4.2.3).
 //!
 //! Object handles are looked up once (handles stay valid across the sessions of one
-//! application) and cached by the configured name.
+//! application) and cached by the configured name, with the module generation they belong
+//! to: after the module was re-initialised or the login lost (token/pool.rs) the key is
+//! found again by the same name and must have the same public key, or nothing is signed.
 
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 use lurk_proto::wire::SignatureScheme;
 
 use super::der::{self, OID_ED25519, OID_P256, OID_P384, PRINTABLE_ED25519};
+use super::pool::{HandleEpoch, PooledSession};
 use super::uri::KeyUri;
 use super::{find_one, Token};
 use crate::error::TokenError;
@@ -61,6 +63,9 @@ impl SigningKeyType {
 #[derive(Clone, Debug)]
 pub struct SigningKey {
     handle: ObjectHandle,
+    /// When `handle` was looked up (token/pool.rs), and the name the key was found by.
+    epoch: HandleEpoch,
+    object: String,
     token: String,
     key_type: SigningKeyType,
     label: String,
@@ -122,7 +127,7 @@ impl Token {
         self.check_uri_token(&uri, object)?;
         let key = {
             let session = self.session()?;
-            self.load_signing_key(&session, &uri)?
+            self.load_signing_key(&session, &uri, object)?
         };
         self.inner
             .signing_keys
@@ -161,7 +166,43 @@ impl Token {
         Ok(())
     }
 
-    fn load_signing_key(&self, session: &Session, uri: &KeyUri) -> Result<SigningKey, TokenError> {
+    /// The handle of `key` in the module generation of `session`: looked up again by its
+    /// name after a re-initialisation, and refused if the token's key there is another one.
+    fn current_handle(
+        &self,
+        session: &PooledSession<'_>,
+        key: &SigningKey,
+    ) -> Result<ObjectHandle, TokenError> {
+        if key.epoch == session.epoch() {
+            return Ok(key.handle);
+        }
+        if let Some(k) = self.cached_key(&key.object) {
+            if k.epoch == session.epoch() && k.spki == key.spki {
+                return Ok(k.handle);
+            }
+        }
+        let found = self.load_signing_key(session, &KeyUri::parse(&key.object)?, &key.object)?;
+        if found.spki != key.spki {
+            return Err(TokenError::KeyNotFound(format!(
+                "{}: the token now holds another key under this name",
+                key.label
+            )));
+        }
+        let handle = found.handle;
+        self.inner
+            .signing_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.object.clone(), found);
+        Ok(handle)
+    }
+
+    fn load_signing_key(
+        &self,
+        session: &PooledSession<'_>,
+        uri: &KeyUri,
+        object: &str,
+    ) -> Result<SigningKey, TokenError> {
         let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
         if let Some(l) = &uri.label {
             template.push(Attribute::Label(l.as_bytes().to_vec()));
@@ -184,7 +225,7 @@ impl Token {
                     AttributeType::Extractable,
                 ],
             )
-            .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))?;
+            .map_err(session.fail("C_GetAttributeValue"))?;
         let (mut key_type, mut sign, mut label, mut id) = (None, false, Vec::new(), Vec::new());
         let (mut sensitive, mut extractable) = (false, true);
         for a in attrs {
@@ -220,7 +261,7 @@ impl Token {
                     handle,
                     &[AttributeType::Modulus, AttributeType::PublicExponent],
                 )
-                .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))?;
+                .map_err(session.fail("C_GetAttributeValue"))?;
             let (mut n, mut e) = (Vec::new(), Vec::new());
             for a in attrs {
                 match a {
@@ -272,6 +313,8 @@ impl Token {
         };
         Ok(SigningKey {
             handle,
+            epoch: session.epoch(),
+            object: object.to_owned(),
             token: self.inner.label.clone(),
             key_type,
             label,
@@ -303,10 +346,11 @@ impl Token {
             )));
         }
         let session = self.session()?;
+        let handle = self.current_handle(&session, key)?;
         let sign = |mech: &Mechanism<'_>, data: &[u8]| {
             session
-                .sign(mech, key.handle, data)
-                .map_err(|e| TokenError::pkcs11("C_Sign", e))
+                .sign(mech, handle, data)
+                .map_err(session.fail("C_Sign"))
         };
         match scheme {
             SignatureScheme::Ed25519 => sign(
@@ -354,10 +398,14 @@ impl Token {
     }
 }
 
-fn ec_params(session: &Session, handle: ObjectHandle, what: &str) -> Result<Vec<u8>, TokenError> {
+fn ec_params(
+    session: &PooledSession<'_>,
+    handle: ObjectHandle,
+    what: &str,
+) -> Result<Vec<u8>, TokenError> {
     session
         .get_attributes(handle, &[AttributeType::EcParams])
-        .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))?
+        .map_err(session.fail("C_GetAttributeValue"))?
         .into_iter()
         .find_map(|a| match a {
             Attribute::EcParams(p) => Some(p),
@@ -370,7 +418,7 @@ fn ec_params(session: &Session, handle: ObjectHandle, what: &str) -> Result<Vec<
 /// the same CKA_ID (or, without an id, the same label): PKCS#11 2.40 private keys do not
 /// carry their point.
 fn public_point(
-    session: &Session,
+    session: &PooledSession<'_>,
     key_type: KeyType,
     label: &str,
     id: &[u8],
@@ -395,7 +443,7 @@ fn public_point(
         })?;
     let point = session
         .get_attributes(public, &[AttributeType::EcPoint])
-        .map_err(|e| TokenError::pkcs11("C_GetAttributeValue", e))?
+        .map_err(session.fail("C_GetAttributeValue"))?
         .into_iter()
         .find_map(|a| match a {
             Attribute::EcPoint(p) => Some(p),
