@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 serve=false; [ "${1:-}" = "--serve" ] && serve=true
 scripts/install-deps.sh
-cargo build --release --bins --locked
+cargo build --release --locked -p lurk-cs -p lurk-engine
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 DIR=${LURK_DEV_DIR:-$PWD/lurk-dev}
 mkdir -p "$DIR"

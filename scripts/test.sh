@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The CS as production builds it: without the RFC 8448 test-vector mode.
+cargo clippy -p lurk-cs --all-targets --locked -- -D warnings
 # The API docs build with no warning (broken links, unclosed tags).
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # Licences, banned crates and sources (deny.toml), and the MSRV of every dependency.
@@ -16,5 +18,7 @@ scripts/check-msrv.sh
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The CS's unit tests as production builds it (no test-vector mode).
+cargo test -p lurk-cs --lib --locked
 # The benchmark tool in its quick mode (seconds; figures not checked): it keeps working.
 cargo run -p lurk-bench --locked -- --quick > /dev/null

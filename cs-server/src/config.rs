@@ -167,7 +167,8 @@ pub struct FreshnessConfig {
     #[serde(default)]
     pub mode: FreshnessMode,
     /// Test-vector mode: accepts `null` freshness and injected ephemeral keys. Never in
-    /// production: it lets the engine choose the random the CS signs over.
+    /// production: it lets the engine choose the random the CS signs over. Refused at load by
+    /// builds without the `test-vectors` cargo feature.
     #[serde(default)]
     pub test_vectors: bool,
 }
@@ -282,6 +283,13 @@ impl Config {
                 "store.ticket_lifetime_secs: RFC 8446 §4.6.1 caps ticket lifetime at 7 days".into(),
             ));
         }
+        if self.freshness.test_vectors && !cfg!(feature = "test-vectors") {
+            return Err(ConfigError::Invalid(
+                "freshness.test_vectors: this build has no test-vector mode (it exists for the \
+                 RFC 8448 known-answer tests, in builds with the `test-vectors` feature)"
+                    .into(),
+            ));
+        }
         if self.sessions.max == 0 || self.sessions.ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "sessions: max and ttl_secs must be > 0".into(),
@@ -322,6 +330,18 @@ mod tests {
         assert_eq!(c.freshness.mode, FreshnessMode::Draft);
         assert!(!c.freshness.test_vectors);
         assert_eq!(c.sessions.ttl_secs, 30);
+    }
+
+    #[test]
+    fn test_vector_mode_loads_only_in_builds_that_have_it() {
+        let cfg = format!("{MINIMAL}\n[freshness]\ntest_vectors = true\n");
+        let loaded = Config::from_toml(&cfg);
+        if cfg!(feature = "test-vectors") {
+            assert!(loaded.unwrap().freshness.test_vectors);
+        } else {
+            let e = loaded.unwrap_err().to_string();
+            assert!(e.contains("no test-vector mode"), "{e}");
+        }
     }
 
     #[test]

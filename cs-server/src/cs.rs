@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lurk_proto::wire::NamedGroup;
-
 use crate::config::{Config, EphemeralBackendKind, FreshnessMode};
 use crate::ephemeral::EphemeralSource;
 use crate::error::{ServiceError, TokenError};
@@ -81,7 +79,12 @@ impl Cs {
     }
 
     /// Test-vector mode: the next ephemeral key for `group` uses this private key.
-    pub fn inject_ephemeral(&self, group: NamedGroup, private: &[u8]) -> Result<(), ServiceError> {
+    #[cfg(feature = "test-vectors")]
+    pub fn inject_ephemeral(
+        &self,
+        group: lurk_proto::wire::NamedGroup,
+        private: &[u8],
+    ) -> Result<(), ServiceError> {
         self.ephemeral.inject(group, private)
     }
 }

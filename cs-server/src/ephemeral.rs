@@ -3,12 +3,15 @@
 //! - `Token` (default): key pairs generated in the PKCS#11 token as session objects, derived
 //!   with CKM_ECDH1_DERIVE and destroyed as soon as the shared secret exists;
 //! - `Memory`: ring's ephemeral keys in CS memory (single use, dropped after agreement);
-//! - test vectors: private keys injected by an in-process test (RFC 8448 traces), only when
-//!   the test-vector mode is enabled in the configuration. There is no RPC to inject keys.
+//! - test vectors: private keys injected by an in-process test (RFC 8448 traces), only in a
+//!   build with the `test-vectors` feature and when the configuration enables the mode. There
+//!   is no RPC to inject keys.
 
 use std::cell::Cell;
+#[cfg(feature = "test-vectors")]
 use std::collections::VecDeque;
 use std::fmt;
+#[cfg(feature = "test-vectors")]
 use std::sync::Mutex;
 
 use lurk_proto::status::LurkStatus;
@@ -27,6 +30,7 @@ pub enum PendingEphemeral {
     Token(TokenEphemeral),
     /// ring's key agrees once: it is taken only after the server's share is validated.
     Memory(Cell<Option<agreement::EphemeralPrivateKey>>),
+    #[cfg(feature = "test-vectors")]
     Injected(InjectedKey),
 }
 
@@ -35,12 +39,14 @@ impl fmt::Debug for PendingEphemeral {
         f.write_str(match self {
             Self::Token(_) => "PendingEphemeral::Token",
             Self::Memory(_) => "PendingEphemeral::Memory",
+            #[cfg(feature = "test-vectors")]
             Self::Injected(_) => "PendingEphemeral::Injected",
         })
     }
 }
 
 /// A test-vector private key (RFC 8448), zeroized on drop.
+#[cfg(feature = "test-vectors")]
 pub struct InjectedKey {
     group: NamedGroup,
     private: Zeroizing<Vec<u8>>,
@@ -52,6 +58,7 @@ pub struct EphemeralSource {
     token: Option<Token>,
     rng: SystemRandom,
     /// Some only in test-vector mode.
+    #[cfg(feature = "test-vectors")]
     injected: Option<Mutex<VecDeque<InjectedKey>>>,
 }
 
@@ -61,10 +68,14 @@ fn invalid_ephemeral(why: impl Into<String>) -> ServiceError {
 
 impl EphemeralSource {
     pub fn new(kind: EphemeralBackendKind, token: Option<Token>, test_vectors: bool) -> Self {
+        // Without the feature, the configuration refuses the mode (config.rs).
+        #[cfg(not(feature = "test-vectors"))]
+        let _ = test_vectors;
         Self {
             kind,
             token,
             rng: SystemRandom::new(),
+            #[cfg(feature = "test-vectors")]
             injected: test_vectors.then(|| Mutex::new(VecDeque::new())),
         }
     }
@@ -74,6 +85,7 @@ impl EphemeralSource {
     }
 
     /// Test-vector mode only: the next key pair generated for `group` uses this private key.
+    #[cfg(feature = "test-vectors")]
     pub fn inject(&self, group: NamedGroup, private: &[u8]) -> Result<(), ServiceError> {
         let q = self.injected.as_ref().ok_or_else(|| {
             ServiceError::Internal("ephemeral keys can be injected only in test-vector mode".into())
@@ -87,6 +99,7 @@ impl EphemeralSource {
         Ok(())
     }
 
+    #[cfg(feature = "test-vectors")]
     fn take_injected(&self, group: NamedGroup) -> Option<InjectedKey> {
         let mut q = self
             .injected
@@ -105,6 +118,7 @@ impl EphemeralSource {
                 "group {group:?} is not supported"
             )));
         }
+        #[cfg(feature = "test-vectors")]
         if let Some(k) = self.take_injected(group) {
             let public = injected_public(&k)?;
             return Ok((public, PendingEphemeral::Injected(k)));
@@ -164,6 +178,7 @@ impl PendingEphemeral {
                 agreement::agree_ephemeral(private, &peer, |s| Zeroizing::new(s.to_vec()))
                     .map_err(|_| ServiceError::Internal("ECDH failed on a validated key".into()))
             }
+            #[cfg(feature = "test-vectors")]
             Self::Injected(k) => injected_agree(k, peer),
         }
     }
@@ -198,6 +213,7 @@ fn check_peer_format(group: NamedGroup, peer: &[u8]) -> Result<(), ServiceError>
     }
 }
 
+#[cfg(feature = "test-vectors")]
 fn injected_public(k: &InjectedKey) -> Result<Vec<u8>, ServiceError> {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
     let bad = || invalid_ephemeral("injected test-vector key is invalid");
@@ -219,6 +235,7 @@ fn injected_public(k: &InjectedKey) -> Result<Vec<u8>, ServiceError> {
     }
 }
 
+#[cfg(feature = "test-vectors")]
 fn injected_agree(k: &InjectedKey, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let bad_peer = || invalid_ephemeral("the server's key share is not a valid point");
     let bad = || invalid_ephemeral("injected test-vector key is invalid");
@@ -289,11 +306,13 @@ mod tests {
         assert_eq!(err.lurk_status(), LurkStatus::InvalidEphemeral);
     }
 
+    #[cfg(feature = "test-vectors")]
     #[test]
     fn injection_is_refused_outside_test_vector_mode() {
         assert!(memory().inject(NamedGroup::X25519, &[1u8; 32]).is_err());
     }
 
+    #[cfg(feature = "test-vectors")]
     #[test]
     fn injected_x25519_key_gives_rfc8448_public_key_and_shared_secret() {
         // RFC 8448 §3: client and server ephemeral keys and the shared secret.
