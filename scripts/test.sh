@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
+# tests/tests/token_fault.rs loads the test-only PKCS#11 module (a cdylib).
+cargo build -p lurk-p11-fault-shim --locked
 cargo test --workspace --locked
 # The benchmark tool in its quick mode (seconds; figures not checked): it keeps working.
 cargo run -p lurk-bench --locked -- --quick > /dev/null
