@@ -66,15 +66,16 @@ fn probe_reports_a_failing_token_and_drives_its_recovery() {
     std::fs::write(&control, "").unwrap();
     // Set before the module is loaded, in the only test of this process.
     std::env::set_var("LURK_P11_FAULT_FILE", &control);
-    std::env::set_var("LURK_PROBE_TEST_PIN", "probe-user-pin");
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, "probe-user-pin\n").unwrap();
     let module = shim();
     let env = BTreeMap::from([("SOFTHSM2_CONF".to_owned(), conf.display().to_string())]);
     initialize_token(&module, &env, "probe", "probe-so-pin", "probe-user-pin").unwrap();
     let token = Token::open(&TokenConfig {
         module,
         label: "probe".to_owned(),
-        pin_env: Some("LURK_PROBE_TEST_PIN".to_owned()),
-        pin_file: None,
+        pin_env: None,
+        pin_file: Some(pin_file.clone()),
         pool_size: 2,
         sealing_key: "probe-seal".to_owned(),
         module_env: env,
@@ -109,4 +110,28 @@ fn probe_reports_a_failing_token_and_drives_its_recovery() {
     assert!(!token.healthy());
     until_healthy(&token);
     assert_eq!(&token.unseal(b"aad", &sealed).unwrap()[..], b"psk");
+
+    // The token refuses the PIN while recovering (as after a reset with a new PIN): that
+    // PIN is not tried again, so a token that locks PINs after a few failures keeps it,
+    // until the PIN file changes.
+    std::fs::write(
+        &control,
+        "CKR_DEVICE_ERROR C_GetSessionInfo\nCKR_PIN_INCORRECT C_Login\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while !unavailable(token.probe()).contains("refused the user PIN") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no login attempt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&control, "").unwrap();
+    // Longer than the backoff delay by now (1.6 s): a retry would have succeeded.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(unavailable(token.probe()).contains("refused the user PIN"));
+    assert!(!token.healthy());
+    std::fs::write(&pin_file, "probe-user-pin\n").unwrap();
+    until_healthy(&token);
 }
