@@ -340,3 +340,64 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
          ({failed_all} refused), SoftHSM finalised {back_module:?} ({failed_module} refused)"
     );
 }
+
+/// Faults that come and go while engines keep sending: many exchanges in flight when the
+/// token fails and when the module is re-initialised (which must wait for the calls in
+/// flight). Every answer is a verified signature, a usable key share, or
+/// `token_unavailable`; the CS neither stops nor hangs, and serves once the faults stop.
+#[tokio::test]
+async fn exchanges_in_flight_when_the_token_fails_get_a_right_answer_or_token_unavailable() {
+    let f = std::sync::Arc::new(Faulty::start());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (f, stop) = (f.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = f.client();
+            let (mut ok, mut refused) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = if i % 2 == 0 {
+                    sign(&f.dev, &mut c).await
+                } else {
+                    hello(&mut c).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        unavailable(e);
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    for faults in [
+        "CKR_DEVICE_ERROR C_Sign\n",
+        "",
+        "CKR_DEVICE_ERROR *\n",
+        "",
+        "CKR_SESSION_CLOSED C_GenerateKeyPair C_Sign\n",
+        "",
+        "CKR_TOKEN_NOT_PRESENT C_GenerateKeyPair\n",
+        "",
+    ] {
+        f.inject(faults);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    assert!(refused > 0, "the faults were seen");
+    let mut c = f.client();
+    let (back, _) = until_served!(sign(&f.dev, &mut c).await);
+    hello(&mut c).await.unwrap();
+    ping(&mut c).await;
+    eprintln!(
+        "{ok} exchanges served (all verified), {refused} refused; served again after {back:?}"
+    );
+}
