@@ -17,6 +17,8 @@ cargo deny --log-level error check licenses bans sources
 scripts/check-msrv.sh
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
+# tests/tests/token_fault.rs loads the test-only PKCS#11 module (a cdylib).
+cargo build -p lurk-p11-fault-shim --locked
 cargo test --workspace --locked
 # The CS's unit tests as production builds it (no test-vector mode).
 cargo test -p lurk-cs --lib --locked

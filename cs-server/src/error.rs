@@ -207,7 +207,7 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::Token(TokenError::Unavailable(_))
             | ServiceError::Store(StoreError::Seal(TokenError::Unavailable(_))) => {
-                tracing::warn!(error = %e, "request failed fast: the token is unavailable");
+                // Logged once per outage by token/pool.rs, not once per request.
                 format!(
                     "{}: the crypto service's token is recovering; retry later",
                     lurk.name()

@@ -487,6 +487,8 @@ mod tests {
                 "{group:?} {r:?}"
             );
         }
+        // Refused before the token saw them: no engine can make the token look failed.
+        assert!(token.healthy());
         let eph = token.generate_ephemeral(NamedGroup::Secp384r1).unwrap();
         eph.destroy().unwrap();
         assert_eq!(token.count_session_objects(), 0);

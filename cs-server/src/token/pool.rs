@@ -20,6 +20,10 @@
 //!   label, one session opened and logged in). A failed attempt doubles the delay
 //!   ([`Backoff`]); the delay starts again from its minimum once the token has stayed up
 //!   for [`BACKOFF_MAX`].
+//! - a login refused for its PIN (CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_PIN_EXPIRED) is not
+//!   tried again with the same PIN: tokens lock a PIN after a few wrong attempts. The token
+//!   stays down until the PIN file changes (a PIN from the environment cannot change: until
+//!   a restart).
 //!
 //! Recovery runs lazily in the thread that finds it due (an exchange or [`Token::probe`]),
 //! under the write half of `gate`: every checked-out session holds the read half, so
@@ -33,11 +37,11 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::session::{Session, SessionState};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 
 use crate::config::TokenConfig;
@@ -154,6 +158,9 @@ struct State {
     health: Health,
     recovering: bool,
     backoff: Backoff,
+    /// Set when the token refused the PIN: the PIN file's modification time then (None: no
+    /// file). No login is tried again until it changes.
+    pin_refused: Option<Option<SystemTime>>,
 }
 
 pub(crate) struct SessionPool {
@@ -201,6 +208,7 @@ impl SessionPool {
                 },
                 recovering: false,
                 backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+                pin_refused: None,
             }),
             returned: Condvar::new(),
         }
@@ -241,7 +249,10 @@ impl SessionPool {
             };
             let mut st = self.lock();
             if let Health::Down { reason, retry_at } = &st.health {
-                if st.recovering || Instant::now() < *retry_at || HELD.get() > 0 {
+                let same_pin = st
+                    .pin_refused
+                    .is_some_and(|t| t == pin_file_time(&self.cfg));
+                if st.recovering || Instant::now() < *retry_at || HELD.get() > 0 || same_pin {
                     return Err(TokenError::Unavailable(reason.clone()));
                 }
                 st.recovering = true;
@@ -297,7 +308,10 @@ impl SessionPool {
                     Err(e) => {
                         let mut st = self.lock();
                         st.open -= 1;
-                        let reason = format!("cannot open a logged-in session: {e}");
+                        let reason = format!("cannot open a logged-in session: {}", e.error);
+                        if e.pin_refused {
+                            st.pin_refused = Some(pin_file_time(&self.cfg));
+                        }
                         self.mark_down(&mut st, &reason);
                         return Err(TokenError::Unavailable(reason));
                     }
@@ -358,12 +372,16 @@ impl SessionPool {
         for e in old {
             let _ = e.session.close();
         }
-        let result = super::reinitialize_module(&self.pkcs11).and_then(|()| {
-            let slot = super::find_slot(&self.pkcs11, &self.cfg.label)?;
-            Ok((slot, open_session(&self.pkcs11, slot, &self.cfg)?))
-        });
+        let result = super::reinitialize_module(&self.pkcs11)
+            .and_then(|()| super::find_slot(&self.pkcs11, &self.cfg.label))
+            .map_err(OpenError::from)
+            .and_then(|slot| Ok((slot, open_session(&self.pkcs11, slot, &self.cfg)?)));
         let mut st = self.lock();
         st.recovering = false;
+        st.pin_refused = match &result {
+            Err(e) if e.pin_refused => Some(pin_file_time(&self.cfg)),
+            _ => None,
+        };
         match result {
             Ok((slot, session)) => {
                 st.slot = slot;
@@ -389,7 +407,12 @@ impl SessionPool {
             }
             Err(e) => {
                 let delay = st.backoff.fail();
-                let reason = format!("re-initialising the module failed: {e}");
+                let mut reason = format!("re-initialising the module failed: {}", e.error);
+                if e.pin_refused {
+                    reason.push_str(
+                        "; the PIN is not tried again until the PIN file changes (or a restart)",
+                    );
+                }
                 tracing::error!(
                     token = %self.cfg.label,
                     reason,
@@ -420,14 +443,54 @@ impl SessionPool {
     }
 }
 
+/// Why a session could not be opened, and whether the token refused the PIN.
+struct OpenError {
+    error: TokenError,
+    pin_refused: bool,
+}
+
+impl From<TokenError> for OpenError {
+    fn from(error: TokenError) -> Self {
+        Self {
+            error,
+            pin_refused: false,
+        }
+    }
+}
+
+/// The PIN file's modification time, which tells a PIN changed by the operator.
+fn pin_file_time(cfg: &TokenConfig) -> Option<SystemTime> {
+    let path = cfg.pin_file.as_ref()?;
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// Opens a read-write session on `slot` and logs it in with the PIN read again from its
 /// source.
-fn open_session(pkcs11: &Pkcs11, slot: Slot, cfg: &TokenConfig) -> Result<Session, TokenError> {
+fn open_session(pkcs11: &Pkcs11, slot: Slot, cfg: &TokenConfig) -> Result<Session, OpenError> {
     let session = pkcs11
         .open_rw_session(slot)
         .map_err(|e| TokenError::pkcs11("C_OpenSession", e))?;
     let pin = super::read_pin(cfg)?;
-    super::login(&session, &pin, &cfg.label)?;
+    let refused = |pin_refused: bool, reason: String| OpenError {
+        error: TokenError::Login {
+            label: cfg.label.clone(),
+            reason,
+        },
+        pin_refused,
+    };
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(CkError::Pkcs11(
+            rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
+            _,
+        )) => {
+            return Err(refused(
+                true,
+                format!("the token refused the user PIN ({rv:?})"),
+            ))
+        }
+        Err(e) => return Err(refused(false, format!("C_Login: {e}"))),
+    }
     Ok(session)
 }
 

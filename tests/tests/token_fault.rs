@@ -1,0 +1,403 @@
+//! A token that comes back: a real `lurk-cs` process whose PKCS#11 module is the fault
+//! shim (tests/p11-fault-shim) in front of SoftHSM. The test makes the module really fail
+//! (CKR_* returned by the calls the CS makes, then the real SoftHSM finalised under the CS's
+//! feet) and checks that the CS stays up, answers `token_unavailable` meanwhile, serves
+//! again without a restart once the token answers, and never answers with a wrong result:
+//! every signature it returns verifies, and a key pair of the lost module is never used.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lurk_e2e::{CsProcess, DevSetup};
+use lurk_proto::freshness::{client_random, FreshnessMode};
+use lurk_proto::pb;
+use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::{
+    encode_certificate, encode_certificate_verify, encode_finished, encode_server_hello,
+    CipherSuite, ClientHelloBuilder, HashAlg, NamedGroup, SignatureScheme,
+};
+use tonic::transport::Channel;
+
+/// `target/<profile>/liblurk_p11_fault_shim.so`, built by `cargo build --workspace` (or
+/// `-p lurk-p11-fault-shim`; scripts/test.sh does).
+fn shim() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let so = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("liblurk_p11_fault_shim.so");
+    assert!(
+        so.exists(),
+        "{} not found: run `cargo build -p lurk-p11-fault-shim` first (scripts/test.sh does)",
+        so.display()
+    );
+    so
+}
+
+struct Faulty {
+    dev: DevSetup,
+    cs: CsProcess,
+    control: PathBuf,
+}
+
+impl Faulty {
+    fn start() -> Self {
+        let dev = DevSetup::new();
+        dev.edit_config(
+            "module = \"/usr/lib/softhsm/libsofthsm2.so\"",
+            &format!("module = {:?}", shim().display().to_string()),
+        );
+        let control = dev.path().join("p11-faults");
+        std::fs::write(&control, "").unwrap();
+        let cs = dev.start_with_env(&[
+            ("LURK_P11_FAULT_FILE", control.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ]);
+        Self { dev, cs, control }
+    }
+
+    fn inject(&self, faults: &str) {
+        std::fs::write(&self.control, faults).unwrap();
+    }
+
+    fn client(&self) -> CryptoServiceClient<Channel> {
+        self.cs.client("engine")
+    }
+}
+
+/// The status of a failed exchange; a token failure must be `token_unavailable` with gRPC
+/// UNAVAILABLE, nothing else.
+fn unavailable(e: tonic::Status) {
+    assert_eq!(
+        LurkStatus::from_grpc(&e),
+        Some(LurkStatus::TokenUnavailable),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
+
+/// c_init_client_finished with the ed25519 key (one C_Sign): Ok only with a signature that
+/// verifies over the fresh random, as in cs_service.rs.
+async fn sign(dev: &DevSetup, c: &mut CryptoServiceClient<Channel>) -> Result<(), tonic::Status> {
+    let engine_random = [0x61u8; 32];
+    let ch = ClientHelloBuilder::new(engine_random)
+        .legacy_session_id(&[1u8; 32])
+        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
+        .supported_versions(&[0x0304])
+        .supported_groups(&[NamedGroup::X25519])
+        .signature_algorithms(&[SignatureScheme::Ed25519])
+        .key_share(NamedGroup::X25519, &[9u8; 32])
+        .build()
+        .unwrap();
+    let sh = encode_server_hello(
+        &[0x42; 32],
+        &[1u8; 32],
+        CipherSuite::TlsAes128GcmSha256,
+        NamedGroup::X25519,
+        &[8u8; 32],
+    )
+    .unwrap();
+    let ee = vec![8, 0, 0, 2, 0, 0];
+    let cr = vec![13, 0, 0, 11, 0, 0, 8, 0, 13, 0, 4, 0, 2, 8, 7];
+    let server_cert = encode_certificate::<Vec<u8>>(&[], &[vec![0x30, 0x00]]).unwrap();
+    let server_cv =
+        encode_certificate_verify(SignatureScheme::EcdsaSecp256r1Sha256, &[1; 70]).unwrap();
+    let server_fin = encode_finished(&[5u8; 32]).unwrap();
+    let pem = std::fs::read(dev.path().join("client-ed25519.pem")).unwrap();
+    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let client_cert = encode_certificate(&[], std::slice::from_ref(&leaf)).unwrap();
+    let resp = c
+        .c_init_client_finished(pb::CInitClientFinishedRequest {
+            handshake_messages: [
+                ch.clone(),
+                sh.clone(),
+                ee.clone(),
+                cr.clone(),
+                server_cert.clone(),
+                server_cv.clone(),
+                server_fin.clone(),
+            ]
+            .concat(),
+            freshness: pb::Freshness::Sha256 as i32,
+            key_id: "ed25519".into(),
+            client_certificate: client_cert.clone(),
+            last_exchange: true,
+        })
+        .await?
+        .into_inner();
+    let cv = lurk_proto::wire::CertificateVerify::parse(&resp.certificate_verify).unwrap();
+    let prefix = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let at = leaf
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .unwrap()
+        + prefix.len();
+    let mut signed_ch = ch;
+    signed_ch[6..38].copy_from_slice(&client_random(
+        pb::Freshness::Sha256,
+        FreshnessMode::Draft,
+        &engine_random,
+    ));
+    let mut t = lurk_proto::transcript::Transcript::new();
+    for m in [
+        &signed_ch,
+        &sh,
+        &ee,
+        &cr,
+        &server_cert,
+        &server_cv,
+        &server_fin,
+        &client_cert,
+    ] {
+        t.add(m);
+    }
+    let mut content = vec![0x20u8; 64];
+    content.extend_from_slice(b"TLS 1.3, client CertificateVerify\0");
+    content.extend_from_slice(&t.hash(HashAlg::Sha256));
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &leaf[at..at + 32])
+        .verify(&content, cv.signature)
+        .expect("every signature the CS returns verifies");
+    Ok(())
+}
+
+/// c_init_client_hello with a CS-generated x25519 share (one C_GenerateKeyPair): returns
+/// the session id and the share, which must be a usable x25519 public key.
+async fn hello(c: &mut CryptoServiceClient<Channel>) -> Result<(Vec<u8>, Vec<u8>), tonic::Status> {
+    let ch = ClientHelloBuilder::new([7u8; 32])
+        .legacy_session_id(&[1u8; 32])
+        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
+        .server_name("localhost")
+        .supported_versions(&[0x0304])
+        .supported_groups(&[NamedGroup::X25519])
+        .signature_algorithms(&[SignatureScheme::Ed25519])
+        .key_share(NamedGroup::X25519, &[])
+        .build()
+        .unwrap();
+    let r = c
+        .c_init_client_hello(pb::CInitClientHelloRequest {
+            client_hello: ch,
+            freshness: pb::Freshness::Sha256 as i32,
+            psks: vec![],
+            secret_request: None,
+        })
+        .await?
+        .into_inner();
+    let share = r
+        .key_shares
+        .first()
+        .expect("one share")
+        .key_exchange
+        .clone();
+    assert_eq!(share.len(), 32);
+    assert_ne!(share, vec![0u8; 32]);
+    Ok((r.session_id, share))
+}
+
+/// c_server_hello for a session made by [`hello`]: the CS derives with its token key pair.
+async fn server_hello(
+    c: &mut CryptoServiceClient<Channel>,
+    session_id: &[u8],
+) -> Result<(), tonic::Status> {
+    let rng = ring::rand::SystemRandom::new();
+    let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng)
+        .unwrap()
+        .compute_public_key()
+        .unwrap();
+    c.c_server_hello(pb::CServerHelloRequest {
+        session_id: session_id.to_vec(),
+        server_hello: lurk_e2e::server_hello(
+            CipherSuite::TlsAes128GcmSha256,
+            NamedGroup::X25519,
+            peer.as_ref(),
+            &[1u8; 32],
+        ),
+        ephemeral: None,
+        secret_request: None,
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Retries the exchange until it succeeds; every failure on the way must be
+/// `token_unavailable`. Gives how long it took and how many attempts failed.
+macro_rules! until_served {
+    ($exchange:expr) => {{
+        let start = Instant::now();
+        let mut failed = 0usize;
+        loop {
+            match $exchange {
+                Ok(_) => break (start.elapsed(), failed),
+                Err(e) => {
+                    unavailable(e);
+                    failed += 1;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "the CS did not serve again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+async fn ping(c: &mut CryptoServiceClient<Channel>) {
+    c.ping(pb::PingRequest {}).await.expect("the CS stays up");
+}
+
+#[tokio::test]
+async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
+    let f = Faulty::start();
+    let mut c = f.client();
+    let pid = f.cs.pid();
+    sign(&f.dev, &mut c).await.unwrap();
+    hello(&mut c).await.unwrap();
+
+    // 1. C_Sign fails with CKR_DEVICE_ERROR: that exchange, and the ones after it while the
+    // token is down, fail fast with token_unavailable; the CS stays up.
+    f.inject("CKR_DEVICE_ERROR C_Sign\n");
+    let t = Instant::now();
+    unavailable(sign(&f.dev, &mut c).await.unwrap_err());
+    unavailable(hello(&mut c).await.unwrap_err());
+    let fail_fast = t.elapsed();
+    ping(&mut c).await;
+    assert!(f.cs.log().contains("token unavailable"), "{}", f.cs.log());
+    f.inject("");
+    let (back_sign, failed_sign) = until_served!(sign(&f.dev, &mut c).await);
+    hello(&mut c).await.unwrap();
+    assert!(f.cs.log().contains("token back"), "{}", f.cs.log());
+
+    // 2. The whole module fails (every call, C_Initialize included): re-initialisation
+    // attempts fail, with backoff, until the faults stop.
+    f.inject("CKR_DEVICE_ERROR *\n");
+    for _ in 0..10 {
+        unavailable(hello(&mut c).await.unwrap_err());
+        unavailable(sign(&f.dev, &mut c).await.unwrap_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ping(&mut c).await;
+    assert!(
+        f.cs.log().contains("token still unavailable"),
+        "{}",
+        f.cs.log()
+    );
+    f.inject("");
+    let (back_all, failed_all) = until_served!(hello(&mut c).await);
+    sign(&f.dev, &mut c).await.unwrap();
+
+    // 3. A session fault (CKR_SESSION_HANDLE_INVALID) drops that session only: the token
+    // stays up and the next exchange is served on a fresh session at once.
+    let downs =
+        f.cs.log()
+            .matches("exchanges fail fast until the module is re-initialised")
+            .count();
+    f.inject("CKR_SESSION_HANDLE_INVALID C_GenerateKeyPair\n");
+    unavailable(hello(&mut c).await.unwrap_err());
+    f.inject("");
+    hello(&mut c).await.unwrap();
+    sign(&f.dev, &mut c).await.unwrap();
+    assert_eq!(
+        f.cs.log()
+            .matches("exchanges fail fast until the module is re-initialised")
+            .count(),
+        downs
+    );
+    assert!(f.cs.log().contains("dropped a failed token session"));
+
+    // 4. The real SoftHSM is finalised under the CS (every session, login and key pair
+    // gone; SoftHSM itself answers CKR_CRYPTOKI_NOT_INITIALIZED) between two exchanges of
+    // one LURK session: the key pair of the lost module is never used, and the CS
+    // re-initialises the module and serves again, signing with the same key.
+    let (session, _share) = hello(&mut c).await.unwrap();
+    let (older, _) = hello(&mut c).await.unwrap();
+    f.inject("finalize 1\n");
+    unavailable(server_hello(&mut c, &session).await.unwrap_err());
+    let (back_module, failed_module) = until_served!(sign(&f.dev, &mut c).await);
+    // The new module may hand out the old handle numbers for other objects: the key pair
+    // of the lost module is refused, not looked up.
+    unavailable(server_hello(&mut c, &older).await.unwrap_err());
+    let (session, _) = hello(&mut c).await.unwrap();
+    server_hello(&mut c, &session).await.unwrap();
+    assert!(
+        f.cs.log().contains("finalized the real module"),
+        "{}",
+        f.cs.log()
+    );
+
+    assert_eq!(f.cs.pid(), pid);
+    ping(&mut c).await;
+    eprintln!(
+        "two failed exchanges answered in {fail_fast:?}; served again after: \
+         C_Sign faults {back_sign:?} ({failed_sign} refused), whole module {back_all:?} \
+         ({failed_all} refused), SoftHSM finalised {back_module:?} ({failed_module} refused)"
+    );
+}
+
+/// Faults that come and go while engines keep sending: many exchanges in flight when the
+/// token fails and when the module is re-initialised (which must wait for the calls in
+/// flight). Every answer is a verified signature, a usable key share, or
+/// `token_unavailable`; the CS neither stops nor hangs, and serves once the faults stop.
+#[tokio::test]
+async fn exchanges_in_flight_when_the_token_fails_get_a_right_answer_or_token_unavailable() {
+    let f = std::sync::Arc::new(Faulty::start());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (f, stop) = (f.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = f.client();
+            let (mut ok, mut refused) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = if i % 2 == 0 {
+                    sign(&f.dev, &mut c).await
+                } else {
+                    hello(&mut c).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        unavailable(e);
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    for faults in [
+        "CKR_DEVICE_ERROR C_Sign\n",
+        "",
+        "CKR_DEVICE_ERROR *\n",
+        "",
+        "CKR_SESSION_CLOSED C_GenerateKeyPair C_Sign\n",
+        "",
+        "CKR_TOKEN_NOT_PRESENT C_GenerateKeyPair\n",
+        "",
+    ] {
+        f.inject(faults);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    assert!(refused > 0, "the faults were seen");
+    let mut c = f.client();
+    let (back, _) = until_served!(sign(&f.dev, &mut c).await);
+    hello(&mut c).await.unwrap();
+    ping(&mut c).await;
+    eprintln!(
+        "{ok} exchanges served (all verified), {refused} refused; served again after {back:?}"
+    );
+}
