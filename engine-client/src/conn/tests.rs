@@ -315,7 +315,10 @@ fn hello_retry_request_gets_a_second_client_hello() {
     assert_eq!(shares.len(), 1);
     assert_eq!(shares[0].group, NamedGroup::Secp256r1);
     assert_eq!(shares[0].key_exchange.len(), 65);
-    assert_eq!(ch2.cipher_suites, vec![CipherSuite::TlsAes128GcmSha256]);
+    assert_eq!(
+        ch2.cipher_suites, ch1.cipher_suites,
+        "RFC 8446 §4.1.2: cipher_suites unchanged"
+    );
 
     // A second HelloRetryRequest is an error.
     assert_eq!(
@@ -351,6 +354,326 @@ fn hello_retry_request_rules() {
             PeerMisbehaved::IllegalHelloRetryRequest.into()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The second ClientHello (RFC 8446 §4.1.2), byte for byte
+
+const EXT_KEY_SHARE: u16 = 51;
+const EXT_EARLY_DATA: u16 = 42;
+const EXT_COOKIE: u16 = 44;
+const EXT_PSK: u16 = 41;
+
+/// A HelloRetryRequest for `suite` echoing `session_id`, naming `group` and carrying
+/// `cookie` when given.
+fn hello_retry_request(
+    session_id: &[u8],
+    suite: CipherSuite,
+    group: Option<NamedGroup>,
+    cookie: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut exts = vec![(SUPPORTED_VERSIONS_13.0, SUPPORTED_VERSIONS_13.1.to_vec())];
+    if let Some(g) = group {
+        exts.push((51, g.get().to_be_bytes().to_vec()));
+    }
+    if let Some(c) = cookie {
+        let mut b = (c.len() as u16).to_be_bytes().to_vec();
+        b.extend_from_slice(c);
+        exts.push((44, b));
+    }
+    server_hello(
+        lurk_proto::wire::HELLO_RETRY_REQUEST_RANDOM,
+        session_id,
+        suite.get(),
+        &exts,
+    )
+}
+
+/// Asserts the bytes before the extensions are the same, and that the extensions in both
+/// keep their bytes and order; returns the types added, removed or changed, sorted.
+fn changed_extensions(ch1: &[u8], ch2: &[u8]) -> Vec<u16> {
+    let (a, b) = (
+        ClientHello::parse(ch1).unwrap(),
+        ClientHello::parse(ch2).unwrap(),
+    );
+    assert_eq!(
+        ch1[4..a.extensions_len_offset],
+        ch2[4..b.extensions_len_offset],
+        "version, random, legacy_session_id, cipher_suites, compression"
+    );
+    let list = |c: &ClientHello<'_>| -> Vec<(u16, Vec<u8>)> {
+        c.extensions
+            .iter()
+            .map(|e| (e.typ.get(), e.body.to_vec()))
+            .collect()
+    };
+    let (a, b) = (list(&a), list(&b));
+    let mut out: Vec<u16> = a
+        .iter()
+        .filter(|x| !b.contains(x))
+        .chain(b.iter().filter(|y| !a.contains(y)))
+        .map(|e| e.0)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    let common = |x: &[(u16, Vec<u8>)], y: &[(u16, Vec<u8>)]| -> Vec<u16> {
+        x.iter()
+            .map(|e| e.0)
+            .filter(|t| y.iter().any(|f| f.0 == *t))
+            .collect()
+    };
+    assert_eq!(common(&a, &b), common(&b, &a), "order of the extensions");
+    out
+}
+
+/// A sequence D connection (engine shares, engine-held PSKs) answered with an HRR: the two
+/// ClientHellos as sent on the wire, and the HRR.
+fn retry_on_the_wire(
+    cfg: ClientConfig,
+    suite: CipherSuite,
+    group: Option<NamedGroup>,
+    cookie: Option<&[u8]>,
+) -> (ClientConnection, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut conn = ClientConnection::new(Arc::new(cfg), "localhost", 443, false).unwrap();
+    let out = conn.take_tls();
+    let ch1 = plaintext_messages(&out).remove(0);
+    let sid = ClientHello::parse(&ch1).unwrap().legacy_session_id.to_vec();
+    let hrr = hello_retry_request(&sid, suite, group, cookie);
+    feed(&mut conn, &hrr).unwrap();
+    let ch2 = plaintext_messages(&conn.take_tls()).remove(0);
+    lurk_proto::wire::check_second_client_hello(&ch1, &hrr, &ch2).unwrap();
+    (conn, ch1, hrr, ch2)
+}
+
+fn engine_config() -> ClientConfig {
+    ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        post_handshake_auth: true,
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    }
+}
+
+/// A config resuming `ticket` (engine-held PSK), with `early` data.
+fn resuming(ticket: StoredTicket, early: Option<&[u8]>) -> ClientConfig {
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    store.insert("localhost:443", ticket);
+    ClientConfig {
+        ticket_store: Some(store),
+        early_data: early.map(<[u8]>::to_vec),
+        alpn: Vec::new(),
+        ..engine_config()
+    }
+}
+
+#[test]
+fn second_client_hello_after_a_group_hrr_changes_the_key_share_only() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes256GcmSha384,
+        Some(NamedGroup::Secp384r1),
+        None,
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_KEY_SHARE]);
+    let shares = ClientHello::parse(&ch2).unwrap().key_shares.unwrap();
+    assert_eq!(shares.len(), 1);
+    assert_eq!(shares[0].group, NamedGroup::Secp384r1);
+    assert_eq!(shares[0].key_exchange.len(), 97);
+}
+
+#[test]
+fn second_client_hello_after_a_cookie_only_hrr_adds_the_cookie_and_keeps_the_shares() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        ClientConfig {
+            key_shares: 2,
+            ..engine_config()
+        },
+        CipherSuite::TlsChacha20Poly1305Sha256,
+        None,
+        Some(&[0xc0; 200]),
+    );
+    // Same key shares, same public keys (the key pairs are kept).
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_COOKIE]);
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    assert_eq!(ch2.cookie, Some(&[0xc0; 200][..]));
+}
+
+#[test]
+fn second_client_hello_after_a_cookie_and_group_hrr() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        Some(b"cookie"),
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_COOKIE, EXT_KEY_SHARE]);
+}
+
+#[test]
+fn second_client_hello_with_a_psk_updates_its_age_and_binder_and_keeps_it_last() {
+    let ticket = StoredTicket {
+        received_at: SystemTime::now() - std::time::Duration::from_secs(5),
+        ..early_ticket(0, None)
+    };
+    let psk = ticket.psk.clone().unwrap();
+    let (_, ch1, hrr, ch2) = retry_on_the_wire(
+        resuming(ticket, None),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        Some(b"cookie"),
+    );
+    assert_eq!(
+        changed_extensions(&ch1, &ch2),
+        [EXT_PSK, EXT_COOKIE, EXT_KEY_SHARE]
+    );
+    let (p1, p2) = (
+        ClientHello::parse(&ch1).unwrap().pre_shared_key.unwrap(),
+        ClientHello::parse(&ch2).unwrap().pre_shared_key.unwrap(),
+    );
+    assert_eq!(p1.identities[0].identity, p2.identities[0].identity);
+    // The binder of the second ClientHello: over message_hash(ClientHello1) + HRR + the
+    // truncated ClientHello2 (RFC 8446 §4.2.11.2).
+    let hash = HashAlg::Sha256;
+    let mut t = Transcript::new();
+    t.add(&ch1);
+    t.restart_for_hello_retry(hash).unwrap();
+    t.add(&hrr);
+    let truncated = lurk_proto::wire::truncated_for_binders(&ch2).unwrap();
+    let key = lurk_proto::key_schedule::KeyScheduleEarly::new(hash, Some(&psk))
+        .binder_key(lurk_proto::key_schedule::PskKind::Resumption);
+    let want =
+        lurk_proto::key_schedule::binder(hash, key.as_bytes(), &t.hash_with(hash, truncated));
+    assert_eq!(p2.binders[0].binder, want.as_slice());
+    assert_ne!(p1.binders[0].binder, p2.binders[0].binder);
+}
+
+#[test]
+fn second_client_hello_drops_a_psk_of_another_hash_than_the_hrr_suite() {
+    let ticket = StoredTicket {
+        suite: CipherSuite::TlsAes256GcmSha384,
+        psk: Some(Zeroizing::new(vec![0x5a; 48])),
+        ..early_ticket(0, None)
+    };
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        resuming(ticket, None),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    // The suites keep their order (the ticket's hash first), the PSK goes.
+    assert_eq!(
+        ClientHello::parse(&ch1).unwrap().cipher_suites[0],
+        CipherSuite::TlsAes256GcmSha384
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_PSK, EXT_KEY_SHARE]);
+    assert!(ClientHello::parse(&ch2).unwrap().pre_shared_key.is_none());
+}
+
+#[test]
+fn second_client_hello_removes_early_data() {
+    let (conn, ch1, _, ch2) = retry_on_the_wire(
+        resuming(early_ticket(1000, None), Some(b"GET / HTTP/1.0\r\n\r\n")),
+        CipherSuite::TlsAes128GcmSha256,
+        None,
+        Some(b"cookie"),
+    );
+    assert!(ClientHello::parse(&ch1).unwrap().early_data);
+    assert_eq!(
+        changed_extensions(&ch1, &ch2),
+        [EXT_PSK, EXT_EARLY_DATA, EXT_COOKIE]
+    );
+    // The early data went (it is lost: the server cannot read it after an HRR) and the
+    // ServerHello may no longer accept it.
+    let Some(State::ServerHello(s)) = conn.state.as_ref() else {
+        panic!("waiting for the ServerHello");
+    };
+    assert!(!s.early_data_offered);
+}
+
+/// A CS-ephemeral connection answered with a group HRR: the ClientHellos the engine gave
+/// c_init_client_hello and c_client_hello, and the second completed as the CS would.
+fn cs_retry() -> (ClientConnection, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut conn = ClientConnection::new(config(Ephemeral::Cs), "localhost", 443, true).unwrap();
+    let Some(CsCall::InitClientHello(req)) = conn.take_cs_call() else {
+        panic!("expected c_init_client_hello");
+    };
+    let engine_random: [u8; 32] = req.client_hello[6..38].try_into().unwrap();
+    let fresh = client_random(pb::Freshness::Sha256, FreshnessMode::Draft, &engine_random);
+    let ch1 = lurk_proto::wire::complete_client_hello(
+        &req.client_hello,
+        Some(&fresh),
+        &[(NamedGroup::X25519, vec![7u8; 32])],
+    )
+    .unwrap();
+    conn.cs_response(Ok(CsReply::InitClientHello(pb::CInitClientHelloResponse {
+        session_id: vec![1; 16],
+        client_hello: ch1.clone(),
+        ..Default::default()
+    })))
+    .unwrap();
+    assert_eq!(first_client_hello(&mut conn), ch1);
+    let sid = ClientHello::parse(&ch1).unwrap().legacy_session_id.to_vec();
+    let hrr = hello_retry_request(
+        &sid,
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    feed(&mut conn, &hrr).unwrap();
+    let Some(CsCall::ClientHello(req2)) = conn.take_cs_call() else {
+        panic!("expected c_client_hello");
+    };
+    let done = lurk_proto::wire::complete_client_hello(
+        &req2.client_hello,
+        Some(&fresh),
+        &[(NamedGroup::Secp256r1, vec![4u8; 65])],
+    )
+    .unwrap();
+    (conn, req.client_hello, req2.client_hello, done)
+}
+
+/// `ch` with only its first cipher suite left.
+fn narrowed_suites(ch: &[u8]) -> Vec<u8> {
+    let p = ClientHello::parse(ch).unwrap();
+    let at = 4 + 2 + 32 + 1 + p.legacy_session_id.len();
+    let n = usize::from(u16::from_be_bytes([ch[at], ch[at + 1]]));
+    let mut v = ch.to_vec();
+    v.drain(at + 4..at + 2 + n);
+    v[at..at + 2].copy_from_slice(&2u16.to_be_bytes());
+    let len = v.len() - 4;
+    v[1..4].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+    assert_eq!(ClientHello::parse(&v).unwrap().cipher_suites.len(), 1);
+    v
+}
+
+/// With a CS session the engine gives c_client_hello the first ClientHello's encoding with
+/// the allowed changes, and refuses a completed ClientHello the CS changed otherwise.
+#[test]
+fn second_client_hello_through_the_cs_is_checked_against_the_first() {
+    let (mut conn, sent1, sent2, done) = cs_retry();
+    assert_eq!(changed_extensions(&sent1, &sent2), [EXT_KEY_SHARE]);
+    conn.cs_response(Ok(CsReply::ClientHello(pb::CClientHelloResponse {
+        client_hello: done.clone(),
+        ..Default::default()
+    })))
+    .unwrap();
+    let out = conn.take_tls();
+    assert_eq!(plaintext_messages(&out[6..]).remove(0), done);
+
+    // A CS that narrows the suites (what the engine used to do) is caught.
+    let (mut conn, _, _, done) = cs_retry();
+    let e = conn
+        .cs_response(Ok(CsReply::ClientHello(pb::CClientHelloResponse {
+            client_hello: narrowed_suites(&done),
+            ..Default::default()
+        })))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::CryptoService { exchange: "c_client_hello", message, .. }
+            if message.contains("cipher_suites")),
+        "{e}"
+    );
 }
 
 #[test]
