@@ -12,6 +12,7 @@ pub mod engine;
 pub mod lurk;
 pub mod openssl;
 pub mod process;
+pub mod tlslite;
 
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
