@@ -837,14 +837,9 @@ fn hexv(v: &serde_json::Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap()).unwrap()
 }
 
-/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions, the
-/// server Finished recomputed over the new transcript, all sealed under the RFC's server
-/// handshake key: (ServerHello record, protected flight).
-fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
-    let s = rfc_1rtt();
-    let m = &s["messages"];
-    let ee = hexv(&m["encrypted_extensions"]);
-    // The RFC's extensions without its record_size_limit (0x4001), then `extra`.
+/// The RFC 8448 §3 EncryptedExtensions without its record_size_limit, with `extra` appended.
+fn rfc_ee_with(extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let ee = hexv(&rfc_1rtt()["messages"]["encrypted_extensions"]);
     let mut exts = Vec::new();
     for e in &EncryptedExtensions::parse(&ee).unwrap().extensions {
         if e.typ.get() != RECORD_SIZE_LIMIT {
@@ -862,25 +857,35 @@ fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>)
     let mut ee2 = vec![8, 0, (body_len >> 8) as u8, body_len as u8];
     ee2.extend_from_slice(&(exts.len() as u16).to_be_bytes());
     ee2.extend_from_slice(&exts);
+    ee2
+}
 
+/// The RFC 8448 §3 server flight made of `messages` (EncryptedExtensions onwards, without the
+/// Finished), then a server Finished computed over the new transcript, all sealed under the
+/// RFC's server handshake key: (ServerHello record, protected flight).
+fn rfc_flight(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
+    let s = rfc_1rtt();
+    let m = &s["messages"];
     let mut t = Transcript::new();
-    for part in [
-        hexv(&m["client_hello"]),
-        hexv(&m["server_hello"]),
-        ee2.clone(),
-        hexv(&m["server_certificate"]),
-        hexv(&m["server_certificate_verify"]),
-    ] {
-        t.add(&part);
+    t.add(&hexv(&m["client_hello"]));
+    t.add(&hexv(&m["server_hello"]));
+    let mut flight = Vec::new();
+    for part in messages {
+        t.add(part);
+        flight.extend_from_slice(part);
     }
     let server_hs = hexv(&s["key_schedule"]["server_handshake_traffic_secret"]);
     let vd = finished_verify_data(HashAlg::Sha256, &server_hs, &t.hash(HashAlg::Sha256));
-    let mut flight = ee2;
-    flight.extend(hexv(&m["server_certificate"]));
-    flight.extend(hexv(&m["server_certificate_verify"]));
     flight.extend(encode_finished(&vd).unwrap());
+    (
+        hexv(&s["records"][1]["record"]),
+        rfc_seal(&flight, "server_handshake"),
+    )
+}
 
-    let keys = &s["traffic_keys"]["server_handshake"];
+/// `payload` as handshake records sealed under the RFC 8448 §3 `keys` (from sequence 0).
+fn rfc_seal(payload: &[u8], keys: &str) -> Vec<u8> {
+    let keys = &rfc_1rtt()["traffic_keys"][keys];
     let keys = RecordKeys::new(
         CipherSuite::TlsAes128GcmSha256,
         Zeroizing::new(hexv(&keys["key"])),
@@ -889,9 +894,19 @@ fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>)
     let mut sealed = Vec::new();
     RecordEncrypter::new(&keys)
         .unwrap()
-        .encrypt_all(ContentType::Handshake, &flight, &mut sealed)
+        .encrypt_all(ContentType::Handshake, payload, &mut sealed)
         .unwrap();
-    (hexv(&s["records"][1]["record"]), sealed)
+    sealed
+}
+
+/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions.
+fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let m = &rfc_1rtt()["messages"];
+    rfc_flight(&[
+        rfc_ee_with(extra),
+        hexv(&m["server_certificate"]),
+        hexv(&m["server_certificate_verify"]),
+    ])
 }
 
 fn rfc_replay(cfg: ClientConfig) -> ClientConnection {
@@ -1537,4 +1552,249 @@ fn a_ticket_refused_by_the_cs_is_not_stored() {
     let mut epi = conn.detach_cs().expect("work left");
     epi.in_flight_done(Err(CsError::Unreachable("gone".into())));
     assert_eq!(store.count("server:443"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8446 client MUSTs (docs/conformance.md): the ServerHello after an HRR, PSK selection
+
+/// A sequence D connection with the configured PSK/share offer, answered with `sh`.
+fn answer_with(cfg: ClientConfig, sh: impl FnOnce(&ClientHello<'_>) -> Vec<u8>) -> Error {
+    let mut conn = ClientConnection::new(Arc::new(cfg), "localhost", 443, false).unwrap();
+    let ch = plaintext_messages(&conn.take_tls()).remove(0);
+    let ch = ClientHello::parse(&ch).unwrap();
+    feed(&mut conn, &sh(&ch)).unwrap_err()
+}
+
+/// A ServerHello echoing `ch`'s session id, selecting `suite`, with `exts` and
+/// supported_versions.
+fn sh_for(ch: &ClientHello<'_>, suite: CipherSuite, exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut all = vec![(SUPPORTED_VERSIONS_13.0, SUPPORTED_VERSIONS_13.1.to_vec())];
+    all.extend_from_slice(exts);
+    server_hello([1; 32], ch.legacy_session_id, suite.get(), &all)
+}
+
+const SELECTED_PSK_0: (u16, [u8; 2]) = (41, [0, 0]);
+
+#[test]
+fn server_hello_after_a_hello_retry_request_keeps_its_suite() {
+    // RFC 8446 §4.1.4: the ServerHello's cipher suite is the HRR's (illegal_parameter).
+    let (mut conn, _, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    let sh = sh_for(
+        &ch2,
+        CipherSuite::TlsAes256GcmSha384,
+        &[key_share(NamedGroup::Secp256r1, &[4; 65])],
+    );
+    let e = feed(&mut conn, &sh).unwrap_err();
+    assert_eq!(
+        e,
+        PeerMisbehaved::SelectedDifferentCipherSuiteAfterRetry.into()
+    );
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn selected_psk_must_have_the_hash_of_the_selected_suite() {
+    // RFC 8446 §4.2.11: a SHA-256 ticket selected with a SHA-384 suite (illegal_parameter).
+    let e = answer_with(resuming(early_ticket(0, None), None), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes256GcmSha384,
+            &[
+                key_share(NamedGroup::X25519, &[9; 32]),
+                (SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec()),
+            ],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::SelectedPskWithWrongHash.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn psk_key_exchange_mode_must_be_one_offered() {
+    // RFC 8446 §4.2.9: psk_dhe_ke only offered, the server answers psk_ke (no key_share)…
+    let e = answer_with(resuming(early_ticket(0, None), None), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[(SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec())],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnofferedPskKeyExchangeMode.into());
+    // …and psk_ke only offered, the server answers psk_dhe_ke.
+    let cfg = ClientConfig {
+        psk_modes: vec![PskKeyExchangeMode::PskKe],
+        ..resuming(early_ticket(0, None), None)
+    };
+    let e = answer_with(cfg, |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[
+                key_share(NamedGroup::X25519, &[9; 32]),
+                (SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec()),
+            ],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnofferedPskKeyExchangeMode.into());
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8446 client MUSTs: the server flight (RFC 8448 §3 flights, altered and re-sealed)
+
+/// Feeds the RFC 8448 §3 ServerHello and the flight of `messages` to a replayed connection
+/// configured with `cfg`.
+fn rfc_flight_error(cfg: ClientConfig, messages: &[Vec<u8>]) -> Error {
+    let mut conn = rfc_replay(cfg);
+    let (sh, flight) = rfc_flight(messages);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    let e = conn.process_new_packets().unwrap_err();
+    assert!(conn.is_handshaking(), "no handshake completes after {e:?}");
+    e
+}
+
+fn rfc_message(name: &str) -> Vec<u8> {
+    hexv(&rfc_1rtt()["messages"][name])
+}
+
+const ALPN: u16 = 16;
+
+#[test]
+fn encrypted_extensions_may_not_accept_what_was_not_offered() {
+    let cert = rfc_message("server_certificate");
+    let cv = rfc_message("server_certificate_verify");
+    // RFC 8446 §4.2.10: early_data in EncryptedExtensions without an offer.
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[rfc_ee_with(&[(42, vec![])]), cert.clone(), cv.clone()],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
+    // RFC 7301 §3.2 (RFC 8446 §4.2: only extensions the client offered): an ALPN protocol
+    // the client did not list, with or without an ALPN offer.
+    let h2 = (ALPN, vec![0, 3, 2, b'h', b'2']);
+    for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
+        let e = rfc_flight_error(
+            ClientConfig {
+                alpn,
+                ..ClientConfig::default()
+            },
+            &[
+                rfc_ee_with(std::slice::from_ref(&h2)),
+                cert.clone(),
+                cv.clone(),
+            ],
+        );
+        assert_eq!(e, PeerMisbehaved::UnofferedAlpnProtocol.into());
+    }
+}
+
+#[test]
+fn certificate_request_context_must_be_empty_in_the_handshake() {
+    // RFC 8446 §4.3.2: "certificate_request_context ... SHALL be zero length" in the handshake.
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut body = vec![1, 0x77]; // context: one byte
+    body.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&sig_algs);
+    let mut cr = vec![13, 0, 0, body.len() as u8];
+    cr.extend_from_slice(&body);
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[]),
+            cr,
+            rfc_message("server_certificate"),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::IllegalCertificateRequestContext.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn server_certificate_needs_an_empty_context_and_a_certificate() {
+    // RFC 8446 §4.4.2: the server's certificate_request_context is empty…
+    let with_context = vec![11, 0, 0, 5, 1, 0x99, 0, 0, 0];
+    let e = rfc_flight_error(ClientConfig::default(), &[rfc_ee_with(&[]), with_context]);
+    assert_eq!(e, PeerMisbehaved::ServerCertificateWithContext.into());
+    // …and §4.4.2.4: an empty certificate_list is decode_error.
+    let empty = vec![11, 0, 0, 4, 0, 0, 0, 0];
+    let e = rfc_flight_error(ClientConfig::default(), &[rfc_ee_with(&[]), empty]);
+    assert_eq!(e, PeerMisbehaved::EmptyServerCertificate.into());
+    assert_eq!(e.alert(), Some(AlertDescription::DecodeError));
+}
+
+#[test]
+fn a_psk_handshake_has_no_certificate_request() {
+    // RFC 8446 §4.3.2: a server authenticating with a PSK MUST NOT send a
+    // CertificateRequest in the main handshake: after its EncryptedExtensions a PSK handshake
+    // takes the server Finished only (unexpected_message).
+    let (mut conn, _, _) = early_attempt(early_ticket(0, None), &[], b"");
+    let Some(State::ServerHello(sh)) = conn.state.take() else {
+        panic!("waiting for the ServerHello");
+    };
+    let sh = *sh;
+    let suite = CipherSuite::TlsAes128GcmSha256;
+    let state = Box::new(ExpectEncryptedExtensions {
+        hs: Handshake {
+            suite,
+            hash: HashAlg::Sha256,
+            transcript: sh.transcript,
+            early: None,
+            server_hs: Secret::from_bytes(&[0; 32]),
+            schedule: Schedule::Cs {
+                session_id: Vec::new(),
+                server_flight: Vec::new(),
+            },
+        },
+        psk: Some(SelectedPsk {
+            index: 0,
+            ticket: sh.psks.into_iter().next().and_then(|p| p.ticket),
+        }),
+        early_data_offered: false,
+    });
+    let ee = HandshakeMessage {
+        typ: HandshakeType::EncryptedExtensions,
+        encoded: vec![8, 0, 0, 2, 0, 0],
+    };
+    let next = state.handle(&mut conn.core, &ee).unwrap();
+    assert!(matches!(next, State::Finished(_)));
+    conn.state = Some(next);
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut cr = vec![13, 0, 0, 3 + sig_algs.len() as u8, 0];
+    cr.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    cr.extend_from_slice(&sig_algs);
+    let e = conn
+        .handle_message(HandshakeMessage {
+            typ: HandshakeType::CertificateRequest,
+            encoded: cr,
+        })
+        .unwrap_err();
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn post_handshake_certificate_request_needs_post_handshake_auth_offered() {
+    // RFC 8446 §4.6.2: a client that did not send post_handshake_auth gets no
+    // CertificateRequest after the handshake (unexpected_message).
+    let s = rfc_1rtt();
+    let recs = s["records"].as_array().unwrap();
+    let mut conn = rfc_replay(ClientConfig::default());
+    conn.read_tls(&hexv(&recs[1]["record"]));
+    conn.read_tls(&hexv(&recs[2]["record"]));
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut cr = vec![13, 0, 0, 4 + sig_algs.len() as u8, 1, 0x42];
+    cr.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    cr.extend_from_slice(&sig_algs);
+    conn.read_tls(&rfc_seal(&cr, "server_application"));
+    let e = conn.process_new_packets().unwrap_err();
+    assert_eq!(e, PeerMisbehaved::UnsolicitedPostHandshakeAuth.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
 }
