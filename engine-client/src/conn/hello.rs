@@ -10,8 +10,8 @@ use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::hello::{self, RANDOM_OFFSET};
 use lurk_proto::wire::{
     check_second_client_hello, set_binders, truncated_for_binders, CipherSuite, ClientHello,
-    ClientHelloBuilder, ContentType, HandshakeType, HashAlg, NamedGroup, PskKeyExchangeMode,
-    ServerHello,
+    ClientHelloBuilder, ContentType, ExtensionType, HandshakeType, HashAlg, NamedGroup,
+    PskKeyExchangeMode, ServerHello,
 };
 use zeroize::Zeroizing;
 
@@ -390,6 +390,11 @@ fn send_first_client_hello(
     core.send_plain_handshake(ch);
     hs.transcript.add(ch);
     hs.first_client_hello = ch.to_vec();
+    core.offered_extensions = ClientHello::parse(ch)?
+        .extensions
+        .iter()
+        .map(|e| e.typ)
+        .collect();
     hs.cs_log
         .extend_from_slice(&with_engine_random(ch, &hs.engine_random));
     if let (Some(suite), Some(secret), Some(data)) =
@@ -568,6 +573,16 @@ impl ExpectServerHello {
         let hash = suite
             .hash()
             .ok_or(PeerMisbehaved::SelectedUnofferedCipherSuite)?;
+        // §4.1.4, §4.2: no extension the ClientHello did not offer, but the HRR's cookie (an
+        // unoffered pre_shared_key is refused below, with its own error).
+        let unsolicited = |t: ExtensionType| match t {
+            ExtensionType::Cookie => !sh.is_hello_retry_request(),
+            ExtensionType::PreSharedKey => false,
+            t => !core.offered_extensions.contains(&t),
+        };
+        if sh.extensions.iter().any(|e| unsolicited(e.typ)) {
+            return Err(PeerMisbehaved::UnsolicitedExtension.into());
+        }
         if sh.is_hello_retry_request() {
             return hello_retry(core, hs, &sh, m);
         }
@@ -829,6 +844,7 @@ impl super::ClientConnection {
         hs.transcript = Transcript::new();
         hs.transcript.add(ch);
         hs.first_client_hello = ch.to_vec();
+        conn.core.offered_extensions = parsed.extensions.iter().map(|e| e.typ).collect();
         hs.cs_log = ch.to_vec();
         Ok(conn)
     }

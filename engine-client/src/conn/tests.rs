@@ -1599,6 +1599,46 @@ fn server_hello_after_a_hello_retry_request_keeps_its_suite() {
 }
 
 #[test]
+fn server_hello_after_a_hello_retry_request_keeps_its_group() {
+    // RFC 8446 §4.2.8: after an HRR naming a group, the ServerHello's key share is for that
+    // group (illegal_parameter).
+    let (mut conn, _, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    let sh = sh_for(
+        &ch2,
+        CipherSuite::TlsAes128GcmSha256,
+        &[key_share(NamedGroup::X25519, &[9; 32])],
+    );
+    let e = feed(&mut conn, &sh).unwrap_err();
+    assert_eq!(e, PeerMisbehaved::WrongGroupForKeyShare.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn hello_retry_request_with_an_unoffered_suite_is_refused() {
+    // RFC 8446 §4.1.4: the HRR's cipher suite was offered (illegal_parameter).
+    let cfg = ClientConfig {
+        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
+        ..engine_config()
+    };
+    let e = answer_with(cfg, |ch| {
+        hello_retry_request(
+            ch.legacy_session_id,
+            CipherSuite::TlsAes256GcmSha384,
+            Some(NamedGroup::Secp256r1),
+            None,
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::SelectedUnofferedCipherSuite.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
 fn selected_psk_must_have_the_hash_of_the_selected_suite() {
     // RFC 8446 §4.2.11: a SHA-256 ticket selected with a SHA-384 suite (illegal_parameter).
     let e = answer_with(resuming(early_ticket(0, None), None), |ch| {
@@ -1797,4 +1837,50 @@ fn post_handshake_certificate_request_needs_post_handshake_auth_offered() {
     let e = conn.process_new_packets().unwrap_err();
     assert_eq!(e, PeerMisbehaved::UnsolicitedPostHandshakeAuth.into());
     assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn the_server_answers_no_extension_that_was_not_offered() {
+    // RFC 8446 §4.2: "Implementations MUST NOT send extension responses if the remote
+    // endpoint did not send the corresponding extension requests, with the exception of the
+    // "cookie" extension in the HelloRetryRequest" (unsupported_extension).
+    let unknown = (0x7a7a, vec![]);
+    // ServerHello.
+    let e = answer_with(engine_config(), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[key_share(NamedGroup::X25519, &[9; 32]), unknown.clone()],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+    // HelloRetryRequest: an unknown extension is refused, the cookie is not.
+    let e = answer_with(engine_config(), |ch| {
+        let mut hrr = hello_retry_request(
+            ch.legacy_session_id,
+            CipherSuite::TlsAes128GcmSha256,
+            Some(NamedGroup::Secp256r1),
+            Some(b"cookie"),
+        );
+        // Append the unknown extension (type, zero length) and fix the lengths.
+        hrr.extend_from_slice(&[0x7a, 0x7a, 0, 0]);
+        let body = hrr.len() - 4;
+        hrr[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+        let at = 4 + 2 + 32 + 1 + ch.legacy_session_id.len() + 3;
+        let exts = u16::from_be_bytes([hrr[at], hrr[at + 1]]) + 4;
+        hrr[at..at + 2].copy_from_slice(&exts.to_be_bytes());
+        hrr
+    });
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    // EncryptedExtensions.
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[unknown]),
+            rfc_message("server_certificate"),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
 }
