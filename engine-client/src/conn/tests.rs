@@ -1884,3 +1884,75 @@ fn the_server_answers_no_extension_that_was_not_offered() {
     );
     assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
 }
+
+#[test]
+fn a_key_update_inside_the_handshake_is_unexpected() {
+    // RFC 8446 §4.6.3: KeyUpdate only after the Finished messages; in the server's flight it
+    // is a message out of order (unexpected_message).
+    let ku = lurk_proto::wire::encode_key_update(KeyUpdateRequest::UpdateRequested);
+    let e = rfc_flight_error(ClientConfig::default(), &[ku]);
+    assert!(
+        matches!(
+            e,
+            Error::InappropriateHandshakeMessage {
+                got: HandshakeType::KeyUpdate,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn without_a_suitable_key_the_client_certificate_is_empty() {
+    // RFC 8446 §4.4.2: "If the server requests client authentication but no suitable
+    // certificate is available, the client MUST send a Certificate message containing no
+    // certificates".
+    let cr = |scheme: SignatureScheme| {
+        let mut body = vec![0u8];
+        let s = scheme.get().to_be_bytes();
+        body.extend_from_slice(&[0, 8, 0, 13, 0, 4, 0, 2, s[0], s[1]]);
+        let mut m = vec![13, 0, 0, body.len() as u8];
+        m.extend_from_slice(&body);
+        m
+    };
+    let key = crate::config::ClientKey {
+        key_id: "p256".into(),
+        certificate_chain: vec![vec![0x30, 0x03, 0x02, 0x01, 0x01]],
+        signature_schemes: vec![SignatureScheme::EcdsaSecp256r1Sha256],
+    };
+    let core_with = |client_key| {
+        let (conn, _) = started();
+        let mut core = conn.core;
+        core.config = Arc::new(ClientConfig {
+            client_key,
+            ..(*core.config).clone()
+        });
+        core
+    };
+    let certs = |encoded: &[u8]| {
+        lurk_proto::wire::Certificate::parse(encoded)
+            .unwrap()
+            .entries
+            .len()
+    };
+    // No key configured; a key the server's schemes exclude.
+    for (client_key, scheme) in [
+        (None, SignatureScheme::EcdsaSecp256r1Sha256),
+        (Some(key.clone()), SignatureScheme::Ed25519),
+    ] {
+        let (encoded, key_id) =
+            server_flight::client_certificate(&core_with(client_key), &cr(scheme)).unwrap();
+        assert_eq!(certs(&encoded), 0);
+        assert!(key_id.is_empty());
+    }
+    // The key fits: its chain goes.
+    let (encoded, key_id) = server_flight::client_certificate(
+        &core_with(Some(key)),
+        &cr(SignatureScheme::EcdsaSecp256r1Sha256),
+    )
+    .unwrap();
+    assert_eq!(certs(&encoded), 1);
+    assert_eq!(key_id, "p256");
+}
