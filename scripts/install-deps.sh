@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lurk needs on Debian when it is missing: SoftHSM2 (the default PKCS#11
 # token), OpenSSL (test servers and certificates), Python 3 with tlslite-ng (the strict
-# TLS 1.3 test server of tests/tlslite_server.py). Rust comes from rustup.
+# TLS 1.3 test server of tests/tlslite_server.py), Go (the crypto/tls test server of
+# tests/go_tls_server, standard library only). Rust comes from rustup.
 set -euo pipefail
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
@@ -9,6 +10,7 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2

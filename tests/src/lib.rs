@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod engine;
+pub mod fact_server;
+pub mod go_tls;
 pub mod lurk;
 pub mod openssl;
 pub mod process;

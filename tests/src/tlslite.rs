@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::openssl::{path_str, TIMEOUT};
-use crate::process::Proc;
+use crate::fact_server::FactServer;
+use crate::openssl::path_str;
 
 /// The tlslite-ng version `scripts/install-deps.sh` installs.
 pub const TLSLITE_VERSION: &str = "0.8.2";
@@ -42,76 +42,10 @@ pub fn python() -> PathBuf {
         })
 }
 
-/// A running `tlslite_server.py`, killed by PID on drop.
-pub struct TlsliteServer {
-    pub proc: Proc,
-    pub port: u16,
-}
-
-impl TlsliteServer {
-    /// Starts the server (it binds a free loopback port itself and prints it) with `args`.
-    pub fn start<S: AsRef<str>>(args: &[S]) -> TlsliteServer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tlslite_server.py");
-        let mut full = vec![path_str(&script)];
-        full.extend(args.iter().map(|a| a.as_ref().to_owned()));
-        let proc = Proc::spawn(python(), &full, &[("PYTHONUNBUFFERED", "1")])
-            .expect("run tlslite_server.py");
-        assert!(
-            proc.stdout
-                .wait_until(TIMEOUT, |t| t.lines().any(|l| l.starts_with("READY "))),
-            "tlslite_server.py did not start:\n{}",
-            proc.output()
-        );
-        let out = proc.stdout.text();
-        let port = out
-            .lines()
-            .find_map(|l| l.strip_prefix("READY "))
-            .and_then(|p| p.trim().parse().ok())
-            .expect("READY <port>");
-        TlsliteServer { proc, port }
-    }
-
-    /// `https://localhost:PORT/`.
-    pub fn url(&self) -> String {
-        format!("https://localhost:{}/", self.port)
-    }
-
-    /// Waits until the server has logged `n` connections (answered or failed) and returns
-    /// what it said about connection `i`: its `key=value` lines, or `ERROR …`.
-    pub fn connection(&self, i: usize, n: usize) -> Vec<String> {
-        let finished = self.proc.stdout.wait_until(TIMEOUT, |t| {
-            (0..n).all(|c| {
-                t.contains(&format!("conn {c}: END")) || t.contains(&format!("conn {c}: ERROR"))
-            })
-        });
-        assert!(finished, "tlslite_server.py:\n{}", self.proc.output());
-        let prefix = format!("conn {i}: ");
-        self.proc
-            .stdout
-            .text()
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
-            .collect()
-    }
-
-    /// The value of `key` for connection `i` of `n`; panics with the server's output if the
-    /// connection failed or the key is missing.
-    #[track_caller]
-    pub fn fact(&self, i: usize, n: usize, key: &str) -> String {
-        let lines = self.connection(i, n);
-        let want = format!("{key}=");
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(&want).map(str::to_owned))
-            .unwrap_or_else(|| {
-                panic!(
-                    "tlslite_server.py has no {key} for connection {i}:\n{}",
-                    self.proc.output()
-                )
-            })
-    }
-
-    pub fn output(&self) -> String {
-        self.proc.output()
-    }
+/// Starts `tests/tlslite_server.py ARGS…` (it binds a free loopback port itself).
+pub fn start<S: AsRef<str>>(args: &[S]) -> FactServer {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tlslite_server.py");
+    let mut full = vec![path_str(&script)];
+    full.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    FactServer::spawn(python(), &full)
 }

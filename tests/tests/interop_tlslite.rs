@@ -8,9 +8,10 @@
 #![forbid(unsafe_code)]
 
 use lurk_e2e::engine::{field_bool, field_str, group, EngineRun, Output};
+use lurk_e2e::fact_server::FactServer;
 use lurk_e2e::lurk::Lurk;
 use lurk_e2e::openssl::{certs, path_str};
-use lurk_e2e::tlslite::TlsliteServer;
+use lurk_e2e::tlslite;
 
 const INIT: &str = "c_init_client_hello";
 const HRR: &str = "c_client_hello";
@@ -19,7 +20,7 @@ const CF: &str = "c_client_finished";
 const PHA: &str = "c_post_hand_auth";
 
 /// `--cert NAME.pem --key NAME.key --naccept N EXTRA…`.
-fn server(cert: &str, naccept: usize, extra: &[&str]) -> TlsliteServer {
+fn server(cert: &str, naccept: usize, extra: &[&str]) -> FactServer {
     let c = certs();
     let mut a = vec![
         "--cert".to_owned(),
@@ -30,11 +31,11 @@ fn server(cert: &str, naccept: usize, extra: &[&str]) -> TlsliteServer {
         naccept.to_string(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
-    TlsliteServer::start(&a)
+    tlslite::start(&a)
 }
 
 /// `lurk-engine get URL --json` with the CS and trust options and `extra`.
-fn get(lurk: &Lurk, srv: &TlsliteServer, extra: &[&str]) -> Output {
+fn get(lurk: &Lurk, srv: &FactServer, extra: &[&str]) -> Output {
     let mut a = lurk.engine_args();
     a.extend(extra.iter().map(|s| s.to_string()));
     EngineRun::get(&srv.url(), &a)
@@ -42,7 +43,7 @@ fn get(lurk: &Lurk, srv: &TlsliteServer, extra: &[&str]) -> Output {
 
 /// The engine succeeded with `n` connections and the server answered them all.
 #[track_caller]
-fn assert_ok(out: &Output, srv: &TlsliteServer, n: usize) {
+fn assert_ok(out: &Output, srv: &FactServer, n: usize) {
     out.assert_success().assert_connections(n);
     for i in 0..n {
         assert_eq!(srv.fact(i, n, "version"), "TLS 1.3");
