@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
 # Installs what lurk needs on Debian when it is missing: SoftHSM2 (the default PKCS#11
-# token), OpenSSL (test servers and certificates). Rust comes from rustup.
+# token), OpenSSL (test servers and certificates), Python 3 with tlslite-ng (the strict
+# TLS 1.3 test server of tests/tlslite_server.py), Go (the crypto/tls test server of
+# tests/go_tls_server, standard library only). Rust comes from rustup.
 set -euo pipefail
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# tlslite-ng, pinned, in a venv in the user's cache (tests/src/tlslite.rs looks there), unless
+# python3 imports it already.
+TLSLITE_VERSION=0.8.2
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/lurk/tlslite-venv"
+if ! python3 -c 'import tlslite' >/dev/null 2>&1 &&
+  ! "$venv/bin/python" -c 'import tlslite' >/dev/null 2>&1; then
+  echo "install-deps: installing tlslite-ng $TLSLITE_VERSION in $venv" >&2
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 has no venv module without python3-venv.
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "tlslite-ng==$TLSLITE_VERSION"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found; install Rust with rustup" >&2; exit 1; }

@@ -339,6 +339,9 @@ pub enum PeerMisbehaved {
     UnsolicitedRecordSizeLimit,
     /// An ALPN protocol we did not offer (RFC 7301 §3.2).
     UnofferedAlpnProtocol,
+    /// An extension in the ServerHello, HelloRetryRequest or EncryptedExtensions that the
+    /// ClientHello did not offer (§4.2: `unsupported_extension`).
+    UnsolicitedExtension,
     /// certificate_request_context not empty in the handshake, or empty after it (§4.3.2).
     IllegalCertificateRequestContext,
     /// A CertificateRequest in a PSK handshake (§4.3.2).
@@ -382,9 +385,9 @@ impl PeerMisbehaved {
             | Self::ServerCertificateWithContext
             | Self::UnofferedSignatureScheme => AlertDescription::IllegalParameter,
             Self::MissingKeyShare => AlertDescription::MissingExtension,
-            Self::UnsolicitedEarlyDataExtension | Self::UnsolicitedRecordSizeLimit => {
-                AlertDescription::UnsupportedExtension
-            }
+            Self::UnsolicitedEarlyDataExtension
+            | Self::UnsolicitedRecordSizeLimit
+            | Self::UnsolicitedExtension => AlertDescription::UnsupportedExtension,
             Self::EmptyServerCertificate => AlertDescription::DecodeError,
             Self::BadCertificateVerifySignature | Self::IncorrectFinished => {
                 AlertDescription::DecryptError
@@ -438,6 +441,7 @@ impl fmt::Display for PeerMisbehaved {
             }
             Self::UnsolicitedEarlyDataExtension => "server accepted early data we did not offer",
             Self::UnofferedAlpnProtocol => "server selected an ALPN protocol we did not offer",
+            Self::UnsolicitedExtension => "server sent an extension we did not offer",
             Self::EarlyDataAcceptedWithOtherPsk => {
                 "server accepted early data with a PSK other than the first"
             }

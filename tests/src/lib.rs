@@ -9,9 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod engine;
+pub mod fact_server;
+pub mod go_tls;
 pub mod lurk;
 pub mod openssl;
 pub mod process;
+pub mod tlslite;
 
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;

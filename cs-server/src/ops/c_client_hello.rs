@@ -4,12 +4,14 @@
 //! (RFC 8446 §4.4.1) and recomputes the binders. When the HRR selects a group, the CS makes
 //! a key share for it and destroys the old key pairs; when it only carries a cookie, the
 //! second ClientHello keeps the first one's shares (RFC 8446 §4.1.2) and the CS refills the
-//! empty entries with the public keys it already holds.
+//! empty entries with the public keys it already holds. A second ClientHello that changes
+//! anything else than RFC 8446 §4.1.2 allows is refused before anything is generated.
 
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
-use lurk_proto::wire::{CipherSuite, NamedGroup};
+use lurk_proto::wire::hello::RANDOM_OFFSET;
+use lurk_proto::wire::CipherSuite;
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
@@ -114,43 +116,22 @@ fn prepare(
     }
 
     let ch2 = msgs::client_hello(&req.client_hello)?;
-    let ch2_groups: Vec<NamedGroup> = ch2.shares.iter().map(|(g, _)| *g).collect();
-    match hrr.hrr_group {
-        Some(group) if ch2_groups != [group] => {
-            return Err(invalid(
-                "the second ClientHello must carry exactly one key share, for the HRR's group",
-            ))
-        }
-        None if ch2_groups != state.shared_groups => {
-            return Err(invalid(
-                "after a cookie-only HRR the second ClientHello keeps the same key shares",
-            ))
-        }
-        _ => {}
-    }
-    if ch2.early_data {
-        // RFC 8446 §4.2.10: no early data after a HelloRetryRequest.
-        return Err(invalid("early_data in the second ClientHello"));
-    }
-    if hrr.cookie.is_some() && ch2.cookie != hrr.cookie {
-        // RFC 8446 §4.2.2: the client echoes the cookie.
-        return Err(invalid("the second ClientHello does not echo the cookie"));
-    }
-    let kept = kept_psks(state, &ch2.psk_identities, hash)?;
-
-    // Key shares: a new key pair for the selected group, or the ones already held.
-    let (fills, new_share) = match hrr.hrr_group {
+    // The second ClientHello as it will be sent (the first one's random, the key shares the
+    // CS holds after a cookie-only HRR; the new share, free under the rule, comes after the
+    // check) must change only what RFC 8446 §4.1.2 allows.
+    let mut fills = Vec::new();
+    let candidate = match hrr.hrr_group {
         Some(group) => {
-            let (public, pending) = cs.ephemeral.generate(group)?;
-            let share = CsShare {
-                group,
-                public: public.clone(),
-                pending,
-            };
-            (vec![(group, public)], Some(share))
+            if ch2.shares != [(group, true)] {
+                return Err(invalid(
+                    "the second ClientHello must leave one key share empty, for the HRR's group",
+                ));
+            }
+            let mut v = req.client_hello.clone();
+            v[RANDOM_OFFSET..RANDOM_OFFSET + 32].copy_from_slice(&state.random);
+            v
         }
         None => {
-            let mut fills = Vec::new();
             for (group, empty) in &ch2.shares {
                 if *empty {
                     let held = state
@@ -161,28 +142,39 @@ fn prepare(
                     fills.push((*group, held.public.clone()));
                 }
             }
-            (fills, None)
+            msgs::complete_client_hello(&req.client_hello, Some(&state.random), &fills)?
         }
     };
-    let mut client_hello =
-        msgs::complete_client_hello(&req.client_hello, Some(&state.random), &fills)?;
+    msgs::check_second_client_hello(&state.client_hello, &req.hello_retry_request, &candidate)?;
+    let kept = kept_psks(state, &ch2.psk_identities, hash)?;
+    if kept.iter().enumerate().any(|(i, k)| kept[..i].contains(k)) {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidPsk,
+            "a PSK identity offered twice",
+        ));
+    }
+
+    // A new key pair for the selected group.
+    let mut new_share = None;
+    let mut client_hello = candidate;
+    if let Some(group) = hrr.hrr_group {
+        let (public, pending) = cs.ephemeral.generate(group)?;
+        fills = vec![(group, public.clone())];
+        client_hello = msgs::complete_client_hello(&req.client_hello, Some(&state.random), &fills)?;
+        new_share = Some(CsShare {
+            group,
+            public,
+            pending,
+        });
+    }
 
     let mut transcript = state.transcript.clone();
     transcript
         .restart_for_hello_retry(hash)
         .map_err(|e| invalid(e.to_string()))?;
     transcript.add(&req.hello_retry_request);
-    // Binders follow the second ClientHello's order of identities.
-    let mut psks: Vec<OfferedPsk> = Vec::with_capacity(kept.len());
-    for (n, &i) in kept.iter().enumerate() {
-        if kept[..n].contains(&i) {
-            return Err(ServiceError::refuse(
-                LurkStatus::InvalidPsk,
-                "a PSK identity offered twice",
-            ));
-        }
-        psks.push(state.psks[i].clone());
-    }
+    // Binders follow the second ClientHello's order of identities (distinct: checked above).
+    let psks: Vec<OfferedPsk> = kept.iter().map(|&i| state.psks[i].clone()).collect();
     let binders = if psks.is_empty() {
         Vec::new()
     } else {

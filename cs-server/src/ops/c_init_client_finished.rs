@@ -59,7 +59,9 @@ pub fn handle(
             .next()
             .filter(|m| m.typ == HandshakeType::ClientHello)
             .ok_or_else(|| invalid("expected the second ClientHello"))?;
-        transcript.add(&msgs::complete_client_hello(ch2.raw, Some(&random), &[])?);
+        let ch2 = msgs::complete_client_hello(ch2.raw, Some(&random), &[])?;
+        msgs::check_second_client_hello(&client_hello, sh_msg.raw, &ch2)?;
+        transcript.add(&ch2);
         sh_msg = it
             .next()
             .filter(|m| m.typ == HandshakeType::ServerHello)

@@ -141,15 +141,16 @@ pub fn load_psks(
 
 /// RFC 8446 §4.2.11.2: each binder is an HMAC over the transcript so far plus the
 /// ClientHello truncated before the binders, under the PSK's binder key.
-pub fn binders(
+pub fn binders<P: std::borrow::Borrow<OfferedPsk>>(
     prefix: &Transcript,
     client_hello: &[u8],
-    psks: &[OfferedPsk],
+    psks: &[P],
 ) -> Result<Vec<Vec<u8>>, ServiceError> {
     let truncated = msgs::truncated_for_binders(client_hello)?;
     Ok(psks
         .iter()
         .map(|p| {
+            let p = p.borrow();
             let early = KeyScheduleEarly::new(p.hash, Some(p.psk.as_bytes()));
             let kind = if p.external {
                 PskKind::External

@@ -37,7 +37,6 @@ pub struct ClientHelloInfo {
     pub psk_modes: Vec<PskKeyExchangeMode>,
     pub early_data: bool,
     pub post_handshake_auth: bool,
-    pub cookie: Option<Vec<u8>>,
 }
 
 pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
@@ -67,7 +66,6 @@ pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
         psk_modes: ch.psk_modes.clone().unwrap_or_default(),
         early_data: ch.early_data,
         post_handshake_auth: ch.post_handshake_auth,
-        cookie: ch.cookie.map(<[u8]>::to_vec),
     })
 }
 
@@ -77,6 +75,17 @@ pub fn complete_client_hello(
     fills: &[(NamedGroup, Vec<u8>)],
 ) -> Result<Vec<u8>, ServiceError> {
     Ok(wire::complete_client_hello(raw, random, fills)?)
+}
+
+/// RFC 8446 §4.1.2: the second ClientHello changes only what a HelloRetryRequest allows.
+/// The three messages have been parsed already: a failure is a rule broken.
+pub fn check_second_client_hello(
+    first: &[u8],
+    hrr: &[u8],
+    second: &[u8],
+) -> Result<(), ServiceError> {
+    wire::check_second_client_hello(first, hrr, second)
+        .map_err(|e| ServiceError::refuse(LurkStatus::InvalidHandshake, e.to_string()))
 }
 
 pub fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], ServiceError> {

@@ -7,10 +7,11 @@ use lurk_proto::freshness::client_random;
 use lurk_proto::key_schedule::{binder, KeyScheduleEarly, PskKind, Secret};
 use lurk_proto::pb;
 use lurk_proto::transcript::Transcript;
-use lurk_proto::wire::hello::RANDOM_OFFSET;
+use lurk_proto::wire::hello::{self, RANDOM_OFFSET};
 use lurk_proto::wire::{
-    set_binders, truncated_for_binders, CipherSuite, ClientHello, ClientHelloBuilder, ContentType,
-    HandshakeType, HashAlg, NamedGroup, PskKeyExchangeMode, ServerHello,
+    check_second_client_hello, set_binders, truncated_for_binders, CipherSuite, ClientHello,
+    ClientHelloBuilder, ContentType, ExtensionType, HandshakeType, HashAlg, NamedGroup,
+    PskKeyExchangeMode, ServerHello,
 };
 use zeroize::Zeroizing;
 
@@ -101,11 +102,13 @@ pub(super) struct Early {
 /// Waiting for the ServerHello (or a HelloRetryRequest): what the ClientHello offered.
 pub struct ExpectServerHello {
     pub(super) engine_random: [u8; 32],
-    /// The random field of the ClientHellos we build: the engine's random when the CS completes
-    /// them, else the fresh random we put on the wire ourselves.
-    pub(super) random_field: [u8; 32],
     pub(super) session_id: Vec<u8>,
+    /// cipher_suites of both ClientHellos (RFC 8446 §4.1.2: the second changes nothing here).
     pub(super) offered_suites: Vec<CipherSuite>,
+    /// The first ClientHello's encoder: the second is made from it (RFC 8446 §4.1.2).
+    pub(super) hello: ClientHelloBuilder,
+    /// The first ClientHello as sent on the wire.
+    pub(super) first_client_hello: Vec<u8>,
     pub(super) shares: Vec<OfferedShare>,
     pub(super) psks: Vec<OfferedPsk>,
     pub(super) early_data_offered: bool,
@@ -121,6 +124,8 @@ pub struct ExpectServerHello {
     pub(super) cs_session: Option<Vec<u8>>,
     /// The HelloRetryRequest's suite, after one.
     pub(super) hrr_suite: Option<CipherSuite>,
+    /// The HelloRetryRequest, after one.
+    pub(super) hello_retry_request: Vec<u8>,
 }
 
 /// c_server_hello is out: the ServerHello's outcome, waiting for the handshake traffic secrets.
@@ -134,16 +139,17 @@ pub(crate) struct AwaitServerHelloSecrets {
     early_data_offered: bool,
 }
 
-/// What goes into a ClientHello besides its shares and PSKs.
+/// What goes into the first ClientHello besides its shares, PSKs and early_data.
 fn client_hello_builder(
     core: &Core,
-    hs: &ExpectServerHello,
+    session_id: &[u8],
+    suites: &[CipherSuite],
     random_field: [u8; 32],
 ) -> ClientHelloBuilder {
     let c = &core.config;
     let mut b = ClientHelloBuilder::new(random_field)
-        .legacy_session_id(&hs.session_id)
-        .cipher_suites(&hs.offered_suites)
+        .legacy_session_id(session_id)
+        .cipher_suites(suites)
         .supported_groups(&c.groups)
         .signature_algorithms(&c.signature_schemes)
         .post_handshake_auth(c.post_handshake_auth);
@@ -165,12 +171,16 @@ fn client_hello_builder(
     b
 }
 
-fn add_psks(mut b: ClientHelloBuilder, psks: &[OfferedPsk], now: SystemTime) -> ClientHelloBuilder {
-    for p in psks {
-        let age = p.ticket.as_ref().map_or(0, |t| t.obfuscated_age(now));
-        b = b.psk(&p.identity, age, p.hash.output_len());
-    }
-    b
+/// The pre_shared_key identities of `psks` with their ticket ages at `now` (RFC 8446
+/// §4.2.11.1; 0 for an external PSK) and binder lengths.
+fn wire_psks(psks: &[OfferedPsk], now: SystemTime) -> Vec<hello::OfferedPsk> {
+    psks.iter()
+        .map(|p| hello::OfferedPsk {
+            identity: p.identity.clone(),
+            obfuscated_ticket_age: p.ticket.as_ref().map_or(0, |t| t.obfuscated_age(now)),
+            binder_len: p.hash.output_len(),
+        })
+        .collect()
 }
 
 /// Binders the engine computes itself (every offered PSK is local): RFC 8446 §4.2.11.2, over
@@ -289,11 +299,21 @@ pub(super) fn start(core: &mut Core) -> Result<State, Error> {
     } else {
         client_random(config.freshness, config.freshness_mode, &engine_random)
     };
+    let mut b = client_hello_builder(core, &session_id, &offered_suites, random_field);
+    for s in &shares {
+        b = b.key_share(s.group, s.engine.as_ref().map_or(&[][..], |e| e.public()));
+    }
+    for p in wire_psks(&psks, now) {
+        b = b.psk(&p.identity, p.obfuscated_ticket_age, p.binder_len);
+    }
+    b = b.early_data(early_suite.is_some());
+    let mut ch = b.build()?;
     let mut hs = Box::new(ExpectServerHello {
         engine_random,
-        random_field,
         session_id,
         offered_suites,
+        hello: b,
+        first_client_hello: Vec::new(),
         shares,
         psks,
         early_data_offered: early_suite.is_some(),
@@ -303,15 +323,9 @@ pub(super) fn start(core: &mut Core) -> Result<State, Error> {
         cs_log: Vec::new(),
         cs_session: None,
         hrr_suite: None,
+        hello_retry_request: Vec::new(),
     });
     core.summary.early_data_offered = hs.early_data_offered;
-
-    let mut b = client_hello_builder(core, &hs, random_field);
-    for s in &hs.shares {
-        b = b.key_share(s.group, s.engine.as_ref().map_or(&[][..], |e| e.public()));
-    }
-    b = add_psks(b, &hs.psks, now).early_data(hs.early_data_offered);
-    let mut ch = b.build()?;
 
     if need_cs {
         let call = pb::CInitClientHelloRequest {
@@ -375,6 +389,12 @@ fn send_first_client_hello(
 ) -> Result<(), Error> {
     core.send_plain_handshake(ch);
     hs.transcript.add(ch);
+    hs.first_client_hello = ch.to_vec();
+    core.offered_extensions = ClientHello::parse(ch)?
+        .extensions
+        .iter()
+        .map(|e| e.typ)
+        .collect();
     hs.cs_log
         .extend_from_slice(&with_engine_random(ch, &hs.engine_random));
     if let (Some(suite), Some(secret), Some(data)) =
@@ -434,6 +454,17 @@ pub(super) fn client_hello_done(
     r: pb::CClientHelloResponse,
 ) -> Result<State, Error> {
     check_completed_client_hello(core, &hs, &r.client_hello, "c_client_hello")?;
+    // The CS changed nothing RFC 8446 §4.1.2 does not allow.
+    check_second_client_hello(
+        &hs.first_client_hello,
+        &hs.hello_retry_request,
+        &r.client_hello,
+    )
+    .map_err(|e| Error::CryptoService {
+        exchange: "c_client_hello",
+        status: None,
+        message: e.to_string(),
+    })?;
     send_second_client_hello(core, &mut hs, &r.client_hello);
     Ok(State::ServerHello(hs))
 }
@@ -542,6 +573,16 @@ impl ExpectServerHello {
         let hash = suite
             .hash()
             .ok_or(PeerMisbehaved::SelectedUnofferedCipherSuite)?;
+        // §4.1.4, §4.2: no extension the ClientHello did not offer, but the HRR's cookie (an
+        // unoffered pre_shared_key is refused below, with its own error).
+        let unsolicited = |t: ExtensionType| match t {
+            ExtensionType::Cookie => !sh.is_hello_retry_request(),
+            ExtensionType::PreSharedKey => false,
+            t => !core.offered_extensions.contains(&t),
+        };
+        if sh.extensions.iter().any(|e| unsolicited(e.typ)) {
+            return Err(PeerMisbehaved::UnsolicitedExtension.into());
+        }
         if sh.is_hello_retry_request() {
             return hello_retry(core, hs, &sh, m);
         }
@@ -725,40 +766,31 @@ fn hello_retry(
     hs.transcript.add(&m.encoded);
     hs.cs_log.extend_from_slice(&m.encoded);
 
+    hs.hello_retry_request = m.encoded.clone();
+
+    // RFC 8446 §4.1.2: the same ClientHello, except for what follows. cipher_suites stay
+    // (the ServerHello must then select the HRR's suite, §4.1.4).
     // No early data after a HelloRetryRequest (§4.2.10); what was sent is lost.
     hs.early_data_offered = false;
     hs.early_suite = None;
-    // Only PSKs usable with the HRR's suite stay.
+    // PSKs unusable with the HRR's suite (another hash) are left out.
     hs.psks.retain(|p| p.hash == hash);
-    hs.offered_suites = vec![suite];
-
-    let cs = hs.cs_session.is_some();
-    let groups: Vec<NamedGroup> = match hrr.selected_group {
-        Some(g) => vec![g],
-        None => hs.shares.iter().map(|s| s.group).collect(),
+    // A group named: one new share for it (made by the CS when a CS session is open); else
+    // the same shares, key pairs kept.
+    if let Some(g) = hrr.selected_group {
+        let engine = match hs.cs_session {
+            Some(_) => None,
+            None => Some(EngineShare::generate(g)?),
+        };
+        hs.shares = vec![OfferedShare::new(g, engine)];
+    }
+    let share = match (hrr.selected_group, hs.shares.first()) {
+        (Some(g), Some(s)) => Some((g, s.engine.as_ref().map_or(&[][..], |e| e.public()))),
+        _ => None,
     };
-    hs.shares = groups
-        .into_iter()
-        .map(|g| {
-            Ok(OfferedShare::new(
-                g,
-                if cs {
-                    None
-                } else {
-                    Some(EngineShare::generate(g)?)
-                },
-            ))
-        })
-        .collect::<Result<_, Error>>()?;
-
-    let mut b = client_hello_builder(core, &hs, hs.random_field);
-    for s in &hs.shares {
-        b = b.key_share(s.group, s.engine.as_ref().map_or(&[][..], |e| e.public()));
-    }
-    if let Some(c) = hrr.cookie {
-        b = b.cookie(c);
-    }
-    b = add_psks(b, &hs.psks, SystemTime::now());
+    let b = hs
+        .hello
+        .retry(hrr.cookie, share, wire_psks(&hs.psks, SystemTime::now()));
     let mut ch2 = b.build()?;
     if let Some(session_id) = hs.cs_session.clone() {
         core.request_cs(CsCall::ClientHello(pb::CClientHelloRequest {
@@ -769,6 +801,8 @@ fn hello_retry(
         return Ok(State::AwaitCs(AwaitCs::ClientHello(hs)));
     }
     local_binders(&hs.transcript, &mut ch2, &hs.psks)?;
+    check_second_client_hello(&hs.first_client_hello, &m.encoded, &ch2)
+        .map_err(|e| Error::general(format!("second ClientHello: {e}")))?;
     send_second_client_hello(core, &mut hs, &ch2);
     Ok(State::ServerHello(hs))
 }
@@ -807,9 +841,10 @@ impl super::ClientConnection {
         hs.session_id = parsed.legacy_session_id.to_vec();
         hs.offered_suites = parsed.cipher_suites.clone();
         hs.engine_random = *parsed.random;
-        hs.random_field = *parsed.random;
         hs.transcript = Transcript::new();
         hs.transcript.add(ch);
+        hs.first_client_hello = ch.to_vec();
+        conn.core.offered_extensions = parsed.extensions.iter().map(|e| e.typ).collect();
         hs.cs_log = ch.to_vec();
         Ok(conn)
     }

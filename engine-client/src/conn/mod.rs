@@ -52,7 +52,8 @@ use std::time::Instant;
 use lurk_proto::key_schedule::{export_keying_material, traffic_key_iv, Secret};
 use lurk_proto::pb;
 use lurk_proto::wire::{
-    AlertDescription, CipherSuite, ContentType, HandshakeType, HashAlg, KeyUpdateRequest,
+    AlertDescription, CipherSuite, ContentType, ExtensionType, HandshakeType, HashAlg,
+    KeyUpdateRequest,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
@@ -111,6 +112,9 @@ pub(crate) struct Core {
     /// server's bounds what we send. Reapplied at every key change.
     receive_limit: Option<u16>,
     send_limit: Option<u16>,
+    /// The extension types of the first ClientHello: the server may answer no other
+    /// (RFC 8446 §4.2), besides the HelloRetryRequest's cookie.
+    offered_extensions: Vec<ExtensionType>,
     /// RFC 8448's server certificate has expired and an RSA-1024 key ring refuses: trace
     /// replays skip the chain and CertificateVerify checks (and only those).
     #[cfg(test)]
@@ -339,6 +343,7 @@ impl ClientConnection {
             started: Instant::now(),
             receive_limit: None,
             send_limit: None,
+            offered_extensions: Vec::new(),
             #[cfg(test)]
             skip_server_auth: false,
             config,

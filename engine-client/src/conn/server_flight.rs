@@ -176,6 +176,14 @@ impl ExpectEncryptedExtensions {
             }
         }
         core.negotiate_record_size_limit(ee.record_size_limit)?;
+        // §4.2: no extension the ClientHello did not offer (unsupported_extension).
+        if ee
+            .extensions
+            .iter()
+            .any(|e| !core.offered_extensions.contains(&e.typ))
+        {
+            return Err(PeerMisbehaved::UnsolicitedExtension.into());
+        }
         core.summary.early_data_accepted = ee.early_data;
         core.summary.alpn = alpn.clone();
         hs.add_received(m);

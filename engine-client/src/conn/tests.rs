@@ -315,7 +315,10 @@ fn hello_retry_request_gets_a_second_client_hello() {
     assert_eq!(shares.len(), 1);
     assert_eq!(shares[0].group, NamedGroup::Secp256r1);
     assert_eq!(shares[0].key_exchange.len(), 65);
-    assert_eq!(ch2.cipher_suites, vec![CipherSuite::TlsAes128GcmSha256]);
+    assert_eq!(
+        ch2.cipher_suites, ch1.cipher_suites,
+        "RFC 8446 §4.1.2: cipher_suites unchanged"
+    );
 
     // A second HelloRetryRequest is an error.
     assert_eq!(
@@ -351,6 +354,326 @@ fn hello_retry_request_rules() {
             PeerMisbehaved::IllegalHelloRetryRequest.into()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The second ClientHello (RFC 8446 §4.1.2), byte for byte
+
+const EXT_KEY_SHARE: u16 = 51;
+const EXT_EARLY_DATA: u16 = 42;
+const EXT_COOKIE: u16 = 44;
+const EXT_PSK: u16 = 41;
+
+/// A HelloRetryRequest for `suite` echoing `session_id`, naming `group` and carrying
+/// `cookie` when given.
+fn hello_retry_request(
+    session_id: &[u8],
+    suite: CipherSuite,
+    group: Option<NamedGroup>,
+    cookie: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut exts = vec![(SUPPORTED_VERSIONS_13.0, SUPPORTED_VERSIONS_13.1.to_vec())];
+    if let Some(g) = group {
+        exts.push((51, g.get().to_be_bytes().to_vec()));
+    }
+    if let Some(c) = cookie {
+        let mut b = (c.len() as u16).to_be_bytes().to_vec();
+        b.extend_from_slice(c);
+        exts.push((44, b));
+    }
+    server_hello(
+        lurk_proto::wire::HELLO_RETRY_REQUEST_RANDOM,
+        session_id,
+        suite.get(),
+        &exts,
+    )
+}
+
+/// Asserts the bytes before the extensions are the same, and that the extensions in both
+/// keep their bytes and order; returns the types added, removed or changed, sorted.
+fn changed_extensions(ch1: &[u8], ch2: &[u8]) -> Vec<u16> {
+    let (a, b) = (
+        ClientHello::parse(ch1).unwrap(),
+        ClientHello::parse(ch2).unwrap(),
+    );
+    assert_eq!(
+        ch1[4..a.extensions_len_offset],
+        ch2[4..b.extensions_len_offset],
+        "version, random, legacy_session_id, cipher_suites, compression"
+    );
+    let list = |c: &ClientHello<'_>| -> Vec<(u16, Vec<u8>)> {
+        c.extensions
+            .iter()
+            .map(|e| (e.typ.get(), e.body.to_vec()))
+            .collect()
+    };
+    let (a, b) = (list(&a), list(&b));
+    let mut out: Vec<u16> = a
+        .iter()
+        .filter(|x| !b.contains(x))
+        .chain(b.iter().filter(|y| !a.contains(y)))
+        .map(|e| e.0)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    let common = |x: &[(u16, Vec<u8>)], y: &[(u16, Vec<u8>)]| -> Vec<u16> {
+        x.iter()
+            .map(|e| e.0)
+            .filter(|t| y.iter().any(|f| f.0 == *t))
+            .collect()
+    };
+    assert_eq!(common(&a, &b), common(&b, &a), "order of the extensions");
+    out
+}
+
+/// A sequence D connection (engine shares, engine-held PSKs) answered with an HRR: the two
+/// ClientHellos as sent on the wire, and the HRR.
+fn retry_on_the_wire(
+    cfg: ClientConfig,
+    suite: CipherSuite,
+    group: Option<NamedGroup>,
+    cookie: Option<&[u8]>,
+) -> (ClientConnection, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut conn = ClientConnection::new(Arc::new(cfg), "localhost", 443, false).unwrap();
+    let out = conn.take_tls();
+    let ch1 = plaintext_messages(&out).remove(0);
+    let sid = ClientHello::parse(&ch1).unwrap().legacy_session_id.to_vec();
+    let hrr = hello_retry_request(&sid, suite, group, cookie);
+    feed(&mut conn, &hrr).unwrap();
+    let ch2 = plaintext_messages(&conn.take_tls()).remove(0);
+    lurk_proto::wire::check_second_client_hello(&ch1, &hrr, &ch2).unwrap();
+    (conn, ch1, hrr, ch2)
+}
+
+fn engine_config() -> ClientConfig {
+    ClientConfig {
+        ephemeral: Ephemeral::Engine,
+        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        post_handshake_auth: true,
+        record_size_limit: Some(16385),
+        ..ClientConfig::default()
+    }
+}
+
+/// A config resuming `ticket` (engine-held PSK), with `early` data.
+fn resuming(ticket: StoredTicket, early: Option<&[u8]>) -> ClientConfig {
+    let store = Arc::new(crate::tickets::MemoryTicketStore::default());
+    store.insert("localhost:443", ticket);
+    ClientConfig {
+        ticket_store: Some(store),
+        early_data: early.map(<[u8]>::to_vec),
+        alpn: Vec::new(),
+        ..engine_config()
+    }
+}
+
+#[test]
+fn second_client_hello_after_a_group_hrr_changes_the_key_share_only() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes256GcmSha384,
+        Some(NamedGroup::Secp384r1),
+        None,
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_KEY_SHARE]);
+    let shares = ClientHello::parse(&ch2).unwrap().key_shares.unwrap();
+    assert_eq!(shares.len(), 1);
+    assert_eq!(shares[0].group, NamedGroup::Secp384r1);
+    assert_eq!(shares[0].key_exchange.len(), 97);
+}
+
+#[test]
+fn second_client_hello_after_a_cookie_only_hrr_adds_the_cookie_and_keeps_the_shares() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        ClientConfig {
+            key_shares: 2,
+            ..engine_config()
+        },
+        CipherSuite::TlsChacha20Poly1305Sha256,
+        None,
+        Some(&[0xc0; 200]),
+    );
+    // Same key shares, same public keys (the key pairs are kept).
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_COOKIE]);
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    assert_eq!(ch2.cookie, Some(&[0xc0; 200][..]));
+}
+
+#[test]
+fn second_client_hello_after_a_cookie_and_group_hrr() {
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        Some(b"cookie"),
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_COOKIE, EXT_KEY_SHARE]);
+}
+
+#[test]
+fn second_client_hello_with_a_psk_updates_its_age_and_binder_and_keeps_it_last() {
+    let ticket = StoredTicket {
+        received_at: SystemTime::now() - std::time::Duration::from_secs(5),
+        ..early_ticket(0, None)
+    };
+    let psk = ticket.psk.clone().unwrap();
+    let (_, ch1, hrr, ch2) = retry_on_the_wire(
+        resuming(ticket, None),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        Some(b"cookie"),
+    );
+    assert_eq!(
+        changed_extensions(&ch1, &ch2),
+        [EXT_PSK, EXT_COOKIE, EXT_KEY_SHARE]
+    );
+    let (p1, p2) = (
+        ClientHello::parse(&ch1).unwrap().pre_shared_key.unwrap(),
+        ClientHello::parse(&ch2).unwrap().pre_shared_key.unwrap(),
+    );
+    assert_eq!(p1.identities[0].identity, p2.identities[0].identity);
+    // The binder of the second ClientHello: over message_hash(ClientHello1) + HRR + the
+    // truncated ClientHello2 (RFC 8446 §4.2.11.2).
+    let hash = HashAlg::Sha256;
+    let mut t = Transcript::new();
+    t.add(&ch1);
+    t.restart_for_hello_retry(hash).unwrap();
+    t.add(&hrr);
+    let truncated = lurk_proto::wire::truncated_for_binders(&ch2).unwrap();
+    let key = lurk_proto::key_schedule::KeyScheduleEarly::new(hash, Some(&psk))
+        .binder_key(lurk_proto::key_schedule::PskKind::Resumption);
+    let want =
+        lurk_proto::key_schedule::binder(hash, key.as_bytes(), &t.hash_with(hash, truncated));
+    assert_eq!(p2.binders[0].binder, want.as_slice());
+    assert_ne!(p1.binders[0].binder, p2.binders[0].binder);
+}
+
+#[test]
+fn second_client_hello_drops_a_psk_of_another_hash_than_the_hrr_suite() {
+    let ticket = StoredTicket {
+        suite: CipherSuite::TlsAes256GcmSha384,
+        psk: Some(Zeroizing::new(vec![0x5a; 48])),
+        ..early_ticket(0, None)
+    };
+    let (_, ch1, _, ch2) = retry_on_the_wire(
+        resuming(ticket, None),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    // The suites keep their order (the ticket's hash first), the PSK goes.
+    assert_eq!(
+        ClientHello::parse(&ch1).unwrap().cipher_suites[0],
+        CipherSuite::TlsAes256GcmSha384
+    );
+    assert_eq!(changed_extensions(&ch1, &ch2), [EXT_PSK, EXT_KEY_SHARE]);
+    assert!(ClientHello::parse(&ch2).unwrap().pre_shared_key.is_none());
+}
+
+#[test]
+fn second_client_hello_removes_early_data() {
+    let (conn, ch1, _, ch2) = retry_on_the_wire(
+        resuming(early_ticket(1000, None), Some(b"GET / HTTP/1.0\r\n\r\n")),
+        CipherSuite::TlsAes128GcmSha256,
+        None,
+        Some(b"cookie"),
+    );
+    assert!(ClientHello::parse(&ch1).unwrap().early_data);
+    assert_eq!(
+        changed_extensions(&ch1, &ch2),
+        [EXT_PSK, EXT_EARLY_DATA, EXT_COOKIE]
+    );
+    // The early data went (it is lost: the server cannot read it after an HRR) and the
+    // ServerHello may no longer accept it.
+    let Some(State::ServerHello(s)) = conn.state.as_ref() else {
+        panic!("waiting for the ServerHello");
+    };
+    assert!(!s.early_data_offered);
+}
+
+/// A CS-ephemeral connection answered with a group HRR: the ClientHellos the engine gave
+/// c_init_client_hello and c_client_hello, and the second completed as the CS would.
+fn cs_retry() -> (ClientConnection, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut conn = ClientConnection::new(config(Ephemeral::Cs), "localhost", 443, true).unwrap();
+    let Some(CsCall::InitClientHello(req)) = conn.take_cs_call() else {
+        panic!("expected c_init_client_hello");
+    };
+    let engine_random: [u8; 32] = req.client_hello[6..38].try_into().unwrap();
+    let fresh = client_random(pb::Freshness::Sha256, FreshnessMode::Draft, &engine_random);
+    let ch1 = lurk_proto::wire::complete_client_hello(
+        &req.client_hello,
+        Some(&fresh),
+        &[(NamedGroup::X25519, vec![7u8; 32])],
+    )
+    .unwrap();
+    conn.cs_response(Ok(CsReply::InitClientHello(pb::CInitClientHelloResponse {
+        session_id: vec![1; 16],
+        client_hello: ch1.clone(),
+        ..Default::default()
+    })))
+    .unwrap();
+    assert_eq!(first_client_hello(&mut conn), ch1);
+    let sid = ClientHello::parse(&ch1).unwrap().legacy_session_id.to_vec();
+    let hrr = hello_retry_request(
+        &sid,
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    feed(&mut conn, &hrr).unwrap();
+    let Some(CsCall::ClientHello(req2)) = conn.take_cs_call() else {
+        panic!("expected c_client_hello");
+    };
+    let done = lurk_proto::wire::complete_client_hello(
+        &req2.client_hello,
+        Some(&fresh),
+        &[(NamedGroup::Secp256r1, vec![4u8; 65])],
+    )
+    .unwrap();
+    (conn, req.client_hello, req2.client_hello, done)
+}
+
+/// `ch` with only its first cipher suite left.
+fn narrowed_suites(ch: &[u8]) -> Vec<u8> {
+    let p = ClientHello::parse(ch).unwrap();
+    let at = 4 + 2 + 32 + 1 + p.legacy_session_id.len();
+    let n = usize::from(u16::from_be_bytes([ch[at], ch[at + 1]]));
+    let mut v = ch.to_vec();
+    v.drain(at + 4..at + 2 + n);
+    v[at..at + 2].copy_from_slice(&2u16.to_be_bytes());
+    let len = v.len() - 4;
+    v[1..4].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+    assert_eq!(ClientHello::parse(&v).unwrap().cipher_suites.len(), 1);
+    v
+}
+
+/// With a CS session the engine gives c_client_hello the first ClientHello's encoding with
+/// the allowed changes, and refuses a completed ClientHello the CS changed otherwise.
+#[test]
+fn second_client_hello_through_the_cs_is_checked_against_the_first() {
+    let (mut conn, sent1, sent2, done) = cs_retry();
+    assert_eq!(changed_extensions(&sent1, &sent2), [EXT_KEY_SHARE]);
+    conn.cs_response(Ok(CsReply::ClientHello(pb::CClientHelloResponse {
+        client_hello: done.clone(),
+        ..Default::default()
+    })))
+    .unwrap();
+    let out = conn.take_tls();
+    assert_eq!(plaintext_messages(&out[6..]).remove(0), done);
+
+    // A CS that narrows the suites (what the engine used to do) is caught.
+    let (mut conn, _, _, done) = cs_retry();
+    let e = conn
+        .cs_response(Ok(CsReply::ClientHello(pb::CClientHelloResponse {
+            client_hello: narrowed_suites(&done),
+            ..Default::default()
+        })))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::CryptoService { exchange: "c_client_hello", message, .. }
+            if message.contains("cipher_suites")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -514,14 +837,9 @@ fn hexv(v: &serde_json::Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap()).unwrap()
 }
 
-/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions, the
-/// server Finished recomputed over the new transcript, all sealed under the RFC's server
-/// handshake key: (ServerHello record, protected flight).
-fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
-    let s = rfc_1rtt();
-    let m = &s["messages"];
-    let ee = hexv(&m["encrypted_extensions"]);
-    // The RFC's extensions without its record_size_limit (0x4001), then `extra`.
+/// The RFC 8448 §3 EncryptedExtensions without its record_size_limit, with `extra` appended.
+fn rfc_ee_with(extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let ee = hexv(&rfc_1rtt()["messages"]["encrypted_extensions"]);
     let mut exts = Vec::new();
     for e in &EncryptedExtensions::parse(&ee).unwrap().extensions {
         if e.typ.get() != RECORD_SIZE_LIMIT {
@@ -539,25 +857,35 @@ fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>)
     let mut ee2 = vec![8, 0, (body_len >> 8) as u8, body_len as u8];
     ee2.extend_from_slice(&(exts.len() as u16).to_be_bytes());
     ee2.extend_from_slice(&exts);
+    ee2
+}
 
+/// The RFC 8448 §3 server flight made of `messages` (EncryptedExtensions onwards, without the
+/// Finished), then a server Finished computed over the new transcript, all sealed under the
+/// RFC's server handshake key: (ServerHello record, protected flight).
+fn rfc_flight(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
+    let s = rfc_1rtt();
+    let m = &s["messages"];
     let mut t = Transcript::new();
-    for part in [
-        hexv(&m["client_hello"]),
-        hexv(&m["server_hello"]),
-        ee2.clone(),
-        hexv(&m["server_certificate"]),
-        hexv(&m["server_certificate_verify"]),
-    ] {
-        t.add(&part);
+    t.add(&hexv(&m["client_hello"]));
+    t.add(&hexv(&m["server_hello"]));
+    let mut flight = Vec::new();
+    for part in messages {
+        t.add(part);
+        flight.extend_from_slice(part);
     }
     let server_hs = hexv(&s["key_schedule"]["server_handshake_traffic_secret"]);
     let vd = finished_verify_data(HashAlg::Sha256, &server_hs, &t.hash(HashAlg::Sha256));
-    let mut flight = ee2;
-    flight.extend(hexv(&m["server_certificate"]));
-    flight.extend(hexv(&m["server_certificate_verify"]));
     flight.extend(encode_finished(&vd).unwrap());
+    (
+        hexv(&s["records"][1]["record"]),
+        rfc_seal(&flight, "server_handshake"),
+    )
+}
 
-    let keys = &s["traffic_keys"]["server_handshake"];
+/// `payload` as handshake records sealed under the RFC 8448 §3 `keys` (from sequence 0).
+fn rfc_seal(payload: &[u8], keys: &str) -> Vec<u8> {
+    let keys = &rfc_1rtt()["traffic_keys"][keys];
     let keys = RecordKeys::new(
         CipherSuite::TlsAes128GcmSha256,
         Zeroizing::new(hexv(&keys["key"])),
@@ -566,9 +894,19 @@ fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>)
     let mut sealed = Vec::new();
     RecordEncrypter::new(&keys)
         .unwrap()
-        .encrypt_all(ContentType::Handshake, &flight, &mut sealed)
+        .encrypt_all(ContentType::Handshake, payload, &mut sealed)
         .unwrap();
-    (hexv(&s["records"][1]["record"]), sealed)
+    sealed
+}
+
+/// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions.
+fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let m = &rfc_1rtt()["messages"];
+    rfc_flight(&[
+        rfc_ee_with(extra),
+        hexv(&m["server_certificate"]),
+        hexv(&m["server_certificate_verify"]),
+    ])
 }
 
 fn rfc_replay(cfg: ClientConfig) -> ClientConnection {
@@ -1214,4 +1552,407 @@ fn a_ticket_refused_by_the_cs_is_not_stored() {
     let mut epi = conn.detach_cs().expect("work left");
     epi.in_flight_done(Err(CsError::Unreachable("gone".into())));
     assert_eq!(store.count("server:443"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8446 client MUSTs (docs/conformance.md): the ServerHello after an HRR, PSK selection
+
+/// A sequence D connection with the configured PSK/share offer, answered with `sh`.
+fn answer_with(cfg: ClientConfig, sh: impl FnOnce(&ClientHello<'_>) -> Vec<u8>) -> Error {
+    let mut conn = ClientConnection::new(Arc::new(cfg), "localhost", 443, false).unwrap();
+    let ch = plaintext_messages(&conn.take_tls()).remove(0);
+    let ch = ClientHello::parse(&ch).unwrap();
+    feed(&mut conn, &sh(&ch)).unwrap_err()
+}
+
+/// A ServerHello echoing `ch`'s session id, selecting `suite`, with `exts` and
+/// supported_versions.
+fn sh_for(ch: &ClientHello<'_>, suite: CipherSuite, exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut all = vec![(SUPPORTED_VERSIONS_13.0, SUPPORTED_VERSIONS_13.1.to_vec())];
+    all.extend_from_slice(exts);
+    server_hello([1; 32], ch.legacy_session_id, suite.get(), &all)
+}
+
+const SELECTED_PSK_0: (u16, [u8; 2]) = (41, [0, 0]);
+
+#[test]
+fn server_hello_after_a_hello_retry_request_keeps_its_suite() {
+    // RFC 8446 §4.1.4: the ServerHello's cipher suite is the HRR's (illegal_parameter).
+    let (mut conn, _, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    let sh = sh_for(
+        &ch2,
+        CipherSuite::TlsAes256GcmSha384,
+        &[key_share(NamedGroup::Secp256r1, &[4; 65])],
+    );
+    let e = feed(&mut conn, &sh).unwrap_err();
+    assert_eq!(
+        e,
+        PeerMisbehaved::SelectedDifferentCipherSuiteAfterRetry.into()
+    );
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn server_hello_after_a_hello_retry_request_keeps_its_group() {
+    // RFC 8446 §4.2.8: after an HRR naming a group, the ServerHello's key share is for that
+    // group (illegal_parameter).
+    let (mut conn, _, _, ch2) = retry_on_the_wire(
+        engine_config(),
+        CipherSuite::TlsAes128GcmSha256,
+        Some(NamedGroup::Secp256r1),
+        None,
+    );
+    let ch2 = ClientHello::parse(&ch2).unwrap();
+    let sh = sh_for(
+        &ch2,
+        CipherSuite::TlsAes128GcmSha256,
+        &[key_share(NamedGroup::X25519, &[9; 32])],
+    );
+    let e = feed(&mut conn, &sh).unwrap_err();
+    assert_eq!(e, PeerMisbehaved::WrongGroupForKeyShare.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn hello_retry_request_with_an_unoffered_suite_is_refused() {
+    // RFC 8446 §4.1.4: the HRR's cipher suite was offered (illegal_parameter).
+    let cfg = ClientConfig {
+        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
+        ..engine_config()
+    };
+    let e = answer_with(cfg, |ch| {
+        hello_retry_request(
+            ch.legacy_session_id,
+            CipherSuite::TlsAes256GcmSha384,
+            Some(NamedGroup::Secp256r1),
+            None,
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::SelectedUnofferedCipherSuite.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn selected_psk_must_have_the_hash_of_the_selected_suite() {
+    // RFC 8446 §4.2.11: a SHA-256 ticket selected with a SHA-384 suite (illegal_parameter).
+    let e = answer_with(resuming(early_ticket(0, None), None), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes256GcmSha384,
+            &[
+                key_share(NamedGroup::X25519, &[9; 32]),
+                (SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec()),
+            ],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::SelectedPskWithWrongHash.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn psk_key_exchange_mode_must_be_one_offered() {
+    // RFC 8446 §4.2.9: psk_dhe_ke only offered, the server answers psk_ke (no key_share)…
+    let e = answer_with(resuming(early_ticket(0, None), None), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[(SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec())],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnofferedPskKeyExchangeMode.into());
+    // …and psk_ke only offered, the server answers psk_dhe_ke.
+    let cfg = ClientConfig {
+        psk_modes: vec![PskKeyExchangeMode::PskKe],
+        ..resuming(early_ticket(0, None), None)
+    };
+    let e = answer_with(cfg, |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[
+                key_share(NamedGroup::X25519, &[9; 32]),
+                (SELECTED_PSK_0.0, SELECTED_PSK_0.1.to_vec()),
+            ],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnofferedPskKeyExchangeMode.into());
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8446 client MUSTs: the server flight (RFC 8448 §3 flights, altered and re-sealed)
+
+/// Feeds the RFC 8448 §3 ServerHello and the flight of `messages` to a replayed connection
+/// configured with `cfg`.
+fn rfc_flight_error(cfg: ClientConfig, messages: &[Vec<u8>]) -> Error {
+    let mut conn = rfc_replay(cfg);
+    let (sh, flight) = rfc_flight(messages);
+    conn.read_tls(&sh);
+    conn.read_tls(&flight);
+    let e = conn.process_new_packets().unwrap_err();
+    assert!(conn.is_handshaking(), "no handshake completes after {e:?}");
+    e
+}
+
+fn rfc_message(name: &str) -> Vec<u8> {
+    hexv(&rfc_1rtt()["messages"][name])
+}
+
+const ALPN: u16 = 16;
+
+#[test]
+fn encrypted_extensions_may_not_accept_what_was_not_offered() {
+    let cert = rfc_message("server_certificate");
+    let cv = rfc_message("server_certificate_verify");
+    // RFC 8446 §4.2.10: early_data in EncryptedExtensions without an offer.
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[rfc_ee_with(&[(42, vec![])]), cert.clone(), cv.clone()],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedEarlyDataExtension.into());
+    // RFC 7301 §3.2 (RFC 8446 §4.2: only extensions the client offered): an ALPN protocol
+    // the client did not list, with or without an ALPN offer.
+    let h2 = (ALPN, vec![0, 3, 2, b'h', b'2']);
+    for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
+        let e = rfc_flight_error(
+            ClientConfig {
+                alpn,
+                ..ClientConfig::default()
+            },
+            &[
+                rfc_ee_with(std::slice::from_ref(&h2)),
+                cert.clone(),
+                cv.clone(),
+            ],
+        );
+        assert_eq!(e, PeerMisbehaved::UnofferedAlpnProtocol.into());
+    }
+}
+
+#[test]
+fn certificate_request_context_must_be_empty_in_the_handshake() {
+    // RFC 8446 §4.3.2: "certificate_request_context ... SHALL be zero length" in the handshake.
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut body = vec![1, 0x77]; // context: one byte
+    body.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&sig_algs);
+    let mut cr = vec![13, 0, 0, body.len() as u8];
+    cr.extend_from_slice(&body);
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[]),
+            cr,
+            rfc_message("server_certificate"),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::IllegalCertificateRequestContext.into());
+    assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+}
+
+#[test]
+fn server_certificate_needs_an_empty_context_and_a_certificate() {
+    // RFC 8446 §4.4.2: the server's certificate_request_context is empty…
+    let with_context = vec![11, 0, 0, 5, 1, 0x99, 0, 0, 0];
+    let e = rfc_flight_error(ClientConfig::default(), &[rfc_ee_with(&[]), with_context]);
+    assert_eq!(e, PeerMisbehaved::ServerCertificateWithContext.into());
+    // …and §4.4.2.4: an empty certificate_list is decode_error.
+    let empty = vec![11, 0, 0, 4, 0, 0, 0, 0];
+    let e = rfc_flight_error(ClientConfig::default(), &[rfc_ee_with(&[]), empty]);
+    assert_eq!(e, PeerMisbehaved::EmptyServerCertificate.into());
+    assert_eq!(e.alert(), Some(AlertDescription::DecodeError));
+}
+
+#[test]
+fn a_psk_handshake_has_no_certificate_request() {
+    // RFC 8446 §4.3.2: a server authenticating with a PSK MUST NOT send a
+    // CertificateRequest in the main handshake: after its EncryptedExtensions a PSK handshake
+    // takes the server Finished only (unexpected_message).
+    let (mut conn, _, _) = early_attempt(early_ticket(0, None), &[], b"");
+    let Some(State::ServerHello(sh)) = conn.state.take() else {
+        panic!("waiting for the ServerHello");
+    };
+    let sh = *sh;
+    let suite = CipherSuite::TlsAes128GcmSha256;
+    let state = Box::new(ExpectEncryptedExtensions {
+        hs: Handshake {
+            suite,
+            hash: HashAlg::Sha256,
+            transcript: sh.transcript,
+            early: None,
+            server_hs: Secret::from_bytes(&[0; 32]),
+            schedule: Schedule::Cs {
+                session_id: Vec::new(),
+                server_flight: Vec::new(),
+            },
+        },
+        psk: Some(SelectedPsk {
+            index: 0,
+            ticket: sh.psks.into_iter().next().and_then(|p| p.ticket),
+        }),
+        early_data_offered: false,
+    });
+    let ee = HandshakeMessage {
+        typ: HandshakeType::EncryptedExtensions,
+        encoded: vec![8, 0, 0, 2, 0, 0],
+    };
+    let next = state.handle(&mut conn.core, &ee).unwrap();
+    assert!(matches!(next, State::Finished(_)));
+    conn.state = Some(next);
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut cr = vec![13, 0, 0, 3 + sig_algs.len() as u8, 0];
+    cr.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    cr.extend_from_slice(&sig_algs);
+    let e = conn
+        .handle_message(HandshakeMessage {
+            typ: HandshakeType::CertificateRequest,
+            encoded: cr,
+        })
+        .unwrap_err();
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn post_handshake_certificate_request_needs_post_handshake_auth_offered() {
+    // RFC 8446 §4.6.2: a client that did not send post_handshake_auth gets no
+    // CertificateRequest after the handshake (unexpected_message).
+    let s = rfc_1rtt();
+    let recs = s["records"].as_array().unwrap();
+    let mut conn = rfc_replay(ClientConfig::default());
+    conn.read_tls(&hexv(&recs[1]["record"]));
+    conn.read_tls(&hexv(&recs[2]["record"]));
+    conn.process_new_packets().unwrap();
+    assert!(!conn.is_handshaking());
+    let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
+    let mut cr = vec![13, 0, 0, 4 + sig_algs.len() as u8, 1, 0x42];
+    cr.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
+    cr.extend_from_slice(&sig_algs);
+    conn.read_tls(&rfc_seal(&cr, "server_application"));
+    let e = conn.process_new_packets().unwrap_err();
+    assert_eq!(e, PeerMisbehaved::UnsolicitedPostHandshakeAuth.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn the_server_answers_no_extension_that_was_not_offered() {
+    // RFC 8446 §4.2: "Implementations MUST NOT send extension responses if the remote
+    // endpoint did not send the corresponding extension requests, with the exception of the
+    // "cookie" extension in the HelloRetryRequest" (unsupported_extension).
+    let unknown = (0x7a7a, vec![]);
+    // ServerHello.
+    let e = answer_with(engine_config(), |ch| {
+        sh_for(
+            ch,
+            CipherSuite::TlsAes128GcmSha256,
+            &[key_share(NamedGroup::X25519, &[9; 32]), unknown.clone()],
+        )
+    });
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+    // HelloRetryRequest: an unknown extension is refused, the cookie is not.
+    let e = answer_with(engine_config(), |ch| {
+        let mut hrr = hello_retry_request(
+            ch.legacy_session_id,
+            CipherSuite::TlsAes128GcmSha256,
+            Some(NamedGroup::Secp256r1),
+            Some(b"cookie"),
+        );
+        // Append the unknown extension (type, zero length) and fix the lengths.
+        hrr.extend_from_slice(&[0x7a, 0x7a, 0, 0]);
+        let body = hrr.len() - 4;
+        hrr[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+        let at = 4 + 2 + 32 + 1 + ch.legacy_session_id.len() + 3;
+        let exts = u16::from_be_bytes([hrr[at], hrr[at + 1]]) + 4;
+        hrr[at..at + 2].copy_from_slice(&exts.to_be_bytes());
+        hrr
+    });
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    // EncryptedExtensions.
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[unknown]),
+            rfc_message("server_certificate"),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+}
+
+#[test]
+fn a_key_update_inside_the_handshake_is_unexpected() {
+    // RFC 8446 §4.6.3: KeyUpdate only after the Finished messages; in the server's flight it
+    // is a message out of order (unexpected_message).
+    let ku = lurk_proto::wire::encode_key_update(KeyUpdateRequest::UpdateRequested);
+    let e = rfc_flight_error(ClientConfig::default(), &[ku]);
+    assert!(
+        matches!(
+            e,
+            Error::InappropriateHandshakeMessage {
+                got: HandshakeType::KeyUpdate,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
+}
+
+#[test]
+fn without_a_suitable_key_the_client_certificate_is_empty() {
+    // RFC 8446 §4.4.2: "If the server requests client authentication but no suitable
+    // certificate is available, the client MUST send a Certificate message containing no
+    // certificates".
+    let cr = |scheme: SignatureScheme| {
+        let mut body = vec![0u8];
+        let s = scheme.get().to_be_bytes();
+        body.extend_from_slice(&[0, 8, 0, 13, 0, 4, 0, 2, s[0], s[1]]);
+        let mut m = vec![13, 0, 0, body.len() as u8];
+        m.extend_from_slice(&body);
+        m
+    };
+    let key = crate::config::ClientKey {
+        key_id: "p256".into(),
+        certificate_chain: vec![vec![0x30, 0x03, 0x02, 0x01, 0x01]],
+        signature_schemes: vec![SignatureScheme::EcdsaSecp256r1Sha256],
+    };
+    let core_with = |client_key| {
+        let (conn, _) = started();
+        let mut core = conn.core;
+        core.config = Arc::new(ClientConfig {
+            client_key,
+            ..(*core.config).clone()
+        });
+        core
+    };
+    let certs = |encoded: &[u8]| {
+        lurk_proto::wire::Certificate::parse(encoded)
+            .unwrap()
+            .entries
+            .len()
+    };
+    // No key configured; a key the server's schemes exclude.
+    for (client_key, scheme) in [
+        (None, SignatureScheme::EcdsaSecp256r1Sha256),
+        (Some(key.clone()), SignatureScheme::Ed25519),
+    ] {
+        let (encoded, key_id) =
+            server_flight::client_certificate(&core_with(client_key), &cr(scheme)).unwrap();
+        assert_eq!(certs(&encoded), 0);
+        assert!(key_id.is_empty());
+    }
+    // The key fits: its chain goes.
+    let (encoded, key_id) = server_flight::client_certificate(
+        &core_with(Some(key)),
+        &cr(SignatureScheme::EcdsaSecp256r1Sha256),
+    )
+    .unwrap();
+    assert_eq!(certs(&encoded), 1);
+    assert_eq!(key_id, "p256");
 }

@@ -539,8 +539,8 @@ pub struct OfferedPsk {
 /// The engine's ClientHello encoder. Extensions are written in this order: server_name,
 /// supported_versions, supported_groups, signature_algorithms, signature_algorithms_cert,
 /// key_share, ALPN, psk_key_exchange_modes, post_handshake_auth, early_data, cookie,
-/// record_size_limit, then pre_shared_key last (RFC 8446 §4.2.11) with zero-filled binders
-/// for the CS (or the engine) to compute over the truncated message.
+/// record_size_limit, padding, then pre_shared_key last (RFC 8446 §4.2.11) with zero-filled
+/// binders for the CS (or the engine) to compute over the truncated message.
 #[derive(Clone, Debug)]
 pub struct ClientHelloBuilder {
     random: [u8; 32],
@@ -558,6 +558,7 @@ pub struct ClientHelloBuilder {
     early_data: bool,
     cookie: Option<Vec<u8>>,
     record_size_limit: Option<u16>,
+    padding: Option<usize>,
     psks: Vec<OfferedPsk>,
 }
 
@@ -581,8 +582,36 @@ impl ClientHelloBuilder {
             early_data: false,
             cookie: None,
             record_size_limit: None,
+            padding: None,
             psks: Vec::new(),
         }
+    }
+
+    /// The builder of the second ClientHello (RFC 8446 §4.1.2): this one without early_data,
+    /// with the HelloRetryRequest's `cookie`, with `share` as the only key share when the HRR
+    /// names a group (else the same shares), and `psks` in place of the offered PSKs (the
+    /// same identities in the same order, those unusable with the HRR's suite left out, with
+    /// new ages). Everything else is kept, so it encodes to the same bytes;
+    /// [`check_second_client_hello`](super::check_second_client_hello) is the rule.
+    pub fn retry(
+        &self,
+        cookie: Option<&[u8]>,
+        share: Option<(NamedGroup, &[u8])>,
+        psks: Vec<OfferedPsk>,
+    ) -> Self {
+        let mut b = self.clone();
+        b.early_data = false;
+        b.cookie = cookie.map(<[u8]>::to_vec);
+        if let Some((group, key)) = share {
+            b.key_shares = vec![(group, key.to_vec())];
+        }
+        b.psks = psks;
+        b
+    }
+
+    /// The PSKs offered, in order.
+    pub fn psks(&self) -> &[OfferedPsk] {
+        &self.psks
     }
 
     /// legacy_session_id: 32 random bytes in middlebox compatibility mode (RFC 8446
@@ -658,6 +687,12 @@ impl ClientHelloBuilder {
 
     pub fn record_size_limit(mut self, limit: u16) -> Self {
         self.record_size_limit = Some(limit);
+        self
+    }
+
+    /// A padding extension (RFC 7685) of `len` zero bytes, before pre_shared_key.
+    pub fn padding(mut self, len: Option<usize>) -> Self {
+        self.padding = len;
         self
     }
 
@@ -834,6 +869,12 @@ impl ClientHelloBuilder {
         if let Some(l) = self.record_size_limit {
             ext(b, ExtensionType::RecordSizeLimit, |b| {
                 put_u16(b, l);
+                Ok(())
+            })?;
+        }
+        if let Some(n) = self.padding {
+            ext(b, ExtensionType::Padding, |b| {
+                b.resize(b.len() + n, 0);
                 Ok(())
             })?;
         }

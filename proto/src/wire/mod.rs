@@ -6,6 +6,7 @@
 //! - [`hello`]: ClientHello / ServerHello / HelloRetryRequest views, ClientHello splicing
 //!   for the Crypto Service, and [`ClientHelloBuilder`] for the engine.
 //! - [`messages`]: the other handshake messages (views and encoders).
+//! - [`retry`]: what the second ClientHello may change after a HelloRetryRequest.
 //!
 //! Views borrow the input (zero-copy) and check the structural rules of RFC 8446 while
 //! parsing ("parse, don't validate"); nothing here re-encodes a received message.
@@ -15,6 +16,7 @@ pub mod extensions;
 pub mod handshake;
 pub mod hello;
 pub mod messages;
+pub mod retry;
 
 #[cfg(test)]
 mod mutation_tests;
@@ -36,6 +38,7 @@ pub use messages::{
     encode_key_update, message_hash, Certificate, CertificateEntry, CertificateRequest,
     CertificateVerify, EncryptedExtensions, EndOfEarlyData, Finished, KeyUpdate, NewSessionTicket,
 };
+pub use retry::check_second_client_hello;
 
 use std::fmt;
 
