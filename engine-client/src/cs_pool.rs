@@ -42,6 +42,9 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::cs_client::{perform, CsCall, CsEndpoint, CsError, CsReply};
 
+/// The gRPC service name the health check asks about first.
+const CS_SERVICE: &str = pb::crypto_service_server::SERVICE_NAME;
+
 /// Resolves `host:port` to addresses (the default is tokio's `lookup_host`). A custom one plugs
 /// in another discovery mechanism.
 pub type Resolver = Arc<
@@ -590,36 +593,43 @@ impl CsPool {
     }
 }
 
-/// `grpc.health.v1.Health/Check` for the whole server (service `""`); a CS without the
-/// health service is healthy when its `Ping` answers.
+/// `grpc.health.v1.Health/Check` for the CryptoService, or for the whole server (service
+/// `""`) when the CS does not report the service by name; a CS without the health service
+/// (UNIMPLEMENTED) is healthy when its `Ping` answers.
 async fn check_health(channel: &Channel, timeout: Duration) -> Result<(), String> {
     let mut health = HealthClient::new(channel.clone());
-    let req = HealthCheckRequest {
-        service: String::new(),
-    };
-    match tokio::time::timeout(timeout, health.check(req)).await {
-        Err(_) => Err(format!("health check timed out after {timeout:?}")),
-        Ok(Ok(resp)) => {
-            let status = resp.into_inner().status;
-            if status == ServingStatus::Serving as i32 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "health: {}",
-                    ServingStatus::try_from(status).map_or("unknown status", |s| s.as_str_name())
-                ))
+    for service in [CS_SERVICE, ""] {
+        let req = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        match tokio::time::timeout(timeout, health.check(req)).await {
+            Err(_) => return Err(format!("health check timed out after {timeout:?}")),
+            Ok(Ok(resp)) => {
+                let status = resp.into_inner().status;
+                return if status == ServingStatus::Serving as i32 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "health of {service:?}: {}",
+                        ServingStatus::try_from(status)
+                            .map_or("unknown status", |s| s.as_str_name())
+                    ))
+                };
             }
-        }
-        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-            let mut cs = CryptoServiceClient::new(channel.clone());
-            match tokio::time::timeout(timeout, cs.ping(pb::PingRequest {})).await {
-                Err(_) => Err(format!("ping timed out after {timeout:?}")),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(s)) => Err(format!("ping: {}", CsError::from(s))),
+            // The service is not reported by name: the server's overall status.
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound && !service.is_empty() => {}
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                let mut cs = CryptoServiceClient::new(channel.clone());
+                return match tokio::time::timeout(timeout, cs.ping(pb::PingRequest {})).await {
+                    Err(_) => Err(format!("ping timed out after {timeout:?}")),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(s)) => Err(format!("ping: {}", CsError::from(s))),
+                };
             }
+            Ok(Err(s)) => return Err(format!("health check: {}", CsError::from(s))),
         }
-        Ok(Err(s)) => Err(format!("health check: {}", CsError::from(s))),
     }
+    Err("health: the CS reports neither its service nor itself".into())
 }
 
 /// The way one connection reaches the CS: its LURK session stays on the replica its first
@@ -879,6 +889,78 @@ mod tests {
         CsPool::mark_healthy(&r);
         pool.set_aside(&r, "test");
         assert_eq!(lock(&r.health).backoff.as_secs(), 10);
+    }
+
+    /// A real grpc.health.v1 server (tonic-health, what a CS serves) on loopback.
+    async fn health_server() -> (tonic_health::server::HealthReporter, SocketAddr) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (reporter, addr)
+    }
+
+    /// The check asks for the CryptoService by name, then for the whole server when the name
+    /// is not reported; anything but SERVING fails it.
+    #[tokio::test]
+    async fn health_check_reads_the_service_then_the_server() {
+        let (mut reporter, addr) = health_server().await;
+        let ch = endpoint().channel(&format!("http://{addr}"), None).unwrap();
+        let t = Duration::from_secs(5);
+        check_health(&ch, t).await.expect("\"\" is SERVING");
+        reporter
+            .set_service_status(CS_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        let e = check_health(&ch, t).await.unwrap_err();
+        assert!(e.contains("NOT_SERVING") && e.contains(CS_SERVICE), "{e}");
+        reporter
+            .set_service_status(CS_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
+        check_health(&ch, t).await.expect("the service is SERVING");
+        reporter.clear_service_status(CS_SERVICE).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let e = check_health(&ch, t).await.unwrap_err();
+        assert!(e.contains("NOT_SERVING"), "{e}");
+    }
+
+    /// A replica whose health turns NOT_SERVING (a CS draining) is set aside by the periodic
+    /// check and comes back when it serves again.
+    #[tokio::test]
+    async fn not_serving_replica_is_set_aside_and_comes_back() {
+        let (reporter, addr) = health_server().await;
+        let opts = CsPoolOptions {
+            health_interval: Duration::from_millis(30),
+            backoff_min: Duration::from_millis(30),
+            backoff_max: Duration::from_millis(60),
+            ..CsPoolOptions::default()
+        };
+        let pool = CsPool::new(&endpoint(), &[format!("http://{addr}")], opts).unwrap();
+        let healthy = |want: bool| {
+            let pool = pool.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while pool.replicas()[0].healthy != want {
+                    assert!(Instant::now() < deadline, "{:?}", pool.replicas());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        healthy(false).await;
+        assert!(pool.replicas()[0].failures >= 1);
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        healthy(true).await;
     }
 
     #[test]

@@ -533,3 +533,42 @@ fn a_replica_set_aside_comes_back_by_its_health_probe() {
         assert!(after.sessions > back.sessions, "{after:?}");
     });
 }
+
+/// The command line: `--cs` repeated and comma-separated, the first URL dead. `cs-info`
+/// lists every replica, and `get` (three connections) succeeds through the live ones.
+#[test]
+fn cli_takes_several_cs_urls() {
+    let setup = DevSetup::new();
+    let cs = start_replicas(&setup, 2);
+    let dead = free_addr();
+    let mut s_args: Vec<String> = vec!["-www".into(), "-num_tickets".into(), "0".into()];
+    s_args.extend(certs().cert_args("server-ecdsa-p256"));
+    let server = SServer::start(&s_args);
+    // `--cs URL --cs-ca … --cs-cert … --cs-key …` of the first replica, URL replaced.
+    let mut args = cs[0].engine_args("engine");
+    args[1] = format!("https://{dead},{}", cs[0].url());
+    args.extend(["--cs".into(), cs[1].url()]);
+    let mut info = vec!["cs-info".to_owned()];
+    info.extend(args.iter().cloned());
+    let out = lurk_e2e::engine::EngineProc::spawn(&info).finish();
+    out.assert_success();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("replicas: "))
+        .unwrap_or_else(|| panic!("no replica list:\n{}", out.describe()));
+    for a in [dead.to_string(), cs[0].addr.clone(), cs[1].addr.clone()] {
+        assert!(line.contains(&a), "{a} missing from {line:?}");
+    }
+    args.extend([
+        "--ca".into(),
+        lurk_e2e::openssl::path_str(&certs().ca_all()),
+        "--resume".into(),
+        "2".into(),
+    ]);
+    let out = lurk_e2e::engine::EngineRun::get(&server.url(), &args);
+    out.assert_success().assert_connections(3);
+    let logs: Vec<usize> = cs.iter().map(rpcs).collect();
+    println!("RPCs per live replica: {logs:?}");
+    assert!(logs.iter().all(|n| *n > 0), "{logs:?}");
+}
