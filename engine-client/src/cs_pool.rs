@@ -413,19 +413,22 @@ impl CsPool {
             .cloned()
     }
 
-    /// Sets `r` aside after a failure; the background task probes it after the backoff.
+    /// Sets `r` aside after a failure; the background task probes it after the backoff. The
+    /// backoff doubles when a failure comes once it ran out (a failed probe), not for each of
+    /// the calls that were out together when the replica went away.
     fn set_aside(&self, r: &Replica, why: &str) {
         r.failures.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let mut h = lock(&r.health);
-        h.backoff = if h.healthy || h.backoff.is_zero() {
-            self.inner.opts.backoff_min
-        } else {
-            (h.backoff * 2).min(self.inner.opts.backoff_max)
-        };
-        h.next_probe = Instant::now() + h.backoff;
-        if h.healthy {
+        if h.healthy || h.backoff.is_zero() {
             tracing::warn!(replica = %r.url, "CS replica set aside: {why}");
+            h.backoff = self.inner.opts.backoff_min;
+        } else if now >= h.next_probe {
+            h.backoff = (h.backoff * 2).min(self.inner.opts.backoff_max);
+        } else {
+            return;
         }
+        h.next_probe = now + h.backoff;
         h.healthy = false;
         drop(h);
         self.inner.wake.notify_one();
@@ -869,7 +872,7 @@ mod tests {
         assert!(Arc::ptr_eq(&pool.pick(&[]).unwrap(), &rs[2]));
     }
 
-    /// The backoff doubles at each failure, up to backoff_max, and resets on success.
+    /// The backoff doubles at each failed probe, up to backoff_max, and resets on success.
     #[tokio::test]
     async fn backoff_doubles_and_resets() {
         let opts = CsPoolOptions {
@@ -883,9 +886,14 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..4 {
             pool.set_aside(&r, "test");
+            // Calls failing together within the backoff do not lengthen it.
+            pool.set_aside(&r, "test");
             seen.push(lock(&r.health).backoff.as_secs());
+            // The backoff runs out: the next failure is a failed probe.
+            lock(&r.health).next_probe = Instant::now();
         }
         assert_eq!(seen, [10, 20, 35, 35]);
+        assert_eq!(pool.replicas()[0].failures, 8);
         CsPool::mark_healthy(&r);
         pool.set_aside(&r, "test");
         assert_eq!(lock(&r.health).backoff.as_secs(), 10);
