@@ -1,5 +1,6 @@
-//! The engine's connection to the Crypto Service: one HTTP/2 channel (mTLS unless the CS is
-//! a plaintext development listener), reused by every connection the engine makes.
+//! The engine's connection to one Crypto Service: one HTTP/2 channel (mTLS unless the CS is
+//! a plaintext development listener), reused by every connection the engine makes. Several
+//! replicas: [`crate::cs_pool::CsPool`].
 
 use std::fmt;
 use std::path::Path;
@@ -45,13 +46,21 @@ impl CsEndpoint {
 
     /// Opens the channel (lazily: the first call connects).
     pub fn connect_lazy(&self) -> Result<CryptoServiceClient<Channel>, CsError> {
-        let mut ep = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| CsError::Config(format!("CS URL {:?}: {e}", self.url)))?
+        Ok(CryptoServiceClient::new(
+            self.channel(&self.url, self.domain.as_deref())?,
+        ))
+    }
+
+    /// A lazy channel to `url` with these credentials and `domain` as TLS server name (the
+    /// URL's host when `None`).
+    pub(crate) fn channel(&self, url: &str, domain: Option<&str>) -> Result<Channel, CsError> {
+        let mut ep = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| CsError::Config(format!("CS URL {url:?}: {e}")))?
             .tcp_nodelay(true)
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .connect_timeout(std::time::Duration::from_secs(5));
-        if self.url.starts_with("https://") {
+        if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.ca_pem {
                 tls = tls.ca_certificate(Certificate::from_pem(ca));
@@ -59,14 +68,14 @@ impl CsEndpoint {
             if let Some((cert, key)) = &self.identity_pem {
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
-            if let Some(d) = &self.domain {
-                tls = tls.domain_name(d.clone());
+            if let Some(d) = domain {
+                tls = tls.domain_name(d);
             }
             ep = ep
                 .tls_config(tls)
                 .map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
         }
-        Ok(CryptoServiceClient::new(ep.connect_lazy()))
+        Ok(ep.connect_lazy())
     }
 }
 
@@ -75,6 +84,7 @@ impl CsEndpoint {
 pub enum CsError {
     #[error("CS configuration: {0}")]
     Config(String),
+    /// No answer from the CS (connect refused, connection lost, UNAVAILABLE).
     #[error("CS unreachable: {0}")]
     Unreachable(String),
     #[error("CS refused the exchange with LURK status {status}: {message}")]
@@ -100,16 +110,36 @@ impl From<tonic::Status> for CsError {
                 message: s.message().to_owned(),
             };
         }
+        // A status with a source is the client's own (connect refused, connection lost,
+        // hyper/h2 error): the CS never answered.
+        let transport = std::error::Error::source(&s).is_some();
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                Self::Unreachable(s.message().to_owned())
+                Self::Unreachable(with_causes(&s))
             }
+            code if transport => Self::Unreachable(format!("{code:?}: {}", with_causes(&s))),
             code => Self::Other {
                 code,
                 message: s.message().to_owned(),
             },
         }
     }
+}
+
+/// The status message followed by the distinct messages of its sources ("tcp connect error:
+/// Connection refused (os error 111)").
+fn with_causes(s: &tonic::Status) -> String {
+    let mut m = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let t = e.to_string();
+        if !m.contains(&t) {
+            m.push_str(": ");
+            m.push_str(&t);
+        }
+        source = e.source();
+    }
+    m
 }
 
 /// A call to the CS the state machine asks its driver to make (one LURK exchange).

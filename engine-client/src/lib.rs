@@ -1,7 +1,8 @@
 //! The LURK engine: a TLS 1.3 client that holds no long-term secret and calls the Crypto
 //! Service whenever a credential is involved.
 //!
-//! - [`cs_client`]: the channel to the Crypto Service (mTLS, one HTTP/2 connection reused).
+//! - [`cs_client`]: the channel to one Crypto Service (mTLS, one HTTP/2 connection reused);
+//!   [`cs_pool`]: several CS replicas (DNS names re-resolved, sessions pinned, health checks).
 //!
 //! Sans-IO record layer (bytes in → records, messages and events out; no sockets here):
 //!
@@ -24,6 +25,7 @@ pub mod alert;
 pub mod config;
 pub mod conn;
 pub mod cs_client;
+pub mod cs_pool;
 pub mod deframer;
 pub mod error;
 pub mod joiner;

@@ -4,6 +4,12 @@
 //! - `get URL`: `GET path HTTP/1.0`, prints the response body (read until EOF);
 //! - `connect HOST:PORT`: like `openssl s_client`: stdin to the server (a line `k` / `K` alone
 //!   sends a KeyUpdate, not requesting / requesting the server's), server to stdout.
+//!
+//! `--cs` takes one or more CS URLs (repeated flag or comma list); a host name stands for all
+//! its addresses, re-resolved every `--cs-resolve-interval` seconds. The replicas are a
+//! [`lurk_engine::cs_pool::CsPool`]: sessions pinned to their replica, new ones to the least
+//! loaded healthy replica, unreachable replicas set aside (`--cs-health-interval`,
+//! `--cs-backoff-max`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -14,15 +20,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk};
 use lurk_engine::cs_client::{CsEndpoint, CsError};
+use lurk_engine::cs_pool::{CsPool, CsPoolOptions};
 use lurk_engine::tickets::MemoryTicketStore;
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::{Connector, TlsStream};
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, PskKeyExchangeMode, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tonic::transport::Channel;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,8 +46,10 @@ struct Cli {
 #[derive(Args, Clone)]
 struct CsArgs {
     /// CS URL: https://host:port (mTLS) or http://host:port (plaintext development CS).
-    #[arg(long, env = "LURK_CS")]
-    cs: String,
+    /// Several replicas: repeat the flag or separate URLs with commas; a host name stands for
+    /// every address it resolves to (re-resolved every --cs-resolve-interval).
+    #[arg(long, env = "LURK_CS", value_delimiter = ',', required = true)]
+    cs: Vec<String>,
     /// PEM CA of the CS certificate.
     #[arg(long)]
     cs_ca: Option<PathBuf>,
@@ -52,6 +59,42 @@ struct CsArgs {
     /// PEM key of that certificate.
     #[arg(long)]
     cs_key: Option<PathBuf>,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// How the engine follows several CS replicas.
+#[derive(Args, Clone)]
+struct PoolArgs {
+    /// Seconds between two resolutions of a CS host name.
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    cs_resolve_interval: f64,
+    /// Seconds between two health checks (grpc.health.v1, else Ping) of a healthy replica.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    cs_health_interval: f64,
+    /// Largest wait, in seconds, before a replica set aside is probed again (the wait starts at
+    /// 0.25 s and doubles).
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    cs_backoff_max: f64,
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: seconds between 0.01 and 86400")),
+    }
+}
+
+impl PoolArgs {
+    fn options(&self) -> CsPoolOptions {
+        let d = CsPoolOptions::default();
+        CsPoolOptions {
+            resolve_interval: Duration::from_secs_f64(self.cs_resolve_interval),
+            health_interval: Duration::from_secs_f64(self.cs_health_interval),
+            backoff_max: Duration::from_secs_f64(self.cs_backoff_max).max(d.backoff_min),
+            ..d
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,9 +114,10 @@ enum PskKeArg {
 #[derive(Args, Clone)]
 struct TlsArgs {
     /// CS URL (https:// mTLS, http:// plaintext); not needed for --ephemeral engine without
-    /// client key or external PSK.
-    #[arg(long, env = "LURK_CS")]
-    cs: Option<String>,
+    /// client key or external PSK. Several replicas: repeat the flag or separate URLs with
+    /// commas; a host name stands for every address it resolves to.
+    #[arg(long, env = "LURK_CS", value_delimiter = ',')]
+    cs: Vec<String>,
     /// PEM CA of the CS certificate.
     #[arg(long)]
     cs_ca: Option<PathBuf>,
@@ -83,6 +127,8 @@ struct TlsArgs {
     /// PEM key of that certificate.
     #[arg(long)]
     cs_key: Option<PathBuf>,
+    #[command(flatten)]
+    pool: PoolArgs,
     /// PEM trust anchors for the server's certificate.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -176,36 +222,46 @@ fn main() -> ExitCode {
     }
 }
 
-fn cs_client(
-    url: &str,
+/// The CS replicas of `urls`, reached with the credentials in the files.
+fn cs_pool(
+    urls: &[String],
     ca: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
-) -> Result<CryptoServiceClient<Channel>, BoxError> {
-    let ep = CsEndpoint::from_files(url, ca, cert, key)
+    pool: &PoolArgs,
+) -> Result<CsPool, BoxError> {
+    let urls: Vec<String> = urls
+        .iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let ep = CsEndpoint::from_files(urls.first().map_or("", String::as_str), ca, cert, key)
         .map_err(|e| format!("reading the CS credentials: {e}"))?;
-    Ok(ep.connect_lazy()?)
+    Ok(CsPool::new(&ep, &urls, pool.options())?)
+}
+
+async fn capabilities(pool: &CsPool) -> Result<pb::CapabilitiesResponse, CsError> {
+    Ok(pool
+        .call_any(|mut c| async move { c.capabilities(pb::CapabilitiesRequest {}).await })
+        .await?
+        .into_inner())
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::CsInfo { cs } => {
-            let mut client = cs_client(
+            let pool = cs_pool(
                 &cs.cs,
                 cs.cs_ca.as_deref(),
                 cs.cs_cert.as_deref(),
                 cs.cs_key.as_deref(),
+                &cs.pool,
             )?;
-            let ping = client
-                .ping(pb::PingRequest {})
-                .await
-                .map_err(CsError::from)?
+            let ping = pool
+                .call_any(|mut c| async move { c.ping(pb::PingRequest {}).await })
+                .await?
                 .into_inner();
-            let caps = client
-                .capabilities(pb::CapabilitiesRequest {})
-                .await
-                .map_err(CsError::from)?
-                .into_inner();
+            let caps = capabilities(&pool).await?;
             println!(
                 "CS version {} sees this engine as {:?}",
                 ping.version, ping.engine_identity
@@ -246,6 +302,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 "tickets: at most {} per engine, lifetime cap {} s",
                 caps.max_tickets_per_engine, caps.ticket_lifetime_seconds
             );
+            let replicas: Vec<String> = pool.replicas().into_iter().map(|r| r.url).collect();
+            println!("replicas: {}", replicas.join(", "));
             Ok(())
         }
         Command::Get { url, tls } => get(&url, &tls).await,
@@ -303,24 +361,22 @@ async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
     }
     cfg.ticket_store = Some(Arc::new(MemoryTicketStore::default()));
 
-    let cs = match &tls.cs {
-        Some(url) => Some(cs_client(
-            url,
+    let cs = if tls.cs.is_empty() {
+        None
+    } else {
+        Some(cs_pool(
+            &tls.cs,
             tls.cs_ca.as_deref(),
             tls.cs_cert.as_deref(),
             tls.cs_key.as_deref(),
-        )?),
-        None => None,
+            &tls.pool,
+        )?)
     };
     if tls.client_key.is_some() || tls.external_psk.is_some() {
-        let mut client = cs
-            .clone()
+        let pool = cs
+            .as_ref()
             .ok_or("--client-key and --external-psk need the Crypto Service (--cs)")?;
-        let caps = client
-            .capabilities(pb::CapabilitiesRequest {})
-            .await
-            .map_err(CsError::from)?
-            .into_inner();
+        let caps = capabilities(pool).await?;
         if let Some(id) = &tls.client_key {
             let k = caps
                 .keys
@@ -355,7 +411,10 @@ async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
             });
         }
     }
-    Ok(Connector::new(Arc::new(cfg), cs))
+    Ok(match cs {
+        Some(pool) => Connector::with_cs_pool(Arc::new(cfg), pool),
+        None => Connector::new(Arc::new(cfg), None),
+    })
 }
 
 /// host, port, path of `https://host[:port]/path` (or `host:port/path`).

@@ -14,6 +14,9 @@
 //! reach the store once the CS accepted them; [`Connector::connect`] waits for that work
 //! when the store has no ticket for the server, and [`Connector::wait_for_cs`] waits for all
 //! of it (before the process exits).
+//!
+//! The CS may be several replicas ([`CsPool`]): each connection's calls go through its own
+//! route, which keeps the connection's LURK session on the replica its first call reached.
 
 use std::future::Future;
 use std::io;
@@ -28,7 +31,8 @@ use tonic::transport::Channel;
 
 use crate::config::{ClientConfig, HandshakeSummary};
 use crate::conn::{ClientConnection, CsEpilogue};
-use crate::cs_client::{perform, CsCall, CsError, CsReply};
+use crate::cs_client::{CsCall, CsError, CsReply};
+use crate::cs_pool::{CsPool, CsRoute};
 use crate::error::Error;
 
 type CsFuture = Pin<Box<dyn Future<Output = Result<CsReply, CsError>> + Send>>;
@@ -69,7 +73,7 @@ impl Epilogues {
         rt: &tokio::runtime::Handle,
         mut epilogue: CsEpilogue,
         in_flight: Option<CsFuture>,
-        client: CryptoServiceClient<Channel>,
+        route: CsRoute,
     ) {
         self.0.send_modify(|n| *n += 1);
         let done = EpilogueDone(self.0.clone());
@@ -79,7 +83,7 @@ impl Epilogues {
                 epilogue.in_flight_done(fut.await);
             }
             if let Some(call) = epilogue.take_last_call() {
-                let reply = perform(client, call).await;
+                let reply = route.perform(call).await;
                 epilogue.last_done(reply);
             }
         });
@@ -95,11 +99,11 @@ impl Drop for EpilogueDone {
     }
 }
 
-/// Makes TLS connections with one configuration and one CS channel.
+/// Makes TLS connections with one configuration and one CS (one channel or a [`CsPool`]).
 #[derive(Clone)]
 pub struct Connector {
     config: Arc<ClientConfig>,
-    cs: Option<CryptoServiceClient<Channel>>,
+    cs: Option<CsPool>,
     epilogues: Epilogues,
 }
 
@@ -118,9 +122,23 @@ impl Connector {
     pub fn new(config: Arc<ClientConfig>, cs: Option<CryptoServiceClient<Channel>>) -> Self {
         Self {
             config,
-            cs,
+            cs: cs.map(CsPool::from_client),
             epilogues: Epilogues::new(),
         }
+    }
+
+    /// A connector calling the CS replicas of `pool`.
+    pub fn with_cs_pool(config: Arc<ClientConfig>, pool: CsPool) -> Self {
+        Self {
+            config,
+            cs: Some(pool),
+            epilogues: Epilogues::new(),
+        }
+    }
+
+    /// The CS replicas, if a CS is configured.
+    pub fn cs_pool(&self) -> Option<&CsPool> {
+        self.cs.as_ref()
     }
 
     /// Waits, at most `timeout`, for the CS work that connections left when they ended (ticket
@@ -155,11 +173,15 @@ impl Connector {
         }
         let mut conn =
             ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
+        let route = self.cs.clone().map(CsRoute::new);
         let mut buf = vec![0u8; READ_SIZE];
         let result: Result<(), Error> = async {
             loop {
                 while let Some(call) = conn.take_cs_call() {
-                    let reply = self.call(call).await;
+                    let reply = match &route {
+                        Some(r) => r.perform(call).await,
+                        None => Err(no_cs()),
+                    };
                     conn.cs_response(reply)?;
                 }
                 let out = conn.take_tls();
@@ -200,7 +222,7 @@ impl Connector {
         Ok(TlsStream {
             io,
             conn,
-            cs: self.cs.clone(),
+            cs: route,
             epilogues: self.epilogues.clone(),
             cs_fut: None,
             out: Vec::new(),
@@ -209,20 +231,18 @@ impl Connector {
             cs_closed: false,
         })
     }
+}
 
-    async fn call(&self, call: CsCall) -> Result<CsReply, CsError> {
-        match &self.cs {
-            Some(c) => perform(c.clone(), call).await,
-            None => Err(CsError::Config("no Crypto Service configured".into())),
-        }
-    }
+fn no_cs() -> CsError {
+    CsError::Config("no Crypto Service configured".into())
 }
 
 /// A TLS connection after its handshake.
 pub struct TlsStream<IO> {
     io: IO,
     conn: ClientConnection,
-    cs: Option<CryptoServiceClient<Channel>>,
+    /// The connection's way to the CS (its session's replica).
+    cs: Option<CsRoute>,
     epilogues: Epilogues,
     cs_fut: Option<CsFuture>,
     out: Vec<u8>,
@@ -308,9 +328,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     }
 
     fn start_cs(&mut self, call: CsCall) {
-        let fut: CsFuture = match self.cs.clone() {
-            Some(c) => Box::pin(perform(c, call)),
-            None => Box::pin(async { Err(CsError::Config("no Crypto Service configured".into())) }),
+        let fut: CsFuture = match &self.cs {
+            Some(route) => Box::pin(route.perform(call)),
+            None => Box::pin(async { Err(no_cs()) }),
         };
         self.cs_fut = Some(fut);
     }
@@ -457,8 +477,7 @@ impl<IO> TlsStream<IO> {
     /// a background task. False when it stays here (no runtime, or a call in flight that the
     /// connection still waits for).
     fn detach_cs(&mut self) -> bool {
-        let (Some(client), Ok(rt)) = (self.cs.clone(), tokio::runtime::Handle::try_current())
-        else {
+        let (Some(route), Ok(rt)) = (self.cs.clone(), tokio::runtime::Handle::try_current()) else {
             return false;
         };
         let Some(epilogue) = self.conn.detach_cs() else {
@@ -469,7 +488,7 @@ impl<IO> TlsStream<IO> {
         } else {
             None
         };
-        self.epilogues.spawn(&rt, epilogue, in_flight, client);
+        self.epilogues.spawn(&rt, epilogue, in_flight, route);
         true
     }
 }

@@ -153,11 +153,17 @@ impl DevSetup {
 
     /// Like [`start_with_env`](Self::start_with_env); `Err` holds the CS's log.
     pub fn try_start_with_env(&self, env: &[(&str, &str)]) -> Result<CsProcess, String> {
+        self.try_start_on("127.0.0.1:0", env)
+    }
+
+    /// Like [`try_start_with_env`](Self::try_start_with_env), listening on `listen`
+    /// (`127.0.0.2:PORT`: several replicas on one port, as behind one DNS name).
+    pub fn try_start_on(&self, listen: &str, env: &[(&str, &str)]) -> Result<CsProcess, String> {
         let mut cmd = Command::new(workspace_bin("lurk-cs"));
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,574 @@
+//! One engine, several `lurk-cs` replicas (real processes on one SoftHSM token set-up, real
+//! `openssl s_server`): the engine's [`CsPool`] spreads new sessions, keeps each session on its
+//! replica, steps around a dead replica, never retries a LURK refusal, and follows a DNS name.
+//!
+//! What each CS received is counted on the CS side: every replica logs the HTTP/2 frames it
+//! reads (`RUST_LOG=h2::codec::framed_read=debug`); one request HEADERS frame is one RPC. The
+//! replicas share the token and the SQLite store (full handshakes only: no resumption).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lurk_e2e::openssl::{certs, SServer};
+use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::config::ClientConfig;
+use lurk_engine::cs_pool::{CsPool, CsPoolOptions, ReplicaStatus, Resolver};
+use lurk_engine::verify::TrustAnchors;
+use lurk_engine::{Connector, ExternalPsk};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// What the replicas log: their refusals (info) and the HTTP/2 frames they read.
+const LOG: &str = "info,h2::codec::framed_read=debug";
+
+fn env() -> [(&'static str, &'static str); 1] {
+    [("RUST_LOG", LOG)]
+}
+
+/// Starts a replica on `listen`; SoftHSM's C_Login on a shared token fails now and then when
+/// processes start together (tests/src/lurk.rs), so starts are sequential and retried.
+fn start_on(setup: &DevSetup, listen: &str) -> CsProcess {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match setup.try_start_on(listen, &env()) {
+            Ok(cs) => return cs,
+            Err(e) => errors.push(e),
+        }
+    }
+    panic!("{}", errors.join("\n--- retry ---\n"))
+}
+
+fn start_replicas(setup: &DevSetup, n: usize) -> Vec<CsProcess> {
+    (0..n).map(|_| start_on(setup, "127.0.0.1:0")).collect()
+}
+
+/// The replica's log without terminal colour codes.
+fn log(cs: &CsProcess) -> String {
+    let mut out = String::new();
+    let mut rest = cs.log();
+    while let Some(i) = rest.find('\x1b') {
+        out.push_str(&rest[..i]);
+        rest = match rest[i..].find('m') {
+            Some(j) => rest[i + j + 1..].to_owned(),
+            None => String::new(),
+        };
+    }
+    out.push_str(&rest);
+    out
+}
+
+/// RPCs a replica received so far (request HEADERS frames).
+fn rpcs(cs: &CsProcess) -> usize {
+    log(cs)
+        .lines()
+        .filter(|l| l.contains("h2::codec::framed_read: received frame=Headers"))
+        .count()
+}
+
+/// LURK refusals a replica logged.
+fn refusals(cs: &CsProcess) -> usize {
+    log(cs).matches("exchange refused").count()
+}
+
+fn opts() -> CsPoolOptions {
+    CsPoolOptions {
+        // No periodic health checks during a test: every RPC a replica receives is a LURK
+        // exchange (a probe of a set-aside replica finds it dead and does not reach it).
+        health_interval: Duration::from_secs(3600),
+        ..CsPoolOptions::default()
+    }
+}
+
+fn pool(replicas: &[&CsProcess], urls: &[String], opts: CsPoolOptions) -> CsPool {
+    let ep = replicas[0].endpoint("engine");
+    CsPool::new(&ep, urls, opts).expect("pool")
+}
+
+fn config() -> Arc<ClientConfig> {
+    Arc::new(ClientConfig {
+        trust_anchors: TrustAnchors::from_pem_file(&certs().ca_all()).unwrap(),
+        resume: false,
+        ticket_store: None,
+        ..ClientConfig::default()
+    })
+}
+
+/// `openssl s_server` for full handshakes, no tickets.
+fn tls_server() -> SServer {
+    let mut a: Vec<String> = vec!["-num_tickets".into(), "0".into()];
+    a.extend(certs().cert_args("server-ecdsa-p256"));
+    SServer::start(&a)
+}
+
+/// One full handshake with the server, then close_notify.
+async fn handshake(c: &Connector, port: u16) -> Result<(), String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("TCP: {e}"))?;
+    let mut s = c
+        .connect(tcp, "localhost", port)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.shutdown().await;
+    Ok(())
+}
+
+fn status_of<'a>(p: &'a [ReplicaStatus], cs: &CsProcess) -> &'a ReplicaStatus {
+    status_at(p, &cs.addr)
+}
+
+fn status_at<'a>(p: &'a [ReplicaStatus], addr: &str) -> &'a ReplicaStatus {
+    p.iter()
+        .find(|r| r.url.contains(addr))
+        .unwrap_or_else(|| panic!("no replica {addr} in {p:#?}"))
+}
+
+/// Waits until the replicas' logs show `want` RPCs in all (the logs are read by threads).
+fn wait_rpcs(replicas: &[&CsProcess], want: u64) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<usize> = replicas.iter().map(|c| rpcs(c)).collect();
+        if counts.iter().sum::<usize>() as u64 >= want || Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Three replicas, sequential then concurrent full handshakes: every replica serves a fair
+/// share of the sessions, and what the pool counts is what the replicas received.
+#[test]
+fn load_is_spread_over_three_replicas() {
+    let setup = DevSetup::new();
+    let cs = start_replicas(&setup, 3);
+    let refs: Vec<&CsProcess> = cs.iter().collect();
+    let server = tls_server();
+    let port = server.port();
+    let urls: Vec<String> = cs.iter().map(CsProcess::url).collect();
+    rt().block_on(async {
+        let pool = pool(&refs, &urls, opts());
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        for i in 0..9 {
+            handshake(&c, port)
+                .await
+                .unwrap_or_else(|e| panic!("sequential handshake {i}: {e}"));
+        }
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..6 {
+                    handshake(&c, port)
+                        .await
+                        .unwrap_or_else(|e| panic!("worker {w} handshake {i}: {e}"));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        c.wait_for_cs(Duration::from_secs(5)).await;
+        let st = pool.replicas();
+        let answered: u64 = st.iter().map(|r| r.answered).sum();
+        let counts = wait_rpcs(&refs, answered);
+        println!(
+            "sessions per replica (pool): {:?}",
+            st.iter().map(|r| r.sessions).collect::<Vec<_>>()
+        );
+        println!("RPCs per replica (CS logs): {counts:?}, calls answered (pool): {answered}");
+        assert_eq!(st.len(), 3);
+        assert_eq!(st.iter().map(|r| r.sessions).sum::<u64>(), 33);
+        assert_eq!(counts.iter().sum::<usize>() as u64, answered, "{st:#?}");
+        for (r, n) in cs.iter().zip(&counts) {
+            let s = status_of(&st, r);
+            assert!(s.healthy && s.failures == 0, "{s:?}");
+            // 33 sessions of 3+ calls each: a fair share is 11 sessions; ask for 6.
+            assert!(
+                s.sessions >= 6,
+                "replica {} got {} sessions: {st:#?}",
+                r.addr,
+                s.sessions
+            );
+            assert!(*n >= 18, "replica {} received {n} RPCs: {counts:?}", r.addr);
+        }
+    });
+}
+
+/// Steady concurrent load over three replicas; one replica is SIGKILLed mid-load. Only the
+/// handshakes in flight on it fail, with an error naming it; every handshake started after
+/// the kill succeeds (first calls that find it dead go to another replica).
+#[test]
+fn sigkill_of_a_replica_costs_only_its_handshakes_in_flight() {
+    let setup = DevSetup::new();
+    let mut cs = start_replicas(&setup, 3);
+    let victim = cs.remove(1);
+    let victim_addr = victim.addr.clone();
+    let server = tls_server();
+    let port = server.port();
+    let urls: Vec<String> = std::iter::once(&victim)
+        .chain(cs.iter())
+        .map(CsProcess::url)
+        .collect();
+    let rt = rt();
+    let pool = rt.block_on(async { pool(&[&victim], &urls, opts()) });
+    let c = Connector::with_cs_pool(config(), pool.clone());
+    type Record = (Instant, Instant, Result<(), String>);
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (c, records, stop, done) = (c.clone(), records.clone(), stop.clone(), done.clone());
+        tasks.push(rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let r = handshake(&c, port).await;
+                records.lock().unwrap().push((start, Instant::now(), r));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let wait_done = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "load stalled at {n}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_done(30);
+    let before = pool.replicas();
+    assert!(
+        status_at(&before, &victim_addr).sessions > 0,
+        "the victim got no session before the kill: {before:#?}"
+    );
+    let kill_at = Instant::now();
+    victim.kill(); // SIGKILL, then waits for the process to be gone
+    let killed = Instant::now();
+    let after_kill = done.load(Ordering::Relaxed);
+    wait_done(after_kill + 40);
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+        c.wait_for_cs(Duration::from_secs(5)).await;
+    });
+    let records = records.lock().unwrap();
+    let failed: Vec<&Record> = records.iter().filter(|r| r.2.is_err()).collect();
+    println!(
+        "{} handshakes, {} failed (in flight on {victim_addr} when it was killed):",
+        records.len(),
+        failed.len()
+    );
+    for (s, e, r) in &failed {
+        println!(
+            "  started {:?} before the kill, ended {:?} after it: {}",
+            kill_at.saturating_duration_since(*s),
+            e.saturating_duration_since(kill_at),
+            r.as_ref().unwrap_err()
+        );
+    }
+    for (s, _, r) in &failed {
+        let e = r.as_ref().unwrap_err();
+        assert!(
+            *s < killed,
+            "a handshake started after the kill failed: {e}"
+        );
+        assert!(
+            e.contains(&victim_addr) && e.contains("lost the CS replica"),
+            "a failure that does not name the lost replica: {e}"
+        );
+    }
+    let later = records.iter().filter(|r| r.0 >= killed).count();
+    assert!(
+        later >= 30,
+        "only {later} handshakes started after the kill"
+    );
+    let st = pool.replicas();
+    println!("{st:#?}");
+    let v = status_at(&st, &victim_addr);
+    assert!(!v.healthy && v.failures >= 1, "{v:?}");
+    for r in &cs {
+        let s = status_of(&st, r);
+        assert!(s.healthy && s.failures == 0, "{s:?}");
+    }
+}
+
+/// A replica that is down when a handshake's first call reaches it: the call goes to another
+/// replica and the handshake succeeds; with every replica down the error names them all.
+#[test]
+fn first_call_to_a_dead_replica_is_retried_on_another() {
+    let setup = DevSetup::new();
+    let mut cs = start_replicas(&setup, 2);
+    let live = cs.pop().unwrap();
+    let dead = cs.pop().unwrap();
+    let dead_addr = dead.addr.clone();
+    let dead_url = dead.url();
+    let server = tls_server();
+    rt().block_on(async {
+        // The pool tries its replicas in order first: the dead one comes first.
+        let pool = pool(&[&live], &[dead_url.clone(), live.url()], opts());
+        dead.kill();
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        handshake(&c, server.port()).await.expect("handshake");
+        c.wait_for_cs(Duration::from_secs(5)).await;
+        let st = pool.replicas();
+        println!("{st:#?}");
+        let d = st.iter().find(|r| r.url.contains(&dead_addr)).unwrap();
+        assert!(!d.healthy && d.failures == 1 && d.sessions == 0, "{d:?}");
+        let l = status_of(&st, &live);
+        assert!(l.healthy && l.sessions == 1 && l.answered >= 3, "{l:?}");
+        assert_eq!(wait_rpcs(&[&live], l.answered), vec![l.answered as usize]);
+
+        let all_dead = CsPool::new(
+            &live.endpoint("engine"),
+            &[dead_url.clone(), format!("https://{}", free_addr())],
+            opts(),
+        )
+        .unwrap();
+        let c = Connector::with_cs_pool(config(), all_dead);
+        let e = handshake(&c, server.port()).await.unwrap_err();
+        println!("all replicas down: {e}");
+        assert!(
+            e.contains("no CS replica reachable") && e.contains(&dead_addr),
+            "{e}"
+        );
+    });
+}
+
+/// A loopback address nothing listens on.
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A LURK refusal is an answer: the handshake fails at once, no other replica is asked.
+#[test]
+fn lurk_refusal_is_not_retried() {
+    let setup = DevSetup::new();
+    let cs = start_replicas(&setup, 2);
+    let refs: Vec<&CsProcess> = cs.iter().collect();
+    let server = tls_server();
+    rt().block_on(async {
+        let urls: Vec<String> = cs.iter().map(CsProcess::url).collect();
+        let pool = pool(&refs, &urls, opts());
+        let mut cfg = (*config()).clone();
+        cfg.external_psk = Some(ExternalPsk {
+            identity: b"no-such-psk".to_vec(),
+            hash: lurk_proto::wire::HashAlg::Sha256,
+        });
+        let c = Connector::with_cs_pool(Arc::new(cfg), pool.clone());
+        let e = handshake(&c, server.port()).await.unwrap_err();
+        println!("refused: {e}");
+        let st = pool.replicas();
+        assert_eq!(st.iter().map(|r| r.answered).sum::<u64>(), 1, "{st:#?}");
+        assert!(st.iter().all(|r| r.healthy && r.failures == 0), "{st:#?}");
+        let counts = wait_rpcs(&refs, 1);
+        let refused: Vec<usize> = cs.iter().map(refusals).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 1, "RPCs {counts:?}");
+        assert_eq!(refused.iter().sum::<usize>(), 1, "refusals {refused:?}");
+    });
+}
+
+/// A DNS name stands for all its addresses and is re-resolved: three replicas listen on one
+/// port of 127.0.0.1, 127.0.0.2 and 127.0.0.3 (one name, several A records, like a headless
+/// Service); the name resolves first to the first two, then to the last two. The system
+/// resolver has no such name (/etc/hosts is not ours to edit): the pool's resolver hook
+/// answers for it. The TLS server name stays `localhost`, which the CS certificate carries.
+#[test]
+fn a_name_is_resolved_to_its_replicas_and_followed() {
+    let setup = DevSetup::new();
+    let server = tls_server();
+    // A port free on the three addresses.
+    let (cs, port) = (0..20)
+        .find_map(|_| {
+            let port = free_addr().port();
+            let mut v = Vec::new();
+            for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+                match setup.try_start_on(&format!("{ip}:{port}"), &env()) {
+                    Ok(c) => v.push(c),
+                    Err(_) => return None,
+                }
+            }
+            Some((v, port))
+        })
+        .expect("three replicas on one port");
+    let addrs: Vec<SocketAddr> = cs.iter().map(|c| c.addr.parse().unwrap()).collect();
+    let answer = Arc::new(Mutex::new(vec![addrs[0], addrs[1]]));
+    let a2 = answer.clone();
+    let resolver: Resolver = Arc::new(move |q: String| {
+        assert_eq!(q, format!("localhost:{port}"));
+        let a = a2.lock().unwrap().clone();
+        Box::pin(async move { Ok(a) })
+    });
+    rt().block_on(async {
+        let opts = CsPoolOptions {
+            resolve_interval: Duration::from_millis(100),
+            resolver: Some(resolver),
+            ..opts()
+        };
+        let refs: Vec<&CsProcess> = cs.iter().collect();
+        let pool = pool(&refs, &[format!("https://localhost:{port}")], opts);
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        for _ in 0..6 {
+            handshake(&c, server.port()).await.expect("handshake");
+        }
+        c.wait_for_cs(Duration::from_secs(5)).await;
+        let first = wait_rpcs(&refs, 18);
+        println!("RPCs with {{.1, .2}}: {first:?}");
+        assert!(first[0] >= 3 && first[1] >= 3 && first[2] == 0, "{first:?}");
+
+        *answer.lock().unwrap() = vec![addrs[1], addrs[2]];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.replicas().iter().any(|r| r.url.contains("127.0.0.1:")) {
+            assert!(Instant::now() < deadline, "{:#?}", pool.replicas());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let urls: Vec<String> = pool.replicas().into_iter().map(|r| r.url).collect();
+        println!("after re-resolution: {urls:?}");
+        assert_eq!(urls.len(), 2);
+        assert!(urls.iter().all(|u| u.ends_with("(localhost)")), "{urls:?}");
+        for _ in 0..6 {
+            handshake(&c, server.port()).await.expect("handshake");
+        }
+        c.wait_for_cs(Duration::from_secs(5)).await;
+        let then = wait_rpcs(&refs, first.iter().sum::<usize>() as u64 + 18);
+        println!("RPCs with {{.2, .3}}: {then:?}");
+        assert_eq!(
+            then[0], first[0],
+            "the replica gone from the name got calls"
+        );
+        assert!(then[1] > first[1] && then[2] >= 3, "{then:?}");
+    });
+}
+
+/// The system resolver: `https://localhost:PORT` is reached at the addresses `localhost`
+/// has, with `localhost` as TLS server name (the CS certificate's name, not its address).
+#[test]
+fn system_resolver_and_tls_name() {
+    let setup = DevSetup::new();
+    let cs = start_on(&setup, "127.0.0.1:0");
+    let port: u16 = cs.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let server = tls_server();
+    rt().block_on(async {
+        let mut ep = cs.endpoint("engine");
+        ep.domain = None;
+        let pool = CsPool::new(&ep, &[format!("https://localhost:{port}")], opts()).unwrap();
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        handshake(&c, server.port()).await.expect("handshake");
+        let st = pool.replicas();
+        println!("{st:#?}");
+        assert!(
+            st.iter().any(
+                |r| r.url == format!("https://127.0.0.1:{port} (localhost)") && r.sessions == 1
+            ),
+            "{st:#?}"
+        );
+    });
+}
+
+/// A replica set aside is probed with backoff (grpc.health.v1 Check; this CS has no health
+/// service yet and answers UNIMPLEMENTED, so its `Ping` decides) and comes back by the probe
+/// alone, with no LURK call routed to it; new sessions then reach it again.
+#[test]
+fn a_replica_set_aside_comes_back_by_its_health_probe() {
+    let setup = DevSetup::new();
+    let mut cs = start_replicas(&setup, 2);
+    let b = cs.pop().unwrap();
+    let a = cs.pop().unwrap();
+    let a_addr = a.addr.clone();
+    let server = tls_server();
+    rt().block_on(async {
+        let opts = CsPoolOptions {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            ..opts()
+        };
+        let pool = pool(&[&b], &[a.url(), b.url()], opts);
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        a.kill();
+        for _ in 0..4 {
+            handshake(&c, server.port()).await.expect("handshake");
+        }
+        let st = pool.replicas();
+        let down = status_at(&st, &a_addr).clone();
+        assert!(!down.healthy && down.failures >= 1, "{down:?}");
+        // Probes fail while nothing listens: the backoff grows.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let still = status_at(&pool.replicas(), &a_addr).clone();
+        assert!(
+            !still.healthy && still.failures > down.failures,
+            "{still:?}"
+        );
+
+        let a2 = start_on(&setup, &a_addr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !status_at(&pool.replicas(), &a_addr).healthy {
+            assert!(Instant::now() < deadline, "{:#?}", pool.replicas());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let back = status_at(&pool.replicas(), &a_addr).clone();
+        println!("set aside: {down:?}\nback: {back:?}");
+        assert_eq!(
+            back.answered, down.answered,
+            "a call, not the probe, brought it back"
+        );
+        let probes = wait_rpcs(&[&a2], 1)[0];
+        assert!(probes >= 1, "the probe did not reach the restarted replica");
+        for _ in 0..4 {
+            handshake(&c, server.port()).await.expect("handshake");
+        }
+        let after = status_at(&pool.replicas(), &a_addr).clone();
+        assert!(after.sessions > back.sessions, "{after:?}");
+    });
+}
+
+/// The command line: `--cs` repeated and comma-separated, the first URL dead. `cs-info`
+/// lists every replica, and `get` (three connections) succeeds through the live ones.
+#[test]
+fn cli_takes_several_cs_urls() {
+    let setup = DevSetup::new();
+    let cs = start_replicas(&setup, 2);
+    let dead = free_addr();
+    let mut s_args: Vec<String> = vec!["-www".into(), "-num_tickets".into(), "0".into()];
+    s_args.extend(certs().cert_args("server-ecdsa-p256"));
+    let server = SServer::start(&s_args);
+    // `--cs URL --cs-ca … --cs-cert … --cs-key …` of the first replica, URL replaced.
+    let mut args = cs[0].engine_args("engine");
+    args[1] = format!("https://{dead},{}", cs[0].url());
+    args.extend(["--cs".into(), cs[1].url()]);
+    let mut info = vec!["cs-info".to_owned()];
+    info.extend(args.iter().cloned());
+    let out = lurk_e2e::engine::EngineProc::spawn(&info).finish();
+    out.assert_success();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("replicas: "))
+        .unwrap_or_else(|| panic!("no replica list:\n{}", out.describe()));
+    for a in [dead.to_string(), cs[0].addr.clone(), cs[1].addr.clone()] {
+        assert!(line.contains(&a), "{a} missing from {line:?}");
+    }
+    args.extend([
+        "--ca".into(),
+        lurk_e2e::openssl::path_str(&certs().ca_all()),
+        "--resume".into(),
+        "2".into(),
+    ]);
+    let out = lurk_e2e::engine::EngineRun::get(&server.url(), &args);
+    out.assert_success().assert_connections(3);
+    let logs: Vec<usize> = cs.iter().map(rpcs).collect();
+    println!("RPCs per live replica: {logs:?}");
+    assert!(logs.iter().all(|n| *n > 0), "{logs:?}");
+}
