@@ -41,6 +41,12 @@ pub const ENGINE_ID_METADATA: &str = "lurk-engine-id";
 /// Engine identity on a plaintext listener when the header is absent.
 pub const DEV_ENGINE_ID: &str = "dev";
 
+/// Largest request message tonic decodes (tonic's default is 4 MiB): the request cap plus
+/// 64 KiB, so that a request a little over the cap still reaches the service and is refused
+/// with its LURK status (`invalid_format`); anything larger is refused by tonic
+/// (`OUT_OF_RANGE`) before it is buffered whole.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = lurk_proto::wire::limits::MAX_REQUEST_LEN + 64 * 1024;
+
 /// Longest engine identity accepted (a CN is at most 64 characters, a DNS name 253).
 pub const MAX_ENGINE_ID_LEN: usize = 255;
 
@@ -163,7 +169,7 @@ pub async fn serve_with_listener<S: CryptoService>(
         .with_keepalive(Some(TCP_KEEPALIVE));
     tracing::info!(addr = %local, mtls = cfg.tls.is_some(), "crypto service listening");
     builder
-        .add_service(service)
+        .add_service(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     tracing::info!(addr = %local, "crypto service stopped");

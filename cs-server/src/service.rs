@@ -6,11 +6,17 @@
 //! async workers. An operation that touches neither (memory ephemerals, no PSK, no client
 //! signature, a session close) is tens of microseconds of CPU and runs inline: the hop to
 //! the blocking pool and back (two thread wake-ups) cost more than the operation itself.
+//!
+//! Every request is first checked against the request cap
+//! ([`MAX_REQUEST_LEN`](lurk_proto::wire::limits::MAX_REQUEST_LEN)): over it, `invalid_format`.
 
 use std::sync::Arc;
 
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_server::CryptoService;
+use lurk_proto::status::LurkStatus;
+use lurk_proto::wire::limits::MAX_REQUEST_LEN;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::config::EphemeralBackendKind;
@@ -67,13 +73,18 @@ impl CryptoServiceImpl {
         op: F,
     ) -> Result<Response<Resp>, Status>
     where
-        Req: Send + 'static,
+        Req: Message + Send + 'static,
         Resp: Send + 'static,
         F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
     {
         let engine = engine_identity(&req, self.plaintext)?;
         let msg = req.into_inner();
+        let len = msg.encoded_len();
         let result = match place {
+            _ if len > MAX_REQUEST_LEN => Err(ServiceError::refuse(
+                LurkStatus::InvalidFormat,
+                format!("a request of {len} bytes is over the cap of {MAX_REQUEST_LEN}"),
+            )),
             Where::Inline => op(&self.cs, engine.as_str(), msg),
             Where::Blocking => {
                 let cs = self.cs.clone();

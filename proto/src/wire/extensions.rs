@@ -5,6 +5,10 @@
 use std::ops::Range;
 
 use super::codec::Reader;
+use super::limits::{
+    MAX_ALPN_PROTOCOLS, MAX_CERTIFICATE_ENTRY_EXTENSIONS, MAX_EXTENSIONS, MAX_KEY_SHARES,
+    MAX_NAMED_GROUPS, MAX_PSK_IDENTITIES, MAX_SIGNATURE_SCHEMES,
+};
 use super::{ExtensionType, NamedGroup, PskKeyExchangeMode, SignatureScheme, WireError};
 
 /// One extension as received: its type, its body, and where it starts.
@@ -53,6 +57,14 @@ impl ExtensionContext {
             Self::NewSessionTicket => "NewSessionTicket",
         }
     }
+
+    /// How many extensions one block of this message may hold ([`super::limits`]).
+    pub fn max_extensions(self) -> usize {
+        match self {
+            Self::Certificate => MAX_CERTIFICATE_ENTRY_EXTENSIONS,
+            _ => MAX_EXTENSIONS,
+        }
+    }
 }
 
 /// Whether RFC 8446 §4.2's table (plus RFC 8449 for record_size_limit) allows `typ` in
@@ -89,16 +101,43 @@ pub fn allowed_in(typ: ExtensionType, ctx: ExtensionContext) -> Option<bool> {
     Some(contexts.contains(&ctx))
 }
 
+/// The extension types seen in one block: one bit per type (2^16 bits, 8 KiB on the stack),
+/// so that the duplicate check costs the same for the first extension and the last.
+struct SeenTypes([u64; 1024]);
+
+impl SeenTypes {
+    fn new() -> Self {
+        Self([0; 1024])
+    }
+
+    /// Marks `typ` as seen; false if it already was.
+    fn insert(&mut self, typ: u16) -> bool {
+        let word = &mut self.0[usize::from(typ >> 6)];
+        let bit = 1u64 << (typ & 63);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+}
+
 /// Reads a `Extension extensions<0..2^16-1>` block: no type twice (RFC 8446 §4.2: "There
-/// MUST NOT be more than one extension of the same type in a given extension block"), and
-/// only extensions §4.2 allows in `ctx`.
+/// MUST NOT be more than one extension of the same type in a given extension block"), only
+/// extensions §4.2 allows in `ctx`, and at most [`ExtensionContext::max_extensions`].
 pub(crate) fn read_extensions<'a>(
     r: &mut Reader<'a>,
     ctx: ExtensionContext,
 ) -> Result<Vec<Extension<'a>>, WireError> {
     let mut block = r.sub_u16("extensions")?;
+    let max = ctx.max_extensions();
+    let mut seen = SeenTypes::new();
     let mut out: Vec<Extension<'a>> = Vec::new();
     while !block.is_empty() {
+        if out.len() == max {
+            return Err(WireError::TooMany {
+                what: "extensions in one block",
+                max,
+            });
+        }
         let offset = block.offset();
         let typ = ExtensionType::from(block.u16()?);
         let mut body = block.sub_u16("extension")?;
@@ -107,7 +146,7 @@ pub(crate) fn read_extensions<'a>(
             body: body.rest(),
             offset,
         };
-        if out.iter().any(|e| e.typ == typ) {
+        if !seen.insert(typ.get()) {
             return Err(WireError::DuplicateExtension {
                 message: ctx.name(),
                 typ: typ.get(),
@@ -129,9 +168,13 @@ pub fn find<'b, 'a>(exts: &'b [Extension<'a>], typ: ExtensionType) -> Option<&'b
     exts.iter().find(|e| e.typ == typ)
 }
 
-/// A non-empty u16-prefixed list of u16 code points (supported_groups,
+/// A non-empty u16-prefixed list of at most `max` u16 code points (supported_groups,
 /// signature_algorithms: RFC 8446 §4.2.7, §4.2.3 `<2..2^16-2>`).
-fn u16_list<T: From<u16>>(ext: &Extension<'_>, name: &'static str) -> Result<Vec<T>, WireError> {
+fn u16_list<T: From<u16>>(
+    ext: &Extension<'_>,
+    name: &'static str,
+    max: usize,
+) -> Result<Vec<T>, WireError> {
     let mut r = ext.reader(name);
     let mut list = r.sub_u16(name)?;
     r.expect_empty(name)?;
@@ -139,6 +182,9 @@ fn u16_list<T: From<u16>>(ext: &Extension<'_>, name: &'static str) -> Result<Vec
         return Err(WireError::invalid(format!(
             "{name}: list must be non-empty with an even length"
         )));
+    }
+    if list.remaining() / 2 > max {
+        return Err(WireError::TooMany { what: name, max });
     }
     let mut out = Vec::with_capacity(list.remaining() / 2);
     while !list.is_empty() {
@@ -149,15 +195,16 @@ fn u16_list<T: From<u16>>(ext: &Extension<'_>, name: &'static str) -> Result<Vec
 
 /// supported_groups (RFC 8446 §4.2.7).
 pub fn named_groups(ext: &Extension<'_>) -> Result<Vec<NamedGroup>, WireError> {
-    u16_list(ext, "supported_groups")
+    u16_list(ext, "supported_groups", MAX_NAMED_GROUPS)
 }
 
 /// signature_algorithms / signature_algorithms_cert (RFC 8446 §4.2.3).
 pub fn signature_schemes(ext: &Extension<'_>) -> Result<Vec<SignatureScheme>, WireError> {
-    u16_list(ext, "signature_algorithms")
+    u16_list(ext, "signature_algorithms", MAX_SIGNATURE_SCHEMES)
 }
 
-/// ClientHello server_name (RFC 6066 §3): the host names of the ServerNameList.
+/// ClientHello server_name (RFC 6066 §3): the host name of the ServerNameList, which "MUST
+/// NOT contain more than one name of the same name_type" (host_name is the only type).
 pub fn server_names<'a>(ext: &Extension<'a>) -> Result<Vec<&'a [u8]>, WireError> {
     let mut r = ext.reader("server_name");
     let mut list = r.sub_u16("server_name list")?;
@@ -176,6 +223,9 @@ pub fn server_names<'a>(ext: &Extension<'a>) -> Result<Vec<&'a [u8]>, WireError>
         if host.is_empty() {
             return Err(WireError::invalid("server_name: empty host_name"));
         }
+        if !out.is_empty() {
+            return Err(WireError::invalid("server_name: more than one host_name"));
+        }
         out.push(host);
     }
     if out.is_empty() {
@@ -191,6 +241,12 @@ pub fn alpn_protocols<'a>(ext: &Extension<'a>) -> Result<Vec<&'a [u8]>, WireErro
     r.expect_empty("application_layer_protocol_negotiation")?;
     let mut out = Vec::new();
     while !list.is_empty() {
+        if out.len() == MAX_ALPN_PROTOCOLS {
+            return Err(WireError::TooMany {
+                what: "ALPN protocols",
+                max: MAX_ALPN_PROTOCOLS,
+            });
+        }
         let name = list.sub_u8("protocol_name")?.rest();
         if name.is_empty() {
             return Err(WireError::invalid("ALPN: empty protocol name"));
@@ -253,7 +309,8 @@ fn read_key_share_entry<'a>(r: &mut Reader<'a>) -> Result<KeyShareEntry<'a>, Wir
     })
 }
 
-/// ClientHello key_share: `KeyShareEntry client_shares<0..2^16-1>` (RFC 8446 §4.2.8).
+/// ClientHello key_share: `KeyShareEntry client_shares<0..2^16-1>` (RFC 8446 §4.2.8), at
+/// most [`MAX_KEY_SHARES`] entries (so the duplicate check below stays small).
 /// Empty key_exchange values are accepted (placeholders for the CS to fill).
 pub fn client_key_shares<'a>(ext: &Extension<'a>) -> Result<Vec<KeyShareEntry<'a>>, WireError> {
     let mut r = ext.reader("key_share");
@@ -261,6 +318,12 @@ pub fn client_key_shares<'a>(ext: &Extension<'a>) -> Result<Vec<KeyShareEntry<'a
     r.expect_empty("key_share")?;
     let mut out: Vec<KeyShareEntry<'a>> = Vec::new();
     while !list.is_empty() {
+        if out.len() == MAX_KEY_SHARES {
+            return Err(WireError::TooMany {
+                what: "key_share entries",
+                max: MAX_KEY_SHARES,
+            });
+        }
         let entry = read_key_share_entry(&mut list)?;
         // §4.2.8: "Clients MUST NOT offer multiple KeyShareEntry values for the same group."
         if out.iter().any(|e| e.group == entry.group) {
@@ -330,12 +393,16 @@ pub struct OfferedPsks<'a> {
 }
 
 /// ClientHello pre_shared_key: identities `<7..2^16-1>`, binders `<33..2^16-1>`, as many
-/// binders as identities, each binder `<32..255>` (RFC 8446 §4.2.11).
+/// binders as identities, each binder `<32..255>` (RFC 8446 §4.2.11); at most
+/// [`MAX_PSK_IDENTITIES`] of each.
 pub fn offered_psks<'a>(ext: &Extension<'a>) -> Result<OfferedPsks<'a>, WireError> {
     let mut r = ext.reader("pre_shared_key");
     let mut ids = r.sub_u16("identities")?;
     let mut identities = Vec::new();
     while !ids.is_empty() {
+        if identities.len() == MAX_PSK_IDENTITIES {
+            return Err(too_many_psks());
+        }
         let offset = ids.offset();
         let identity = ids.sub_u16("identity")?.rest();
         if identity.is_empty() {
@@ -353,6 +420,9 @@ pub fn offered_psks<'a>(ext: &Extension<'a>) -> Result<OfferedPsks<'a>, WireErro
     r.expect_empty("pre_shared_key")?;
     let mut binders = Vec::new();
     while !list.is_empty() {
+        if binders.len() == MAX_PSK_IDENTITIES {
+            return Err(too_many_psks());
+        }
         let offset = list.offset();
         let binder = list.sub_u8("binder")?.rest();
         if binder.len() < 32 {
@@ -377,6 +447,13 @@ pub fn offered_psks<'a>(ext: &Extension<'a>) -> Result<OfferedPsks<'a>, WireErro
         binders,
         binders_offset,
     })
+}
+
+fn too_many_psks() -> WireError {
+    WireError::TooMany {
+        what: "pre_shared_key identities or binders",
+        max: MAX_PSK_IDENTITIES,
+    }
 }
 
 /// ServerHello pre_shared_key: `uint16 selected_identity` (RFC 8446 §4.2.11).

@@ -1,6 +1,7 @@
 //! The handshake message header (RFC 8446 §4): `HandshakeType msg_type; uint24 length;`.
 
 use super::codec::{put_bytes_u24, put_u8, Reader};
+use super::limits::{max_body_len, MAX_FLIGHT_LEN, MAX_FLIGHT_MESSAGES};
 use super::{HandshakeType, WireError};
 
 /// Size of the handshake header (type + uint24 length).
@@ -17,11 +18,16 @@ pub struct HandshakeMessage<'a> {
 }
 
 impl<'a> HandshakeMessage<'a> {
-    /// Reads one complete message at the reader's position.
+    /// Reads one complete message at the reader's position; refuses a body over the cap of
+    /// its type ([`max_body_len`]).
     pub fn read(r: &mut Reader<'a>) -> Result<Self, WireError> {
         let mut peek = r.clone();
         let typ = HandshakeType::from(peek.u8().map_err(|_| trunc())?);
         let len = peek.u24().map_err(|_| trunc())? as usize;
+        let (max, what) = max_body_len(typ);
+        if len > max {
+            return Err(WireError::TooLarge { what, len, max });
+        }
         if peek.remaining() < len {
             return Err(trunc());
         }
@@ -78,11 +84,25 @@ fn trunc() -> WireError {
 }
 
 /// Splits a concatenation of complete handshake messages; a partial message at the end is
-/// an error (the caller reassembles records first).
+/// an error (the caller reassembles records first). A flight holds at most
+/// [`MAX_FLIGHT_MESSAGES`] messages and [`MAX_FLIGHT_LEN`] bytes.
 pub fn split_handshake_messages(data: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, WireError> {
+    if data.len() > MAX_FLIGHT_LEN {
+        return Err(WireError::TooLarge {
+            what: "flight",
+            len: data.len(),
+            max: MAX_FLIGHT_LEN,
+        });
+    }
     let mut r = Reader::new(data, "handshake message");
     let mut out = Vec::new();
     while !r.is_empty() {
+        if out.len() == MAX_FLIGHT_MESSAGES {
+            return Err(WireError::TooMany {
+                what: "handshake messages in a flight",
+                max: MAX_FLIGHT_MESSAGES,
+            });
+        }
         out.push(HandshakeMessage::read(&mut r)?);
     }
     Ok(out)

@@ -14,6 +14,7 @@ use super::extensions::{
     self, find, read_extensions, Extension, ExtensionContext, KeyShareEntry, OfferedPsks,
 };
 use super::handshake::{encode_handshake, HandshakeMessage, HEADER_LEN};
+use super::limits::MAX_CIPHER_SUITES;
 use super::{
     CipherSuite, ExtensionType, HandshakeType, NamedGroup, PskKeyExchangeMode, SignatureScheme,
     WireError, HELLO_RETRY_REQUEST_RANDOM, TLS12, TLS13,
@@ -81,6 +82,12 @@ impl<'a> ClientHello<'a> {
             return Err(WireError::invalid(
                 "ClientHello cipher_suites must be non-empty with an even length",
             ));
+        }
+        if suites.remaining() / 2 > MAX_CIPHER_SUITES {
+            return Err(WireError::TooMany {
+                what: "cipher_suites",
+                max: MAX_CIPHER_SUITES,
+            });
         }
         let mut cipher_suites = Vec::with_capacity(suites.remaining() / 2);
         while !suites.is_empty() {

@@ -4,6 +4,7 @@
 use super::codec::{put_bytes_u16, put_bytes_u24, put_bytes_u8, put_u16, put_u24_prefixed};
 use super::extensions::{self, find, read_extensions, Extension, ExtensionContext};
 use super::handshake::{encode_handshake, HandshakeMessage};
+use super::limits::MAX_CERTIFICATE_ENTRIES;
 use super::{
     ExtensionType, HandshakeType, HashAlg, KeyUpdateRequest, NamedGroup, SignatureScheme, WireError,
 };
@@ -164,6 +165,12 @@ impl<'a> Certificate<'a> {
         r.expect_empty("Certificate")?;
         let mut entries = Vec::new();
         while !list.is_empty() {
+            if entries.len() == MAX_CERTIFICATE_ENTRIES {
+                return Err(WireError::TooMany {
+                    what: "Certificate entries",
+                    max: MAX_CERTIFICATE_ENTRIES,
+                });
+            }
             // §4.4.2: opaque cert_data<1..2^24-1>.
             let cert_data = list.sub_u24("cert_data")?.rest();
             if cert_data.is_empty() {

@@ -7,6 +7,7 @@
 //!   for the Crypto Service, and [`ClientHelloBuilder`] for the engine.
 //! - [`messages`]: the other handshake messages (views and encoders).
 //! - [`retry`]: what the second ClientHello may change after a HelloRetryRequest.
+//! - [`limits`]: the caps on sizes and counts every view enforces.
 //!
 //! Views borrow the input (zero-copy) and check the structural rules of RFC 8446 while
 //! parsing ("parse, don't validate"); nothing here re-encodes a received message.
@@ -15,6 +16,7 @@ pub mod enums;
 pub mod extensions;
 pub mod handshake;
 pub mod hello;
+pub mod limits;
 pub mod messages;
 pub mod retry;
 
@@ -64,6 +66,14 @@ pub enum WireError {
     BinderCountMismatch { identities: usize, binders: usize },
     /// A value does not fit its length prefix (encoding, or splicing a value in).
     TooLong(&'static str),
+    /// A message or flight of `len` bytes, over its cap of `max` ([`limits`]).
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A list with more than `max` entries ([`limits`]).
+    TooMany { what: &'static str, max: usize },
 }
 
 impl WireError {
@@ -71,9 +81,13 @@ impl WireError {
     /// parse, illegal_parameter for well-formed values that break a rule.
     pub fn alert(&self) -> AlertDescription {
         match self {
-            Self::Truncated(_) | Self::TrailingBytes(_) | Self::TooLong(_) => {
-                AlertDescription::DecodeError
-            }
+            // §6.2 decode_error: "some field was out of the specified range or the length
+            // of the message was incorrect".
+            Self::Truncated(_)
+            | Self::TrailingBytes(_)
+            | Self::TooLong(_)
+            | Self::TooLarge { .. }
+            | Self::TooMany { .. } => AlertDescription::DecodeError,
             Self::UnexpectedMessage { .. } => AlertDescription::UnexpectedMessage,
             Self::Invalid(_)
             | Self::DuplicateExtension { .. }
@@ -114,6 +128,10 @@ impl fmt::Display for WireError {
                 "pre_shared_key has {identities} identities but {binders} binders"
             ),
             Self::TooLong(what) => write!(f, "{what} is too long for its length field"),
+            Self::TooLarge { what, len, max } => {
+                write!(f, "{what} of {len} bytes is over the cap of {max}")
+            }
+            Self::TooMany { what, max } => write!(f, "more than {max} {what}"),
         }
     }
 }
