@@ -339,8 +339,8 @@ pub enum PeerMisbehaved {
     UnsolicitedRecordSizeLimit,
     /// An ALPN protocol we did not offer (RFC 7301 §3.2).
     UnofferedAlpnProtocol,
-    /// An extension in the ServerHello, HelloRetryRequest or EncryptedExtensions that the
-    /// ClientHello did not offer (§4.2: `unsupported_extension`).
+    /// An extension in the ServerHello, HelloRetryRequest, EncryptedExtensions or the server's
+    /// Certificate that the ClientHello did not offer (§4.2: `unsupported_extension`).
     UnsolicitedExtension,
     /// certificate_request_context not empty in the handshake, or empty after it (§4.3.2).
     IllegalCertificateRequestContext,

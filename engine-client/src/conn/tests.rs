@@ -1956,3 +1956,39 @@ fn without_a_suitable_key_the_client_certificate_is_empty() {
     assert_eq!(certs(&encoded), 1);
     assert_eq!(key_id, "p256");
 }
+
+#[test]
+fn server_certificate_entries_carry_no_extension_that_was_not_offered() {
+    // RFC 8446 §4.4.2: "Extensions in the Certificate message from the server MUST correspond
+    // to ones from the ClientHello message": the engine offers no signed_certificate_timestamp.
+    let rfc = rfc_message("server_certificate");
+    let leaf = lurk_proto::wire::Certificate::parse(&rfc).unwrap().entries[0]
+        .cert_data
+        .to_vec();
+    let certificate = |exts: &[u8]| {
+        let mut entry = (leaf.len() as u32).to_be_bytes()[1..].to_vec();
+        entry.extend_from_slice(&leaf);
+        entry.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        entry.extend_from_slice(exts);
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(entry.len() as u32).to_be_bytes()[1..]);
+        body.extend_from_slice(&entry);
+        let mut m = vec![11];
+        m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        m.extend_from_slice(&body);
+        m
+    };
+    // Without extensions the rebuilt message is the RFC's.
+    assert_eq!(certificate(&[]), rfc);
+    let sct = [0, 18, 0, 3, 1, 2, 3];
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[]),
+            certificate(&sct),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+}
