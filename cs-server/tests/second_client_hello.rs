@@ -306,3 +306,57 @@ fn after_a_cookie_only_hrr_the_shares_stay_the_ones_the_cs_holds() {
     };
     assert_eq!(done2.client_hello, with_first_random);
 }
+
+/// Sequence C (c_init_client_finished): the engine sends the whole handshake; a second
+/// ClientHello in it that breaks RFC 8446 §4.1.2 is refused before anything is signed.
+#[test]
+fn c_init_client_finished_refuses_a_mutated_second_client_hello() {
+    let cs = &fixture().cs;
+    let p256 = NamedGroup::Secp256r1;
+    let h = hrr(Some(p256), None);
+    // The engine made its shares itself: both ClientHellos carry them.
+    let first = || {
+        ClientHelloBuilder::new([0x11; 32])
+            .legacy_session_id(&[0x5e; 32])
+            .cipher_suites(&[
+                CipherSuite::TlsAes256GcmSha384,
+                CipherSuite::TlsAes128GcmSha256,
+            ])
+            .server_name("example.com")
+            .supported_groups(&[NamedGroup::X25519, p256])
+            .signature_algorithms(&[SignatureScheme::Ed25519])
+            .key_share(NamedGroup::X25519, &[9; 32])
+    };
+    let ch1 = first().build().unwrap();
+    let run = |ch2: Vec<u8>| {
+        lurk_cs::ops::c_init_client_finished::handle(
+            cs,
+            ENGINE,
+            pb::CInitClientFinishedRequest {
+                handshake_messages: [ch1.clone(), h.clone(), ch2].concat(),
+                freshness: pb::Freshness::Null as i32,
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let good = first()
+        .retry(None, Some((p256, &[4; 65])), vec![])
+        .build()
+        .unwrap();
+    // The right second ClientHello gets past the rule (the log then lacks the ServerHello).
+    let e = run(good);
+    assert!(e.contains("expected the ServerHello"), "{e}");
+    let narrowed = first()
+        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
+        .retry(None, Some((p256, &[4; 65])), vec![])
+        .build()
+        .unwrap();
+    let e = run(narrowed);
+    assert!(
+        e.contains("invalid_handshake") && e.contains("§4.1.2"),
+        "{e}"
+    );
+}

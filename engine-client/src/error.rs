@@ -339,13 +339,11 @@ pub enum PeerMisbehaved {
     UnsolicitedRecordSizeLimit,
     /// An ALPN protocol we did not offer (RFC 7301 §3.2).
     UnofferedAlpnProtocol,
-    /// An extension in the ServerHello, HelloRetryRequest or EncryptedExtensions that the
-    /// ClientHello did not offer (§4.2: `unsupported_extension`).
+    /// An extension in the ServerHello, HelloRetryRequest, EncryptedExtensions or the server's
+    /// Certificate that the ClientHello did not offer (§4.2: `unsupported_extension`).
     UnsolicitedExtension,
     /// certificate_request_context not empty in the handshake, or empty after it (§4.3.2).
     IllegalCertificateRequestContext,
-    /// A CertificateRequest in a PSK handshake (§4.3.2).
-    CertificateRequestInPskHandshake,
     /// The server sent an empty certificate_list (§4.4.2.4: `decode_error`).
     EmptyServerCertificate,
     /// The server Certificate's certificate_request_context is not empty (§4.4.2).
@@ -393,9 +391,9 @@ impl PeerMisbehaved {
                 AlertDescription::DecryptError
             }
             Self::WrongFreshRandom => AlertDescription::InternalError,
-            Self::TwoHelloRetryRequests
-            | Self::CertificateRequestInPskHandshake
-            | Self::UnsolicitedPostHandshakeAuth => AlertDescription::UnexpectedMessage,
+            Self::TwoHelloRetryRequests | Self::UnsolicitedPostHandshakeAuth => {
+                AlertDescription::UnexpectedMessage
+            }
             Self::TooManyWarningAlerts => AlertDescription::DecodeError,
             Self::IllegalTlsInnerPlaintext
             | Self::ProtectedChangeCipherSpec
@@ -450,7 +448,6 @@ impl fmt::Display for PeerMisbehaved {
             }
             Self::UnsolicitedRecordSizeLimit => "server sent record_size_limit we did not offer",
             Self::IllegalCertificateRequestContext => "illegal certificate_request_context",
-            Self::CertificateRequestInPskHandshake => "CertificateRequest in a PSK handshake",
             Self::EmptyServerCertificate => "server sent an empty certificate list",
             Self::ServerCertificateWithContext => {
                 "server Certificate has a non-empty certificate_request_context"

@@ -214,6 +214,12 @@ impl RecordEncrypter {
         self.seq
     }
 
+    /// Tests jump to the end of a key's life.
+    #[cfg(test)]
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
     /// Applies the peer's record_size_limit extension (RFC 8449). In TLS 1.3 the limit counts
     /// the content type byte and the padding, so the content of a record is at most
     /// `limit - 1` bytes (and never more than 2^14). Values below 64 are illegal.
@@ -409,6 +415,12 @@ impl RecordDecrypter {
     /// The sequence number the next record must have been sent with.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Tests jump to the end of a key's life.
+    #[cfg(test)]
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// Enforces the record_size_limit we advertised (RFC 8449 §4: larger records are a

@@ -85,6 +85,9 @@ const FIRST_RECORD_VERSION: u16 = 0x0301;
 const RECORD_VERSION: u16 = 0x0303;
 /// The largest record_size_limit a TLS 1.3 endpoint may send: 2^14 + 1 (RFC 8449 §4).
 const MAX_RECORD_SIZE_LIMIT: u16 = MAX_INNER_PLAINTEXT_LEN as u16;
+/// RFC 8446 §5.5: the write key is updated before this many records, under the AES-GCM limit
+/// of 2^24.5 full-size records (ChaCha20-Poly1305's is far higher; one rule for all suites).
+const KEY_UPDATE_AFTER_RECORDS: u64 = 1 << 24;
 
 /// The record layer, the buffers and what the driver sees; shared by every state.
 pub(crate) struct Core {
@@ -438,6 +441,15 @@ impl ClientConnection {
         }
         if self.core.close_sent {
             return Err(Error::general("write after close_notify"));
+        }
+        // §5.5: a KeyUpdate before the key reaches its usage limit.
+        let worn = self
+            .core
+            .encrypter
+            .as_ref()
+            .is_some_and(|e| e.seq() >= KEY_UPDATE_AFTER_RECORDS);
+        if worn {
+            self.key_update(false)?;
         }
         self.core
             .send_encrypted(ContentType::ApplicationData, &[data])

@@ -267,6 +267,16 @@ fn handle_certificate(
     if chain.is_empty() {
         return Err(PeerMisbehaved::EmptyServerCertificate.into());
     }
+    // §4.4.2: "Extensions in the Certificate message from the server MUST correspond to ones
+    // from the ClientHello message" (§4.2: unsupported_extension).
+    if cert
+        .entries
+        .iter()
+        .flat_map(|e| &e.extensions)
+        .any(|x| !core.offered_extensions.contains(&x.typ))
+    {
+        return Err(PeerMisbehaved::UnsolicitedExtension.into());
+    }
     #[cfg(test)]
     let skip = core.skip_server_auth;
     #[cfg(not(test))]

@@ -1956,3 +1956,85 @@ fn without_a_suitable_key_the_client_certificate_is_empty() {
     assert_eq!(certs(&encoded), 1);
     assert_eq!(key_id, "p256");
 }
+
+#[test]
+fn server_certificate_entries_carry_no_extension_that_was_not_offered() {
+    // RFC 8446 §4.4.2: "Extensions in the Certificate message from the server MUST correspond
+    // to ones from the ClientHello message": the engine offers no signed_certificate_timestamp.
+    let rfc = rfc_message("server_certificate");
+    let leaf = lurk_proto::wire::Certificate::parse(&rfc).unwrap().entries[0]
+        .cert_data
+        .to_vec();
+    let certificate = |exts: &[u8]| {
+        let mut entry = (leaf.len() as u32).to_be_bytes()[1..].to_vec();
+        entry.extend_from_slice(&leaf);
+        entry.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        entry.extend_from_slice(exts);
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(entry.len() as u32).to_be_bytes()[1..]);
+        body.extend_from_slice(&entry);
+        let mut m = vec![11];
+        m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        m.extend_from_slice(&body);
+        m
+    };
+    // Without extensions the rebuilt message is the RFC's.
+    assert_eq!(certificate(&[]), rfc);
+    let sct = [0, 18, 0, 3, 1, 2, 3];
+    let e = rfc_flight_error(
+        ClientConfig::default(),
+        &[
+            rfc_ee_with(&[]),
+            certificate(&sct),
+            rfc_message("server_certificate_verify"),
+        ],
+    );
+    assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
+    assert_eq!(e.alert(), Some(AlertDescription::UnsupportedExtension));
+}
+
+#[test]
+fn the_write_key_is_updated_before_its_usage_limit() {
+    // RFC 8446 §5.5: a KeyUpdate (update_not_requested) goes before the record that would
+    // reach the limit; the data then goes under the next client application traffic key.
+    let s = rfc_1rtt();
+    let recs = s["records"].as_array().unwrap();
+    let mut conn = rfc_replay(ClientConfig::default());
+    conn.read_tls(&hexv(&recs[1]["record"]));
+    conn.read_tls(&hexv(&recs[2]["record"]));
+    conn.process_new_packets().unwrap();
+    conn.take_tls();
+    let limit = KEY_UPDATE_AFTER_RECORDS;
+    conn.core.encrypter.as_mut().unwrap().set_seq(limit);
+    conn.write_plaintext(b"after the limit").unwrap();
+    let out = conn.take_tls();
+
+    let keys = &s["traffic_keys"]["client_application"];
+    let old = RecordKeys::new(
+        CipherSuite::TlsAes128GcmSha256,
+        Zeroizing::new(hexv(&keys["key"])),
+        hexv(&keys["iv"]).try_into().unwrap(),
+    );
+    let next = lurk_proto::key_schedule::next_application_traffic_secret(
+        HashAlg::Sha256,
+        &hexv(&s["key_schedule"]["client_application_traffic_secret_0"]),
+    );
+    let new = record_keys(CipherSuite::TlsAes128GcmSha256, &next).unwrap();
+    let mut d = Deframer::new();
+    d.push(&out);
+    let first = d.next_record().unwrap().unwrap();
+    let second = d.next_record().unwrap().unwrap();
+    assert!(d.next_record().unwrap().is_none());
+    let mut dec = RecordDecrypter::new(&old).unwrap();
+    dec.set_seq(limit);
+    let ku = dec.decrypt(first).unwrap();
+    assert_eq!(ku.typ, ContentType::Handshake);
+    assert_eq!(
+        ku.payload,
+        [24, 0, 0, 1, 0],
+        "KeyUpdate(update_not_requested)"
+    );
+    let data = RecordDecrypter::new(&new).unwrap().decrypt(second).unwrap();
+    assert_eq!(data.typ, ContentType::ApplicationData);
+    assert_eq!(data.payload, b"after the limit");
+}
