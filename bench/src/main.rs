@@ -6,11 +6,13 @@
 //!   (default: the workspace root);
 //! - `lurk-bench --quick` — seconds; prints the markdown, writes only where `--out` says;
 //! - `lurk-bench --only cs|handshakes` — one half;
-//! - `lurk-bench rustls-server --port P --cert C --key K` — the rustls server it starts.
+//! - `lurk-bench rustls-server --port P --cert C --key K` — the rustls server it starts;
+//! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow.
 #![forbid(unsafe_code)]
 
 mod cs_inproc;
 mod handshake;
+mod parse_cost;
 mod report;
 mod rustls_server;
 mod svg;
@@ -69,6 +71,12 @@ enum Cmd {
         cert: PathBuf,
         #[arg(long)]
         key: PathBuf,
+    },
+    /// CPU time of the largest requests the parsing caps allow (markdown on stdout).
+    ParseCost {
+        /// Timed calls per request.
+        #[arg(long, default_value_t = 300)]
+        n: usize,
     },
 }
 
@@ -140,6 +148,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Cmd::RustlsServer { port, cert, key }) => rustls_server::run(*port, cert, key),
+        Some(Cmd::ParseCost { n }) => parse_cost::run(*n),
         None => run(&cli),
     };
     match result {

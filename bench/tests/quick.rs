@@ -22,3 +22,28 @@ fn quick_cs_half_writes_the_markdown_and_the_plots() {
         );
     }
 }
+
+/// The requests at every cap at once are within the caps: the ClientHello and the ServerHello
+/// are accepted, the flights refused (invalid_handshake) only for their Finished, which the tool
+/// makes wrong; nothing is refused as invalid_format.
+#[test]
+fn parse_cost_runs_the_largest_requests_the_caps_allow() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lurk-bench"))
+        .args(["parse-cost", "--n", "3"])
+        .output()
+        .expect("run lurk-bench parse-cost");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{md}");
+    for (row, answer) in [
+        ("ClientHello at every cap", "accepted"),
+        ("flight at every cap", "refused (invalid_handshake)"),
+        ("ServerHello at the 64 KiB cap", "accepted"),
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no {row} in {md}"));
+        assert!(line.contains(answer), "{line}");
+    }
+    assert!(!md.contains("invalid_format"), "{md}");
+}

@@ -6,6 +6,9 @@
 //! async workers. An operation that touches neither (memory ephemerals, no PSK, no client
 //! signature, a session close) is tens of microseconds of CPU and runs inline: the hop to
 //! the blocking pool and back (two thread wake-ups) cost more than the operation itself.
+//! That holds for requests of ordinary size only: one over [`INLINE_MAX_REQUEST_LEN`] runs
+//! on the blocking pool whatever its operation, so that parsing and hashing a large flight
+//! never holds an async worker (and another engine's Ping) for long.
 //!
 //! Every request is first checked against the request cap
 //! ([`MAX_REQUEST_LEN`](lurk_proto::wire::limits::MAX_REQUEST_LEN)): over it, `invalid_format`.
@@ -24,6 +27,12 @@ use crate::cs::Cs;
 use crate::error::{ServiceError, TokenError};
 use crate::ops;
 use crate::server::engine_identity;
+
+/// Largest encoded request that may run inline. A normal handshake's largest request (the
+/// server flight of c_client_finished) is a few KiB. Measured (`lurk-bench parse-cost`,
+/// BENCHMARKS.md): a 64 KiB flight costs 0.18 ms of CPU, the largest the caps allow (450 KB)
+/// 1.7 ms; a ClientHello at every cap (32 KiB) 0.18 ms, a 64 KiB ServerHello 0.22 ms.
+pub const INLINE_MAX_REQUEST_LEN: usize = 64 * 1024;
 
 /// Where an operation runs (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +89,11 @@ impl CryptoServiceImpl {
         let engine = engine_identity(&req, self.plaintext)?;
         let msg = req.into_inner();
         let len = msg.encoded_len();
+        let place = if len > INLINE_MAX_REQUEST_LEN {
+            Where::Blocking
+        } else {
+            place
+        };
         let result = match place {
             _ if len > MAX_REQUEST_LEN => Err(ServiceError::refuse(
                 LurkStatus::InvalidFormat,
