@@ -60,8 +60,11 @@ impl Cs {
         let limits = SessionLimits {
             max: cfg.sessions.max,
             max_per_engine: cfg.sessions.max_per_engine,
+            max_bytes: cfg.sessions.max_bytes,
+            max_bytes_per_engine: cfg.sessions.max_bytes_per_engine,
             handshake_ttl: Duration::from_secs(cfg.sessions.ttl_secs),
             established_ttl: Duration::from_secs(cfg.sessions.established_ttl_secs),
+            engine_keyed_ttl: Duration::from_secs(cfg.sessions.engine_keyed_ttl_secs),
         };
         Self {
             ephemeral: EphemeralSource::new(

@@ -154,6 +154,7 @@ pub fn handle(
         post_handshake_auth: true,
         awaiting_client_finished: true,
         pha_contexts: Vec::new(),
+        engine_keyed: true,
     };
     let id = cs
         .sessions

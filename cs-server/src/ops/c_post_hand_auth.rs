@@ -12,7 +12,7 @@ use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::{EstablishedState, Stage};
+use crate::ops::state::{EstablishedState, Stage, ENTRY_BYTES};
 
 pub fn handle(
     cs: &Cs,
@@ -25,7 +25,11 @@ pub fn handle(
         &req.session_id,
         req.last_exchange,
         |stage| match stage {
-            Stage::Established(state) => prepare(cs, engine, state, &req),
+            Stage::Established(state) => {
+                let (base, context, cv) = prepare(cs, engine, state, &req)?;
+                let bytes = state.held_bytes() + context.len() + ENTRY_BYTES;
+                Ok(((base, context, cv), bytes))
+            }
             other => Err(other.out_of_order("c_post_hand_auth")),
         },
         |stage, (base, context, cv)| {
