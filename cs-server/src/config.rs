@@ -149,6 +149,9 @@ pub struct SessionConfig {
     /// authentication only, no server seen by the CS) lives without an exchange.
     #[serde(default = "default_engine_keyed_ttl")]
     pub engine_keyed_ttl_secs: u64,
+    /// Post-handshake authentications (each one a signature by the token) per session.
+    #[serde(default = "default_max_post_handshake_auths")]
+    pub max_post_handshake_auths: usize,
 }
 
 impl Default for SessionConfig {
@@ -161,6 +164,7 @@ impl Default for SessionConfig {
             ttl_secs: default_session_ttl(),
             established_ttl_secs: default_established_ttl(),
             engine_keyed_ttl_secs: default_engine_keyed_ttl(),
+            max_post_handshake_auths: default_max_post_handshake_auths(),
         }
     }
 }
@@ -242,6 +246,9 @@ fn default_max_session_bytes_per_engine() -> usize {
 }
 fn default_engine_keyed_ttl() -> u64 {
     300
+}
+fn default_max_post_handshake_auths() -> usize {
+    16
 }
 fn default_session_ttl() -> u64 {
     30

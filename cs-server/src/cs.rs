@@ -27,6 +27,8 @@ pub struct Cs {
     pub test_vectors: bool,
     pub ticket_lifetime_cap: u64,
     pub max_tickets_per_engine: u32,
+    /// Post-handshake authentications per session.
+    pub max_post_handshake_auths: usize,
 }
 
 impl Cs {
@@ -80,6 +82,7 @@ impl Cs {
             test_vectors: cfg.freshness.test_vectors,
             ticket_lifetime_cap: cfg.store.ticket_lifetime_secs,
             max_tickets_per_engine: cfg.store.max_tickets_per_engine,
+            max_post_handshake_auths: cfg.sessions.max_post_handshake_auths,
         }
     }
 

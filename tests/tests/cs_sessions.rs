@@ -587,3 +587,51 @@ async fn a_sequence_c_session_has_its_own_shorter_life() {
         LurkStatus::InvalidSessionId
     );
 }
+
+/// After a HelloRetryRequest, the ServerHello must select the HRR's suite (RFC 8446 §4.1.4).
+#[tokio::test]
+async fn c_init_client_finished_checks_the_server_hello_suite_against_the_hrr() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    init_client_finished(
+        &mut c,
+        Some(CipherSuite::TlsAes128GcmSha256),
+        CipherSuite::TlsAes128GcmSha256,
+    )
+    .await
+    .expect("the same suite");
+    assert_eq!(
+        init_client_finished(
+            &mut c,
+            Some(CipherSuite::TlsAes128GcmSha256),
+            CipherSuite::TlsAes256GcmSha384,
+        )
+        .await
+        .unwrap_err(),
+        LurkStatus::InvalidHandshake
+    );
+}
+
+/// Each post-handshake authentication is a token signature: a session gets at most
+/// `max_post_handshake_auths`.
+#[tokio::test]
+async fn post_handshake_authentications_are_capped_per_session() {
+    let (dev, cs) = start(true, "[sessions]\nmax_post_handshake_auths = 2\n");
+    let mut c = cs.client("engine");
+    let id = init_client_finished(&mut c, None, CipherSuite::TlsAes128GcmSha256)
+        .await
+        .unwrap()
+        .session_id;
+    post_hand_auth(&mut c, &dev, &id, true, b"ctx-1")
+        .await
+        .unwrap();
+    post_hand_auth(&mut c, &dev, &id, false, b"ctx-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        post_hand_auth(&mut c, &dev, &id, false, b"ctx-3")
+            .await
+            .unwrap_err(),
+        LurkStatus::InvalidStatus
+    );
+}

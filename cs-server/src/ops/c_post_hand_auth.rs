@@ -61,6 +61,16 @@ fn prepare(
             "the ClientHello did not offer post_handshake_auth",
         ));
     }
+    if state.pha_contexts.len() >= cs.max_post_handshake_auths {
+        // Each one is a token signature and refreshes the session: bounded per session.
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            format!(
+                "at most {} post-handshake authentications per session",
+                cs.max_post_handshake_auths
+            ),
+        ));
+    }
     let hash = state.hash;
     let mut base = state.transcript.clone();
     let messages = msgs::split(&req.handshake_messages)?;
