@@ -635,3 +635,41 @@ async fn post_handshake_authentications_are_capped_per_session() {
         LurkStatus::InvalidStatus
     );
 }
+
+/// An engine looping on refused requests does not flood the CS's log: at most a burst of
+/// refusal lines per engine per interval; another engine's refusals are still logged.
+#[tokio::test]
+async fn refusal_log_lines_are_bounded_per_engine() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    for _ in 0..40 {
+        let e = c
+            .c_server_hello(pb::CServerHelloRequest {
+                session_id: vec![0u8; 16],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status_of(e), LurkStatus::InvalidSessionId);
+    }
+    let mut c2 = cs.client("engine2");
+    c2.c_server_hello(pb::CServerHelloRequest {
+        session_id: vec![0u8; 16],
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = cs.log();
+    let refused = |engine: &str| {
+        log.lines()
+            .filter(|l| l.contains("exchange refused") && l.contains(engine))
+            .count()
+    };
+    assert_eq!(refused("engine-dev"), 10, "{log}");
+    assert!(
+        log.contains("further refusals of this engine are counted"),
+        "{log}"
+    );
+    assert_eq!(refused("engine-other"), 1, "{log}");
+}
