@@ -3,7 +3,7 @@
 //! The Crypto Service must hash before it knows the hash: it computes binders with each PSK's
 //! own hash at ClientHello time and learns the cipher suite only from the ServerHello (or the
 //! HelloRetryRequest). A [`Transcript`] therefore keeps a running SHA-256 and SHA-384 context
-//! over the exact bytes it was given (LURK.md §4.2: never re-encode), so that the hash of
+//! over the exact bytes it was given (docs/design.md §4.2: never re-encode), so that the hash of
 //! everything so far, with either function, costs one clone of a digest context. It keeps no
 //! bytes: its size does not depend on the messages (a server Certificate of megabytes costs
 //! nothing to hold). The HelloRetryRequest rule (RFC 8446 §4.4.1) needs only the hash of

@@ -195,6 +195,18 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
         .expect("the session survived every malformed request")
         .into_inner();
     assert_eq!(fin.client_finished, msg(s, "client_finished"));
+    // The ticket first: a mutation that keeps its nonce or identity is then a re-registration,
+    // refused like any other malformed ticket.
+    let reg = c
+        .c_register_tickets(pb::CRegisterTicketsRequest {
+            session_id: id.clone(),
+            new_session_tickets: vec![nst.clone()],
+            last_exchange: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.registered, 1);
     for i in 0..300 {
         let bad = mutate(&mut rng, &nst);
         if bad == nst {
@@ -210,16 +222,26 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
             .map(|_| ());
         check(r, &format!("c_register_tickets #{i}"));
     }
-    let reg = c
+    // The exact ticket again is refused; the session is still there to be closed.
+    let again = c
         .c_register_tickets(pb::CRegisterTicketsRequest {
-            session_id: id,
+            session_id: id.clone(),
             new_session_tickets: vec![nst],
-            last_exchange: true,
+            last_exchange: false,
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reg.registered, 1);
+        .expect_err("a ticket is registered once per session");
+    assert_eq!(
+        LurkStatus::from_grpc(&again),
+        Some(LurkStatus::InvalidHandshake)
+    );
+    c.c_register_tickets(pb::CRegisterTicketsRequest {
+        session_id: id,
+        new_session_tickets: vec![],
+        last_exchange: true,
+    })
+    .await
+    .expect("closing the session");
 
     // Garbage session ids and post-handshake requests.
     for i in 0..100 {

@@ -185,8 +185,10 @@ async fn too_many_tickets_are_refused_and_the_stored_ones_kept() {
     })
     .await
     .unwrap();
-    // A second, different ticket (another identity) goes over the cap of 1.
+    // A second, different ticket (another nonce and identity) goes over the cap of 1.
     let mut second = nst.clone();
+    // The nonce's first byte (header 4, lifetime 4, age_add 4, nonce length 1: RFC 8446 §4.6.1).
+    second[13] ^= 0xff;
     // The ticket's last byte (the 10 bytes after it are the early_data extension block).
     let i = second.len() - 11;
     second[i] ^= 0xff;
