@@ -62,6 +62,9 @@ impl Fixture {
         cfg.ephemeral.backend = backend;
         cfg.sessions.max = max_sessions;
         cfg.sessions.max_per_engine = max_sessions;
+        // The bench counts sessions; bytes are not what it measures.
+        cfg.sessions.max_bytes = usize::MAX;
+        cfg.sessions.max_bytes_per_engine = usize::MAX;
         let keys = KeyRing::load(&self.token, &cfg.keys)?;
         Ok(Cs::new(
             &cfg,

@@ -128,9 +128,16 @@ pub struct SessionConfig {
     /// Open LURK sessions at most (across all engines).
     #[serde(default = "default_max_sessions")]
     pub max: usize,
-    /// Open LURK sessions per engine identity at most.
+    /// Open LURK sessions per engine identity at most (a fraction of `max`, so that a few
+    /// engines cannot fill the table).
     #[serde(default = "default_max_sessions_per_engine")]
     pub max_per_engine: usize,
+    /// Bytes all open sessions hold at most (ClientHellos, key pairs, PSKs, transcripts).
+    #[serde(default = "default_max_session_bytes")]
+    pub max_bytes: usize,
+    /// Bytes one engine identity's sessions hold at most.
+    #[serde(default = "default_max_session_bytes_per_engine")]
+    pub max_bytes_per_engine: usize,
     /// Seconds a session lives without an exchange during the handshake.
     #[serde(default = "default_session_ttl")]
     pub ttl_secs: u64,
@@ -138,6 +145,13 @@ pub struct SessionConfig {
     /// registration) lives without an exchange.
     #[serde(default = "default_established_ttl")]
     pub established_ttl_secs: u64,
+    /// Seconds a session opened by c_init_client_finished (sequence C: post-handshake
+    /// authentication only, no server seen by the CS) lives without an exchange.
+    #[serde(default = "default_engine_keyed_ttl")]
+    pub engine_keyed_ttl_secs: u64,
+    /// Post-handshake authentications (each one a signature by the token) per session.
+    #[serde(default = "default_max_post_handshake_auths")]
+    pub max_post_handshake_auths: usize,
 }
 
 impl Default for SessionConfig {
@@ -145,8 +159,12 @@ impl Default for SessionConfig {
         Self {
             max: default_max_sessions(),
             max_per_engine: default_max_sessions_per_engine(),
+            max_bytes: default_max_session_bytes(),
+            max_bytes_per_engine: default_max_session_bytes_per_engine(),
             ttl_secs: default_session_ttl(),
             established_ttl_secs: default_established_ttl(),
+            engine_keyed_ttl_secs: default_engine_keyed_ttl(),
+            max_post_handshake_auths: default_max_post_handshake_auths(),
         }
     }
 }
@@ -218,7 +236,20 @@ fn default_max_sessions() -> usize {
     100_000
 }
 fn default_max_sessions_per_engine() -> usize {
-    50_000
+    // A tenth of the table: ten engine identities, not two, are needed to fill it.
+    10_000
+}
+fn default_max_session_bytes() -> usize {
+    512 * 1024 * 1024
+}
+fn default_max_session_bytes_per_engine() -> usize {
+    64 * 1024 * 1024
+}
+fn default_engine_keyed_ttl() -> u64 {
+    300
+}
+fn default_max_post_handshake_auths() -> usize {
+    16
 }
 fn default_session_ttl() -> u64 {
     30
@@ -293,6 +324,17 @@ impl Config {
         if self.sessions.max == 0 || self.sessions.ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "sessions: max and ttl_secs must be > 0".into(),
+            ));
+        }
+        let s = &self.sessions;
+        if s.max_per_engine == 0 || s.max_per_engine > s.max {
+            return Err(ConfigError::Invalid(
+                "sessions: max_per_engine must be > 0 and at most max".into(),
+            ));
+        }
+        if s.max_bytes_per_engine == 0 || s.max_bytes_per_engine > s.max_bytes {
+            return Err(ConfigError::Invalid(
+                "sessions: max_bytes_per_engine must be > 0 and at most max_bytes".into(),
             ));
         }
         let mut ids = std::collections::BTreeSet::new();

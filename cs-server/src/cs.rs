@@ -25,6 +25,8 @@ pub struct Cs {
     pub test_vectors: bool,
     pub ticket_lifetime_cap: u64,
     pub max_tickets_per_engine: u32,
+    /// Post-handshake authentications per session.
+    pub max_post_handshake_auths: usize,
 }
 
 impl Cs {
@@ -58,8 +60,11 @@ impl Cs {
         let limits = SessionLimits {
             max: cfg.sessions.max,
             max_per_engine: cfg.sessions.max_per_engine,
+            max_bytes: cfg.sessions.max_bytes,
+            max_bytes_per_engine: cfg.sessions.max_bytes_per_engine,
             handshake_ttl: Duration::from_secs(cfg.sessions.ttl_secs),
             established_ttl: Duration::from_secs(cfg.sessions.established_ttl_secs),
+            engine_keyed_ttl: Duration::from_secs(cfg.sessions.engine_keyed_ttl_secs),
         };
         Self {
             ephemeral: EphemeralSource::new(
@@ -75,6 +80,7 @@ impl Cs {
             test_vectors: cfg.freshness.test_vectors,
             ticket_lifetime_cap: cfg.store.ticket_lifetime_secs,
             max_tickets_per_engine: cfg.store.max_tickets_per_engine,
+            max_post_handshake_auths: cfg.sessions.max_post_handshake_auths,
         }
     }
 

@@ -10,7 +10,8 @@
 //! - [`ephemeral`]: (EC)DHE backends (token, memory, test vectors);
 //! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);
 //! - [`store`]: tickets and external PSKs in SQLite, sealed by the token;
-//! - [`error`]: the layer errors and the single mapping to gRPC + LURK status.
+//! - [`error`]: the layer errors and the single mapping to gRPC + LURK status;
+//! - [`refusal_log`]: refusal log lines, bounded per engine.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod init_dev;
 pub mod keyring;
 pub mod ops;
+pub mod refusal_log;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -107,6 +107,12 @@ enum PskCommand {
         /// sha256 or sha384.
         #[arg(long, default_value = "sha256")]
         hash: String,
+        /// An engine identity allowed to use this PSK (repeat for several).
+        #[arg(long = "allowed-engine", value_name = "ID")]
+        allowed_engines: Vec<String>,
+        /// Every authenticated engine may use this PSK (required without --allowed-engine).
+        #[arg(long, conflicts_with = "allowed_engines")]
+        all_engines: bool,
     },
 }
 
@@ -230,8 +236,19 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                     identity,
                     key_file,
                     hash,
+                    allowed_engines,
+                    all_engines,
                 },
         } => {
+            if allowed_engines.is_empty() && !all_engines {
+                return Err(
+                    "say which engines may use this PSK: --allowed-engine ID (repeatable), or --all-engines"
+                        .into(),
+                );
+            }
+            if allowed_engines.iter().any(|e| e.is_empty()) {
+                return Err("--allowed-engine: an engine identity is not empty".into());
+            }
             let cfg = load(&config)?;
             let hash = match hash.as_str() {
                 "sha256" => lurk_proto::wire::HashAlg::Sha256,
@@ -250,9 +267,15 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 identity: identity.as_bytes().to_vec(),
                 psk,
                 hash,
-                allowed_engines: Vec::new(),
+                allowed_engines: allowed_engines.clone(),
             })?;
-            println!("stored external PSK {identity:?} ({hash:?})");
+            if allowed_engines.is_empty() {
+                println!("stored external PSK {identity:?} ({hash:?}) for every engine");
+            } else {
+                println!(
+                    "stored external PSK {identity:?} ({hash:?}) for engines {allowed_engines:?}"
+                );
+            }
             Ok(())
         }
     }

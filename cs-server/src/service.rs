@@ -26,6 +26,7 @@ use crate::config::EphemeralBackendKind;
 use crate::cs::Cs;
 use crate::error::{ServiceError, TokenError};
 use crate::ops;
+use crate::refusal_log::{self, RefusalLog, Verdict};
 use crate::server::engine_identity;
 
 /// Largest encoded request that may run inline. A normal handshake's largest request (the
@@ -58,11 +59,16 @@ impl Where {
 pub struct CryptoServiceImpl {
     cs: Arc<Cs>,
     plaintext: bool,
+    refusals: Arc<RefusalLog>,
 }
 
 impl CryptoServiceImpl {
     pub fn new(cs: Arc<Cs>, plaintext: bool) -> Self {
-        Self { cs, plaintext }
+        Self {
+            cs,
+            plaintext,
+            refusals: Arc::new(RefusalLog::default()),
+        }
     }
 
     pub fn cs(&self) -> &Arc<Cs> {
@@ -111,7 +117,16 @@ impl CryptoServiceImpl {
         match result {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => {
-                tracing::info!(engine = %engine, status = %e.lurk_status(), "exchange refused: {e}");
+                // At most a burst of lines per engine per interval (refusal_log).
+                if let Verdict::Log { suppressed, last } = self.refusals.note(engine.as_str()) {
+                    if suppressed > 0 {
+                        tracing::info!(engine = %engine, suppressed, "refusals not logged in the last interval");
+                    }
+                    tracing::info!(engine = %engine, status = %e.lurk_status(), "exchange refused: {e}");
+                    if last {
+                        tracing::info!(engine = %engine, "further refusals of this engine are counted, not logged, for {} s", refusal_log::INTERVAL.as_secs());
+                    }
+                }
                 Err(e.into())
             }
         }

@@ -7,10 +7,12 @@
 //! Rules enforced here (docs/design.md §4.7): session ids are 16 random bytes from the OS CSPRNG,
 //! unguessable; a session belongs to the engine identity that opened it, and another engine
 //! naming it gets the same answer as for an unknown id (`invalid_session_id`), so ids do not
-//! leak across engines; the table is bounded in total and per engine; a session expires after
-//! a TTL without an exchange (longer once the handshake is established, for post-handshake
-//! authentication and ticket registration). Expired sessions are dropped, which destroys any
-//! ephemeral key they still hold.
+//! leak across engines; the table is bounded in total and per engine, by count and by the
+//! bytes the sessions hold (each session is charged what its stage holds, checked before an
+//! exchange commits); a session expires after a TTL without an exchange (longer once the
+//! handshake is established, for post-handshake authentication and ticket registration;
+//! shorter for a session opened by c_init_client_finished, where no server was seen by the
+//! CS). Expired sessions are dropped, which destroys any ephemeral key they still hold.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -58,11 +60,20 @@ impl fmt::Debug for SessionId {
 pub struct SessionLimits {
     pub max: usize,
     pub max_per_engine: usize,
+    /// Bytes all sessions hold at most.
+    pub max_bytes: usize,
+    /// Bytes one engine's sessions hold at most.
+    pub max_bytes_per_engine: usize,
     /// Idle lifetime during the handshake.
     pub handshake_ttl: Duration,
     /// Idle lifetime once established (post-handshake auth, tickets).
     pub established_ttl: Duration,
+    /// Idle lifetime of a session opened by c_init_client_finished (post-handshake auth only).
+    pub engine_keyed_ttl: Duration,
 }
+
+/// What one session costs besides its stage: the table entry, its map slot, the Arc'd mutex.
+const SESSION_OVERHEAD: usize = 256;
 
 /// One LURK session.
 #[derive(Debug)]
@@ -75,7 +86,16 @@ pub struct Session {
 struct Entry {
     owner: String,
     expires: Instant,
+    /// Bytes charged to the owner for this session.
+    bytes: usize,
     session: Arc<Mutex<Session>>,
+}
+
+/// One engine's share of the table.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    sessions: usize,
+    bytes: usize,
 }
 
 /// The table of open sessions.
@@ -88,7 +108,9 @@ pub struct SessionTable {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<SessionId, Entry>,
-    per_engine: HashMap<String, usize>,
+    per_engine: HashMap<String, Usage>,
+    /// Bytes charged for all sessions.
+    bytes: usize,
     /// No session expires before this instant (a lower bound, kept on insert and touch): a
     /// full table is scanned for expired sessions only once one may have expired, not on
     /// every refused open.
@@ -125,27 +147,77 @@ impl SessionTable {
     }
 
     fn ttl(&self, stage: &Stage) -> Duration {
-        if stage.is_established() {
-            self.limits.established_ttl
-        } else {
-            self.limits.handshake_ttl
+        match stage {
+            Stage::Established(s) if s.engine_keyed => self.limits.engine_keyed_ttl,
+            Stage::Established(_) => self.limits.established_ttl,
+            _ => self.limits.handshake_ttl,
         }
+    }
+
+    /// What a session holding `stage_bytes` is charged.
+    fn charge(owner: &str, stage_bytes: usize) -> usize {
+        SESSION_OVERHEAD + owner.len() + stage_bytes
+    }
+
+    /// Refusal when `owner` would hold `engine_bytes` and the table `total` bytes.
+    fn check_bytes(
+        &self,
+        owner: &str,
+        engine_bytes: usize,
+        total: usize,
+    ) -> Result<(), ServiceError> {
+        if engine_bytes > self.limits.max_bytes_per_engine {
+            return Err(ServiceError::refuse(
+                LurkStatus::TooManySessions,
+                format!(
+                    "engine {owner:?} holds its maximum of {} bytes of session state",
+                    self.limits.max_bytes_per_engine
+                ),
+            ));
+        }
+        if total > self.limits.max_bytes {
+            return Err(ServiceError::refuse(
+                LurkStatus::TooManySessions,
+                format!(
+                    "the CS holds its maximum of {} bytes of session state",
+                    self.limits.max_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens a session owned by `owner`, purging expired sessions when a limit is reached.
     pub fn open(&self, owner: &str, stage: Stage) -> Result<SessionId, ServiceError> {
+        self.open_reserving(owner, stage, 0)
+    }
+
+    /// Opens a session charged at least `reserve` bytes for its stage (what the stage will
+    /// hold once the operation that opens it has filled it in).
+    pub fn open_reserving(
+        &self,
+        owner: &str,
+        stage: Stage,
+        reserve: usize,
+    ) -> Result<SessionId, ServiceError> {
         let now = Instant::now();
         let expires = now + self.ttl(&stage);
+        let bytes = Self::charge(owner, stage.held_bytes().max(reserve));
         let id = SessionId::random(&self.rng)?;
         let mut expired = Vec::new();
         {
             let mut inner = self.lock();
-            let engine_count = inner.per_engine.get(owner).copied().unwrap_or(0);
-            if inner.sessions.len() >= self.limits.max || engine_count >= self.limits.max_per_engine
+            let usage = inner.per_engine.get(owner).copied().unwrap_or_default();
+            if inner.sessions.len() >= self.limits.max
+                || usage.sessions >= self.limits.max_per_engine
+                || self
+                    .check_bytes(owner, usage.bytes + bytes, inner.bytes + bytes)
+                    .is_err()
             {
                 expired = Self::remove_expired(&mut inner, now);
             }
-            let engine_count = inner.per_engine.get(owner).copied().unwrap_or(0);
+            let usage = inner.per_engine.get(owner).copied().unwrap_or_default();
+            let engine_count = usage.sessions;
             if inner.sessions.len() >= self.limits.max {
                 return Err(ServiceError::refuse(
                     LurkStatus::TooManySessions,
@@ -161,6 +233,7 @@ impl SessionTable {
                     ),
                 ));
             }
+            self.check_bytes(owner, usage.bytes + bytes, inner.bytes + bytes)?;
             let session = Session {
                 owner: owner.to_owned(),
                 expires,
@@ -171,10 +244,14 @@ impl SessionTable {
                 Entry {
                     owner: owner.to_owned(),
                     expires,
+                    bytes,
                     session: Arc::new(Mutex::new(session)),
                 },
             );
-            *inner.per_engine.entry(owner.to_owned()).or_insert(0) += 1;
+            let usage = inner.per_engine.entry(owner.to_owned()).or_default();
+            usage.sessions += 1;
+            usage.bytes += bytes;
+            inner.bytes += bytes;
             inner.note_expiry(expires);
         }
         // Expired sessions (and the ephemeral keys they hold) are dropped outside the lock.
@@ -211,6 +288,53 @@ impl SessionTable {
         }
     }
 
+    /// Charges session `id` for a stage of `stage_bytes` from now on, before the exchange
+    /// that makes it commits: growth beyond the owner's byte share or the table's total is
+    /// refused (`too_many_sessions`) and charges nothing. Shrinking always succeeds.
+    pub fn resize(&self, id: &SessionId, stage_bytes: usize) -> Result<(), ServiceError> {
+        self.set_bytes(id, stage_bytes, true)
+    }
+
+    /// Charges session `id` for what its stage holds after an exchange committed (never
+    /// refused: growth was admitted by [`resize`](Self::resize)).
+    pub fn settle(&self, id: &SessionId, stage_bytes: usize) {
+        let _ = self.set_bytes(id, stage_bytes, false);
+    }
+
+    fn set_bytes(
+        &self,
+        id: &SessionId,
+        stage_bytes: usize,
+        check: bool,
+    ) -> Result<(), ServiceError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.sessions.get(id) else {
+            return Ok(());
+        };
+        let owner = entry.owner.clone();
+        let old = entry.bytes;
+        let new = Self::charge(&owner, stage_bytes);
+        let usage = inner.per_engine.get(&owner).copied().unwrap_or_default();
+        if check && new > old {
+            self.check_bytes(&owner, usage.bytes - old + new, inner.bytes - old + new)?;
+        }
+        if let Some(e) = inner.sessions.get_mut(id) {
+            e.bytes = new;
+        }
+        if let Some(u) = inner.per_engine.get_mut(&owner) {
+            u.bytes = u.bytes - old + new;
+        }
+        inner.bytes = inner.bytes - old + new;
+        Ok(())
+    }
+
+    /// Bytes charged to `owner`'s sessions, and to all sessions.
+    pub fn bytes_held(&self, owner: &str) -> (usize, usize) {
+        let inner = self.lock();
+        let engine = inner.per_engine.get(owner).map_or(0, |u| u.bytes);
+        (engine, inner.bytes)
+    }
+
     /// Forgets a session (last_exchange, or a fatal error).
     pub fn close(&self, id: &SessionId) {
         let removed = {
@@ -222,12 +346,14 @@ impl SessionTable {
 
     fn remove(inner: &mut Inner, id: &SessionId) -> Option<Entry> {
         let entry = inner.sessions.remove(id)?;
-        if let Some(n) = inner.per_engine.get_mut(&entry.owner) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(u) = inner.per_engine.get_mut(&entry.owner) {
+            u.sessions -= 1;
+            u.bytes -= entry.bytes;
+            if u.sessions == 0 {
                 inner.per_engine.remove(&entry.owner);
             }
         }
+        inner.bytes -= entry.bytes;
         Some(entry)
     }
 
@@ -295,8 +421,11 @@ mod tests {
         SessionLimits {
             max,
             max_per_engine: per_engine,
+            max_bytes: usize::MAX,
+            max_bytes_per_engine: usize::MAX,
             handshake_ttl: Duration::from_millis(ttl_ms),
             established_ttl: Duration::from_millis(ttl_ms),
+            engine_keyed_ttl: Duration::from_millis(ttl_ms),
         }
     }
 
@@ -356,6 +485,42 @@ mod tests {
             .open("a", Stage::test_stage())
             .expect("expired sessions make room");
         assert_eq!(short.len(), 1);
+    }
+
+    #[test]
+    fn bytes_are_bounded_per_engine_and_in_total_and_growth_is_checked_first() {
+        let mut l = limits(100, 100, 10_000);
+        l.max_bytes_per_engine = 10_000;
+        l.max_bytes = 15_000;
+        let t = SessionTable::new(l);
+        let a = t.open_reserving("a", Stage::test_stage(), 4_000).unwrap();
+        t.open_reserving("a", Stage::test_stage(), 4_000).unwrap();
+        let err = t
+            .open_reserving("a", Stage::test_stage(), 4_000)
+            .unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::TooManySessions);
+        // Growth beyond the share is refused and charges nothing; shrinking always works.
+        let before = t.bytes_held("a");
+        assert_eq!(
+            t.resize(&a, 6_000).unwrap_err().lurk_status(),
+            LurkStatus::TooManySessions
+        );
+        assert_eq!(t.bytes_held("a"), before);
+        t.resize(&a, 100).unwrap();
+        t.resize(&a, 1_000).unwrap();
+        // Another engine has its own share, within the total.
+        let b = t.open_reserving("b", Stage::test_stage(), 5_000).unwrap();
+        assert_eq!(
+            t.open_reserving("b", Stage::test_stage(), 4_000)
+                .unwrap_err()
+                .lurk_status(),
+            LurkStatus::TooManySessions,
+            "the total"
+        );
+        t.close(&b);
+        t.close(&a);
+        assert_eq!(t.bytes_held("b").0, 0);
+        assert_eq!(t.bytes_held("a").0, t.bytes_held("a").1);
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //!
 //! The Crypto Service must hash before it knows the hash: it computes binders with each PSK's
 //! own hash at ClientHello time and learns the cipher suite only from the ServerHello (or the
-//! HelloRetryRequest). A [`Transcript`] therefore keeps the exact bytes it was given
-//! (docs/design.md §4.2: never re-encode) together with a running SHA-256 and SHA-384
-//! context, so that the hash of everything so far, with either function, costs one clone of
-//! a digest context. A handshake is a few kilobytes, so hashing every message twice is cheap.
+//! HelloRetryRequest). A [`Transcript`] therefore keeps a running SHA-256 and SHA-384 context
+//! over the exact bytes it was given (docs/design.md §4.2: never re-encode), so that the hash of
+//! everything so far, with either function, costs one clone of a digest context. It keeps no
+//! bytes: its size does not depend on the messages (a server Certificate of megabytes costs
+//! nothing to hold). The HelloRetryRequest rule (RFC 8446 §4.4.1) needs only the hash of
+//! ClientHello1, so the transcript is restarted right after ClientHello1, before the HRR is
+//! added.
 
 use std::fmt;
 
@@ -27,6 +30,8 @@ pub enum TranscriptError {
     /// The transcript was already restarted: a second HelloRetryRequest in one connection is
     /// illegal (RFC 8446 §4.1.4).
     AlreadyRestarted,
+    /// Messages follow the first one: restart before adding the HelloRetryRequest.
+    NotOnlyTheFirstMessage,
 }
 
 impl fmt::Display for TranscriptError {
@@ -48,19 +53,29 @@ impl fmt::Display for TranscriptError {
                 f,
                 "the transcript was already restarted for a HelloRetryRequest (RFC 8446 §4.1.4)"
             ),
+            Self::NotOnlyTheFirstMessage => write!(
+                f,
+                "the transcript holds more than ClientHello1: restart before adding the HelloRetryRequest"
+            ),
         }
     }
 }
 
 impl std::error::Error for TranscriptError {}
 
-/// The concatenation of the handshake messages so far (with their 4-byte headers), hashable
-/// with any TLS 1.3 hash at any time. `Clone` forks it (e.g. one branch per PSK candidate).
+/// The concatenation of the handshake messages so far (with their 4-byte headers), as
+/// running hashes: hashable with any TLS 1.3 hash at any time. `Clone` forks it (e.g. one
+/// branch per PSK candidate).
 #[derive(Clone)]
 pub struct Transcript {
-    messages: Vec<u8>,
     sha256: digest::Context,
     sha384: digest::Context,
+    /// Bytes added so far.
+    len: u64,
+    /// The first message's header (its first `header_len` bytes so far): its type and length
+    /// tell whether the transcript holds exactly ClientHello1.
+    header: [u8; HANDSHAKE_HEADER_LEN],
+    header_len: usize,
     hello_retry_hash: Option<HashAlg>,
 }
 
@@ -73,7 +88,7 @@ impl Default for Transcript {
 impl fmt::Debug for Transcript {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transcript")
-            .field("len", &self.messages.len())
+            .field("len", &self.len)
             .field("hello_retry_hash", &self.hello_retry_hash)
             .finish()
     }
@@ -82,16 +97,21 @@ impl fmt::Debug for Transcript {
 impl Transcript {
     pub fn new() -> Self {
         Self {
-            messages: Vec::new(),
             sha256: digest::Context::new(HashAlg::Sha256.digest_algorithm()),
             sha384: digest::Context::new(HashAlg::Sha384.digest_algorithm()),
+            len: 0,
+            header: [0; HANDSHAKE_HEADER_LEN],
+            header_len: 0,
             hello_retry_hash: None,
         }
     }
 
     /// Appends handshake messages exactly as they were (or will be) sent, headers included.
     pub fn add(&mut self, raw_messages: &[u8]) {
-        self.messages.extend_from_slice(raw_messages);
+        let take = (HANDSHAKE_HEADER_LEN - self.header_len).min(raw_messages.len());
+        self.header[self.header_len..self.header_len + take].copy_from_slice(&raw_messages[..take]);
+        self.header_len += take;
+        self.len += raw_messages.len() as u64;
         self.sha256.update(raw_messages);
         self.sha384.update(raw_messages);
     }
@@ -109,17 +129,13 @@ impl Transcript {
         context.finish().as_ref().to_vec()
     }
 
-    /// The exact bytes added so far (after a restart, starting with the message_hash message).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.messages
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len()
+    /// Number of bytes added so far (after a restart, counting from the message_hash message).
+    pub fn len(&self) -> u64 {
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.len == 0
     }
 
     /// The hash the transcript was restarted with, if a HelloRetryRequest happened. From then
@@ -129,39 +145,35 @@ impl Transcript {
         self.hello_retry_hash
     }
 
-    /// Replaces the first ClientHello by the synthetic message
-    /// `message_hash(254) || 00 00 Hash.length || Hash(ClientHello1)` (RFC 8446 §4.4.1),
-    /// keeping every message added after it (the HelloRetryRequest may already be there).
+    /// Replaces ClientHello1, which must be all the transcript holds, by the synthetic message
+    /// `message_hash(254) || 00 00 Hash.length || Hash(ClientHello1)` (RFC 8446 §4.4.1). The
+    /// HelloRetryRequest is added after.
     pub fn restart_for_hello_retry(&mut self, alg: HashAlg) -> Result<(), TranscriptError> {
         if self.hello_retry_hash.is_some() {
             return Err(TranscriptError::AlreadyRestarted);
         }
-        let first_len = self.first_message_len()?;
-        let client_hello_hash = alg.hash(&self.messages[..first_len]);
-
-        let mut restarted = Self::new();
-        restarted.add(&message_hash_message(&client_hello_hash));
-        restarted.add(&self.messages[first_len..]);
-        restarted.hello_retry_hash = Some(alg);
-        *self = restarted;
-        Ok(())
-    }
-
-    fn first_message_len(&self) -> Result<usize, TranscriptError> {
-        let header = self
-            .messages
-            .get(..HANDSHAKE_HEADER_LEN)
-            .ok_or(TranscriptError::TruncatedFirstMessage)?;
+        if self.header_len < HANDSHAKE_HEADER_LEN {
+            return Err(TranscriptError::TruncatedFirstMessage);
+        }
+        let header = self.header;
         if header[0] != HandshakeType::ClientHello.get() {
             return Err(TranscriptError::FirstMessageNotClientHello { got: header[0] });
         }
         let body_len =
-            usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
-        let total = HANDSHAKE_HEADER_LEN + body_len;
-        if total > self.messages.len() {
+            u64::from(header[1]) << 16 | u64::from(header[2]) << 8 | u64::from(header[3]);
+        let total = HANDSHAKE_HEADER_LEN as u64 + body_len;
+        if total > self.len {
             return Err(TranscriptError::TruncatedFirstMessage);
         }
-        Ok(total)
+        if total < self.len {
+            return Err(TranscriptError::NotOnlyTheFirstMessage);
+        }
+        let client_hello_hash = self.hash(alg);
+        let mut restarted = Self::new();
+        restarted.add(&message_hash_message(&client_hello_hash));
+        restarted.hello_retry_hash = Some(alg);
+        *self = restarted;
+        Ok(())
     }
 
     fn context(&self, alg: HashAlg) -> &digest::Context {
@@ -206,8 +218,7 @@ mod tests {
             transcript.hash(HashAlg::Sha384),
             HashAlg::Sha384.hash(&both)
         );
-        assert_eq!(transcript.as_bytes(), both);
-        assert_eq!(transcript.len(), both.len());
+        assert_eq!(transcript.len(), both.len() as u64);
         assert_eq!(
             Transcript::new().hash(HashAlg::Sha256),
             HashAlg::Sha256.hash(&[])
@@ -245,10 +256,10 @@ mod tests {
     }
 
     /// RFC 8448 §5: ClientHello1 becomes message_hash, and the handshake traffic secrets come
-    /// out right (checked in full in key_schedule's RFC 8448 tests); here, restarting before or
-    /// after the HelloRetryRequest was added gives the same transcript.
+    /// out right (checked in full in key_schedule's RFC 8448 tests); the restart comes before
+    /// the HelloRetryRequest is added, never after.
     #[test]
-    fn hello_retry_restart_before_or_after_the_hrr() {
+    fn hello_retry_restart_before_the_hrr() {
         let hrr = section("hello_retry_request");
         let expected_message_hash = hrr.verification_derived("message_hash_of_client_hello_1");
         assert_eq!(
@@ -261,25 +272,43 @@ mod tests {
         restarted_early
             .restart_for_hello_retry(HashAlg::Sha256)
             .expect("ClientHello1");
-        assert_eq!(restarted_early.as_bytes(), expected_message_hash);
+        assert_eq!(
+            restarted_early.hash(HashAlg::Sha256),
+            HashAlg::Sha256.hash(&expected_message_hash)
+        );
+        assert_eq!(restarted_early.len(), expected_message_hash.len() as u64);
+        assert_eq!(restarted_early.hello_retry_hash(), Some(HashAlg::Sha256));
         restarted_early.add(&hrr.message("hello_retry_request"));
+        restarted_early.add(&hrr.message("client_hello_2"));
+        restarted_early.add(&hrr.message("server_hello"));
+        assert_eq!(
+            restarted_early.hash(HashAlg::Sha256),
+            hrr.schedule("transcript_hash_for_handshake_secrets")
+        );
 
-        let mut restarted_late = Transcript::new();
-        restarted_late.add(&hrr.message("client_hello"));
-        restarted_late.add(&hrr.message("hello_retry_request"));
-        restarted_late
-            .restart_for_hello_retry(HashAlg::Sha256)
-            .expect("ClientHello1");
-        assert_eq!(restarted_late.hello_retry_hash(), Some(HashAlg::Sha256));
+        let mut late = Transcript::new();
+        late.add(&hrr.message("client_hello"));
+        late.add(&hrr.message("hello_retry_request"));
+        assert_eq!(
+            late.restart_for_hello_retry(HashAlg::Sha256),
+            Err(TranscriptError::NotOnlyTheFirstMessage)
+        );
+    }
 
-        for transcript in [&mut restarted_early, &mut restarted_late] {
-            transcript.add(&hrr.message("client_hello_2"));
-            transcript.add(&hrr.message("server_hello"));
-            assert_eq!(
-                transcript.hash(HashAlg::Sha256),
-                hrr.schedule("transcript_hash_for_handshake_secrets")
-            );
+    /// The first message's header may arrive split across calls; the transcript still knows
+    /// where ClientHello1 ends.
+    #[test]
+    fn a_client_hello_added_in_pieces_restarts_too() {
+        let client_hello = section("hello_retry_request").message("client_hello");
+        let mut pieces = Transcript::new();
+        for chunk in client_hello.chunks(3) {
+            pieces.add(chunk);
         }
+        pieces.restart_for_hello_retry(HashAlg::Sha256).unwrap();
+        let mut whole = Transcript::new();
+        whole.add(&client_hello);
+        whole.restart_for_hello_retry(HashAlg::Sha256).unwrap();
+        assert_eq!(pieces.hash(HashAlg::Sha256), whole.hash(HashAlg::Sha256));
     }
 
     #[test]
@@ -290,9 +319,12 @@ mod tests {
         transcript
             .restart_for_hello_retry(HashAlg::Sha384)
             .expect("ClientHello1");
-        let bytes = transcript.as_bytes();
-        assert_eq!(&bytes[..4], &[0xfe, 0, 0, 48]);
-        assert_eq!(&bytes[4..], HashAlg::Sha384.hash(&client_hello));
+        let mut expected = vec![0xfe, 0, 0, 48];
+        expected.extend_from_slice(&HashAlg::Sha384.hash(&client_hello));
+        assert_eq!(
+            transcript.hash(HashAlg::Sha384),
+            HashAlg::Sha384.hash(&expected)
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn lurk_env() -> &'static LurkEnv {
             c.psk_identity.as_ref(),
             "--key-file".as_ref(),
             psk_file.as_os_str(),
+            "--all-engines".as_ref(),
         ]);
         LurkEnv { setup }
     })

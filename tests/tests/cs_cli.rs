@@ -127,28 +127,61 @@ async fn imported_keys_are_listed_non_extractable_and_external_psks_get_ext_bind
     let psk = [0x5au8; 32];
     let psk_file = dir.join("psk.hex");
     std::fs::write(&psk_file, hex::encode(psk)).unwrap();
-    let (ok, out) = lurk_cs(&[
-        "psk",
-        "import",
-        "--config",
-        cfg,
-        "--identity",
-        "Client_identity",
-        "--key-file",
-        psk_file.to_str().unwrap(),
-    ]);
+    let import = |identity: &str, engines: &[&str]| {
+        let mut args = vec![
+            "psk",
+            "import",
+            "--config",
+            cfg,
+            "--identity",
+            identity,
+            "--key-file",
+            psk_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(engines);
+        lurk_cs(&args)
+    };
+    // Which engines may use it is said explicitly.
+    let (ok, out) = import("Client_identity", &[]);
+    assert!(!ok && out.contains("--all-engines"), "{out}");
+    let (ok, out) = import("Client_identity", &["--allowed-engine", "engine-dev"]);
     assert!(ok, "{out}");
     assert!(!out.contains(&hex::encode(psk)));
+    let (ok, out) = import(
+        "Everyone",
+        &["--all-engines", "--allowed-engine", "engine-dev"],
+    );
+    assert!(!ok, "--all-engines with --allowed-engine: {out}");
+    let (ok, out) = import("Everyone", &["--all-engines"]);
+    assert!(ok, "{out}");
+    let (ok, out) = import("Other_identity", &["--allowed-engine", "engine-other"]);
+    assert!(ok, "{out}");
 
     let cs = dev.start();
     let mut c = cs.client("engine");
+    let listed = |caps: pb::CapabilitiesResponse| {
+        let mut ids: Vec<String> = caps
+            .external_psks
+            .iter()
+            .map(|p| String::from_utf8(p.identity.clone()).unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
     let caps = c
         .capabilities(pb::CapabilitiesRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(caps.external_psks.len(), 1);
-    assert_eq!(caps.external_psks[0].identity, b"Client_identity");
+    // Capabilities lists only the PSKs the asking engine may use.
+    assert_eq!(listed(caps), ["Client_identity", "Everyone"]);
+    let mut c2 = cs.client("engine2");
+    let caps2 = c2
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(caps2), ["Everyone", "Other_identity"]);
 
     let ch = ClientHelloBuilder::new([9u8; 32])
         .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
@@ -199,7 +232,7 @@ async fn imported_keys_are_listed_non_extractable_and_external_psks_get_ext_bind
         .psk(b"Client_identity", 0, 32)
         .build()
         .unwrap();
-    c.c_init_client_hello(pb::CInitClientHelloRequest {
+    let offer = pb::CInitClientHelloRequest {
         client_hello: again,
         freshness: pb::Freshness::Sha256 as i32,
         psks: vec![pb::PskInfo {
@@ -208,9 +241,14 @@ async fn imported_keys_are_listed_non_extractable_and_external_psks_get_ext_bind
             tls_hash: pb::TlsHash::Sha256 as i32,
         }],
         secret_request: None,
-    })
-    .await
-    .unwrap();
+    };
+    c.c_init_client_hello(offer.clone()).await.unwrap();
+    // An engine the PSK is not for cannot use it.
+    let e = c2.c_init_client_hello(offer).await.unwrap_err();
+    assert_eq!(
+        lurk_proto::status::LurkStatus::from_grpc(&e),
+        Some(lurk_proto::status::LurkStatus::InvalidPsk)
+    );
     assert!(!cs.log().contains(&hex::encode(psk)));
 }
 

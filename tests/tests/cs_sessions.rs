@@ -389,3 +389,287 @@ async fn a_resumed_ticket_cannot_be_registered_again() {
     );
     resume(&mut c, b"ticket-5").await.expect("a new ticket");
 }
+
+/// A ClientHello of about 60 KiB (a long ALPN list), empty x25519 share.
+fn big_client_hello() -> Vec<u8> {
+    let name = [b'a'; 255];
+    let protocols: Vec<&[u8]> = (0..230).map(|_| &name[..]).collect();
+    builder().alpn_protocols(&protocols).build().unwrap()
+}
+
+/// What sessions hold is bounded per engine by bytes, not only by count: one engine opening
+/// sessions on big ClientHellos is refused past its byte share, and another engine is still
+/// served.
+#[tokio::test]
+async fn sessions_are_bounded_per_engine_by_the_bytes_they_hold() {
+    let (_dev, cs) = start(
+        true,
+        "[sessions]\nmax_bytes = 4194304\nmax_bytes_per_engine = 1048576\n",
+    );
+    let mut c = cs.client("engine");
+    let ch = big_client_hello();
+    assert!(ch.len() > 55_000, "{}", ch.len());
+    let mut opened = 0;
+    let refusal = loop {
+        match c
+            .c_init_client_hello(init_request(ch.clone(), vec![]))
+            .await
+        {
+            Ok(_) => opened += 1,
+            Err(e) => break status_of(e),
+        }
+        assert!(opened < 40, "no byte bound: {opened} sessions of 60 KiB");
+    };
+    assert_eq!(refusal, LurkStatus::TooManySessions);
+    assert!((10..=17).contains(&opened), "{opened} sessions admitted");
+    let mut other = cs.client("engine2");
+    for _ in 0..3 {
+        other
+            .c_init_client_hello(init_request(ch.clone(), vec![]))
+            .await
+            .expect("another engine has its own share");
+    }
+}
+
+/// The dev set-up's ed25519 client certificate as a Certificate message with `context`.
+fn client_certificate(dev: &DevSetup, context: &[u8]) -> Vec<u8> {
+    let pem = std::fs::read(dev.path().join("client-ed25519.pem")).unwrap();
+    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    encode_certificate(context, std::slice::from_ref(&leaf)).unwrap()
+}
+
+/// A CertificateRequest (RFC 8446 §4.3.2) with `context`, signature_algorithms = [ed25519].
+fn certificate_request(context: &[u8]) -> Vec<u8> {
+    let mut body = vec![context.len() as u8];
+    body.extend_from_slice(context);
+    body.extend_from_slice(&[0, 8, 0, 13, 0, 4, 0, 2, 8, 7]);
+    let mut m = vec![13, 0, 0, body.len() as u8];
+    m.extend_from_slice(&body);
+    m
+}
+
+/// Sequence C with post_handshake_auth offered and no CertificateRequest in the handshake:
+/// the CS opens a session for post-handshake authentication. `hrr_suite`: a
+/// HelloRetryRequest selecting that suite comes first, then a ServerHello selecting
+/// `suite`. Returns the response (session id) or the refusal.
+async fn init_client_finished(
+    c: &mut Client,
+    hrr_suite: Option<CipherSuite>,
+    suite: CipherSuite,
+) -> Result<pb::CInitClientFinishedResponse, LurkStatus> {
+    let suites = [
+        CipherSuite::TlsAes128GcmSha256,
+        CipherSuite::TlsAes256GcmSha384,
+    ];
+    let ch = |share: &[u8]| {
+        ClientHelloBuilder::new([0x61u8; 32])
+            .legacy_session_id(&[1u8; 32])
+            .cipher_suites(&suites)
+            .supported_versions(&[0x0304])
+            .supported_groups(&[NamedGroup::X25519, NamedGroup::Secp256r1])
+            .signature_algorithms(&[SignatureScheme::Ed25519])
+            .key_share(NamedGroup::X25519, share)
+            .post_handshake_auth(true)
+            .build()
+            .unwrap()
+    };
+    let mut messages = vec![ch(&[9u8; 32])];
+    if let Some(hrr_suite) = hrr_suite {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&lurk_proto::wire::HELLO_RETRY_REQUEST_RANDOM);
+        body.push(32);
+        body.extend_from_slice(&[1u8; 32]);
+        body.extend_from_slice(&hrr_suite.get().to_be_bytes());
+        body.push(0);
+        let ext = [
+            0x00, 0x2b, 0x00, 0x02, 0x03, 0x04, 0x00, 0x2c, 0x00, 0x03, 0x00, 0x01, 0x7a,
+        ];
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hrr = vec![2, 0, 0, body.len() as u8];
+        hrr.extend_from_slice(&body);
+        messages.push(hrr);
+        messages.push(
+            ClientHelloBuilder::new([0x61u8; 32])
+                .legacy_session_id(&[1u8; 32])
+                .cipher_suites(&suites)
+                .supported_versions(&[0x0304])
+                .supported_groups(&[NamedGroup::X25519, NamedGroup::Secp256r1])
+                .signature_algorithms(&[SignatureScheme::Ed25519])
+                .key_share(NamedGroup::X25519, &[9u8; 32])
+                .post_handshake_auth(true)
+                .cookie(&[0x7a])
+                .build()
+                .unwrap(),
+        );
+    }
+    messages.push(
+        lurk_proto::wire::encode_server_hello(
+            &[0x42; 32],
+            &[1u8; 32],
+            suite,
+            NamedGroup::X25519,
+            &[8u8; 32],
+        )
+        .unwrap(),
+    );
+    messages.push(vec![8, 0, 0, 2, 0, 0]);
+    messages.push(encode_certificate::<Vec<u8>>(&[], &[vec![0x30, 0x00]]).unwrap());
+    messages.push(encode_certificate_verify(SignatureScheme::Ed25519, &[1; 64]).unwrap());
+    let fin_len = if suite == CipherSuite::TlsAes256GcmSha384 {
+        48
+    } else {
+        32
+    };
+    messages.push(encode_finished(&vec![5u8; fin_len]).unwrap());
+    c.c_init_client_finished(pb::CInitClientFinishedRequest {
+        handshake_messages: messages.concat(),
+        freshness: pb::Freshness::Sha256 as i32,
+        key_id: String::new(),
+        client_certificate: Vec::new(),
+        last_exchange: false,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_of)
+}
+
+async fn post_hand_auth(
+    c: &mut Client,
+    dev: &DevSetup,
+    id: &[u8],
+    first: bool,
+    context: &[u8],
+) -> Result<pb::CPostHandAuthResponse, LurkStatus> {
+    c.c_post_hand_auth(pb::CPostHandAuthRequest {
+        session_id: id.to_vec(),
+        handshake_messages: if first {
+            encode_finished(&[3u8; 32]).unwrap()
+        } else {
+            Vec::new()
+        },
+        certificate_request: certificate_request(context),
+        key_id: "ed25519".into(),
+        client_certificate: client_certificate(dev, context),
+        last_exchange: false,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_of)
+}
+
+/// A session opened by c_init_client_finished (no server seen by the CS) lives
+/// `engine_keyed_ttl_secs`, not `established_ttl_secs`.
+#[tokio::test]
+async fn a_sequence_c_session_has_its_own_shorter_life() {
+    let (dev, cs) = start(true, "[sessions]\nengine_keyed_ttl_secs = 1\n");
+    let mut c = cs.client("engine");
+    let resp = init_client_finished(&mut c, None, CipherSuite::TlsAes128GcmSha256)
+        .await
+        .unwrap();
+    assert_eq!(resp.session_id.len(), 16);
+    let fresh = init_client_finished(&mut c, None, CipherSuite::TlsAes128GcmSha256)
+        .await
+        .unwrap();
+    let cv = post_hand_auth(&mut c, &dev, &fresh.session_id, true, b"ctx-1")
+        .await
+        .expect("served within its life");
+    assert!(!cv.certificate_verify.is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        post_hand_auth(&mut c, &dev, &resp.session_id, true, b"ctx-1")
+            .await
+            .unwrap_err(),
+        LurkStatus::InvalidSessionId
+    );
+}
+
+/// After a HelloRetryRequest, the ServerHello must select the HRR's suite (RFC 8446 §4.1.4).
+#[tokio::test]
+async fn c_init_client_finished_checks_the_server_hello_suite_against_the_hrr() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    init_client_finished(
+        &mut c,
+        Some(CipherSuite::TlsAes128GcmSha256),
+        CipherSuite::TlsAes128GcmSha256,
+    )
+    .await
+    .expect("the same suite");
+    assert_eq!(
+        init_client_finished(
+            &mut c,
+            Some(CipherSuite::TlsAes128GcmSha256),
+            CipherSuite::TlsAes256GcmSha384,
+        )
+        .await
+        .unwrap_err(),
+        LurkStatus::InvalidHandshake
+    );
+}
+
+/// Each post-handshake authentication is a token signature: a session gets at most
+/// `max_post_handshake_auths`.
+#[tokio::test]
+async fn post_handshake_authentications_are_capped_per_session() {
+    let (dev, cs) = start(true, "[sessions]\nmax_post_handshake_auths = 2\n");
+    let mut c = cs.client("engine");
+    let id = init_client_finished(&mut c, None, CipherSuite::TlsAes128GcmSha256)
+        .await
+        .unwrap()
+        .session_id;
+    post_hand_auth(&mut c, &dev, &id, true, b"ctx-1")
+        .await
+        .unwrap();
+    post_hand_auth(&mut c, &dev, &id, false, b"ctx-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        post_hand_auth(&mut c, &dev, &id, false, b"ctx-3")
+            .await
+            .unwrap_err(),
+        LurkStatus::InvalidStatus
+    );
+}
+
+/// An engine looping on refused requests does not flood the CS's log: at most a burst of
+/// refusal lines per engine per interval; another engine's refusals are still logged.
+#[tokio::test]
+async fn refusal_log_lines_are_bounded_per_engine() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    for _ in 0..40 {
+        let e = c
+            .c_server_hello(pb::CServerHelloRequest {
+                session_id: vec![0u8; 16],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status_of(e), LurkStatus::InvalidSessionId);
+    }
+    let mut c2 = cs.client("engine2");
+    c2.c_server_hello(pb::CServerHelloRequest {
+        session_id: vec![0u8; 16],
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = cs.log();
+    let refused = |engine: &str| {
+        log.lines()
+            .filter(|l| l.contains("exchange refused") && l.contains(engine))
+            .count()
+    };
+    assert_eq!(refused("engine-dev"), 10, "{log}");
+    assert!(
+        log.contains("further refusals of this engine are counted"),
+        "{log}"
+    );
+    assert_eq!(refused("engine-other"), 1, "{log}");
+}

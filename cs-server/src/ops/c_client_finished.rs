@@ -29,7 +29,11 @@ pub fn handle(
         &req.session_id,
         req.last_exchange,
         |stage| match stage {
-            Stage::Handshake(state) => run(cs, engine, state, &req),
+            Stage::Handshake(state) => {
+                let (next, resp) = run(cs, engine, state, &req)?;
+                let bytes = next.held_bytes();
+                Ok(((next, resp), bytes))
+            }
             other => Err(other.out_of_order("c_client_finished")),
         },
         |stage, (next, resp)| {
@@ -203,6 +207,7 @@ fn run(
         post_handshake_auth: state.post_handshake_auth,
         awaiting_client_finished: false,
         pha_contexts: Vec::new(),
+        engine_keyed: false,
     };
     Ok((
         next,

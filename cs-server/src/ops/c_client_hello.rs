@@ -34,7 +34,14 @@ pub fn handle(
         &req.session_id,
         false,
         |stage| match stage {
-            Stage::Hello(state) => prepare(cs, state, &req),
+            Stage::Hello(state) => {
+                let retry = prepare(cs, state, &req)?;
+                // The second ClientHello replaces the first; a new key pair is added.
+                let bytes = state.held_bytes() - state.client_hello.capacity()
+                    + retry.client_hello.capacity()
+                    + retry.new_share.as_ref().map_or(0, CsShare::held_bytes);
+                Ok((retry, bytes))
+            }
             other => Err(other.out_of_order("c_client_hello")),
         },
         commit,

@@ -66,9 +66,16 @@ pub fn handle(
             .next()
             .filter(|m| m.typ == HandshakeType::ServerHello)
             .ok_or_else(|| invalid("expected the ServerHello"))?;
+        let hrr_suite = sh.suite;
         sh = msgs::server_hello(sh_msg.raw)?;
         if sh.is_hrr {
             return Err(invalid("a second HelloRetryRequest"));
+        }
+        // RFC 8446 §4.1.4: the ServerHello selects the HelloRetryRequest's cipher suite.
+        if sh.suite != hrr_suite {
+            return Err(invalid(
+                "the ServerHello selects another cipher suite than the HelloRetryRequest",
+            ));
         }
     }
     if !ch.suites.contains(&sh.suite) {
@@ -156,6 +163,7 @@ pub fn handle(
         post_handshake_auth: true,
         awaiting_client_finished: true,
         pha_contexts: Vec::new(),
+        engine_keyed: true,
     };
     let id = cs
         .sessions

@@ -19,6 +19,9 @@ use crate::ops::msgs;
 use crate::ops::state::{CsShare, HelloState, Stage};
 use crate::session::lock_session;
 
+/// The longest key_share public value the CS makes (an uncompressed P-384 point).
+const MAX_PUBLIC_KEY_LEN: usize = 97;
+
 pub fn handle(
     cs: &Cs,
     engine: &str,
@@ -70,14 +73,24 @@ pub fn handle(
         }
     }
 
-    // Reserve the session before any key is made or any ticket consumed.
-    let id = cs.sessions.open(engine, Stage::Taken)?;
+    // Reserve the session, and the bytes it will hold (the completed ClientHello, the key
+    // pairs, the PSKs), before any key is made or any ticket consumed.
+    let reserve = size_of::<HelloState>()
+        + req.client_hello.len()
+        + ch.shares.len() * (MAX_PUBLIC_KEY_LEN + 256)
+        + ch.psk_identities
+            .iter()
+            .map(|i| i.len() + 256)
+            .sum::<usize>()
+        + 512;
+    let id = cs.sessions.open_reserving(engine, Stage::Taken, reserve)?;
     let result = build(cs, engine, &req, ch, random);
     match result {
         Ok((state, resp)) => {
             let session = cs.sessions.get(engine, &id)?;
             let mut session = lock_session(&session)?;
             session.stage = Stage::Hello(Box::new(state));
+            cs.sessions.settle(&id, session.stage.held_bytes());
             cs.sessions.touch(&id, &mut session);
             Ok(pb::CInitClientHelloResponse {
                 session_id: id.as_bytes().to_vec(),

@@ -12,7 +12,7 @@ use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
-use crate::ops::state::{EstablishedState, Stage};
+use crate::ops::state::{EstablishedState, Stage, ENTRY_BYTES};
 
 pub fn handle(
     cs: &Cs,
@@ -25,7 +25,11 @@ pub fn handle(
         &req.session_id,
         req.last_exchange,
         |stage| match stage {
-            Stage::Established(state) => prepare(cs, engine, state, &req),
+            Stage::Established(state) => {
+                let (base, context, cv) = prepare(cs, engine, state, &req)?;
+                let bytes = state.held_bytes() + context.len() + ENTRY_BYTES;
+                Ok(((base, context, cv), bytes))
+            }
             other => Err(other.out_of_order("c_post_hand_auth")),
         },
         |stage, (base, context, cv)| {
@@ -55,6 +59,16 @@ fn prepare(
         return Err(ServiceError::refuse(
             LurkStatus::InvalidHandshake,
             "the ClientHello did not offer post_handshake_auth",
+        ));
+    }
+    if state.pha_contexts.len() >= cs.max_post_handshake_auths {
+        // Each one is a token signature and refreshes the session: bounded per session.
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidStatus,
+            format!(
+                "at most {} post-handshake authentications per session",
+                cs.max_post_handshake_auths
+            ),
         ));
     }
     let hash = state.hash;

@@ -50,7 +50,11 @@ pub fn handle(
         &req.session_id,
         req.last_exchange,
         |stage| match stage {
-            Stage::Established(state) => prepare(cs, state, &req),
+            Stage::Established(state) => {
+                let tickets = prepare(cs, state, &req)?;
+                let bytes = state.held_bytes() + 64 * tickets.len();
+                Ok((tickets, bytes))
+            }
             other => Err(other.out_of_order("c_register_tickets")),
         },
         // The store writes happen here so that the session records exactly the tickets

@@ -26,7 +26,11 @@ pub fn handle(
         &req.session_id,
         false,
         |stage| match stage {
-            Stage::Hello(state) => prepare(cs, state, &req),
+            Stage::Hello(state) => {
+                let (next, resp) = prepare(cs, state, &req)?;
+                let bytes = next.held_bytes();
+                Ok(((next, resp), bytes))
+            }
             other => Err(other.out_of_order("c_server_hello")),
         },
         |stage, (next, resp)| {

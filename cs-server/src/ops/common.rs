@@ -265,21 +265,29 @@ pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session, last_exchange: boo
 
 /// Runs one exchange on an open session so that a refused exchange changes nothing
 /// (docs/protocol.md): `prepare` sees the stage read-only and does everything that can fail
-/// (checks, agreements, signatures); only once it succeeded does `commit` apply its result,
-/// and `commit` cannot fail. The session is then touched, or closed when `last_exchange`.
+/// (checks, agreements, signatures), returning its result and the bytes the stage will hold
+/// once it is applied (an upper bound); the session table admits that size or refuses
+/// (`too_many_sessions`); only then does `commit` apply the result, and `commit` cannot fail.
+/// The session is then touched, or closed when `last_exchange`.
 pub fn exchange<P, R>(
     cs: &Cs,
     engine: &str,
     session_id: &[u8],
     last_exchange: bool,
-    prepare: impl FnOnce(&Stage) -> Result<P, ServiceError>,
+    prepare: impl FnOnce(&Stage) -> Result<(P, usize), ServiceError>,
     commit: impl FnOnce(&mut Stage, P) -> R,
 ) -> Result<R, ServiceError> {
     let id = SessionId::parse(session_id)?;
     let session = cs.sessions.get(engine, &id)?;
     let mut session = lock_session(&session)?;
-    let prepared = prepare(&session.stage)?;
+    let (prepared, bytes_after) = prepare(&session.stage)?;
+    if !last_exchange {
+        cs.sessions.resize(&id, bytes_after)?;
+    }
     let out = commit(&mut session.stage, prepared);
+    if !last_exchange {
+        cs.sessions.settle(&id, session.stage.held_bytes());
+    }
     finish(cs, &id, &mut session, last_exchange);
     Ok(out)
 }

@@ -45,6 +45,17 @@ impl Stage {
         matches!(self, Self::Established(_))
     }
 
+    /// The bytes this stage holds (approximately: sizes of the structures and of what they
+    /// own on the heap), charged to the session's engine in the session table.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Self::Hello(s) => s.held_bytes(),
+            Self::Handshake(s) => s.held_bytes(),
+            Self::Established(s) => s.held_bytes(),
+            Self::Taken => 0,
+        }
+    }
+
     /// Refusal for an exchange that does not come next in this session.
     pub fn out_of_order(&self, exchange: &str) -> ServiceError {
         ServiceError::refuse(
@@ -61,6 +72,12 @@ impl Stage {
         Self::Taken
     }
 }
+
+/// What a key pair the CS holds costs besides its public key (ring's private key, or the
+/// token's object handles).
+const KEY_PAIR_BYTES: usize = 128;
+/// What one small heap allocation (a `Vec` entry) costs besides its bytes.
+pub const ENTRY_BYTES: usize = 32;
 
 /// A key share the CS generated and still holds.
 pub struct CsShare {
@@ -99,6 +116,34 @@ pub struct HelloState {
     pub retried: bool,
 }
 
+impl CsShare {
+    pub fn held_bytes(&self) -> usize {
+        size_of::<Self>() + self.public.len() + KEY_PAIR_BYTES
+    }
+}
+
+impl OfferedPsk {
+    pub fn held_bytes(&self) -> usize {
+        size_of::<Self>() + self.identity.len() + self.psk.len() + 2 * ENTRY_BYTES
+    }
+}
+
+impl HelloState {
+    pub fn held_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.client_hello.capacity()
+            + self.legacy_session_id.len()
+            + 2 * (self.offered_suites.len() + self.offered_groups.len() + self.shared_groups.len())
+            + self
+                .cs_shares
+                .iter()
+                .map(CsShare::held_bytes)
+                .sum::<usize>()
+            + self.psks.iter().map(OfferedPsk::held_bytes).sum::<usize>()
+            + 6 * ENTRY_BYTES
+    }
+}
+
 pub struct HandshakeState {
     pub suite: CipherSuite,
     pub hash: HashAlg,
@@ -110,6 +155,13 @@ pub struct HandshakeState {
     pub psk_mode: bool,
     pub early_data_offered: bool,
     pub post_handshake_auth: bool,
+}
+
+impl HandshakeState {
+    pub fn held_bytes(&self) -> usize {
+        // The key schedule and the two traffic secrets: a few hashes each.
+        size_of::<Self>() + 4 * (64 + ENTRY_BYTES)
+    }
 }
 
 pub struct EstablishedState {
@@ -134,4 +186,23 @@ pub struct EstablishedState {
     pub awaiting_client_finished: bool,
     /// certificate_request_context values already answered (RFC 8446 §4.3.2: unique).
     pub pha_contexts: Vec<Vec<u8>>,
+    /// Sequence C: opened by c_init_client_finished, the engine ran the key schedule and the
+    /// CS saw no server's key exchange: a shorter life (`engine_keyed_ttl_secs`).
+    pub engine_keyed: bool,
+}
+
+impl EstablishedState {
+    pub fn held_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self
+                .resumption_master
+                .as_ref()
+                .map_or(0, |r| r.len() + ENTRY_BYTES)
+            + self
+                .pha_contexts
+                .iter()
+                .map(|c| c.len() + ENTRY_BYTES)
+                .sum::<usize>()
+            + 32 * (self.registered_nonces.len() + self.registered_identities.len())
+    }
 }
