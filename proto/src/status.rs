@@ -29,13 +29,14 @@ pub enum LurkStatus {
     TooManyTickets,
     TooManySessions,
     Unauthenticated,
+    TooManyRequests,
 }
 
 /// The gRPC metadata key that carries the LURK status number of a refusal.
 pub const LURK_STATUS_METADATA: &str = "lurk-status";
 
 impl LurkStatus {
-    pub const ALL: [LurkStatus; 19] = [
+    pub const ALL: [LurkStatus; 20] = [
         Self::UndefinedError,
         Self::InvalidFormat,
         Self::InvalidSecretRequest,
@@ -55,6 +56,7 @@ impl LurkStatus {
         Self::TooManyTickets,
         Self::TooManySessions,
         Self::Unauthenticated,
+        Self::TooManyRequests,
     ];
 
     /// The protocol number.
@@ -88,6 +90,7 @@ impl LurkStatus {
             Self::TooManyTickets => P::TooManyTickets,
             Self::TooManySessions => P::TooManySessions,
             Self::Unauthenticated => P::Unauthenticated,
+            Self::TooManyRequests => P::TooManyRequests,
         }
     }
 
@@ -113,6 +116,7 @@ impl LurkStatus {
             Self::TooManyTickets => "too_many_tickets",
             Self::TooManySessions => "too_many_sessions",
             Self::Unauthenticated => "unauthenticated",
+            Self::TooManyRequests => "too_many_requests",
         }
     }
 
