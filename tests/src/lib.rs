@@ -150,7 +150,21 @@ impl DevSetup {
 
     /// Like [`start_with_env`](Self::start_with_env); `Err` holds the CS's log.
     pub fn try_start_with_env(&self, env: &[(&str, &str)]) -> Result<CsProcess, String> {
-        let mut cmd = Command::new(workspace_bin("lurk-cs"));
+        self.try_start_cmd(Command::new(workspace_bin("lurk-cs")), env)
+    }
+
+    /// Starts `lurk-cs serve` with its descriptor limit (RLIMIT_NOFILE) set to `nofile`
+    /// (through `sh -c 'ulimit -n N; exec lurk-cs …'`: the PID is the CS's).
+    pub fn start_with_nofile(&self, nofile: u64) -> CsProcess {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(workspace_bin("lurk-cs"));
+        self.try_start_cmd(cmd, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_cmd(&self, mut cmd: Command, env: &[(&str, &str)]) -> Result<CsProcess, String> {
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -283,6 +297,25 @@ impl CsProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Descriptors the CS process has open now (`/proc/PID/fd`).
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the CS process in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Stops the process (SIGKILL) and waits for it.
