@@ -754,5 +754,6 @@ mod tests {
         assert_eq!(reference.freshness.mode, minimal.freshness.mode);
         assert_eq!(reference.log.format, minimal.log.format);
         assert_eq!(reference.log.level, minimal.log.level);
+        assert_eq!(reference.limits, minimal.limits);
     }
 }
