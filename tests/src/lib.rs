@@ -306,6 +306,22 @@ impl CsProcess {
             .unwrap_or(0)
     }
 
+    /// CPU time the CS process has used, in clock ticks (user + system, `/proc/PID/stat`).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+        // stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        f.iter().sum()
+    }
+
     /// Resident memory of the CS process in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
         let status =

@@ -213,6 +213,77 @@ async fn idle_tls_connections_beyond_the_engine_cap_do_not_stop_another_engine()
     drop(held);
 }
 
+/// The CS runs out of descriptors anyway (its limit lowered under the cap it derived at
+/// start, as an operator or another descriptor user could): accept() fails with EMFILE and
+/// the CS backs off instead of spinning, then serves again once descriptors are free.
+/// (Before: tonic's accept loop spun at 100% CPU.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
+    let (_dev, cs) = start("first_request_timeout_ms = 60000", Some(256));
+    // Once the CS has derived its cap (192) from 256, lower its limit under it.
+    assert!(
+        eventually(Duration::from_secs(5), || plain(&cs.log())
+            .contains("max_connections=192"))
+        .await,
+        "{}",
+        cs.log()
+    );
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", cs.pid()))
+        .arg("--nofile=40:40")
+        .status()
+        .expect("run prlimit");
+    assert!(st.success(), "prlimit failed");
+    // Idle connections of two engines (32 each at most) until the CS has no descriptor left.
+    // Three connections in a row not answered: the CS is out of descriptors.
+    let mut held = Vec::new();
+    let mut unanswered = 0;
+    'fill: for identity in ["engine", "engine2"] {
+        for _ in 0..32 {
+            let ep = endpoint(&cs, identity);
+            match tokio::time::timeout(Duration::from_millis(500), ep.connect()).await {
+                Ok(Ok(ch)) => {
+                    held.push(ch);
+                    unanswered = 0;
+                }
+                _ => {
+                    unanswered += 1;
+                    if unanswered == 3 {
+                        break 'fill;
+                    }
+                }
+            }
+        }
+    }
+    // One more peer waits for accept() while the CS is out of descriptors.
+    let _waiting = StdTcpStream::connect(&cs.addr).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || plain(&cs.log())
+            .contains("accept failed for lack of descriptors"))
+        .await,
+        "accept never failed: {} descriptors open\n{}",
+        cs.open_descriptors(),
+        cs.log()
+    );
+    // Over 2 s of EMFILE the CS uses far less than a core (USER_HZ = 100 ticks/s).
+    let before = cs.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cs.cpu_ticks() - before;
+    eprintln!("CS CPU over 2 s out of descriptors: {used} ticks");
+    assert!(
+        used < 100,
+        "{used} ticks of CPU in 2 s: the accept loop spins"
+    );
+    // Descriptors back: another engine is answered.
+    drop(held);
+    let pong = ping(&cs, "engine2").await;
+    assert_eq!(
+        pong.expect("served once descriptors are free")
+            .engine_identity,
+        "engine-other"
+    );
+}
+
 /// An mTLS connection as `identity` speaking raw HTTP/2 (h2).
 async fn raw_h2(cs: &CsProcess, identity: &str) -> h2::client::SendRequest<Bytes> {
     let tls = cs.tls_dir();
