@@ -180,6 +180,11 @@ pub struct LimitsConfig {
     pub max_connections_per_engine: usize,
     /// TLS handshakes in progress at most; beyond, the oldest is dropped.
     pub max_pending_handshakes: usize,
+    /// Requests in flight (body being received included) across all connections at most;
+    /// beyond, refused at once. Times the largest request decoded, this bounds request memory.
+    pub max_requests: usize,
+    /// Requests in flight per engine identity, across its connections (mTLS listener).
+    pub max_requests_per_engine: usize,
     /// Exchanges on the blocking pool (token, store) running at once per engine.
     pub max_exchanges_per_engine: usize,
     /// Further exchanges of an engine waiting for a slot; beyond, refused at once.
@@ -199,6 +204,8 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_engine: 32,
             max_pending_handshakes: 128,
+            max_requests: 1024,
+            max_requests_per_engine: 128,
             max_exchanges_per_engine: 16,
             max_queued_exchanges_per_engine: 128,
         }
@@ -223,9 +230,13 @@ impl LimitsConfig {
             || self.max_header_list_size == 0
             || self.max_connections_per_engine == 0
             || self.max_pending_handshakes == 0
+            || self.max_requests == 0
+            || self.max_requests_per_engine == 0
             || self.max_exchanges_per_engine == 0
         {
-            return bad("stream, header, connection, handshake and exchange caps must be > 0");
+            return bad(
+                "stream, header, connection, handshake, request and exchange caps must be > 0",
+            );
         }
         Ok(())
     }

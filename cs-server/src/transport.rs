@@ -19,7 +19,10 @@
 //!   without a request in flight.
 //! - **Requests**: a whole RPC (request body in, answer out) is bounded by
 //!   `request_timeout_ms`: past it the CS answers DEADLINE_EXCEEDED and drops the request
-//!   body it held; a peer that does not take its answer loses the connection.
+//!   body it held; a peer that does not take its answer loses the connection. At most
+//!   `max_requests` are in flight, `max_requests_per_engine` per engine across its
+//!   connections; beyond, a request is refused at once (RESOURCE_EXHAUSTED,
+//!   `too_many_requests`) without its body being read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -86,6 +89,8 @@ pub(crate) async fn serve(
         max_pending_handshakes = max_pending,
         max_connections_per_engine = limits.max_connections_per_engine,
         max_concurrent_streams = limits.max_concurrent_streams,
+        max_requests = limits.max_requests,
+        max_requests_per_engine = limits.max_requests_per_engine,
         request_timeout_ms = limits.request_timeout_ms,
         "transport limits"
     );
@@ -106,7 +111,11 @@ pub(crate) async fn serve(
         first_request_timeout: Duration::from_millis(limits.first_request_timeout_ms),
         idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
         pending: Arc::new(PendingHandshakes::new(max_pending)),
-        engines: Arc::new(EngineConnections::new(limits.max_connections_per_engine)),
+        engines: Arc::new(EngineConnections::new(
+            limits.max_connections_per_engine,
+            limits.max_requests_per_engine,
+        )),
+        requests: Arc::new(Counter::new(limits.max_requests, "requests in flight")),
         stop: stop_rx,
         evicted_warn: RateLimitedWarn::new(WARN_PERIOD),
         engine_cap_warn: RateLimitedWarn::new(WARN_PERIOD),
@@ -190,6 +199,8 @@ struct Shared {
     idle_timeout: Duration,
     pending: Arc<PendingHandshakes>,
     engines: Arc<EngineConnections>,
+    /// Requests in flight, all connections.
+    requests: Arc<Counter>,
     /// True once the server shuts down.
     stop: watch::Receiver<bool>,
     evicted_warn: RateLimitedWarn,
@@ -217,7 +228,7 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
         // Plaintext (development): engines name themselves per request, so only the
         // global caps apply.
         let info = tcp.connect_info();
-        return serve_http2(shared, tcp, info).await;
+        return serve_http2(shared, tcp, info, None).await;
     };
     let (pending, evicted) = shared.pending.enter();
     let tls = tokio::select! {
@@ -245,13 +256,13 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
     let engine = match leaf.map(|c| identity_from_certificate(c.as_ref())) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
-            tracing::info!(error = %e, "engine certificate names no identity: connection closed");
+            tracing::debug!(error = %e, "engine certificate names no identity: connection closed");
             return;
         }
         // The verifier requires a client certificate.
         None => return,
     };
-    let Some(_counted) = shared.engines.enter(&engine) else {
+    let Some(counted) = shared.engines.enter(&engine) else {
         if let Some(n) = shared.engine_cap_warn.check() {
             tracing::warn!(engine = %engine, cap = shared.engines.cap, times = n,
                 "connection cap per engine reached: new connection closed");
@@ -260,10 +271,14 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
     };
     // What tonic's own server puts in each request: `Request::peer_certs` reads it.
     let info = tls.connect_info();
-    serve_http2(shared, tls, info).await;
+    let requests = counted.requests.clone();
+    serve_http2(shared, tls, info, Some(requests)).await;
+    drop(counted);
 }
 
-async fn serve_http2<IO, I>(shared: &Shared, io: IO, info: I)
+/// HTTP/2 on one connection; `engine_requests` counts the requests in flight of the
+/// connection's engine (mTLS), across its connections.
+async fn serve_http2<IO, I>(shared: &Shared, io: IO, info: I, engine_requests: Option<Arc<Counter>>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     I: Clone + Send + Sync + 'static,
@@ -274,6 +289,8 @@ where
         info,
         activity: activity.clone(),
         timeout: shared.request_timeout,
+        requests: shared.requests.clone(),
+        engine_requests,
     };
     let conn = shared.h2.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -400,6 +417,8 @@ struct ConnService<I> {
     info: I,
     activity: Arc<Activity>,
     timeout: Duration,
+    requests: Arc<Counter>,
+    engine_requests: Option<Arc<Counter>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -413,6 +432,22 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Inc
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         use tonic::codegen::Service as _;
+        // Admission first: a refused request's body is never read (hyper resets the stream).
+        let admitted = match admit(&self.requests, self.engine_requests.as_ref()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                let response = tonic::Status::from(refusal)
+                    .into_http::<tonic::body::Body>()
+                    .map(|inner| BoundedBody {
+                        inner,
+                        deadline: Box::pin(tokio::time::sleep(self.timeout)),
+                        after_ms: 0,
+                        _in_flight: None,
+                        _admitted: Vec::new(),
+                    });
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
         req.extensions_mut().insert(self.info.clone());
         let deadline = Instant::now() + self.timeout;
         let in_flight = self.activity.begin(deadline);
@@ -439,7 +474,8 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Inc
                 inner,
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 after_ms,
-                _in_flight: in_flight,
+                _in_flight: Some(in_flight),
+                _admitted: admitted,
             }))
         })
     }
@@ -451,7 +487,8 @@ struct BoundedBody {
     inner: tonic::body::Body,
     deadline: Pin<Box<Sleep>>,
     after_ms: u64,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
+    _admitted: Vec<Admitted>,
 }
 
 impl http_body::Body for BoundedBody {
@@ -480,6 +517,54 @@ impl http_body::Body for BoundedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// A count with a cap, shared by whoever is counted in it.
+struct Counter {
+    cap: usize,
+    what: &'static str,
+    n: std::sync::atomic::AtomicUsize,
+}
+
+/// One place in a [`Counter`]; given back on drop.
+struct Admitted(Arc<Counter>);
+
+impl Counter {
+    fn new(cap: usize, what: &'static str) -> Self {
+        Self {
+            cap: cap.max(1),
+            what,
+            n: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn try_enter(self: &Arc<Self>) -> Result<Admitted, ServiceError> {
+        use std::sync::atomic::Ordering;
+        if self.n.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.n.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServiceError::Overloaded {
+                limit: self.what,
+                cap: self.cap,
+            });
+        }
+        Ok(Admitted(self.clone()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A place among the engine's requests in flight (if counted per engine), then among all.
+fn admit(all: &Arc<Counter>, engine: Option<&Arc<Counter>>) -> Result<Vec<Admitted>, ServiceError> {
+    let mut places = Vec::with_capacity(2);
+    if let Some(e) = engine {
+        places.push(e.try_enter()?);
+    }
+    places.push(all.try_enter()?);
+    Ok(places)
 }
 
 /// TLS handshakes in progress, oldest first. Past the cap the oldest is told to give up:
@@ -531,21 +616,26 @@ impl Drop for PendingHandshake {
     }
 }
 
-/// Authenticated connections per engine identity.
+/// Authenticated connections per engine identity, and the requests in flight each engine
+/// has across them.
 struct EngineConnections {
     cap: usize,
-    counts: Mutex<HashMap<EngineId, usize>>,
+    requests_cap: usize,
+    counts: Mutex<HashMap<EngineId, (usize, Arc<Counter>)>>,
 }
 
 struct EngineConnection {
     set: Arc<EngineConnections>,
     engine: EngineId,
+    /// The engine's requests in flight (shared by its connections).
+    requests: Arc<Counter>,
 }
 
 impl EngineConnections {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, requests_cap: usize) -> Self {
         Self {
             cap: cap.max(1),
+            requests_cap,
             counts: Mutex::new(HashMap::new()),
         }
     }
@@ -553,7 +643,15 @@ impl EngineConnections {
     /// Counts a connection of `engine`, or `None` if it has `cap` already.
     fn enter(self: &Arc<Self>, engine: &EngineId) -> Option<EngineConnection> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(engine.clone()).or_insert(0);
+        let (n, requests) = counts.entry(engine.clone()).or_insert_with(|| {
+            (
+                0,
+                Arc::new(Counter::new(
+                    self.requests_cap,
+                    "requests in flight per engine",
+                )),
+            )
+        });
         if *n >= self.cap {
             return None;
         }
@@ -561,6 +659,7 @@ impl EngineConnections {
         Some(EngineConnection {
             set: self.clone(),
             engine: engine.clone(),
+            requests: requests.clone(),
         })
     }
 }
@@ -568,7 +667,7 @@ impl EngineConnections {
 impl Drop for EngineConnection {
     fn drop(&mut self) {
         let mut counts = self.set.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.engine) {
+        if let Some((n, _)) = counts.get_mut(&self.engine) {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&self.engine);
@@ -596,7 +695,7 @@ mod tests {
 
     #[test]
     fn engines_are_capped_each_on_their_own() {
-        let set = Arc::new(EngineConnections::new(2));
+        let set = Arc::new(EngineConnections::new(2, 8));
         let a = EngineId::new("a").unwrap();
         let b = EngineId::new("b").unwrap();
         let a1 = set.enter(&a).unwrap();
@@ -608,6 +707,27 @@ mod tests {
         drop(_a3);
         drop(_a2);
         assert!(!set.counts.lock().unwrap().contains_key(&a));
+    }
+
+    #[test]
+    fn requests_are_admitted_within_the_engine_and_global_caps() {
+        let all = Arc::new(Counter::new(3, "requests in flight"));
+        let a = Arc::new(Counter::new(2, "requests in flight per engine"));
+        let b = Arc::new(Counter::new(2, "requests in flight per engine"));
+        let a1 = admit(&all, Some(&a)).unwrap();
+        let _a2 = admit(&all, Some(&a)).unwrap();
+        let refused = admit(&all, Some(&a)).err().unwrap();
+        assert!(matches!(refused, ServiceError::Overloaded { cap: 2, .. }));
+        let _b1 = admit(&all, Some(&b)).unwrap();
+        // The global cap: b's second is refused, and its engine place given back.
+        assert!(matches!(
+            admit(&all, Some(&b)),
+            Err(ServiceError::Overloaded { cap: 3, .. })
+        ));
+        assert_eq!(b.n.load(std::sync::atomic::Ordering::Relaxed), 1);
+        drop(a1);
+        let _b2 = admit(&all, Some(&b)).unwrap();
+        assert!(admit(&all, None).is_err());
     }
 
     #[test]

@@ -320,6 +320,88 @@ async fn raw_h2(cs: &CsProcess, identity: &str) -> h2::client::SendRequest<Bytes
     send
 }
 
+/// Opens a CInitClientHello stream whose body (a gRPC frame declaring `declared` bytes,
+/// `sent` of them sent) never ends; returns the answer future and the open body.
+async fn unfinished_request(
+    h2c: h2::client::SendRequest<Bytes>,
+    declared: u32,
+    sent: usize,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::client::ResponseFuture,
+    h2::SendStream<Bytes>,
+) {
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::post("https://localhost/lurk.tls13.v1.CryptoService/CInitClientHello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut body) = h2c.send_request(req, false).unwrap();
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&declared.to_be_bytes());
+    body.send_data(Bytes::from(prefix), false).unwrap();
+    const CHUNK: usize = 64 << 10;
+    let mut left = sent;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        body.send_data(Bytes::from(vec![0x16u8; n]), false).unwrap();
+        left -= n;
+    }
+    (h2c, answer, body)
+}
+
+/// One engine holds requests in flight over two connections (bodies never finished): past
+/// its `max_requests_per_engine` the next are refused at once with RESOURCE_EXHAUSTED and
+/// too_many_requests, while another engine is answered. (Before: nothing bounded an
+/// engine's requests in flight but 200 streams per connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_past_its_requests_in_flight_is_refused_at_once() {
+    let (_dev, cs) = start(
+        "max_requests_per_engine = 4\nmax_concurrent_streams = 8\nrequest_timeout_ms = 20000",
+        None,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut bodies = Vec::new();
+    for _connection in 0..2 {
+        let mut h2c = raw_h2(&cs, "engine").await;
+        for _ in 0..4 {
+            let (next, answer, body) = unfinished_request(h2c, 1 << 20, 64 << 10).await;
+            h2c = next;
+            bodies.push(body);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(answer.await.map(|r| r.headers().clone()));
+            });
+        }
+    }
+    // Four are refused at once; the four admitted are still receiving their bodies.
+    let mut refused = 0;
+    while let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        let headers = answer.expect("an answer, not a reset");
+        let field = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(field("grpc-status").as_deref(), Some("8"), "{headers:?}");
+        assert_eq!(
+            field("lurk-status").and_then(|v| v.parse::<u32>().ok()),
+            Some(LurkStatus::TooManyRequests.code()),
+            "{headers:?}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 4, "requests past the engine's cap");
+    let pong = ping(&cs, "engine2").await;
+    assert_eq!(
+        pong.expect("another engine is answered").engine_identity,
+        "engine-other"
+    );
+    drop(bodies);
+}
+
 /// Request bodies that never finish: each RPC is answered (DEADLINE_EXCEEDED) at the
 /// request timeout and what the CS held for it is released, so that round after round the
 /// CS's memory stays where it was. (Before: 80 such bodies held 322 MB for ever.)
@@ -327,7 +409,6 @@ async fn raw_h2(cs: &CsProcess, identity: &str) -> h2::client::SendRequest<Bytes
 async fn never_finished_request_bodies_are_dropped_at_the_request_timeout() {
     const STREAMS: usize = 8;
     const SENT: usize = 3 << 20;
-    const CHUNK: usize = 64 << 10;
     // Under tonic's 4 MiB decoding limit: the CS waits for the rest.
     const DECLARED: u32 = 4_000_000;
     let (_dev, cs) = start(
@@ -341,22 +422,8 @@ async fn never_finished_request_bodies_are_dropped_at_the_request_timeout() {
         let mut answers = Vec::new();
         let mut bodies = Vec::new();
         for _ in 0..STREAMS {
-            h2c = h2c.ready().await.unwrap();
-            let req = http::Request::post(
-                "https://localhost/lurk.tls13.v1.CryptoService/CInitClientHello",
-            )
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-            let (answer, mut body) = h2c.send_request(req, false).unwrap();
-            let mut prefix = vec![0u8];
-            prefix.extend_from_slice(&DECLARED.to_be_bytes());
-            body.send_data(Bytes::from(prefix), false).unwrap();
-            for _ in 0..SENT / CHUNK {
-                body.send_data(Bytes::from(vec![0x16u8; CHUNK]), false)
-                    .unwrap();
-            }
+            let (next, answer, body) = unfinished_request(h2c, DECLARED, SENT).await;
+            h2c = next;
             answers.push(answer);
             bodies.push(body);
         }
