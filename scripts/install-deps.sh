@@ -11,6 +11,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
+# prlimit: the transport-limit tests lower a running CS's descriptor limit.
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2

@@ -26,6 +26,8 @@ pub struct Config {
     pub freshness: FreshnessConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -166,6 +168,95 @@ impl Default for SessionConfig {
             engine_keyed_ttl_secs: default_engine_keyed_ttl(),
             max_post_handshake_auths: default_max_post_handshake_auths(),
         }
+    }
+}
+
+/// Transport and fairness limits: what one engine (or an unauthenticated peer) can make the
+/// CS hold, and for how long. Every field has a safe default.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A whole RPC (request body received, operation run, answer sent) at most, in ms.
+    pub request_timeout_ms: u64,
+    /// The TLS handshake of an accepted socket at most, in ms.
+    pub handshake_timeout_ms: u64,
+    /// From the end of the TLS handshake (or the accept, in plaintext) to the first request
+    /// (HTTP/2 preface included), in ms.
+    pub first_request_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, in ms.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: requests in flight per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2: 16384..=16777215).
+    pub max_frame_size: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: bytes of request headers.
+    pub max_header_list_size: u32,
+    /// Open connections at most (handshakes in progress included); 0 = derived from the
+    /// process's descriptor limit (RLIMIT_NOFILE). Never more than that limit allows.
+    pub max_connections: usize,
+    /// Authenticated connections per engine identity at most.
+    pub max_connections_per_engine: usize,
+    /// TLS handshakes in progress at most; beyond, the oldest is dropped.
+    pub max_pending_handshakes: usize,
+    /// Requests in flight (body being received included) across all connections at most;
+    /// beyond, refused at once. Times the largest request decoded, this bounds request memory.
+    pub max_requests: usize,
+    /// Requests in flight per engine identity, across its connections (mTLS listener).
+    pub max_requests_per_engine: usize,
+    /// Exchanges on the blocking pool (token, store) running at once per engine.
+    pub max_exchanges_per_engine: usize,
+    /// Further exchanges of an engine waiting for a slot; beyond, refused at once.
+    pub max_queued_exchanges_per_engine: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            first_request_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            max_concurrent_streams: 64,
+            max_frame_size: 16_384,
+            max_header_list_size: 16_384,
+            max_connections: 0,
+            max_connections_per_engine: 32,
+            max_pending_handshakes: 128,
+            max_requests: 1024,
+            max_requests_per_engine: 128,
+            max_exchanges_per_engine: 16,
+            max_queued_exchanges_per_engine: 128,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: &str| Err(ConfigError::Invalid(format!("limits: {why}")));
+        if self.request_timeout_ms == 0
+            || self.handshake_timeout_ms == 0
+            || self.first_request_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+        {
+            return bad("timeouts must be > 0");
+        }
+        // RFC 9113 §6.5.2.
+        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
+            return bad("max_frame_size must be in 16384..=16777215 (RFC 9113 §6.5.2)");
+        }
+        if self.max_concurrent_streams == 0
+            || self.max_header_list_size == 0
+            || self.max_connections_per_engine == 0
+            || self.max_pending_handshakes == 0
+            || self.max_requests == 0
+            || self.max_requests_per_engine == 0
+            || self.max_exchanges_per_engine == 0
+        {
+            return bad(
+                "stream, header, connection, handshake, request and exchange caps must be > 0",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -337,6 +428,7 @@ impl Config {
                 "sessions: max_bytes_per_engine must be > 0 and at most max_bytes".into(),
             ));
         }
+        self.limits.validate()?;
         let mut ids = std::collections::BTreeSet::new();
         for k in &self.keys {
             if !ids.insert(&k.id) {
@@ -403,6 +495,29 @@ mod tests {
         let c = Config::load(&path).expect("an unrelated LURK_ variable is not a config key");
         std::env::remove_var("LURK_SESSIONS__TTL_SECS");
         assert_eq!(c.sessions.ttl_secs, 7);
+    }
+
+    #[test]
+    fn limits_default_and_are_checked() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        let small = format!("{MINIMAL}\n[limits]\nrequest_timeout_ms = 500\n");
+        assert_eq!(
+            Config::from_toml(&small).unwrap().limits.request_timeout_ms,
+            500
+        );
+        for bad in [
+            "request_timeout_ms = 0",
+            "max_frame_size = 1024",
+            "max_concurrent_streams = 0",
+            "max_exchanges_per_engine = 0",
+            "no_such_limit = 1",
+        ] {
+            assert!(
+                Config::from_toml(&format!("{MINIMAL}\n[limits]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -101,6 +101,11 @@ pub enum ServiceError {
     Store(StoreError),
     /// Anything else on our side.
     Internal(String),
+    /// A `[limits]` cap of the engine was reached (e.g. its exchanges in flight): refused
+    /// at once, nothing changed; the engine may retry later.
+    Overloaded { limit: &'static str, cap: usize },
+    /// The RPC did not complete within `[limits] request_timeout_ms`.
+    TimedOut { after_ms: u64 },
 }
 
 impl ServiceError {
@@ -128,6 +133,8 @@ impl ServiceError {
             Self::Store(StoreError::Seal(TokenError::Unseal)) => LurkStatus::InvalidPsk,
             Self::Store(_) => LurkStatus::UndefinedError,
             Self::Internal(_) => LurkStatus::UndefinedError,
+            Self::Overloaded { .. } => LurkStatus::TooManyRequests,
+            Self::TimedOut { .. } => LurkStatus::UndefinedError,
         }
     }
 
@@ -137,9 +144,9 @@ impl ServiceError {
                 LurkStatus::Unauthenticated => tonic::Code::Unauthenticated,
                 LurkStatus::InvalidSessionId => tonic::Code::NotFound,
                 LurkStatus::InvalidStatus => tonic::Code::FailedPrecondition,
-                LurkStatus::TooManySessions | LurkStatus::TooManyTickets => {
-                    tonic::Code::ResourceExhausted
-                }
+                LurkStatus::TooManySessions
+                | LurkStatus::TooManyTickets
+                | LurkStatus::TooManyRequests => tonic::Code::ResourceExhausted,
                 LurkStatus::UndefinedError => tonic::Code::Internal,
                 LurkStatus::TokenUnavailable => tonic::Code::Unavailable,
                 _ => tonic::Code::InvalidArgument,
@@ -151,6 +158,8 @@ impl ServiceError {
             Self::Store(StoreError::TooManyTickets { .. }) => tonic::Code::ResourceExhausted,
             Self::Token(_) | Self::Store(_) => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,
+            Self::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            Self::TimedOut { .. } => tonic::Code::DeadlineExceeded,
         }
     }
 }
@@ -162,6 +171,12 @@ impl fmt::Display for ServiceError {
             Self::Token(e) => write!(f, "token: {e}"),
             Self::Store(e) => write!(f, "{e}"),
             Self::Internal(e) => write!(f, "internal error: {e}"),
+            Self::Overloaded { limit, cap } => write!(
+                f,
+                "{}: {limit} reached ({cap}); retry later",
+                LurkStatus::TooManyRequests.name()
+            ),
+            Self::TimedOut { after_ms } => write!(f, "request timeout ({after_ms} ms)"),
         }
     }
 }
@@ -197,7 +212,9 @@ impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         let lurk = e.lurk_status();
         let message = match &e {
-            ServiceError::Refused { .. } => e.to_string(),
+            ServiceError::Refused { .. }
+            | ServiceError::Overloaded { .. }
+            | ServiceError::TimedOut { .. } => e.to_string(),
             ServiceError::Token(TokenError::InvalidPeerKey(_))
             | ServiceError::Token(TokenError::KeyNotFound(_))
             | ServiceError::Token(TokenError::Unseal)
@@ -240,6 +257,23 @@ mod tests {
             Some(LurkStatus::InvalidSessionId)
         );
         assert!(st.message().contains("invalid_session_id"));
+    }
+
+    #[test]
+    fn limits_are_resource_exhausted_and_timeouts_deadline_exceeded() {
+        let st: tonic::Status = ServiceError::Overloaded {
+            limit: "exchanges in flight per engine",
+            cap: 4,
+        }
+        .into();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            LurkStatus::from_grpc(&st),
+            Some(LurkStatus::TooManyRequests)
+        );
+        assert!(st.message().contains("too_many_requests"));
+        let st: tonic::Status = ServiceError::TimedOut { after_ms: 10 }.into();
+        assert_eq!(st.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[test]

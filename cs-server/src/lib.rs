@@ -3,6 +3,8 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`server`]: listeners (mTLS, or plaintext in dev), engine identity, graceful shutdown;
+//! - `transport`: the accept loop, TLS handshakes and HTTP/2 connections, all bounded;
+//! - [`limits`]: per-engine exchange slots, the descriptor budget;
 //! - [`service`]: the tonic service: one handler per RPC, each calling its operation;
 //! - [`cs`]: the state every operation uses (token, keys, store, sessions, ephemerals);
 //! - [`ops`]: one file per LURK exchange, enforcing docs/design.md §2–§4;
@@ -20,6 +22,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod init_dev;
 pub mod keyring;
+pub mod limits;
 pub mod ops;
 pub mod refusal_log;
 pub mod server;
@@ -27,3 +30,4 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod token;
+mod transport;

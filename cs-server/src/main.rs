@@ -328,7 +328,8 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
                 .await;
             }
         });
-        let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);
+        let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext)
+            .with_exchange_limiter(lurk_cs::limits::ExchangeLimiter::from_config(&cfg.limits));
         // SIGTERM/SIGINT stop accepting and let RPCs in flight finish; engines keep their
         // HTTP/2 connections open, so after a grace period the remaining ones are closed.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -339,6 +340,7 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
         let mut stopping = stop_rx.clone();
         let serving = lurk_cs::server::serve_with_listener(
             &cfg.listen,
+            &cfg.limits,
             listener,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
             async move {

@@ -1,16 +1,17 @@
 //! The gRPC listener: mutual TLS (or plaintext, for development only), the engine identity
 //! every request is bound to, and graceful shutdown.
 //!
-//! - **mTLS**: tonic's `ServerTlsConfig` (rustls, ring): the CS's certificate and key from
-//!   `[listen.tls]`, and `client_ca` as the only roots that may issue engine certificates.
-//!   Client certificates are required: a connection without one, or with one from another
-//!   CA, fails in the TLS handshake and never reaches the service.
+//! - **mTLS**: rustls (ring) with the CS's certificate and key from `[listen.tls]`, and
+//!   `client_ca` as the only roots that may issue engine certificates. Client certificates
+//!   are required: a connection without one, or with one from another CA, fails in the TLS
+//!   handshake and never reaches the service.
 //! - **Engine identity** ([`engine_identity`]): the subject CN of the engine's certificate
 //!   (first DNS SAN if there is no CN). Sessions, tickets and key permissions are keyed by it.
 //!   On a plaintext listener the engine names itself with the `lurk-engine-id` header.
-//! - **Sockets**: `TCP_NODELAY` on every accepted connection (docs/design.md §5: Nagle's 40 ms
-//!   stalls), TCP and HTTP/2 keepalives, a TLS handshake timeout; tokio's listener sets
-//!   `SO_REUSEADDR`, so a restarted CS binds again at once.
+//! - **Transport limits** (`transport.rs`, `[limits]`): the CS runs its own accept loop,
+//!   handshakes and HTTP/2 connections, each bounded by count and time; `TCP_NODELAY` on
+//!   every socket (docs/design.md §5: Nagle's 40 ms stalls); tokio's listener sets `SO_REUSEADDR`, so a
+//!   restarted CS binds again at once.
 //! - **Shutdown**: when the shutdown future completes the listener closes, and in-flight
 //!   RPCs finish before [`serve`] returns ([`shutdown_signal`]: SIGINT or SIGTERM).
 //!
@@ -22,17 +23,19 @@ use std::fs;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
 
 use lurk_proto::pb::crypto_service_server::{CryptoService, CryptoServiceServer};
 use lurk_proto::status::LurkStatus;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-use zeroize::Zeroizing;
 
-use crate::config::{ListenConfig, TlsConfig};
+use crate::config::{LimitsConfig, ListenConfig, TlsConfig};
 use crate::error::ServiceError;
 
 /// Metadata header naming the engine on a plaintext (development) listener.
@@ -49,15 +52,6 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = lurk_proto::wire::limits::MAX_REQUE
 
 /// Longest engine identity accepted (a CN is at most 64 characters, a DNS name 253).
 pub const MAX_ENGINE_ID_LEN: usize = 255;
-
-/// HTTP/2 PING interval on idle connections, and how long to wait for the answer: a dead
-/// engine's connection is dropped within about a minute.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// TCP keepalive on accepted sockets (for peers that vanish without a FIN).
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// A client that has not completed the TLS handshake by then is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The authenticated name of an engine (certificate CN, or the dev header).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,9 +108,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds `cfg.addr` and serves `service` until `shutdown` completes.
+/// Binds `cfg.addr` and serves `service` under `limits` until `shutdown` completes.
 pub async fn serve<S: CryptoService>(
     cfg: &ListenConfig,
+    limits: &LimitsConfig,
     service: CryptoServiceServer<S>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -126,85 +121,87 @@ pub async fn serve<S: CryptoService>(
             addr: cfg.addr.clone(),
             source,
         })?;
-    serve_with_listener(cfg, listener, service, shutdown).await
+    serve_with_listener(cfg, limits, listener, service, shutdown).await
 }
 
 /// Serves `service` on an already bound listener (`cfg.addr` is ignored): tests bind
 /// `127.0.0.1:0` and read the port before starting the server.
 pub async fn serve_with_listener<S: CryptoService>(
     cfg: &ListenConfig,
+    limits: &LimitsConfig,
     listener: TcpListener,
     service: CryptoServiceServer<S>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
-    match (&cfg.tls, cfg.plaintext) {
+    let tls = match (&cfg.tls, cfg.plaintext) {
         (Some(_), true) => {
             // Fail closed: with both, engine_identity could trust a header on a TLS port.
             return Err(ServerError::Config(
                 "both [listen.tls] and plaintext = true: choose one".into(),
             ));
         }
-        (Some(tls), false) => builder = builder.tls_config(load_tls(tls)?)?,
-        (None, true) => tracing::warn!(
-            "PLAINTEXT gRPC listener: engines are not authenticated and name themselves with \
-             the {ENGINE_ID_METADATA} header. Development only."
-        ),
+        (Some(tls), false) => Some(TlsAcceptor::from(load_tls(tls)?)),
+        (None, true) => {
+            tracing::warn!(
+                "PLAINTEXT gRPC listener: engines are not authenticated and name themselves \
+                 with the {ENGINE_ID_METADATA} header. Development only."
+            );
+            None
+        }
         (None, false) => {
             return Err(ServerError::Config(
                 "set [listen.tls] (mTLS) or, for development only, plaintext = true".into(),
             ))
         }
-    }
+    };
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.addr.clone(), |a| a.to_string());
-    // TcpIncoming wraps tokio_stream's TcpListenerStream and also sets TCP_NODELAY and
-    // keepalive on each accepted socket (Server::tcp_nodelay is ignored for an incoming
-    // stream).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    tracing::info!(addr = %local, mtls = cfg.tls.is_some(), "crypto service listening");
-    builder
-        .add_service(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    // Every gRPC service the CS serves: one `.add_service(...)` each.
+    let routes =
+        Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)).prepare();
+    tracing::info!(addr = %local, mtls = tls.is_some(), "crypto service listening");
+    crate::transport::serve(listener, tls, routes, limits, shutdown).await;
     tracing::info!(addr = %local, "crypto service stopped");
     Ok(())
 }
 
 /// Reads the PEM files of `[listen.tls]`, checking each holds what it should so that a
 /// misconfiguration is reported at start-up with the file's name.
-fn load_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
-    let cert = read_file(&tls.cert)?;
-    let key = Zeroizing::new(read_file(&tls.key)?);
-    let client_ca = read_file(&tls.client_ca)?;
-    expect_certs(&tls.cert, &cert)?;
-    expect_certs(&tls.client_ca, &client_ca)?;
-    match rustls_pemfile::private_key(&mut &key[..]) {
-        Ok(Some(_)) => {}
-        _ => {
-            return Err(ServerError::Config(format!(
-                "{}: no PEM private key",
-                tls.key.display()
-            )))
-        }
-    }
+fn load_tls(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> {
+    let bad = |path: &Path, what: &str| ServerError::Config(format!("{}: {what}", path.display()));
+    let chain = expect_certs(&tls.cert, &read_file(&tls.cert)?)?;
+    let roots = expect_certs(&tls.client_ca, &read_file(&tls.client_ca)?)?;
+    // The transport key, not a LURK credential; rustls keeps its own copy.
+    let key_pem = zeroize::Zeroizing::new(read_file(&tls.key)?);
+    let key: PrivateKeyDer<'static> = match rustls_pemfile::private_key(&mut &key_pem[..]) {
+        Ok(Some(k)) => k,
+        _ => return Err(bad(&tls.key, "no PEM private key")),
+    };
     if let Ok(meta) = fs::metadata(&tls.key) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(path = %tls.key.display(), "TLS key readable by group or others");
         }
     }
-    // tonic copies the key into its own (non-zeroizing) buffer; it is the transport key,
-    // not a LURK credential.
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(&cert, &key[..]))
-        .client_ca_root(Certificate::from_pem(&client_ca))
-        .client_auth_optional(false)
-        .timeout(TLS_HANDSHAKE_TIMEOUT))
+    let mut store = RootCertStore::empty();
+    for ca in roots {
+        store
+            .add(ca)
+            .map_err(|e| bad(&tls.client_ca, &format!("unusable CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .build()
+        .map_err(|e| bad(&tls.client_ca, &format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Config(format!("TLS: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&tls.cert, &format!("certificate and key do not match: {e}")))?;
+    // gRPC is HTTP/2 only (RFC 9113 §3.2: "h2" over TLS).
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ServerError> {
@@ -214,10 +211,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ServerError> {
     })
 }
 
-fn expect_certs(path: &Path, pem: &[u8]) -> Result<(), ServerError> {
+fn expect_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ServerError> {
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &pem[..]).collect();
     match certs {
-        Ok(c) if !c.is_empty() => Ok(()),
+        Ok(c) if !c.is_empty() => Ok(c),
         _ => Err(ServerError::Config(format!(
             "{}: no PEM certificate",
             path.display()
@@ -320,6 +317,7 @@ pub async fn shutdown_signal() {
 mod tests {
     use std::net::SocketAddr;
     use std::path::PathBuf;
+    use std::time::Duration;
 
     use lurk_proto::pb;
     use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
@@ -329,7 +327,7 @@ mod tests {
     };
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
-    use tonic::transport::{Channel, ClientTlsConfig};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     use tonic::{Request, Response, Status};
 
     use super::*;
@@ -516,7 +514,7 @@ mod tests {
             plaintext: cfg.plaintext,
         });
         let task = tokio::spawn(async move {
-            serve_with_listener(&cfg, listener, service, async {
+            serve_with_listener(&cfg, &LimitsConfig::default(), listener, service, async {
                 let _ = rx.await;
             })
             .await
@@ -685,7 +683,9 @@ mod tests {
         for cfg in [both, neither, bad_key, missing] {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let service = CryptoServiceServer::new(PingOnly { plaintext: true });
-            let r = serve_with_listener(&cfg, listener, service, async {}).await;
+            let r =
+                serve_with_listener(&cfg, &LimitsConfig::default(), listener, service, async {})
+                    .await;
             assert!(
                 matches!(r, Err(ServerError::Config(_) | ServerError::Io { .. })),
                 "{r:?}"
@@ -697,7 +697,7 @@ mod tests {
         cfg.addr = taken.local_addr().unwrap().to_string();
         let service = CryptoServiceServer::new(PingOnly { plaintext: false });
         assert!(matches!(
-            serve(&cfg, service, async {}).await,
+            serve(&cfg, &LimitsConfig::default(), service, async {}).await,
             Err(ServerError::Bind { .. })
         ));
     }
@@ -761,5 +761,6 @@ mod tests {
         assert_eq!(reference.freshness.mode, minimal.freshness.mode);
         assert_eq!(reference.log.format, minimal.log.format);
         assert_eq!(reference.log.level, minimal.log.level);
+        assert_eq!(reference.limits, minimal.limits);
     }
 }

@@ -12,6 +12,11 @@
 //!
 //! Every request is first checked against the request cap
 //! ([`MAX_REQUEST_LEN`](lurk_proto::wire::limits::MAX_REQUEST_LEN)): over it, `invalid_format`.
+//!
+//! A blocking operation first takes one of its engine's exchange slots (`[limits]
+//! max_exchanges_per_engine`, with a bounded queue; `limits.rs`): past them it is refused at
+//! once with `too_many_requests`, so one engine cannot hold every blocking thread or token
+//! session.
 
 use std::sync::Arc;
 
@@ -25,6 +30,7 @@ use tonic::{Request, Response, Status};
 use crate::config::EphemeralBackendKind;
 use crate::cs::Cs;
 use crate::error::{ServiceError, TokenError};
+use crate::limits::ExchangeLimiter;
 use crate::ops;
 use crate::refusal_log::{self, RefusalLog, Verdict};
 use crate::server::engine_identity;
@@ -60,15 +66,25 @@ pub struct CryptoServiceImpl {
     cs: Arc<Cs>,
     plaintext: bool,
     refusals: Arc<RefusalLog>,
+    exchanges: Arc<ExchangeLimiter>,
 }
 
 impl CryptoServiceImpl {
+    /// The service with the default `[limits]` exchange slots.
     pub fn new(cs: Arc<Cs>, plaintext: bool) -> Self {
+        let exchanges = ExchangeLimiter::from_config(&crate::config::LimitsConfig::default());
         Self {
             cs,
             plaintext,
             refusals: Arc::new(RefusalLog::default()),
+            exchanges,
         }
+    }
+
+    /// Uses `exchanges` for the per-engine slots of blocking operations.
+    pub fn with_exchange_limiter(mut self, exchanges: Arc<ExchangeLimiter>) -> Self {
+        self.exchanges = exchanges;
+        self
     }
 
     pub fn cs(&self) -> &Arc<Cs> {
@@ -107,11 +123,16 @@ impl CryptoServiceImpl {
             )),
             Where::Inline => op(&self.cs, engine.as_str(), msg),
             Where::Blocking => {
+                // Held until the operation ends, even if the RPC times out meanwhile.
+                let slot = self.exchanges.acquire(engine.as_str()).await?;
                 let cs = self.cs.clone();
                 let who = engine.clone();
-                tokio::task::spawn_blocking(move || op(&cs, who.as_str(), msg))
-                    .await
-                    .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    op(&cs, who.as_str(), msg)
+                })
+                .await
+                .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?
             }
         };
         match result {

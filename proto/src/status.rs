@@ -30,13 +30,14 @@ pub enum LurkStatus {
     TooManySessions,
     Unauthenticated,
     TokenUnavailable,
+    TooManyRequests,
 }
 
 /// The gRPC metadata key that carries the LURK status number of a refusal.
 pub const LURK_STATUS_METADATA: &str = "lurk-status";
 
 impl LurkStatus {
-    pub const ALL: [LurkStatus; 20] = [
+    pub const ALL: [LurkStatus; 21] = [
         Self::UndefinedError,
         Self::InvalidFormat,
         Self::InvalidSecretRequest,
@@ -57,6 +58,7 @@ impl LurkStatus {
         Self::TooManySessions,
         Self::Unauthenticated,
         Self::TokenUnavailable,
+        Self::TooManyRequests,
     ];
 
     /// The protocol number.
@@ -91,6 +93,7 @@ impl LurkStatus {
             Self::TooManySessions => P::TooManySessions,
             Self::Unauthenticated => P::Unauthenticated,
             Self::TokenUnavailable => P::TokenUnavailable,
+            Self::TooManyRequests => P::TooManyRequests,
         }
     }
 
@@ -117,6 +120,7 @@ impl LurkStatus {
             Self::TooManySessions => "too_many_sessions",
             Self::Unauthenticated => "unauthenticated",
             Self::TokenUnavailable => "token_unavailable",
+            Self::TooManyRequests => "too_many_requests",
         }
     }
 

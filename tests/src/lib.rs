@@ -159,7 +159,26 @@ impl DevSetup {
     /// Like [`try_start_with_env`](Self::try_start_with_env), listening on `listen`
     /// (`127.0.0.2:PORT`: several replicas on one port, as behind one DNS name).
     pub fn try_start_on(&self, listen: &str, env: &[(&str, &str)]) -> Result<CsProcess, String> {
-        let mut cmd = Command::new(workspace_bin("lurk-cs"));
+        self.try_start_cmd(Command::new(workspace_bin("lurk-cs")), listen, env)
+    }
+
+    /// Starts `lurk-cs serve` with its descriptor limit (RLIMIT_NOFILE) set to `nofile`
+    /// (through `sh -c 'ulimit -n N; exec lurk-cs …'`: the PID is the CS's).
+    pub fn start_with_nofile(&self, nofile: u64) -> CsProcess {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(workspace_bin("lurk-cs"));
+        self.try_start_cmd(cmd, "127.0.0.1:0", &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_cmd(
+        &self,
+        mut cmd: Command,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Result<CsProcess, String> {
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -292,6 +311,41 @@ impl CsProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Descriptors the CS process has open now (`/proc/PID/fd`).
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the CS process has used, in clock ticks (user + system, `/proc/PID/stat`).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+        // stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        f.iter().sum()
+    }
+
+    /// Resident memory of the CS process in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Stops the process (SIGKILL) and waits for it.

@@ -1,0 +1,775 @@
+//! The engine-facing transport: the CS's own accept loop, TLS handshakes and HTTP/2
+//! connections (hyper) in front of tonic's router, so that what a peer makes the CS hold is
+//! bounded by count and by time (`[limits]`, see `config.rs`):
+//!
+//! - **Descriptors**: a connection takes one of `max_connections` slots *before* accept(), so
+//!   the CS never accepts past its descriptor budget (derived from RLIMIT_NOFILE, see
+//!   `limits.rs`); further peers wait in the kernel's listen backlog. Accept errors from
+//!   exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) back off instead of spinning.
+//! - **Handshakes**: each mTLS handshake is bounded by `handshake_timeout_ms`; at most
+//!   `max_pending_handshakes` run at once and a new one evicts the oldest, so that silent
+//!   sockets cannot lock engines out.
+//! - **Engines**: after the handshake the client certificate names the engine
+//!   ([`identity_from_certificate`]); past `max_connections_per_engine` its new connection
+//!   is closed.
+//! - **HTTP/2**: SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE and
+//!   SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2), keepalive PINGs. A connection is
+//!   closed (GOAWAY, RFC 9113 §6.8) when its first request does not come within
+//!   `first_request_timeout_ms` (the client preface included), or after `idle_timeout_ms`
+//!   without a request in flight.
+//! - **Requests**: a whole RPC (request body in, answer out) is bounded by
+//!   `request_timeout_ms`: past it the CS answers DEADLINE_EXCEEDED and drops the request
+//!   body it held; a peer that does not take its answer loses the connection. At most
+//!   `max_requests` are in flight, `max_requests_per_engine` per engine across its
+//!   connections; beyond, a request is refused at once (RESOURCE_EXHAUSTED,
+//!   `too_many_requests`) without its body being read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tonic::codegen::http;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+
+use crate::config::LimitsConfig;
+use crate::error::ServiceError;
+use crate::limits::{connection_cap, descriptor_limit, RateLimitedWarn};
+use crate::server::{identity_from_certificate, EngineId};
+
+/// HTTP/2 PING interval, and how long to wait for the answer: a dead peer's connection is
+/// dropped within about a minute.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive on accepted sockets (for peers that vanish without a FIN).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// First and longest pause after an accept error from resource exhaustion.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A request still in flight this long after its deadline (its answer not taken by the
+/// peer) gets its connection closed.
+const OVERDUE_GRACE: Duration = Duration::from_secs(1);
+/// At most one warning per period for each kind of refusal.
+const WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves `routes` on `listener` (mTLS with `tls`, else plaintext) under `limits` until
+/// `shutdown` completes; then stops accepting, closes every connection with a GOAWAY and
+/// returns once their requests in flight are done (each within its request timeout).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+    limits: &LimitsConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let nofile = descriptor_limit();
+    let max_connections = connection_cap(limits.max_connections, nofile);
+    // Pending handshakes hold descriptors too: they never take more than half the slots,
+    // or silent sockets could leave no slot to accept (and evict) with.
+    let max_pending = limits
+        .max_pending_handshakes
+        .min((max_connections / 2).max(1));
+    tracing::info!(
+        max_connections,
+        descriptor_limit = nofile,
+        max_pending_handshakes = max_pending,
+        max_connections_per_engine = limits.max_connections_per_engine,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        max_requests = limits.max_requests,
+        max_requests_per_engine = limits.max_requests_per_engine,
+        request_timeout_ms = limits.request_timeout_ms,
+        "transport limits"
+    );
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_frame_size(limits.max_frame_size)
+        .max_header_list_size(limits.max_header_list_size)
+        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        routes,
+        tls,
+        h2,
+        request_timeout: Duration::from_millis(limits.request_timeout_ms),
+        handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+        first_request_timeout: Duration::from_millis(limits.first_request_timeout_ms),
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+        pending: Arc::new(PendingHandshakes::new(max_pending)),
+        engines: Arc::new(EngineConnections::new(
+            limits.max_connections_per_engine,
+            limits.max_requests_per_engine,
+        )),
+        requests: Arc::new(Counter::new(limits.max_requests, "requests in flight")),
+        stop: stop_rx,
+        evicted_warn: RateLimitedWarn::new(WARN_PERIOD),
+        engine_cap_warn: RateLimitedWarn::new(WARN_PERIOD),
+    });
+    // Every connection task holds a clone; recv() returns None once all are done.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let full_warn = RateLimitedWarn::new(WARN_PERIOD);
+    let accept_warn = RateLimitedWarn::new(WARN_PERIOD);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    tokio::pin!(shutdown);
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if let Some(n) = full_warn.check() {
+                    tracing::warn!(
+                        max_connections,
+                        times = n,
+                        "connection cap reached: new peers wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    tcp
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    if let Some(n) = accept_warn.check() {
+                        tracing::warn!(error = %e, times = n, backoff_ms = backoff.as_millis(),
+                            "accept failed for lack of descriptors or memory: backing off");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+                Err(e) => {
+                    // A connection-level error (ECONNABORTED, ...): that peer only.
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        configure_socket(&tcp);
+        let shared = shared.clone();
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            connection(&shared, tcp).await;
+            drop(slot);
+            drop(alive);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    let _ = alive_rx.recv().await;
+}
+
+/// What every connection task shares.
+struct Shared {
+    routes: Routes,
+    tls: Option<TlsAcceptor>,
+    h2: http2::Builder<TokioExecutor>,
+    request_timeout: Duration,
+    handshake_timeout: Duration,
+    first_request_timeout: Duration,
+    idle_timeout: Duration,
+    pending: Arc<PendingHandshakes>,
+    engines: Arc<EngineConnections>,
+    /// Requests in flight, all connections.
+    requests: Arc<Counter>,
+    /// True once the server shuts down.
+    stop: watch::Receiver<bool>,
+    evicted_warn: RateLimitedWarn,
+    engine_cap_warn: RateLimitedWarn,
+}
+
+fn configure_socket(tcp: &TcpStream) {
+    // LURK exchanges are small request/answer pairs: Nagle's delay would stall each.
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// Accept errors that say the process or system is out of a resource, not that one peer
+/// went away (Linux errno: ENOMEM 12, ENFILE 23, EMFILE 24, ENOBUFS 105).
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
+        || e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
+/// One accepted socket: the TLS handshake (bounded), the engine's connection cap, then
+/// HTTP/2 until the peer, the idle timer or the shutdown ends it.
+async fn connection(shared: &Shared, tcp: TcpStream) {
+    let Some(acceptor) = &shared.tls else {
+        // Plaintext (development): engines name themselves per request, so only the
+        // global caps apply.
+        let info = tcp.connect_info();
+        return serve_http2(shared, tcp, info, None).await;
+    };
+    let (pending, evicted) = shared.pending.enter();
+    let tls = tokio::select! {
+        r = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        },
+        _ = evicted => {
+            if let Some(n) = shared.evicted_warn.check() {
+                tracing::warn!(times = n, cap = shared.pending.cap,
+                    "too many TLS handshakes in progress: the oldest dropped");
+            }
+            return;
+        }
+    };
+    drop(pending);
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let engine = match leaf.map(|c| identity_from_certificate(c.as_ref())) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "engine certificate names no identity: connection closed");
+            return;
+        }
+        // The verifier requires a client certificate.
+        None => return,
+    };
+    let Some(counted) = shared.engines.enter(&engine) else {
+        if let Some(n) = shared.engine_cap_warn.check() {
+            tracing::warn!(engine = %engine, cap = shared.engines.cap, times = n,
+                "connection cap per engine reached: new connection closed");
+        }
+        return;
+    };
+    // What tonic's own server puts in each request: `Request::peer_certs` reads it.
+    let info = tls.connect_info();
+    let requests = counted.requests.clone();
+    serve_http2(shared, tls, info, Some(requests)).await;
+    drop(counted);
+}
+
+/// HTTP/2 on one connection; `engine_requests` counts the requests in flight of the
+/// connection's engine (mTLS), across its connections.
+async fn serve_http2<IO, I>(shared: &Shared, io: IO, info: I, engine_requests: Option<Arc<Counter>>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Clone + Send + Sync + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = ConnService {
+        routes: shared.routes.clone(),
+        info,
+        activity: activity.clone(),
+        timeout: shared.request_timeout,
+        requests: shared.requests.clone(),
+        engine_requests,
+    };
+    let conn = shared.h2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stop = shared.stop.clone();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+            }
+            return;
+        }
+        why = activity.closing(shared.first_request_timeout, shared.idle_timeout) => {
+            tracing::debug!(reason = why, "closing connection");
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    // GOAWAY; the requests in flight end within their timeout, after which a peer that
+    // does not finish the exchange is dropped.
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(shared.request_timeout + OVERDUE_GRACE, conn)
+        .await
+        .is_err()
+    {
+        tracing::debug!("connection dropped: GOAWAY not completed in time");
+    }
+}
+
+/// The requests in flight on one connection, and since when it has had none.
+struct Activity {
+    state: Mutex<ActivityState>,
+    changed: Notify,
+}
+
+struct ActivityState {
+    next_id: u64,
+    /// (deadline, id) of each request in flight.
+    in_flight: BTreeSet<(Instant, u64)>,
+    /// When the last request ended (or the connection started).
+    since: Instant,
+    any_request: bool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                next_id: 0,
+                in_flight: BTreeSet::new(),
+                since: Instant::now(),
+                any_request: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>, deadline: Instant) -> InFlight {
+        let key = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (deadline, s.next_id);
+            s.next_id += 1;
+            s.in_flight.insert(key);
+            s.any_request = true;
+            key
+        };
+        self.changed.notify_waiters();
+        InFlight {
+            activity: self.clone(),
+            key,
+        }
+    }
+
+    /// Completes when the connection should close: no first request in time, idle too
+    /// long, or a request overdue (its answer not taken by the peer).
+    async fn closing(&self, first_request: Duration, idle: Duration) -> &'static str {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (deadline, why) = {
+                let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                match s.in_flight.first() {
+                    Some((d, _)) => (*d + OVERDUE_GRACE, "request overdue"),
+                    None if s.any_request => (s.since + idle, "idle"),
+                    None => (s.since + first_request, "no request"),
+                }
+            };
+            if Instant::now() >= deadline {
+                return why;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = &mut notified => {}
+            }
+        }
+    }
+}
+
+/// A request in flight; ends (and restarts the idle timer) on drop.
+struct InFlight {
+    activity: Arc<Activity>,
+    key: (Instant, u64),
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut s = self
+                .activity
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            s.in_flight.remove(&self.key);
+            s.since = Instant::now();
+        }
+        self.activity.changed.notify_waiters();
+    }
+}
+
+/// The per-connection service: adds the connection's info to each request (as tonic's
+/// server does), bounds the RPC by the request timeout and counts it in flight.
+#[derive(Clone)]
+struct ConnService<I> {
+    routes: Routes,
+    info: I,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    requests: Arc<Counter>,
+    engine_requests: Option<Arc<Counter>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Incoming>>
+    for ConnService<I>
+{
+    type Response = http::Response<BoundedBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
+        use tonic::codegen::Service as _;
+        // Admission first: a refused request's body is never read (hyper resets the stream).
+        let admitted = match admit(&self.requests, self.engine_requests.as_ref()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                let response = tonic::Status::from(refusal)
+                    .into_http::<tonic::body::Body>()
+                    .map(|inner| BoundedBody {
+                        inner,
+                        deadline: Box::pin(tokio::time::sleep(self.timeout)),
+                        after_ms: 0,
+                        _in_flight: None,
+                        _admitted: Vec::new(),
+                    });
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
+        req.extensions_mut().insert(self.info.clone());
+        let deadline = Instant::now() + self.timeout;
+        let in_flight = self.activity.begin(deadline);
+        let after_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut routes = self.routes.clone();
+        Box::pin(async move {
+            // The request body is read inside the router's future: dropped at the deadline,
+            // with whatever part of the body it held.
+            let answer = tokio::time::timeout_at(deadline, async move {
+                std::future::poll_fn(|cx| {
+                    tonic::codegen::Service::<http::Request<Incoming>>::poll_ready(&mut routes, cx)
+                })
+                .await?;
+                routes.call(req).await
+            })
+            .await;
+            let response = match answer {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                Err(_) => tonic::Status::from(ServiceError::TimedOut { after_ms })
+                    .into_http::<tonic::body::Body>(),
+            };
+            Ok(response.map(|inner| BoundedBody {
+                inner,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                after_ms,
+                _in_flight: Some(in_flight),
+                _admitted: admitted,
+            }))
+        })
+    }
+}
+
+/// A response body that fails (the stream is reset) once the request's deadline passes,
+/// and keeps the request counted in flight until it is sent or dropped.
+struct BoundedBody {
+    inner: tonic::body::Body,
+    deadline: Pin<Box<Sleep>>,
+    after_ms: u64,
+    _in_flight: Option<InFlight>,
+    _admitted: Vec<Admitted>,
+}
+
+impl http_body::Body for BoundedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let after_ms = this.after_ms;
+            return Poll::Ready(Some(Err(ServiceError::TimedOut { after_ms }.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A count with a cap, shared by whoever is counted in it.
+struct Counter {
+    cap: usize,
+    what: &'static str,
+    n: std::sync::atomic::AtomicUsize,
+}
+
+/// One place in a [`Counter`]; given back on drop.
+struct Admitted(Arc<Counter>);
+
+impl Counter {
+    fn new(cap: usize, what: &'static str) -> Self {
+        Self {
+            cap: cap.max(1),
+            what,
+            n: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn try_enter(self: &Arc<Self>) -> Result<Admitted, ServiceError> {
+        use std::sync::atomic::Ordering;
+        if self.n.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.n.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServiceError::Overloaded {
+                limit: self.what,
+                cap: self.cap,
+            });
+        }
+        Ok(Admitted(self.clone()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A place among the engine's requests in flight (if counted per engine), then among all.
+fn admit(all: &Arc<Counter>, engine: Option<&Arc<Counter>>) -> Result<Vec<Admitted>, ServiceError> {
+    let mut places = Vec::with_capacity(2);
+    if let Some(e) = engine {
+        places.push(e.try_enter()?);
+    }
+    places.push(all.try_enter()?);
+    Ok(places)
+}
+
+/// TLS handshakes in progress, oldest first. Past the cap the oldest is told to give up:
+/// a peer that opens sockets and stays silent only ever evicts its own.
+struct PendingHandshakes {
+    cap: usize,
+    state: Mutex<(u64, BTreeMap<u64, oneshot::Sender<()>>)>,
+}
+
+struct PendingHandshake {
+    set: Arc<PendingHandshakes>,
+    id: u64,
+}
+
+impl PendingHandshakes {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            state: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    /// Registers a handshake; the receiver completes if it is evicted.
+    fn enter(self: &Arc<Self>) -> (PendingHandshake, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.1.len() >= self.cap {
+            if let Some((_, oldest)) = s.1.pop_first() {
+                let _ = oldest.send(());
+            }
+        }
+        let id = s.0;
+        s.0 += 1;
+        s.1.insert(id, tx);
+        (
+            PendingHandshake {
+                set: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        let mut s = self.set.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1.remove(&self.id);
+    }
+}
+
+/// Authenticated connections per engine identity, and the requests in flight each engine
+/// has across them.
+struct EngineConnections {
+    cap: usize,
+    requests_cap: usize,
+    counts: Mutex<HashMap<EngineId, (usize, Arc<Counter>)>>,
+}
+
+struct EngineConnection {
+    set: Arc<EngineConnections>,
+    engine: EngineId,
+    /// The engine's requests in flight (shared by its connections).
+    requests: Arc<Counter>,
+}
+
+impl EngineConnections {
+    fn new(cap: usize, requests_cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            requests_cap,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection of `engine`, or `None` if it has `cap` already.
+    fn enter(self: &Arc<Self>, engine: &EngineId) -> Option<EngineConnection> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, requests) = counts.entry(engine.clone()).or_insert_with(|| {
+            (
+                0,
+                Arc::new(Counter::new(
+                    self.requests_cap,
+                    "requests in flight per engine",
+                )),
+            )
+        });
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(EngineConnection {
+            set: self.clone(),
+            engine: engine.clone(),
+            requests: requests.clone(),
+        })
+    }
+}
+
+impl Drop for EngineConnection {
+    fn drop(&mut self) {
+        let mut counts = self.set.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, _)) = counts.get_mut(&self.engine) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.engine);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_the_oldest_handshake_is_evicted() {
+        let set = Arc::new(PendingHandshakes::new(2));
+        let (a, mut ra) = set.enter();
+        let (_b, mut rb) = set.enter();
+        let (_c, mut rc) = set.enter();
+        assert!(ra.try_recv().is_ok(), "the oldest is told to give up");
+        assert!(rb.try_recv().is_err());
+        assert!(rc.try_recv().is_err());
+        drop(a);
+        assert_eq!(set.state.lock().unwrap().1.len(), 2);
+    }
+
+    #[test]
+    fn engines_are_capped_each_on_their_own() {
+        let set = Arc::new(EngineConnections::new(2, 8));
+        let a = EngineId::new("a").unwrap();
+        let b = EngineId::new("b").unwrap();
+        let a1 = set.enter(&a).unwrap();
+        let _a2 = set.enter(&a).unwrap();
+        assert!(set.enter(&a).is_none());
+        let _b1 = set.enter(&b).unwrap();
+        drop(a1);
+        let _a3 = set.enter(&a).unwrap();
+        drop(_a3);
+        drop(_a2);
+        assert!(!set.counts.lock().unwrap().contains_key(&a));
+    }
+
+    #[test]
+    fn requests_are_admitted_within_the_engine_and_global_caps() {
+        let all = Arc::new(Counter::new(3, "requests in flight"));
+        let a = Arc::new(Counter::new(2, "requests in flight per engine"));
+        let b = Arc::new(Counter::new(2, "requests in flight per engine"));
+        let a1 = admit(&all, Some(&a)).unwrap();
+        let _a2 = admit(&all, Some(&a)).unwrap();
+        let refused = admit(&all, Some(&a)).err().unwrap();
+        assert!(matches!(refused, ServiceError::Overloaded { cap: 2, .. }));
+        let _b1 = admit(&all, Some(&b)).unwrap();
+        // The global cap: b's second is refused, and its engine place given back.
+        assert!(matches!(
+            admit(&all, Some(&b)),
+            Err(ServiceError::Overloaded { cap: 3, .. })
+        ));
+        assert_eq!(b.n.load(std::sync::atomic::Ordering::Relaxed), 1);
+        drop(a1);
+        let _b2 = admit(&all, Some(&b)).unwrap();
+        assert!(admit(&all, None).is_err());
+    }
+
+    #[test]
+    fn exhaustion_errors_are_told_from_peer_errors() {
+        assert!(is_resource_exhaustion(&std::io::Error::from_raw_os_error(
+            24
+        )));
+        assert!(is_resource_exhaustion(&std::io::Error::from_raw_os_error(
+            23
+        )));
+        assert!(!is_resource_exhaustion(&std::io::Error::from_raw_os_error(
+            103 // ECONNABORTED
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_closes_without_a_first_request_or_when_idle() {
+        let first = Duration::from_secs(5);
+        let idle = Duration::from_secs(60);
+        let a = Arc::new(Activity::new());
+        let t0 = Instant::now();
+        assert_eq!(a.closing(first, idle).await, "no request");
+        assert_eq!(t0.elapsed(), first);
+
+        let a = Arc::new(Activity::new());
+        let r = a.begin(Instant::now() + Duration::from_secs(10));
+        let watcher = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                (a.closing(first, idle).await, t.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(r);
+        let (why, after) = watcher.await.unwrap();
+        assert_eq!(why, "idle");
+        assert_eq!(after, Duration::from_secs(3) + idle);
+
+        // A request whose answer is never taken: overdue after its deadline.
+        let a = Arc::new(Activity::new());
+        let _r = a.begin(Instant::now() + Duration::from_secs(10));
+        assert_eq!(a.closing(first, idle).await, "request overdue");
+    }
+}
