@@ -53,6 +53,21 @@ enum Command {
         #[command(subcommand)]
         command: PskCommand,
     },
+    /// The ticket store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Apply the pending schema migrations (`serve` applies them at start too) and check
+    /// that the token's sealing key is the store's.
+    Migrate {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -235,9 +250,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 hex::decode(text.trim()).map_err(|_| "the key file must hold the PSK in hex")?,
             );
             let token = lurk_cs::token::Token::open(&cfg.token)?;
-            let store =
-                lurk_cs::store::SqliteStore::open(&cfg.store.path, Arc::new(token), &cfg.store)?;
-            use lurk_cs::store::TicketStore;
+            let store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
             store.put_external_psk(lurk_cs::store::ExternalPsk {
                 identity: identity.as_bytes().to_vec(),
                 psk,
@@ -245,6 +258,19 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 allowed_engines: Vec::new(),
             })?;
             println!("stored external PSK {identity:?} ({hash:?})");
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Migrate { config },
+        } => {
+            let cfg = load(&config)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            // Opening applies the migrations and checks the key check value.
+            let _store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
+            println!(
+                "ticket store ({:?}) is at the latest schema and opens with this sealing key",
+                cfg.store.backend
+            );
             Ok(())
         }
     }

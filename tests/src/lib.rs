@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod engine;
 pub mod lurk;
 pub mod openssl;
+pub mod postgres;
 pub mod process;
 
 use lurk_engine::cs_client::CsEndpoint;
