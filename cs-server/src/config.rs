@@ -26,6 +26,8 @@ pub struct Config {
     pub freshness: FreshnessConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -323,19 +323,27 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
                 .await;
             }
         });
+        let (health, health_svc) = lurk_cs::health::Health::new();
+        tokio::spawn(health.clone().run_probe(cs.clone(), cfg.health.clone()));
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext);
-        // SIGTERM/SIGINT stop accepting and let RPCs in flight finish; engines keep their
-        // HTTP/2 connections open, so after a grace period the remaining ones are closed.
+        // SIGTERM/SIGINT: health turns NOT_SERVING at once, the listener keeps serving for
+        // `[health] shutdown_delay_ms`, then stops accepting and lets RPCs in flight finish;
+        // engines keep their HTTP/2 connections open, so after a grace period the remaining
+        // ones are closed.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown_delay = std::time::Duration::from_millis(cfg.health.shutdown_delay_ms);
         tokio::spawn(async move {
             lurk_cs::server::shutdown_signal().await;
+            health.shutting_down().await;
+            tokio::time::sleep(shutdown_delay).await;
             let _ = stop_tx.send(true);
         });
         let mut stopping = stop_rx.clone();
-        let serving = lurk_cs::server::serve_with_listener(
+        let serving = lurk_cs::server::serve_with_health(
             &cfg.listen,
             listener,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
+            health_svc,
             async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             },

@@ -131,6 +131,20 @@ pub async fn serve_with_listener<S: CryptoService>(
     service: CryptoServiceServer<S>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    serve_with_health(cfg, listener, service, health, shutdown).await
+}
+
+/// [`serve_with_listener`], with the `grpc.health.v1` service `crate::health` drives.
+pub async fn serve_with_health<S: CryptoService>(
+    cfg: &ListenConfig,
+    listener: TcpListener,
+    service: CryptoServiceServer<S>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
@@ -164,6 +178,7 @@ pub async fn serve_with_listener<S: CryptoService>(
     tracing::info!(addr = %local, mtls = cfg.tls.is_some(), "crypto service listening");
     builder
         .add_service(service)
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     tracing::info!(addr = %local, "crypto service stopped");

@@ -257,6 +257,52 @@ impl CsProcess {
         ep
     }
 
+    /// A `grpc.health.v1` client (tonic-health's) over mTLS as `identity`.
+    pub fn health_client(
+        &self,
+        identity: &str,
+    ) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let tls = self.dir.join("tls");
+        let read = |name: String| std::fs::read(tls.join(name)).unwrap();
+        let cfg = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(Identity::from_pem(
+                read(format!("{identity}.pem")),
+                read(format!("{identity}.key")),
+            ))
+            .domain_name("localhost");
+        let ch = Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .tls_config(cfg)
+            .unwrap()
+            .connect_lazy();
+        tonic_health::pb::health_client::HealthClient::new(ch)
+    }
+
+    /// The health status of `service` (`""`: the whole server), or the gRPC error.
+    pub async fn health(&self, service: &str) -> Result<i32, tonic::Status> {
+        let mut c = self.health_client("engine");
+        c.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+    }
+
+    /// Waits up to `timeout` for `service`'s health to be `status`.
+    pub async fn wait_health(&self, service: &str, status: i32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.health(service).await.ok() == Some(status) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     pub fn client(&self, identity: &str) -> CryptoServiceClient<Channel> {
         self.endpoint(identity).connect_lazy().unwrap()
     }
