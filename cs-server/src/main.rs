@@ -75,10 +75,58 @@ enum TokenCommand {
     /// Create a development setup under DIR: SoftHSM config and token, Ed25519 and P-256
     /// client keys with self-signed certificates, sealing key, mTLS files, lurk-cs.toml.
     InitDev { dir: PathBuf },
-    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists.
+    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists;
+    /// or move it between replicas' tokens, wrapped.
     SealingKey {
+        #[arg(long, short, env = "LURK_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Create it extractable, so that it can be exported wrapped to other replicas
+        /// (it never leaves the token in clear).
+        #[arg(long)]
+        exportable: bool,
+        #[command(subcommand)]
+        action: Option<SealingKeyAction>,
+    },
+    /// AES key-wrapping keys (shared by replicas' tokens, from a key ceremony).
+    WrappingKey {
+        #[command(subcommand)]
+        command: WrappingKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealingKeyAction {
+    /// Write the sealing key wrapped (C_WrapKey, CKM_AES_KEY_WRAP) under a wrapping key.
+    ExportWrapped {
+        /// Label of the wrapping key in the token.
+        #[arg(long)]
+        wrapping_key: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Unwrap (C_UnwrapKey) a file from `export-wrapped` into this token as its sealing key.
+    ImportWrapped {
+        #[arg(long)]
+        wrapping_key: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Keep the imported key exportable.
+        #[arg(long)]
+        exportable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WrappingKeyCommand {
+    /// Import an AES key (hex in a file, 16/24/32 bytes) as a wrap/unwrap-only key.
+    Import {
         #[arg(long, short, env = "LURK_CONFIG")]
         config: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// File holding the key in hex (never on the command line).
+        #[arg(long)]
+        key_file: PathBuf,
     },
 }
 
@@ -147,6 +195,10 @@ fn load(config: &Path) -> Result<Config, BoxError> {
     Ok(Config::load(config)?)
 }
 
+fn need_config(config: Option<PathBuf>) -> Result<PathBuf, BoxError> {
+    config.ok_or_else(|| "--config FILE (or LURK_CONFIG) is required".into())
+}
+
 fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve { config, listen } => {
@@ -179,11 +231,83 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::SealingKey { config },
+            command:
+                TokenCommand::SealingKey {
+                    config,
+                    action: Some(action),
+                    ..
+                },
+        } => {
+            let cfg = load(&need_config(config)?)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            use lurk_cs::token::wrap::WRAPPED_HEADER;
+            match action {
+                SealingKeyAction::ExportWrapped { wrapping_key, out } => {
+                    let wrapped = token.export_sealing_key_wrapped(&wrapping_key)?;
+                    std::fs::write(
+                        &out,
+                        format!("{WRAPPED_HEADER}\n{}\n", hex::encode(wrapped)),
+                    )?;
+                    println!(
+                        "sealing key {:?} wrapped under {wrapping_key:?} in {}",
+                        cfg.token.sealing_key,
+                        out.display()
+                    );
+                }
+                SealingKeyAction::ImportWrapped {
+                    wrapping_key,
+                    input,
+                    exportable,
+                } => {
+                    let text = std::fs::read_to_string(&input)?;
+                    let mut lines = text.lines();
+                    if lines.next() != Some(WRAPPED_HEADER) {
+                        return Err(format!(
+                            "{}: not a file from `sealing-key export-wrapped`",
+                            input.display()
+                        )
+                        .into());
+                    }
+                    let wrapped = hex::decode(lines.next().unwrap_or("").trim())
+                        .map_err(|e| format!("{}: {e}", input.display()))?;
+                    token.import_sealing_key_wrapped(&wrapping_key, &wrapped, exportable)?;
+                    println!("sealing key {:?} imported", cfg.token.sealing_key);
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::WrappingKey {
+                    command:
+                        WrappingKeyCommand::Import {
+                            config,
+                            label,
+                            key_file,
+                        },
+                },
         } => {
             let cfg = load(&config)?;
             let token = lurk_cs::token::Token::open(&cfg.token)?;
-            if token.ensure_sealing_key()? {
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?);
+            let key = zeroize::Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| "the key file must hold the key in hex")?,
+            );
+            token.import_wrapping_key(&label, &key)?;
+            println!("wrapping key {label:?} imported");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::SealingKey {
+                    config,
+                    exportable,
+                    action: None,
+                },
+        } => {
+            let cfg = load(&need_config(config)?)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            if token.ensure_sealing_key_exportable(exportable)? {
                 println!("created the sealing key {:?}", cfg.token.sealing_key);
             } else {
                 println!("the sealing key {:?} already exists", cfg.token.sealing_key);

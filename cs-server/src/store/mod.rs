@@ -41,7 +41,7 @@ use crate::error::{StoreError, TokenError};
 mod postgres;
 mod sqlite;
 #[cfg(test)]
-mod suite;
+pub(crate) mod suite;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -39,6 +39,7 @@ mod sign;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod uri;
+pub mod wrap;
 
 pub use ephemeral::TokenEphemeral;
 pub use mechanisms::Need;

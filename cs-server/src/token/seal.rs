@@ -26,26 +26,18 @@ impl Token {
     /// whether it was created. AES-256, token object, private, sensitive, not extractable,
     /// encrypt/decrypt only.
     pub fn ensure_sealing_key(&self) -> Result<bool, TokenError> {
+        self.ensure_sealing_key_exportable(false)
+    }
+
+    /// [`ensure_sealing_key`](Self::ensure_sealing_key); with `exportable`, the key is
+    /// extractable so that it can leave the token wrapped (`token::wrap`), for replicas.
+    pub fn ensure_sealing_key_exportable(&self, exportable: bool) -> Result<bool, TokenError> {
         let session = self.session()?;
         if self.find_sealing_key(&session)?.is_some() {
             return Ok(false);
         }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32u64.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Sign(false),
-            Attribute::Derive(false),
-            Attribute::Label(self.inner.sealing_label.as_bytes().to_vec()),
-        ];
+        let mut template = super::wrap::sealing_key_template(&self.inner.sealing_label, exportable);
+        template.push(Attribute::ValueLen(32u64.into()));
         let handle = session
             .generate_key(&Mechanism::AesKeyGen, &template)
             .map_err(|e| TokenError::pkcs11("C_GenerateKey", e))?;
@@ -60,7 +52,10 @@ impl Token {
         Ok(self.find_sealing_key(&session)?.is_some())
     }
 
-    fn find_sealing_key(&self, session: &Session) -> Result<Option<ObjectHandle>, TokenError> {
+    pub(super) fn find_sealing_key(
+        &self,
+        session: &Session,
+    ) -> Result<Option<ObjectHandle>, TokenError> {
         if let Some(h) = self.inner.sealing_key.get() {
             return Ok(Some(*h));
         }
@@ -80,7 +75,7 @@ impl Token {
         Ok(found)
     }
 
-    fn sealing_key(&self, session: &Session) -> Result<ObjectHandle, TokenError> {
+    pub(super) fn sealing_key(&self, session: &Session) -> Result<ObjectHandle, TokenError> {
         self.find_sealing_key(session)?.ok_or_else(|| {
             TokenError::KeyNotFound(format!(
                 "sealing key {:?} (create it with `lurk-cs token sealing-key`)",
