@@ -13,6 +13,7 @@ pub mod lurk;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
+pub mod rfc8448;
 
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
