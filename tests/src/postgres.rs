@@ -87,11 +87,28 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    tls: bool,
 }
 
 impl PgCluster {
     /// `initdb` and start.
     pub fn start() -> Self {
+        Self::init(false)
+    }
+
+    /// Like [`start`](Self::start), with TLS required on TCP (`hostssl` only): the server's
+    /// certificate (for `127.0.0.1` and `localhost`) is self-signed, its PEM in
+    /// [`ca_file`](Self::ca_file).
+    pub fn start_with_tls() -> Self {
+        Self::init(true)
+    }
+
+    /// The PEM the server's certificate verifies against (TLS clusters).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn init(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("lurk-pg-")
@@ -130,10 +147,39 @@ impl PgCluster {
             .args(["--no-sync", "-E", "UTF8"])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(c, "initdb");
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .unwrap();
+            std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).unwrap();
+            let crt = data.join("server.crt");
+            let key = data.join("server.key");
+            std::fs::write(&crt, cert.cert.pem()).unwrap();
+            std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).unwrap();
+            let text: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, text).unwrap();
+            if is_root() {
+                let mut c = Command::new("chown");
+                c.arg("postgres:postgres").arg(&crt).arg(&key).arg(&hba);
+                run(c, "chown");
+            }
+        }
         let cluster = Self {
             dir,
             bin,
             port: free_port(),
+            tls,
         };
         cluster.start_server();
         cluster
@@ -150,11 +196,14 @@ impl PgCluster {
 
     /// Starts the server (after [`stop`](Self::stop)), on the same port.
     pub fn start_server(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             self.port,
             self.socket_dir().display()
         );
+        if self.tls {
+            opts.push_str(" -c ssl=on");
+        }
         let mut c = pg_command(&self.bin.join("pg_ctl"));
         c.arg("start")
             .arg("-D")

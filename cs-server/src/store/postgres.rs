@@ -856,4 +856,37 @@ mod tests {
         s.ping().unwrap();
         assert!(s.take_ticket("engine-a", b"t").unwrap().is_some());
     }
+
+    /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and
+    /// refuses a server its CA does not vouch for; without `tls_ca` the server refuses it.
+    #[test]
+    fn tls_to_the_database() {
+        std::env::set_var(PASSWORD_ENV, PASSWORD);
+        let cluster = PgCluster::start_with_tls();
+        let f = Fixture::new(&cluster);
+        let mut c = pg_cfg(&cluster, &f.db, &cfg(8, 3600));
+        c.postgres.as_mut().unwrap().tls_ca = Some(cluster.ca_file());
+        let s = PostgresStore::from_config(&c, f.sealer.clone()).unwrap();
+        let psk = random_psk(32);
+        s.put_ticket("engine-a", ticket(b"tls", &psk)).unwrap();
+        assert_eq!(
+            &s.take_ticket("engine-a", b"tls").unwrap().unwrap().psk[..],
+            &psk[..]
+        );
+
+        // Plaintext: pg_hba.conf has only hostssl lines for TCP.
+        let mut plain = c.clone();
+        plain.postgres.as_mut().unwrap().tls_ca = None;
+        assert!(PostgresStore::from_config(&plain, f.sealer.clone()).is_err());
+
+        // Another CA: the server's certificate is not trusted.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(&other, cert.cert.pem()).unwrap();
+        let mut wrong = c.clone();
+        wrong.postgres.as_mut().unwrap().tls_ca = Some(other);
+        let err = PostgresStore::from_config(&wrong, f.sealer.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
 }
