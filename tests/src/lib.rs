@@ -210,6 +210,31 @@ impl Default for DevSetup {
     }
 }
 
+/// A `grpc.health.v1` client (tonic-health's) for the CS at `url`, over mTLS with the
+/// files of `tls_dir` (`ca.pem`, `IDENTITY.pem`, `IDENTITY.key`).
+pub fn health_client(
+    url: &str,
+    tls_dir: &Path,
+    identity: &str,
+) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |name: String| std::fs::read(tls_dir.join(name)).unwrap();
+    let cfg = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+        .identity(Identity::from_pem(
+            read(format!("{identity}.pem")),
+            read(format!("{identity}.key")),
+        ))
+        .domain_name("localhost");
+    let ch = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(cfg)
+        .unwrap()
+        .connect_lazy();
+    tonic_health::pb::health_client::HealthClient::new(ch)
+}
+
 /// A running `lurk-cs serve`, killed by PID on drop.
 pub struct CsProcess {
     child: Child,
@@ -263,23 +288,7 @@ impl CsProcess {
         &self,
         identity: &str,
     ) -> tonic_health::pb::health_client::HealthClient<Channel> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-        let tls = self.dir.join("tls");
-        let read = |name: String| std::fs::read(tls.join(name)).unwrap();
-        let cfg = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-            .identity(Identity::from_pem(
-                read(format!("{identity}.pem")),
-                read(format!("{identity}.key")),
-            ))
-            .domain_name("localhost");
-        let ch = Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .tls_config(cfg)
-            .unwrap()
-            .connect_lazy();
-        tonic_health::pb::health_client::HealthClient::new(ch)
+        health_client(&self.url(), &self.dir.join("tls"), identity)
     }
 
     /// The health status of `service` (`""`: the whole server), or the gRPC error.
