@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lurk needs on Debian when it is missing: SoftHSM2 (the default PKCS#11
-# token), OpenSSL (test servers and certificates), Python 3 with tlslite-ng (the strict
-# TLS 1.3 test server of tests/tlslite_server.py), Go (the crypto/tls test server of
+# token), OpenSSL (test servers and certificates), PostgreSQL (the tests start private
+# clusters for the PostgreSQL ticket store), Python 3 with tlslite-ng (the strict TLS 1.3
+# test server of tests/tlslite_server.py), Go (the crypto/tls test server of
 # tests/go_tls_server, standard library only). Rust comes from rustup.
 set -euo pipefail
 need=()
@@ -13,6 +14,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 # prlimit: the transport-limit tests lower a running CS's descriptor limit.
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# PostgreSQL server binaries for the tests' private clusters (Debian puts them in
+# /usr/lib/postgresql/NN/bin, off PATH); no system-wide server is used.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "install-deps: installing ${need[*]}" >&2

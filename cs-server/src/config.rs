@@ -28,6 +28,7 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -111,17 +112,59 @@ pub struct EphemeralConfig {
     pub backend: EphemeralBackendKind,
 }
 
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One SQLite file (`path`): one CS on one host (default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`[store.postgres]`), shared by several CS replicas.
+    Postgres,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite file holding the sealed tickets and external PSKs.
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// SQLite file holding the sealed tickets and external PSKs (`backend = "sqlite"`).
+    #[serde(default)]
     pub path: PathBuf,
+    /// `backend = "postgres"`: where the database is.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// Ticket lifetime cap in seconds (RFC 8446 §4.6.1: at most 7 days).
     #[serde(default = "default_ticket_lifetime")]
     pub ticket_lifetime_secs: u64,
     /// Tickets kept per engine identity.
     #[serde(default = "default_max_tickets")]
     pub max_tickets_per_engine: u32,
+}
+
+/// `[store.postgres]`. The password is never read from this file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string or URL without a password, e.g.
+    /// `host=db.example port=5432 user=lurk dbname=lurk` (a `host` starting with `/` is a
+    /// Unix socket directory).
+    pub dsn: String,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (first line; mode 0600).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) of the database server: TLS is then required and the server's
+    /// certificate is verified against them and the DSN's host name.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Connections kept in the pool.
+    #[serde(default = "default_pg_pool_size")]
+    pub pool_size: u32,
+    /// How long an operation waits for a connection before failing (milliseconds).
+    #[serde(default = "default_pg_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -323,6 +366,12 @@ fn default_max_tickets() -> u32 {
     // thousands alive (each row is a few hundred bytes).
     10_000
 }
+fn default_pg_pool_size() -> u32 {
+    8
+}
+fn default_pg_connect_timeout_ms() -> u64 {
+    3000
+}
 fn default_max_sessions() -> usize {
     100_000
 }
@@ -411,6 +460,31 @@ impl Config {
                  RFC 8448 known-answer tests, in builds with the `test-vectors` feature)"
                     .into(),
             ));
+        }
+        match (self.store.backend, &self.store.postgres) {
+            (StoreBackend::Sqlite, _) if self.store.path.as_os_str().is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "store: backend \"sqlite\" needs path".into(),
+                ))
+            }
+            (StoreBackend::Postgres, None) => {
+                return Err(ConfigError::Invalid(
+                    "store: backend \"postgres\" needs a [store.postgres] section".into(),
+                ))
+            }
+            (StoreBackend::Postgres, Some(pg)) => {
+                if pg.password_env.is_some() && pg.password_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres: set password_env or password_file, not both".into(),
+                    ));
+                }
+                if pg.pool_size == 0 {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres.pool_size must be > 0".into(),
+                    ));
+                }
+            }
+            _ => {}
         }
         if self.sessions.max == 0 || self.sessions.ttl_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -518,6 +592,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_store_section_parses() {
+        let pg = MINIMAL.replace(
+            "path = \"/tmp/x.sqlite\"",
+            "backend = \"postgres\"\n[store.postgres]\ndsn = \"host=db user=lurk\"\n\
+             password_file = \"/run/secrets/pg\"\ntls_ca = \"/etc/lurk/pg-ca.pem\"",
+        );
+        let c = Config::from_toml(&pg).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        let p = c.store.postgres.unwrap();
+        assert_eq!(p.tls_ca.as_deref(), Some(Path::new("/etc/lurk/pg-ca.pem")));
+        assert_eq!(p.pool_size, 8);
+        // The password never goes in the file.
+        let with_pw = pg.replace("password_file", "password");
+        assert!(Config::from_toml(&with_pw).is_err());
+        // A postgres backend without its section, or a sqlite one without a path.
+        let bare = MINIMAL.replace("path = \"/tmp/x.sqlite\"", "backend = \"postgres\"");
+        assert!(Config::from_toml(&bare).is_err());
+        assert!(Config::from_toml(&MINIMAL.replace("path = \"/tmp/x.sqlite\"", "")).is_err());
     }
 
     #[test]

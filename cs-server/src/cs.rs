@@ -46,9 +46,8 @@ impl Cs {
             keys.all().map(|k| k.key.key_type()),
             cfg.ephemeral.backend == EphemeralBackendKind::Token,
         ))?;
-        let store =
-            crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
-        Ok(Self::new(cfg, Some(token), keys, Arc::new(store)))
+        let store = crate::store::open(&cfg.store, Arc::new(token.clone()))?;
+        Ok(Self::new(cfg, Some(token), keys, store))
     }
 
     pub fn new(

@@ -71,6 +71,21 @@ impl TokenError {
 pub enum StoreError {
     #[error("ticket store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("ticket store (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The database cannot be reached (no connection within the pool's timeout).
+    #[error("ticket store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's key check value does not open with this CS's sealing key.
+    #[error(
+        "ticket store {0}: its tickets are sealed by another sealing key (key check value \
+         mismatch); give this CS the sealing key of the replicas that share the store \
+         (`lurk-cs token sealing-key import-wrapped`) or use another store"
+    )]
+    WrongSealingKey(String),
+    /// The engine already used this ticket (a tombstone is kept until its expiry).
+    #[error("ticket already used (RFC 8446 §C.4: a ticket is used once)")]
+    TicketConsumed,
     #[error("ticket store schema version {found} is not supported (expected {expected})")]
     Schema { found: i64, expected: i64 },
     #[error("too many tickets for engine {engine:?} (cap {cap})")]
@@ -195,6 +210,7 @@ impl From<StoreError> for ServiceError {
             StoreError::TooManyTickets { .. } => {
                 Self::refuse(LurkStatus::TooManyTickets, e.to_string())
             }
+            StoreError::TicketConsumed => Self::refuse(LurkStatus::InvalidPsk, e.to_string()),
             other => Self::Store(other),
         }
     }
@@ -227,6 +243,13 @@ impl From<ServiceError> for tonic::Status {
                 // Logged once per outage by token/pool.rs, not once per request.
                 format!(
                     "{}: the crypto service's token is recovering; retry later",
+                    lurk.name()
+                )
+            }
+            ServiceError::Store(StoreError::Unavailable(_)) => {
+                tracing::error!(error = %e, "request failed: ticket store unavailable");
+                format!(
+                    "{}: the crypto service's ticket store is unavailable; retry later",
                     lurk.name()
                 )
             }

@@ -11,7 +11,8 @@
 //! - [`session`]: the session table (the one place a replicated CS would replace);
 //! - [`ephemeral`]: (EC)DHE backends (token, memory, test vectors);
 //! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);
-//! - [`store`]: tickets and external PSKs in SQLite, sealed by the token;
+//! - [`store`]: tickets and external PSKs in SQLite or PostgreSQL, sealed by the token;
+//! - [`health`]: `grpc.health.v1` status from a probe of the token and the store;
 //! - [`error`]: the layer errors and the single mapping to gRPC + LURK status;
 //! - [`refusal_log`]: refusal log lines, bounded per engine.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod config;
 pub mod cs;
 pub mod ephemeral;
 pub mod error;
+pub mod health;
 pub mod init_dev;
 pub mod keyring;
 pub mod limits;

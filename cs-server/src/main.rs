@@ -53,6 +53,21 @@ enum Command {
         #[command(subcommand)]
         command: PskCommand,
     },
+    /// The ticket store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Apply the pending schema migrations (`serve` applies them at start too) and check
+    /// that the token's sealing key is the store's.
+    Migrate {
+        #[arg(long, short, env = "LURK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,10 +75,58 @@ enum TokenCommand {
     /// Create a development setup under DIR: SoftHSM config and token, Ed25519 and P-256
     /// client keys with self-signed certificates, sealing key, mTLS files, lurk-cs.toml.
     InitDev { dir: PathBuf },
-    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists.
+    /// Create the AES key that seals stored PSKs (`[token] sealing_key`), unless it exists;
+    /// or move it between replicas' tokens, wrapped.
     SealingKey {
+        #[arg(long, short, env = "LURK_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Create it extractable, so that it can be exported wrapped to other replicas
+        /// (it never leaves the token in clear).
+        #[arg(long)]
+        exportable: bool,
+        #[command(subcommand)]
+        action: Option<SealingKeyAction>,
+    },
+    /// AES key-wrapping keys (shared by replicas' tokens, from a key ceremony).
+    WrappingKey {
+        #[command(subcommand)]
+        command: WrappingKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealingKeyAction {
+    /// Write the sealing key wrapped (C_WrapKey, CKM_AES_KEY_WRAP) under a wrapping key.
+    ExportWrapped {
+        /// Label of the wrapping key in the token.
+        #[arg(long)]
+        wrapping_key: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Unwrap (C_UnwrapKey) a file from `export-wrapped` into this token as its sealing key.
+    ImportWrapped {
+        #[arg(long)]
+        wrapping_key: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Keep the imported key exportable.
+        #[arg(long)]
+        exportable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WrappingKeyCommand {
+    /// Import an AES key (hex in a file, 16/24/32 bytes) as a wrap/unwrap-only key.
+    Import {
         #[arg(long, short, env = "LURK_CONFIG")]
         config: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// File holding the key in hex (never on the command line).
+        #[arg(long)]
+        key_file: PathBuf,
     },
 }
 
@@ -138,6 +201,10 @@ fn load(config: &Path) -> Result<Config, BoxError> {
     Ok(Config::load(config)?)
 }
 
+fn need_config(config: Option<PathBuf>) -> Result<PathBuf, BoxError> {
+    config.ok_or_else(|| "--config FILE (or LURK_CONFIG) is required".into())
+}
+
 fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve { config, listen } => {
@@ -170,11 +237,83 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::SealingKey { config },
+            command:
+                TokenCommand::SealingKey {
+                    config,
+                    action: Some(action),
+                    ..
+                },
+        } => {
+            let cfg = load(&need_config(config)?)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            use lurk_cs::token::wrap::WRAPPED_HEADER;
+            match action {
+                SealingKeyAction::ExportWrapped { wrapping_key, out } => {
+                    let wrapped = token.export_sealing_key_wrapped(&wrapping_key)?;
+                    std::fs::write(
+                        &out,
+                        format!("{WRAPPED_HEADER}\n{}\n", hex::encode(wrapped)),
+                    )?;
+                    println!(
+                        "sealing key {:?} wrapped under {wrapping_key:?} in {}",
+                        cfg.token.sealing_key,
+                        out.display()
+                    );
+                }
+                SealingKeyAction::ImportWrapped {
+                    wrapping_key,
+                    input,
+                    exportable,
+                } => {
+                    let text = std::fs::read_to_string(&input)?;
+                    let mut lines = text.lines();
+                    if lines.next() != Some(WRAPPED_HEADER) {
+                        return Err(format!(
+                            "{}: not a file from `sealing-key export-wrapped`",
+                            input.display()
+                        )
+                        .into());
+                    }
+                    let wrapped = hex::decode(lines.next().unwrap_or("").trim())
+                        .map_err(|e| format!("{}: {e}", input.display()))?;
+                    token.import_sealing_key_wrapped(&wrapping_key, &wrapped, exportable)?;
+                    println!("sealing key {:?} imported", cfg.token.sealing_key);
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::WrappingKey {
+                    command:
+                        WrappingKeyCommand::Import {
+                            config,
+                            label,
+                            key_file,
+                        },
+                },
         } => {
             let cfg = load(&config)?;
             let token = lurk_cs::token::Token::open(&cfg.token)?;
-            if token.ensure_sealing_key()? {
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?);
+            let key = zeroize::Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| "the key file must hold the key in hex")?,
+            );
+            token.import_wrapping_key(&label, &key)?;
+            println!("wrapping key {label:?} imported");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::SealingKey {
+                    config,
+                    exportable,
+                    action: None,
+                },
+        } => {
+            let cfg = load(&need_config(config)?)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            if token.ensure_sealing_key_exportable(exportable)? {
                 println!("created the sealing key {:?}", cfg.token.sealing_key);
             } else {
                 println!("the sealing key {:?} already exists", cfg.token.sealing_key);
@@ -260,9 +399,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 hex::decode(text.trim()).map_err(|_| "the key file must hold the PSK in hex")?,
             );
             let token = lurk_cs::token::Token::open(&cfg.token)?;
-            let store =
-                lurk_cs::store::SqliteStore::open(&cfg.store.path, Arc::new(token), &cfg.store)?;
-            use lurk_cs::store::TicketStore;
+            let store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
             store.put_external_psk(lurk_cs::store::ExternalPsk {
                 identity: identity.as_bytes().to_vec(),
                 psk,
@@ -276,6 +413,19 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                     "stored external PSK {identity:?} ({hash:?}) for engines {allowed_engines:?}"
                 );
             }
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Migrate { config },
+        } => {
+            let cfg = load(&config)?;
+            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            // Opening applies the migrations and checks the key check value.
+            let _store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
+            println!(
+                "ticket store ({:?}) is at the latest schema and opens with this sealing key",
+                cfg.store.backend
+            );
             Ok(())
         }
     }
@@ -328,21 +478,29 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
                 .await;
             }
         });
+        let (health, health_svc) = lurk_cs::health::Health::new();
+        tokio::spawn(health.clone().run_probe(cs.clone(), cfg.health.clone()));
         let svc = CryptoServiceImpl::new(cs, cfg.listen.plaintext)
             .with_exchange_limiter(lurk_cs::limits::ExchangeLimiter::from_config(&cfg.limits));
-        // SIGTERM/SIGINT stop accepting and let RPCs in flight finish; engines keep their
-        // HTTP/2 connections open, so after a grace period the remaining ones are closed.
+        // SIGTERM/SIGINT: health turns NOT_SERVING at once, the listener keeps serving for
+        // `[health] shutdown_delay_ms`, then stops accepting and lets RPCs in flight finish;
+        // engines keep their HTTP/2 connections open, so after a grace period the remaining
+        // ones are closed.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown_delay = std::time::Duration::from_millis(cfg.health.shutdown_delay_ms);
         tokio::spawn(async move {
             lurk_cs::server::shutdown_signal().await;
+            health.shutting_down().await;
+            tokio::time::sleep(shutdown_delay).await;
             let _ = stop_tx.send(true);
         });
         let mut stopping = stop_rx.clone();
-        let serving = lurk_cs::server::serve_with_listener(
+        let serving = lurk_cs::server::serve_with_health(
             &cfg.listen,
             &cfg.limits,
             listener,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
+            health_svc,
             async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             },

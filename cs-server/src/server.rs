@@ -133,6 +133,21 @@ pub async fn serve_with_listener<S: CryptoService>(
     service: CryptoServiceServer<S>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    serve_with_health(cfg, limits, listener, service, health, shutdown).await
+}
+
+/// [`serve_with_listener`], with the `grpc.health.v1` service `crate::health` drives.
+pub async fn serve_with_health<S: CryptoService>(
+    cfg: &ListenConfig,
+    limits: &LimitsConfig,
+    listener: TcpListener,
+    service: CryptoServiceServer<S>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let tls = match (&cfg.tls, cfg.plaintext) {
         (Some(_), true) => {
             // Fail closed: with both, engine_identity could trust a header on a TLS port.
@@ -158,8 +173,9 @@ pub async fn serve_with_listener<S: CryptoService>(
         .local_addr()
         .map_or_else(|_| cfg.addr.clone(), |a| a.to_string());
     // Every gRPC service the CS serves: one `.add_service(...)` each.
-    let routes =
-        Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)).prepare();
+    let routes = Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
+        .add_service(health)
+        .prepare();
     tracing::info!(addr = %local, mtls = tls.is_some(), "crypto service listening");
     crate::transport::serve(listener, tls, routes, limits, shutdown).await;
     tracing::info!(addr = %local, "crypto service stopped");

@@ -13,8 +13,10 @@ pub mod fact_server;
 pub mod go_tls;
 pub mod lurk;
 pub mod openssl;
+pub mod postgres;
 pub mod process;
 pub mod tlslite;
+pub mod rfc8448;
 
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
@@ -236,6 +238,31 @@ impl Default for DevSetup {
     }
 }
 
+/// A `grpc.health.v1` client (tonic-health's) for the CS at `url`, over mTLS with the
+/// files of `tls_dir` (`ca.pem`, `IDENTITY.pem`, `IDENTITY.key`).
+pub fn health_client(
+    url: &str,
+    tls_dir: &Path,
+    identity: &str,
+) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |name: String| std::fs::read(tls_dir.join(name)).unwrap();
+    let cfg = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+        .identity(Identity::from_pem(
+            read(format!("{identity}.pem")),
+            read(format!("{identity}.key")),
+        ))
+        .domain_name("localhost");
+    let ch = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(cfg)
+        .unwrap()
+        .connect_lazy();
+    tonic_health::pb::health_client::HealthClient::new(ch)
+}
+
 /// A running `lurk-cs serve`, killed by PID on drop.
 pub struct CsProcess {
     child: Child,
@@ -282,6 +309,36 @@ impl CsProcess {
         .unwrap();
         ep.domain = Some("localhost".into());
         ep
+    }
+
+    /// A `grpc.health.v1` client (tonic-health's) over mTLS as `identity`.
+    pub fn health_client(
+        &self,
+        identity: &str,
+    ) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        health_client(&self.url(), &self.dir.join("tls"), identity)
+    }
+
+    /// The health status of `service` (`""`: the whole server), or the gRPC error.
+    pub async fn health(&self, service: &str) -> Result<i32, tonic::Status> {
+        let mut c = self.health_client("engine");
+        c.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+    }
+
+    /// Waits up to `timeout` for `service`'s health to be `status`.
+    pub async fn wait_health(&self, service: &str, status: i32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.health(service).await.ok() == Some(status) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     pub fn client(&self, identity: &str) -> CryptoServiceClient<Channel> {

@@ -4,8 +4,9 @@
 //! - [`Sealer`]: authenticated encryption under a key the store never sees (the PKCS#11
 //!   token's AES key in production; its impl is in `token/seal.rs`).
 //! - [`TicketStore`]: what the service needs, blocking (the service calls it through
-//!   `spawn_blocking`). [`SqliteStore`] is the one backend today; a larger deployment will
-//!   put tickets in PostgreSQL behind the same trait.
+//!   `spawn_blocking`). [`SqliteStore`] (one file, one host, the default) and
+//!   [`PostgresStore`] (shared by several CS replicas) implement it; [`open`] picks the one
+//!   `[store] backend` names.
 //!
 //! Rules every backend follows:
 //! - **Only the PSK is sealed**, and its AAD binds it to everything stored next to it in
@@ -15,11 +16,19 @@
 //!   or identity, or whose lifetime or allowed engines were edited, fails to unseal.
 //! - **Tickets are keyed by (engine, SHA-256(identity))**: a ticket registered by one engine
 //!   is invisible to every other engine.
-//! - **A ticket is used once** (RFC 8446 §C.4): [`TicketStore::take_ticket`] deletes it.
+//! - **A ticket is used once** (RFC 8446 §C.4): [`TicketStore::take_ticket`] deletes it
+//!   and leaves a tombstone of (engine, SHA-256(identity)) until the ticket's original
+//!   expiry: the same ticket registered again is refused
+//!   ([`StoreError::TicketConsumed`]), so it can never be taken twice. Registering an
+//!   identity that is still stored changes nothing (its lifetime is never extended).
 //! - **Lifetime** = min(the server's `ticket_lifetime`, the configured cap ≤ 7 days); an
 //!   expired ticket is never returned. **Count**: at most `max_tickets_per_engine` live
 //!   tickets per engine; expired ones are purged before counting, and a refused registration
 //!   leaves the existing tickets untouched.
+//! - **One sealing key per store**: a key check value (a constant sealed under the sealing
+//!   key) is written by the first CS that opens the store; a CS whose key does not open it
+//!   refuses to start ([`StoreError::WrongSealingKey`]). Replicas share the key (a network
+//!   HSM, or `lurk-cs token sealing-key export-wrapped / import-wrapped`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,13 +38,36 @@ use zeroize::Zeroizing;
 
 use crate::error::{StoreError, TokenError};
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// Version of the store's schema and of the AAD layout. A store holding another version is
-/// refused (`StoreError::Schema`); a migration must bump both.
-pub const SCHEMA_VERSION: i64 = 1;
+use std::sync::Arc;
+
+use crate::config::{StoreBackend, StoreConfig};
+
+/// Version of the AAD layout of sealed PSKs. Changing it makes every stored PSK unreadable:
+/// a schema migration does not change it.
+pub const AAD_VERSION: u32 = 1;
+
+/// Format byte of a stored sealed blob (before the sealer's own output).
+pub const BLOB_V1: u8 = 1;
+
+/// Opens the store `cfg.backend` names, applying pending schema migrations, and checks that
+/// `sealer` holds the store's sealing key.
+pub fn open(
+    cfg: &StoreConfig,
+    sealer: Arc<dyn Sealer>,
+) -> Result<Arc<dyn TicketStore>, StoreError> {
+    Ok(match cfg.backend {
+        StoreBackend::Sqlite => Arc::new(SqliteStore::from_config(cfg, sealer)?),
+        StoreBackend::Postgres => Arc::new(PostgresStore::from_config(cfg, sealer)?),
+    })
+}
 
 /// RFC 8446 §4.6.1: servers must not use a ticket lifetime above 7 days, and clients must
 /// not cache a ticket longer.
@@ -151,8 +183,10 @@ pub struct ExternalPskInfo {
 pub trait TicketStore: Send + Sync {
     /// Registers a ticket for `engine`. A ticket with a lifetime of 0 is not stored (RFC 8446
     /// §4.6.1: "discard immediately"). Registering an identity the engine already has
-    /// replaces it. Beyond `max_tickets_per_engine` live tickets (expired ones are purged
-    /// first) fails with `StoreError::TooManyTickets`, leaving the existing ones intact.
+    /// leaves the stored ticket as it is (same PSK, same expiry). An identity the engine
+    /// already took fails with `StoreError::TicketConsumed` until that ticket's expiry.
+    /// Beyond `max_tickets_per_engine` live tickets (expired ones are purged first) fails
+    /// with `StoreError::TooManyTickets`, leaving the existing ones intact.
     fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError>;
 
     /// Takes `engine`'s ticket with this identity: returns it unsealed and deletes it (a
@@ -169,8 +203,11 @@ pub trait TicketStore: Send + Sync {
     /// Live (unexpired) tickets of `engine`.
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError>;
 
-    /// Deletes every ticket expired at `now`; returns how many.
+    /// Deletes every ticket (and tombstone) expired at `now`; returns how many tickets.
     fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError>;
+
+    /// A cheap round trip to the backing database (health probe).
+    fn ping(&self) -> Result<(), StoreError>;
 
     /// Provisions (or replaces) an external PSK.
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError>;
@@ -240,7 +277,7 @@ pub(crate) struct TicketMeta<'a> {
 pub(crate) fn ticket_aad(m: &TicketMeta<'_>) -> Vec<u8> {
     let mut aad = Vec::with_capacity(96 + m.engine.len());
     aad.extend_from_slice(b"lurk-cs ticket\0");
-    aad.extend_from_slice(&(SCHEMA_VERSION as u32).to_be_bytes());
+    aad.extend_from_slice(&AAD_VERSION.to_be_bytes());
     push_str16(&mut aad, m.engine);
     aad.extend_from_slice(m.id_hash);
     aad.push(hash_code(m.hash));
@@ -263,7 +300,7 @@ pub(crate) fn ticket_aad(m: &TicketMeta<'_>) -> Vec<u8> {
 pub(crate) fn external_psk_aad(id_hash: &[u8; 32], hash: HashAlg, allowed: &[String]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(64);
     aad.extend_from_slice(b"lurk-cs external-psk\0");
-    aad.extend_from_slice(&(SCHEMA_VERSION as u32).to_be_bytes());
+    aad.extend_from_slice(&AAD_VERSION.to_be_bytes());
     aad.extend_from_slice(id_hash);
     aad.push(hash_code(hash));
     aad.extend_from_slice(&(allowed.len() as u32).to_be_bytes());
@@ -296,6 +333,265 @@ pub(crate) fn check_identity(identity: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Bounds of an external PSK (RFC 9257 §4: at least 128 bits of entropy).
+pub(crate) const MIN_EXTERNAL_PSK_LEN: usize = 16;
+pub(crate) const MAX_EXTERNAL_PSK_LEN: usize = 1024;
+
+/// AAD and plaintext of the key check value: a constant sealed under the sealing key.
+const KEY_CHECK_AAD: &[u8] = b"lurk-cs key check\0";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"lurk-cs sealing key check value v1";
+
+/// The sealer with the versioned blob format every backend stores, and the checks and
+/// conversions the backends share.
+pub(crate) struct Sealing {
+    pub sealer: Arc<dyn Sealer>,
+    pub lifetime_cap_secs: u64,
+}
+
+/// A ticket row as a backend reads it, before unsealing.
+pub(crate) struct TicketRow {
+    pub hash_alg: i64,
+    pub cipher_suite: i64,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub max_early_data: i64,
+    pub server_name: Option<String>,
+    pub sealed: Vec<u8>,
+}
+
+/// A checked, sealed ticket, ready to insert.
+pub(crate) struct PreparedTicket {
+    pub id_hash: [u8; 32],
+    pub hash_alg: i64,
+    pub cipher_suite: i64,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub max_early_data: i64,
+    pub server_name: Option<String>,
+    pub sealed: Vec<u8>,
+}
+
+/// A checked, sealed external PSK, ready to insert.
+pub(crate) struct PreparedExternal {
+    pub id_hash: [u8; 32],
+    pub identity: Vec<u8>,
+    pub hash_alg: i64,
+    /// Sorted, newline-separated; empty = every engine.
+    pub allowed_engines: String,
+    pub sealed: Vec<u8>,
+}
+
+impl Sealing {
+    pub fn new(sealer: Arc<dyn Sealer>, cfg: &StoreConfig) -> Self {
+        Self {
+            sealer,
+            lifetime_cap_secs: cfg.ticket_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
+        }
+    }
+
+    /// Unseals a versioned blob.
+    pub fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        match blob.split_first() {
+            Some((&BLOB_V1, sealed)) => Ok(self.sealer.unseal(aad, sealed)?),
+            Some((v, _)) => Err(StoreError::Corrupt(format!(
+                "unknown sealed blob format {v}"
+            ))),
+            None => Err(StoreError::Corrupt("empty sealed blob".into())),
+        }
+    }
+
+    pub fn seal(&self, aad: &[u8], psk: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let sealed = self.sealer.seal(aad, psk)?;
+        let mut blob = Vec::with_capacity(1 + sealed.len());
+        blob.push(BLOB_V1);
+        blob.extend_from_slice(&sealed);
+        Ok(blob)
+    }
+
+    /// A fresh key check value for a new store.
+    pub fn key_check_value(&self) -> Result<Vec<u8>, StoreError> {
+        self.seal(KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+    }
+
+    /// Checks the store's key check value against our sealing key.
+    pub fn verify_key_check(&self, blob: &[u8], store: &str) -> Result<(), StoreError> {
+        match self.unseal(KEY_CHECK_AAD, blob) {
+            Ok(p) if p.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+            Ok(_) | Err(StoreError::Seal(TokenError::Unseal)) | Err(StoreError::Corrupt(_)) => {
+                Err(StoreError::WrongSealingKey(store.to_owned()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks and seals a ticket registered at `now`; `None` for a lifetime of 0 (RFC 8446
+    /// §4.6.1: not cached).
+    pub fn prepare_ticket(
+        &self,
+        engine: &str,
+        ticket: &NewTicket,
+        now: u64,
+    ) -> Result<Option<PreparedTicket>, StoreError> {
+        check_engine(engine)?;
+        check_identity(&ticket.identity)?;
+        if ticket.psk.len() != ticket.hash.output_len() {
+            return Err(StoreError::Invalid(format!(
+                "a {:?} resumption PSK is {} bytes, got {}",
+                ticket.hash,
+                ticket.hash.output_len(),
+                ticket.psk.len()
+            )));
+        }
+        if let Some(sn) = &ticket.server_name {
+            if sn.is_empty() || sn.len() > 255 {
+                return Err(StoreError::Invalid(
+                    "server name must be 1..=255 bytes".into(),
+                ));
+            }
+        }
+        let lifetime = u64::from(ticket.lifetime_secs).min(self.lifetime_cap_secs);
+        if lifetime == 0 {
+            tracing::debug!(
+                engine,
+                "ticket with lifetime 0 not stored (RFC 8446 §4.6.1)"
+            );
+            return Ok(None);
+        }
+        let expires_at = now.saturating_add(lifetime);
+        let id_hash = identity_hash(&ticket.identity);
+        let aad = ticket_aad(&TicketMeta {
+            engine,
+            id_hash: &id_hash,
+            hash: ticket.hash,
+            cipher_suite: ticket.cipher_suite,
+            issued_at: now,
+            expires_at,
+            max_early_data: ticket.max_early_data,
+            server_name: ticket.server_name.as_deref(),
+        });
+        let sealed = self.seal(&aad, &ticket.psk)?;
+        Ok(Some(PreparedTicket {
+            id_hash,
+            hash_alg: i64::from(hash_code(ticket.hash)),
+            cipher_suite: i64::from(ticket.cipher_suite),
+            issued_at: sql_int(now),
+            expires_at: sql_int(expires_at),
+            max_early_data: i64::from(ticket.max_early_data),
+            server_name: ticket.server_name.clone(),
+            sealed,
+        }))
+    }
+
+    /// Checks and unseals a ticket row.
+    pub fn open_ticket(
+        &self,
+        engine: &str,
+        id_hash: &[u8; 32],
+        row: &TicketRow,
+    ) -> Result<StoredTicket, StoreError> {
+        let hash = hash_from_code(row.hash_alg)?;
+        let cipher_suite = int::<u16>(row.cipher_suite, "cipher_suite")?;
+        let issued_at = int::<u64>(row.issued_at, "issued_at")?;
+        let expires_at = int::<u64>(row.expires_at, "expires_at")?;
+        let max_early_data = int::<u32>(row.max_early_data, "max_early_data")?;
+        let aad = ticket_aad(&TicketMeta {
+            engine,
+            id_hash,
+            hash,
+            cipher_suite,
+            issued_at,
+            expires_at,
+            max_early_data,
+            server_name: row.server_name.as_deref(),
+        });
+        let psk = self.unseal(&aad, &row.sealed)?;
+        Ok(StoredTicket {
+            psk,
+            hash,
+            cipher_suite,
+            max_early_data,
+            server_name: row.server_name.clone(),
+            issued_at: from_unix_secs(issued_at),
+            expires_at: from_unix_secs(expires_at),
+        })
+    }
+
+    /// Checks and seals an external PSK.
+    pub fn prepare_external(&self, psk: &ExternalPsk) -> Result<PreparedExternal, StoreError> {
+        check_identity(&psk.identity)?;
+        if !(MIN_EXTERNAL_PSK_LEN..=MAX_EXTERNAL_PSK_LEN).contains(&psk.psk.len()) {
+            return Err(StoreError::Invalid(format!(
+                "an external PSK must be {MIN_EXTERNAL_PSK_LEN}..={MAX_EXTERNAL_PSK_LEN} bytes"
+            )));
+        }
+        let mut allowed = psk.allowed_engines.clone();
+        for e in &allowed {
+            check_engine(e)?;
+        }
+        allowed.sort();
+        allowed.dedup();
+        let id_hash = identity_hash(&psk.identity);
+        let sealed = self.seal(&external_psk_aad(&id_hash, psk.hash, &allowed), &psk.psk)?;
+        Ok(PreparedExternal {
+            id_hash,
+            identity: psk.identity.clone(),
+            hash_alg: i64::from(hash_code(psk.hash)),
+            allowed_engines: allowed.join("\n"),
+            sealed,
+        })
+    }
+
+    /// Checks and unseals an external PSK row (identity, hash code, allowed engines,
+    /// sealed); `None` when `engine` may not use it.
+    pub fn open_external(
+        &self,
+        engine: Option<&str>,
+        identity: &[u8],
+        row: (Vec<u8>, i64, String, Vec<u8>),
+    ) -> Result<Option<ExternalPsk>, StoreError> {
+        let (stored_identity, hash_alg, allowed, sealed) = row;
+        if stored_identity != identity {
+            return Err(StoreError::Corrupt(
+                "external PSK identity does not match its hash".into(),
+            ));
+        }
+        let allowed = split_engines(&allowed);
+        if let Some(engine) = engine {
+            if !allowed.is_empty() && !allowed.iter().any(|a| a == engine) {
+                return Ok(None);
+            }
+        }
+        let hash = hash_from_code(hash_alg)?;
+        let id_hash = identity_hash(identity);
+        // Unsealing also authenticates the allowed-engines list just checked.
+        let psk = self
+            .unseal(&external_psk_aad(&id_hash, hash, &allowed), &sealed)
+            .inspect_err(|e| tracing::error!(error = %e, "stored external PSK rejected"))?;
+        Ok(Some(ExternalPsk {
+            identity: stored_identity,
+            psk,
+            hash,
+            allowed_engines: allowed,
+        }))
+    }
+}
+
+pub(crate) fn split_engines(s: &str) -> Vec<String> {
+    s.split('\n')
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Database integers are i64; our times are far below its limit.
+pub(crate) fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn int<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range: {v}")))
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ mod sign;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod uri;
+pub mod wrap;
 
 pub use ephemeral::{validate_peer_key, TokenEphemeral};
 pub use mechanisms::Need;

@@ -26,26 +26,18 @@ impl Token {
     /// whether it was created. AES-256, token object, private, sensitive, not extractable,
     /// encrypt/decrypt only.
     pub fn ensure_sealing_key(&self) -> Result<bool, TokenError> {
+        self.ensure_sealing_key_exportable(false)
+    }
+
+    /// [`ensure_sealing_key`](Self::ensure_sealing_key); with `exportable`, the key is
+    /// extractable so that it can leave the token wrapped (`token::wrap`), for replicas.
+    pub fn ensure_sealing_key_exportable(&self, exportable: bool) -> Result<bool, TokenError> {
         let session = self.session()?;
         if self.find_sealing_key(&session)?.is_some() {
             return Ok(false);
         }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32u64.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Sign(false),
-            Attribute::Derive(false),
-            Attribute::Label(self.inner.sealing_label.as_bytes().to_vec()),
-        ];
+        let mut template = super::wrap::sealing_key_template(&self.inner.sealing_label, exportable);
+        template.push(Attribute::ValueLen(32u64.into()));
         let handle = session
             .generate_key(&Mechanism::AesKeyGen, &template)
             .map_err(session.fail("C_GenerateKey"))?;
@@ -61,7 +53,7 @@ impl Token {
     }
 
     /// Remembers the handle for this handle epoch (token/pool.rs).
-    fn cache_sealing_key(&self, session: &PooledSession<'_>, handle: ObjectHandle) {
+    pub(super) fn cache_sealing_key(&self, session: &PooledSession<'_>, handle: ObjectHandle) {
         *self
             .inner
             .sealing_key
@@ -69,7 +61,7 @@ impl Token {
             .unwrap_or_else(|e| e.into_inner()) = Some((session.epoch(), handle));
     }
 
-    fn find_sealing_key(
+    pub(super) fn find_sealing_key(
         &self,
         session: &PooledSession<'_>,
     ) -> Result<Option<ObjectHandle>, TokenError> {
@@ -99,7 +91,7 @@ impl Token {
         Ok(found)
     }
 
-    fn sealing_key(&self, session: &PooledSession<'_>) -> Result<ObjectHandle, TokenError> {
+    pub(super) fn sealing_key(&self, session: &PooledSession<'_>) -> Result<ObjectHandle, TokenError> {
         self.find_sealing_key(session)?.ok_or_else(|| {
             TokenError::KeyNotFound(format!(
                 "sealing key {:?} (create it with `lurk-cs token sealing-key`)",

@@ -1,0 +1,892 @@
+//! [`PostgresStore`]: the ticket store in a PostgreSQL database, shared by several CS
+//! replicas (the sync `postgres` client behind a small pool of its own: the trait is
+//! blocking and the service calls it from `spawn_blocking`).
+//!
+//! - **Migrations**: `lurk_schema_migrations` lists the versions applied; [`MIGRATIONS`]
+//!   are applied in order at open (and by `lurk-cs store migrate`), under a transaction
+//!   advisory lock so that replicas starting together do not race. A database at a later
+//!   version than this code knows is refused (`StoreError::Schema`).
+//! - **Single use across replicas**: `take_ticket` is `DELETE … RETURNING` (the row lock
+//!   makes a concurrent take of the same row wait, then find nothing); the tombstone is
+//!   written in the same transaction.
+//! - **Per-engine cap across replicas**: `put_ticket` locks the engine's row of
+//!   `ticket_engines` (`SELECT … FOR UPDATE`), so registrations of one engine are
+//!   serialised across replicas while the count is taken and the row inserted; a take only
+//!   lowers the count, so it needs no lock.
+//! - **TLS** to the database: with `tls_ca`, rustls verifies the server against that CA and
+//!   the DSN's host; without it, plaintext (a Unix socket or loopback).
+//! - A database that cannot be reached surfaces as `StoreError::Unavailable` at once (no
+//!   retry loop holds the request); the pool checks a connection before lending it and
+//!   reconnects on demand, so the store recovers by itself when the database is back.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use zeroize::Zeroizing;
+
+use super::{
+    check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
+    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
+    TicketStore,
+};
+use crate::config::{PostgresConfig, StoreConfig};
+use crate::error::{StoreError, TokenError};
+
+/// The schema, one migration per version (each applied in its own transaction with the
+/// version row).
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "
+CREATE TABLE tickets (
+    engine         TEXT   NOT NULL,
+    id_hash        BYTEA  NOT NULL,  -- SHA-256 of the ticket identity
+    hash_alg       BIGINT NOT NULL,  -- 1 = SHA-256, 2 = SHA-384
+    cipher_suite   BIGINT NOT NULL,
+    issued_at      BIGINT NOT NULL,  -- Unix seconds
+    expires_at     BIGINT NOT NULL,  -- Unix seconds, exclusive
+    max_early_data BIGINT NOT NULL,
+    server_name    TEXT,
+    sealed         BYTEA  NOT NULL,  -- BLOB_V1 || Sealer output; AAD: store::ticket_aad
+    PRIMARY KEY (engine, id_hash)
+);
+CREATE INDEX tickets_expires_at ON tickets (expires_at);
+-- One row per engine that ever registered a ticket: the lock that serialises its puts.
+CREATE TABLE ticket_engines (
+    engine TEXT NOT NULL PRIMARY KEY
+);
+-- Tombstones of consumed tickets, until the ticket's own expiry.
+CREATE TABLE consumed_tickets (
+    engine     TEXT   NOT NULL,
+    id_hash    BYTEA  NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (engine, id_hash)
+);
+CREATE INDEX consumed_tickets_expires_at ON consumed_tickets (expires_at);
+CREATE TABLE external_psks (
+    id_hash         BYTEA  NOT NULL PRIMARY KEY,
+    identity        BYTEA  NOT NULL,
+    hash_alg        BIGINT NOT NULL,
+    allowed_engines TEXT   NOT NULL,  -- sorted, newline-separated; empty = all engines
+    created_at      BIGINT NOT NULL,
+    sealed          BYTEA  NOT NULL   -- BLOB_V1 || Sealer output; AAD: store::external_psk_aad
+);
+CREATE TABLE key_check (
+    id         SMALLINT NOT NULL PRIMARY KEY CHECK (id = 1),
+    sealed     BYTEA    NOT NULL,  -- BLOB_V1 || Sealer output of a constant
+    created_at BIGINT   NOT NULL
+);
+",
+)];
+
+/// Key of the advisory lock taken while migrating ("lurk-cs" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006c_7572_6b2d_6373;
+
+type Clock = Box<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// How a new connection is made (with or without TLS).
+enum Connector {
+    Plain,
+    Tls(MakeRustlsConnect),
+}
+
+/// A small blocking pool: idle connections are reused after a liveness check; when none is
+/// idle and fewer than `max` exist, a new one is made at once (so an unreachable database
+/// fails fast, and the first request after it is back reconnects); otherwise the caller
+/// waits up to `timeout` for one to be returned.
+struct ConnPool {
+    config: postgres::Config,
+    connector: Connector,
+    max: usize,
+    timeout: Duration,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<postgres::Client>,
+    /// Connections lent out or idle.
+    open: usize,
+}
+
+/// A lent connection, returned to the pool on drop (unless it broke).
+struct Conn<'a> {
+    pool: &'a ConnPool,
+    client: Option<postgres::Client>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.client.as_ref().expect("connection present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.client.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        match self.client.take() {
+            Some(c) if !c.is_closed() => st.idle.push(c),
+            _ => st.open -= 1,
+        }
+        self.pool.returned.notify_one();
+    }
+}
+
+impl ConnPool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.connector {
+            Connector::Plain => self.config.connect(NoTls),
+            Connector::Tls(tls) => self.config.connect(tls.clone()),
+        }
+    }
+
+    fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.lock();
+        loop {
+            while let Some(mut c) = st.idle.pop() {
+                drop(st);
+                // A connection the database closed (restart) is dropped, not lent.
+                if !c.is_closed() && c.is_valid(self.timeout).is_ok() {
+                    return Ok(Conn {
+                        pool: self,
+                        client: Some(c),
+                    });
+                }
+                st = self.lock();
+                st.open -= 1;
+            }
+            if st.open < self.max {
+                st.open += 1;
+                drop(st);
+                return match self.connect() {
+                    Ok(c) => Ok(Conn {
+                        pool: self,
+                        client: Some(c),
+                    }),
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.returned.notify_one();
+                        Err(pg_err(e))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Unavailable(
+                    "no database connection free within the timeout".into(),
+                ));
+            }
+            st = self
+                .returned
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The PostgreSQL ticket store. See the module documentation.
+pub struct PostgresStore {
+    pool: ConnPool,
+    sealing: Sealing,
+    /// Host and database, for messages (never the password).
+    name: String,
+    max_tickets_per_engine: u32,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.name)
+            .field("lifetime_cap_secs", &self.sealing.lifetime_cap_secs)
+            .field("max_tickets_per_engine", &self.max_tickets_per_engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection-level failure (no SQLSTATE: closed, refused, timed out) means the database
+/// is unreachable; anything else is an error of the statement.
+fn pg_err(e: postgres::Error) -> StoreError {
+    if e.code().is_none() {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Postgres(e)
+    }
+}
+
+fn read_password(cfg: &PostgresConfig) -> Result<Option<Zeroizing<String>>, StoreError> {
+    if let Some(var) = &cfg.password_env {
+        return std::env::var(var)
+            .map(|p| Some(Zeroizing::new(p)))
+            .map_err(|_| StoreError::Other(format!("store.postgres: ${var} is not set")));
+    }
+    if let Some(path) = &cfg.password_file {
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
+        let line = text.lines().next().unwrap_or("");
+        return Ok(Some(Zeroizing::new(line.to_owned())));
+    }
+    Ok(None)
+}
+
+fn tls_connector(ca: &Path) -> Result<MakeRustlsConnect, StoreError> {
+    let io = |source| StoreError::Io {
+        path: ca.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(ca).map_err(io)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(io)?)
+            .map_err(|e| StoreError::Other(format!("{}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Other(format!(
+            "{}: no CA certificate",
+            ca.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| StoreError::Other(format!("TLS to the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(tls))
+}
+
+impl PostgresStore {
+    /// Connects to `cfg.postgres`, applies pending migrations and checks the sealing key.
+    pub fn from_config(cfg: &StoreConfig, sealer: Arc<dyn Sealer>) -> Result<Self, StoreError> {
+        let pg = cfg.postgres.as_ref().ok_or_else(|| {
+            StoreError::Other("store: backend \"postgres\" needs [store.postgres]".into())
+        })?;
+        let mut pcfg: postgres::Config = pg
+            .dsn
+            .parse()
+            .map_err(|e| StoreError::Other(format!("store.postgres.dsn: {e}")))?;
+        if pcfg.get_password().is_some() {
+            return Err(StoreError::Other(
+                "store.postgres.dsn must not hold the password: use password_env or password_file"
+                    .into(),
+            ));
+        }
+        if let Some(pw) = read_password(pg)? {
+            pcfg.password(pw.as_bytes());
+        }
+        let timeout = Duration::from_millis(pg.connect_timeout_ms.max(1));
+        pcfg.connect_timeout(timeout);
+        pcfg.application_name("lurk-cs");
+        let name = format!(
+            "postgres {:?}/{}",
+            pcfg.get_hosts(),
+            pcfg.get_dbname().unwrap_or("")
+        );
+        let connector = match &pg.tls_ca {
+            Some(ca) => {
+                pcfg.ssl_mode(postgres::config::SslMode::Require);
+                Connector::Tls(tls_connector(ca)?)
+            }
+            None => Connector::Plain,
+        };
+        let pool = ConnPool {
+            config: pcfg,
+            connector,
+            max: pg.pool_size as usize,
+            timeout,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+        };
+        let store = Self {
+            pool,
+            sealing: Sealing::new(sealer, cfg),
+            name,
+            max_tickets_per_engine: cfg.max_tickets_per_engine,
+            clock: Box::new(SystemTime::now),
+        };
+        let version = store.migrate()?;
+        store.check_sealing_key()?;
+        let purged = store.purge_expired(SystemTime::now())?;
+        tracing::info!(database = %store.name, version, purged, "ticket store open");
+        Ok(store)
+    }
+
+    /// Replaces the clock (tests of expiry).
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    fn now(&self) -> u64 {
+        unix_secs((self.clock)())
+    }
+
+    fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.pool.get().map_err(|e| match e {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", self.name)),
+            other => other,
+        })
+    }
+
+    /// Applies the pending migrations; returns the schema version.
+    pub fn migrate(&self) -> Result<i64, StoreError> {
+        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(pg_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS lurk_schema_migrations (
+                 version    BIGINT NOT NULL PRIMARY KEY,
+                 applied_at BIGINT NOT NULL
+             )",
+        )
+        .map_err(pg_err)?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM lurk_schema_migrations",
+                &[],
+            )
+            .map_err(pg_err)?
+            .get(0);
+        if current > latest {
+            return Err(StoreError::Schema {
+                found: current,
+                expected: latest,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.batch_execute(sql).map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO lurk_schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[version, &sql_int(unix_secs(SystemTime::now()))],
+            )
+            .map_err(pg_err)?;
+            tracing::info!(database = %self.name, version, "ticket store migration applied");
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(latest)
+    }
+
+    /// Writes the key check value into a new store, or checks the stored one.
+    fn check_sealing_key(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let get = |c: &mut postgres::Client| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(
+                c.query_opt("SELECT sealed FROM key_check WHERE id = 1", &[])
+                    .map_err(pg_err)?
+                    .map(|r| r.get(0)),
+            )
+        };
+        let blob = match get(&mut conn)? {
+            Some(b) => b,
+            None => {
+                let kcv = self.sealing.key_check_value()?;
+                conn.execute(
+                    "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&kcv, &sql_int(unix_secs(SystemTime::now()))],
+                )
+                .map_err(pg_err)?;
+                get(&mut conn)?.ok_or_else(|| StoreError::Corrupt("key_check row".into()))?
+            }
+        };
+        self.sealing.verify_key_check(&blob, &self.name)
+    }
+}
+
+impl TicketStore for PostgresStore {
+    fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
+        let now = self.now();
+        // The token call happens before a connection is taken.
+        let Some(t) = self.sealing.prepare_ticket(engine, &ticket, now)? else {
+            return Ok(());
+        };
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO ticket_engines (engine) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&engine],
+        )
+        .map_err(pg_err)?;
+        // Serialises this engine's registrations across replicas.
+        tx.execute(
+            "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UPDATE",
+            &[&engine],
+        )
+        .map_err(pg_err)?;
+        tx.execute(
+            "DELETE FROM tickets WHERE engine = $1 AND expires_at <= $2",
+            &[&engine, &sql_int(now)],
+        )
+        .map_err(pg_err)?;
+        let id_hash = &t.id_hash[..];
+        // A stored identity stays as it is: re-registering never extends a lifetime.
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM tickets WHERE engine = $1 AND id_hash = $2",
+                &[&engine, &id_hash],
+            )
+            .map_err(pg_err)?
+            .is_some();
+        // Checked after `exists`: a take that removed the row committed its tombstone with
+        // the deletion, so this statement (a later snapshot) sees it.
+        let consumed = !exists
+            && tx
+                .query_opt(
+                    "SELECT 1 FROM consumed_tickets
+                     WHERE engine = $1 AND id_hash = $2 AND expires_at > $3",
+                    &[&engine, &id_hash, &sql_int(now)],
+                )
+                .map_err(pg_err)?
+                .is_some();
+        let total: i64 = tx
+            .query_one("SELECT count(*) FROM tickets WHERE engine = $1", &[&engine])
+            .map_err(pg_err)?
+            .get(0);
+        let cap = self.max_tickets_per_engine;
+        let refusal = if exists {
+            None
+        } else if consumed {
+            Some(StoreError::TicketConsumed)
+        } else if total >= i64::from(cap) {
+            Some(StoreError::TooManyTickets {
+                engine: engine.to_owned(),
+                cap,
+            })
+        } else {
+            tx.execute(
+                "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
+                                      expires_at, max_early_data, server_name, sealed)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &engine,
+                    &id_hash,
+                    &t.hash_alg,
+                    &t.cipher_suite,
+                    &t.issued_at,
+                    &t.expires_at,
+                    &t.max_early_data,
+                    &t.server_name,
+                    &t.sealed,
+                ],
+            )
+            .map_err(pg_err)?;
+            None
+        };
+        tx.commit().map_err(pg_err)?;
+        match refusal {
+            None => Ok(()),
+            Some(e) => {
+                tracing::warn!(engine, error = %e, "ticket refused");
+                Err(e)
+            }
+        }
+    }
+
+    fn take_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<StoredTicket>, StoreError> {
+        check_engine(engine)?;
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let now = self.now();
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        // The row lock: a concurrent take of the same ticket (any replica) waits here, then
+        // finds nothing.
+        let row = tx
+            .query_opt(
+                "DELETE FROM tickets WHERE engine = $1 AND id_hash = $2
+                 RETURNING hash_alg, cipher_suite, issued_at, expires_at, max_early_data,
+                           server_name, sealed",
+                &[&engine, &&id_hash[..]],
+            )
+            .map_err(pg_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row = TicketRow {
+            hash_alg: row.get(0),
+            cipher_suite: row.get(1),
+            issued_at: row.get(2),
+            expires_at: row.get(3),
+            max_early_data: row.get(4),
+            server_name: row.get(5),
+            sealed: row.get(6),
+        };
+        let result = if row.expires_at <= sql_int(now) {
+            Ok(None)
+        } else {
+            self.sealing.open_ticket(engine, &id_hash, &row).map(Some)
+        };
+        match &result {
+            // The token could not answer: roll back, the ticket stays for a later attempt.
+            Err(StoreError::Seal(e)) if !matches!(e, TokenError::Unseal) => return result,
+            Err(e) => {
+                tracing::warn!(engine, error = %e, "stored ticket rejected and deleted");
+            }
+            Ok(Some(_)) => {
+                tx.execute(
+                    "INSERT INTO consumed_tickets (engine, id_hash, expires_at)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (engine, id_hash) DO UPDATE
+                        SET expires_at = GREATEST(consumed_tickets.expires_at,
+                                                  excluded.expires_at)",
+                    &[&engine, &&id_hash[..], &row.expires_at],
+                )
+                .map_err(pg_err)?;
+            }
+            Ok(None) => {}
+        }
+        tx.commit().map_err(pg_err)?;
+        result
+    }
+
+    fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {
+        let now = self.now();
+        let n: i64 = self
+            .conn()?
+            .query_one(
+                "SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $2",
+                &[&engine, &sql_int(now)],
+            )
+            .map_err(pg_err)?
+            .get(0);
+        int(n, "count")
+    }
+
+    fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
+        let now = sql_int(unix_secs(now));
+        let mut conn = self.conn()?;
+        let n = conn
+            .execute("DELETE FROM tickets WHERE expires_at <= $1", &[&now])
+            .map_err(pg_err)?;
+        conn.execute(
+            "DELETE FROM consumed_tickets WHERE expires_at <= $1",
+            &[&now],
+        )
+        .map_err(pg_err)?;
+        Ok(n)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?
+            .query_one("SELECT count(*) FROM key_check", &[])
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
+        let p = self.sealing.prepare_external(&psk)?;
+        let now = self.now();
+        self.conn()?
+            .execute(
+                "INSERT INTO external_psks (id_hash, identity, hash_alg, allowed_engines,
+                                            created_at, sealed)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id_hash) DO UPDATE SET
+                    identity = excluded.identity, hash_alg = excluded.hash_alg,
+                    allowed_engines = excluded.allowed_engines,
+                    created_at = excluded.created_at, sealed = excluded.sealed",
+                &[
+                    &&p.id_hash[..],
+                    &p.identity,
+                    &p.hash_alg,
+                    &p.allowed_engines,
+                    &sql_int(now),
+                    &p.sealed,
+                ],
+            )
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn get_external_psk(
+        &self,
+        engine: Option<&str>,
+        identity: &[u8],
+    ) -> Result<Option<ExternalPsk>, StoreError> {
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let row = self
+            .conn()?
+            .query_opt(
+                "SELECT identity, hash_alg, allowed_engines, sealed
+                 FROM external_psks WHERE id_hash = $1",
+                &[&&id_hash[..]],
+            )
+            .map_err(pg_err)?;
+        // The connection is back in the pool before the token call.
+        match row {
+            None => Ok(None),
+            Some(r) => self.sealing.open_external(
+                engine,
+                identity,
+                (r.get(0), r.get(1), r.get(2), r.get(3)),
+            ),
+        }
+    }
+
+    fn delete_external_psk(&self, identity: &[u8]) -> Result<bool, StoreError> {
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM external_psks WHERE id_hash = $1",
+                &[&&identity_hash(identity)[..]],
+            )
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    fn list_external_psks(&self) -> Result<Vec<ExternalPskInfo>, StoreError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT identity, hash_alg, allowed_engines FROM external_psks
+                 ORDER BY identity",
+                &[],
+            )
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ExternalPskInfo {
+                    identity: r.get(0),
+                    hash: hash_from_code(r.get(1))?,
+                    allowed_engines: split_engines(r.get(2)),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use lurk_e2e::postgres::{PgCluster, PASSWORD};
+
+    use super::super::suite::{self, cfg, random_psk, ticket, Harness, TestClock, TestSealer};
+    use super::*;
+    use crate::config::{PostgresConfig, StoreBackend};
+
+    const PASSWORD_ENV: &str = "LURK_TEST_STORE_PG_PASSWORD";
+
+    struct Fixture<'a> {
+        cluster: &'a PgCluster,
+        db: String,
+        sealer: Arc<TestSealer>,
+        clock: TestClock,
+    }
+
+    fn pg_cfg(cluster: &PgCluster, db: &str, c: &StoreConfig) -> StoreConfig {
+        let mut c = c.clone();
+        c.backend = StoreBackend::Postgres;
+        c.postgres = Some(PostgresConfig {
+            dsn: cluster.dsn(db),
+            password_env: Some(PASSWORD_ENV.into()),
+            password_file: None,
+            tls_ca: None,
+            pool_size: 4,
+            connect_timeout_ms: 2000,
+        });
+        c
+    }
+
+    impl<'a> Fixture<'a> {
+        fn new(cluster: &'a PgCluster) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let db = format!("suite_{}", N.fetch_add(1, Ordering::SeqCst));
+            cluster.create_db(&db);
+            Self {
+                cluster,
+                db,
+                sealer: TestSealer::new(),
+                clock: TestClock::new(),
+            }
+        }
+        fn raw(&self) -> postgres::Client {
+            postgres::Client::connect(&self.cluster.socket_dsn(&self.db), NoTls).unwrap()
+        }
+    }
+
+    impl Harness for Fixture<'_> {
+        fn open_sealed(
+            &self,
+            c: &StoreConfig,
+            sealer: Arc<dyn Sealer>,
+        ) -> Result<Box<dyn TicketStore>, StoreError> {
+            let c = pg_cfg(self.cluster, &self.db, c);
+            Ok(Box::new(
+                PostgresStore::from_config(&c, sealer)?.with_clock(self.clock.func()),
+            ))
+        }
+        fn sealer(&self) -> &Arc<TestSealer> {
+            &self.sealer
+        }
+        fn clock(&self) -> &TestClock {
+            &self.clock
+        }
+        fn exec(&self, sql: &str) -> u64 {
+            self.raw().execute(sql, &[]).unwrap()
+        }
+        fn count(&self, sql: &str) -> i64 {
+            self.raw().query_one(sql, &[]).unwrap().get(0)
+        }
+        fn sealed_blob(&self) -> Vec<u8> {
+            self.raw()
+                .query_one("SELECT sealed FROM tickets", &[])
+                .unwrap()
+                .get(0)
+        }
+        fn set_sealed_blob(&self, blob: &[u8]) {
+            self.raw()
+                .execute("UPDATE tickets SET sealed = $1", &[&blob])
+                .unwrap();
+        }
+        fn bytes_literal(&self, b: &[u8]) -> String {
+            format!("'\\x{}'::bytea", hex::encode(b))
+        }
+        fn chr(&self) -> &'static str {
+            "chr"
+        }
+    }
+
+    /// The shared store suite on a private PostgreSQL cluster, then what only PostgreSQL
+    /// has: migrations, the password rules, TLS options, an unreachable database.
+    #[test]
+    fn store_suite_on_postgres() {
+        std::env::set_var(PASSWORD_ENV, PASSWORD);
+        let cluster = PgCluster::start();
+        suite::run_all(&|| Box::new(Fixture::new(&cluster)));
+
+        // Migrations: recorded, idempotent (a second open changes nothing), and a database
+        // from a later version is refused.
+        let f = Fixture::new(&cluster);
+        drop(f.open());
+        drop(f.open());
+        assert_eq!(
+            f.count("SELECT count(*) FROM lurk_schema_migrations"),
+            MIGRATIONS.len() as i64
+        );
+        f.exec("INSERT INTO lurk_schema_migrations VALUES (999, 0)");
+        assert!(matches!(
+            f.open_with(&cfg(1, 1)).err(),
+            Some(StoreError::Schema { found: 999, .. })
+        ));
+
+        // The password: from a file, never in the DSN; a wrong one fails to connect.
+        let dir = tempfile::tempdir().unwrap();
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+        let g = Fixture::new(&cluster);
+        let mut c = pg_cfg(&cluster, &g.db, &cfg(8, 3600));
+        let pg = c.postgres.as_mut().unwrap();
+        pg.password_env = None;
+        pg.password_file = Some(pwfile.clone());
+        let s = PostgresStore::from_config(&c, g.sealer.clone()).unwrap();
+        s.put_ticket("engine-a", ticket(b"t", &random_psk(32)))
+            .unwrap();
+        assert!(format!("{s:?}").contains(&g.db));
+        assert!(!format!("{s:?}").contains(PASSWORD));
+        std::fs::write(&pwfile, "wrong\n").unwrap();
+        assert!(PostgresStore::from_config(&c, g.sealer.clone()).is_err());
+        let mut in_dsn = c.clone();
+        in_dsn.postgres.as_mut().unwrap().dsn =
+            format!("{} password={PASSWORD}", cluster.dsn(&g.db));
+        let err = PostgresStore::from_config(&in_dsn, g.sealer.clone()).unwrap_err();
+        assert!(
+            err.to_string().contains("must not hold the password"),
+            "{err}"
+        );
+
+        // TLS required with a CA: this cluster has no TLS, so the connection is refused
+        // rather than made in clear.
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let mut tls = c.clone();
+        std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+        tls.postgres.as_mut().unwrap().tls_ca = Some(ca);
+        let err = PostgresStore::from_config(&tls, g.sealer.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+
+        // The database goes away: operations fail as `Unavailable`, and succeed again once
+        // it is back, with the same store (no reopening).
+        cluster.stop();
+        assert!(matches!(s.ping(), Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.take_ticket("engine-a", b"t"),
+            Err(StoreError::Unavailable(_))
+        ));
+        cluster.start_server();
+        s.ping().unwrap();
+        assert!(s.take_ticket("engine-a", b"t").unwrap().is_some());
+    }
+
+    /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and
+    /// refuses a server its CA does not vouch for; without `tls_ca` the server refuses it.
+    #[test]
+    fn tls_to_the_database() {
+        std::env::set_var(PASSWORD_ENV, PASSWORD);
+        let cluster = PgCluster::start_with_tls();
+        let f = Fixture::new(&cluster);
+        let mut c = pg_cfg(&cluster, &f.db, &cfg(8, 3600));
+        c.postgres.as_mut().unwrap().tls_ca = Some(cluster.ca_file());
+        let s = PostgresStore::from_config(&c, f.sealer.clone()).unwrap();
+        let psk = random_psk(32);
+        s.put_ticket("engine-a", ticket(b"tls", &psk)).unwrap();
+        assert_eq!(
+            &s.take_ticket("engine-a", b"tls").unwrap().unwrap().psk[..],
+            &psk[..]
+        );
+
+        // Plaintext: pg_hba.conf has only hostssl lines for TCP.
+        let mut plain = c.clone();
+        plain.postgres.as_mut().unwrap().tls_ca = None;
+        assert!(PostgresStore::from_config(&plain, f.sealer.clone()).is_err());
+
+        // Another CA: the server's certificate is not trusted.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(&other, cert.cert.pem()).unwrap();
+        let mut wrong = c.clone();
+        wrong.postgres.as_mut().unwrap().tls_ca = Some(other);
+        let err = PostgresStore::from_config(&wrong, f.sealer.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+}
