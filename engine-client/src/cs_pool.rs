@@ -68,6 +68,12 @@ pub struct CsPoolOptions {
     pub backoff_max: Duration,
     /// How long the first call waits for a DNS name's first resolution (default 5 s).
     pub resolve_timeout: Duration,
+    /// How long the TCP connect to a replica may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long one call may take, connecting included (default 10 s); a call that runs out
+    /// counts as unanswered: its replica is set aside, and a connection's first call goes to
+    /// another replica (a session the CS may have opened meanwhile expires there).
+    pub call_timeout: Duration,
     /// Name resolution; `None`: tokio's `lookup_host` (the system resolver).
     pub resolver: Option<Resolver>,
 }
@@ -81,6 +87,8 @@ impl Default for CsPoolOptions {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
             resolver: None,
         }
     }
@@ -95,6 +103,8 @@ impl fmt::Debug for CsPoolOptions {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("resolve_timeout", &self.resolve_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -236,6 +246,8 @@ struct Inner {
     resolve_error: Mutex<Option<String>>,
     /// Wakes the background task when a replica's state changes.
     wake: Notify,
+    /// `opts.call_timeout`; none for a pool made from a client.
+    call_timeout: Option<Duration>,
     background_started: AtomicBool,
 }
 
@@ -295,7 +307,11 @@ impl CsPool {
         for url in urls {
             let (scheme, host, port) = split_url(url)?;
             if host.parse::<IpAddr>().is_ok() {
-                let channel = endpoint.channel(url, endpoint.domain.as_deref())?;
+                let channel = endpoint.channel(
+                    url,
+                    endpoint.domain.as_deref(),
+                    Some(opts.connect_timeout),
+                )?;
                 replicas.push(Replica::new(url.clone(), None, channel));
                 targets.push(Target::Fixed);
             } else {
@@ -303,6 +319,7 @@ impl CsPool {
             }
         }
         let has_names = targets.iter().any(|t| matches!(t, Target::Name { .. }));
+        let call_timeout = opts.call_timeout;
         let pool = Self {
             inner: Arc::new(Inner {
                 endpoint: endpoint.clone(),
@@ -313,6 +330,7 @@ impl CsPool {
                 resolved: watch::Sender::new(!has_names),
                 resolve_error: Mutex::new(None),
                 wake: Notify::new(),
+                call_timeout: Some(call_timeout),
                 background_started: AtomicBool::new(false),
             }),
         };
@@ -339,6 +357,7 @@ impl CsPool {
                 resolved: watch::Sender::new(true),
                 resolve_error: Mutex::new(None),
                 wake: Notify::new(),
+                call_timeout: None,
                 // No health checks, no re-resolution.
                 background_started: AtomicBool::new(true),
             }),
@@ -453,7 +472,13 @@ impl CsPool {
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
         let _guard = Outstanding(&r.outstanding);
-        let result = op(r.client.clone()).await;
+        let result = match self.inner.call_timeout {
+            None => op(r.client.clone()).await,
+            Some(t) => match tokio::time::timeout(t, op(r.client.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(CsError::Unreachable(format!("no answer within {t:?}"))),
+            },
+        };
         match &result {
             Err(CsError::Unreachable(m)) => self.set_aside(r, m),
             _ => {
@@ -583,7 +608,10 @@ impl CsPool {
                     continue;
                 }
                 let url = format!("{scheme}://{a}");
-                match inner.endpoint.channel(&url, Some(&domain)) {
+                match inner
+                    .endpoint
+                    .channel(&url, Some(&domain), Some(inner.opts.connect_timeout))
+                {
                     Ok(ch) => {
                         tracing::debug!("CS replica {url} ({host})");
                         replicas.push(Replica::new(format!("{url} ({host})"), Some((i, a)), ch));
@@ -918,7 +946,9 @@ mod tests {
     #[tokio::test]
     async fn health_check_reads_the_service_then_the_server() {
         let (mut reporter, addr) = health_server().await;
-        let ch = endpoint().channel(&format!("http://{addr}"), None).unwrap();
+        let ch = endpoint()
+            .channel(&format!("http://{addr}"), None, None)
+            .unwrap();
         let t = Duration::from_secs(5);
         check_health(&ch, t).await.expect("\"\" is SERVING");
         reporter
