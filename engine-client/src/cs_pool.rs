@@ -13,14 +13,15 @@
 //!   the replica;
 //! - the first call of a connection goes to the healthy replica with the fewest calls
 //!   outstanding (ties taken in turn); if that replica cannot be reached (no answer: connect
-//!   refused, transport error, UNAVAILABLE) the call is made again on each other healthy
-//!   replica in turn: no CS session exists yet, and nothing depends on the lost attempt. A
-//!   LURK refusal (a status carrying `lurk-status`) is an answer and is never retried;
+//!   refused, transport error, UNAVAILABLE, no answer within the call timeout) the call is
+//!   made again on each other healthy replica in turn: no CS session exists yet, and nothing
+//!   depends on the lost attempt. A LURK refusal (a status carrying `lurk-status`) is an
+//!   answer and is never retried;
 //! - a replica whose call finds it unreachable, or whose health check fails, is set aside and
 //!   probed again after a backoff (doubling up to [`CsPoolOptions::backoff_max`]); a probe or a
-//!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check`
-//!   (service `""`, SERVING); a CS without the health service (UNIMPLEMENTED) counts as
-//!   healthy when its `Ping` answers.
+//!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check` for
+//!   the CryptoService by name, else for the whole server (service `""`), SERVING; a CS
+//!   without the health service (UNIMPLEMENTED) counts as healthy when its `Ping` answers.
 
 use std::fmt;
 use std::future::Future;
