@@ -245,11 +245,17 @@ struct Inner {
     /// True once every DNS name was resolved once (successfully or not).
     resolved: watch::Sender<bool>,
     resolve_error: Mutex<Option<String>>,
-    /// Wakes the background task when a replica's state changes.
-    wake: Notify,
+    /// Wakes the background task when a replica's state changes, and when the pool is gone.
+    wake: Arc<Notify>,
     /// `opts.call_timeout`; none for a pool made from a client.
     call_timeout: Option<Duration>,
     background_started: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
 }
 
 /// A pool of Crypto Service replicas (see the module documentation). Cheap to clone.
@@ -330,7 +336,7 @@ impl CsPool {
                 cursor: AtomicUsize::new(0),
                 resolved: watch::Sender::new(!has_names),
                 resolve_error: Mutex::new(None),
-                wake: Notify::new(),
+                wake: Arc::default(),
                 call_timeout: Some(call_timeout),
                 background_started: AtomicBool::new(false),
             }),
@@ -357,7 +363,7 @@ impl CsPool {
                 cursor: AtomicUsize::new(0),
                 resolved: watch::Sender::new(true),
                 resolve_error: Mutex::new(None),
-                wake: Notify::new(),
+                wake: Arc::default(),
                 call_timeout: None,
                 // No health checks, no re-resolution.
                 background_started: AtomicBool::new(true),
@@ -535,11 +541,12 @@ async fn background(weak: Weak<Inner>) {
                 wake_at = wake_at.min(due);
             }
         }
-        let wake = pool.inner.clone();
+        // Only the Notify while waiting: the pool may go away meanwhile.
+        let wake = pool.inner.wake.clone();
         drop(pool);
         tokio::select! {
             () = tokio::time::sleep_until(wake_at) => {}
-            () = wake.wake.notified() => {}
+            () = wake.notified() => {}
         }
     }
 }
@@ -848,12 +855,12 @@ mod tests {
         wait_urls(&pool, &["http://10.0.0.1:7000 (cs.test)"]).await;
     }
 
-    /// The background task ends with the pool.
+    /// The background task ends with the pool, without waiting for its next deadline.
     #[tokio::test]
     async fn background_task_ends_with_the_pool() {
         let answer = Arc::new(Mutex::new(Ok(vec!["10.0.0.1:7000".parse().unwrap()])));
         let opts = CsPoolOptions {
-            resolve_interval: Duration::from_millis(10),
+            resolve_interval: Duration::from_secs(3600),
             resolver: Some(resolver(answer)),
             ..CsPoolOptions::default()
         };
