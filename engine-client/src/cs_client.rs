@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
@@ -46,20 +47,27 @@ impl CsEndpoint {
 
     /// Opens the channel (lazily: the first call connects).
     pub fn connect_lazy(&self) -> Result<CryptoServiceClient<Channel>, CsError> {
-        Ok(CryptoServiceClient::new(
-            self.channel(&self.url, self.domain.as_deref())?,
-        ))
+        Ok(CryptoServiceClient::new(self.channel(
+            &self.url,
+            self.domain.as_deref(),
+            None,
+        )?))
     }
 
     /// A lazy channel to `url` with these credentials and `domain` as TLS server name (the
-    /// URL's host when `None`).
-    pub(crate) fn channel(&self, url: &str, domain: Option<&str>) -> Result<Channel, CsError> {
+    /// URL's host when `None`); `connect_timeout` bounds the TCP connect (5 s when `None`).
+    pub(crate) fn channel(
+        &self,
+        url: &str,
+        domain: Option<&str>,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Channel, CsError> {
         let mut ep = Endpoint::from_shared(url.to_owned())
             .map_err(|e| CsError::Config(format!("CS URL {url:?}: {e}")))?
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
-            .connect_timeout(std::time::Duration::from_secs(5));
+            .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(5)));
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.ca_pem {

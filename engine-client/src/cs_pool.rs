@@ -13,14 +13,15 @@
 //!   the replica;
 //! - the first call of a connection goes to the healthy replica with the fewest calls
 //!   outstanding (ties taken in turn); if that replica cannot be reached (no answer: connect
-//!   refused, transport error, UNAVAILABLE) the call is made again on each other healthy
-//!   replica in turn: no CS session exists yet, and nothing depends on the lost attempt. A
-//!   LURK refusal (a status carrying `lurk-status`) is an answer and is never retried;
+//!   refused, transport error, UNAVAILABLE, no answer within the call timeout) the call is
+//!   made again on each other healthy replica in turn: no CS session exists yet, and nothing
+//!   depends on the lost attempt. A LURK refusal (a status carrying `lurk-status`) is an
+//!   answer and is never retried;
 //! - a replica whose call finds it unreachable, or whose health check fails, is set aside and
 //!   probed again after a backoff (doubling up to [`CsPoolOptions::backoff_max`]); a probe or a
-//!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check`
-//!   (service `""`, SERVING); a CS without the health service (UNIMPLEMENTED) counts as
-//!   healthy when its `Ping` answers.
+//!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check` for
+//!   the CryptoService by name, else for the whole server (service `""`), SERVING; a CS
+//!   without the health service (UNIMPLEMENTED) counts as healthy when its `Ping` answers.
 
 use std::fmt;
 use std::future::Future;
@@ -68,6 +69,12 @@ pub struct CsPoolOptions {
     pub backoff_max: Duration,
     /// How long the first call waits for a DNS name's first resolution (default 5 s).
     pub resolve_timeout: Duration,
+    /// How long the TCP connect to a replica may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long one call may take, connecting included (default 10 s); a call that runs out
+    /// counts as unanswered: its replica is set aside, and a connection's first call goes to
+    /// another replica (a session the CS may have opened meanwhile expires there).
+    pub call_timeout: Duration,
     /// Name resolution; `None`: tokio's `lookup_host` (the system resolver).
     pub resolver: Option<Resolver>,
 }
@@ -81,6 +88,8 @@ impl Default for CsPoolOptions {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
             resolver: None,
         }
     }
@@ -95,6 +104,8 @@ impl fmt::Debug for CsPoolOptions {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("resolve_timeout", &self.resolve_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -234,9 +245,17 @@ struct Inner {
     /// True once every DNS name was resolved once (successfully or not).
     resolved: watch::Sender<bool>,
     resolve_error: Mutex<Option<String>>,
-    /// Wakes the background task when a replica's state changes.
-    wake: Notify,
+    /// Wakes the background task when a replica's state changes, and when the pool is gone.
+    wake: Arc<Notify>,
+    /// `opts.call_timeout`; none for a pool made from a client.
+    call_timeout: Option<Duration>,
     background_started: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
 }
 
 /// A pool of Crypto Service replicas (see the module documentation). Cheap to clone.
@@ -295,7 +314,11 @@ impl CsPool {
         for url in urls {
             let (scheme, host, port) = split_url(url)?;
             if host.parse::<IpAddr>().is_ok() {
-                let channel = endpoint.channel(url, endpoint.domain.as_deref())?;
+                let channel = endpoint.channel(
+                    url,
+                    endpoint.domain.as_deref(),
+                    Some(opts.connect_timeout),
+                )?;
                 replicas.push(Replica::new(url.clone(), None, channel));
                 targets.push(Target::Fixed);
             } else {
@@ -303,6 +326,7 @@ impl CsPool {
             }
         }
         let has_names = targets.iter().any(|t| matches!(t, Target::Name { .. }));
+        let call_timeout = opts.call_timeout;
         let pool = Self {
             inner: Arc::new(Inner {
                 endpoint: endpoint.clone(),
@@ -312,7 +336,8 @@ impl CsPool {
                 cursor: AtomicUsize::new(0),
                 resolved: watch::Sender::new(!has_names),
                 resolve_error: Mutex::new(None),
-                wake: Notify::new(),
+                wake: Arc::default(),
+                call_timeout: Some(call_timeout),
                 background_started: AtomicBool::new(false),
             }),
         };
@@ -338,7 +363,8 @@ impl CsPool {
                 cursor: AtomicUsize::new(0),
                 resolved: watch::Sender::new(true),
                 resolve_error: Mutex::new(None),
-                wake: Notify::new(),
+                wake: Arc::default(),
+                call_timeout: None,
                 // No health checks, no re-resolution.
                 background_started: AtomicBool::new(true),
             }),
@@ -453,7 +479,13 @@ impl CsPool {
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
         let _guard = Outstanding(&r.outstanding);
-        let result = op(r.client.clone()).await;
+        let result = match self.inner.call_timeout {
+            None => op(r.client.clone()).await,
+            Some(t) => match tokio::time::timeout(t, op(r.client.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(CsError::Unreachable(format!("no answer within {t:?}"))),
+            },
+        };
         match &result {
             Err(CsError::Unreachable(m)) => self.set_aside(r, m),
             _ => {
@@ -509,11 +541,12 @@ async fn background(weak: Weak<Inner>) {
                 wake_at = wake_at.min(due);
             }
         }
-        let wake = pool.inner.clone();
+        // Only the Notify while waiting: the pool may go away meanwhile.
+        let wake = pool.inner.wake.clone();
         drop(pool);
         tokio::select! {
             () = tokio::time::sleep_until(wake_at) => {}
-            () = wake.wake.notified() => {}
+            () = wake.notified() => {}
         }
     }
 }
@@ -583,7 +616,10 @@ impl CsPool {
                     continue;
                 }
                 let url = format!("{scheme}://{a}");
-                match inner.endpoint.channel(&url, Some(&domain)) {
+                match inner
+                    .endpoint
+                    .channel(&url, Some(&domain), Some(inner.opts.connect_timeout))
+                {
                     Ok(ch) => {
                         tracing::debug!("CS replica {url} ({host})");
                         replicas.push(Replica::new(format!("{url} ({host})"), Some((i, a)), ch));
@@ -819,12 +855,12 @@ mod tests {
         wait_urls(&pool, &["http://10.0.0.1:7000 (cs.test)"]).await;
     }
 
-    /// The background task ends with the pool.
+    /// The background task ends with the pool, without waiting for its next deadline.
     #[tokio::test]
     async fn background_task_ends_with_the_pool() {
         let answer = Arc::new(Mutex::new(Ok(vec!["10.0.0.1:7000".parse().unwrap()])));
         let opts = CsPoolOptions {
-            resolve_interval: Duration::from_millis(10),
+            resolve_interval: Duration::from_secs(3600),
             resolver: Some(resolver(answer)),
             ..CsPoolOptions::default()
         };
@@ -918,7 +954,9 @@ mod tests {
     #[tokio::test]
     async fn health_check_reads_the_service_then_the_server() {
         let (mut reporter, addr) = health_server().await;
-        let ch = endpoint().channel(&format!("http://{addr}"), None).unwrap();
+        let ch = endpoint()
+            .channel(&format!("http://{addr}"), None, None)
+            .unwrap();
         let t = Duration::from_secs(5);
         check_health(&ch, t).await.expect("\"\" is SERVING");
         reporter

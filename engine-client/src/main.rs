@@ -76,6 +76,10 @@ struct PoolArgs {
     /// 0.25 s and doubles).
     #[arg(long, default_value_t = 30.0, value_parser = seconds)]
     cs_backoff_max: f64,
+    /// Seconds one CS call may take; a call that runs out counts as unanswered (its replica is
+    /// set aside; a connection's first call goes to another replica).
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    cs_call_timeout: f64,
 }
 
 fn seconds(s: &str) -> Result<f64, String> {
@@ -92,6 +96,7 @@ impl PoolArgs {
             resolve_interval: Duration::from_secs_f64(self.cs_resolve_interval),
             health_interval: Duration::from_secs_f64(self.cs_health_interval),
             backoff_max: Duration::from_secs_f64(self.cs_backoff_max).max(d.backoff_min),
+            call_timeout: Duration::from_secs_f64(self.cs_call_timeout),
             ..d
         }
     }

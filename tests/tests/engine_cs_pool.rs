@@ -572,3 +572,43 @@ fn cli_takes_several_cs_urls() {
     println!("RPCs per live replica: {logs:?}");
     assert!(logs.iter().all(|n| *n > 0), "{logs:?}");
 }
+
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// A replica that hangs (SIGSTOP: its port still accepts TCP, nothing answers): a first call
+/// there runs out after the call timeout and goes to another replica; the handshake succeeds
+/// and the hung replica is set aside.
+#[test]
+fn a_hung_replica_is_stepped_around_after_the_call_timeout() {
+    let setup = DevSetup::new();
+    let mut cs = start_replicas(&setup, 2);
+    let live = cs.pop().unwrap();
+    let hung = cs.pop().unwrap();
+    let server = tls_server();
+    rt().block_on(async {
+        let opts = CsPoolOptions {
+            call_timeout: Duration::from_millis(500),
+            ..opts()
+        };
+        let pool = pool(&[&live], &[hung.url(), live.url()], opts);
+        signal(hung.pid(), "-STOP");
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        let t = Instant::now();
+        let r = handshake(&c, server.port()).await;
+        let took = t.elapsed();
+        signal(hung.pid(), "-CONT");
+        r.expect("handshake");
+        let st = pool.replicas();
+        println!("handshake in {took:?}; {st:#?}");
+        let h = status_of(&st, &hung);
+        assert!(!h.healthy && h.failures >= 1 && h.sessions == 0, "{h:?}");
+        assert!(status_of(&st, &live).sessions == 1);
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+    });
+}
