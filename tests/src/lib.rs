@@ -15,8 +15,8 @@ pub mod lurk;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
-pub mod tlslite;
 pub mod rfc8448;
+pub mod tlslite;
 
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;

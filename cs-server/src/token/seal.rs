@@ -91,7 +91,10 @@ impl Token {
         Ok(found)
     }
 
-    pub(super) fn sealing_key(&self, session: &PooledSession<'_>) -> Result<ObjectHandle, TokenError> {
+    pub(super) fn sealing_key(
+        &self,
+        session: &PooledSession<'_>,
+    ) -> Result<ObjectHandle, TokenError> {
         self.find_sealing_key(session)?.ok_or_else(|| {
             TokenError::KeyNotFound(format!(
                 "sealing key {:?} (create it with `lurk-cs token sealing-key`)",

@@ -10,9 +10,8 @@
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 
-use super::{find_one, Token};
+use super::{find_one, PooledSession, Token};
 use crate::error::TokenError;
 
 /// First line of a wrapped sealing key file; the second is the wrapped key in hex.
@@ -21,7 +20,7 @@ pub const WRAPPED_HEADER: &str = "lurk-cs wrapped sealing key v1 CKM_AES_KEY_WRA
 impl Token {
     fn find_wrapping_key(
         &self,
-        session: &Session,
+        session: &PooledSession<'_>,
         label: &str,
     ) -> Result<ObjectHandle, TokenError> {
         find_one(
