@@ -126,12 +126,13 @@ impl Health {
     }
 }
 
-/// One probe: the token answers (C_GenerateRandom on a pooled session) and the store
-/// answers a query.
+/// One probe: the token answers with a logged-in session (`Token::probe`: C_GetSessionInfo;
+/// a token marked down fails at once, or is re-initialised when its backoff has passed) and
+/// the store answers a query.
 fn probe(cs: &Cs) -> Result<(), String> {
     if let Some(token) = &cs.token {
         token
-            .random(1)
+            .probe()
             .map_err(|e| ServiceError::from(e).to_string())?;
     }
     cs.store.ping().map_err(|e| e.to_string())

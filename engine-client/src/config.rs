@@ -10,7 +10,7 @@ use lurk_proto::pb;
 use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, PskKeyExchangeMode, SignatureScheme};
 
 use crate::tickets::TicketStore;
-use crate::verify::{TrustAnchors, SUPPORTED_SCHEMES};
+use crate::verify::{TrustAnchors, CERTIFICATE_ONLY_SCHEMES, SUPPORTED_SCHEMES};
 
 /// Who makes the (EC)DHE key pairs (LURK ephemeral method).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,7 +110,11 @@ impl Default for ClientConfig {
             ],
             key_shares: 1,
             ephemeral: Ephemeral::Cs,
-            signature_schemes: SUPPORTED_SCHEMES.to_vec(),
+            signature_schemes: SUPPORTED_SCHEMES
+                .iter()
+                .chain(CERTIFICATE_ONLY_SCHEMES.iter())
+                .copied()
+                .collect(),
             client_key: None,
             alpn: Vec::new(),
             psk_modes: vec![PskKeyExchangeMode::PskDheKe],

@@ -28,6 +28,16 @@ pub const SUPPORTED_SCHEMES: [SignatureScheme; 8] = [
     SignatureScheme::RsaPssPssSha384,
 ];
 
+/// Offered after [`SUPPORTED_SCHEMES`] for signatures in certificates only: RFC 8446 §9.1
+/// makes rsa_pkcs1_sha256 in certificates a MUST, and §4.2.3 allows RSASSA-PKCS1-v1_5 for
+/// certificates but never for handshake signatures, so a CertificateVerify in one of these
+/// is refused even though they are offered.
+pub const CERTIFICATE_ONLY_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::RsaPkcs1Sha256,
+    SignatureScheme::RsaPkcs1Sha384,
+    SignatureScheme::RsaPkcs1Sha512,
+];
+
 /// The content of the TLS 1.3 server CertificateVerify signature (§4.4.3): 64 spaces, the
 /// context string, a zero byte, the transcript hash.
 pub fn server_signed_content(transcript_hash: &[u8]) -> Vec<u8> {
@@ -359,6 +369,74 @@ mod tests {
         .unwrap_err();
         assert_eq!(e, PeerMisbehaved::UnofferedSignatureScheme.into());
         assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter));
+    }
+
+    /// A self-signed end-entity RSA certificate (CA:FALSE) for `name`, signed with `digest`
+    /// by `openssl req` with a config of its own; returns its DER.
+    fn openssl_rsa_cert(dir: &Path, digest: &str, name: &str) -> Vec<u8> {
+        let cnf = dir.join("ee.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {name}\n\
+                 [ee]\nbasicConstraints = critical, CA:FALSE\nsubjectAltName = DNS:{name}\n"
+            ),
+        )
+        .unwrap();
+        let pem = dir.join(format!("{digest}.pem"));
+        let st = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .arg(format!("-{digest}"))
+            .arg("-config")
+            .arg(&cnf)
+            .args(["-extensions", "ee"])
+            .arg("-keyout")
+            .arg(dir.join(format!("{digest}.key")))
+            .arg("-out")
+            .arg(&pem)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "openssl req -{digest}");
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut &std::fs::read(&pem).unwrap()[..])
+                .collect::<Result<_, _>>()
+                .unwrap();
+        certs[0].to_vec()
+    }
+
+    /// RFC 8446 §4.2.3: RSASSA-PKCS1-v1_5 is for certificates only: a CertificateVerify in
+    /// an rsa_pkcs1 scheme is refused (illegal_parameter) although the scheme was offered.
+    #[test]
+    fn rsa_pkcs1_certificate_verify_is_refused_even_when_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = openssl_rsa_cert(dir.path(), "sha256", "rsa.example");
+        let offered: Vec<SignatureScheme> = crate::config::ClientConfig::default()
+            .signature_schemes
+            .clone();
+        for scheme in CERTIFICATE_ONLY_SCHEMES {
+            assert!(offered.contains(&scheme), "{scheme:?} offered for certificates");
+            let e = verify_server_signature(&leaf, &offered, scheme, &[0; 32], &[1; 256])
+                .unwrap_err();
+            assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter), "{scheme:?}");
+        }
+    }
+
+    /// RFC 8446 §4.4.2.4: a chain signed with SHA-1 is refused (a self-signed
+    /// sha1WithRSAEncryption certificate, trusted as its own anchor); the same certificate
+    /// signed with SHA-256 (rsa_pkcs1_sha256, RFC 8446 §9.1) is accepted.
+    #[test]
+    fn a_sha1_signed_certificate_is_refused_and_a_sha256_one_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (digest, ok) in [("sha1", false), ("sha256", true)] {
+            let der = openssl_rsa_cert(dir.path(), digest, "rsa.example");
+            let anchors = TrustAnchors::from_der(&[&der]).unwrap();
+            let r = anchors.verify_server_chain(&[&der], "rsa.example", UnixTime::now());
+            assert_eq!(r.is_ok(), ok, "{digest}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.alert, AlertDescription::UnsupportedCertificate, "{e:?}");
+            }
+        }
     }
 
     /// RFC 8446 §4.4.3: the Illustrated TLS 1.3 server's CertificateVerify verifies over the

@@ -4,6 +4,8 @@
 //! feet) and checks that the CS stays up, answers `token_unavailable` meanwhile, serves
 //! again without a restart once the token answers, and never answers with a wrong result:
 //! every signature it returns verifies, and a key pair of the lost module is never used.
+//! Its `grpc.health.v1` status follows: NOT_SERVING while the token is down, SERVING again
+//! once it answers.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,6 +20,9 @@ use lurk_proto::wire::{
     CipherSuite, ClientHelloBuilder, HashAlg, NamedGroup, SignatureScheme,
 };
 use tonic::transport::Channel;
+use tonic_health::ServingStatus;
+
+const SERVICE: &str = "lurk.tls13.v1.CryptoService";
 
 /// `target/<profile>/liblurk_p11_fault_shim.so`, built by `cargo build --workspace` (or
 /// `-p lurk-p11-fault-shim`; scripts/test.sh does).
@@ -49,6 +54,8 @@ impl Faulty {
             "module = \"/usr/lib/softhsm/libsofthsm2.so\"",
             &format!("module = {:?}", shim().display().to_string()),
         );
+        // The health probe runs often, so that the test sees it follow the token.
+        dev.append_config("[health]\nprobe_interval_ms = 100\n");
         let control = dev.path().join("p11-faults");
         std::fs::write(&control, "").unwrap();
         let cs = dev.start_with_env(&[
@@ -289,9 +296,25 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
         "{}",
         f.cs.log()
     );
+    // grpc.health.v1 says NOT_SERVING while the token is down (the probe asks the token)...
+    let not_serving = ServingStatus::NotServing as i32;
+    assert!(
+        f.cs.wait_health(SERVICE, not_serving, Duration::from_secs(10))
+            .await,
+        "health stayed SERVING with a failed token: {}",
+        f.cs.log()
+    );
     f.inject("");
     let (back_all, failed_all) = until_served!(hello(&mut c).await);
     sign(&f.dev, &mut c).await.unwrap();
+    // ... and SERVING again once it answers, with no restart.
+    let serving = ServingStatus::Serving as i32;
+    assert!(
+        f.cs.wait_health(SERVICE, serving, Duration::from_secs(40))
+            .await,
+        "health did not come back with the token: {}",
+        f.cs.log()
+    );
 
     // 3. A session fault (CKR_SESSION_HANDLE_INVALID) drops that session only: the token
     // stays up and the next exchange is served on a fresh session at once.
