@@ -20,7 +20,5 @@ cargo build --workspace --bins --locked
 # tests/tests/token_fault.rs loads the test-only PKCS#11 module (a cdylib).
 cargo build -p lurk-p11-fault-shim --locked
 cargo test --workspace --locked
-# The CS's unit tests as production builds it (no test-vector mode).
-cargo test -p lurk-cs --lib --locked
 # The benchmark tool in its quick mode (seconds; figures not checked): it keeps working.
 cargo run -p lurk-bench --locked -- --quick > /dev/null
