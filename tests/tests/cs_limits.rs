@@ -408,9 +408,10 @@ async fn an_engine_past_its_requests_in_flight_is_refused_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_finished_request_bodies_are_dropped_at_the_request_timeout() {
     const STREAMS: usize = 8;
-    const SENT: usize = 3 << 20;
-    // Under tonic's 4 MiB decoding limit: the CS waits for the rest.
-    const DECLARED: u32 = 4_000_000;
+    const SENT: usize = 768 << 10;
+    // Under the CS's decoding limit (server.rs, MAX_DECODING_MESSAGE_SIZE): the CS waits
+    // for the rest.
+    const DECLARED: u32 = lurk_cs::server::MAX_DECODING_MESSAGE_SIZE as u32 - 1024;
     let (_dev, cs) = start(
         &format!("request_timeout_ms = 1000\nmax_concurrent_streams = {STREAMS}"),
         None,
@@ -448,7 +449,7 @@ async fn never_finished_request_bodies_are_dropped_at_the_request_timeout() {
             // Err: the stream was reset, which also releases it.
         }
         drop(bodies);
-        // Each round sent 24 MiB the CS held until the timeout: released after it.
+        // Each round sent 6 MiB the CS held until the timeout: released after it.
         let released = eventually(Duration::from_secs(5), || {
             cs.rss_kib() <= rss[0] + 16 * 1024
         })
