@@ -385,7 +385,9 @@ mod tests {
         .unwrap();
         let pem = dir.join(format!("{digest}.pem"));
         let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .arg(format!("-{digest}"))
             .arg("-config")
             .arg(&cnf)
@@ -415,10 +417,17 @@ mod tests {
             .signature_schemes
             .clone();
         for scheme in CERTIFICATE_ONLY_SCHEMES {
-            assert!(offered.contains(&scheme), "{scheme:?} offered for certificates");
-            let e = verify_server_signature(&leaf, &offered, scheme, &[0; 32], &[1; 256])
-                .unwrap_err();
-            assert_eq!(e.alert(), Some(AlertDescription::IllegalParameter), "{scheme:?}");
+            assert!(
+                offered.contains(&scheme),
+                "{scheme:?} offered for certificates"
+            );
+            let e =
+                verify_server_signature(&leaf, &offered, scheme, &[0; 32], &[1; 256]).unwrap_err();
+            assert_eq!(
+                e.alert(),
+                Some(AlertDescription::IllegalParameter),
+                "{scheme:?}"
+            );
         }
     }
 
