@@ -74,6 +74,19 @@ impl Faulty {
     }
 }
 
+/// Whether the CS logged `line` within a few seconds (its stderr is read by another thread,
+/// so a line written just before an answer may reach the test just after it).
+async fn logged(cs: &CsProcess, line: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cs.log().contains(line) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// The status of a failed exchange; a token failure must be `token_unavailable` with gRPC
 /// UNAVAILABLE, nothing else.
 fn unavailable(e: tonic::Status) {
@@ -276,11 +289,11 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
     unavailable(hello(&mut c).await.unwrap_err());
     let fail_fast = t.elapsed();
     ping(&mut c).await;
-    assert!(f.cs.log().contains("token unavailable"), "{}", f.cs.log());
+    assert!(logged(&f.cs, "token unavailable").await, "{}", f.cs.log());
     f.inject("");
     let (back_sign, failed_sign) = until_served!(sign(&f.dev, &mut c).await);
     hello(&mut c).await.unwrap();
-    assert!(f.cs.log().contains("token back"), "{}", f.cs.log());
+    assert!(logged(&f.cs, "token back").await, "{}", f.cs.log());
 
     // 2. The whole module fails (every call, C_Initialize included): re-initialisation
     // attempts fail, with backoff, until the faults stop.
@@ -292,7 +305,7 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
     }
     ping(&mut c).await;
     assert!(
-        f.cs.log().contains("token still unavailable"),
+        logged(&f.cs, "token still unavailable").await,
         "{}",
         f.cs.log()
     );
@@ -333,7 +346,7 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
             .count(),
         downs
     );
-    assert!(f.cs.log().contains("dropped a failed token session"));
+    assert!(logged(&f.cs, "dropped a failed token session").await);
 
     // 4. The real SoftHSM is finalised under the CS (every session, login and key pair
     // gone; SoftHSM itself answers CKR_CRYPTOKI_NOT_INITIALIZED) between two exchanges of
@@ -350,7 +363,7 @@ async fn the_cs_survives_a_failing_token_and_serves_again_without_a_restart() {
     let (session, _) = hello(&mut c).await.unwrap();
     server_hello(&mut c, &session).await.unwrap();
     assert!(
-        f.cs.log().contains("finalized the real module"),
+        logged(&f.cs, "finalized the real module").await,
         "{}",
         f.cs.log()
     );
