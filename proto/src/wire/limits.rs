@@ -52,7 +52,7 @@ const _: () = assert!(
 );
 
 /// Extensions in one message's extension block. Browsers send about 18 (GREASE included),
-/// OpenSSL about 12; a server's EncryptedExtensions or a NewSessionTicket a handful. The
+/// OpenSSL 3.0 nine; a server's EncryptedExtensions or a NewSessionTicket a handful. The
 /// RFC 8446 §4.2 table plus the other registered types in use are under 64.
 pub const MAX_EXTENSIONS: usize = 64;
 
@@ -65,19 +65,19 @@ pub const MAX_CERTIFICATE_ENTRY_EXTENSIONS: usize = 8;
 pub const MAX_CERTIFICATE_ENTRIES: usize = 16;
 
 /// ClientHello key_share entries. Browsers send 2 or 3 (a hybrid ML-KEM share, X25519,
-/// GREASE), OpenSSL 3.5 two; each empty entry costs the Crypto Service a key pair.
+/// GREASE), OpenSSL 3.0 one; each empty entry costs the Crypto Service a key pair.
 pub const MAX_KEY_SHARES: usize = 8;
 
-/// supported_groups entries: OpenSSL 3.5's full default list is about 20 (finite-field,
-/// brainpool and ML-KEM groups included), browsers send 5.
+/// supported_groups entries: OpenSSL 3.0 sends 10 (finite-field groups included), browsers
+/// about 5.
 pub const MAX_NAMED_GROUPS: usize = 64;
 
-/// signature_algorithms / signature_algorithms_cert entries: OpenSSL 3.5 sends about 30,
-/// browsers 8 to 11.
+/// signature_algorithms / signature_algorithms_cert entries: OpenSSL 3.0 sends 20, browsers
+/// 8 to 11.
 pub const MAX_SIGNATURE_SCHEMES: usize = 64;
 
-/// ClientHello cipher_suites: browsers send about 16, OpenSSL 1.1.1 with every TLS 1.2 suite
-/// about 60.
+/// ClientHello cipher_suites: OpenSSL 3.0 sends 31 (TLS 1.2 suites included), browsers
+/// about 16.
 pub const MAX_CIPHER_SUITES: usize = 128;
 
 /// pre_shared_key identities: clients offer one ticket (rustls, browsers) or two (OpenSSL:
