@@ -12,6 +12,8 @@
 //!   handshakes and HTTP/2 connections, each bounded by count and time; `TCP_NODELAY` on
 //!   every socket (docs/design.md §5: Nagle's 40 ms stalls); tokio's listener sets `SO_REUSEADDR`, so a
 //!   restarted CS binds again at once.
+//! - **Certificate rotation** ([`crate::reload`]): each accepted connection takes the TLS
+//!   configuration in force, so a reload (SIGHUP) applies to new connections only.
 //! - **Shutdown**: when the shutdown future completes the listener closes, and in-flight
 //!   RPCs finish before [`serve`] returns ([`shutdown_signal`]: SIGINT or SIGTERM).
 //!
