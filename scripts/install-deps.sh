@@ -12,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
+# PyYAML: a test checks deploy/compose.yaml (no container engine on the test machines).
+python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
 # prlimit: the transport-limit tests lower a running CS's descriptor limit.
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 # PostgreSQL server binaries for the tests' private clusters (Debian puts them in

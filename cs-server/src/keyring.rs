@@ -2,7 +2,8 @@
 //! the engines allowed to use it. The signature scheme is chosen here, from the peer's
 //! signature_algorithms and the key's type (docs/design.md §4.9), never from configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::SignatureScheme;
@@ -15,12 +16,22 @@ use crate::token::{SigningKey, Token};
 pub struct ConfiguredKey {
     pub id: String,
     pub key: SigningKey,
-    /// DER certificates, leaf first.
-    pub chain: Vec<Vec<u8>>,
+    /// DER certificates, leaf first; swapped whole by [`KeyRing::reload_chains`].
+    chain: RwLock<Arc<Vec<Vec<u8>>>>,
+    /// The PEM file the chain comes from (none for the test-vector key).
+    chain_path: Option<PathBuf>,
     allowed_engines: Vec<String>,
 }
 
 impl ConfiguredKey {
+    /// The certificate chain (DER, leaf first) in force now.
+    pub fn chain(&self) -> Arc<Vec<Vec<u8>>> {
+        self.chain
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn kind_name(&self) -> String {
         self.key.key_type().name()
     }
@@ -74,26 +85,44 @@ impl KeyRing {
         let mut keys = Vec::new();
         for kc in configs {
             let key = token.find_signing_key(&kc.object)?;
-            let chain = read_chain(&kc.certificate_chain)
-                .map_err(|e| ServiceError::Internal(format!("key {:?}: {e}", kc.id)))?;
-            let leaf_spki = leaf_spki(&chain[0])
-                .map_err(|e| ServiceError::Internal(format!("key {:?}: {e}", kc.id)))?;
-            if leaf_spki != key.spki_der() {
-                return Err(ServiceError::Token(TokenError::Other(format!(
-                    "key {:?}: the certificate in {} does not carry the public key of {}",
-                    kc.id,
-                    kc.certificate_chain.display(),
-                    kc.object
-                ))));
-            }
+            let chain = checked_chain(&kc.id, &key, &kc.certificate_chain)?;
             keys.push(ConfiguredKey {
                 id: kc.id.clone(),
                 key,
-                chain,
+                chain: RwLock::new(Arc::new(chain)),
+                chain_path: Some(kc.certificate_chain.clone()),
                 allowed_engines: kc.allowed_engines.clone(),
             });
         }
         Ok(Self { keys })
+    }
+
+    /// Reads every key's certificate chain file again (on SIGHUP) and puts in force each
+    /// one that parses and whose leaf still carries the key's public key; a refused file
+    /// leaves that key's current chain in force. Returns what happened, per key.
+    pub fn reload_chains(&self) -> Vec<ChainReload> {
+        let mut out = Vec::new();
+        for k in &self.keys {
+            let Some(path) = &k.chain_path else { continue };
+            let outcome = match checked_chain(&k.id, &k.key, path) {
+                Ok(new) => {
+                    let mut current = k.chain.write().unwrap_or_else(PoisonError::into_inner);
+                    if **current == new {
+                        ChainOutcome::Unchanged
+                    } else {
+                        *current = Arc::new(new);
+                        ChainOutcome::Replaced
+                    }
+                }
+                Err(e) => ChainOutcome::Refused(e.to_string()),
+            };
+            out.push(ChainReload {
+                key_id: k.id.clone(),
+                path: path.clone(),
+                outcome,
+            });
+        }
+        out
     }
 
     /// The key `id`, if it exists and `engine` may use it.
@@ -119,7 +148,8 @@ impl KeyRing {
         self.keys.push(ConfiguredKey {
             id: id.to_owned(),
             key,
-            chain,
+            chain: RwLock::new(Arc::new(chain)),
+            chain_path: None,
             allowed_engines: Vec::new(),
         });
     }
@@ -130,6 +160,38 @@ impl KeyRing {
     ) -> impl Iterator<Item = &'a ConfiguredKey> + 'a {
         self.keys.iter().filter(move |k| k.allows(engine))
     }
+}
+
+/// What reloading one key's chain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReload {
+    pub key_id: String,
+    pub path: PathBuf,
+    pub outcome: ChainOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainOutcome {
+    /// A new chain is in force.
+    Replaced,
+    /// The file holds the chain already in force.
+    Unchanged,
+    /// The file was refused (why); the chain in force stays.
+    Refused(String),
+}
+
+/// The chain in `path`, if its leaf certificate carries `key`'s public key.
+fn checked_chain(id: &str, key: &SigningKey, path: &Path) -> Result<Vec<Vec<u8>>, ServiceError> {
+    let chain = read_chain(path).map_err(|e| ServiceError::Internal(format!("key {id:?}: {e}")))?;
+    let spki =
+        leaf_spki(&chain[0]).map_err(|e| ServiceError::Internal(format!("key {id:?}: {e}")))?;
+    if spki != key.spki_der() {
+        return Err(ServiceError::Token(TokenError::Other(format!(
+            "key {id:?}: the certificate in {} does not carry the key's public key",
+            path.display(),
+        ))));
+    }
+    Ok(chain)
 }
 
 /// Reads a PEM certificate chain (leaf first) as DER.
@@ -157,4 +219,74 @@ pub fn leaf_spki(der: &[u8]) -> Result<Vec<u8>, ConfigError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| ConfigError::Invalid(format!("certificate does not parse: {e}")))?;
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::keys::{import_pkcs8_pem, key_uri};
+    use crate::token::testutil;
+
+    fn self_signed(key: &rcgen::KeyPair, cn: &str) -> String {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(key).unwrap().pem()
+    }
+
+    /// Against a real SoftHSM token: a new chain for the same key is put in force, one whose
+    /// leaf carries another key (or that does not parse) is refused and the old one stays.
+    #[test]
+    fn chains_reload_only_when_the_leaf_carries_the_key() {
+        let (token, _) = testutil::new_token("chain-reload");
+        let sw = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        import_pkcs8_pem(&token, "client", b"\x01", &sw.serialize_pem(), None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.pem");
+        std::fs::write(&path, self_signed(&sw, "client v1")).unwrap();
+        let ring = KeyRing::load(
+            &token,
+            &[KeyConfig {
+                id: "client".into(),
+                object: key_uri("client", b"\x01"),
+                certificate_chain: path.clone(),
+                allowed_engines: Vec::new(),
+            }],
+        )
+        .unwrap();
+        let v1 = ring.get("client", "e").unwrap().chain();
+        let outcome = |ring: &KeyRing| {
+            let r = ring.reload_chains();
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].key_id, "client");
+            r[0].outcome.clone()
+        };
+        assert_eq!(outcome(&ring), ChainOutcome::Unchanged);
+
+        // Renewed certificate, same key: in force.
+        std::fs::write(&path, self_signed(&sw, "client v2")).unwrap();
+        assert_eq!(outcome(&ring), ChainOutcome::Replaced);
+        let v2 = ring.get("client", "e").unwrap().chain();
+        assert_ne!(v1, v2);
+        assert_eq!(*v2, read_chain(&path).unwrap());
+
+        // A certificate of another key, garbage, an empty file, a missing file: refused,
+        // the v2 chain stays.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        for bad in [
+            Some(self_signed(&other, "client v3")),
+            Some("garbage".into()),
+            Some(String::new()),
+            None,
+        ] {
+            match bad {
+                Some(text) => std::fs::write(&path, text).unwrap(),
+                None => std::fs::remove_file(&path).unwrap(),
+            }
+            assert!(
+                matches!(outcome(&ring), ChainOutcome::Refused(_)),
+                "a bad chain file was accepted"
+            );
+            assert_eq!(ring.get("client", "e").unwrap().chain(), v2);
+        }
+    }
 }

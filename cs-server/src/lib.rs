@@ -13,6 +13,7 @@
 //! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);
 //! - [`store`]: tickets and external PSKs in SQLite or PostgreSQL, sealed by the token;
 //! - [`health`]: `grpc.health.v1` status from a probe of the token and the store;
+//! - [`reload`]: certificate rotation on SIGHUP (listener TLS, signing key chains);
 //! - [`error`]: the layer errors and the single mapping to gRPC + LURK status;
 //! - [`refusal_log`]: refusal log lines, bounded per engine.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod keyring;
 pub mod limits;
 pub mod ops;
 pub mod refusal_log;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -460,6 +460,11 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             ephemeral = ?cfg.ephemeral.backend,
             "lurk-cs serving"
         );
+        // The listener's TLS is kept to be reloaded, with the signing keys' certificate
+        // chains, on SIGHUP.
+        let tls = lurk_cs::reload::ListenerTls::for_listen(&cfg.listen)?;
+        lurk_cs::reload::reload_on_sighup(tls.clone(), cs.clone())
+            .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
         println!("READY {addr}");
         // Expired sessions are purged off the async threads (dropping one may destroy a
         // token object).
@@ -495,10 +500,11 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             let _ = stop_tx.send(true);
         });
         let mut stopping = stop_rx.clone();
-        let serving = lurk_cs::server::serve_with_health(
+        let serving = lurk_cs::server::serve_with_tls(
             &cfg.listen,
             &cfg.limits,
             listener,
+            tls,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
             health_svc,
             async move {

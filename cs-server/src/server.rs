@@ -12,6 +12,8 @@
 //!   handshakes and HTTP/2 connections, each bounded by count and time; `TCP_NODELAY` on
 //!   every socket (docs/design.md §5: Nagle's 40 ms stalls); tokio's listener sets `SO_REUSEADDR`, so a
 //!   restarted CS binds again at once.
+//! - **Certificate rotation** ([`crate::reload`]): each accepted connection takes the TLS
+//!   configuration in force, so a reload (SIGHUP) applies to new connections only.
 //! - **Shutdown**: when the shutdown future completes the listener closes, and in-flight
 //!   RPCs finish before [`serve`] returns ([`shutdown_signal`]: SIGINT or SIGTERM).
 //!
@@ -31,12 +33,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::{LimitsConfig, ListenConfig, TlsConfig};
 use crate::error::ServiceError;
+use crate::reload::{summarize, ListenerTls, TlsSummary};
 
 /// Metadata header naming the engine on a plaintext (development) listener.
 pub const ENGINE_ID_METADATA: &str = "lurk-engine-id";
@@ -148,27 +150,24 @@ pub async fn serve_with_health<S: CryptoService>(
     >,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let tls = match (&cfg.tls, cfg.plaintext) {
-        (Some(_), true) => {
-            // Fail closed: with both, engine_identity could trust a header on a TLS port.
-            return Err(ServerError::Config(
-                "both [listen.tls] and plaintext = true: choose one".into(),
-            ));
-        }
-        (Some(tls), false) => Some(TlsAcceptor::from(load_tls(tls)?)),
-        (None, true) => {
-            tracing::warn!(
-                "PLAINTEXT gRPC listener: engines are not authenticated and name themselves \
-                 with the {ENGINE_ID_METADATA} header. Development only."
-            );
-            None
-        }
-        (None, false) => {
-            return Err(ServerError::Config(
-                "set [listen.tls] (mTLS) or, for development only, plaintext = true".into(),
-            ))
-        }
-    };
+    let tls = ListenerTls::for_listen(cfg)?;
+    serve_with_tls(cfg, limits, listener, tls, service, health, shutdown).await
+}
+
+/// [`serve_with_health`] with the listener's TLS loaded by the caller, which keeps it to
+/// reload the certificates ([`ListenerTls::reload`], on SIGHUP); `tls` is `None` on a
+/// plaintext listener.
+pub async fn serve_with_tls<S: CryptoService>(
+    cfg: &ListenConfig,
+    limits: &LimitsConfig,
+    listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
+    service: CryptoServiceServer<S>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.addr.clone(), |a| a.to_string());
@@ -183,8 +182,8 @@ pub async fn serve_with_health<S: CryptoService>(
 }
 
 /// Reads the PEM files of `[listen.tls]`, checking each holds what it should so that a
-/// misconfiguration is reported at start-up with the file's name.
-fn load_tls(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> {
+/// misconfiguration (at start-up or on reload) is reported with the file's name.
+pub(crate) fn load_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, TlsSummary), ServerError> {
     let bad = |path: &Path, what: &str| ServerError::Config(format!("{}: {what}", path.display()));
     let chain = expect_certs(&tls.cert, &read_file(&tls.cert)?)?;
     let roots = expect_certs(&tls.client_ca, &read_file(&tls.client_ca)?)?;
@@ -199,6 +198,7 @@ fn load_tls(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> {
             tracing::warn!(path = %tls.key.display(), "TLS key readable by group or others");
         }
     }
+    let summary = summarize(chain[0].as_ref(), roots.len());
     let mut store = RootCertStore::empty();
     for ca in roots {
         store
@@ -214,10 +214,16 @@ fn load_tls(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> {
         .map_err(|e| ServerError::Config(format!("TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| bad(&tls.cert, &format!("certificate and key do not match: {e}")))?;
+        .map_err(|e| {
+            ServerError::Config(format!(
+                "{} and {}: unusable key, or not the certificate's key: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+        })?;
     // gRPC is HTTP/2 only (RFC 9113 §3.2: "h2" over TLS).
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), summary))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ServerError> {
@@ -556,6 +562,131 @@ mod tests {
             .ping(pb::PingRequest {})
             .await?;
         Ok(resp.into_inner())
+    }
+
+    /// Like [`start`], keeping the listener's TLS to reload it.
+    async fn start_reloadable(cfg: ListenConfig) -> (Running, Arc<ListenerTls>) {
+        let tls = ListenerTls::for_listen(&cfg).unwrap().expect("mTLS");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let service = CryptoServiceServer::new(PingOnly { plaintext: false });
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let serving = tls.clone();
+        let task = tokio::spawn(async move {
+            let limits = LimitsConfig::default();
+            serve_with_tls(
+                &cfg,
+                &limits,
+                listener,
+                Some(serving),
+                service,
+                health,
+                async {
+                    let _ = rx.await;
+                },
+            )
+            .await
+        });
+        let running = Running {
+            addr,
+            stop: Some(tx),
+            task,
+        };
+        (running, tls)
+    }
+
+    /// Client TLS trusting `ca` for the CS, presenting `identity`.
+    fn client_tls_from(ca: &Ca, identity: (String, String)) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert.pem()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(identity.0, identity.1))
+    }
+
+    #[tokio::test]
+    async fn reloaded_certificates_apply_to_new_connections_and_bad_files_are_refused() {
+        let pki = Pki::new();
+        let (server, tls) = start_reloadable(pki.listen()).await;
+        let old_engine = pki.ca.issue(Some("engine-a"), &[], false);
+        // A connection made before the rotation.
+        let channel = Channel::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(pki.client_tls(Some(old_engine.clone())))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut established = CryptoServiceClient::new(channel);
+        established.ping(pb::PingRequest {}).await.unwrap();
+
+        // Rotation: a new CA issues the CS's certificate and the engines'; the old CA is
+        // no longer a client CA.
+        let new_ca = Ca::new("lurk test engines CA 2");
+        let (cert, key) = new_ca.issue(Some("lurk-cs 2"), &["localhost"], true);
+        fs::write(pki.path("cs.pem"), &cert).unwrap();
+        fs::write(pki.path("cs.key"), &key).unwrap();
+        fs::write(pki.path("ca.pem"), new_ca.cert.pem()).unwrap();
+        let summary = tls.reload().unwrap();
+        assert!(summary.subject.contains("lurk-cs 2"), "{summary:?}");
+        assert_eq!(summary.client_cas, 1);
+
+        let new_engine = new_ca.issue(Some("engine-b"), &[], false);
+        let check_rotated = || async {
+            // New connections: the new engine certificate is accepted...
+            let resp = ping_tls(server.addr, client_tls_from(&new_ca, new_engine.clone()))
+                .await
+                .unwrap();
+            assert_eq!(resp.engine_identity, "engine-b");
+            // ...the old one (from the removed CA) is refused in the handshake (the client
+            // sees the unknown_ca alert, or its connection closed after its Finished)...
+            let refused = ping_tls(server.addr, client_tls_from(&new_ca, old_engine.clone())).await;
+            assert!(refused.is_err(), "{refused:?}");
+            // ...and the CS presents its new certificate (a client trusting only the old
+            // CA refuses it).
+            let err = ping_tls(server.addr, pki.client_tls(Some(old_engine.clone())))
+                .await
+                .unwrap_err();
+            assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+        };
+        check_rotated().await;
+        // The established connection continues (a reconnection would be refused).
+        let resp = established.ping(pb::PingRequest {}).await.unwrap();
+        assert_eq!(resp.into_inner().engine_identity, "engine-a");
+
+        // Bad files: each reload is refused and the rotated configuration stays in force.
+        let other_key = KeyPair::generate().unwrap().serialize_pem();
+        let bad_files: [(&str, String); 6] = [
+            ("cs.pem", "not a certificate".into()),
+            ("cs.pem", String::new()),
+            (
+                "cs.key",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ),
+            ("cs.key", other_key),
+            ("ca.pem", String::new()),
+            (
+                "ca.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+            ),
+        ];
+        for (name, text) in bad_files {
+            let good = fs::read(pki.path(name)).unwrap();
+            fs::write(pki.path(name), &text).unwrap();
+            let err = tls.reload().unwrap_err();
+            assert!(
+                err.to_string().contains(name),
+                "the refusal names the file: {err}"
+            );
+            check_rotated().await;
+            fs::write(pki.path(name), good).unwrap();
+        }
+        // A missing file too.
+        fs::remove_file(pki.path("ca.pem")).unwrap();
+        assert!(matches!(tls.reload(), Err(ServerError::Io { .. })));
+        check_rotated().await;
+        established.ping(pb::PingRequest {}).await.unwrap();
+        server.stop().await.unwrap();
     }
 
     #[tokio::test]

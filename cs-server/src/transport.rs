@@ -41,7 +41,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tokio_rustls::TlsAcceptor;
 use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -49,6 +48,7 @@ use tonic::transport::server::Connected;
 use crate::config::LimitsConfig;
 use crate::error::ServiceError;
 use crate::limits::{connection_cap, descriptor_limit, RateLimitedWarn};
+use crate::reload::ListenerTls;
 use crate::server::{identity_from_certificate, EngineId};
 
 /// HTTP/2 PING interval, and how long to wait for the answer: a dead peer's connection is
@@ -71,7 +71,7 @@ const WARN_PERIOD: Duration = Duration::from_secs(10);
 /// returns once their requests in flight are done (each within its request timeout).
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ListenerTls>>,
     routes: Routes,
     limits: &LimitsConfig,
     shutdown: impl Future<Output = ()>,
@@ -191,7 +191,8 @@ pub(crate) async fn serve(
 /// What every connection task shares.
 struct Shared {
     routes: Routes,
-    tls: Option<TlsAcceptor>,
+    /// Read per accepted connection: a reload applies to the next handshake.
+    tls: Option<Arc<ListenerTls>>,
     h2: http2::Builder<TokioExecutor>,
     request_timeout: Duration,
     handshake_timeout: Duration,
@@ -224,7 +225,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 /// One accepted socket: the TLS handshake (bounded), the engine's connection cap, then
 /// HTTP/2 until the peer, the idle timer or the shutdown ends it.
 async fn connection(shared: &Shared, tcp: TcpStream) {
-    let Some(acceptor) = &shared.tls else {
+    let Some(acceptor) = shared.tls.as_ref().map(|t| t.acceptor()) else {
         // Plaintext (development): engines name themselves per request, so only the
         // global caps apply.
         let info = tcp.connect_info();

@@ -24,7 +24,7 @@ pub fn handle(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Service
             key_id: k.id.clone(),
             key_type: k.kind_name(),
             signature_schemes: k.schemes().iter().map(|s| u32::from(s.get())).collect(),
-            certificate_chain: k.chain.clone(),
+            certificate_chain: k.chain().to_vec(),
         })
         .collect();
     let external_psks = cs

@@ -189,7 +189,7 @@ pub fn certificate_verify(
         return Ok(None);
     }
     let key = cs.keys.get(key_id, engine)?;
-    if cert.chain[0] != key.chain[0] {
+    if cert.chain[0] != key.chain()[0] {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidCertificate,
             format!("the client Certificate's leaf is not the certificate of key {key_id:?}"),
