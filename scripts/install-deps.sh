@@ -12,7 +12,6 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
-# PyYAML: a test checks deploy/compose.yaml (no container engine on the test machines).
 # prlimit: the transport-limit tests lower a running CS's descriptor limit.
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 # PostgreSQL server binaries for the tests' private clusters (Debian puts them in
@@ -42,7 +41,8 @@ if ! python3 -c 'import tlslite' >/dev/null 2>&1 &&
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "tlslite-ng==$TLSLITE_VERSION"
 fi
-# PyYAML for the `python3` on PATH (which may not be Debian's: pip, not apt).
+# PyYAML for the `python3` on PATH, which may not be Debian's (pip, not apt): a test checks
+# deploy/compose.yaml (no container engine on the test machines).
 python3 -c 'import yaml' >/dev/null 2>&1 ||
   python3 -m pip install -q --disable-pip-version-check pyyaml >/dev/null 2>&1 ||
   { echo "install-deps: cannot install PyYAML for $(command -v python3)" >&2; exit 1; }
