@@ -26,6 +26,7 @@ pub mod limits;
 pub mod ops;
 pub mod refusal_log;
 pub mod server;
+pub mod server_auth;
 pub mod service;
 pub mod session;
 pub mod store;
