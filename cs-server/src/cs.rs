@@ -53,6 +53,15 @@ impl Cs {
             crate::store::SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store)?;
         let server_auth = ServerAuth::from_config(&cfg.server_auth)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        match &server_auth {
+            Some(p) => tracing::info!(
+                anchors = p.anchors(),
+                "server_auth on: servers are authenticated by the CS"
+            ),
+            None => {
+                tracing::info!("server_auth off: tickets are trusted only against honest servers")
+            }
+        }
         Ok(Self::new(cfg, Some(token), keys, Arc::new(store)).with_server_auth(server_auth))
     }
 

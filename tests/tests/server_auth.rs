@@ -389,6 +389,7 @@ async fn under_the_policy_sequence_c_signs_only_for_an_authenticated_server() {
         })
         .await;
     assert_refused(r, LurkStatus::InvalidCertificate, "issuer unknown");
+    assert!(cs.log().contains("server_auth on"), "{}", cs.log());
 }
 
 /// The weakness the policy removes: with it off, the CS takes the engine's word.
