@@ -30,6 +30,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    #[serde(default)]
+    pub server_auth: ServerAuthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -304,6 +306,19 @@ impl LimitsConfig {
     }
 }
 
+/// `[server_auth]`: the CS authenticates the TLS server itself (RFC 8446 §4.4.2-§4.4.3:
+/// certificate chain for the ClientHello's server_name, CertificateVerify over the
+/// transcript) before it signs a client CertificateVerify, releases application secrets or
+/// registers tickets, and binds every ticket to that server name. Off, an engine that plays
+/// the server itself knows the PSK of the tickets it registers (docs/protocol.md).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerAuthConfig {
+    pub enabled: bool,
+    /// PEM file of the CA certificates TLS servers must chain to (required when enabled).
+    pub trust_anchors: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FreshnessMode {
@@ -504,6 +519,11 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        if self.server_auth.enabled && self.server_auth.trust_anchors.is_none() {
+            return Err(ConfigError::Invalid(
+                "server_auth: enabled needs trust_anchors (a PEM file of CA certificates)".into(),
+            ));
+        }
         let mut ids = std::collections::BTreeSet::new();
         for k in &self.keys {
             if !ids.insert(&k.id) {
@@ -614,6 +634,20 @@ mod tests {
         let bare = MINIMAL.replace("path = \"/tmp/x.sqlite\"", "backend = \"postgres\"");
         assert!(Config::from_toml(&bare).is_err());
         assert!(Config::from_toml(&MINIMAL.replace("path = \"/tmp/x.sqlite\"", "")).is_err());
+    }
+
+    #[test]
+    fn server_auth_is_off_by_default_and_needs_anchors_when_on() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.server_auth, ServerAuthConfig::default());
+        assert!(!c.server_auth.enabled);
+        let on = format!("{MINIMAL}\n[server_auth]\nenabled = true\n");
+        assert!(Config::from_toml(&on).is_err());
+        let on = format!("{on}trust_anchors = \"/etc/lurk/servers-ca.pem\"\n");
+        let c = Config::from_toml(&on).unwrap();
+        assert!(c.server_auth.enabled);
+        let bad = format!("{MINIMAL}\n[server_auth]\nanchors = \"x\"\n");
+        assert!(Config::from_toml(&bad).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::config::{Config, EphemeralBackendKind, FreshnessMode};
 use crate::ephemeral::EphemeralSource;
 use crate::error::{ServiceError, TokenError};
 use crate::keyring::KeyRing;
+use crate::server_auth::ServerAuth;
 use crate::session::{SessionLimits, SessionTable};
 use crate::store::TicketStore;
 use crate::token::{Need, Token};
@@ -27,6 +28,8 @@ pub struct Cs {
     pub max_tickets_per_engine: u32,
     /// Post-handshake authentications per session.
     pub max_post_handshake_auths: usize,
+    /// `[server_auth]`: the CS authenticates TLS servers itself (None: off).
+    pub server_auth: Option<ServerAuth>,
 }
 
 impl Cs {
@@ -47,9 +50,22 @@ impl Cs {
             cfg.ephemeral.backend == EphemeralBackendKind::Token,
         ))?;
         let store = crate::store::open(&cfg.store, Arc::new(token.clone()))?;
-        Ok(Self::new(cfg, Some(token), keys, store))
+        let server_auth = ServerAuth::from_config(&cfg.server_auth)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        match &server_auth {
+            Some(p) => tracing::info!(
+                anchors = p.anchors(),
+                "server_auth on: servers are authenticated by the CS"
+            ),
+            None => {
+                tracing::info!("server_auth off: tickets are trusted only against honest servers")
+            }
+        }
+        Ok(Self::new(cfg, Some(token), keys, store).with_server_auth(server_auth))
     }
 
+    /// The CS with `[server_auth]` off: [`with_server_auth`](Self::with_server_auth) sets the
+    /// policy (it reads a file, which this constructor does not).
     pub fn new(
         cfg: &Config,
         token: Option<Token>,
@@ -80,7 +96,14 @@ impl Cs {
             ticket_lifetime_cap: cfg.store.ticket_lifetime_secs,
             max_tickets_per_engine: cfg.store.max_tickets_per_engine,
             max_post_handshake_auths: cfg.sessions.max_post_handshake_auths,
+            server_auth: None,
         }
+    }
+
+    /// Sets the `[server_auth]` policy.
+    pub fn with_server_auth(mut self, policy: Option<ServerAuth>) -> Self {
+        self.server_auth = policy;
+        self
     }
 
     /// Test-vector mode: the next ephemeral key for `group` uses this private key.

@@ -198,6 +198,35 @@ impl fmt::Display for ServiceError {
 
 impl std::error::Error for ServiceError {}
 
+/// `[server_auth]` (server_auth.rs): a server chain that does not validate for the name is
+/// `invalid_certificate`.
+impl From<lurk_proto::server_auth::ChainError> for ServiceError {
+    fn from(e: lurk_proto::server_auth::ChainError) -> Self {
+        Self::refuse(
+            LurkStatus::InvalidCertificate,
+            format!("[server_auth]: server certificate: {e}"),
+        )
+    }
+}
+
+/// `[server_auth]`: a server CertificateVerify that does not verify is
+/// `invalid_certificate_verify`; a scheme not offered is `invalid_signature_scheme`; a leaf
+/// whose key cannot be used is `invalid_certificate`.
+impl From<lurk_proto::server_auth::SignatureError> for ServiceError {
+    fn from(e: lurk_proto::server_auth::SignatureError) -> Self {
+        use lurk_proto::server_auth::SignatureError as S;
+        let status = match e {
+            S::BadSignature => LurkStatus::InvalidCertificateVerify,
+            S::UnofferedScheme => LurkStatus::InvalidSignatureScheme,
+            S::Leaf(_) | S::UnsupportedKey => LurkStatus::InvalidCertificate,
+        };
+        Self::refuse(
+            status,
+            format!("[server_auth]: server CertificateVerify: {e}"),
+        )
+    }
+}
+
 impl From<TokenError> for ServiceError {
     fn from(e: TokenError) -> Self {
         Self::Token(e)

@@ -30,6 +30,7 @@ pub mod ops;
 pub mod refusal_log;
 pub mod reload;
 pub mod server;
+pub mod server_auth;
 pub mod service;
 pub mod session;
 pub mod store;

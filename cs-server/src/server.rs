@@ -909,5 +909,13 @@ mod tests {
         assert_eq!(reference.log.format, minimal.log.format);
         assert_eq!(reference.log.level, minimal.log.level);
         assert_eq!(reference.limits, minimal.limits);
+        // [server_auth]: on in the reference, off by default.
+        assert!(reference.server_auth.enabled);
+        assert!(reference
+            .server_auth
+            .trust_anchors
+            .as_ref()
+            .is_some_and(|p| p.is_absolute()));
+        assert!(!minimal.server_auth.enabled);
     }
 }

@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use lurk_cs::config::Config;
 use lurk_cs::cs::Cs;
 use lurk_cs::keyring::KeyRing;
+use lurk_cs::server_auth::ServerAuth;
 use lurk_cs::store::SqliteStore;
 use lurk_cs::token::Token;
 use lurk_proto::pb;
+use lurk_proto::server_auth::TrustAnchors;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{self, NamedGroup};
 use serde_json::Value;
@@ -57,7 +59,23 @@ fn client_private(sec: &str, group: &str) -> Vec<u8> {
 struct Fixture {
     cs: Cs,
     token: Token,
-    _dir: tempfile::TempDir,
+    cfg: Config,
+    store: Arc<SqliteStore>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Another CS on the same token and store, with `[server_auth]` on.
+    fn cs_with_server_auth(&self, policy: ServerAuth) -> Cs {
+        let keys = KeyRing::load(&self.token, &self.cfg.keys).unwrap();
+        Cs::new(
+            &self.cfg,
+            Some(self.token.clone()),
+            keys,
+            self.store.clone(),
+        )
+        .with_server_auth(Some(policy))
+    }
 }
 
 /// One token, one store, one CS for the whole file (C_Initialize happens once per process);
@@ -86,13 +104,16 @@ fn fixture() -> &'static Fixture {
             .cert_data
             .to_vec();
         keys.insert_test_vector_key("rfc8448-client", rsa, vec![rfc_client_cert]);
-        let store =
-            SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store).unwrap();
-        let cs = Cs::new(&cfg, Some(token.clone()), keys, Arc::new(store));
+        let store = Arc::new(
+            SqliteStore::open(&cfg.store.path, Arc::new(token.clone()), &cfg.store).unwrap(),
+        );
+        let cs = Cs::new(&cfg, Some(token.clone()), keys, store.clone());
         Fixture {
             cs,
             token,
-            _dir: dir,
+            cfg,
+            store,
+            dir,
         }
     })
 }
@@ -532,4 +553,64 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
         secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
         ks(s, "server_handshake_traffic_secret")
     );
+}
+
+/// `[server_auth]` on: §3's server (a self-signed certificate, CN=rsa, no subjectAltName,
+/// valid 2016-07-30 to 2026-07-30) is refused in c_client_finished whether the anchors hold
+/// another CA or its own certificate (expired by the CS's clock since 2026-07-30, and not
+/// valid for the SNI "server" either); nothing is released, the session keeps its stage and
+/// no ticket can be registered.
+#[test]
+fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_ticket() {
+    let _g = serial();
+    let f = fixture();
+    let s = "simple_1rtt";
+    let rfc_cert = wire::Certificate::parse(&msg(s, "server_certificate"))
+        .unwrap()
+        .entries[0]
+        .cert_data
+        .to_vec();
+    let other_ca = f.dir.path().join("dev").join("tls").join("ca.pem");
+    let policies = [
+        ServerAuth::from_pem_file(&other_ca).unwrap(),
+        ServerAuth::from_anchors(TrustAnchors::from_der(&[rfc_cert]).unwrap()),
+    ];
+    for policy in policies {
+        let cs = f.cs_with_server_auth(policy);
+        cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+            .unwrap();
+        let id = init_hello(&cs, s, vec![]).session_id;
+        assert_handshake_secrets(&server_hello(&cs, &id, s), s);
+        let flight = [
+            msg(s, "encrypted_extensions"),
+            msg(s, "server_certificate"),
+            msg(s, "server_certificate_verify"),
+            msg(s, "server_finished"),
+        ]
+        .concat();
+        let err = lurk_cs::ops::c_client_finished::handle(
+            &cs,
+            ENGINE,
+            pb::CClientFinishedRequest {
+                session_id: id.clone(),
+                handshake_messages: flight,
+                secret_request: Some(all_secrets()),
+                last_exchange: false,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::InvalidCertificate, "{err:?}");
+        let err = lurk_cs::ops::c_register_tickets::handle(
+            &cs,
+            ENGINE,
+            pb::CRegisterTicketsRequest {
+                session_id: id,
+                new_session_tickets: vec![msg(s, "new_session_ticket")],
+                last_exchange: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.lurk_status(), LurkStatus::InvalidStatus, "{err:?}");
+    }
 }

@@ -1,20 +1,17 @@
-//! Server authentication: the certificate chain and name (webpki), and the CertificateVerify
-//! signature (ring, RFC 8446 §4.4.3).
-//!
-//! The CertificateVerify check takes the public key out of the leaf's SubjectPublicKeyInfo
-//! itself rather than through webpki's `verify_signature`, because webpki does not accept an
-//! RSASSA-PSS SubjectPublicKeyInfo (id-RSASSA-PSS, used with rsa_pss_pss_* schemes): for both
-//! RSA key types the RSAPublicKey is the content of the SPKI bit string, which is what ring
-//! verifies with. The PSS parameters of an id-RSASSA-PSS key are not enforced (the scheme
-//! fixes hash and salt length, RFC 8446 §4.2.3).
+//! Server authentication: the certificate chain and name, and the CertificateVerify signature
+//! (RFC 8446 §4.4.2-§4.4.3). The rules live in `lurk_proto::server_auth` (the CS applies the
+//! same ones under its `[server_auth]` policy); this module maps their failures to the alert
+//! the engine sends.
 
 use std::path::Path;
 
+use lurk_proto::server_auth::{self, ChainError, SignatureError};
 use lurk_proto::wire::{AlertDescription, SignatureScheme};
-use ring::signature;
-use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls_pki_types::UnixTime;
 
 use crate::error::{CertificateError, Error, PeerMisbehaved};
+
+pub use lurk_proto::server_auth::server_signed_content;
 
 /// The schemes the engine offers and verifies, in preference order.
 pub const SUPPORTED_SCHEMES: [SignatureScheme; 8] = [
@@ -38,33 +35,17 @@ pub const CERTIFICATE_ONLY_SCHEMES: [SignatureScheme; 3] = [
     SignatureScheme::RsaPkcs1Sha512,
 ];
 
-/// The content of the TLS 1.3 server CertificateVerify signature (§4.4.3): 64 spaces, the
-/// context string, a zero byte, the transcript hash.
-pub fn server_signed_content(transcript_hash: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x20u8; 64];
-    m.extend_from_slice(b"TLS 1.3, server CertificateVerify");
-    m.push(0);
-    m.extend_from_slice(transcript_hash);
-    m
-}
-
 /// Trust anchors owned for the life of the engine.
 #[derive(Clone, Debug, Default)]
 pub struct TrustAnchors {
-    anchors: Vec<TrustAnchor<'static>>,
+    inner: server_auth::TrustAnchors,
 }
 
 impl TrustAnchors {
     /// Anchors from DER certificates.
     pub fn from_der<C: AsRef<[u8]>>(certs: &[C]) -> Result<Self, Error> {
-        let mut anchors = Vec::new();
-        for c in certs {
-            let der = CertificateDer::from(c.as_ref());
-            let a = webpki::anchor_from_trusted_cert(&der)
-                .map_err(|e| Error::general(format!("trust anchor does not parse: {e}")))?;
-            anchors.push(a.to_owned());
-        }
-        Ok(Self { anchors })
+        let inner = server_auth::TrustAnchors::from_der(certs).map_err(Error::general)?;
+        Ok(Self { inner })
     }
 
     /// Anchors from a PEM file of certificates.
@@ -72,26 +53,19 @@ impl TrustAnchors {
         let data = std::fs::read(path).map_err(|e| {
             Error::general(format!("cannot read trust anchors {}: {e}", path.display()))
         })?;
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &data[..])
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::general(format!("{}: bad PEM: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(Error::general(format!(
-                "{}: no certificate found",
-                path.display()
-            )));
-        }
-        Self::from_der(&certs)
+        let inner = server_auth::TrustAnchors::from_pem(&data)
+            .map_err(|e| Error::general(format!("{}: {e}", path.display())))?;
+        Ok(Self { inner })
     }
 
     /// How many anchors there are.
     pub fn len(&self) -> usize {
-        self.anchors.len()
+        self.inner.len()
     }
 
     /// True when there is none.
     pub fn is_empty(&self) -> bool {
-        self.anchors.is_empty()
+        self.inner.is_empty()
     }
 
     /// Validates `chain` (leaf first) to one of the anchors at `now`, for serverAuth, and the
@@ -102,147 +76,35 @@ impl TrustAnchors {
         server_name: &str,
         now: UnixTime,
     ) -> Result<(), CertificateError> {
-        let Some((leaf, rest)) = chain.split_first() else {
-            return Err(CertificateError::new(
-                AlertDescription::DecodeError,
-                "empty certificate chain",
-            ));
-        };
-        let leaf_der = CertificateDer::from(*leaf);
-        let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| {
-            CertificateError::new(
-                AlertDescription::BadCertificate,
-                format!("leaf does not parse: {e}"),
-            )
-        })?;
-        let intermediates: Vec<CertificateDer<'_>> =
-            rest.iter().map(|c| CertificateDer::from(*c)).collect();
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
-            &intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| cert_error(&e, "chain"))?;
-        let name = ServerName::try_from(server_name).map_err(|e| {
-            CertificateError::new(
-                AlertDescription::InternalError,
-                format!("{server_name:?} is neither a DNS name nor an IP address: {e}"),
-            )
-        })?;
-        ee.verify_is_valid_for_subject_name(&name)
-            .map_err(|e| cert_error(&e, &format!("name {server_name:?}")))?;
-        Ok(())
+        self.inner
+            .verify_server_chain(chain, server_name, now)
+            .map_err(|e| CertificateError::new(chain_alert(&e), e.to_string()))
     }
 }
 
-fn cert_error(e: &webpki::Error, what: &str) -> CertificateError {
+fn chain_alert(e: &ChainError) -> AlertDescription {
     use webpki::Error as E;
-    let alert = match e {
-        E::CertExpired { .. } | E::CertNotValidYet { .. } => AlertDescription::CertificateExpired,
-        E::UnknownIssuer => AlertDescription::UnknownCa,
-        E::CertRevoked => AlertDescription::CertificateRevoked,
-        E::UnsupportedSignatureAlgorithmContext(_)
-        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            AlertDescription::UnsupportedCertificate
-        }
-        _ => AlertDescription::BadCertificate,
-    };
-    let reason = match e {
-        E::UnknownIssuer => format!("{what}: issuer unknown (not signed by a trusted CA)"),
-        E::CertExpired { .. } => format!("{what}: certificate expired"),
-        E::CertNotValidYet { .. } => format!("{what}: certificate not yet valid"),
-        E::CertNotValidForName(_) => format!("{what}: certificate is not valid for this name"),
-        other => format!("{what}: {other:?}"),
-    };
-    CertificateError::new(alert, reason)
-}
-
-/// The public key kinds a TLS 1.3 server certificate may carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KeyKind {
-    EcP256,
-    EcP384,
-    Ed25519,
-    RsaEncryption,
-    RsaPss,
-}
-
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-const OID_RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
-
-/// One DER TLV: (tag, content, rest).
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        n if n < 0x80 => (usize::from(n), rest),
-        0x81..=0x83 => {
-            let width = usize::from(first & 0x7f);
-            if rest.len() < width {
-                return None;
+    match e {
+        ChainError::Empty => AlertDescription::DecodeError,
+        ChainError::NotAName(_) => AlertDescription::InternalError,
+        ChainError::Leaf(_) => AlertDescription::BadCertificate,
+        ChainError::Path(e) | ChainError::Name(e) => match e {
+            E::CertExpired { .. } | E::CertNotValidYet { .. } => {
+                AlertDescription::CertificateExpired
             }
-            let len = rest[..width]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            (len, &rest[width..])
-        }
-        _ => return None,
-    };
-    if rest.len() < len {
-        return None;
+            E::UnknownIssuer => AlertDescription::UnknownCa,
+            E::CertRevoked => AlertDescription::CertificateRevoked,
+            E::UnsupportedSignatureAlgorithmContext(_)
+            | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+                AlertDescription::UnsupportedCertificate
+            }
+            _ => AlertDescription::BadCertificate,
+        },
     }
-    Some((tag, &rest[..len], &rest[len..]))
 }
 
-/// Splits a SubjectPublicKeyInfo (with its outer SEQUENCE) into the key kind and the content
-/// of the subjectPublicKey bit string.
-fn parse_spki(spki: &[u8]) -> Option<(KeyKind, &[u8])> {
-    let (0x30, body, _) = der_tlv(spki)? else {
-        return None;
-    };
-    let (0x30, alg, rest) = der_tlv(body)? else {
-        return None;
-    };
-    let (0x03, bits, _) = der_tlv(rest)? else {
-        return None;
-    };
-    let (0, key) = bits.split_first()? else {
-        return None; // unused bits must be 0 for a key
-    };
-    let (0x06, oid, params) = der_tlv(alg)? else {
-        return None;
-    };
-    let kind = match oid {
-        OID_EC_PUBLIC_KEY => {
-            let (0x06, curve, _) = der_tlv(params)? else {
-                return None;
-            };
-            match curve {
-                OID_P256 => KeyKind::EcP256,
-                OID_P384 => KeyKind::EcP384,
-                _ => return None,
-            }
-        }
-        OID_ED25519 => KeyKind::Ed25519,
-        OID_RSA_ENCRYPTION => KeyKind::RsaEncryption,
-        OID_RSASSA_PSS => KeyKind::RsaPss,
-        _ => return None,
-    };
-    Some((kind, key))
-}
-
-/// Verifies the server's CertificateVerify: `scheme` must be one we offered and fit the leaf's
-/// key type (§4.4.3, §4.2.3: rsa_pss_rsae_* for rsaEncryption keys, rsa_pss_pss_* for
-/// RSASSA-PSS keys, ECDSA curve = scheme curve), and the signature must verify over the
-/// server content for `transcript_hash`.
+/// Verifies the server's CertificateVerify (`lurk_proto::server_auth::verify_server_signature`)
+/// and names the failure with its alert (RFC 8446 §4.4.3, §6.2).
 pub fn verify_server_signature(
     leaf: &[u8],
     offered: &[SignatureScheme],
@@ -250,112 +112,24 @@ pub fn verify_server_signature(
     transcript_hash: &[u8],
     sig: &[u8],
 ) -> Result<(), Error> {
-    if !offered.contains(&scheme) {
-        return Err(PeerMisbehaved::UnofferedSignatureScheme.into());
-    }
-    let leaf_der = CertificateDer::from(leaf);
-    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| {
-        CertificateError::new(
-            AlertDescription::BadCertificate,
-            format!("leaf does not parse: {e}"),
-        )
-    })?;
-    let spki = ee.subject_public_key_info();
-    let (kind, key) = parse_spki(spki.as_ref()).ok_or_else(|| {
-        CertificateError::new(
-            AlertDescription::UnsupportedCertificate,
-            "the leaf's public key type is not supported",
-        )
-    })?;
-    use SignatureScheme as S;
-    let alg: &'static dyn signature::VerificationAlgorithm =
-        match (scheme, kind) {
-            (S::EcdsaSecp256r1Sha256, KeyKind::EcP256) => &signature::ECDSA_P256_SHA256_ASN1,
-            (S::EcdsaSecp384r1Sha384, KeyKind::EcP384) => &signature::ECDSA_P384_SHA384_ASN1,
-            (S::Ed25519, KeyKind::Ed25519) => &signature::ED25519,
-            (S::RsaPssRsaeSha256, KeyKind::RsaEncryption)
-            | (S::RsaPssPssSha256, KeyKind::RsaPss) => &signature::RSA_PSS_2048_8192_SHA256,
-            (S::RsaPssRsaeSha384, KeyKind::RsaEncryption)
-            | (S::RsaPssPssSha384, KeyKind::RsaPss) => &signature::RSA_PSS_2048_8192_SHA384,
-            (S::RsaPssRsaeSha512, KeyKind::RsaEncryption)
-            | (S::RsaPssPssSha512, KeyKind::RsaPss) => &signature::RSA_PSS_2048_8192_SHA512,
-            _ => return Err(PeerMisbehaved::UnofferedSignatureScheme.into()),
-        };
-    let content = server_signed_content(transcript_hash);
-    signature::UnparsedPublicKey::new(alg, key)
-        .verify(&content, sig)
-        .map_err(|_| PeerMisbehaved::BadCertificateVerifySignature.into())
+    server_auth::verify_server_signature(leaf, offered, scheme, transcript_hash, sig).map_err(|e| {
+        match e {
+            SignatureError::UnofferedScheme => PeerMisbehaved::UnofferedSignatureScheme.into(),
+            SignatureError::BadSignature => PeerMisbehaved::BadCertificateVerifySignature.into(),
+            SignatureError::Leaf(_) => {
+                CertificateError::new(AlertDescription::BadCertificate, e.to_string()).into()
+            }
+            SignatureError::UnsupportedKey => {
+                CertificateError::new(AlertDescription::UnsupportedCertificate, e.to_string())
+                    .into()
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-
-    /// A minimal SPKI for an EC P-256 point.
-    fn p256_spki(point: &[u8]) -> Vec<u8> {
-        let mut alg = vec![0x06, OID_EC_PUBLIC_KEY.len() as u8];
-        alg.extend_from_slice(OID_EC_PUBLIC_KEY);
-        alg.extend_from_slice(&[0x06, OID_P256.len() as u8]);
-        alg.extend_from_slice(OID_P256);
-        let mut body = vec![0x30, alg.len() as u8];
-        body.extend_from_slice(&alg);
-        body.extend_from_slice(&[0x03, (point.len() + 1) as u8, 0]);
-        body.extend_from_slice(point);
-        let mut out = vec![0x30, 0x81, body.len() as u8];
-        out.extend_from_slice(&body);
-        out
-    }
-
-    #[test]
-    fn der_lengths() {
-        assert_eq!(
-            der_tlv(&[0x04, 0x01, 0xaa]).unwrap(),
-            (4, &[0xaa][..], &[][..])
-        );
-        let mut long = vec![0x04, 0x81, 0x80];
-        long.extend(vec![1u8; 0x80]);
-        assert_eq!(der_tlv(&long).unwrap().1.len(), 0x80);
-        assert!(der_tlv(&[0x04, 0x02, 0xaa]).is_none());
-        assert!(der_tlv(&[0x04, 0x84, 0, 0, 0, 1, 0]).is_none());
-    }
-
-    #[test]
-    fn spki_kinds() {
-        let rng = SystemRandom::new();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(
-            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            pkcs8.as_ref(),
-            &rng,
-        )
-        .unwrap();
-        let spki = p256_spki(kp.public_key().as_ref());
-        let (kind, key) = parse_spki(&spki).unwrap();
-        assert_eq!(kind, KeyKind::EcP256);
-        assert_eq!(key, kp.public_key().as_ref());
-        // The signature over the server content verifies with ring through the parsed key.
-        let th = [7u8; 32];
-        let sig = kp.sign(&rng, &server_signed_content(&th)).unwrap();
-        signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, key)
-            .verify(&server_signed_content(&th), sig.as_ref())
-            .unwrap();
-        assert!(parse_spki(&spki[..spki.len() - 1]).is_none());
-    }
-
-    #[test]
-    fn ed25519_key_is_parsed() {
-        let rng = SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03];
-        spki.extend_from_slice(OID_ED25519);
-        spki.extend_from_slice(&[0x03, 0x21, 0x00]);
-        spki.extend_from_slice(kp.public_key().as_ref());
-        assert_eq!(parse_spki(&spki).unwrap().0, KeyKind::Ed25519);
-    }
 
     #[test]
     fn unoffered_scheme_is_refused_before_parsing() {
@@ -400,7 +174,7 @@ mod tests {
             .status()
             .expect("openssl");
         assert!(st.success(), "openssl req -{digest}");
-        let certs: Vec<CertificateDer<'static>> =
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
             rustls_pemfile::certs(&mut &std::fs::read(&pem).unwrap()[..])
                 .collect::<Result<_, _>>()
                 .unwrap();
@@ -476,13 +250,5 @@ mod tests {
             verify_server_signature(&leaf, &SUPPORTED_SCHEMES, cv.scheme, &th, &bad).unwrap_err();
         assert_eq!(e, PeerMisbehaved::BadCertificateVerifySignature.into());
         assert_eq!(e.alert(), Some(AlertDescription::DecryptError));
-    }
-
-    #[test]
-    fn content_layout() {
-        let c = server_signed_content(&[1, 2]);
-        assert_eq!(&c[..64], &[0x20; 64][..]);
-        assert_eq!(&c[64..97], b"TLS 1.3, server CertificateVerify");
-        assert_eq!(&c[97..], &[0, 1, 2]);
     }
 }

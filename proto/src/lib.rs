@@ -6,6 +6,8 @@
 //!   exact wire bytes (the CS never re-encodes what it hashes, docs/design.md §4.2).
 //! - [`key_schedule`], [`transcript`]: RFC 8446 §7.1 key schedule and §4.4.1 transcript hash.
 //! - [`freshness`]: the ClientHello.random derivation of LURK (draft-mglt-lurk-tls13 §3).
+//! - [`server_auth`]: the server's certificate chain, name and CertificateVerify (RFC 8446
+//!   §4.4.2-§4.4.3), checked by the engine and, under `[server_auth]`, by the CS.
 //! - [`status`]: LURK status codes, shared so that both sides name errors the same way.
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ pub mod pb {
 
 pub mod freshness;
 pub mod key_schedule;
+pub mod server_auth;
 pub mod status;
 pub mod transcript;
 pub mod wire;

@@ -107,12 +107,18 @@ impl Lurk {
     /// with CKR_GENERAL_ERROR (C_Login, C_GetSlotList/C_GetTokenInfo; about 1 run in 5 with
     /// 34 tests on 2 cores).
     pub fn start() -> Lurk {
+        Self::start_with_env(&[])
+    }
+
+    /// [`start`](Self::start) with `LURK_*` configuration overrides
+    /// (`LURK_SERVER_AUTH__ENABLED=true`, ...).
+    pub fn start_with_env(vars: &[(&str, &str)]) -> Lurk {
         static START: Mutex<()> = Mutex::new(());
         let env = lurk_env();
         let _one_at_a_time = START.lock().unwrap_or_else(|p| p.into_inner());
         let mut errors = Vec::new();
         for _ in 0..3 {
-            match env.setup.try_start_with_env(&[]) {
+            match env.setup.try_start_with_env(vars) {
                 Ok(cs) => return Lurk { cs },
                 Err(e) => errors.push(e),
             }

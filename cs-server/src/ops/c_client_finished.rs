@@ -3,6 +3,10 @@
 //! order of the messages and the server Finished, derives the application secrets, signs
 //! the client CertificateVerify when the server asked for a certificate, makes the client
 //! Finished, and keeps the resumption master secret inside for c_register_tickets.
+//!
+//! Under `[server_auth]` (server_auth.rs) the server's Certificate must validate for the
+//! ClientHello's server_name and its CertificateVerify verify over the transcript through the
+//! Certificate (RFC 8446 §4.4.2-§4.4.3) before anything is signed or released.
 
 use std::time::Instant;
 
@@ -99,9 +103,20 @@ fn run(
         transcript.add(m.raw);
         it.next();
     }
+    // The server name `[server_auth]` verified (None with the policy off). A PSK handshake
+    // is authenticated by the PSK (common::load_psks bound a ticket to the SNI).
+    let mut server_name = match cs.server_auth {
+        Some(_) if state.psk_mode => state.psk_server_name.clone(),
+        _ => None,
+    };
     if !state.psk_mode {
         // RFC 8446 §4.4.2/§4.4.3: Certificate then CertificateVerify.
-        for expected in [HandshakeType::Certificate, HandshakeType::CertificateVerify] {
+        let mut raw = [&[][..]; 2];
+        let mut th_certificate = Vec::new();
+        for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
+            .into_iter()
+            .enumerate()
+        {
             let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
                 ServiceError::refuse(
                     LurkStatus::InvalidHandshake,
@@ -109,6 +124,19 @@ fn run(
                 )
             })?;
             transcript.add(m.raw);
+            if k == 0 && cs.server_auth.is_some() {
+                th_certificate = transcript.hash(hash);
+            }
+            raw[k] = m.raw;
+        }
+        if let Some(policy) = cs.server_auth.as_ref() {
+            server_name = Some(policy.check_certificate(
+                state.server_name.as_deref(),
+                &state.signature_schemes,
+                raw[0],
+                &th_certificate,
+                raw[1],
+            )?);
         }
     }
     let fin = it
@@ -208,6 +236,7 @@ fn run(
         awaiting_client_finished: false,
         pha_contexts: Vec::new(),
         engine_keyed: false,
+        server_name,
     };
     Ok((
         next,

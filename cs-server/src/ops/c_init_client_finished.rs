@@ -3,7 +3,9 @@
 //! the engine's random: the CS applies the freshness function, so the engine cannot choose
 //! the transcript it gets signed) through the server Finished. The CS signs the client
 //! CertificateVerify when the server asked for a certificate and, when post-handshake
-//! authentication was offered, keeps the transcript for c_post_hand_auth.
+//! authentication was offered, keeps the transcript for c_post_hand_auth. Under
+//! `[server_auth]` the server's Certificate and CertificateVerify are checked first
+//! (server_auth.rs); a PSK-only handshake is then refused, the CS not knowing the PSK.
 
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
@@ -108,19 +110,45 @@ pub fn handle(
         it.next();
     }
     // The server authenticated with a certificate, or with a PSK (then neither message).
+    let mut server_name = None;
     if it
         .peek()
         .is_some_and(|m| m.typ == HandshakeType::Certificate)
     {
-        for expected in [HandshakeType::Certificate, HandshakeType::CertificateVerify] {
+        let mut raw = [&[][..]; 2];
+        let mut th_certificate = Vec::new();
+        for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
+            .into_iter()
+            .enumerate()
+        {
             let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
                 invalid("expected the server's Certificate and CertificateVerify")
             })?;
             transcript.add(m.raw);
+            if k == 0 && cs.server_auth.is_some() {
+                th_certificate = transcript.hash(hash);
+            }
+            raw[k] = m.raw;
+        }
+        if let Some(policy) = cs.server_auth.as_ref() {
+            server_name = Some(policy.check_certificate(
+                ch.server_name.as_deref(),
+                &ch.signature_schemes,
+                raw[0],
+                &th_certificate,
+                raw[1],
+            )?);
         }
     } else if sh.selected_psk.is_none() {
         return Err(invalid(
             "a certificate handshake without the server's Certificate",
+        ));
+    } else if cs.server_auth.is_some() {
+        // The engine ran the key schedule: the CS cannot tell a PSK the server holds from
+        // one the engine chose, so only a certificate authenticates the server here.
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidCertificate,
+            "[server_auth]: in c_init_client_finished the server must authenticate with a certificate",
         ));
     }
     let fin = it
@@ -164,6 +192,7 @@ pub fn handle(
         awaiting_client_finished: true,
         pha_contexts: Vec::new(),
         engine_keyed: true,
+        server_name,
     };
     let id = cs
         .sessions

@@ -129,7 +129,13 @@ fn build(
             });
         }
     }
-    let psks = common::load_psks(cs, engine, &ch.psk_identities, &req.psks)?;
+    let psks = common::load_psks(
+        cs,
+        engine,
+        &ch.psk_identities,
+        &req.psks,
+        ch.server_name.as_deref(),
+    )?;
     let mut client_hello = msgs::complete_client_hello(&req.client_hello, Some(&random), &fills)?;
     let transcript = Transcript::new();
     let binders = if psks.is_empty() {
@@ -178,6 +184,8 @@ fn build(
         early_data: ch.early_data,
         post_handshake_auth: ch.post_handshake_auth,
         retried: false,
+        server_name: ch.server_name,
+        signature_schemes: ch.signature_schemes,
     };
     let resp = pb::CInitClientHelloResponse {
         session_id: Vec::new(),

@@ -10,6 +10,9 @@
 //! ticket expires no later than its lifetime counted from the client Finished, and r serves
 //! for `established_ttl_secs` after it, whatever the exchanges in between.
 //!
+//! Under `[server_auth]` the session's server was authenticated (c_client_finished) and each
+//! ticket is stored bound to its name: it can only be offered again for that SNI.
+//!
 //! A request with no ticket and last_exchange set closes the session in any stage: the
 //! engine's way to say it no longer needs it (connection closed, or the server declined
 //! what the session was opened for), instead of leaving it to expire.
@@ -106,6 +109,14 @@ fn prepare(
             "this session has no resumption secret at the CS (the engine ran the key schedule)",
         ));
     };
+    // [server_auth]: tickets only from a server authenticated in this handshake, bound to
+    // its name (docs/protocol.md, "What never leaves the CS").
+    if cs.server_auth.is_some() && state.server_name.is_none() {
+        return Err(ServiceError::refuse(
+            LurkStatus::InvalidCertificate,
+            "[server_auth]: no server name was authenticated in this session",
+        ));
+    }
     let age = state.established_at.elapsed();
     if age >= cs.sessions.limits().established_ttl {
         return Err(ServiceError::refuse(
@@ -160,7 +171,7 @@ fn prepare(
                 cipher_suite: state.suite.get(),
                 lifetime_secs: lifetime,
                 max_early_data: t.max_early_data,
-                server_name: None,
+                server_name: state.server_name.clone(),
             }
         });
         out.push(Prepared {

@@ -188,6 +188,14 @@ fn prepare(
         psk_mode: psk.is_some(),
         early_data_offered: state.early_data,
         post_handshake_auth: state.post_handshake_auth,
+        server_name: state.server_name.clone(),
+        signature_schemes: state.signature_schemes.clone(),
+        // A ticket offered was checked against the SNI (common::load_psks); an external PSK
+        // authenticates the server it was provisioned for, named by the SNI.
+        psk_server_name: psk.and_then(|i| {
+            let p = &state.psks[i];
+            p.server_name.clone().or_else(|| state.server_name.clone())
+        }),
     };
     Ok((next, pb::CServerHelloResponse { secrets }))
 }

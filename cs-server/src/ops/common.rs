@@ -80,11 +80,17 @@ pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
 
 /// Loads the PSK of each identity the ClientHello offers. A resumption ticket is consumed
 /// (used once, RFC 8446 §C.4) and only the engine that registered it can load it.
+///
+/// A ticket bound to a server name (registered under `[server_auth]`) is offered only in a
+/// ClientHello whose server_name is that name; under `[server_auth]`, a ticket bound to no
+/// name (registered with the policy off) is refused. A refused ticket is consumed like any
+/// offered one.
 pub fn load_psks(
     cs: &Cs,
     engine: &str,
     identities: &[Vec<u8>],
     infos: &[pb::PskInfo],
+    server_name: Option<&str>,
 ) -> Result<Vec<OfferedPsk>, ServiceError> {
     let mut out = Vec::with_capacity(identities.len());
     for (i, identity) in identities.iter().enumerate() {
@@ -111,13 +117,13 @@ pub fn load_psks(
         let psk = if external {
             cs.store
                 .get_external_psk(Some(engine), identity)?
-                .map(|p| (p.psk, p.hash))
+                .map(|p| (p.psk, p.hash, None))
         } else {
             cs.store
                 .take_ticket(engine, identity)?
-                .map(|t| (t.psk, t.hash))
+                .map(|t| (t.psk, t.hash, Some(t.server_name)))
         };
-        let (psk, stored_hash) = psk.ok_or_else(|| {
+        let (psk, stored_hash, ticket_name) = psk.ok_or_else(|| {
             ServiceError::refuse(
                 LurkStatus::InvalidPsk,
                 format!("PSK identity {i} is unknown to this CS"),
@@ -129,11 +135,28 @@ pub fn load_psks(
                 format!("PSK identity {i} is bound to {stored_hash:?}, not {hash:?}"),
             ));
         }
+        let ticket_name = ticket_name.flatten();
+        if let Some(bound) = ticket_name.as_deref() {
+            if Some(bound) != server_name {
+                return Err(ServiceError::refuse(
+                    LurkStatus::InvalidPsk,
+                    format!("PSK identity {i} is a ticket of another server"),
+                ));
+            }
+        } else if !external && cs.server_auth.is_some() {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidPsk,
+                format!(
+                    "[server_auth]: PSK identity {i} is a ticket whose server was not authenticated"
+                ),
+            ));
+        }
         out.push(OfferedPsk {
             identity: identity.clone(),
             psk: Secret::from_bytes(&psk),
             hash,
             external,
+            server_name: ticket_name,
         });
     }
     Ok(out)

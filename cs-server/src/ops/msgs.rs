@@ -37,6 +37,10 @@ pub struct ClientHelloInfo {
     pub psk_modes: Vec<PskKeyExchangeMode>,
     pub early_data: bool,
     pub post_handshake_auth: bool,
+    /// The server_name extension's host_name (RFC 6066 §3), if any.
+    pub server_name: Option<String>,
+    /// signature_algorithms (RFC 8446 §4.2.3): what the server's CertificateVerify may use.
+    pub signature_schemes: Vec<SignatureScheme>,
 }
 
 pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
@@ -66,6 +70,12 @@ pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
         psk_modes: ch.psk_modes.clone().unwrap_or_default(),
         early_data: ch.early_data,
         post_handshake_auth: ch.post_handshake_auth,
+        server_name: ch
+            .server_names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| String::from_utf8_lossy(n).into_owned()),
+        signature_schemes: ch.signature_algorithms.clone().unwrap_or_default(),
     })
 }
 
@@ -154,6 +164,12 @@ pub fn certificate(raw: &[u8]) -> Result<CertificateInfo, ServiceError> {
         context: c.context.to_vec(),
         chain: c.entries.iter().map(|e| e.cert_data.to_vec()).collect(),
     })
+}
+
+/// The server CertificateVerify: (scheme, signature).
+pub fn certificate_verify(raw: &[u8]) -> Result<(SignatureScheme, Vec<u8>), ServiceError> {
+    let cv = wire::CertificateVerify::parse(raw)?;
+    Ok((cv.scheme, cv.signature.to_vec()))
 }
 
 pub struct TicketInfo {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use lurk_proto::key_schedule::Secret;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
-use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup};
+use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, SignatureScheme};
 
 use crate::ephemeral::PendingEphemeral;
 use crate::error::ServiceError;
@@ -94,6 +94,8 @@ pub struct OfferedPsk {
     pub psk: Secret,
     pub hash: HashAlg,
     pub external: bool,
+    /// A resumption ticket's server name, verified under `[server_auth]` when registered.
+    pub server_name: Option<String>,
 }
 
 pub struct HelloState {
@@ -114,6 +116,10 @@ pub struct HelloState {
     pub early_data: bool,
     pub post_handshake_auth: bool,
     pub retried: bool,
+    /// The ClientHello's server_name (SNI), what `[server_auth]` authenticates the server for.
+    pub server_name: Option<String>,
+    /// The ClientHello's signature_algorithms: the server CertificateVerify uses one of them.
+    pub signature_schemes: Vec<SignatureScheme>,
 }
 
 impl CsShare {
@@ -124,7 +130,11 @@ impl CsShare {
 
 impl OfferedPsk {
     pub fn held_bytes(&self) -> usize {
-        size_of::<Self>() + self.identity.len() + self.psk.len() + 2 * ENTRY_BYTES
+        size_of::<Self>()
+            + self.identity.len()
+            + self.psk.len()
+            + self.server_name.as_ref().map_or(0, String::len)
+            + 3 * ENTRY_BYTES
     }
 }
 
@@ -140,7 +150,9 @@ impl HelloState {
                 .map(CsShare::held_bytes)
                 .sum::<usize>()
             + self.psks.iter().map(OfferedPsk::held_bytes).sum::<usize>()
-            + 6 * ENTRY_BYTES
+            + self.server_name.as_ref().map_or(0, String::len)
+            + 2 * self.signature_schemes.len()
+            + 8 * ENTRY_BYTES
     }
 }
 
@@ -155,12 +167,24 @@ pub struct HandshakeState {
     pub psk_mode: bool,
     pub early_data_offered: bool,
     pub post_handshake_auth: bool,
+    /// The ClientHello's server_name (SNI).
+    pub server_name: Option<String>,
+    /// The ClientHello's signature_algorithms.
+    pub signature_schemes: Vec<SignatureScheme>,
+    /// The server name the selected PSK authenticates (a resumption ticket's checked name,
+    /// or the SNI for an external PSK); `None` without a PSK.
+    pub psk_server_name: Option<String>,
 }
 
 impl HandshakeState {
     pub fn held_bytes(&self) -> usize {
         // The key schedule and the two traffic secrets: a few hashes each.
-        size_of::<Self>() + 4 * (64 + ENTRY_BYTES)
+        size_of::<Self>()
+            + 4 * (64 + ENTRY_BYTES)
+            + self.server_name.as_ref().map_or(0, String::len)
+            + self.psk_server_name.as_ref().map_or(0, String::len)
+            + 2 * self.signature_schemes.len()
+            + 3 * ENTRY_BYTES
     }
 }
 
@@ -189,6 +213,9 @@ pub struct EstablishedState {
     /// Sequence C: opened by c_init_client_finished, the engine ran the key schedule and the
     /// CS saw no server's key exchange: a shorter life (`engine_keyed_ttl_secs`).
     pub engine_keyed: bool,
+    /// The server name `[server_auth]` verified in this handshake (`None` with the policy
+    /// off): tickets registered in this session are bound to it.
+    pub server_name: Option<String>,
 }
 
 impl EstablishedState {
@@ -204,5 +231,9 @@ impl EstablishedState {
                 .map(|c| c.len() + ENTRY_BYTES)
                 .sum::<usize>()
             + 32 * (self.registered_nonces.len() + self.registered_identities.len())
+            + self
+                .server_name
+                .as_ref()
+                .map_or(0, |n| n.len() + ENTRY_BYTES)
     }
 }
