@@ -28,6 +28,7 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
     pub health: crate::health::HealthConfig,
 }
 
