@@ -3,7 +3,8 @@
 # token), OpenSSL (test servers and certificates), PostgreSQL (the tests start private
 # clusters for the PostgreSQL ticket store), Python 3 with tlslite-ng (the strict TLS 1.3
 # test server of tests/tlslite_server.py), Go (the crypto/tls test server of
-# tests/go_tls_server, standard library only). Rust comes from rustup.
+# tests/go_tls_server, standard library only), kubernetes-validate (offline checks of
+# deploy/kubernetes/). Rust comes from rustup.
 set -euo pipefail
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
@@ -46,4 +47,20 @@ fi
 python3 -c 'import yaml' >/dev/null 2>&1 ||
   python3 -m pip install -q --disable-pip-version-check pyyaml >/dev/null 2>&1 ||
   { echo "install-deps: cannot install PyYAML for $(command -v python3)" >&2; exit 1; }
+# kubernetes-validate, pinned, in its own venv (scripts/validate-k8s.sh): the Kubernetes
+# OpenAPI schemas ship in the package, so deploy/kubernetes/ is validated offline.
+K8S_VALIDATE_VERSION=1.37.0
+kvenv="${XDG_CACHE_HOME:-$HOME/.cache}/lurk/k8s-validate-venv"
+if ! "$kvenv/bin/python" -c "import kubernetes_validate, importlib.metadata as m; assert m.version('kubernetes-validate') == '$K8S_VALIDATE_VERSION'" >/dev/null 2>&1; then
+  echo "install-deps: installing kubernetes-validate $K8S_VALIDATE_VERSION in $kvenv" >&2
+  rm -rf "$kvenv"
+  if ! python3 -m venv "$kvenv" >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$kvenv"
+    python3 -m venv "$kvenv"
+  fi
+  "$kvenv/bin/python" -m pip install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found; install Rust with rustup" >&2; exit 1; }

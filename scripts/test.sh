@@ -15,6 +15,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked --quiet cargo-deny@0.20.2
 cargo deny --log-level error check licenses bans sources
 scripts/check-msrv.sh
+# The Kubernetes manifests, against the API schemas, offline.
+scripts/validate-k8s.sh
 # The end-to-end tests start the lurk-cs / lurk-engine binaries.
 cargo build --workspace --bins --locked
 # tests/tests/token_fault.rs loads the test-only PKCS#11 module (a cdylib).

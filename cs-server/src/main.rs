@@ -4,7 +4,8 @@
 //! - `lurk-cs token init-dev DIR`: a private SoftHSM token with client keys, certificates,
 //!   sealing key, transport PKI and a config file, in one step;
 //! - `lurk-cs keys import|list|generate`: manage the signing keys in the token;
-//! - `lurk-cs psk import`: store an external PSK, sealed by the token.
+//! - `lurk-cs psk import`: store an external PSK, sealed by the token;
+//! - `lurk-cs health`: ask a running CS's `grpc.health.v1.Health` over mTLS (exec probes).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,36 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Ask a running CS's grpc.health.v1.Health/Check over mTLS, as an engine does; exit 0
+    /// only when it answers SERVING (a container exec probe: Kubernetes' own `grpc:` probe
+    /// cannot present a client certificate).
+    Health {
+        /// URL of the CS.
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        url: String,
+        /// Name the CS certificate must carry (default: the URL's host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// PEM CA that issued the CS certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// PEM client certificate issued by the CS's `client_ca` (an engine identity).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its PEM private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Service asked about ("" = the whole server).
+        #[arg(long, default_value = "lurk.tls13.v1.CryptoService")]
+        service: String,
+        /// Milliseconds the connection and the check may take in all.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Exit 0 whatever the status, as long as the CS answers (a liveness probe:
+        /// NOT_SERVING while the store or the token is away heals without a restart).
+        #[arg(long)]
+        any_status: bool,
     },
 }
 
@@ -415,6 +446,25 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             }
             Ok(())
         }
+        Command::Health {
+            url,
+            server_name,
+            ca,
+            cert,
+            key,
+            service,
+            timeout_ms,
+            any_status,
+        } => health_check(HealthCheck {
+            url,
+            server_name,
+            ca,
+            cert,
+            key,
+            service,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            any_status,
+        }),
         Command::Store {
             command: StoreCommand::Migrate { config },
         } => {
@@ -428,6 +478,61 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             );
             Ok(())
         }
+    }
+}
+
+struct HealthCheck {
+    url: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    service: String,
+    timeout: std::time::Duration,
+    any_status: bool,
+}
+
+/// One grpc.health.v1 Check over mTLS; Ok for SERVING (any answer with `any_status`).
+fn health_check(h: HealthCheck) -> Result<(), BoxError> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&h.ca)?))
+        .identity(Identity::from_pem(read(&h.cert)?, read(&h.key)?));
+    if let Some(name) = &h.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    let endpoint = Channel::from_shared(h.url.clone())?
+        .tls_config(tls)?
+        .connect_timeout(h.timeout)
+        .timeout(h.timeout);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        tokio::time::timeout(h.timeout, async {
+            let channel = endpoint.connect().await?;
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: h.service.clone(),
+                })
+                .await?;
+            Ok::<_, BoxError>(answer.into_inner().status)
+        })
+        .await
+        .map_err(|_| -> BoxError { format!("{}: no answer in {:?}", h.url, h.timeout).into() })?
+    })?;
+    let name = ServingStatus::try_from(status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("unknown status");
+    if h.any_status || status == ServingStatus::Serving as i32 {
+        println!("{} {:?}: {name}", h.url, h.service);
+        Ok(())
+    } else {
+        Err(format!("{} {:?}: {name}", h.url, h.service).into())
     }
 }
 

@@ -857,6 +857,32 @@ mod tests {
         assert!(EngineId::new("x".repeat(256)).is_err());
     }
 
+    /// The configuration embedded in the Kubernetes ConfigMap (`lurk-cs.toml: |`, a YAML
+    /// literal block indented by four spaces) parses with the code's types, and keeps what the
+    /// manifests rely on: mTLS, the PIN and the database password from files, PostgreSQL.
+    #[test]
+    fn the_kubernetes_configuration_parses() {
+        let yaml = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let mut lines = yaml.lines().skip_while(|l| *l != "  lurk-cs.toml: |");
+        assert!(
+            lines.next().is_some(),
+            "no lurk-cs.toml key in the ConfigMap"
+        );
+        let toml: String = lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
+            .collect();
+        let cfg = Config::from_toml(&toml).expect("deploy/kubernetes/configmap.yaml");
+        assert!(!cfg.listen.plaintext && cfg.listen.tls.is_some());
+        assert!(cfg.token.pin_file.is_some() && cfg.token.pin_env.is_none());
+        assert_eq!(cfg.store.backend, crate::config::StoreBackend::Postgres);
+        let pg = cfg.store.postgres.as_ref().expect("[store.postgres]");
+        assert!(pg.password_file.is_some() && !pg.dsn.contains("password"));
+        assert!(!cfg.freshness.test_vectors);
+        // The readiness probe must see NOT_SERVING before the listener closes.
+        assert!(cfg.health.shutdown_delay_ms >= 2000);
+    }
+
     /// The reference configuration parses with the code's configuration types (so it cannot
     /// drift), and every default it documents is the code's default.
     #[test]
@@ -917,5 +943,14 @@ mod tests {
             .as_ref()
             .is_some_and(|p| p.is_absolute()));
         assert!(!minimal.server_auth.enabled);
+        // `[health]` is optional, and the reference shows its defaults.
+        assert_eq!(
+            reference.health.probe_interval_ms,
+            minimal.health.probe_interval_ms
+        );
+        assert_eq!(
+            reference.health.shutdown_delay_ms,
+            minimal.health.shutdown_delay_ms
+        );
     }
 }
