@@ -13,7 +13,9 @@
 //! - [`token`]: the PKCS#11 token (signing keys, ephemerals, sealing key, session pool);
 //! - [`store`]: tickets and external PSKs in SQLite, sealed by the token;
 //! - [`error`]: the layer errors and the single mapping to gRPC + LURK status;
-//! - [`refusal_log`]: refusal log lines, bounded per engine.
+//! - [`refusal_log`]: refusal log lines, bounded per engine;
+//! - [`telemetry`]: Prometheus metrics (own listener) and the access log;
+//! - [`reflection`]: gRPC server reflection of `lurk.tls13.v1`.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -24,10 +26,12 @@ pub mod init_dev;
 pub mod keyring;
 pub mod limits;
 pub mod ops;
+pub mod reflection;
 pub mod refusal_log;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 mod transport;

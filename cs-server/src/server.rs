@@ -158,8 +158,9 @@ pub async fn serve_with_listener<S: CryptoService>(
         .local_addr()
         .map_or_else(|_| cfg.addr.clone(), |a| a.to_string());
     // Every gRPC service the CS serves: one `.add_service(...)` each.
-    let routes =
-        Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)).prepare();
+    let routes = Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
+        .add_service(crate::reflection::service()?)
+        .prepare();
     tracing::info!(addr = %local, mtls = tls.is_some(), "crypto service listening");
     crate::transport::serve(listener, tls, routes, limits, shutdown).await;
     tracing::info!(addr = %local, "crypto service stopped");
