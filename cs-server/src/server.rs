@@ -727,6 +727,8 @@ mod tests {
         assert!(reference.token.pin_env.is_some() || reference.token.pin_file.is_some());
         assert!(!reference.freshness.test_vectors);
         assert!(!reference.keys.is_empty());
+        assert_eq!(reference.metrics, crate::config::MetricsConfig::default());
+        assert!(reference.log.access);
 
         let minimal = Config::from_toml(
             r#"

@@ -515,6 +515,39 @@ mod tests {
         assert!(line(&m.render(), "lurk_cs_tickets_stored_total 3").is_some());
     }
 
+    /// The Grafana dashboard is valid JSON and queries only metrics this module defines.
+    #[test]
+    fn the_dashboard_uses_the_metrics_defined_here() {
+        let text = include_str!("../../deploy/grafana/lurk-cs.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("dashboard JSON");
+        let m = Metrics::new(1);
+        // A labelled family is rendered once it has a series.
+        m.exchange("ping", SUCCESS, Duration::ZERO);
+        m.refusal("invalid_psk", None);
+        let defined = m.render();
+        let mut used = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.starts_with("lurk_cs_") {
+                        continue;
+                    }
+                    let name = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    assert!(
+                        defined.contains(&format!("# TYPE {name} ")),
+                        "{name} is not a metric of the CS"
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 8);
+    }
+
     #[test]
     fn a_session_hash_is_short_and_not_the_id() {
         let id = [0xab; 32];
