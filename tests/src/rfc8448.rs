@@ -1,27 +1,38 @@
-//! The RFC 8448 §3 (simple 1-RTT) and §4 (resumed 0-RTT) traces, driven through a CS in
-//! test-vector mode (null freshness, the engine making its own key share).
+//! RFC 8448 §3 (full handshake, a NewSessionTicket) and §4 (resumption with that ticket)
+//! driven through the CS's gRPC API: the CS in test-vector mode (null freshness) and the
+//! engine making its own key share, so that the transcript is the RFC's and §4's binder
+//! proves which PSK the CS read back from its store.
 
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-fn trace(sec: &str, kind: &str, name: &str) -> Vec<u8> {
-    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(v["sections"][sec]["summary"][kind][name].as_str().unwrap()).unwrap()
+fn vectors() -> Value {
+    serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap()
 }
 
-/// A handshake message of section `sec` (`simple_1rtt`, `resumed_0rtt`).
+/// A handshake message of a section (`simple_1rtt`, `resumed_0rtt`).
 pub fn msg(sec: &str, name: &str) -> Vec<u8> {
-    trace(sec, "messages", name)
+    hex::decode(
+        vectors()["sections"][sec]["summary"]["messages"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
-/// A key-schedule value of section `sec`.
+/// A key-schedule value of a section.
 pub fn ks(sec: &str, name: &str) -> Vec<u8> {
-    trace(sec, "key_schedule", name)
+    hex::decode(
+        vectors()["sections"][sec]["summary"]["key_schedule"][name]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
-/// §4's ClientHello offering the §3 ticket (binder zeroed for the CS to fill).
+/// §4's ClientHello offering §3's ticket (binders zeroed: the CS computes them).
 pub fn resumption_request() -> pb::CInitClientHelloRequest {
     let mut ch = msg("resumed_0rtt", "client_hello");
     lurk_proto::wire::set_binders(&mut ch, &[vec![0u8; 32]]).unwrap();
@@ -37,9 +48,10 @@ pub fn resumption_request() -> pb::CInitClientHelloRequest {
     }
 }
 
-/// §3 through the CS (c_init_client_hello, c_server_hello, c_client_finished): returns the
-/// session id.
-pub async fn section3_handshake(c: &mut CryptoServiceClient<Channel>) -> Vec<u8> {
+/// §3 through the CS up to c_client_finished; returns the session id.
+pub async fn section3_handshake(
+    c: &mut CryptoServiceClient<Channel>,
+) -> Result<Vec<u8>, tonic::Status> {
     let s = "simple_1rtt";
     let id = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
@@ -48,8 +60,7 @@ pub async fn section3_handshake(c: &mut CryptoServiceClient<Channel>) -> Vec<u8>
             psks: vec![],
             secret_request: None,
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner()
         .session_id;
     c.c_server_hello(pb::CServerHelloRequest {
@@ -61,8 +72,7 @@ pub async fn section3_handshake(c: &mut CryptoServiceClient<Channel>) -> Vec<u8>
         }),
         secret_request: None,
     })
-    .await
-    .unwrap();
+    .await?;
     let fin = c
         .c_client_finished(pb::CClientFinishedRequest {
             session_id: id.clone(),
@@ -75,9 +85,23 @@ pub async fn section3_handshake(c: &mut CryptoServiceClient<Channel>) -> Vec<u8>
             .concat(),
             ..Default::default()
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner();
     assert_eq!(fin.client_finished, msg(s, "client_finished"));
-    id
+    Ok(id)
+}
+
+/// §3's handshake then its NewSessionTicket registered; returns how many were registered.
+pub async fn register_section3_ticket(
+    c: &mut CryptoServiceClient<Channel>,
+) -> Result<u32, tonic::Status> {
+    let id = section3_handshake(c).await?;
+    Ok(c.c_register_tickets(pb::CRegisterTicketsRequest {
+        session_id: id,
+        new_session_tickets: vec![msg("simple_1rtt", "new_session_ticket")],
+        last_exchange: true,
+    })
+    .await?
+    .into_inner()
+    .registered)
 }

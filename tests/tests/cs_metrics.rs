@@ -72,7 +72,7 @@ async fn metrics_and_access_log_follow_real_exchanges_exactly() {
     let a = identity(&cs, "engine").await;
     let b = identity(&cs, "engine2").await;
     let mut ca = cs.client("engine");
-    let id = section3_handshake(&mut ca).await;
+    let id = section3_handshake(&mut ca).await.unwrap();
     let reg = ca
         .c_register_tickets(pb::CRegisterTicketsRequest {
             session_id: id.clone(),
