@@ -32,6 +32,8 @@ pub struct Config {
     pub health: crate::health::HealthConfig,
     #[serde(default)]
     pub server_auth: ServerAuthConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -357,6 +359,9 @@ pub struct LogConfig {
     /// A tracing filter (`info`, `lurk_cs=debug`, ...); RUST_LOG overrides it.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// The access log: one info line per exchange (target `lurk_cs::access`).
+    #[serde(default = "default_true")]
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -364,6 +369,27 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Human,
             level: default_log_level(),
+            access: true,
+        }
+    }
+}
+
+/// The Prometheus listener (plain HTTP, `GET /metrics`), off unless `addr` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Socket address of the metrics listener; unset = no listener.
+    pub addr: Option<String>,
+    /// Engine identities that get their own `engine` label value; the refusals of the
+    /// others are counted under `engine="other"` (bounds the series count).
+    pub max_engine_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            max_engine_labels: 32,
         }
     }
 }
@@ -412,6 +438,9 @@ fn default_session_ttl() -> u64 {
 }
 fn default_established_ttl() -> u64 {
     3600
+}
+fn default_true() -> bool {
+    true
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -648,6 +677,22 @@ mod tests {
         assert!(c.server_auth.enabled);
         let bad = format!("{MINIMAL}\n[server_auth]\nanchors = \"x\"\n");
         assert!(Config::from_toml(&bad).is_err());
+    }
+
+    #[test]
+    fn metrics_off_and_access_log_on_by_default() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert!(c.metrics.addr.is_none());
+        assert!(c.log.access);
+        let on = format!(
+            "{MINIMAL}\n[metrics]\naddr = \"127.0.0.1:9464\"\nmax_engine_labels = 4\n[log]\naccess = false\n"
+        );
+        let c = Config::from_toml(&on).unwrap();
+        assert_eq!(c.metrics.addr.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.metrics.max_engine_labels, 4);
+        assert!(!c.log.access);
+        assert!(Config::from_toml(&format!("{MINIMAL}\n[metrics]\nport = 1\n")).is_err());
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - [`health`]: `grpc.health.v1` status from a probe of the token and the store;
 //! - [`reload`]: certificate rotation on SIGHUP (listener TLS, signing key chains);
 //! - [`error`]: the layer errors and the single mapping to gRPC + LURK status;
-//! - [`refusal_log`]: refusal log lines, bounded per engine.
+//! - [`refusal_log`]: refusal log lines, bounded per engine;
+//! - [`telemetry`]: Prometheus metrics (own listener) and the access log;
+//! - [`reflection`]: gRPC server reflection of `lurk.tls13.v1`.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -27,6 +29,7 @@ pub mod init_dev;
 pub mod keyring;
 pub mod limits;
 pub mod ops;
+pub mod reflection;
 pub mod refusal_log;
 pub mod reload;
 pub mod server;
@@ -34,5 +37,6 @@ pub mod server_auth;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 mod transport;

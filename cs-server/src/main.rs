@@ -559,6 +559,17 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen.addr))?;
         let addr = listener.local_addr()?;
+        lurk_cs::telemetry::configure(&cfg.metrics, &cfg.log);
+        if let Some(maddr) = &cfg.metrics.addr {
+            // Plain HTTP, for the operator's scraper: bind it to a private address.
+            let metrics = tokio::net::TcpListener::bind(maddr)
+                .await
+                .map_err(|e| format!("cannot listen on {maddr} ([metrics] addr): {e}"))?;
+            let maddr = metrics.local_addr()?;
+            tracing::info!(addr = %maddr, "metrics listener (GET /metrics)");
+            println!("METRICS {maddr}");
+            tokio::spawn(lurk_cs::telemetry::serve(metrics, cs.clone()));
+        }
         tracing::info!(
             %addr,
             mode = if cfg.listen.plaintext { "PLAINTEXT (development only)" } else { "mTLS" },

@@ -174,6 +174,7 @@ pub async fn serve_with_tls<S: CryptoService>(
     // Every gRPC service the CS serves: one `.add_service(...)` each.
     let routes = Routes::new(service.max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
         .add_service(health)
+        .add_service(crate::reflection::service()?)
         .prepare();
     tracing::info!(addr = %local, mtls = tls.is_some(), "crypto service listening");
     crate::transport::serve(listener, tls, routes, limits, shutdown).await;
@@ -899,6 +900,8 @@ mod tests {
         assert!(reference.token.pin_env.is_some() || reference.token.pin_file.is_some());
         assert!(!reference.freshness.test_vectors);
         assert!(!reference.keys.is_empty());
+        assert_eq!(reference.metrics, crate::config::MetricsConfig::default());
+        assert!(reference.log.access);
 
         let minimal = Config::from_toml(
             r#"

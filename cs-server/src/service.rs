@@ -33,7 +33,8 @@ use crate::error::{ServiceError, TokenError};
 use crate::limits::ExchangeLimiter;
 use crate::ops;
 use crate::refusal_log::{self, RefusalLog, Verdict};
-use crate::server::engine_identity;
+use crate::server::{engine_identity, EngineId};
+use crate::telemetry::{Answer, Exchange, Probe};
 
 /// Largest encoded request that may run inline. A normal handshake's largest request (the
 /// server flight of c_client_finished) is a few KiB. Measured (`lurk-bench parse-cost`,
@@ -96,7 +97,8 @@ impl CryptoServiceImpl {
         self.cs.ephemeral.kind() == EphemeralBackendKind::Memory
     }
 
-    /// Authenticates the engine, then runs `op` where `place` says.
+    /// Authenticates the engine, then runs `op` where `place` says; counts the exchange
+    /// and writes its access-log line (`telemetry`).
     async fn run<Req, Resp, F>(
         &self,
         req: Request<Req>,
@@ -104,40 +106,17 @@ impl CryptoServiceImpl {
         op: F,
     ) -> Result<Response<Resp>, Status>
     where
-        Req: Message + Send + 'static,
-        Resp: Send + 'static,
+        Req: Message + Exchange + Send + 'static,
+        Resp: Answer + Send + 'static,
         F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
     {
-        let engine = engine_identity(&req, self.plaintext)?;
-        let msg = req.into_inner();
-        let len = msg.encoded_len();
-        let place = if len > INLINE_MAX_REQUEST_LEN {
-            Where::Blocking
-        } else {
-            place
-        };
-        let result = match place {
-            _ if len > MAX_REQUEST_LEN => Err(ServiceError::refuse(
-                LurkStatus::InvalidFormat,
-                format!("a request of {len} bytes is over the cap of {MAX_REQUEST_LEN}"),
-            )),
-            Where::Inline => op(&self.cs, engine.as_str(), msg),
-            Where::Blocking => {
-                // Held until the operation ends, even if the RPC times out meanwhile.
-                let slot = self.exchanges.acquire(engine.as_str()).await?;
-                let cs = self.cs.clone();
-                let who = engine.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    op(&cs, who.as_str(), msg)
-                })
-                .await
-                .map_err(|e| ServiceError::Internal(format!("operation task failed: {e}")))?
-            }
-        };
-        match result {
-            Ok(resp) => Ok(Response::new(resp)),
-            Err(e) => {
+        let probe = Probe::start(req.get_ref());
+        let (engine, result) = self.authenticate_and_run(req, place, op).await;
+        probe.finish(engine.as_ref().map(|e| e.as_str()), &result);
+        match (result, engine) {
+            (Ok(resp), _) => Ok(Response::new(resp)),
+            (Err(e), None) => Err(e.into()),
+            (Err(e), Some(engine)) => {
                 // At most a burst of lines per engine per interval (refusal_log).
                 if let Verdict::Log { suppressed, last } = self.refusals.note(engine.as_str()) {
                     if suppressed > 0 {
@@ -151,6 +130,57 @@ impl CryptoServiceImpl {
                 Err(e.into())
             }
         }
+    }
+
+    /// [`run`](Self::run) without the telemetry: the engine (if authenticated) and the result.
+    async fn authenticate_and_run<Req, Resp, F>(
+        &self,
+        req: Request<Req>,
+        place: Where,
+        op: F,
+    ) -> (Option<EngineId>, Result<Resp, ServiceError>)
+    where
+        Req: Message + Send + 'static,
+        Resp: Send + 'static,
+        F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
+    {
+        let engine = match engine_identity(&req, self.plaintext) {
+            Ok(engine) => engine,
+            Err(e) => return (None, Err(e)),
+        };
+        let msg = req.into_inner();
+        let len = msg.encoded_len();
+        let place = if len > INLINE_MAX_REQUEST_LEN {
+            Where::Blocking
+        } else {
+            place
+        };
+        let result = match place {
+            _ if len > MAX_REQUEST_LEN => Err(ServiceError::refuse(
+                LurkStatus::InvalidFormat,
+                format!("a request of {len} bytes is over the cap of {MAX_REQUEST_LEN}"),
+            )),
+            Where::Inline => op(&self.cs, engine.as_str(), msg),
+            Where::Blocking => match self.exchanges.acquire(engine.as_str()).await {
+                Err(e) => Err(e),
+                Ok(slot) => {
+                    // Held until the operation ends, even if the RPC times out meanwhile.
+                    let cs = self.cs.clone();
+                    let who = engine.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        op(&cs, who.as_str(), msg)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ServiceError::Internal(format!(
+                            "operation task failed: {e}"
+                        )))
+                    })
+                }
+            },
+        };
+        (Some(engine), result)
     }
 }
 

@@ -14,6 +14,11 @@
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all, unused_qualifications)]
     tonic::include_proto!("lurk.tls13.v1");
+
+    /// The encoded `google.protobuf.FileDescriptorSet` of this package, for gRPC server
+    /// reflection (`grpc.reflection.v1`).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/lurk_descriptor.bin"));
 }
 
 pub mod freshness;

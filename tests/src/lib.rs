@@ -196,9 +196,14 @@ impl DevSetup {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let mut metrics = None;
             while let Some(Ok(line)) = lines.next() {
+                // `METRICS <addr>` (with `[metrics] addr`) comes before `READY <addr>`.
+                if let Some(addr) = line.strip_prefix("METRICS ") {
+                    metrics = Some(addr.to_owned());
+                }
                 if let Some(addr) = line.strip_prefix("READY ") {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((addr.to_owned(), metrics.take()));
                 }
             }
         });
@@ -211,7 +216,7 @@ impl DevSetup {
                 log2.lock().unwrap().push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -226,6 +231,7 @@ impl DevSetup {
         Ok(CsProcess {
             child,
             addr,
+            metrics_addr,
             dir: self.path(),
             log,
         })
@@ -267,6 +273,8 @@ pub fn health_client(
 pub struct CsProcess {
     child: Child,
     pub addr: String,
+    /// The metrics listener's address (`METRICS <addr>` on stdout), with `[metrics] addr`.
+    pub metrics_addr: Option<String>,
     dir: PathBuf,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -339,6 +347,48 @@ impl CsProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// A lazy mTLS gRPC channel as `identity`, for any service the CS serves.
+    pub fn channel(&self, identity: &str) -> Channel {
+        let tls = self.tls_dir();
+        let read = |name: String| std::fs::read(tls.join(name)).unwrap();
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "ca.pem".into(),
+            )))
+            .identity(tonic::transport::Identity::from_pem(
+                read(format!("{identity}.pem")),
+                read(format!("{identity}.key")),
+            ))
+            .domain_name("localhost");
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(config)
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// `GET path` on the metrics listener (plain HTTP/1.1): the status code and the body.
+    pub fn scrape(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.metrics_addr.as_deref().expect("[metrics] addr is set");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        (code, body.to_owned())
     }
 
     pub fn client(&self, identity: &str) -> CryptoServiceClient<Channel> {

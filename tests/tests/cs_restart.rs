@@ -109,7 +109,7 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
     let id = section3_handshake(&mut c).await;
     let reg = c
         .c_register_tickets(pb::CRegisterTicketsRequest {
-            session_id: id,
+            session_id: id.clone(),
             new_session_tickets: vec![msg(s, "new_session_ticket")],
             last_exchange: true,
         })
@@ -166,6 +166,16 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
     ] {
         assert!(!log.contains(&hex::encode(&secret)), "a secret in the log");
     }
+    // The access log (on by default) has a line per exchange, naming the session by a
+    // hash: neither the session id nor any secret is in the log.
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lurk_cs::access"))
+        .collect();
+    assert_eq!(access.len(), 7, "{log}");
+    let hash = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &id).as_ref()[..8]);
+    assert_eq!(access.iter().filter(|l| l.contains(&hash)).count(), 4);
+    assert!(!log.contains(&hex::encode(&id)), "a session id in the log");
 }
 
 #[tokio::test]

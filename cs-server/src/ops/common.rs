@@ -119,9 +119,11 @@ pub fn load_psks(
                 .get_external_psk(Some(engine), identity)?
                 .map(|p| (p.psk, p.hash, None))
         } else {
-            cs.store
-                .take_ticket(engine, identity)?
-                .map(|t| (t.psk, t.hash, Some(t.server_name)))
+            let taken = cs.store.take_ticket(engine, identity)?;
+            if taken.is_some() {
+                crate::telemetry::ticket_taken();
+            }
+            taken.map(|t| (t.psk, t.hash, Some(t.server_name)))
         };
         let (psk, stored_hash, ticket_name) = psk.ok_or_else(|| {
             ServiceError::refuse(

@@ -391,7 +391,10 @@ impl Token {
     /// A session of the pool for the caller's exclusive use until the guard drops. Never
     /// hold one while calling another `Token` method (the pool may be empty).
     pub(crate) fn session(&self) -> Result<PooledSession<'_>, TokenError> {
-        self.inner.pool.checkout()
+        let asked = std::time::Instant::now();
+        let session = self.inner.pool.checkout();
+        crate::telemetry::token_session_wait(asked.elapsed());
+        session
     }
 
     pub(crate) fn pkcs11(&self) -> &Pkcs11 {

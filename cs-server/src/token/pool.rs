@@ -504,6 +504,8 @@ pub(crate) struct PooledSession<'a> {
     /// Session faults seen by the pool when this session was checked out (or verified).
     faults: u64,
     fault: Cell<Option<Fault>>,
+    /// When it was checked out (`lurk_cs_token_session_held_seconds`).
+    since: Instant,
 }
 
 /// When cached object handles were looked up: the module generation and the session
@@ -528,6 +530,7 @@ impl<'a> PooledSession<'a> {
             generation,
             faults,
             fault: Cell::new(None),
+            since: Instant::now(),
         }
     }
 
@@ -599,6 +602,7 @@ impl Deref for PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         HELD.set(HELD.get().saturating_sub(1));
+        crate::telemetry::token_session_held(self.since.elapsed());
         let Some(entry) = self.entry.take() else {
             return;
         };
