@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DIR=$(realpath -m "${1:-./lurk-cluster}")
 N=${2:-3}
 if [ -z "${LURK_BIN:-}" ]; then
-  scripts/install-deps.sh
+  scripts/install-deps.sh --postgres
   cargo build --release --bins --locked
   LURK_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 fi

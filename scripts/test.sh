@@ -4,7 +4,7 @@
 # processes, real openssl s_server). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The CS as production builds it: without the RFC 8448 test-vector mode.

@@ -2,14 +2,14 @@
 # Validates deploy/kubernetes/ offline: every file kustomization.yaml lists against the
 # Kubernetes OpenAPI schemas shipped by kubernetes-validate (strict: unknown fields are errors),
 # for the oldest and newest versions checked, then the cross-references a schema cannot see
-# (selectors, names, ports, probes, security context). Needs the venv scripts/install-deps.sh
+# (selectors, names, ports, probes, security context). Needs the venv scripts/install-deps.sh --test
 # makes. Usage: scripts/validate-k8s.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-deploy/kubernetes}
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/lurk/k8s-validate-venv"
 PY=$venv/bin/python
-[ -x "$PY" ] || { echo "validate-k8s: no $venv; run scripts/install-deps.sh" >&2; exit 1; }
+[ -x "$PY" ] || { echo "validate-k8s: no $venv; run scripts/install-deps.sh --test" >&2; exit 1; }
 mapfile -t files < <("$PY" - "$DIR" <<'PY'
 import sys, yaml, os
 d = sys.argv[1]

@@ -1,6 +1,6 @@
 //! `tests/go_tls_server/main.go`: a TLS 1.3 server on Go's crypto/tls (the stack most
 //! cloud-native servers and proxies are built on), built once per test process with the Go
-//! toolchain `scripts/install-deps.sh` installs (Debian's golang-go; standard library only,
+//! toolchain `scripts/install-deps.sh --test` installs (Debian's golang-go; standard library only,
 //! nothing fetched).
 
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ pub fn server_binary() -> PathBuf {
             .env("GOPROXY", "off")
             .env("GOFLAGS", "-mod=mod")
             .output()
-            .unwrap_or_else(|e| panic!("go not found ({e}): run scripts/install-deps.sh"));
+            .unwrap_or_else(|e| panic!("go not found ({e}): run scripts/install-deps.sh --test"));
         assert!(
             out.status.success(),
             "go build failed:\n{}{}",

@@ -2,7 +2,7 @@
 //! when running as root: `initdb` refuses root), its own free port on 127.0.0.1 and its own
 //! Unix socket directory, password authentication (SCRAM) over TCP for the superuser `lurk`
 //! (trusted over the socket, for the tests' own access), stopped
-//! by PID when dropped. Nothing depends on a system-wide server. `scripts/install-deps.sh`
+//! by PID when dropped. Nothing depends on a system-wide server. `scripts/install-deps.sh --test`
 //! installs Debian's `postgresql` package when `initdb` is missing.
 
 use std::os::unix::fs::PermissionsExt;
@@ -39,7 +39,7 @@ pub fn bin_dir() -> PathBuf {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         !path.is_empty(),
-        "PostgreSQL server binaries not found: run scripts/install-deps.sh"
+        "PostgreSQL server binaries not found: run scripts/install-deps.sh --test"
     );
     std::fs::canonicalize(&path)
         .expect("initdb path")

@@ -1,16 +1,16 @@
 //! `tests/tlslite_server.py`: a strict TLS 1.3 server on tlslite-ng (pure Python), the third
 //! peer of the interop tests besides `openssl s_server`. tlslite-ng is installed by
-//! `scripts/install-deps.sh` (a venv in the user's cache, unless `python3` imports it).
+//! `scripts/install-deps.sh --test` (a venv in the user's cache, unless `python3` imports it).
 
 use std::path::{Path, PathBuf};
 
 use crate::fact_server::FactServer;
 use crate::openssl::path_str;
 
-/// The tlslite-ng version `scripts/install-deps.sh` installs.
+/// The tlslite-ng version `scripts/install-deps.sh --test` installs.
 pub const TLSLITE_VERSION: &str = "0.8.2";
 
-/// The venv `scripts/install-deps.sh` makes when `python3` cannot import tlslite.
+/// The venv `scripts/install-deps.sh --test` makes when `python3` cannot import tlslite.
 fn venv_python() -> Option<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -38,7 +38,7 @@ pub fn python() -> PathBuf {
         .flatten()
         .find(|p| imports_tlslite(p))
         .unwrap_or_else(|| {
-            panic!("no Python with tlslite-ng {TLSLITE_VERSION}: run scripts/install-deps.sh")
+            panic!("no Python with tlslite-ng {TLSLITE_VERSION}: run scripts/install-deps.sh --test")
         })
 }
 

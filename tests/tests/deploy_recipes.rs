@@ -1,6 +1,6 @@
 //! The container recipes in `deploy/` cannot be built here (no base images, no container
 //! engine), so their content is checked: the compose file parses as YAML (PyYAML, from
-//! `scripts/install-deps.sh`) and keeps the CS read-only, unprivileged and without a secret
+//! `scripts/install-deps.sh --test`) and keeps the CS read-only, unprivileged and without a secret
 //! in its environment; the example configuration parses with the CS's own types; the
 //! Containerfile builds the production binary and runs it as a non-root user; the systemd
 //! unit reloads with SIGHUP.
@@ -51,10 +51,10 @@ fn the_compose_file_parses_and_keeps_the_cs_confined() {
         .arg(COMPOSE_CHECK)
         .arg(&path)
         .output()
-        .expect("python3 (scripts/install-deps.sh)");
+        .expect("python3 (scripts/install-deps.sh --test)");
     assert!(
         out.status.success() && out.stdout.starts_with(b"ok"),
-        "deploy/compose.yaml: {}{} (PyYAML comes from scripts/install-deps.sh)",
+        "deploy/compose.yaml: {}{} (PyYAML comes from scripts/install-deps.sh --test)",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
