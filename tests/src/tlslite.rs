@@ -38,7 +38,9 @@ pub fn python() -> PathBuf {
         .flatten()
         .find(|p| imports_tlslite(p))
         .unwrap_or_else(|| {
-            panic!("no Python with tlslite-ng {TLSLITE_VERSION}: run scripts/install-deps.sh --test")
+            panic!(
+                "no Python with tlslite-ng {TLSLITE_VERSION}: run scripts/install-deps.sh --test"
+            )
         })
 }
 
