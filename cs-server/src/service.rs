@@ -11,7 +11,7 @@
 //! never holds an async worker (and another engine's Ping) for long.
 //!
 //! Every request is first checked against the request cap
-//! ([`MAX_REQUEST_LEN`](lurk_proto::wire::limits::MAX_REQUEST_LEN)): over it, `invalid_format`.
+//! ([`lurk_proto::wire::limits::MAX_REQUEST_LEN`]): over it, `invalid_format`.
 //!
 //! A blocking operation first takes one of its engine's exchange slots (`[limits]
 //! max_exchanges_per_engine`, with a bounded queue; `limits.rs`): past them it is refused at

@@ -390,8 +390,8 @@ impl Probe {
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `listener`, reading the open sessions
-/// of `cs` at each scrape. Runs until the runtime stops. At most [`MAX_SCRAPES`]
-/// connections are served at once, each for at most [`SCRAPE_TIMEOUT`].
+/// of `cs` at each scrape. Runs until the runtime stops. At most `MAX_SCRAPES`
+/// connections are served at once, each for at most `SCRAPE_TIMEOUT`.
 pub async fn serve(listener: TcpListener, cs: Arc<Cs>) {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
