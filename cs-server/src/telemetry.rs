@@ -131,6 +131,8 @@ pub struct Metrics {
     tickets_taken: IntCounter,
     token_wait: Histogram,
     token_held: Histogram,
+    store_ops: HistogramVec,
+    tls_failures: IntCounterVec,
     /// Engine identities with a label of their own, at most `max_engines`.
     engines: Mutex<HashSet<String>>,
     max_engines: std::sync::atomic::AtomicUsize,
@@ -195,6 +197,24 @@ impl Metrics {
             .buckets(latency_buckets()),
         )
         .expect("valid metric");
+        let store_ops = HistogramVec::new(
+            HistogramOpts::new(
+                "lurk_cs_store_operation_seconds",
+                "Ticket and PSK store calls made by exchanges, by operation (SQLite or PostgreSQL)",
+            )
+            .buckets(latency_buckets()),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "lurk_cs_tls_handshake_failures_total",
+                "Engine connections dropped before their first request, by reason (mTLS handshake \
+                 failures, timeouts, evictions, certificates naming no engine)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "lurk_cs_build_info",
@@ -215,6 +235,8 @@ impl Metrics {
             Box::new(tickets_taken.clone()),
             Box::new(token_wait.clone()),
             Box::new(token_held.clone()),
+            Box::new(store_ops.clone()),
+            Box::new(tls_failures.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -229,6 +251,8 @@ impl Metrics {
             tickets_taken,
             token_wait,
             token_held,
+            store_ops,
+            tls_failures,
             engines: Mutex::new(HashSet::new()),
             max_engines: std::sync::atomic::AtomicUsize::new(max_engine_labels),
         }
@@ -289,6 +313,46 @@ pub fn ticket_taken() {
 /// The wait for a pooled PKCS#11 session (token/mod.rs).
 pub fn token_session_wait(took: Duration) {
     METRICS.token_wait.observe(took.as_secs_f64());
+}
+
+/// Runs a store call of an exchange and records its latency under `operation` (a fixed name).
+pub fn store_op<T>(operation: &'static str, call: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = call();
+    METRICS
+        .store_ops
+        .with_label_values(&[operation])
+        .observe(t.elapsed().as_secs_f64());
+    r
+}
+
+/// An engine connection dropped before serving: `reason` is one of a fixed set
+/// (transport.rs, [`tls_failure_reason`]).
+pub fn tls_handshake_failed(reason: &'static str) {
+    METRICS.tls_failures.with_label_values(&[reason]).inc();
+}
+
+/// The bounded label for a failed server-side TLS handshake: rustls' error kind when there
+/// is one, else the I/O error's.
+pub fn tls_failure_reason(e: &std::io::Error) -> &'static str {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match tls {
+            rustls::Error::NoCertificatesPresented => "no_client_certificate",
+            rustls::Error::InvalidCertificate(_) => "invalid_certificate",
+            rustls::Error::AlertReceived(_) => "alert_received",
+            rustls::Error::PeerIncompatible(_) => "peer_incompatible",
+            rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
+            rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::InvalidMessage(_) => "invalid_message",
+            _ => "tls_other",
+        };
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "eof",
+        std::io::ErrorKind::InvalidData => "invalid_data",
+        _ => "io",
+    }
 }
 
 /// How long a pooled PKCS#11 session was held (token/pool.rs).

@@ -237,14 +237,17 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
+                crate::telemetry::tls_handshake_failed(crate::telemetry::tls_failure_reason(&e));
                 return;
             }
             Err(_) => {
                 tracing::debug!("TLS handshake timed out");
+                crate::telemetry::tls_handshake_failed("timeout");
                 return;
             }
         },
         _ = evicted => {
+            crate::telemetry::tls_handshake_failed("evicted");
             if let Some(n) = shared.evicted_warn.check() {
                 tracing::warn!(times = n, cap = shared.pending.cap,
                     "too many TLS handshakes in progress: the oldest dropped");
@@ -258,6 +261,7 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
             tracing::debug!(error = %e, "engine certificate names no identity: connection closed");
+            crate::telemetry::tls_handshake_failed("no_engine_identity");
             return;
         }
         // The verifier requires a client certificate.

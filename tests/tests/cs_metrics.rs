@@ -153,6 +153,11 @@ async fn metrics_and_access_log_follow_real_exchanges_exactly() {
     assert_eq!(counts["{exchange=\"ping\"}"], 2.0);
     // Sealing and unsealing the ticket held token sessions.
     assert!(series(&text, "lurk_cs_token_session_held_seconds_count")[""] >= 2.0);
+    // Store calls: one ticket stored, three takes tried (B's finds nothing, A's takes it,
+    // A's second finds nothing).
+    let store = series(&text, "lurk_cs_store_operation_seconds_count");
+    assert_eq!(store["{operation=\"put_ticket\"}"], 1.0, "{text}");
+    assert_eq!(store["{operation=\"take_ticket\"}"], 3.0, "{text}");
     assert!(
         !text.contains(&hex::encode(&id)),
         "no session id in the metrics"
@@ -281,4 +286,39 @@ async fn reflection_lists_and_describes_the_crypto_service() {
     ] {
         assert!(file.windows(name.len()).any(|w| w == name));
     }
+}
+
+/// A connection that fails its mTLS handshake (no client certificate, from a real
+/// `openssl s_client`) is counted by reason, and never reaches the exchange counters.
+#[tokio::test]
+async fn failed_mtls_handshakes_are_counted_by_reason() {
+    let dev = DevSetup::new();
+    dev.append_config("[metrics]\naddr = \"127.0.0.1:0\"\n");
+    let cs = dev.start();
+    let addr = cs.url().trim_start_matches("https://").to_owned();
+    let out = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-tls1_3", "-connect", &addr])
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    assert!(!out.status.success() || !out.stdout.is_empty());
+    let mut failures = BTreeMap::new();
+    for _ in 0..50 {
+        failures = series(
+            &cs.scrape("/metrics").1,
+            "lurk_cs_tls_handshake_failures_total",
+        );
+        if !failures.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        failures,
+        expect(&[("{reason=\"no_client_certificate\"}", 1.0)]),
+        "{}",
+        cs.log()
+    );
+    assert!(series(&cs.scrape("/metrics").1, "lurk_cs_requests_total").is_empty());
 }

@@ -69,7 +69,9 @@ pub fn handle(
             let mut registered = 0;
             for t in tickets {
                 if let Some(ticket) = t.ticket {
-                    cs.store.put_ticket(engine, ticket)?;
+                    crate::telemetry::store_op("put_ticket", || {
+                        cs.store.put_ticket(engine, ticket)
+                    })?;
                     registered += 1;
                 }
                 state.registered_nonces.push(t.nonce_hash);

@@ -115,11 +115,14 @@ pub fn load_psks(
             }
         };
         let psk = if external {
-            cs.store
-                .get_external_psk(Some(engine), identity)?
-                .map(|p| (p.psk, p.hash, None))
+            crate::telemetry::store_op("get_external_psk", || {
+                cs.store.get_external_psk(Some(engine), identity)
+            })?
+            .map(|p| (p.psk, p.hash, None))
         } else {
-            let taken = cs.store.take_ticket(engine, identity)?;
+            let taken = crate::telemetry::store_op("take_ticket", || {
+                cs.store.take_ticket(engine, identity)
+            })?;
             if taken.is_some() {
                 crate::telemetry::ticket_taken();
             }
