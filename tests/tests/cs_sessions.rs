@@ -673,3 +673,34 @@ async fn refusal_log_lines_are_bounded_per_engine() {
     );
     assert_eq!(refused("engine-other"), 1, "{log}");
 }
+
+/// A ticket's lifetime counts from the handshake, not from its registration: registered
+/// late, a ticket whose lifetime is over is not stored (RFC 8446 §4.6.1), and registering
+/// never extends a lifetime.
+#[tokio::test]
+async fn a_ticket_lifetime_counts_from_the_handshake() {
+    let (_dev, cs) = start(true, "");
+    let mut c = cs.client("engine");
+    let id = handshake(&mut c).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        register(
+            &mut c,
+            &id,
+            vec![
+                new_session_ticket(1, b"nonce-1", b"short-lived"),
+                new_session_ticket(600, b"nonce-2", b"long-lived"),
+            ]
+        )
+        .await,
+        Ok(1),
+        "the 1 s ticket was over before it was registered"
+    );
+    assert_eq!(
+        resume(&mut c, b"short-lived").await.unwrap_err(),
+        LurkStatus::InvalidPsk
+    );
+    resume(&mut c, b"long-lived")
+        .await
+        .expect("within its lifetime");
+}
