@@ -7,11 +7,13 @@
 //! forward everything). Each line of that file is one of:
 //!
 //! - `CKR_NAME C_Fn C_Fn2 …`: those calls return `CKR_NAME` without reaching the real module
-//!   (`*` names every wrapped call; `C_Finalize` is never failed, so that the CS can always
-//!   re-initialise);
+//!   (`*` names every wrapped call but `C_Finalize`, so that the CS can always finalise
+//!   and try again);
 //! - `finalize TAG`: once per distinct TAG, the next wrapped call first runs the real
 //!   module's C_Finalize: the real module forgets every session and login and answers
 //!   CKR_CRYPTOKI_NOT_INITIALIZED by itself until someone calls C_Initialize again.
+//!   Use it while the application is idle: C_Finalize is not safe concurrently with other
+//!   calls (PKCS#11 v2.40 §5.4).
 //!
 //! Lines starting with `#` are comments. Every injected failure is reported on stderr.
 //!
