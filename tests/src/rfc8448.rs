@@ -48,12 +48,13 @@ pub fn resumption_request() -> pb::CInitClientHelloRequest {
     }
 }
 
-/// §3 through the CS up to c_client_finished; returns the session id.
+/// RFC 8448 §3 through the CS, the engine making its own share (e_generated) and the CS in
+/// test-vector mode (null freshness), up to c_client_finished; returns the session id.
 pub async fn section3_handshake(
     c: &mut CryptoServiceClient<Channel>,
 ) -> Result<Vec<u8>, tonic::Status> {
     let s = "simple_1rtt";
-    let id = c
+    let init = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
             client_hello: msg(s, "client_hello"),
             freshness: pb::Freshness::Null as i32,
@@ -61,8 +62,14 @@ pub async fn section3_handshake(
             secret_request: None,
         })
         .await?
-        .into_inner()
-        .session_id;
+        .into_inner();
+    assert_eq!(
+        init.client_hello,
+        msg(s, "client_hello"),
+        "an engine-made share is kept as is"
+    );
+    assert!(init.key_shares.is_empty());
+    let id = init.session_id;
     c.c_server_hello(pb::CServerHelloRequest {
         session_id: id.clone(),
         server_hello: msg(s, "server_hello"),

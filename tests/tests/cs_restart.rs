@@ -4,99 +4,10 @@
 //! (e_generated), so the transcript is the RFC's and §4's binder proves the PSK that the
 //! CS re-read after the restart.
 
+use lurk_e2e::rfc8448::{ks, msg, resumption_request, section3_handshake};
 use lurk_e2e::DevSetup;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
-use serde_json::Value;
-use tonic::transport::Channel;
-
-fn msg(sec: &str, name: &str) -> Vec<u8> {
-    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(
-        v["sections"][sec]["summary"]["messages"][name]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn ks(sec: &str, name: &str) -> Vec<u8> {
-    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(
-        v["sections"][sec]["summary"]["key_schedule"][name]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn resumption_request() -> pb::CInitClientHelloRequest {
-    let mut ch = msg("resumed_0rtt", "client_hello");
-    let zeros = vec![vec![0u8; 32]];
-    lurk_proto::wire::set_binders(&mut ch, &zeros).unwrap();
-    pb::CInitClientHelloRequest {
-        client_hello: ch,
-        freshness: pb::Freshness::Null as i32,
-        psks: vec![pb::PskInfo {
-            identity_index: 0,
-            psk_type: pb::PskType::Resumption as i32,
-            tls_hash: pb::TlsHash::Sha256 as i32,
-        }],
-        secret_request: None,
-    }
-}
-
-/// RFC 8448 §3 through the CS, the engine making its own share (e_generated) and the CS in
-/// test-vector mode (null freshness): returns the session id after c_client_finished.
-async fn section3_handshake(c: &mut CryptoServiceClient<Channel>) -> Vec<u8> {
-    let s = "simple_1rtt";
-    let init = c
-        .c_init_client_hello(pb::CInitClientHelloRequest {
-            client_hello: msg(s, "client_hello"),
-            freshness: pb::Freshness::Null as i32,
-            psks: vec![],
-            secret_request: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        init.client_hello,
-        msg(s, "client_hello"),
-        "an engine-made share is kept as is"
-    );
-    assert!(init.key_shares.is_empty());
-    let id = init.session_id;
-    c.c_server_hello(pb::CServerHelloRequest {
-        session_id: id.clone(),
-        server_hello: msg(s, "server_hello"),
-        ephemeral: Some(pb::Ephemeral {
-            method: pb::EphemeralMethod::EGenerated as i32,
-            shared_secret: ks(s, "ecdhe_shared_secret"),
-        }),
-        secret_request: None,
-    })
-    .await
-    .unwrap();
-    let fin = c
-        .c_client_finished(pb::CClientFinishedRequest {
-            session_id: id.clone(),
-            handshake_messages: [
-                msg(s, "encrypted_extensions"),
-                msg(s, "server_certificate"),
-                msg(s, "server_certificate_verify"),
-                msg(s, "server_finished"),
-            ]
-            .concat(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(fin.client_finished, msg(s, "client_finished"));
-    id
-}
 
 #[tokio::test]
 async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
@@ -106,7 +17,7 @@ async fn a_ticket_survives_a_cs_restart_is_bound_to_its_engine_and_used_once() {
 
     let cs = dev.start_with_env(&[("RUST_LOG", "trace")]);
     let mut c = cs.client("engine");
-    let id = section3_handshake(&mut c).await;
+    let id = section3_handshake(&mut c).await.unwrap();
     let reg = c
         .c_register_tickets(pb::CRegisterTicketsRequest {
             session_id: id.clone(),
@@ -186,7 +97,7 @@ async fn too_many_tickets_are_refused_and_the_stored_ones_kept() {
     let s = "simple_1rtt";
     let cs = dev.start();
     let mut c = cs.client("engine");
-    let id = section3_handshake(&mut c).await;
+    let id = section3_handshake(&mut c).await.unwrap();
     let nst = msg(s, "new_session_ticket");
     c.c_register_tickets(pb::CRegisterTicketsRequest {
         session_id: id.clone(),
