@@ -588,6 +588,8 @@ mod tests {
         // A labelled family is rendered once it has a series.
         m.exchange("ping", SUCCESS, Duration::ZERO);
         m.refusal("invalid_psk", None);
+        m.store_ops.with_label_values(&["take_ticket"]).observe(0.0);
+        m.tls_failures.with_label_values(&["timeout"]).inc();
         let defined = m.render();
         let mut used = 0;
         for panel in dash["panels"].as_array().unwrap() {
