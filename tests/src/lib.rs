@@ -16,6 +16,7 @@ pub mod openssl;
 pub mod postgres;
 pub mod process;
 pub mod rfc8448;
+pub mod sequence_c;
 pub mod tlslite;
 
 use lurk_engine::cs_client::CsEndpoint;

@@ -10,14 +10,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use lurk_e2e::sequence_c::{ed25519_leaf, ed25519_public_key, Handshake, ENGINE_RANDOM};
 use lurk_e2e::{CsProcess, DevSetup};
 use lurk_proto::freshness::{client_random, FreshnessMode};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
-    encode_certificate, encode_certificate_verify, encode_finished, encode_server_hello,
-    CipherSuite, ClientHelloBuilder, HashAlg, NamedGroup, SignatureScheme,
+    encode_certificate, CipherSuite, ClientHelloBuilder, NamedGroup, SignatureScheme,
 };
 use tonic::transport::Channel;
 use tonic_health::ServingStatus;
@@ -88,49 +88,12 @@ fn unavailable(e: tonic::Status) {
 /// c_init_client_finished with the ed25519 key (one C_Sign): Ok only with a signature that
 /// verifies over the fresh random, as in cs_service.rs.
 async fn sign(dev: &DevSetup, c: &mut CryptoServiceClient<Channel>) -> Result<(), tonic::Status> {
-    let engine_random = [0x61u8; 32];
-    let ch = ClientHelloBuilder::new(engine_random)
-        .legacy_session_id(&[1u8; 32])
-        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
-        .supported_versions(&[0x0304])
-        .supported_groups(&[NamedGroup::X25519])
-        .signature_algorithms(&[SignatureScheme::Ed25519])
-        .key_share(NamedGroup::X25519, &[9u8; 32])
-        .build()
-        .unwrap();
-    let sh = encode_server_hello(
-        &[0x42; 32],
-        &[1u8; 32],
-        CipherSuite::TlsAes128GcmSha256,
-        NamedGroup::X25519,
-        &[8u8; 32],
-    )
-    .unwrap();
-    let ee = vec![8, 0, 0, 2, 0, 0];
-    let cr = vec![13, 0, 0, 11, 0, 0, 8, 0, 13, 0, 4, 0, 2, 8, 7];
-    let server_cert = encode_certificate::<Vec<u8>>(&[], &[vec![0x30, 0x00]]).unwrap();
-    let server_cv =
-        encode_certificate_verify(SignatureScheme::EcdsaSecp256r1Sha256, &[1; 70]).unwrap();
-    let server_fin = encode_finished(&[5u8; 32]).unwrap();
-    let pem = std::fs::read(dev.path().join("client-ed25519.pem")).unwrap();
-    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec();
+    let hs = Handshake::new();
+    let leaf = ed25519_leaf(&dev.path());
     let client_cert = encode_certificate(&[], std::slice::from_ref(&leaf)).unwrap();
     let resp = c
         .c_init_client_finished(pb::CInitClientFinishedRequest {
-            handshake_messages: [
-                ch.clone(),
-                sh.clone(),
-                ee.clone(),
-                cr.clone(),
-                server_cert.clone(),
-                server_cv.clone(),
-                server_fin.clone(),
-            ]
-            .concat(),
+            handshake_messages: hs.messages(),
             freshness: pb::Freshness::Sha256 as i32,
             key_id: "ed25519".into(),
             client_certificate: client_cert.clone(),
@@ -139,38 +102,9 @@ async fn sign(dev: &DevSetup, c: &mut CryptoServiceClient<Channel>) -> Result<()
         .await?
         .into_inner();
     let cv = lurk_proto::wire::CertificateVerify::parse(&resp.certificate_verify).unwrap();
-    let prefix = [
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    let at = leaf
-        .windows(prefix.len())
-        .position(|w| w == prefix)
-        .unwrap()
-        + prefix.len();
-    let mut signed_ch = ch;
-    signed_ch[6..38].copy_from_slice(&client_random(
-        pb::Freshness::Sha256,
-        FreshnessMode::Draft,
-        &engine_random,
-    ));
-    let mut t = lurk_proto::transcript::Transcript::new();
-    for m in [
-        &signed_ch,
-        &sh,
-        &ee,
-        &cr,
-        &server_cert,
-        &server_cv,
-        &server_fin,
-        &client_cert,
-    ] {
-        t.add(m);
-    }
-    let mut content = vec![0x20u8; 64];
-    content.extend_from_slice(b"TLS 1.3, client CertificateVerify\0");
-    content.extend_from_slice(&t.hash(HashAlg::Sha256));
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &leaf[at..at + 32])
-        .verify(&content, cv.signature)
+    let fresh = client_random(pb::Freshness::Sha256, FreshnessMode::Draft, &ENGINE_RANDOM);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, ed25519_public_key(&leaf))
+        .verify(&hs.signed_content(&fresh, &client_cert), cv.signature)
         .expect("every signature the CS returns verifies");
     Ok(())
 }
