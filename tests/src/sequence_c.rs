@@ -18,7 +18,7 @@ pub struct Handshake {
     pub client_hello: Vec<u8>,
     pub server_hello: Vec<u8>,
     pub encrypted_extensions: Vec<u8>,
-    /// Empty context, signature_algorithms = [ed25519].
+    /// Empty context, signature_algorithms: ed25519 only.
     pub certificate_request: Vec<u8>,
     pub server_certificate: Vec<u8>,
     pub server_certificate_verify: Vec<u8>,
