@@ -3,8 +3,9 @@
 //! - [`codec`]: [`Reader`] and the length-prefixed writers.
 //! - [`handshake`]: the 4-byte handshake header, splitting a flight into messages.
 //! - [`extensions`]: the extension list and the extensions TLS 1.3 clients meet.
-//! - [`hello`]: ClientHello / ServerHello / HelloRetryRequest views, ClientHello splicing
-//!   for the Crypto Service, and [`ClientHelloBuilder`] for the engine.
+//! - [`hello`]: ClientHello (view and the Crypto Service's splicing, `hello::client`), its
+//!   builder for the engine ([`ClientHelloBuilder`], `hello::builder`), and the ServerHello /
+//!   HelloRetryRequest view (`hello::server`).
 //! - [`messages`]: the other handshake messages (views and encoders).
 //! - [`retry`]: what the second ClientHello may change after a HelloRetryRequest.
 //! - [`limits`]: the caps on sizes and counts every view enforces.
