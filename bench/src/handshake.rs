@@ -169,6 +169,15 @@ pub fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError
 
 /// Starts `lurk-cs serve` on the init-dev set-up with the given ephemeral backend.
 pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
+    start_cs_with(dev, backend, &[])
+}
+
+/// [`start_cs`] with more environment (`LURK_*` overrides).
+pub fn start_cs_with(
+    dev: &Path,
+    backend: &str,
+    env: &[(&str, &str)],
+) -> Result<(Proc, String), BoxError> {
     let bin = sys::sibling_bin("lurk-cs").ok_or("lurk-cs binary not found next to lurk-bench: build the workspace binaries (cargo build --bins) with the same profile")?;
     let port = sys::free_port();
     let mut child = Command::new(bin)
@@ -186,6 +195,7 @@ pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
         )
         .env("LURK_STORE__MAX_TICKETS_PER_ENGINE", "10000000")
         .env("LURK_LOG__LEVEL", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -227,6 +237,15 @@ impl Mode {
 }
 
 pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
+    let cs = engine_endpoint(dev, cs_url)?.connect_lazy()?;
+    Ok(Client::Engine(Arc::new(Connector::new(
+        Arc::new(engine_config(pki, mode)?),
+        Some(cs),
+    ))))
+}
+
+/// The engine's mTLS endpoint for the CS at `cs_url` (init-dev's `engine` identity).
+pub fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, BoxError> {
     let tls = dev.join("tls");
     let mut ep = CsEndpoint::from_files(
         cs_url,
@@ -235,8 +254,12 @@ pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<
         Some(&tls.join("engine.key")),
     )?;
     ep.domain = Some("localhost".into());
-    let cs = ep.connect_lazy()?;
-    let cfg = ClientConfig {
+    Ok(ep)
+}
+
+/// The engine configuration of every engine client: CS ephemerals, x25519, AES-128-GCM.
+pub fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
+    Ok(ClientConfig {
         trust_anchors: TrustAnchors::from_pem_file(&pki.ca())?,
         cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
         groups: vec![NamedGroup::X25519],
@@ -245,11 +268,7 @@ pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<
             .then(|| Arc::new(MemoryTicketStore::new(64)) as Arc<dyn lurk_engine::TicketStore>),
         resume: mode == Mode::Resumed,
         ..ClientConfig::default()
-    };
-    Ok(Client::Engine(Arc::new(Connector::new(
-        Arc::new(cfg),
-        Some(cs),
-    ))))
+    })
 }
 
 pub fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {

@@ -5,7 +5,8 @@
 //! - `lurk-bench` — the full run (a few minutes): writes BENCHMARKS.md and docs/ in `--out`
 //!   (default: the workspace root);
 //! - `lurk-bench --quick` — seconds; prints the markdown, writes only where `--out` says;
-//! - `lurk-bench --only cs|handshakes` — one half;
+//! - `lurk-bench --only cs|handshakes|pg` — one part (`pg`: the PostgreSQL store and
+//!   replica rows, issue 8);
 //! - `lurk-bench rustls-server --port P --cert C --key K` — the rustls server it starts;
 //! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 mod cs_inproc;
 mod handshake;
 mod parse_cost;
+mod pg_scale;
 mod report;
 mod rustls_server;
 mod svg;
@@ -59,6 +61,8 @@ struct Cli {
 enum Only {
     Cs,
     Handshakes,
+    /// The PostgreSQL store and CS replica rows.
+    Pg,
 }
 
 #[derive(Subcommand)]
@@ -180,7 +184,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     };
     step("init-dev: SoftHSM token, keys, certificates");
     let fx = cs_inproc::Fixture::new()?;
-    if cli.only != Some(Only::Handshakes) {
+    if cli.only.is_none() || cli.only == Some(Only::Cs) {
         cs_phase(&fx, &p, &mut r)?;
     }
     if cli.only != Some(Only::Cs) {
@@ -188,7 +192,18 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        rt.block_on(handshake_phase(&fx, &p, &mut r))?;
+        if cli.only != Some(Only::Pg) {
+            rt.block_on(handshake_phase(&fx, &p, &mut r))?;
+        }
+        if cli.only != Some(Only::Handshakes) {
+            r.pg = rt.block_on(pg_scale::run(
+                &fx.dev,
+                &workspace_root(),
+                &p,
+                cli.quick,
+                &mut r.notes,
+            ))?;
+        }
     }
     r.took = started.elapsed();
     let md = r.markdown();

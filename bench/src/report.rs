@@ -21,6 +21,8 @@ pub struct Results {
     pub abandoned: Option<(Samples, usize, Duration, usize)>,
     pub cells: Vec<Cell>,
     pub s_time: Vec<STime>,
+    /// The PostgreSQL store and replica rows (issue 8).
+    pub pg: Option<crate::pg_scale::Figures>,
     pub notes: Vec<String>,
     pub took: Duration,
 }
@@ -301,6 +303,10 @@ impl Results {
                 full_rate(samples, *max),
                 samples_line(samples)
             );
+        }
+        if let Some(pg) = &self.pg {
+            s.push_str(&pg.markdown());
+            s.push('\n');
         }
         if !self.notes.is_empty() {
             s.push_str("### Run notes\n\n");

@@ -15,6 +15,7 @@ pub mod lurk;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
+pub mod replica_load;
 pub mod rfc8448;
 pub mod sequence_c;
 pub mod tlslite;

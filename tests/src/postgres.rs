@@ -18,6 +18,12 @@ pub const PASSWORD: &str = "lurk-test-password";
 /// Directory of the PostgreSQL server binaries: Debian's `/usr/lib/postgresql/NN/bin`
 /// (highest NN), else wherever `initdb` is on PATH.
 pub fn bin_dir() -> PathBuf {
+    find_bin_dir()
+        .expect("PostgreSQL server binaries not found: run scripts/install-deps.sh --test")
+}
+
+/// [`bin_dir`], or `None` when PostgreSQL is not installed.
+pub fn find_bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -30,22 +36,17 @@ pub fn bin_dir() -> PathBuf {
         .collect();
     versions.sort();
     if let Some((_, bin)) = versions.pop() {
-        return bin;
+        return Some(bin);
     }
     let out = Command::new("sh")
         .args(["-c", "command -v initdb"])
         .output()
-        .expect("sh");
+        .ok()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "PostgreSQL server binaries not found: run scripts/install-deps.sh --test"
-    );
-    std::fs::canonicalize(&path)
-        .expect("initdb path")
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    if path.is_empty() {
+        return None;
+    }
+    Some(std::fs::canonicalize(&path).ok()?.parent()?.to_path_buf())
 }
 
 fn is_root() -> bool {
@@ -88,19 +89,26 @@ pub struct PgCluster {
     bin: PathBuf,
     pub port: u16,
     tls: bool,
+    fsync: bool,
 }
 
 impl PgCluster {
-    /// `initdb` and start.
+    /// `initdb` and start (`fsync=off`: tests need no durability across an OS crash).
     pub fn start() -> Self {
-        Self::init(false)
+        Self::init(false, false)
+    }
+
+    /// Like [`start`](Self::start) with PostgreSQL's default durability (`fsync=on`), as a
+    /// production server runs: for measurements.
+    pub fn start_with_fsync() -> Self {
+        Self::init(false, true)
     }
 
     /// Like [`start`](Self::start), with TLS required on TCP (`hostssl` only): the server's
     /// certificate (for `127.0.0.1` and `localhost`) is self-signed, its PEM in
     /// [`ca_file`](Self::ca_file).
     pub fn start_with_tls() -> Self {
-        Self::init(true)
+        Self::init(true, false)
     }
 
     /// The PEM the server's certificate verifies against (TLS clusters).
@@ -108,7 +116,7 @@ impl PgCluster {
         self.dir.path().join("ca.pem")
     }
 
-    fn init(tls: bool) -> Self {
+    fn init(tls: bool, fsync: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("lurk-pg-")
@@ -180,6 +188,7 @@ impl PgCluster {
             bin,
             port: free_port(),
             tls,
+            fsync,
         };
         cluster.start_server();
         cluster
@@ -197,10 +206,13 @@ impl PgCluster {
     /// Starts the server (after [`stop`](Self::stop)), on the same port.
     pub fn start_server(&self) {
         let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             self.port,
             self.socket_dir().display()
         );
+        if !self.fsync {
+            opts.push_str(" -c fsync=off");
+        }
         if self.tls {
             opts.push_str(" -c ssl=on");
         }

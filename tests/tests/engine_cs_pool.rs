@@ -8,11 +8,11 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lurk_e2e::openssl::{certs, SServer};
+use lurk_e2e::replica_load::{kill_under_load, plain_log, start_replica, status_at};
 use lurk_e2e::{CsProcess, DevSetup};
 use lurk_engine::config::ClientConfig;
 use lurk_engine::cs_pool::{CsPool, CsPoolOptions, ReplicaStatus, Resolver};
@@ -28,41 +28,17 @@ fn env() -> [(&'static str, &'static str); 1] {
     [("RUST_LOG", LOG)]
 }
 
-/// Starts a replica on `listen`; SoftHSM's C_Login on a shared token fails now and then when
-/// processes start together (tests/src/lurk.rs), so starts are sequential and retried.
 fn start_on(setup: &DevSetup, listen: &str) -> CsProcess {
-    let mut errors = Vec::new();
-    for _ in 0..3 {
-        match setup.try_start_on(listen, &env()) {
-            Ok(cs) => return cs,
-            Err(e) => errors.push(e),
-        }
-    }
-    panic!("{}", errors.join("\n--- retry ---\n"))
+    start_replica(setup, listen, &env())
 }
 
 fn start_replicas(setup: &DevSetup, n: usize) -> Vec<CsProcess> {
     (0..n).map(|_| start_on(setup, "127.0.0.1:0")).collect()
 }
 
-/// The replica's log without terminal colour codes.
-fn log(cs: &CsProcess) -> String {
-    let mut out = String::new();
-    let mut rest = cs.log();
-    while let Some(i) = rest.find('\x1b') {
-        out.push_str(&rest[..i]);
-        rest = match rest[i..].find('m') {
-            Some(j) => rest[i + j + 1..].to_owned(),
-            None => String::new(),
-        };
-    }
-    out.push_str(&rest);
-    out
-}
-
 /// RPCs a replica received so far (request HEADERS frames).
 fn rpcs(cs: &CsProcess) -> usize {
-    log(cs)
+    plain_log(cs)
         .lines()
         .filter(|l| l.contains("h2::codec::framed_read: received frame=Headers"))
         .count()
@@ -70,7 +46,7 @@ fn rpcs(cs: &CsProcess) -> usize {
 
 /// LURK refusals a replica logged.
 fn refusals(cs: &CsProcess) -> usize {
-    log(cs).matches("exchange refused").count()
+    plain_log(cs).matches("exchange refused").count()
 }
 
 fn opts() -> CsPoolOptions {
@@ -118,12 +94,6 @@ async fn handshake(c: &Connector, port: u16) -> Result<(), String> {
 
 fn status_of<'a>(p: &'a [ReplicaStatus], cs: &CsProcess) -> &'a ReplicaStatus {
     status_at(p, &cs.addr)
-}
-
-fn status_at<'a>(p: &'a [ReplicaStatus], addr: &str) -> &'a ReplicaStatus {
-    p.iter()
-        .find(|r| r.url.contains(addr))
-        .unwrap_or_else(|| panic!("no replica {addr} in {p:#?}"))
 }
 
 /// Waits until the replicas' logs show `want` RPCs in all (the logs are read by threads).
@@ -223,78 +193,10 @@ fn sigkill_of_a_replica_costs_only_its_handshakes_in_flight() {
     let rt = rt();
     let pool = rt.block_on(async { pool(&[&victim], &urls, opts()) });
     let c = Connector::with_cs_pool(config(), pool.clone());
-    type Record = (Instant, Instant, Result<(), String>);
-    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..6 {
-        let (c, records, stop, done) = (c.clone(), records.clone(), stop.clone(), done.clone());
-        tasks.push(rt.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let r = handshake(&c, port).await;
-                records.lock().unwrap().push((start, Instant::now(), r));
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    let wait_done = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while done.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "load stalled at {n}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_done(30);
-    let before = pool.replicas();
-    assert!(
-        status_at(&before, &victim_addr).sessions > 0,
-        "the victim got no session before the kill: {before:#?}"
-    );
-    let kill_at = Instant::now();
-    victim.kill(); // SIGKILL, then waits for the process to be gone
-    let killed = Instant::now();
-    let after_kill = done.load(Ordering::Relaxed);
-    wait_done(after_kill + 40);
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-        c.wait_for_cs(Duration::from_secs(5)).await;
+    let run = kill_under_load(&rt, &c, &pool, victim, (6, 30, 40), move |c| async move {
+        handshake(&c, port).await
     });
-    let records = records.lock().unwrap();
-    let failed: Vec<&Record> = records.iter().filter(|r| r.2.is_err()).collect();
-    println!(
-        "{} handshakes, {} failed (in flight on {victim_addr} when it was killed):",
-        records.len(),
-        failed.len()
-    );
-    for (s, e, r) in &failed {
-        println!(
-            "  started {:?} before the kill, ended {:?} after it: {}",
-            kill_at.saturating_duration_since(*s),
-            e.saturating_duration_since(kill_at),
-            r.as_ref().unwrap_err()
-        );
-    }
-    for (s, _, r) in &failed {
-        let e = r.as_ref().unwrap_err();
-        assert!(
-            *s < killed,
-            "a handshake started after the kill failed: {e}"
-        );
-        assert!(
-            e.contains(&victim_addr) && e.contains("lost the CS replica"),
-            "a failure that does not name the lost replica: {e}"
-        );
-    }
-    let later = records.iter().filter(|r| r.0 >= killed).count();
-    assert!(
-        later >= 30,
-        "only {later} handshakes started after the kill"
-    );
+    run.check(30);
     let st = pool.replicas();
     println!("{st:#?}");
     let v = status_at(&st, &victim_addr);
