@@ -7,7 +7,8 @@
 #   scripts/install-deps.sh --test      and everything the test suite uses: PostgreSQL (private
 #                                       clusters), Go (tests/go_tls_server, stdlib only), Python
 #                                       venvs with tlslite-ng (tests/tlslite_server.py) and
-#                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit
+#                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit,
+#                                       promtool (Debian's prometheus package)
 # Rust comes from rustup.
 set -euo pipefail
 test_deps=0
@@ -29,6 +30,14 @@ if [ "$test_deps" = 1 ]; then
   command -v go >/dev/null 2>&1 || need+=(golang-go)
   # prlimit: the transport-limit tests lower a running CS's descriptor limit.
   command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+fi
+# promtool (Debian's prometheus package, without its recommended node exporter): the tests
+# check the scraped metrics and deploy/prometheus/ (alerting rules and their cases).
+if [ "$test_deps" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "install-deps: installing prometheus (promtool)" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 if [ "$postgres" = 1 ]; then
   # PostgreSQL server binaries for private clusters (Debian puts them in

@@ -383,6 +383,9 @@ pub struct MetricsConfig {
     /// Engine identities that get their own `engine` label value; the refusals of the
     /// others are counted under `engine="other"` (bounds the series count).
     pub max_engine_labels: usize,
+    /// Engines whose open LURK sessions get a series of their own at each scrape (the most
+    /// sessions first); the others are summed under `engine="other"`.
+    pub top_engines: usize,
 }
 
 impl Default for MetricsConfig {
@@ -390,6 +393,7 @@ impl Default for MetricsConfig {
         Self {
             addr: None,
             max_engine_labels: 32,
+            top_engines: 10,
         }
     }
 }
@@ -686,11 +690,12 @@ mod tests {
         assert!(c.metrics.addr.is_none());
         assert!(c.log.access);
         let on = format!(
-            "{MINIMAL}\n[metrics]\naddr = \"127.0.0.1:9464\"\nmax_engine_labels = 4\n[log]\naccess = false\n"
+            "{MINIMAL}\n[metrics]\naddr = \"127.0.0.1:9464\"\nmax_engine_labels = 4\ntop_engines = 3\n[log]\naccess = false\n"
         );
         let c = Config::from_toml(&on).unwrap();
         assert_eq!(c.metrics.addr.as_deref(), Some("127.0.0.1:9464"));
         assert_eq!(c.metrics.max_engine_labels, 4);
+        assert_eq!(c.metrics.top_engines, 3);
         assert!(!c.log.access);
         assert!(Config::from_toml(&format!("{MINIMAL}\n[metrics]\nport = 1\n")).is_err());
     }

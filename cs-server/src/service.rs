@@ -34,7 +34,7 @@ use crate::limits::ExchangeLimiter;
 use crate::ops;
 use crate::refusal_log::{self, RefusalLog, Verdict};
 use crate::server::{engine_identity, EngineId};
-use crate::telemetry::{Answer, Exchange, Probe};
+use crate::telemetry::{self, Answer, Exchange, Probe};
 
 /// Largest encoded request that may run inline. A normal handshake's largest request (the
 /// server flight of c_client_finished) is a few KiB. Measured (`lurk-bench parse-cost`,
@@ -111,6 +111,8 @@ impl CryptoServiceImpl {
         F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
     {
         let probe = Probe::start(req.get_ref());
+        let op =
+            |cs: &Cs, who: &str, msg: Req| telemetry::token_time_of::<Req, _>(|| op(cs, who, msg));
         let (engine, result) = self.authenticate_and_run(req, place, op).await;
         probe.finish(engine.as_ref().map(|e| e.as_str()), &result);
         match (result, engine) {

@@ -392,6 +392,26 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The `n` engines with the most sessions open (most first, ties by name) and the
+    /// sessions of all the other engines, for the metrics.
+    pub fn top_engines(&self, n: usize) -> (Vec<(String, usize)>, usize) {
+        let inner = self.lock();
+        let mut all: Vec<(&str, usize)> = inner
+            .per_engine
+            .iter()
+            .map(|(engine, u)| (engine.as_str(), u.sessions))
+            .collect();
+        let order = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if all.len() > n {
+            all.select_nth_unstable_by(n, order);
+        }
+        let others = all.get(n..).map_or(0, |r| r.iter().map(|(_, s)| s).sum());
+        all.truncate(n);
+        all.sort_unstable_by(order);
+        let top = all.into_iter().map(|(e, s)| (e.to_owned(), s)).collect();
+        (top, others)
+    }
 }
 
 impl Session {
@@ -543,5 +563,29 @@ mod tests {
             lock_session(&s2).unwrap_err().lurk_status(),
             LurkStatus::InvalidStatus
         );
+    }
+
+    #[test]
+    fn the_top_engines_are_those_with_the_most_sessions() {
+        let t = SessionTable::new(limits(100, 100, 10_000));
+        let mut ids = Vec::new();
+        for (engine, n) in [("a", 1), ("b", 4), ("c", 2), ("d", 2), ("e", 3)] {
+            for _ in 0..n {
+                ids.push(t.open(engine, Stage::test_stage()).unwrap());
+            }
+        }
+        let top = |n| {
+            let (engines, others) = t.top_engines(n);
+            let engines: Vec<_> = engines.iter().map(|(e, s)| format!("{e}={s}")).collect();
+            (engines.join(" "), others)
+        };
+        // Ties in name order; the rest summed.
+        assert_eq!(top(3), ("b=4 e=3 c=2".to_owned(), 3));
+        assert_eq!(top(0), (String::new(), 12));
+        assert_eq!(top(9), ("b=4 e=3 c=2 d=2 a=1".to_owned(), 0));
+        for id in &ids[1..5] {
+            t.close(id);
+        }
+        assert_eq!(top(2), ("e=3 c=2".to_owned(), 3));
     }
 }

@@ -6,21 +6,31 @@
 //! listener of their own ([`serve`], `[metrics] addr`, plain HTTP `GET /metrics`), never on
 //! the engines' gRPC port.
 //!
+//! The token is measured in one place: every PKCS#11 session checkout (`Token::session_for`,
+//! token/mod.rs) carries a [`TokenCall`], which times the wait, the session's use by the
+//! operation it was taken for ([`TokenOp`]), and adds both to the time the running exchange
+//! spent in the token ([`token_time_of`]). Gauges of the session pool, the token's health,
+//! the open sessions of the top engines are read at scrape time.
+//!
 //! Every label value comes from a fixed set: the exchange names, the LURK status names
-//! (draft-mglt-lurk-tls13 §4, `docs/protocol.md`) and `success`, and engine identities
-//! capped at `[metrics] max_engine_labels` (the others share `engine="other"`). No session
-//! id, ticket or PSK identity is ever a label. The access log names a session by the first
-//! 8 bytes of SHA-256 of its id, never the id itself.
+//! (draft-mglt-lurk-tls13 §4, `docs/protocol.md`) and `success`, token operations,
+//! signature schemes and groups, transport refusal reasons, and engine identities capped at
+//! `[metrics] max_engine_labels` (the others share `engine="other"`) or, for open sessions,
+//! the `[metrics] top_engines` with the most at the last scrape. No session id, ticket or
+//! PSK identity is ever a label. The access log names a session by the first 8 bytes of
+//! SHA-256 of its id, never the id itself.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use lurk_proto::pb;
+use lurk_proto::wire::{NamedGroup, SignatureScheme};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -37,6 +47,8 @@ pub const SUCCESS: &str = "success";
 pub const OTHER_ENGINES: &str = "other";
 /// The `engine` label of a request refused before an engine identity was established.
 pub const NO_ENGINE: &str = "none";
+/// The `mechanism` label of a token operation that uses no mechanism.
+const NO_MECHANISM: &str = "none";
 /// Scrapes served at once; more connections wait in the accept queue.
 const MAX_SCRAPES: usize = 4;
 /// A scrape connection (request read, answer written) at most.
@@ -133,9 +145,22 @@ pub struct Metrics {
     token_held: Histogram,
     store_ops: HistogramVec,
     tls_failures: IntCounterVec,
+    token_ops: HistogramVec,
+    exchange_token: HistogramVec,
+    token_up: IntGaugeVec,
+    pool_size: IntGauge,
+    pool_in_use: IntGauge,
+    pool_idle: IntGauge,
+    pool_waiting: IntGauge,
+    sessions_by_engine: IntGaugeVec,
+    transport_refusals: IntCounterVec,
     /// Engine identities with a label of their own, at most `max_engines`.
     engines: Mutex<HashSet<String>>,
-    max_engines: std::sync::atomic::AtomicUsize,
+    max_engines: AtomicUsize,
+    /// Engines with a series of their own in `sessions_by_engine`.
+    top_engines: AtomicUsize,
+    /// One scrape at a time updates the gauges read at scrape time and renders them.
+    scrape: Mutex<()>,
 }
 
 /// Seconds, from 50 µs to about 3.3 s (doubling).
@@ -215,6 +240,71 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let token_ops = HistogramVec::new(
+            HistogramOpts::new(
+                "lurk_cs_token_operation_seconds",
+                "PKCS#11 session held by one token operation, by operation (sign, derive, \
+                 generate_key_pair, destroy, seal, unseal, find, probe, other) and mechanism \
+                 (signature scheme, (EC)DHE group, aes_gcm or none)",
+            )
+            .buckets(latency_buckets()),
+            &["operation", "mechanism"],
+        )
+        .expect("valid metric");
+        let exchange_token = HistogramVec::new(
+            HistogramOpts::new(
+                "lurk_cs_request_token_seconds",
+                "Time an exchange's operation spent in token calls (waits for a pooled \
+                 session included), by exchange",
+            )
+            .buckets(latency_buckets()),
+            &["exchange"],
+        )
+        .expect("valid metric");
+        let token_up = IntGaugeVec::new(
+            Opts::new(
+                "lurk_cs_token_up",
+                "1 while the PKCS#11 token answers, 0 while it is down (exchanges fail fast \
+                 with token_unavailable until it is re-initialised); read at scrape time",
+            ),
+            &["token"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let pool_size = gauge(
+            "lurk_cs_token_pool_size",
+            "PKCS#11 sessions of the pool ([token] pool_size)",
+        );
+        let pool_in_use = gauge(
+            "lurk_cs_token_pool_in_use",
+            "Pooled PKCS#11 sessions checked out (or being opened) at scrape time",
+        );
+        let pool_idle = gauge(
+            "lurk_cs_token_pool_idle",
+            "Pooled PKCS#11 sessions idle at scrape time",
+        );
+        let pool_waiting = gauge(
+            "lurk_cs_token_pool_waiting",
+            "Callers waiting for a pooled PKCS#11 session at scrape time",
+        );
+        let sessions_by_engine = IntGaugeVec::new(
+            Opts::new(
+                "lurk_cs_sessions_open_by_engine",
+                "LURK sessions open of the [metrics] top_engines engines with the most, read at \
+                 scrape time; the others summed under engine=\"other\"",
+            ),
+            &["engine"],
+        )
+        .expect("valid metric");
+        let transport_refusals = IntCounterVec::new(
+            Opts::new(
+                "lurk_cs_transport_refusals_total",
+                "Requests and connections refused or closed by the transport ([limits]), by \
+                 reason and engine identity (capped as lurk_cs_refusals_total)",
+            ),
+            &["reason", "engine"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "lurk_cs_build_info",
@@ -237,6 +327,15 @@ impl Metrics {
             Box::new(token_held.clone()),
             Box::new(store_ops.clone()),
             Box::new(tls_failures.clone()),
+            Box::new(token_ops.clone()),
+            Box::new(exchange_token.clone()),
+            Box::new(token_up.clone()),
+            Box::new(pool_size.clone()),
+            Box::new(pool_in_use.clone()),
+            Box::new(pool_idle.clone()),
+            Box::new(pool_waiting.clone()),
+            Box::new(sessions_by_engine.clone()),
+            Box::new(transport_refusals.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -253,8 +352,19 @@ impl Metrics {
             token_held,
             store_ops,
             tls_failures,
+            token_ops,
+            exchange_token,
+            token_up,
+            pool_size,
+            pool_in_use,
+            pool_idle,
+            pool_waiting,
+            sessions_by_engine,
+            transport_refusals,
             engines: Mutex::new(HashSet::new()),
-            max_engines: std::sync::atomic::AtomicUsize::new(max_engine_labels),
+            max_engines: AtomicUsize::new(max_engine_labels),
+            top_engines: AtomicUsize::new(10),
+            scrape: Mutex::new(()),
         }
     }
 
@@ -268,16 +378,70 @@ impl Metrics {
 
     /// Counts one refusal; `engine` gets a label of its own while fewer than the cap have.
     fn refusal(&self, reason: &str, engine: Option<&str>) {
+        let label = self.engine_label(engine);
+        self.refusals.with_label_values(&[reason, label]).inc();
+    }
+
+    /// Counts one refusal of the transport, the engine labelled as for [`Self::refusal`].
+    fn transport_refusal(&self, reason: &'static str, engine: Option<&str>) {
+        let label = self.engine_label(engine);
+        self.transport_refusals
+            .with_label_values(&[reason, label])
+            .inc();
+    }
+
+    /// The `engine` label of a refusal: the engine's identity while fewer than the cap have
+    /// one (first come), else `other`; `none` before an engine was identified.
+    fn engine_label<'a>(&self, engine: Option<&'a str>) -> &'a str {
         let Some(engine) = engine else {
-            self.refusals.with_label_values(&[reason, NO_ENGINE]).inc();
-            return;
+            return NO_ENGINE;
         };
         let mut seen = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         let own = seen.contains(engine)
             || (seen.len() < self.max_engines.load(Ordering::Relaxed)
                 && seen.insert(engine.to_owned()));
-        let label = if own { engine } else { OTHER_ENGINES };
-        self.refusals.with_label_values(&[reason, label]).inc();
+        if own {
+            engine
+        } else {
+            OTHER_ENGINES
+        }
+    }
+
+    /// Sets the gauges read at scrape time from `cs`: sessions open (in total and of the
+    /// top engines), the token's health and its session pool.
+    fn read(&self, cs: &Cs) {
+        let top = self.top_engines.load(Ordering::Relaxed);
+        let (engines, others) = cs.sessions.top_engines(top);
+        self.sessions_open
+            .set((engines.iter().map(|(_, n)| n).sum::<usize>() + others) as i64);
+        self.sessions_by_engine.reset();
+        for (engine, n) in &engines {
+            self.sessions_by_engine
+                .with_label_values(&[engine.as_str()])
+                .set(*n as i64);
+        }
+        if top > 0 {
+            self.sessions_by_engine
+                .with_label_values(&[OTHER_ENGINES])
+                .set(others as i64);
+        }
+        if let Some(token) = &cs.token {
+            self.token_up
+                .with_label_values(&[token.label()])
+                .set(i64::from(token.healthy()));
+            let pool = token.pool_usage();
+            self.pool_size.set(pool.size as i64);
+            self.pool_in_use.set(pool.in_use as i64);
+            self.pool_idle.set(pool.idle as i64);
+            self.pool_waiting.set(pool.waiting as i64);
+        }
+    }
+
+    /// Reads `cs` and renders every metric.
+    fn scrape(&self, cs: &Cs) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.read(cs);
+        self.render()
     }
 
     /// The Prometheus text format of every metric.
@@ -302,17 +466,15 @@ pub fn configure(metrics_cfg: &MetricsConfig, log: &LogConfig) {
     METRICS
         .max_engines
         .store(metrics_cfg.max_engine_labels, Ordering::Relaxed);
+    METRICS
+        .top_engines
+        .store(metrics_cfg.top_engines, Ordering::Relaxed);
     ACCESS_LOG.store(log.access, Ordering::Relaxed);
 }
 
 /// A stored ticket was taken to resume a session (it is used once).
 pub fn ticket_taken() {
     METRICS.tickets_taken.inc();
-}
-
-/// The wait for a pooled PKCS#11 session (token/mod.rs).
-pub fn token_session_wait(took: Duration) {
-    METRICS.token_wait.observe(took.as_secs_f64());
 }
 
 /// Runs a store call of an exchange and records its latency under `operation` (a fixed name).
@@ -355,9 +517,140 @@ pub fn tls_failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// How long a pooled PKCS#11 session was held (token/pool.rs).
-pub fn token_session_held(took: Duration) {
-    METRICS.token_held.observe(took.as_secs_f64());
+/// What a PKCS#11 session is taken for: the `operation` and `mechanism` labels of
+/// `lurk_cs_token_operation_seconds`, each from a fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenOp {
+    operation: &'static str,
+    mechanism: &'static str,
+}
+
+impl TokenOp {
+    const fn new(operation: &'static str, mechanism: &'static str) -> Self {
+        Self {
+            operation,
+            mechanism,
+        }
+    }
+    /// Anything else (administration: key import and listing, random bytes, wrapping).
+    pub const OTHER: Self = Self::new("other", NO_MECHANISM);
+    /// The health check's live call.
+    pub const PROBE: Self = Self::new("probe", NO_MECHANISM);
+    /// Looking a signing key up by URI or label.
+    pub const FIND: Self = Self::new("find", NO_MECHANISM);
+    /// Destroying an (EC)DHE key pair.
+    pub const DESTROY: Self = Self::new("destroy", NO_MECHANISM);
+    /// Sealing a PSK (CKM_AES_GCM).
+    pub const SEAL: Self = Self::new("seal", "aes_gcm");
+    /// Unsealing a PSK (CKM_AES_GCM).
+    pub const UNSEAL: Self = Self::new("unseal", "aes_gcm");
+
+    /// A signature: the scheme names the mechanism, hash and key (RFC 8446 §4.2.3).
+    pub fn sign(scheme: SignatureScheme) -> Self {
+        Self::new("sign", scheme.name())
+    }
+    /// An (EC)DHE key pair generated for `group`.
+    pub fn generate_key_pair(group: NamedGroup) -> Self {
+        Self::new("generate_key_pair", group.name())
+    }
+    /// An (EC)DHE agreement (CKM_ECDH1_DERIVE) on `group`.
+    pub fn derive(group: NamedGroup) -> Self {
+        Self::new("derive", group.name())
+    }
+}
+
+thread_local! {
+    /// Token time of the exchange this thread runs ([`token_time_of`]).
+    static TOKEN_TIME: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// [`TokenCall`]s alive on this thread: a nested one is not added twice.
+    static TOKEN_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// One checkout of a pooled PKCS#11 session, from the moment it is asked for until the
+/// session goes back (token/mod.rs makes it, token/pool.rs keeps it with the session). When
+/// dropped it records the wait, the time the session was held under its [`TokenOp`], and
+/// adds the whole to the running exchange's token time.
+pub struct TokenCall {
+    op: TokenOp,
+    asked: Instant,
+    got: Option<Instant>,
+    outer: bool,
+}
+
+impl TokenCall {
+    /// A session is asked for `op`.
+    pub fn start(op: TokenOp) -> Self {
+        let outer = TOKEN_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get() == 1
+        });
+        Self {
+            op,
+            asked: Instant::now(),
+            got: None,
+            outer,
+        }
+    }
+
+    /// The session was checked out: the wait ends, the hold begins.
+    pub fn checked_out(&mut self) {
+        let now = Instant::now();
+        METRICS
+            .token_wait
+            .observe(now.duration_since(self.asked).as_secs_f64());
+        self.got = Some(now);
+    }
+}
+
+impl Drop for TokenCall {
+    fn drop(&mut self) {
+        if let Some(got) = self.got {
+            let held = got.elapsed().as_secs_f64();
+            METRICS.token_held.observe(held);
+            METRICS
+                .token_ops
+                .with_label_values(&[self.op.operation, self.op.mechanism])
+                .observe(held);
+        }
+        TOKEN_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        if self.outer {
+            let spent = self.asked.elapsed();
+            TOKEN_TIME.with(|t| t.set(t.get() + spent));
+        }
+    }
+}
+
+/// Runs the operation of exchange `R` (on the thread that calls this: operations run
+/// synchronously, inline or on one blocking thread) and records the time it spent in token
+/// calls under `lurk_cs_request_token_seconds{exchange}`.
+pub fn token_time_of<R: Exchange, T>(op: impl FnOnce() -> T) -> T {
+    TOKEN_TIME.with(|t| t.set(Duration::ZERO));
+    let result = op();
+    let spent = TOKEN_TIME.with(|t| t.replace(Duration::ZERO));
+    METRICS
+        .exchange_token
+        .with_label_values(&[R::NAME])
+        .observe(spent.as_secs_f64());
+    result
+}
+
+/// A request or connection refused by the transport (transport.rs): `reason` is one of
+/// `max_connections`, `max_connections_per_engine`, `max_requests`,
+/// `max_requests_per_engine`, `request_timeout`.
+pub fn transport_refused(reason: &'static str, engine: Option<&str>) {
+    METRICS.transport_refusal(reason, engine);
+}
+
+/// A connection the transport closed for `why` (transport.rs, `Activity::closing`): no
+/// first request in time, or an answer the peer did not take in time, are counted as
+/// refusals; an idle connection's close is not.
+pub fn transport_closed(why: &'static str, engine: Option<&str>) {
+    let reason = match why {
+        "no request" => "first_request_timeout",
+        "request overdue" => "answer_overdue",
+        _ => return,
+    };
+    METRICS.transport_refusal(reason, engine);
 }
 
 /// A short, one-way name of a session for the access log: SHA-256 of the id, first 8
@@ -504,11 +797,10 @@ fn answer<B>(req: &hyper::Request<B>, cs: &Cs) -> hyper::Response<Full<Bytes>> {
             Bytes::from_static(b"GET only\n"),
         )
     } else {
-        METRICS.sessions_open.set(cs.sessions.len() as i64);
         (
             hyper::StatusCode::OK,
             "text/plain; version=0.0.4",
-            Bytes::from(METRICS.render()),
+            Bytes::from(METRICS.scrape(cs)),
         )
     };
     let mut resp = hyper::Response::new(Full::new(body));
@@ -579,39 +871,135 @@ mod tests {
         assert!(line(&m.render(), "lurk_cs_tickets_stored_total 3").is_some());
     }
 
-    /// The Grafana dashboard is valid JSON and queries only metrics this module defines.
-    #[test]
-    fn the_dashboard_uses_the_metrics_defined_here() {
-        let text = include_str!("../../deploy/grafana/lurk-cs.json");
-        let dash: serde_json::Value = serde_json::from_str(text).expect("dashboard JSON");
+    /// Every metric family, each with one series (a labelled family is rendered only once
+    /// it has one).
+    fn every_family() -> String {
         let m = Metrics::new(1);
-        // A labelled family is rendered once it has a series.
         m.exchange("ping", SUCCESS, Duration::ZERO);
         m.refusal("invalid_psk", None);
         m.store_ops.with_label_values(&["take_ticket"]).observe(0.0);
         m.tls_failures.with_label_values(&["timeout"]).inc();
-        let defined = m.render();
-        let mut used = 0;
+        m.token_ops
+            .with_label_values(&["sign", "ed25519"])
+            .observe(0.0);
+        m.exchange_token.with_label_values(&["ping"]).observe(0.0);
+        m.token_up.with_label_values(&["t"]).set(1);
+        m.sessions_by_engine.with_label_values(&["e"]).set(1);
+        m.transport_refusal("max_requests", None);
+        m.render()
+    }
+
+    /// The names of the CS's metrics `text` (a PromQL or rules file) uses, histogram
+    /// suffixes removed.
+    fn metric_names(text: &str) -> Vec<&str> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lurk_cs_"))
+            .map(|w| {
+                ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| w.strip_suffix(s))
+                    .unwrap_or(w)
+            })
+            .collect()
+    }
+
+    /// The Grafana dashboard is valid JSON, queries only metrics this module defines, and
+    /// shows every one of them.
+    #[test]
+    fn the_dashboard_shows_every_metric_defined_here_and_no_other() {
+        let text = include_str!("../../deploy/grafana/lurk-cs.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("dashboard JSON");
+        let defined = every_family();
+        let mut used = HashSet::new();
         for panel in dash["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
-                let expr = target["expr"].as_str().unwrap();
-                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                    if !word.starts_with("lurk_cs_") {
-                        continue;
-                    }
-                    let name = ["_bucket", "_count", "_sum"]
-                        .iter()
-                        .find_map(|s| word.strip_suffix(s))
-                        .unwrap_or(word);
+                for name in metric_names(target["expr"].as_str().unwrap()) {
                     assert!(
                         defined.contains(&format!("# TYPE {name} ")),
                         "{name} is not a metric of the CS"
                     );
-                    used += 1;
+                    used.insert(name);
                 }
             }
         }
-        assert!(used >= 8);
+        for line in defined.lines() {
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|l| l.split(' ').next())
+            {
+                assert!(used.contains(name), "{name} is not on the dashboard");
+            }
+        }
+    }
+
+    /// The alerting rules (deploy/prometheus/, run by promtool in the e2e suite) and their
+    /// cases name only metrics this module defines.
+    #[test]
+    fn the_alerting_rules_use_the_metrics_defined_here() {
+        let defined = every_family();
+        for text in [
+            include_str!("../../deploy/prometheus/lurk-cs-alerts.yml"),
+            include_str!("../../deploy/prometheus/lurk-cs-alerts.test.yml"),
+        ] {
+            let names = metric_names(text);
+            assert!(names.len() >= 5);
+            for name in names {
+                assert!(
+                    defined.contains(&format!("# TYPE {name} ")),
+                    "{name} is not a metric of the CS"
+                );
+            }
+        }
+    }
+
+    /// A token call adds its wait and hold to the running exchange's token time once, even
+    /// when another call runs inside it; the hold is recorded under its operation.
+    #[test]
+    fn token_time_counts_each_call_once_and_holds_by_operation() {
+        let op = TokenOp::new("test_op", "test_mechanism");
+        let series = || {
+            METRICS
+                .token_ops
+                .with_label_values(&["test_op", "test_mechanism"])
+                .get_sample_count()
+        };
+        let before = series();
+        let (spent, elapsed) = token_time_of::<pb::PingRequest, _>(|| {
+            let start = Instant::now();
+            let mut outer = TokenCall::start(op);
+            outer.checked_out();
+            std::thread::sleep(Duration::from_millis(20));
+            {
+                // A nested call (a destroy while a session is held) is inside the outer.
+                let mut inner = TokenCall::start(op);
+                inner.checked_out();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // A checkout that failed: its wait counts, no hold.
+            drop(TokenCall::start(op));
+            drop(outer);
+            (TOKEN_TIME.with(Cell::get), start.elapsed())
+        });
+        assert!(spent >= Duration::from_millis(30), "{spent:?}");
+        assert!(spent <= elapsed, "counted twice: {spent:?} in {elapsed:?}");
+        assert_eq!(series() - before, 2);
+        // Reset for the next exchange on this thread.
+        assert_eq!(TOKEN_TIME.with(Cell::get), Duration::ZERO);
+        assert_eq!(TOKEN_DEPTH.with(Cell::get), 0);
+    }
+
+    #[test]
+    fn transport_refusals_share_the_engine_label_cap() {
+        let m = Metrics::new(1);
+        m.refusal("invalid_psk", Some("a"));
+        m.transport_refusal("max_requests_per_engine", Some("a"));
+        m.transport_refusal("max_requests_per_engine", Some("b"));
+        m.transport_refusal("max_connections", None);
+        let text = m.render();
+        let get = |p: &str| line(&text, p).unwrap_or_else(|| panic!("no {p} in\n{text}"));
+        get("lurk_cs_transport_refusals_total{engine=\"a\",reason=\"max_requests_per_engine\"} 1");
+        get("lurk_cs_transport_refusals_total{engine=\"other\",reason=\"max_requests_per_engine\"} 1");
+        get("lurk_cs_transport_refusals_total{engine=\"none\",reason=\"max_connections\"} 1");
     }
 
     #[test]

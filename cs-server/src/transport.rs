@@ -131,6 +131,7 @@ pub(crate) async fn serve(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
+                crate::telemetry::transport_refused("max_connections", None);
                 if let Some(n) = full_warn.check() {
                     tracing::warn!(
                         max_connections,
@@ -268,6 +269,7 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
         None => return,
     };
     let Some(counted) = shared.engines.enter(&engine) else {
+        crate::telemetry::transport_refused("max_connections_per_engine", Some(engine.as_str()));
         if let Some(n) = shared.engine_cap_warn.check() {
             tracing::warn!(engine = %engine, cap = shared.engines.cap, times = n,
                 "connection cap per engine reached: new connection closed");
@@ -289,6 +291,7 @@ where
     I: Clone + Send + Sync + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let engine = engine_requests.as_ref().and_then(|c| c.engine.clone());
     let service = ConnService {
         routes: shared.routes.clone(),
         info,
@@ -309,6 +312,7 @@ where
         }
         why = activity.closing(shared.first_request_timeout, shared.idle_timeout) => {
             tracing::debug!(reason = why, "closing connection");
+            crate::telemetry::transport_closed(why, engine.as_ref().map(EngineId::as_str));
         }
         _ = stop.wait_for(|s| *s) => {}
     }
@@ -458,6 +462,7 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Inc
         let in_flight = self.activity.begin(deadline);
         let after_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let mut routes = self.routes.clone();
+        let engine_requests = self.engine_requests.clone();
         Box::pin(async move {
             // The request body is read inside the router's future: dropped at the deadline,
             // with whatever part of the body it held.
@@ -472,8 +477,15 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Inc
             let response = match answer {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},
-                Err(_) => tonic::Status::from(ServiceError::TimedOut { after_ms })
-                    .into_http::<tonic::body::Body>(),
+                Err(_) => {
+                    let engine = engine_requests.as_ref().and_then(|c| c.engine.as_ref());
+                    crate::telemetry::transport_refused(
+                        "request_timeout",
+                        engine.map(EngineId::as_str),
+                    );
+                    tonic::Status::from(ServiceError::TimedOut { after_ms })
+                        .into_http::<tonic::body::Body>()
+                }
             };
             Ok(response.map(|inner| BoundedBody {
                 inner,
@@ -529,6 +541,8 @@ struct Counter {
     cap: usize,
     what: &'static str,
     n: std::sync::atomic::AtomicUsize,
+    /// The engine whose requests this counts (None: all engines).
+    engine: Option<EngineId>,
 }
 
 /// One place in a [`Counter`]; given back on drop.
@@ -540,6 +554,7 @@ impl Counter {
             cap: cap.max(1),
             what,
             n: std::sync::atomic::AtomicUsize::new(0),
+            engine: None,
         }
     }
 
@@ -565,10 +580,15 @@ impl Drop for Admitted {
 /// A place among the engine's requests in flight (if counted per engine), then among all.
 fn admit(all: &Arc<Counter>, engine: Option<&Arc<Counter>>) -> Result<Vec<Admitted>, ServiceError> {
     let mut places = Vec::with_capacity(2);
+    let who = engine.and_then(|e| e.engine.as_ref()).map(EngineId::as_str);
+    let refused = |reason| move |_: &ServiceError| crate::telemetry::transport_refused(reason, who);
     if let Some(e) = engine {
-        places.push(e.try_enter()?);
+        places.push(
+            e.try_enter()
+                .inspect_err(refused("max_requests_per_engine"))?,
+        );
     }
-    places.push(all.try_enter()?);
+    places.push(all.try_enter().inspect_err(refused("max_requests"))?);
     Ok(places)
 }
 
@@ -651,10 +671,10 @@ impl EngineConnections {
         let (n, requests) = counts.entry(engine.clone()).or_insert_with(|| {
             (
                 0,
-                Arc::new(Counter::new(
-                    self.requests_cap,
-                    "requests in flight per engine",
-                )),
+                Arc::new(Counter {
+                    engine: Some(engine.clone()),
+                    ..Counter::new(self.requests_cap, "requests in flight per engine")
+                }),
             )
         });
         if *n >= self.cap {

@@ -15,6 +15,7 @@ pub mod lurk;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
+pub mod raw_h2;
 pub mod replica_load;
 pub mod rfc8448;
 pub mod sequence_c;
@@ -478,6 +479,24 @@ impl Drop for CsProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The test-only PKCS#11 module that makes SoftHSM fail or slow down on command
+/// (tests/p11-fault-shim): `target/<profile>/liblurk_p11_fault_shim.so`, built by
+/// `cargo build --workspace` (or `-p lurk-p11-fault-shim`; scripts/test.sh does).
+pub fn p11_fault_shim() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let so = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("liblurk_p11_fault_shim.so");
+    assert!(
+        so.exists(),
+        "{} not found: run `cargo build -p lurk-p11-fault-shim` first (scripts/test.sh does)",
+        so.display()
+    );
+    so
 }
 
 /// A ServerHello (RFC 8446 §4.1.3) selecting `suite` with a key share for `group`, echoing

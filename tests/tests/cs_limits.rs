@@ -4,15 +4,13 @@
 
 use std::io::Read;
 use std::net::TcpStream as StdTcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use lurk_e2e::raw_h2::{raw_h2, unfinished_request};
 use lurk_e2e::{CsProcess, DevSetup};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
-use tokio_rustls::TlsConnector;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A CS whose config has `[limits]` set to `limits`, with its descriptor limit set to
@@ -294,71 +292,6 @@ async fn out_of_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
             .engine_identity,
         "engine-other"
     );
-}
-
-/// An mTLS connection as `identity` speaking raw HTTP/2 (h2).
-async fn raw_h2(cs: &CsProcess, identity: &str) -> h2::client::SendRequest<Bytes> {
-    let tls = cs.tls_dir();
-    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &read("ca.pem")[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = rustls_pemfile::certs(&mut &read(&format!("{identity}.pem"))[..])
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut &read(&format!("{identity}.key"))[..])
-        .unwrap()
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&cs.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-/// Opens a CInitClientHello stream whose body (a gRPC frame declaring `declared` bytes,
-/// `sent` of them sent) never ends; returns the answer future and the open body.
-async fn unfinished_request(
-    h2c: h2::client::SendRequest<Bytes>,
-    declared: u32,
-    sent: usize,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    h2::client::ResponseFuture,
-    h2::SendStream<Bytes>,
-) {
-    let mut h2c = h2c.ready().await.unwrap();
-    let req = http::Request::post("https://localhost/lurk.tls13.v1.CryptoService/CInitClientHello")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (answer, mut body) = h2c.send_request(req, false).unwrap();
-    let mut prefix = vec![0u8];
-    prefix.extend_from_slice(&declared.to_be_bytes());
-    body.send_data(Bytes::from(prefix), false).unwrap();
-    const CHUNK: usize = 64 << 10;
-    let mut left = sent;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        body.send_data(Bytes::from(vec![0x16u8; n]), false).unwrap();
-        left -= n;
-    }
-    (h2c, answer, body)
 }
 
 /// One engine holds requests in flight over two connections (bodies never finished): past

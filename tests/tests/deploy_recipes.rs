@@ -3,7 +3,10 @@
 //! `scripts/install-deps.sh --test`) and keeps the CS read-only, unprivileged and without a secret
 //! in its environment; the example configuration parses with the CS's own types; the
 //! Containerfile builds the production binary and runs it as a non-root user; the systemd
-//! unit reloads with SIGHUP.
+//! unit reloads with SIGHUP. The Prometheus alerting rules pass `promtool check rules` and
+//! their own cases (`promtool test rules`: each alert fires on the series that should raise
+//! it, and only then); promtool comes from Debian's prometheus package
+//! (`scripts/install-deps.sh --test`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -119,4 +122,31 @@ fn the_systemd_unit_reloads_with_sighup() {
     assert!(text
         .lines()
         .any(|l| l.trim() == "ExecReload=/bin/kill -HUP $MAINPID"));
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_their_cases() {
+    let (rules, _) = repo_file("deploy/prometheus/lurk-cs-alerts.yml");
+    let dir = rules.parent().unwrap().to_path_buf();
+    for args in [
+        &["check", "rules", "lurk-cs-alerts.yml"][..],
+        &["test", "rules", "lurk-cs-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus package, scripts/install-deps.sh --test)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {}: {text}", args.join(" "));
+        assert!(
+            text.contains("SUCCESS"),
+            "promtool {}: {text}",
+            args.join(" ")
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lurk_e2e::sequence_c::{ed25519_leaf, ed25519_public_key, Handshake, ENGINE_RANDOM};
-use lurk_e2e::{CsProcess, DevSetup};
+use lurk_e2e::{p11_fault_shim, CsProcess, DevSetup};
 use lurk_proto::freshness::{client_random, FreshnessMode};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
@@ -24,23 +24,6 @@ use tonic_health::ServingStatus;
 
 const SERVICE: &str = "lurk.tls13.v1.CryptoService";
 
-/// `target/<profile>/liblurk_p11_fault_shim.so`, built by `cargo build --workspace` (or
-/// `-p lurk-p11-fault-shim`; scripts/test.sh does).
-fn shim() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let so = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("liblurk_p11_fault_shim.so");
-    assert!(
-        so.exists(),
-        "{} not found: run `cargo build -p lurk-p11-fault-shim` first (scripts/test.sh does)",
-        so.display()
-    );
-    so
-}
-
 struct Faulty {
     dev: DevSetup,
     cs: CsProcess,
@@ -52,7 +35,7 @@ impl Faulty {
         let dev = DevSetup::new();
         dev.edit_config(
             "module = \"/usr/lib/softhsm/libsofthsm2.so\"",
-            &format!("module = {:?}", shim().display().to_string()),
+            &format!("module = {:?}", p11_fault_shim().display().to_string()),
         );
         // The health probe runs often, so that the test sees it follow the token.
         dev.append_config("[health]\nprobe_interval_ms = 100\n");

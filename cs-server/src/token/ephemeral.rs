@@ -29,6 +29,7 @@ use super::der::{self, OID_P256, OID_P384, OID_X25519};
 use super::pool::PooledSession;
 use super::Token;
 use crate::error::TokenError;
+use crate::telemetry::TokenOp;
 
 const ROUTE_MONTGOMERY: u8 = 0;
 const ROUTE_EDWARDS: u8 = 1;
@@ -88,7 +89,7 @@ impl TokenEphemeral {
     /// Destroys the key pair now (what `Drop` does, with the error reported).
     pub fn destroy(mut self) -> Result<(), TokenError> {
         self.live = false;
-        let session = self.token.session()?;
+        let session = self.token.session_for(TokenOp::DESTROY)?;
         if !session.is_live(self.generation, self.creator) {
             // Gone with the session that created them.
             return Ok(());
@@ -102,7 +103,7 @@ impl Drop for TokenEphemeral {
         if !self.live {
             return;
         }
-        let result = self.token.session().and_then(|s| {
+        let result = self.token.session_for(TokenOp::DESTROY).and_then(|s| {
             if s.is_live(self.generation, self.creator) {
                 destroy_all(&s, &[self.private_handle, self.public_handle])
             } else {
@@ -196,7 +197,7 @@ impl Token {
     /// Generates an (EC)DHE key pair for `group` as session objects.
     pub fn generate_ephemeral(&self, group: NamedGroup) -> Result<TokenEphemeral, TokenError> {
         let p = params(group)?;
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::generate_key_pair(group))?;
         let (public_handle, private_handle) = match group {
             NamedGroup::X25519 => self.generate_x25519(&session)?,
             _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.oid)
@@ -274,7 +275,7 @@ impl Token {
         peer: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let result = self.derive_ephemeral_keep(&eph, peer);
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::DESTROY)?;
         // From here on this function destroys the objects, not Drop.
         eph.live = false;
         // Objects of a lost session died with it; their handles may name new objects now.
@@ -296,7 +297,7 @@ impl Token {
         peer: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let group = eph.group;
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::derive(group))?;
         if !session.is_live(eph.generation, eph.creator) {
             return Err(TokenError::Unavailable(
                 "the token session holding this (EC)DHE key pair was lost".into(),

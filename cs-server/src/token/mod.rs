@@ -51,7 +51,10 @@ pub use uri::KeyUri;
 pub(crate) use der::wrap_ec_point;
 pub(crate) use der::{OID_ED25519, OID_P256, OID_P384};
 
+pub use pool::PoolUsage;
 use pool::{PooledSession, SessionPool};
+
+use crate::telemetry::{TokenCall, TokenOp};
 
 /// A logged-in PKCS#11 token. Cheap to clone (an `Arc`); `Send + Sync`.
 #[derive(Clone)]
@@ -391,10 +394,22 @@ impl Token {
     /// A session of the pool for the caller's exclusive use until the guard drops. Never
     /// hold one while calling another `Token` method (the pool may be empty).
     pub(crate) fn session(&self) -> Result<PooledSession<'_>, TokenError> {
-        let asked = std::time::Instant::now();
-        let session = self.inner.pool.checkout();
-        crate::telemetry::token_session_wait(asked.elapsed());
-        session
+        self.session_for(TokenOp::OTHER)
+    }
+
+    /// [`session`](Self::session) for `op`: the one place token calls are measured (the
+    /// wait, the time held under `op`, the exchange's token time; `telemetry::TokenCall`).
+    pub(crate) fn session_for(&self, op: TokenOp) -> Result<PooledSession<'_>, TokenError> {
+        let mut call = TokenCall::start(op);
+        let mut session = self.inner.pool.checkout()?;
+        call.checked_out();
+        session.measured_by(call);
+        Ok(session)
+    }
+
+    /// The session pool now (for the metrics).
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.inner.pool.usage()
     }
 
     pub(crate) fn pkcs11(&self) -> &Pkcs11 {
@@ -426,7 +441,7 @@ impl Token {
     /// token that is down answers [`TokenError::Unavailable`] at once, or is re-initialised
     /// here when its backoff delay has passed, like an exchange would (token/pool.rs).
     pub fn probe(&self) -> Result<(), TokenError> {
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::PROBE)?;
         let info = session
             .get_session_info()
             .map_err(session.fail("C_GetSessionInfo"))?;

@@ -46,6 +46,7 @@ use cryptoki::slot::Slot;
 
 use crate::config::TokenConfig;
 use crate::error::TokenError;
+use crate::telemetry::TokenCall;
 
 /// How long a caller waits for a free session before giving up. Every checkout is held only
 /// for one or a few token calls, so reaching this means the token hangs (or a caller holds a
@@ -161,6 +162,20 @@ struct State {
     /// Set when the token refused the PIN: the PIN file's modification time then (None: no
     /// file). No login is tried again until it changes.
     pin_refused: Option<Option<SystemTime>>,
+    /// Callers waiting for a session.
+    waiting: usize,
+}
+
+/// The pool at one instant (for the metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Sessions the pool holds at most.
+    pub size: usize,
+    /// Sessions checked out or being opened.
+    pub in_use: usize,
+    pub idle: usize,
+    /// Callers waiting for a session.
+    pub waiting: usize,
 }
 
 pub(crate) struct SessionPool {
@@ -209,6 +224,7 @@ impl SessionPool {
                 recovering: false,
                 backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
                 pin_refused: None,
+                waiting: 0,
             }),
             returned: Condvar::new(),
         }
@@ -227,6 +243,17 @@ impl SessionPool {
     /// Whether the token is up (no known failure, or recovered since). Reads memory only.
     pub(crate) fn healthy(&self) -> bool {
         matches!(self.lock().health, Health::Up { .. })
+    }
+
+    /// Sessions in use, idle, and callers waiting.
+    pub(crate) fn usage(&self) -> PoolUsage {
+        let st = self.lock();
+        PoolUsage {
+            size: self.size,
+            in_use: st.open.saturating_sub(st.idle.len()),
+            idle: st.idle.len(),
+            waiting: st.waiting,
+        }
     }
 
     /// The current slot of the token (it may change when the module is re-initialised).
@@ -327,10 +354,12 @@ impl SessionPool {
                     self.size
                 )));
             }
-            let (st, _) = self
+            st.waiting += 1;
+            let (mut st, _) = self
                 .returned
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
             drop(st);
         }
     }
@@ -504,8 +533,8 @@ pub(crate) struct PooledSession<'a> {
     /// Session faults seen by the pool when this session was checked out (or verified).
     faults: u64,
     fault: Cell<Option<Fault>>,
-    /// When it was checked out (`lurk_cs_token_session_held_seconds`).
-    since: Instant,
+    /// Measures this checkout until the session goes back (token/mod.rs, `session_for`).
+    call: Option<TokenCall>,
 }
 
 /// When cached object handles were looked up: the module generation and the session
@@ -530,8 +559,13 @@ impl<'a> PooledSession<'a> {
             generation,
             faults,
             fault: Cell::new(None),
-            since: Instant::now(),
+            call: None,
         }
+    }
+
+    /// Measures this checkout with `call` until the session goes back.
+    pub(super) fn measured_by(&mut self, call: TokenCall) {
+        self.call = Some(call);
     }
 
     pub(crate) fn epoch(&self) -> HandleEpoch {
@@ -602,7 +636,6 @@ impl Deref for PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         HELD.set(HELD.get().saturating_sub(1));
-        crate::telemetry::token_session_held(self.since.elapsed());
         let Some(entry) = self.entry.take() else {
             return;
         };

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::pool::PooledSession;
 use super::{find_one, Token};
 use crate::error::TokenError;
+use crate::telemetry::TokenOp;
 
 const VERSION: u8 = 1;
 const IV_LEN: usize = 12;
@@ -110,7 +111,7 @@ impl Token {
             .fill(&mut iv)
             .map_err(|_| TokenError::Other("no randomness for the IV".to_owned()))?;
         let full_aad = versioned_aad(aad);
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::SEAL)?;
         let key = self.sealing_key(&session)?;
         let mut iv_param = iv;
         let params = GcmParams::new(&mut iv_param, &full_aad, ((TAG_LEN * 8) as u64).into())
@@ -135,7 +136,7 @@ impl Token {
         iv.copy_from_slice(&sealed[1..1 + IV_LEN]);
         let ct = &sealed[1 + IV_LEN..];
         let full_aad = versioned_aad(aad);
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::UNSEAL)?;
         let key = self.sealing_key(&session)?;
         let params = GcmParams::new(&mut iv, &full_aad, ((TAG_LEN * 8) as u64).into())
             .map_err(|e| TokenError::pkcs11("GcmParams", e))?;

@@ -24,6 +24,7 @@ use super::pool::{HandleEpoch, PooledSession};
 use super::uri::KeyUri;
 use super::{find_one, Token};
 use crate::error::TokenError;
+use crate::telemetry::TokenOp;
 
 /// The kind of a signing key, which fixes the schemes it can make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,7 +127,7 @@ impl Token {
         let uri = KeyUri::parse(object)?;
         self.check_uri_token(&uri, object)?;
         let key = {
-            let session = self.session()?;
+            let session = self.session_for(TokenOp::FIND)?;
             self.load_signing_key(&session, &uri, object)?
         };
         self.inner
@@ -345,7 +346,7 @@ impl Token {
                 key.label, key.token
             )));
         }
-        let session = self.session()?;
+        let session = self.session_for(TokenOp::sign(scheme))?;
         let handle = self.current_handle(&session, key)?;
         let sign = |mech: &Mechanism<'_>, data: &[u8]| {
             session

@@ -14,6 +14,8 @@
 //!   CKR_CRYPTOKI_NOT_INITIALIZED by itself until someone calls C_Initialize again.
 //!   Use it while the application is idle: C_Finalize is not safe concurrently with other
 //!   calls (PKCS#11 v2.40 §5.4).
+//! - `delay MS C_Fn C_Fn2 …`: those calls wait MS milliseconds, then go on as the other
+//!   lines say (a slow token).
 //!
 //! Lines starting with `#` are comments. Every injected failure is reported on stderr.
 //!
@@ -93,11 +95,18 @@ fn injected(function: &str) -> Option<CK_RV> {
     let path = std::env::var_os("LURK_P11_FAULT_FILE")?;
     let text = std::fs::read_to_string(path).ok()?;
     let mut fail = None;
+    let mut delay = 0u64;
     for line in text.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         match words.next() {
             None => {}
             Some(w) if w.starts_with('#') => {}
+            Some("delay") => {
+                let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                if words.any(|w| w == function) {
+                    delay = delay.max(ms);
+                }
+            }
             Some("finalize") => {
                 let tag = words.next().unwrap_or_default().to_owned();
                 let mut done = FINALIZED.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,6 +130,9 @@ fn injected(function: &str) -> Option<CK_RV> {
                 }
             }
         }
+    }
+    if delay > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(delay));
     }
     let (name, rv) = fail?;
     eprintln!("p11-fault-shim: {function} -> {name}");
