@@ -52,7 +52,7 @@ impl Drop for Proc {
 }
 
 /// Waits (at most 60 s) for a stdout line containing `marker`, then drains stdout.
-fn wait_for_line(child: &mut Child, marker: &'static str) -> Result<String, BoxError> {
+pub(crate) fn wait_for_line(child: &mut Child, marker: &'static str) -> Result<String, BoxError> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -296,12 +296,23 @@ pub fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
 /// One connection: TCP connect, handshake, GET, response read to EOF. Returns whether the
 /// handshake resumed and the LURK exchanges made.
 pub async fn get_once(client: &Client, port: u16) -> Result<(bool, Vec<&'static str>), BoxError> {
+    get_once_rt(client, port).await.map(|(r, e, _)| (r, e))
+}
+
+/// [`get_once`], also returning how many LURK exchanges the handshake waited for (those made
+/// before `connect` returned: the CS round trips on its critical path).
+pub async fn get_once_rt(
+    client: &Client,
+    port: u16,
+) -> Result<(bool, Vec<&'static str>, usize), BoxError> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
     let mut body = Vec::with_capacity(1024);
+    let mut critical = 0;
     let (resumed, exchanges) = match client {
         Client::Engine(c) => {
             let mut s = c.connect(tcp, "localhost", port).await?;
+            critical = s.summary().lurk_exchanges.len();
             s.write_all(REQUEST).await?;
             s.flush().await?;
             read_body(&mut s, &mut body).await;
@@ -323,7 +334,7 @@ pub async fn get_once(client: &Client, port: u16) -> Result<(bool, Vec<&'static 
     if body.len() < PAYLOAD_LEN || !body.ends_with(&payload()) {
         return Err(format!("short response ({} bytes)", body.len()).into());
     }
-    Ok((resumed, exchanges))
+    Ok((resumed, exchanges, critical))
 }
 
 /// Reads to EOF (a server that closes without close_notify after the body is tolerated).
@@ -356,10 +367,17 @@ pub struct Cell {
     pub cpu: CpuPer,
     pub resumed_share: f64,
     pub exchanges: Vec<&'static str>,
+    /// LURK exchanges made before the handshake completed (CS round trips it waited for).
+    pub critical: usize,
     /// (concurrency, connections per second, share resumed)
     pub throughput: Vec<(usize, f64)>,
     pub errors: usize,
 }
+
+/// What [`latency`] measured: latency, CPU per connection, share resumed, LURK exchanges of
+/// the last connection, failed connections, CS round trips on the critical path (the most
+/// seen).
+pub type LatencyFigures = (Lat, CpuPer, f64, Vec<&'static str>, usize, usize);
 
 /// Sequential connections (concurrency 1): latency and CPU per connection.
 pub async fn latency(
@@ -369,7 +387,7 @@ pub async fn latency(
     cs_pid: Option<u32>,
     n: usize,
     budget: Duration,
-) -> Result<(Lat, CpuPer, f64, Vec<&'static str>, usize), BoxError> {
+) -> Result<LatencyFigures, BoxError> {
     // Warm-up, and the first ticket for resumption.
     let (_, exchanges) = get_once(client, port).await?;
     for _ in 0..3 {
@@ -385,12 +403,14 @@ pub async fn latency(
     let mut errors = 0;
     let start = Instant::now();
     let mut last_exchanges = exchanges;
+    let mut critical = 0;
     for _ in 0..n {
         let t = Instant::now();
-        match get_once(client, port).await {
-            Ok((r, ex)) => {
+        match get_once_rt(client, port).await {
+            Ok((r, ex, crit)) => {
                 v.push(t.elapsed());
                 resumed += usize::from(r);
+                critical = critical.max(crit);
                 if !ex.is_empty() {
                     last_exchanges = ex;
                 }
@@ -416,7 +436,7 @@ pub async fn latency(
         server: sys::cpu_of(server_pid).saturating_sub(cpu0.2) / done,
     };
     let share = resumed as f64 / f64::from(done);
-    Ok((Lat::of(v), cpu, share, last_exchanges, errors))
+    Ok((Lat::of(v), cpu, share, last_exchanges, errors, critical))
 }
 
 /// `conc` concurrent connection loops for `dur` (each at most `max_each` connections):

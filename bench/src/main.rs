@@ -11,10 +11,13 @@
 //! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow.
 #![forbid(unsafe_code)]
 
+mod client_auth;
 mod cs_inproc;
 mod handshake;
+mod p11_signer;
 mod parse_cost;
 mod pg_scale;
+mod relay;
 mod report;
 mod rustls_server;
 mod svg;
@@ -75,6 +78,18 @@ enum Cmd {
         cert: PathBuf,
         #[arg(long)]
         key: PathBuf,
+        /// Require a client certificate, one of those in this PEM file.
+        #[arg(long)]
+        client_certs: Option<PathBuf>,
+    },
+    /// A TCP relay that delays every byte by half `rtt_ms` each way (a child process).
+    Relay {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        to: u16,
+        #[arg(long)]
+        rtt_ms: u64,
     },
     /// CPU time of the largest requests the parsing caps allow (markdown on stdout).
     ParseCost {
@@ -102,6 +117,13 @@ struct Params {
     tput_max_each: usize,
     s_time_secs: u32,
     servers: Vec<ServerKind>,
+    /// Client-auth rows: connections each, time budget each.
+    auth_n: usize,
+    auth_budget: Duration,
+    /// Delaying-relay rows: round trips, connections each, time budget each.
+    relay_rtts: Vec<Duration>,
+    relay_n: usize,
+    relay_budget: Duration,
 }
 
 impl Params {
@@ -124,6 +146,11 @@ impl Params {
                 tput_max_each: 50,
                 s_time_secs: 1,
                 servers: vec![ServerKind::Rustls],
+                auth_n: 10,
+                auth_budget: Duration::from_secs(1),
+                relay_rtts: vec![Duration::from_millis(10)],
+                relay_n: 3,
+                relay_budget: Duration::from_secs(1),
             }
         } else {
             Self {
@@ -143,6 +170,11 @@ impl Params {
                 tput_max_each: 100_000,
                 s_time_secs: 3,
                 servers: vec![ServerKind::Rustls, ServerKind::OpenSsl],
+                auth_n: 1_000,
+                auth_budget: Duration::from_secs(6),
+                relay_rtts: vec![Duration::from_millis(10), Duration::from_millis(50)],
+                relay_n: 40,
+                relay_budget: Duration::from_secs(8),
             }
         }
     }
@@ -151,7 +183,15 @@ impl Params {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Some(Cmd::RustlsServer { port, cert, key }) => rustls_server::run(*port, cert, key),
+        Some(Cmd::RustlsServer {
+            port,
+            cert,
+            key,
+            client_certs,
+        }) => rustls_server::run(*port, cert, key, client_certs.as_deref()),
+        Some(Cmd::Relay { port, to, rtt_ms }) => {
+            relay::run(*port, *to, Duration::from_millis(*rtt_ms))
+        }
         Some(Cmd::ParseCost { n }) => parse_cost::run(*n),
         None => run(&cli),
     };
@@ -170,7 +210,7 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     eprintln!("[lurk-bench] {what}");
 }
 
@@ -356,9 +396,72 @@ async fn handshake_phase(
         }
         drop(srv);
     }
+    users_rows(fx, p, r, &pki, (&url_memory, &url_token)).await;
+    let procs = client_auth::CsProcs {
+        memory: (&url_memory, cs_memory.pid()),
+        token: (&url_token, cs_token.pid()),
+    };
+    match client_auth::run(fx, &pki, &procs, p.auth_n, p.auth_budget, p.tput_dur).await {
+        Ok((md, notes)) => {
+            r.sections.push(md);
+            r.notes.extend(notes);
+        }
+        Err(e) => r.notes.push(format!("client authentication rows: {e}")),
+    }
     drop(cs_token);
     drop(cs_memory);
     Ok(())
+}
+
+/// The rustls server behind delaying relays (issue 10 item 5).
+async fn users_rows(
+    fx: &cs_inproc::Fixture,
+    p: &Params,
+    r: &mut Results,
+    pki: &handshake::Pki,
+    (url_memory, url_token): (&str, &str),
+) {
+    let result = async {
+        let (srv, port) = handshake::start_server(ServerKind::Rustls, pki)?;
+        let clients = |mode| -> Result<Vec<(String, Client, bool)>, BoxError> {
+            Ok(vec![
+                (
+                    "rustls client".into(),
+                    handshake::rustls_client(pki, mode)?,
+                    false,
+                ),
+                (
+                    "engine + CS (memory ephemerals)".into(),
+                    handshake::engine_client(&fx.dev, url_memory, pki, mode)?,
+                    true,
+                ),
+                (
+                    "engine + CS (token ephemerals)".into(),
+                    handshake::engine_client(&fx.dev, url_token, pki, mode)?,
+                    true,
+                ),
+            ])
+        };
+        let out = relay::measure(
+            port,
+            srv.pid(),
+            &p.relay_rtts,
+            clients,
+            p.relay_n,
+            p.relay_budget,
+        )
+        .await;
+        drop(srv);
+        out
+    }
+    .await;
+    match result {
+        Ok((md, notes)) => {
+            r.sections.push(md);
+            r.notes.extend(notes);
+        }
+        Err(e) => r.notes.push(format!("delaying-relay rows: {e}")),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -372,7 +475,7 @@ async fn run_cell(
     mode: Mode,
     p: &Params,
 ) -> Result<Cell, BoxError> {
-    let (lat, cpu, resumed_share, exchanges, mut errors) = handshake::latency(
+    let (lat, cpu, resumed_share, exchanges, mut errors, critical) = handshake::latency(
         client,
         port,
         server_pid,
@@ -396,6 +499,7 @@ async fn run_cell(
         cpu,
         resumed_share,
         exchanges,
+        critical,
         throughput,
         errors,
     })

@@ -24,6 +24,8 @@ pub struct Results {
     /// The PostgreSQL store and replica rows (issue 8).
     pub pg: Option<crate::pg_scale::Figures>,
     pub notes: Vec<String>,
+    /// Markdown sections of further benchmark modules, in order (each starts with `### `).
+    pub sections: Vec<String>,
     pub took: Duration,
 }
 
@@ -198,7 +200,7 @@ impl Results {
              this process). Ratios are to the rustls client against the same server in the same \
              mode. Resumed: each connection offers a ticket from an earlier one.\n\n",
         );
-        s.push_str("| server | client | mode | latency ms p50/p90/p99 | ×rustls p50 | conn/s @1 | @8 | @64 | @64/@1 | CPU ms client | CS | server | (client+CS) ×rustls | resumed | n | failed | LURK exchanges |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| server | client | mode | latency ms p50/p90/p99 | ×rustls p50 | conn/s @1 | @8 | @64 | @64/@1 | CPU ms client | CS | server | (client+CS) ×rustls | resumed | n | failed | LURK exchanges | CS round trips before the handshake ends |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &self.cells {
             let b = self.baseline(c.server, c.mode);
             let ratio = b.map_or("".into(), |b| {
@@ -216,7 +218,7 @@ impl Results {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {:.3} | {} | {:.0}% | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {:.3} | {} | {:.0}% | {} | {} | {} | {} |",
                 c.server.name(),
                 c.client,
                 c.mode.name(),
@@ -233,7 +235,8 @@ impl Results {
                 c.resumed_share * 100.0,
                 c.lat.n,
                 c.errors,
-                if c.exchanges.is_empty() { "—".into() } else { c.exchanges.join(", ") }
+                if c.exchanges.is_empty() { "—".into() } else { c.exchanges.join(", ") },
+                if c.client == RUSTLS { "—".into() } else { c.critical.to_string() }
             );
         }
         if !self.s_time.is_empty() {
@@ -306,6 +309,10 @@ impl Results {
         }
         if let Some(pg) = &self.pg {
             s.push_str(&pg.markdown());
+            s.push('\n');
+        }
+        for section in &self.sections {
+            s.push_str(section);
             s.push('\n');
         }
         if !self.notes.is_empty() {

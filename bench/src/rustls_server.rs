@@ -1,7 +1,8 @@
 //! The rustls TLS 1.3 server (`lurk-bench rustls-server`), run as a child process so that
 //! its CPU time is accounted apart from the clients'. It answers like `openssl s_server
 //! -WWW`: one `GET`, a short HTTP/1.0 response with the payload, close_notify, close. It sends
-//! two tickets after a full handshake, as OpenSSL does.
+//! two tickets after a full handshake, as OpenSSL does. With `--client-certs FILE` it requires
+//! a client certificate, one of the certificates in FILE, and checks its CertificateVerify.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,24 +13,44 @@ use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub fn run(port: u16, cert: &Path, key: &Path) -> Result<(), BoxError> {
+pub fn run(
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    client_certs: Option<&Path>,
+) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(port, cert, key))
+    rt.block_on(serve(port, cert, key, client_certs))
 }
 
-async fn serve(port: u16, cert: &Path, key: &Path) -> Result<(), BoxError> {
+async fn serve(
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    client_certs: Option<&Path>,
+) -> Result<(), BoxError> {
     let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
         .collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
         .ok_or("no private key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_certs {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pinned = rustls_pemfile::certs(&mut std::fs::read(path)?.as_slice())
+                .map(|c| c.map(|c| c.to_vec()))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_cert_verifier(Arc::new(crate::client_auth::PinnedClients::new(
+                pinned, &provider,
+            )))
+        }
+    };
+    let mut cfg = builder.with_single_cert(certs, key)?;
     cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
     cfg.send_tls13_tickets = 2;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
