@@ -1,43 +1,90 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing with AFL++ through cargo-afl (stable toolchain; FUZZING.md).
-# Builds fuzz/, writes the seed corpus, runs each target for SECONDS (default 5), then replays
-# every input kept in fuzz/regressions/TARGET/. Fails if a run found a crash or a regression
-# input fails. Needs a C compiler (cargo-afl builds AFL++ on install).
+# Coverage-guided fuzzing with AFL++ (stable toolchain; FUZZING.md).
+# Builds fuzz/ (the lurk crates instrumented, fuzz/rustc-afl.sh), writes the seed corpus,
+# runs each target under afl-fuzz for SECONDS (default 6, two targets at a time), then
+# replays every input kept in fuzz/regressions/TARGET/. Fails if a target crashed, hung, or
+# could not start, or if a regression input fails. Needs a C compiler and make (cargo-afl
+# builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out)
+#   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-secs=${1:-5}
+secs=${1:-6}
 shift || true
-command -v cargo-afl >/dev/null 2>&1 || cargo install cargo-afl --locked
+jobs=${FUZZ_JOBS:-2}
+out=${FUZZ_OUT:-$root/fuzz/out}
+
+command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl@0.18.2
+# The AFL++ runtime that cargo-afl built for this rustc (its own layout).
+ver=$(rustc -vV | sed -n 's/^release: //p')
+commit=$(rustc -vV | sed -n 's/^commit-hash: //p' | cut -c1-7)
+rt=$(ls "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-"$ver"-"$commit"/afl.rs-*/afl-llvm/afl-compiler-rt.o 2>/dev/null | tail -n 1 || true)
+if [ -z "$rt" ]; then
+  cargo afl config --build --force
+  rt=$(ls "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-"$ver"-"$commit"/afl.rs-*/afl-llvm/afl-compiler-rt.o | tail -n 1)
+fi
+
 cd "$root/fuzz"
-cargo afl build --release --locked
-bin=$PWD/target/release/lurk-fuzz
+# Its own profile directory (`fuzz`) in the usual target directory: nothing is shared with the
+# workspace's builds, but a kept target directory keeps the dependencies built.
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_dir" \
+  cargo build --profile fuzz --locked --quiet
+bin=$target_dir/fuzz/lurk-fuzz
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
-rm -rf seeds
-"$bin" seeds seeds
-# No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks (containers).
-export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
-failed=0
-for t in "${targets[@]}"; do
-  rm -rf "out/$t"
-  mkdir -p out
-  cargo afl fuzz -V "$secs" -i "seeds/$t" -o "out/$t" "$bin" "$t" >"out/$t.log" 2>&1 || {
-    echo "fuzz: $t: afl-fuzz failed, see fuzz/out/$t.log" >&2
-    failed=1
-    continue
+
+rm -rf "$out"
+mkdir -p "$out"
+# The CS set-up (a SoftHSM token, a SQLite store) of the seed run.
+LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
+
+# No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
+# (containers), quick calibration. A seed may take a while: the first input opens the token.
+# The map holds every edge of the lurk crates (~119k): AFL_MAP_SIZE must cover it.
+export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
+  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_STARTUP_CALIBRATION=1 AFL_MAP_SIZE=131072
+
+one() {
+  local t=$1
+  # Each target its own CS set-up: runs in parallel do not share a ticket store.
+  LURK_FUZZ_DIR="$out/$t.cs" cargo afl fuzz -V "$secs" -t 5000 -i "$out/seeds/$t" -o "$out/$t" \
+    "$bin" "$t" >"$out/$t.log" 2>&1 || {
+    echo "fuzz: $t: afl-fuzz failed, see $out/$t.log" >&2
+    return 1
   }
-  stats=out/$t/default/fuzzer_stats
+  local stats=$out/$t/default/fuzzer_stats
+  local execs cvg edges crashes hangs
   execs=$(sed -n 's/^execs_done *: //p' "$stats")
   cvg=$(sed -n 's/^bitmap_cvg *: //p' "$stats")
-  crashes=$(find "out/$t/default/crashes" -type f -name 'id:*' | wc -l)
-  echo "fuzz: $t: $execs executions, bitmap coverage $cvg, $crashes crashes"
-  if [ "$crashes" -gt 0 ]; then
-    echo "fuzz: $t: crashing inputs in fuzz/out/$t/default/crashes" >&2
-    failed=1
+  edges=$(sed -n 's/^edges_found *: //p' "$stats")
+  crashes=$(find "$out/$t/default/crashes" -type f -name 'id:*' | wc -l)
+  hangs=$(find "$out/$t/default/hangs" -type f -name 'id:*' | wc -l)
+  echo "fuzz: $t: $execs executions, $edges edges ($cvg), $crashes crashes, $hangs hangs"
+  if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
+    echo "fuzz: $t: inputs in $out/$t/default/crashes and hangs" >&2
+    return 1
   fi
+}
+
+failed=0
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || failed=1
+    running=$((running - 1))
+  fi
+  one "$t" &
+  running=$((running + 1))
 done
+while [ "$running" -gt 0 ]; do
+  wait -n || failed=1
+  running=$((running - 1))
+done
+
+# Every input kept as a regression, replayed (without instrumentation feedback: once).
 for d in regressions/*/; do
   [ -d "$d" ] || continue
-  "$bin" replay "$(basename "$d")" "$d"* >/dev/null
+  LURK_FUZZ_DIR="$out/regressions.cs" "$bin" replay "$(basename "$d")" "$d"* >/dev/null || failed=1
 done
 exit $failed

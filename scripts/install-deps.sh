@@ -8,7 +8,8 @@
 #                                       clusters), Go (tests/go_tls_server, stdlib only), Python
 #                                       venvs with tlslite-ng (tests/tlslite_server.py) and
 #                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit,
-#                                       promtool (Debian's prometheus package)
+#                                       promtool (Debian's prometheus package), make and a C
+#                                       compiler (AFL++, scripts/fuzz.sh)
 # Rust comes from rustup.
 set -euo pipefail
 test_deps=0
@@ -30,6 +31,9 @@ if [ "$test_deps" = 1 ]; then
   command -v go >/dev/null 2>&1 || need+=(golang-go)
   # prlimit: the transport-limit tests lower a running CS's descriptor limit.
   command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+  # cargo-afl builds AFL++ (scripts/fuzz.sh) with make and a C compiler.
+  command -v make >/dev/null 2>&1 || need+=(make)
+  command -v cc >/dev/null 2>&1 || need+=(gcc)
 fi
 # promtool (Debian's prometheus package, without its recommended node exporter): the tests
 # check the scraped metrics and deploy/prometheus/ (alerting rules and their cases).

@@ -1,229 +1,96 @@
-//! Coverage-guided fuzzing of what parses untrusted bytes, with AFL++ through cargo-afl on the
-//! stable toolchain (FUZZING.md):
+//! Coverage-guided fuzzing with AFL++ on the stable toolchain (FUZZING.md). One binary for
+//! every target:
 //!
-//! - `lurk-fuzz TARGET` — the fuzzed program (AFL++ feeds it on stdin); TARGET is one of
-//!   [`TARGETS`]: each wire view, the flight splitter, the engine's record deframer and its
-//!   handshake joiner;
-//! - `lurk-fuzz seeds DIR` — writes the seed corpus, `DIR/TARGET/*` (RFC 8448's messages,
-//!   records and handshake record payloads);
-//! - `lurk-fuzz replay TARGET FILE...` — runs inputs once (crashes kept as regressions);
-//! - `lurk-fuzz list` — the targets, one per line.
+//! - `lurk-fuzz TARGET` — the fuzzed program (AFL++ feeds it); TARGET is one of [`targets`]:
+//!   each wire view, the flight splitter, the deframer and the joiner (`wire`); the engine
+//!   connection in each state (`conn`); each CS operation (`csops`);
+//! - `lurk-fuzz seeds DIR` — writes the seed corpus, `DIR/TARGET/*`;
+//! - `lurk-fuzz replay TARGET FILE...` — runs inputs once;
+//! - `lurk-fuzz list` — the targets, one per line;
+//! - `lurk-fuzz setup DIR` — the CS set-up (init-dev; run by the targets themselves).
 //!
-//! Errors are expected; a panic (including an overflow, this profile checks them) is a bug.
-//! Where a view has an encoder, what parses must re-encode to the same bytes.
+//! Errors are expected; a panic (including an overflow: the lurk crates are built with
+//! overflow checks and debug assertions) or a broken invariant is a crash.
 #![forbid(unsafe_code)]
+
+mod conn;
+mod csops;
+mod fixture;
+mod scenario;
+mod seeds;
+mod server;
+mod wire;
 
 use std::path::Path;
 
-use lurk_engine::deframer::Deframer;
-use lurk_engine::joiner::HandshakeJoiner;
-use lurk_proto::wire::{
-    complete_client_hello, encode_certificate, encode_certificate_verify, encode_finished,
-    set_binders, split_handshake_messages, truncated_for_binders, Certificate, CertificateRequest,
-    CertificateVerify, ClientHello, EncryptedExtensions, EndOfEarlyData, Finished,
-    HandshakeMessage, HashAlg, KeyUpdate, NamedGroup, NewSessionTicket, ServerHello,
-};
-
-pub const TARGETS: &[&str] = &[
-    "client_hello",
-    "server_hello",
-    "encrypted_extensions",
-    "certificate_request",
-    "certificate",
-    "certificate_verify",
-    "finished",
-    "new_session_ticket",
-    "key_update",
-    "flight",
-    "deframer",
-    "joiner",
-];
-
-/// The ClientHello path of the Crypto Service: parse, fill the empty key shares and the
-/// random, recompute the binders' place, write binders. What it produces must parse.
-fn client_hello(data: &[u8]) {
-    let Ok(ch) = ClientHello::parse(data) else {
-        return;
-    };
-    let fills: Vec<(NamedGroup, Vec<u8>)> = ch
-        .placeholder_key_shares()
-        .iter()
-        .map(|e| (e.group, vec![0x42; e.group.public_key_len().unwrap_or(32)]))
-        .collect();
-    let _ = ch.ensure_complete();
-    if let Ok(mut done) = complete_client_hello(data, Some(&[0x11; 32]), &fills) {
-        let parsed = ClientHello::parse(&done).expect("a completed ClientHello parses");
-        parsed
-            .ensure_complete()
-            .expect("a completed ClientHello has no empty share");
-        if let Some(psk) = &parsed.pre_shared_key {
-            let binders: Vec<Vec<u8>> = psk
-                .binders
-                .iter()
-                .map(|b| vec![7; b.binder.len()])
-                .collect();
-            let truncated = truncated_for_binders(&done).expect("has binders").len();
-            assert_eq!(truncated, psk.binders_offset);
-            set_binders(&mut done, &binders).expect("same lengths");
-            ClientHello::parse(&done).expect("still parses with binders");
-        }
-    }
+/// Every target: the wire ones, then the connection and CS ones.
+pub fn targets() -> Vec<&'static str> {
+    let mut t = wire::TARGETS.to_vec();
+    t.extend([
+        "conn_server_hello",
+        "conn_server_flight",
+        "conn_established",
+    ]);
+    t.extend(seeds::OPS.iter().map(|(name, _)| *name));
+    t.push("cs_capabilities");
+    t
 }
 
-/// Every view on one message (what the flight target and the joiner produce).
-fn any_view(m: &HandshakeMessage<'_>) {
-    let _ = ClientHello::from_message(m);
-    let _ = ServerHello::from_message(m);
-    let _ = EncryptedExtensions::from_message(m);
-    let _ = CertificateRequest::from_message(m);
-    let _ = Certificate::from_message(m);
-    let _ = CertificateVerify::from_message(m);
-    let _ = NewSessionTicket::from_message(m);
-    let _ = KeyUpdate::from_message(m);
-    let _ = EndOfEarlyData::from_message(m);
-    let _ = Finished::from_message(m, HashAlg::Sha256);
-    let _ = Finished::from_message(m, HashAlg::Sha384);
+/// Whether the target uses the CS (its set-up must exist before the fuzz loop).
+fn needs_cs(target: &str) -> bool {
+    target.starts_with("conn_") || target.starts_with("cs_")
 }
 
 pub fn run(target: &str, data: &[u8]) {
     match target {
-        "client_hello" => client_hello(data),
-        "server_hello" => {
-            let _ = ServerHello::parse(data);
+        "conn_server_hello" => conn::server_hello(data),
+        "conn_server_flight" => conn::server_flight(data),
+        "conn_established" => conn::established(data),
+        "cs_capabilities" => csops::capabilities(data),
+        t if t.starts_with("cs_") => {
+            let op = seeds::OPS
+                .iter()
+                .find(|(name, _)| *name == t)
+                .map(|(_, op)| *op)
+                .unwrap_or_else(|| panic!("unknown target {t}"));
+            csops::run(op, data)
         }
-        "encrypted_extensions" => {
-            let _ = EncryptedExtensions::parse(data);
-        }
-        "certificate_request" => {
-            let _ = CertificateRequest::parse(data);
-        }
-        "certificate" => {
-            if let Ok(c) = Certificate::parse(data) {
-                if c.entries.iter().all(|e| e.extensions.is_empty()) {
-                    let chain = c.chain();
-                    assert_eq!(encode_certificate(c.context, &chain).unwrap(), data);
-                }
-            }
-        }
-        "certificate_verify" => {
-            if let Ok(cv) = CertificateVerify::parse(data) {
-                assert_eq!(
-                    encode_certificate_verify(cv.scheme, cv.signature).unwrap(),
-                    data
-                );
-            }
-        }
-        "finished" => {
-            for hash in [HashAlg::Sha256, HashAlg::Sha384] {
-                if let Ok(f) = Finished::parse(data, hash) {
-                    assert_eq!(encode_finished(f.verify_data).unwrap(), data);
-                }
-            }
-        }
-        "new_session_ticket" => {
-            let _ = NewSessionTicket::parse(data);
-        }
-        "key_update" => {
-            let _ = KeyUpdate::parse(data);
-            let _ = EndOfEarlyData::parse(data);
-        }
-        "flight" => {
-            if let Ok(messages) = split_handshake_messages(data) {
-                messages.iter().for_each(any_view);
-            }
-        }
-        "deframer" => {
-            let mut d = Deframer::new();
-            d.push(data);
-            while let Ok(Some(record)) = d.next_record() {
-                let _ = record.encode();
-            }
-        }
-        "joiner" => {
-            // The first byte sets the fragment size: messages split across records anyhow.
-            let Some((&size, rest)) = data.split_first() else {
-                return;
-            };
-            let mut j = HandshakeJoiner::new();
-            for fragment in rest.chunks(usize::from(size).max(1)) {
-                if j.push(fragment).is_err() {
-                    return;
-                }
-                while let Some(m) = j.next_message() {
-                    let parsed = HandshakeMessage::parse(&m.encoded);
-                    if let Ok(parsed) = parsed {
-                        any_view(&parsed);
-                    }
-                }
-            }
-        }
-        other => panic!("unknown target {other}"),
+        t => wire::run(t, data),
     }
-}
-
-/// The seed corpus: each RFC 8448 handshake message for the views, the flight target and
-/// the joiner; each record for the deframer.
-fn write_seeds(dir: &Path) -> std::io::Result<()> {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../testdata/rfc8448.json")).expect("json");
-    let mut messages = Vec::new();
-    let mut records = Vec::new();
-    for section in doc["sections"].as_object().expect("sections").values() {
-        let s = &section["summary"];
-        if let Some(m) = s["messages"].as_object() {
-            for v in m.values() {
-                if let Some(h) = v.as_str() {
-                    messages.push(hex::decode(h).expect("hex"));
-                }
-            }
-        }
-        if let Some(rs) = s["records"].as_array() {
-            for r in rs {
-                if let Some(h) = r["record"].as_str() {
-                    records.push(hex::decode(h).expect("hex"));
-                }
-            }
-        }
-    }
-    for target in TARGETS {
-        let d = dir.join(target);
-        std::fs::create_dir_all(&d)?;
-        let seeds: Vec<Vec<u8>> = match *target {
-            "deframer" => records.clone(),
-            "joiner" => messages.iter().map(|m| [&[5u8][..], m].concat()).collect(),
-            _ => messages.clone(),
-        };
-        for (i, s) in seeds.iter().enumerate() {
-            std::fs::write(d.join(format!("{i:03}")), s)?;
-        }
-    }
-    Ok(())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let all = targets();
     match args.get(1).map(String::as_str) {
-        Some("list") => TARGETS.iter().for_each(|t| println!("{t}")),
+        Some("list") => all.iter().for_each(|t| println!("{t}")),
+        Some("setup") if args.len() == 3 => fixture::setup(Path::new(&args[2])),
         Some("seeds") if args.len() == 3 => {
-            write_seeds(Path::new(&args[2])).expect("write the seeds");
+            let dir = Path::new(&args[2]);
+            wire::write_seeds(dir).expect("write the seeds");
+            seeds::write_seeds(dir).expect("write the seeds");
         }
-        Some("replay") if args.len() >= 3 && TARGETS.contains(&args[2].as_str()) => {
+        Some("replay") if args.len() >= 3 && all.contains(&args[2].as_str()) => {
             for f in &args[3..] {
                 let data = std::fs::read(f).expect("read an input");
                 run(&args[2], &data);
                 println!("{f}: ok");
             }
         }
-        Some(t) if TARGETS.contains(&t) => {
+        Some(t) if all.contains(&t) => {
             let target = t.to_owned();
+            if needs_cs(&target) {
+                // Before AFL++ forks: the set-up, made by a child process.
+                fixture::ensure_setup();
+            }
             afl::fuzz!(|data: &[u8]| {
                 run(&target, data);
             });
         }
         _ => {
             eprintln!(
-                "usage: lurk-fuzz TARGET | list | seeds DIR | replay TARGET FILE...\ntargets: {}",
-                TARGETS.join(" ")
+                "usage: lurk-fuzz TARGET | list | seeds DIR | replay TARGET FILE... | setup DIR\ntargets: {}",
+                all.join(" ")
             );
             std::process::exit(2);
         }

@@ -1,0 +1,208 @@
+//! An engine connection, the in-memory server and the in-process CS wired together: the
+//! driver every connection and CS target uses to reach a given state with valid traffic.
+
+use std::sync::Arc;
+
+use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral};
+use lurk_engine::cs_client::CsCall;
+use lurk_engine::verify::TrustAnchors;
+use lurk_engine::{ClientConnection, MemoryTicketStore};
+use lurk_proto::key_schedule::resumption_psk;
+use lurk_proto::wire::NamedGroup;
+
+use crate::fixture::{self, assert_no_secret, Fixture};
+use crate::server::{Identity, Opts, Res, Server};
+
+/// How a connection is set up (from the first byte of an input).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Setup {
+    /// The CS makes the ephemerals (sequence A); else the engine (sequences C/D).
+    pub cs_ephemeral: bool,
+    /// Middlebox compatibility (a random legacy_session_id, CCS records).
+    pub middlebox: bool,
+    /// The engine has a client key (CertificateRequest answered, post-handshake auth offered).
+    pub client_key: bool,
+    pub server: Opts,
+}
+
+impl Setup {
+    pub fn from_byte(b: u8) -> Self {
+        Self {
+            cs_ephemeral: b & 1 == 0,
+            middlebox: b & 2 != 0,
+            client_key: b & 4 != 0,
+            server: Opts {
+                hrr: b & 8 != 0,
+                cert_request: b & 16 != 0,
+                sha384: b & 32 != 0,
+            },
+        }
+    }
+
+    pub fn to_byte(self) -> u8 {
+        u8::from(!self.cs_ephemeral)
+            | u8::from(self.middlebox) << 1
+            | u8::from(self.client_key) << 2
+            | u8::from(self.server.hrr) << 3
+            | u8::from(self.server.cert_request) << 4
+            | u8::from(self.server.sha384) << 5
+    }
+}
+
+/// What a hook says about a CS call it saw.
+pub enum Flow {
+    /// Let the CS answer it.
+    Continue,
+    /// Stop the scenario here (the call is dropped).
+    Stop,
+}
+
+pub struct Scenario {
+    pub conn: ClientConnection,
+    pub srv: Server,
+    /// Answer the ClientHello with the whole valid flight (else only the ServerHello).
+    pub auto_flight: bool,
+    /// Every CS answer and engine output is checked against these, the server's secrets
+    /// and the PSKs of the tickets sent.
+    pub secrets: Vec<Vec<u8>>,
+    /// Nonces of the tickets sent (their PSKs are derived once r is known).
+    pub ticket_nonces: Vec<Vec<u8>>,
+    /// LURK exchanges the CS refused.
+    pub refused: Vec<&'static str>,
+}
+
+pub fn identity() -> Arc<Identity> {
+    static ID: std::sync::OnceLock<Arc<Identity>> = std::sync::OnceLock::new();
+    ID.get_or_init(Identity::new).clone()
+}
+
+fn config(fix: &Fixture, setup: Setup) -> Arc<ClientConfig> {
+    let id = identity();
+    Arc::new(ClientConfig {
+        trust_anchors: TrustAnchors::from_der(&[&id.ca]).expect("anchor"),
+        groups: vec![NamedGroup::X25519, NamedGroup::Secp256r1],
+        key_shares: 1,
+        ephemeral: if setup.cs_ephemeral {
+            Ephemeral::Cs
+        } else {
+            Ephemeral::Engine
+        },
+        client_key: setup.client_key.then(|| ClientKey {
+            key_id: "p256".into(),
+            certificate_chain: fix.p256_chain.clone(),
+            signature_schemes: Vec::new(),
+        }),
+        post_handshake_auth: setup.client_key,
+        ticket_store: Some(Arc::new(MemoryTicketStore::new(8))),
+        middlebox_compat: setup.middlebox,
+        ..ClientConfig::default()
+    })
+}
+
+impl Scenario {
+    pub fn new(fix: &Fixture, setup: Setup) -> Self {
+        let conn = ClientConnection::new(config(fix, setup), "localhost", 443, true)
+            .expect("a connection");
+        Self {
+            conn,
+            srv: Server::new(identity(), setup.server),
+            auto_flight: true,
+            secrets: fixture::fixed_secrets(),
+            ticket_nonces: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Every secret no CS answer and no engine output may hold.
+    pub fn all_secrets(&self) -> Vec<Vec<u8>> {
+        let mut s = self.secrets.clone();
+        if let Some(r) = &self.srv.r {
+            s.push(r.as_bytes().to_vec());
+            for n in &self.ticket_nonces {
+                s.push(
+                    resumption_psk(self.srv.hash(), r.as_bytes(), n)
+                        .as_bytes()
+                        .to_vec(),
+                );
+            }
+        }
+        s
+    }
+
+    /// Runs engine, server and CS until none has anything to do. `hook` sees each CS call
+    /// first. Err: the engine or the server failed (the engine's error is sticky).
+    pub fn pump(
+        &mut self,
+        fix: &Fixture,
+        hook: &mut dyn FnMut(&Fixture, &mut Self, &CsCall) -> Flow,
+    ) -> Res<()> {
+        loop {
+            let mut progressed = false;
+            if let Some(call) = self.conn.take_cs_call() {
+                progressed = true;
+                if let Flow::Stop = hook(fix, self, &call) {
+                    return Ok(());
+                }
+                let exchange = call.exchange();
+                let reply = match fixture::call(&fix.cs, fixture::ENGINE, call) {
+                    Ok((reply, encoded)) => {
+                        assert_no_secret(&encoded, &self.all_secrets(), exchange);
+                        Ok(reply)
+                    }
+                    Err(e) => {
+                        assert_no_secret(e.to_string().as_bytes(), &self.all_secrets(), exchange);
+                        self.refused.push(exchange);
+                        Err(fixture::as_engine_error(e))
+                    }
+                };
+                self.conn.cs_response(reply).map_err(|e| e.to_string())?;
+            }
+            let out = self.conn.take_tls();
+            if !out.is_empty() {
+                progressed = true;
+                assert_no_secret(&out, &self.all_secrets(), "engine output");
+                let before = self.srv.stage;
+                self.srv.read(&out)?;
+                if self.auto_flight
+                    && before == crate::server::Stage::ClientHello
+                    && self.srv.stage == crate::server::Stage::Flight
+                {
+                    self.srv.send_flight();
+                }
+            }
+            let sout = self.srv.take_out();
+            if !sout.is_empty() {
+                progressed = true;
+                self.conn.read_tls(&sout);
+                self.conn.process_new_packets().map_err(|e| e.to_string())?;
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `pump` without a hook.
+    pub fn run(&mut self, fix: &Fixture) -> Res<()> {
+        self.pump(fix, &mut |_, _, _| Flow::Continue)
+    }
+
+    /// A valid handshake to the established state; panics if it does not get there.
+    pub fn established(fix: &Fixture, setup: Setup) -> Self {
+        let mut s = Self::new(fix, setup);
+        s.run(fix).expect("a valid handshake");
+        assert!(
+            !s.conn.is_handshaking() && s.srv.stage == crate::server::Stage::Established,
+            "the valid handshake did not complete ({setup:?})"
+        );
+        s
+    }
+
+    /// Sends NewSessionTickets from the server (their PSKs join the secrets).
+    pub fn send_ticket(&mut self, nonce: &[u8], ticket: &[u8]) {
+        self.ticket_nonces.push(nonce.to_vec());
+        let nst = crate::server::new_session_ticket(3600, nonce, ticket, None);
+        self.srv
+            .send_record(lurk_proto::wire::ContentType::Handshake, &nst);
+    }
+}
