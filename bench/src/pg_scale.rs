@@ -115,7 +115,7 @@ pub async fn run(
         step(&format!("resumed handshakes, CS store: {name}"));
         let (cs, url) = start(dev, &env)?;
         let client = handshake::engine_client(dev, &url, &pki, Mode::Resumed)?;
-        let (lat, cpu, resumed_share, _, mut errors) = handshake::latency(
+        let (lat, cpu, resumed_share, _, mut errors, _) = handshake::latency(
             &client,
             port,
             srv.pid(),
