@@ -548,9 +548,13 @@ async fn token_operations_token_time_and_top_engines_follow_real_exchanges() {
         ]),
         "{text}"
     );
-    // Each held its session for some time.
+    // Each held its session for some time (figures only: SoftHSM, a debug CS).
     let held = token_ops(&text, "lurk_cs_token_operation_seconds_sum");
     assert!(held["{mechanism=\"ed25519\",operation=\"sign\"}"] > 0.0);
+    let calls = token_ops(&text, count);
+    for (op, s) in &held {
+        eprintln!("token {op}: {:.0} µs per call", s / calls[op] * 1e6);
+    }
     // One observation per exchange that ran; time in the token only where the token was
     // called, never more than the exchange's whole time.
     assert_eq!(
