@@ -9,8 +9,9 @@
 //! The token is measured in one place: every PKCS#11 session checkout (`Token::session_for`,
 //! token/mod.rs) carries a [`TokenCall`], which times the wait, the session's use by the
 //! operation it was taken for ([`TokenOp`]), and adds both to the time the running exchange
-//! spent in the token ([`token_time_of`]). Gauges of the session pool, the token's health,
-//! the open sessions of the top engines are read at scrape time.
+//! spent in the token ([`token_time_of`]). The gauges of the session pool, of the token's
+//! health and of the open sessions (in total and of the top engines) are read at scrape
+//! time.
 //!
 //! Every label value comes from a fixed set: the exchange names, the LURK status names
 //! (draft-mglt-lurk-tls13 §4, `docs/protocol.md`) and `success`, token operations,

@@ -548,9 +548,13 @@ async fn token_operations_token_time_and_top_engines_follow_real_exchanges() {
         ]),
         "{text}"
     );
-    // Each held its session for some time.
+    // Each held its session for some time (figures only: SoftHSM, a debug CS).
     let held = token_ops(&text, "lurk_cs_token_operation_seconds_sum");
     assert!(held["{mechanism=\"ed25519\",operation=\"sign\"}"] > 0.0);
+    let calls = token_ops(&text, count);
+    for (op, s) in &held {
+        eprintln!("token {op}: {:.0} µs per call", s / calls[op] * 1e6);
+    }
     // One observation per exchange that ran; time in the token only where the token was
     // called, never more than the exchange's whole time.
     assert_eq!(
@@ -837,4 +841,38 @@ async fn transport_connection_refusals_are_counted_by_reason_and_engine() {
     drop((quiet, refused));
     // The CS serves again.
     assert_eq!(identity(&cs, "engine2").await, "engine-other");
+}
+
+/// A peer that sends a request and never takes its answer (its HTTP/2 receive window is
+/// zero): the connection is closed once the answer is overdue, counted by reason and engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_never_taken_is_counted_when_its_connection_is_closed() {
+    let dev = DevSetup::new();
+    dev.append_config("[metrics]\naddr = \"127.0.0.1:0\"\n[limits]\nrequest_timeout_ms = 300\n");
+    let cs = dev.start();
+    let (h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .initial_connection_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls(&cs, "engine").await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::post("https://localhost/lurk.tls13.v1.CryptoService/Ping")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_answer, mut body) = h2c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let text = scrape_until(&cs, Duration::from_secs(10), |t| {
+        !series(t, "lurk_cs_transport_refusals_total").is_empty()
+    })
+    .await;
+    assert_eq!(
+        series(&text, "lurk_cs_transport_refusals_total"),
+        expect(&[("{engine=\"engine-dev\",reason=\"answer_overdue\"}", 1.0)]),
+        "{text}"
+    );
 }
