@@ -721,7 +721,9 @@ mod tests {
             password_file: None,
             tls_ca: None,
             pool_size: 4,
-            connect_timeout_ms: 2000,
+            // Also the wait for a free pooled connection: eight threads share four in
+            // `concurrent_puts`, and a loaded CI machine must not turn that into a failure.
+            connect_timeout_ms: 15_000,
         });
         c
     }
