@@ -6,7 +6,8 @@
 # could not start, or if a regression input fails. Needs a C compiler and make (cargo-afl
 # builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
-#   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out)
+#   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out),
+#   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0: faster to build, slower to run)
 #   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,8 +30,10 @@ cd "$root/fuzz"
 # Its own profile directory (`fuzz`) in the usual target directory: nothing is shared with the
 # workspace's builds, but a kept target directory keeps the dependencies built.
 target_dir=${CARGO_TARGET_DIR:-$root/target}
+# Dependencies unoptimised (the build is what CI pays for); FUZZ_DEPS_OPT_LEVEL=1 for long runs.
 RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_dir" \
-  cargo build --profile fuzz --locked --quiet
+  cargo build --profile fuzz --locked --quiet \
+  --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-0}"
 bin=$target_dir/fuzz/lurk-fuzz
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
 
