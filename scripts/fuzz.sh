@@ -44,9 +44,10 @@ LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
 
 # No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
 # (containers), quick calibration. A seed may take a while: the first input opens the token.
+# The seeds are calibrated (edges_found then counts their coverage too).
 # The map holds every edge of the lurk crates (~119k): AFL_MAP_SIZE must cover it.
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
-  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_STARTUP_CALIBRATION=1 AFL_MAP_SIZE=131072
+  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=131072
 
 one() {
   local t=$1
