@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral};
+use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk};
 use lurk_engine::cs_client::CsCall;
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::{ClientConnection, MemoryTicketStore};
 use lurk_proto::key_schedule::resumption_psk;
-use lurk_proto::wire::NamedGroup;
+use lurk_proto::wire::{HashAlg, NamedGroup};
 
 use crate::fixture::{self, assert_no_secret, Fixture};
 use crate::server::{Identity, Opts, Res, Server};
@@ -22,6 +22,8 @@ pub struct Setup {
     pub middlebox: bool,
     /// The engine has a client key (CertificateRequest answered, post-handshake auth offered).
     pub client_key: bool,
+    /// The engine offers the CS's external PSK (the server does not take it).
+    pub external_psk: bool,
     pub server: Opts,
 }
 
@@ -31,6 +33,7 @@ impl Setup {
             cs_ephemeral: b & 1 == 0,
             middlebox: b & 2 != 0,
             client_key: b & 4 != 0,
+            external_psk: b & 64 != 0,
             server: Opts {
                 hrr: b & 8 != 0,
                 cert_request: b & 16 != 0,
@@ -46,6 +49,7 @@ impl Setup {
             | u8::from(self.server.hrr) << 3
             | u8::from(self.server.cert_request) << 4
             | u8::from(self.server.sha384) << 5
+            | u8::from(self.external_psk) << 6
     }
 }
 
@@ -93,6 +97,10 @@ fn config(fix: &Fixture, setup: Setup) -> Arc<ClientConfig> {
             signature_schemes: Vec::new(),
         }),
         post_handshake_auth: setup.client_key,
+        external_psk: setup.external_psk.then(|| ExternalPsk {
+            identity: fixture::EXTERNAL_IDENTITY.to_vec(),
+            hash: HashAlg::Sha256,
+        }),
         ticket_store: Some(Arc::new(MemoryTicketStore::new(8))),
         middlebox_compat: setup.middlebox,
         ..ClientConfig::default()
