@@ -6,7 +6,8 @@
 # could not start, or if a regression input fails. Needs a C compiler and make (cargo-afl
 # builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
-#   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out)
+#   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out),
+#   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0: faster to build, slower to run)
 #   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,8 +30,10 @@ cd "$root/fuzz"
 # Its own profile directory (`fuzz`) in the usual target directory: nothing is shared with the
 # workspace's builds, but a kept target directory keeps the dependencies built.
 target_dir=${CARGO_TARGET_DIR:-$root/target}
+# Dependencies unoptimised (the build is what CI pays for); FUZZ_DEPS_OPT_LEVEL=1 for long runs.
 RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_dir" \
-  cargo build --profile fuzz --locked --quiet
+  cargo build --profile fuzz --locked --quiet \
+  --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-0}"
 bin=$target_dir/fuzz/lurk-fuzz
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
 
@@ -41,9 +44,10 @@ LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
 
 # No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
 # (containers), quick calibration. A seed may take a while: the first input opens the token.
+# The seeds are calibrated (edges_found then counts their coverage too).
 # The map holds every edge of the lurk crates (~119k): AFL_MAP_SIZE must cover it.
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
-  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_STARTUP_CALIBRATION=1 AFL_MAP_SIZE=131072
+  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=131072
 
 one() {
   local t=$1

@@ -25,3 +25,6 @@ cargo test --workspace --locked
 # The benchmark tool in its quick mode (seconds; figures not checked): it keeps working. The
 # binary the workspace build made (`cargo run -p` would rebuild with other features).
 "${CARGO_TARGET_DIR:-target}/debug/lurk-bench" --quick > /dev/null
+# Coverage-guided fuzzing (FUZZING.md): every target 6 s under AFL++, two at a time, then the
+# regression inputs; a crash, a hang or a target that cannot start fails.
+scripts/fuzz.sh

@@ -13,7 +13,7 @@
 //! r, a ticket's PSK or the external PSK; the connection completes a handshake only if the
 //! server signed a CertificateVerify and its Finished, and then the server checked the
 //! client's Finished; the application data the connection delivers is a prefix of what the
-//! server sent (all of it when no error).
+//! server sent before a close_notify (all of it when no error).
 
 use lurk_proto::wire::ContentType;
 
@@ -167,6 +167,7 @@ pub fn server_flight(data: &[u8]) {
                 s.srv.send_handshake(&cert);
             }
             tag::RAW => s.srv.out.extend_from_slice(c.body),
+            0 => continue,
             22 => s.srv.send_handshake(c.body),
             t => s.srv.send_record(ContentType::from(t), c.body),
         }
@@ -195,6 +196,7 @@ pub fn established(data: &[u8]) {
     let mut s = Scenario::established(&fix, Setup::from_byte(b));
     let mut sent = Vec::new();
     let mut failed = false;
+    let mut closed = false;
     for c in chunks(rest) {
         match c.tag {
             tag::SIGN_OR_KEY_UPDATE => s.srv.key_update(false),
@@ -205,11 +207,20 @@ pub fn established(data: &[u8]) {
                 s.srv.send_record(ContentType::Handshake, &cr);
             }
             tag::RAW => s.srv.out.extend_from_slice(c.body),
+            // An inner content type of 0 is padding: the receiver takes the payload's last
+            // non-zero byte as the type (RFC 8446 §5.4), so the chunk means nothing else.
+            0 => continue,
             23 => {
-                sent.extend_from_slice(c.body);
+                if !closed {
+                    sent.extend_from_slice(c.body);
+                }
                 s.srv.send_record(ContentType::ApplicationData, c.body);
             }
-            t => s.srv.send_record(ContentType::from(t), c.body),
+            t => {
+                // After close_notify, data is ignored (RFC 8446 §6.1).
+                closed |= t == 21 && c.body.len() == 2 && c.body[1] == 0;
+                s.srv.send_record(ContentType::from(t), c.body)
+            }
         }
         if !deliver(&mut s, &fix) {
             failed = true;

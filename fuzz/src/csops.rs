@@ -13,7 +13,7 @@
 
 use std::cell::Cell;
 
-use lurk_engine::cs_client::CsCall;
+use lurk_engine::cs_client::{CsCall, CsReply};
 use lurk_proto::pb;
 use prost::Message;
 
@@ -119,6 +119,8 @@ impl Op {
 enum Outcome {
     NotMade,
     Undecodable,
+    /// A c_init_client_hello offering PSKs was accepted: no follow-up check.
+    TookPsks,
     Refused,
     Accepted,
 }
@@ -155,11 +157,20 @@ pub fn run(op: Op, data: &[u8]) {
         };
         let secrets = s.all_secrets();
         match fixture::call(&fix.cs, fixture::ENGINE, fuzzed) {
-            Ok((_, encoded)) => {
+            Ok((reply, encoded)) => {
                 fixture::assert_no_secret(&encoded, &secrets, op.exchange());
+                s.check_reply(&reply);
                 outcome.set(Outcome::Accepted);
-                // A standalone exchange opened another session: the engine's goes on.
+                // A standalone exchange opened another session: the engine's goes on, unless
+                // this one offered PSKs (it may have taken the engine's ticket: used once).
+                let took_psks = matches!(&reply, CsReply::InitClientHello(r)
+                    if lurk_proto::wire::ClientHello::parse(&r.client_hello)
+                        .is_ok_and(|ch| ch.pre_shared_key.is_some()));
                 match op {
+                    Op::InitClientHello if took_psks => {
+                        outcome.set(Outcome::TookPsks);
+                        Flow::Stop
+                    }
                     Op::InitClientHello | Op::InitClientFinished => Flow::Continue,
                     _ => Flow::Stop,
                 }
@@ -182,7 +193,7 @@ pub fn run(op: Op, data: &[u8]) {
     }
     match outcome.get() {
         Outcome::NotMade => panic!("the engine did not make {} ({setup:?})", op.exchange()),
-        Outcome::Undecodable => return,
+        Outcome::Undecodable | Outcome::TookPsks => return,
         Outcome::Accepted if !matches!(op, Op::InitClientHello | Op::InitClientFinished) => return,
         _ => {}
     }

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral};
-use lurk_engine::cs_client::CsCall;
+use lurk_engine::config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk};
+use lurk_engine::cs_client::{CsCall, CsReply};
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::{ClientConnection, MemoryTicketStore};
-use lurk_proto::key_schedule::resumption_psk;
-use lurk_proto::wire::NamedGroup;
+use lurk_proto::key_schedule::{resumption_psk, verify_binder, KeyScheduleEarly, PskKind};
+use lurk_proto::wire::{truncated_for_binders, ClientHello, HashAlg, NamedGroup};
 
 use crate::fixture::{self, assert_no_secret, Fixture};
 use crate::server::{Identity, Opts, Res, Server};
@@ -22,6 +22,11 @@ pub struct Setup {
     pub middlebox: bool,
     /// The engine has a client key (CertificateRequest answered, post-handshake auth offered).
     pub client_key: bool,
+    /// The engine offers the CS's external PSK (the server does not take it).
+    pub external_psk: bool,
+    /// A first connection got a ticket (registered at the CS in sequence A): the connection
+    /// under test offers it (the server does not take it).
+    pub resume: bool,
     pub server: Opts,
 }
 
@@ -31,6 +36,8 @@ impl Setup {
             cs_ephemeral: b & 1 == 0,
             middlebox: b & 2 != 0,
             client_key: b & 4 != 0,
+            external_psk: b & 64 != 0,
+            resume: b & 128 != 0,
             server: Opts {
                 hrr: b & 8 != 0,
                 cert_request: b & 16 != 0,
@@ -46,6 +53,8 @@ impl Setup {
             | u8::from(self.server.hrr) << 3
             | u8::from(self.server.cert_request) << 4
             | u8::from(self.server.sha384) << 5
+            | u8::from(self.external_psk) << 6
+            | u8::from(self.resume) << 7
     }
 }
 
@@ -69,6 +78,10 @@ pub struct Scenario {
     pub ticket_nonces: Vec<Vec<u8>>,
     /// LURK exchanges the CS refused.
     pub refused: Vec<&'static str>,
+    /// The first connection's ticket (resume set-up): identity, hash, PSK; and how many CS
+    /// answers carried a ClientHello whose binder for it verifies (a ticket is used once).
+    pub ticket: Option<(Vec<u8>, HashAlg, Vec<u8>)>,
+    pub ticket_uses: usize,
 }
 
 pub fn identity() -> Arc<Identity> {
@@ -93,16 +106,22 @@ fn config(fix: &Fixture, setup: Setup) -> Arc<ClientConfig> {
             signature_schemes: Vec::new(),
         }),
         post_handshake_auth: setup.client_key,
+        external_psk: setup.external_psk.then(|| ExternalPsk {
+            identity: fixture::EXTERNAL_IDENTITY.to_vec(),
+            hash: HashAlg::Sha256,
+        }),
         ticket_store: Some(Arc::new(MemoryTicketStore::new(8))),
         middlebox_compat: setup.middlebox,
         ..ClientConfig::default()
     })
 }
 
+/// The resumption ticket of the resume set-up.
+pub const TICKET: &[u8] = b"lurk-fuzz resumption ticket";
+
 impl Scenario {
-    pub fn new(fix: &Fixture, setup: Setup) -> Self {
-        let conn = ClientConnection::new(config(fix, setup), "localhost", 443, true)
-            .expect("a connection");
+    fn with_config(config: Arc<ClientConfig>, setup: Setup) -> Self {
+        let conn = ClientConnection::new(config, "localhost", 443, true).expect("a connection");
         Self {
             conn,
             srv: Server::new(identity(), setup.server),
@@ -110,7 +129,68 @@ impl Scenario {
             secrets: fixture::fixed_secrets(),
             ticket_nonces: Vec::new(),
             refused: Vec::new(),
+            ticket: None,
+            ticket_uses: 0,
         }
+    }
+
+    pub fn new(fix: &Fixture, setup: Setup) -> Self {
+        let config = config(fix, setup);
+        if !setup.resume {
+            return Self::with_config(config, setup);
+        }
+        // A first connection, with the same configuration (ticket store), gets a ticket.
+        let plain = Setup {
+            resume: false,
+            ..setup
+        };
+        let mut first = Self::with_config(config.clone(), plain);
+        first.run(fix).expect("the first handshake");
+        assert!(
+            !first.conn.is_handshaking(),
+            "the first handshake completes"
+        );
+        first.send_ticket(&[0x7e; 4], TICKET);
+        let out = first.srv.take_out();
+        first.conn.read_tls(&out);
+        first.conn.process_new_packets().expect("the ticket");
+        first.run(fix).expect("the ticket registered");
+        let r = first.srv.r.as_ref().expect("r").as_bytes().to_vec();
+        let hash = first.srv.hash();
+        let psk = resumption_psk(hash, &r, &[0x7e; 4]).as_bytes().to_vec();
+        let mut s = Self::with_config(config, setup);
+        s.secrets.push(r);
+        s.secrets.push(psk.clone());
+        s.ticket = Some((TICKET.to_vec(), hash, psk));
+        s
+    }
+
+    /// Counts a CS answer whose ClientHello carries a valid binder for the first connection's
+    /// ticket: at most one may (RFC 8446 §C.4, docs/design.md: a ticket is used once).
+    pub fn check_reply(&mut self, reply: &CsReply) {
+        let (CsReply::InitClientHello(r), Some((identity, hash, psk))) = (reply, &self.ticket)
+        else {
+            return;
+        };
+        let Ok(ch) = ClientHello::parse(&r.client_hello) else {
+            return;
+        };
+        let Some(offered) = &ch.pre_shared_key else {
+            return;
+        };
+        let Ok(truncated) = truncated_for_binders(&r.client_hello) else {
+            return;
+        };
+        let binder_key = KeyScheduleEarly::new(*hash, Some(psk)).binder_key(PskKind::Resumption);
+        let th = hash.hash(truncated);
+        for (id, b) in offered.identities.iter().zip(&offered.binders) {
+            if id.identity == &identity[..]
+                && verify_binder(*hash, binder_key.as_bytes(), &th, b.binder)
+            {
+                self.ticket_uses += 1;
+            }
+        }
+        assert!(self.ticket_uses <= 1, "a ticket was used twice");
     }
 
     /// Every secret no CS answer and no engine output may hold.
@@ -147,6 +227,7 @@ impl Scenario {
                 let reply = match fixture::call(&fix.cs, fixture::ENGINE, call) {
                     Ok((reply, encoded)) => {
                         assert_no_secret(&encoded, &self.all_secrets(), exchange);
+                        self.check_reply(&reply);
                         Ok(reply)
                     }
                     Err(e) => {

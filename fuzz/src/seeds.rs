@@ -90,8 +90,9 @@ fn captured(op: Op, b: u8) -> Option<Vec<u8>> {
 }
 
 /// Set-up bytes worth a seed each: sequence A, D, middlebox, client key with a
-/// CertificateRequest, HelloRetryRequest, SHA-384.
-const SETUPS: [u8; 7] = [0, 1, 2, 4 | 16, 1 | 4 | 16, 8, 32];
+/// CertificateRequest, HelloRetryRequest, SHA-384, the external PSK offered, a ticket
+/// offered (sequences A and D).
+const SETUPS: [u8; 11] = [0, 1, 2, 4 | 16, 1 | 4 | 16, 8, 32, 64, 64 | 8, 128, 128 | 1];
 
 pub fn write_seeds(dir: &Path) -> std::io::Result<()> {
     // conn_server_hello: a ServerHello (x25519), a HelloRetryRequest (P-256).
