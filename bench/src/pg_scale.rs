@@ -5,7 +5,8 @@
 //! `lurk-cs serve` on the bench's init-dev set-up (memory ephemerals, so the store and the
 //! RPCs are what differ, not the token), the TLS server the bench's rustls server, and
 //! PostgreSQL a private cluster (`initdb` in a temp dir, its own port, stopped by PID; the
-//! e2e tests' `PgCluster`) with PostgreSQL's default durability (`fsync=on`).
+//! e2e tests' `PgCluster`) with PostgreSQL's default durability (`fsync=on`; off in
+//! `--quick`, which only checks that the rows run).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub struct ReplicaRow {
 }
 
 pub struct Figures {
+    pub fsync: bool,
     pub stores: Vec<StoreRow>,
     pub replicas: Vec<ReplicaRow>,
     pub replica_dur: Duration,
@@ -79,8 +81,17 @@ pub async fn run(
         .tempdir()?;
     let pki = Pki::new(dir.path(), workspace)?;
     let (srv, port) = handshake::start_server(ServerKind::Rustls, &pki)?;
-    step("PostgreSQL: a private cluster (initdb, fsync on)");
-    let pg = PgCluster::start_with_fsync();
+    // --quick checks that the rows run: no fsync (a shutdown checkpoint of seconds less).
+    let fsync = !quick;
+    step(&format!(
+        "PostgreSQL: a private cluster (initdb, fsync {})",
+        if fsync { "on" } else { "off" }
+    ));
+    let pg = if fsync {
+        PgCluster::start_with_fsync()
+    } else {
+        PgCluster::start()
+    };
     pg.create_db("bench_sync");
     pg.create_db("bench_async");
     // synchronous_commit off: a commit does not wait for its WAL flush, the durability of the
@@ -221,6 +232,7 @@ pub async fn run(
     drop(replicas);
     drop(srv);
     Ok(Some(Figures {
+        fsync,
         stores,
         replicas: rows,
         replica_dur,
@@ -250,14 +262,15 @@ fn median(v: &[f64]) -> f64 {
 impl Figures {
     pub fn markdown(&self) -> String {
         use std::fmt::Write;
-        let mut s = String::from(
+        let mut s = format!(
             "\n### PostgreSQL ticket store and CS replicas (issue 8)\n\n\
              Engine + `lurk-cs serve` (memory ephemerals) over loopback against the rustls \
-             server, as above; PostgreSQL is a private cluster on this machine (fsync on). \
+             server, as above; PostgreSQL is a private cluster on this machine (fsync {}). \
              Resumed: each connection offers a ticket of an earlier one, which the CS takes from \
              its store (one transaction: the row deleted, its tombstone written) and unseals; \
              the connection's new ticket is registered in the background (a second transaction).\n\n\
              | CS ticket store | resumed latency ms p50/p90/p99 | conn/s @1 | @8 | CS CPU ms per connection | resumed | n | failed |\n|---|---|---|---|---|---|---|---|\n",
+            if self.fsync { "on" } else { "off" }
         );
         for r in &self.stores {
             let tp = |c| {
