@@ -5,7 +5,8 @@
 //! `lurk-cs serve` on the bench's init-dev set-up (memory ephemerals, so the store and the
 //! RPCs are what differ, not the token), the TLS server the bench's rustls server, and
 //! PostgreSQL a private cluster (`initdb` in a temp dir, its own port, stopped by PID; the
-//! e2e tests' `PgCluster`) with PostgreSQL's default durability (`fsync=on`).
+//! e2e tests' `PgCluster`) with PostgreSQL's default durability (`fsync=on`; off in
+//! `--quick`, which only checks that the rows run).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,15 +43,22 @@ pub struct ReplicaRow {
     pub setup: &'static str,
     /// Connections per second of each round.
     pub rates: Vec<f64>,
-    /// CPU per connection: this process (the engine), all CS processes together.
+    /// CPU per connection: this process (the engine), all CS processes together, the
+    /// TLS server.
     pub engine_cpu: Duration,
     pub cs_cpu: Duration,
+    pub server_cpu: Duration,
+    /// Wall time of all rounds.
+    pub wall: Duration,
+    /// Cores the three kinds of process kept busy on average (CPU time / wall time).
+    pub busy: f64,
     /// Sessions each replica opened (the pool's count), all rounds.
     pub sessions: Vec<u64>,
     pub errors: usize,
 }
 
 pub struct Figures {
+    pub fsync: bool,
     pub stores: Vec<StoreRow>,
     pub replicas: Vec<ReplicaRow>,
     pub replica_dur: Duration,
@@ -79,8 +87,17 @@ pub async fn run(
         .tempdir()?;
     let pki = Pki::new(dir.path(), workspace)?;
     let (srv, port) = handshake::start_server(ServerKind::Rustls, &pki)?;
-    step("PostgreSQL: a private cluster (initdb, fsync on)");
-    let pg = PgCluster::start_with_fsync();
+    // --quick checks that the rows run: no fsync (a shutdown checkpoint of seconds less).
+    let fsync = !quick;
+    step(&format!(
+        "PostgreSQL: a private cluster (initdb, fsync {})",
+        if fsync { "on" } else { "off" }
+    ));
+    let pg = if fsync {
+        PgCluster::start_with_fsync()
+    } else {
+        PgCluster::start()
+    };
     pg.create_db("bench_sync");
     pg.create_db("bench_async");
     // synchronous_commit off: a commit does not wait for its WAL flush, the durability of the
@@ -171,6 +188,9 @@ pub async fn run(
             rates: Vec::new(),
             engine_cpu: Duration::ZERO,
             cs_cpu: Duration::ZERO,
+            server_cpu: Duration::ZERO,
+            wall: Duration::ZERO,
+            busy: 0.0,
             sessions: Vec::new(),
             errors: 0,
         })
@@ -192,6 +212,7 @@ pub async fn run(
             ));
             let engine0 = sys::cpu_self();
             let cs0: Duration = pids.iter().map(|p| sys::cpu_of(*p)).sum();
+            let server0 = sys::cpu_of(srv.pid());
             let t = Instant::now();
             let (rate, failed) = handshake::throughput(
                 client,
@@ -205,14 +226,19 @@ pub async fn run(
             rows[i].engine_cpu += sys::cpu_self().saturating_sub(engine0);
             let cs1: Duration = pids.iter().map(|p| sys::cpu_of(*p)).sum();
             rows[i].cs_cpu += cs1.saturating_sub(cs0);
+            rows[i].server_cpu += sys::cpu_of(srv.pid()).saturating_sub(server0);
+            rows[i].wall += t.elapsed();
             rows[i].rates.push(rate);
             rows[i].errors += failed;
             done[i] += n.max(1);
         }
     }
     for (i, row) in rows.iter_mut().enumerate() {
+        row.busy = (row.engine_cpu + row.cs_cpu + row.server_cpu).as_secs_f64()
+            / row.wall.as_secs_f64().max(1e-9);
         row.engine_cpu /= done[i] as u32;
         row.cs_cpu /= done[i] as u32;
+        row.server_cpu /= done[i] as u32;
         if let Some(pool) = setups[i].2 {
             row.sessions = pool.replicas().iter().map(|r| r.sessions).collect();
         }
@@ -221,6 +247,7 @@ pub async fn run(
     drop(replicas);
     drop(srv);
     Ok(Some(Figures {
+        fsync,
         stores,
         replicas: rows,
         replica_dur,
@@ -250,14 +277,15 @@ fn median(v: &[f64]) -> f64 {
 impl Figures {
     pub fn markdown(&self) -> String {
         use std::fmt::Write;
-        let mut s = String::from(
+        let mut s = format!(
             "\n### PostgreSQL ticket store and CS replicas (issue 8)\n\n\
              Engine + `lurk-cs serve` (memory ephemerals) over loopback against the rustls \
-             server, as above; PostgreSQL is a private cluster on this machine (fsync on). \
+             server, as above; PostgreSQL is a private cluster on this machine (fsync {}). \
              Resumed: each connection offers a ticket of an earlier one, which the CS takes from \
              its store (one transaction: the row deleted, its tombstone written) and unseals; \
              the connection's new ticket is registered in the background (a second transaction).\n\n\
              | CS ticket store | resumed latency ms p50/p90/p99 | conn/s @1 | @8 | CS CPU ms per connection | resumed | n | failed |\n|---|---|---|---|---|---|---|---|\n",
+            if self.fsync { "on" } else { "off" }
         );
         for r in &self.stores {
             let tp = |c| {
@@ -286,20 +314,24 @@ impl Figures {
             "\nFull handshakes, {REPLICA_CONCURRENCY} concurrent connections for {:.1} s per \
              round, rounds interleaved; the replicas are three `lurk-cs serve` on one token and \
              one PostgreSQL database (synchronous_commit=on), all on the same cores as the engine \
-             and the server. CPU per connection summed over the CS processes.\n\n\
-             | how the engine reaches the CS | conn/s (median) | rounds | engine CPU ms | CS CPU ms | sessions per replica | failed |\n|---|---|---|---|---|---|---|\n",
+             and the server. CPU per connection summed over the CS processes; cores busy = CPU \
+             time of engine + CS + server over wall time (PostgreSQL is not touched by full \
+             handshakes).\n\n\
+             | how the engine reaches the CS | conn/s (median) | rounds | CPU ms engine | CS | server | cores busy | sessions per replica | failed |\n|---|---|---|---|---|---|---|---|---|\n",
             self.replica_dur.as_secs_f64()
         );
         for r in &self.replicas {
             let rounds: Vec<String> = r.rates.iter().map(|x| format!("{x:.0}")).collect();
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {} | {:.3} | {:.3} | {} | {} |",
+                "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} |",
                 r.setup,
                 median(&r.rates),
                 rounds.join(", "),
                 ms(r.engine_cpu),
                 ms(r.cs_cpu),
+                ms(r.server_cpu),
+                r.busy,
                 if r.sessions.is_empty() {
                     "—".into()
                 } else {

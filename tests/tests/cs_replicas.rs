@@ -367,10 +367,12 @@ fn sigkill_under_load_loses_no_acknowledged_ticket() {
         tickets.len(),
         in_store.len()
     );
-    // One ticket per handshake; those whose registration was out on the victim are lost.
+    // One ticket per handshake, but for those whose registration was out on the victim when
+    // it died (a few): at least half of them, whatever the timing.
+    let ok = run.records.len() - failed;
     assert!(
-        tickets.len() >= 40,
-        "only {} tickets acknowledged",
+        tickets.len() * 2 >= ok,
+        "{} tickets acknowledged for {ok} handshakes",
         tickets.len()
     );
     for t in &tickets {
