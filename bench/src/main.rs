@@ -7,13 +7,15 @@
 //! - `lurk-bench --quick` — seconds; prints the markdown, writes only where `--out` says;
 //! - `lurk-bench --only cs|handshakes` — one half;
 //! - `lurk-bench rustls-server --port P --cert C --key K` — the rustls server it starts;
-//! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow.
+//! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow;
+//! - `lurk-bench rtt` — the CS round trips on a connection's critical path (src/rtt.rs).
 #![forbid(unsafe_code)]
 
 mod cs_inproc;
 mod handshake;
 mod parse_cost;
 mod report;
+mod rtt;
 mod rustls_server;
 mod svg;
 mod sys;
@@ -76,6 +78,13 @@ enum Cmd {
     ParseCost {
         /// Timed calls per request.
         #[arg(long, default_value_t = 300)]
+        n: usize,
+    },
+    /// Sequential connections through the engine + CS: critical-path round trips (markdown on
+    /// stdout).
+    Rtt {
+        /// Timed connections per row.
+        #[arg(long, default_value_t = 500)]
         n: usize,
     },
 }
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Cmd::RustlsServer { port, cert, key }) => rustls_server::run(*port, cert, key),
         Some(Cmd::ParseCost { n }) => parse_cost::run(*n),
+        Some(Cmd::Rtt { n }) => rtt::run(*n),
         None => run(&cli),
     };
     match result {
