@@ -8,7 +8,8 @@
 //! - `lurk-bench --only cs|handshakes|pg` — one part (`pg`: the PostgreSQL store and
 //!   replica rows, issue 8);
 //! - `lurk-bench rustls-server --port P --cert C --key K` — the rustls server it starts;
-//! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow.
+//! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow;
+//! - `lurk-bench rtt` — the CS round trips on a connection's critical path (src/rtt.rs).
 #![forbid(unsafe_code)]
 
 mod client_auth;
@@ -19,6 +20,7 @@ mod parse_cost;
 mod pg_scale;
 mod relay;
 mod report;
+mod rtt;
 mod rustls_server;
 mod svg;
 mod sys;
@@ -95,6 +97,13 @@ enum Cmd {
     ParseCost {
         /// Timed calls per request.
         #[arg(long, default_value_t = 300)]
+        n: usize,
+    },
+    /// Sequential connections through the engine + CS: critical-path round trips (markdown on
+    /// stdout).
+    Rtt {
+        /// Timed connections per row.
+        #[arg(long, default_value_t = 500)]
         n: usize,
     },
 }
@@ -193,6 +202,7 @@ fn main() -> ExitCode {
             relay::run(*port, *to, Duration::from_millis(*rtt_ms))
         }
         Some(Cmd::ParseCost { n }) => parse_cost::run(*n),
+        Some(Cmd::Rtt { n }) => rtt::run(*n),
         None => run(&cli),
     };
     match result {

@@ -8,10 +8,11 @@
 //!   strips the padding and returns the real content type.
 //! - [`encode_plaintext`] frames unprotected records (ClientHello, before any key).
 //!
-//! Per RFC 8446 §5.3 the nonce is the 12-byte IV XOR the 64-bit sequence number (big-endian,
-//! left-padded with zeros); the sequence number belongs to one key: a new key means a new
-//! object (or [`RecordEncrypter::rekey`]) starting at 0. A sequence number is never allowed to
-//! wrap. The AAD is the 5-byte record header (§5.2).
+//! The AEAD itself (nonce = IV XOR sequence number, AAD = the record header, the inner
+//! plaintext's padding, RFC 8446 §5.2-§5.4) lives in `lurk_proto::record`, which the CS uses
+//! too; here are the sequence numbers (one per key: a new key means a new object, or
+//! [`RecordEncrypter::rekey`], starting at 0, never allowed to wrap), the size limits and the
+//! fragmenting.
 //!
 //! Keys come in as raw bytes ([`RecordKeys`]); HKDF-Expand-Label "key"/"iv" is done by the key
 //! schedule. Key copies held here are zeroized on drop; the expanded AES/ChaCha key schedule
@@ -19,31 +20,24 @@
 
 use std::fmt;
 
-use ring::aead;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use lurk_proto::record::{self as protection, RecordError, RecordKey};
 use lurk_proto::wire::enums::{CipherSuite, ContentType};
 
 use crate::deframer::OpaqueRecord;
 use crate::error::{Error, InvalidMessage, PeerMisbehaved};
 
-/// Maximum length of a record's content (TLSPlaintext.length, RFC 8446 §5.1): 2^14.
-pub const MAX_FRAGMENT_LEN: usize = 1 << 14;
-/// Maximum length of a protected record's body (TLSCiphertext.length, §5.2): 2^14 + 256.
-pub const MAX_CIPHERTEXT_LEN: usize = MAX_FRAGMENT_LEN + 256;
-/// Maximum length of a decrypted TLSInnerPlaintext (content, type and padding, §5.4): 2^14 + 1.
-pub const MAX_INNER_PLAINTEXT_LEN: usize = MAX_FRAGMENT_LEN + 1;
-/// Length of a record header.
-pub const HEADER_LEN: usize = 5;
-/// legacy_record_version of every protected record and of plaintext records after the first
-/// ClientHello (RFC 8446 §5.1).
-pub const LEGACY_RECORD_VERSION: u16 = 0x0303;
+pub use lurk_proto::record::{
+    HEADER_LEN, LEGACY_RECORD_VERSION, MAX_CIPHERTEXT_LEN, MAX_FRAGMENT_LEN,
+    MAX_INNER_PLAINTEXT_LEN,
+};
 /// Smallest record_size_limit a peer may send (RFC 8449 §4).
 pub const MIN_RECORD_SIZE_LIMIT: u16 = 64;
 
-/// Tag length of the three AEADs of TLS 1.3 we implement.
-const TAG_LEN: usize = 16;
-const NONCE_LEN: usize = aead::NONCE_LEN;
+use lurk_proto::record::{protected_header, NONCE_LEN, TAG_LEN};
+#[cfg(test)]
+use ring::aead;
 
 /// Raw traffic key and IV for one direction (output of HKDF-Expand-Label "key" / "iv").
 ///
@@ -65,19 +59,28 @@ impl RecordKeys {
         Self { suite, key, iv }
     }
 
+    /// ring's key, for the tests that seal records by hand.
+    #[cfg(test)]
     fn less_safe_key(&self) -> Result<aead::LessSafeKey, Error> {
-        let alg = aead_algorithm(self.suite)?;
-        if self.key.len() != alg.key_len() {
-            return Err(Error::general(format!(
-                "{} needs a {}-byte key, got {}",
-                self.suite.name(),
-                alg.key_len(),
-                self.key.len()
-            )));
-        }
+        let alg =
+            protection::aead_algorithm(self.suite).map_err(|e| Error::general(e.to_string()))?;
         let key = aead::UnboundKey::new(alg, &self.key)
             .map_err(|_| Error::general("ring refused the record key"))?;
         Ok(aead::LessSafeKey::new(key))
+    }
+
+    fn record_key(&self) -> Result<RecordKey, Error> {
+        RecordKey::new(self.suite, &self.key, self.iv).map_err(|e| match e {
+            RecordError::BadKey => {
+                let need = protection::aead_algorithm(self.suite).map_or(0, |a| a.key_len());
+                Error::general(format!(
+                    "{} needs a {need}-byte key, got {}",
+                    self.suite.name(),
+                    self.key.len()
+                ))
+            }
+            other => Error::general(other.to_string()),
+        })
     }
 }
 
@@ -89,33 +92,10 @@ impl fmt::Debug for RecordKeys {
     }
 }
 
-fn aead_algorithm(suite: CipherSuite) -> Result<&'static aead::Algorithm, Error> {
-    match suite {
-        CipherSuite::TlsAes128GcmSha256 => Ok(&aead::AES_128_GCM),
-        CipherSuite::TlsAes256GcmSha384 => Ok(&aead::AES_256_GCM),
-        CipherSuite::TlsChacha20Poly1305Sha256 => Ok(&aead::CHACHA20_POLY1305),
-        other => Err(Error::general(format!(
-            "cipher suite {} ({:#06x}) is not implemented",
-            other.name(),
-            other.get()
-        ))),
-    }
-}
-
-/// RFC 8446 §5.3: the IV XOR the sequence number, big-endian, left-padded to the IV length.
+/// RFC 8446 §5.3 (the rule lives in `lurk_proto::record`).
+#[cfg(test)]
 pub(crate) fn make_nonce(iv: &[u8; NONCE_LEN], seq: u64) -> [u8; NONCE_LEN] {
-    let mut nonce = *iv;
-    for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
-        *n ^= s;
-    }
-    nonce
-}
-
-/// The record header for a protected record whose body is `len` bytes.
-fn protected_header(len: usize) -> [u8; HEADER_LEN] {
-    let [hi, lo] = (len as u16).to_be_bytes();
-    let [v1, v2] = LEGACY_RECORD_VERSION.to_be_bytes();
-    [ContentType::ApplicationData.get(), v1, v2, hi, lo]
+    protection::make_nonce(iv, seq)
 }
 
 /// Converts a record_size_limit (RFC 8449; in TLS 1.3 it counts the inner content type and
@@ -171,8 +151,7 @@ impl fmt::Debug for PlainMessage {
 /// Protects outgoing records under one traffic key.
 pub struct RecordEncrypter {
     suite: CipherSuite,
-    key: aead::LessSafeKey,
-    iv: Zeroizing<[u8; NONCE_LEN]>,
+    key: RecordKey,
     seq: u64,
     /// Maximum TLSInnerPlaintext (content + type + padding): 2^14 + 1, or the peer's
     /// record_size_limit.
@@ -185,8 +164,7 @@ impl RecordEncrypter {
     pub fn new(keys: &RecordKeys) -> Result<Self, Error> {
         Ok(Self {
             suite: keys.suite,
-            key: keys.less_safe_key()?,
-            iv: Zeroizing::new(keys.iv),
+            key: keys.record_key()?,
             seq: 0,
             max_inner: MAX_INNER_PLAINTEXT_LEN,
             padding: Padding::None,
@@ -343,19 +321,11 @@ impl RecordEncrypter {
         out.push(typ.get());
         out.resize(out.len() + pad, 0);
 
-        let nonce = aead::Nonce::assume_unique_for_key(make_nonce(&self.iv, seq));
-        match self.key.seal_in_place_separate_tag(
-            nonce,
-            aead::Aad::from(header),
-            &mut out[start + HEADER_LEN..],
-        ) {
-            Ok(tag) => {
-                out.extend_from_slice(tag.as_ref());
-                Ok(())
-            }
-            Err(_) => {
+        match self.key.seal(seq, out, start) {
+            Ok(()) => Ok(()),
+            Err(e) => {
                 out.truncate(start);
-                Err(Error::general("AEAD seal failed"))
+                Err(Error::general(e.to_string()))
             }
         }
     }
@@ -375,8 +345,7 @@ impl fmt::Debug for RecordEncrypter {
 /// Opens incoming protected records under one traffic key.
 pub struct RecordDecrypter {
     suite: CipherSuite,
-    key: aead::LessSafeKey,
-    iv: Zeroizing<[u8; NONCE_LEN]>,
+    key: RecordKey,
     seq: u64,
     /// Maximum TLSInnerPlaintext accepted: 2^14 + 1, or the record_size_limit we advertised.
     max_inner: usize,
@@ -391,8 +360,7 @@ impl RecordDecrypter {
     pub fn new(keys: &RecordKeys) -> Result<Self, Error> {
         Ok(Self {
             suite: keys.suite,
-            key: keys.less_safe_key()?,
-            iv: Zeroizing::new(keys.iv),
+            key: keys.record_key()?,
             seq: 0,
             max_inner: MAX_INNER_PLAINTEXT_LEN,
             largest_inner: 0,
@@ -462,26 +430,19 @@ impl RecordDecrypter {
         }
         let header = record.header();
         let mut payload = record.payload;
-        let nonce = aead::Nonce::assume_unique_for_key(make_nonce(&self.iv, self.seq));
-        let inner_len = self
-            .key
-            .open_in_place(nonce, aead::Aad::from(header), &mut payload)
-            .map_err(|_| Error::DecryptError)?
-            .len();
+        self.key
+            .open(self.seq, header, &mut payload)
+            .map_err(|_| Error::DecryptError)?;
         self.seq += 1;
-        payload.truncate(inner_len);
+        let inner_len = payload.len();
 
         if inner_len > self.max_inner {
             return Err(Error::RecordOverflow);
         }
         self.largest_inner = self.largest_inner.max(inner_len);
         // Strip the zero padding: the content type is the last non-zero byte (§5.4).
-        let type_at = payload
-            .iter()
-            .rposition(|b| *b != 0)
-            .ok_or(PeerMisbehaved::IllegalTlsInnerPlaintext)?;
-        let typ = ContentType::from(payload[type_at]);
-        payload.truncate(type_at);
+        let typ = protection::strip_inner_plaintext(&mut payload)
+            .map_err(|_| PeerMisbehaved::IllegalTlsInnerPlaintext)?;
         match typ {
             ContentType::Handshake | ContentType::Alert | ContentType::ApplicationData => {
                 Ok(PlainMessage { typ, payload })

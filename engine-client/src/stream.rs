@@ -11,9 +11,10 @@
 //! what is left of the CS work (the registration in flight, the remaining tickets and the
 //! session close, in one last call) goes to a background task
 //! ([`ClientConnection::detach_cs`]): EOF and shutdown do not wait for the CS. The tickets
-//! reach the store once the CS accepted them; [`Connector::connect`] waits for that work
-//! when the store has no ticket for the server, and [`Connector::wait_for_cs`] waits for all
-//! of it (before the process exits).
+//! reach the store once the CS accepted them; [`Connector::connect`] waits for a registration
+//! that carries tickets for the same server when the caller resumes and the store has no
+//! ticket for it (never for a call that only closes a session), and
+//! [`Connector::wait_for_cs`] waits for all of it (before the process exits).
 //!
 //! The CS may be several replicas ([`CsPool`]): each connection's calls go through its own
 //! route, which keeps the connection's LURK session on the replica its first call reached.
@@ -44,27 +45,46 @@ const READ_SIZE: usize = 18 * 1024;
 /// Deframed but unprocessed TLS bytes above which reading pauses while a CS call holds the
 /// records.
 const MAX_HELD_IN: usize = 64 * 1024;
-/// How long [`Connector::connect`] waits for ticket registrations of earlier connections when
-/// the store has no ticket for the server.
+/// How long [`Connector::connect`] waits for ticket registrations of earlier connections to
+/// the same server when the store has no ticket for it.
 const EPILOGUE_WAIT: Duration = Duration::from_secs(2);
 
-/// CS work of finished connections still running in the background (a count).
+/// CS work of finished connections still running in the background: how many tasks, and,
+/// per ticket store key, how many of them still bring tickets to the store.
+#[derive(Default)]
+struct Pending {
+    all: usize,
+    tickets: std::collections::HashMap<String, usize>,
+}
+
+/// CS work of finished connections still running in the background.
 #[derive(Clone)]
-struct Epilogues(Arc<tokio::sync::watch::Sender<usize>>);
+struct Epilogues(Arc<tokio::sync::watch::Sender<Pending>>);
 
 impl Epilogues {
     fn new() -> Self {
-        Self(Arc::new(tokio::sync::watch::Sender::new(0)))
+        Self(Arc::new(
+            tokio::sync::watch::Sender::new(Pending::default()),
+        ))
     }
 
-    fn busy(&self) -> bool {
-        *self.0.borrow() > 0
+    /// Whether some background work will still bring tickets for `store_key`. A session
+    /// close without tickets never counts: nothing waits for it.
+    fn tickets_pending(&self, store_key: &str) -> bool {
+        self.0.borrow().tickets.contains_key(store_key)
     }
 
     /// Waits until no background CS work is left, at most `timeout`.
     async fn wait(&self, timeout: Duration) {
         let mut rx = self.0.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|p| p.all == 0)).await;
+    }
+
+    /// Waits until no background work brings tickets for `store_key`, at most `timeout`.
+    async fn wait_tickets(&self, store_key: &str, timeout: Duration) {
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|p| !p.tickets.contains_key(store_key)))
+            .await;
     }
 
     /// Runs `epilogue` in a background task on `rt`.
@@ -75,27 +95,65 @@ impl Epilogues {
         in_flight: Option<CsFuture>,
         route: CsRoute,
     ) {
-        self.0.send_modify(|n| *n += 1);
+        self.0.send_modify(|p| p.all += 1);
         let done = EpilogueDone(self.0.clone());
+        let mut tickets = epilogue
+            .carries_tickets()
+            .then(|| TicketsDone::new(self.0.clone(), epilogue.store_key()));
         rt.spawn(async move {
             let _done = done;
             if let Some(fut) = in_flight {
                 epilogue.in_flight_done(fut.await);
             }
+            if !epilogue.last_carries_tickets() {
+                // The rest only closes the session: nobody waits for it.
+                drop(tickets.take());
+            }
             if let Some(call) = epilogue.take_last_call() {
                 let reply = route.perform(call).await;
                 epilogue.last_done(reply);
             }
+            drop(tickets);
         });
     }
 }
 
 /// Decrements the count when the background task ends (or is cancelled).
-struct EpilogueDone(Arc<tokio::sync::watch::Sender<usize>>);
+struct EpilogueDone(Arc<tokio::sync::watch::Sender<Pending>>);
 
 impl Drop for EpilogueDone {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.send_modify(|p| p.all = p.all.saturating_sub(1));
+    }
+}
+
+/// Counts a background task as bringing tickets for one store key until its tickets are
+/// stored (or lost).
+struct TicketsDone {
+    pending: Arc<tokio::sync::watch::Sender<Pending>>,
+    store_key: String,
+}
+
+impl TicketsDone {
+    fn new(pending: Arc<tokio::sync::watch::Sender<Pending>>, store_key: &str) -> Self {
+        pending.send_modify(|p| *p.tickets.entry(store_key.to_owned()).or_default() += 1);
+        Self {
+            pending,
+            store_key: store_key.to_owned(),
+        }
+    }
+}
+
+impl Drop for TicketsDone {
+    fn drop(&mut self) {
+        self.pending.send_modify(|p| {
+            if let Some(n) = p.tickets.get_mut(&self.store_key) {
+                *n -= 1;
+                if *n == 0 {
+                    p.tickets.remove(&self.store_key);
+                }
+            }
+        });
     }
 }
 
@@ -163,11 +221,14 @@ impl Connector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        // Tickets of earlier connections may still be on their way to the store.
-        if self.config.resume && self.epilogues.busy() {
+        // Tickets of earlier connections may still be on their way to the store: wait for
+        // them (only for them: a session close carrying no ticket is never waited for) when
+        // the caller resumes and the store has none for this server.
+        if self.config.resume {
             if let Some(store) = &self.config.ticket_store {
-                if store.count(&format!("{server_name}:{port}")) == 0 {
-                    self.epilogues.wait(EPILOGUE_WAIT).await;
+                let key = format!("{server_name}:{port}");
+                if self.epilogues.tickets_pending(&key) && store.count(&key) == 0 {
+                    self.epilogues.wait_tickets(&key, EPILOGUE_WAIT).await;
                 }
             }
         }

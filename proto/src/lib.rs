@@ -23,6 +23,7 @@ pub mod pb {
 
 pub mod freshness;
 pub mod key_schedule;
+pub mod record;
 pub mod server_auth;
 pub mod status;
 pub mod transcript;

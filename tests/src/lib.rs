@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cs_relay;
 pub mod engine;
 pub mod fact_server;
 pub mod go_tls;

@@ -98,6 +98,22 @@ impl CsEpilogue {
         self.in_flight.is_some()
     }
 
+    /// Whether some of this work brings tickets to the store: a registration in flight, or a
+    /// last call carrying tickets. A last call that only closes the session does not.
+    pub fn carries_tickets(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|m| !m.is_empty()) || self.last_carries_tickets()
+    }
+
+    /// Whether the last call carries tickets (rather than only closing the session).
+    pub fn last_carries_tickets(&self) -> bool {
+        self.last.as_ref().is_some_and(|(_, m)| !m.is_empty())
+    }
+
+    /// The ticket store key (`host:port`) the tickets go to.
+    pub fn store_key(&self) -> &str {
+        &self.store_key
+    }
+
     /// The reply to the registration that was in flight.
     pub fn in_flight_done(&mut self, reply: Result<CsReply, CsError>) {
         if let Some(metas) = self.in_flight.take() {
