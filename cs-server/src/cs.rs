@@ -9,6 +9,7 @@ use crate::config::{Config, EphemeralBackendKind, FreshnessMode};
 use crate::ephemeral::EphemeralSource;
 use crate::error::{ServiceError, TokenError};
 use crate::keyring::KeyRing;
+use crate::ops::state::Stage;
 use crate::server_auth::ServerAuth;
 use crate::session::{SessionLimits, SessionTable};
 use crate::store::TicketStore;
@@ -19,7 +20,7 @@ pub struct Cs {
     pub token: Option<Token>,
     pub keys: KeyRing,
     pub store: Arc<dyn TicketStore>,
-    pub sessions: SessionTable,
+    pub sessions: SessionTable<Stage>,
     pub ephemeral: EphemeralSource,
     pub freshness_mode: FreshnessMode,
     /// Test-vector mode: `null` freshness allowed, ephemeral keys injectable in-process.

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use lurk_proto::status::{LurkStatus, LURK_STATUS_METADATA};
+use lurk_proto::wire::WireErrorKind;
 
 /// Configuration errors (start-up only).
 #[derive(Debug, thiserror::Error)]
@@ -245,9 +246,15 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+/// docs/protocol.md "Malformed and invalid messages": bytes that do not parse are
+/// `invalid_format`, a parsed message that breaks a rule is `invalid_handshake`.
 impl From<lurk_proto::wire::WireError> for ServiceError {
     fn from(e: lurk_proto::wire::WireError) -> Self {
-        Self::refuse(LurkStatus::InvalidFormat, e.to_string())
+        let status = match e.kind() {
+            WireErrorKind::Decode => LurkStatus::InvalidFormat,
+            WireErrorKind::Rule => LurkStatus::InvalidHandshake,
+        };
+        Self::refuse(status, e.to_string())
     }
 }
 
@@ -298,6 +305,34 @@ impl From<ServiceError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lurk_proto::wire::WireError;
+
+    #[test]
+    fn wire_decode_errors_are_invalid_format_and_rule_breaks_invalid_handshake() {
+        for e in [
+            WireError::Truncated("ClientHello"),
+            WireError::BadLength {
+                what: "cookie",
+                len: 0,
+            },
+        ] {
+            assert_eq!(
+                ServiceError::from(e).lurk_status(),
+                LurkStatus::InvalidFormat
+            );
+        }
+        for e in [
+            WireError::PreSharedKeyNotLast,
+            WireError::NotTls13 {
+                message: "ClientHello",
+            },
+        ] {
+            assert_eq!(
+                ServiceError::from(e).lurk_status(),
+                LurkStatus::InvalidHandshake
+            );
+        }
+    }
 
     #[test]
     fn refusals_carry_the_lurk_status_number() {

@@ -1,11 +1,10 @@
 //! The tonic service: each RPC authenticates the engine, then runs its operation and maps
 //! the result through the one error mapping of `error.rs`.
 //!
-//! Where an operation runs is decided per request (`Where`): an operation that may call
-//! the token (PKCS#11) or the ticket store (SQLite) runs on a blocking thread, never on the
-//! async workers. An operation that touches neither (memory ephemerals, no PSK, no client
-//! signature, a session close) is tens of microseconds of CPU and runs inline: the hop to
-//! the blocking pool and back (two thread wake-ups) cost more than the operation itself.
+//! Where an operation runs is declared by the operation, per request (`ops::Where`, each
+//! exchange's `place`): one that may call the token (PKCS#11) or the ticket store runs on a
+//! blocking thread, never on the async workers; one that touches neither (memory ephemerals,
+//! no PSK, no client signature, a session close) runs inline.
 //! That holds for requests of ordinary size only: one over [`INLINE_MAX_REQUEST_LEN`] runs
 //! on the blocking pool whatever its operation, so that parsing and hashing a large flight
 //! never holds an async worker (and another engine's Ping) for long.
@@ -27,11 +26,10 @@ use lurk_proto::wire::limits::MAX_REQUEST_LEN;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::config::EphemeralBackendKind;
 use crate::cs::Cs;
 use crate::error::{ServiceError, TokenError};
 use crate::limits::ExchangeLimiter;
-use crate::ops;
+use crate::ops::{self, Where};
 use crate::refusal_log::{self, RefusalLog, Verdict};
 use crate::server::{engine_identity, EngineId};
 use crate::telemetry::{self, Answer, Exchange, Probe};
@@ -41,25 +39,6 @@ use crate::telemetry::{self, Answer, Exchange, Probe};
 /// BENCHMARKS.md): a 64 KiB flight costs 0.18 ms of CPU, the largest the caps allow (450 KB)
 /// 1.7 ms; a ClientHello at every cap (32 KiB) 0.18 ms, a 64 KiB ServerHello 0.22 ms.
 pub const INLINE_MAX_REQUEST_LEN: usize = 64 * 1024;
-
-/// Where an operation runs (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Where {
-    /// On the async worker: no token, no store, only short CPU work.
-    Inline,
-    /// On the blocking pool: may call the token or SQLite.
-    Blocking,
-}
-
-impl Where {
-    fn inline_if(cond: bool) -> Self {
-        if cond {
-            Self::Inline
-        } else {
-            Self::Blocking
-        }
-    }
-}
 
 /// The gRPC face of the CS.
 #[derive(Clone)]
@@ -90,11 +69,6 @@ impl CryptoServiceImpl {
 
     pub fn cs(&self) -> &Arc<Cs> {
         &self.cs
-    }
-
-    /// Whether the memory backend makes the ephemerals (no token call to make or use one).
-    fn memory_ephemerals(&self) -> bool {
-        self.cs.ephemeral.kind() == EphemeralBackendKind::Memory
     }
 
     /// Authenticates the engine, then runs `op` where `place` says; counts the exchange
@@ -192,8 +166,7 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CInitClientHelloRequest>,
     ) -> Result<Response<pb::CInitClientHelloResponse>, Status> {
-        // A PSK is taken from the store (and unsealed by the token).
-        let place = Where::inline_if(self.memory_ephemerals() && req.get_ref().psks.is_empty());
+        let place = ops::c_init_client_hello::place(&self.cs, req.get_ref());
         self.run(req, place, ops::c_init_client_hello::handle).await
     }
 
@@ -201,8 +174,7 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CClientHelloRequest>,
     ) -> Result<Response<pb::CClientHelloResponse>, Status> {
-        // The new share only; the PSKs are in the session already.
-        let place = Where::inline_if(self.memory_ephemerals());
+        let place = ops::c_client_hello::place(&self.cs, req.get_ref());
         self.run(req, place, ops::c_client_hello::handle).await
     }
 
@@ -210,8 +182,7 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CServerHelloRequest>,
     ) -> Result<Response<pb::CServerHelloResponse>, Status> {
-        // The agreement with the session's ephemeral (token-made with token ephemerals).
-        let place = Where::inline_if(self.memory_ephemerals());
+        let place = ops::c_server_hello::place(&self.cs, req.get_ref());
         self.run(req, place, ops::c_server_hello::handle).await
     }
 
@@ -219,8 +190,7 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CClientFinishedRequest>,
     ) -> Result<Response<pb::CClientFinishedResponse>, Status> {
-        // Only a client CertificateVerify needs the token (a key to sign with).
-        let place = Where::inline_if(req.get_ref().key_id.is_empty());
+        let place = ops::c_client_finished::place(&self.cs, req.get_ref());
         self.run(req, place, ops::c_client_finished::handle).await
     }
 
@@ -228,7 +198,8 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CInitClientFinishedRequest>,
     ) -> Result<Response<pb::CInitClientFinishedResponse>, Status> {
-        self.run(req, Where::Blocking, ops::c_init_client_finished::handle)
+        let place = ops::c_init_client_finished::place(&self.cs, req.get_ref());
+        self.run(req, place, ops::c_init_client_finished::handle)
             .await
     }
 
@@ -236,16 +207,15 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CPostHandAuthRequest>,
     ) -> Result<Response<pb::CPostHandAuthResponse>, Status> {
-        self.run(req, Where::Blocking, ops::c_post_hand_auth::handle)
-            .await
+        let place = ops::c_post_hand_auth::place(&self.cs, req.get_ref());
+        self.run(req, place, ops::c_post_hand_auth::handle).await
     }
 
     async fn c_register_tickets(
         &self,
         req: Request<pb::CRegisterTicketsRequest>,
     ) -> Result<Response<pb::CRegisterTicketsResponse>, Status> {
-        // Tickets go to the store (sealed by the token); closing a session touches neither.
-        let place = Where::inline_if(req.get_ref().new_session_tickets.is_empty());
+        let place = ops::c_register_tickets::place(&self.cs, req.get_ref());
         self.run(req, place, ops::c_register_tickets::handle).await
     }
 
@@ -253,7 +223,8 @@ impl CryptoService for CryptoServiceImpl {
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        self.run(req, Where::Blocking, |cs, engine, _| {
+        let place = ops::capabilities::place(&self.cs, req.get_ref());
+        self.run(req, place, |cs, engine, _| {
             ops::capabilities::handle(cs, engine)
         })
         .await

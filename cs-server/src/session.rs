@@ -2,7 +2,8 @@
 //!
 //! This is the one place a replicated CS replaces (sealed session context that any replica
 //! can serve): operations only see [`SessionTable::open`], [`SessionTable::get`] and
-//! [`SessionTable::close`], and the state they keep is the [`Stage`] value.
+//! [`SessionTable::close`], and the state they keep is theirs: the table is generic over it
+//! ([`SessionState`]: its bytes and which TTL applies), and knows nothing of the exchanges.
 //!
 //! Rules enforced here (docs/design.md §4.7): session ids are 16 random bytes from the OS CSPRNG,
 //! unguessable; a session belongs to the engine identity that opened it, and another engine
@@ -23,7 +24,6 @@ use lurk_proto::status::LurkStatus;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::ServiceError;
-use crate::ops::state::Stage;
 
 /// A LURK session id: 16 random bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,23 +72,43 @@ pub struct SessionLimits {
     pub engine_keyed_ttl: Duration,
 }
 
+/// Which TTL applies to a session (docs/protocol.md, "Engines and sessions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    /// During the handshake (`ttl_secs`).
+    Handshake,
+    /// Once established (`established_ttl_secs`).
+    Established,
+    /// Established by c_init_client_finished, no server seen by the CS
+    /// (`engine_keyed_ttl_secs`).
+    EngineKeyed,
+}
+
+/// What the table needs from the state a session keeps.
+pub trait SessionState {
+    /// The bytes the state holds, charged to the session's engine.
+    fn held_bytes(&self) -> usize;
+    /// Which TTL applies.
+    fn lifetime(&self) -> Lifetime;
+}
+
 /// What one session costs besides its stage: the table entry, its map slot, the Arc'd mutex.
 const SESSION_OVERHEAD: usize = 256;
 
 /// One LURK session.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<S> {
     owner: String,
     expires: Instant,
-    pub stage: Stage,
+    pub stage: S,
 }
 
-struct Entry {
+struct Entry<S> {
     owner: String,
     expires: Instant,
     /// Bytes charged to the owner for this session.
     bytes: usize,
-    session: Arc<Mutex<Session>>,
+    session: Arc<Mutex<Session<S>>>,
 }
 
 /// One engine's share of the table.
@@ -99,15 +119,14 @@ struct Usage {
 }
 
 /// The table of open sessions.
-pub struct SessionTable {
+pub struct SessionTable<S> {
     limits: SessionLimits,
     rng: SystemRandom,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<S>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    sessions: HashMap<SessionId, Entry>,
+struct Inner<S> {
+    sessions: HashMap<SessionId, Entry<S>>,
     per_engine: HashMap<String, Usage>,
     /// Bytes charged for all sessions.
     bytes: usize,
@@ -117,7 +136,18 @@ struct Inner {
     earliest_expiry: Option<Instant>,
 }
 
-impl Inner {
+impl<S> Default for Inner<S> {
+    fn default() -> Self {
+        Self {
+            sessions: HashMap::new(),
+            per_engine: HashMap::new(),
+            bytes: 0,
+            earliest_expiry: None,
+        }
+    }
+}
+
+impl<S> Inner<S> {
     fn note_expiry(&mut self, expires: Instant) {
         self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
     }
@@ -127,7 +157,7 @@ fn unknown_session() -> ServiceError {
     ServiceError::refuse(LurkStatus::InvalidSessionId, "unknown or expired session")
 }
 
-impl SessionTable {
+impl<S: SessionState> SessionTable<S> {
     pub fn new(limits: SessionLimits) -> Self {
         Self {
             limits,
@@ -140,17 +170,17 @@ impl SessionTable {
         &self.limits
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
         // A panic while holding the lock leaves the map consistent (every update is a
         // single insert/remove), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ttl(&self, stage: &Stage) -> Duration {
-        match stage {
-            Stage::Established(s) if s.engine_keyed => self.limits.engine_keyed_ttl,
-            Stage::Established(_) => self.limits.established_ttl,
-            _ => self.limits.handshake_ttl,
+    fn ttl(&self, stage: &S) -> Duration {
+        match stage.lifetime() {
+            Lifetime::EngineKeyed => self.limits.engine_keyed_ttl,
+            Lifetime::Established => self.limits.established_ttl,
+            Lifetime::Handshake => self.limits.handshake_ttl,
         }
     }
 
@@ -188,7 +218,7 @@ impl SessionTable {
     }
 
     /// Opens a session owned by `owner`, purging expired sessions when a limit is reached.
-    pub fn open(&self, owner: &str, stage: Stage) -> Result<SessionId, ServiceError> {
+    pub fn open(&self, owner: &str, stage: S) -> Result<SessionId, ServiceError> {
         self.open_reserving(owner, stage, 0)
     }
 
@@ -197,7 +227,7 @@ impl SessionTable {
     pub fn open_reserving(
         &self,
         owner: &str,
-        stage: Stage,
+        stage: S,
         reserve: usize,
     ) -> Result<SessionId, ServiceError> {
         let now = Instant::now();
@@ -260,7 +290,7 @@ impl SessionTable {
     }
 
     /// The session `id` if it exists, is alive and belongs to `owner`.
-    pub fn get(&self, owner: &str, id: &SessionId) -> Result<Arc<Mutex<Session>>, ServiceError> {
+    pub fn get(&self, owner: &str, id: &SessionId) -> Result<Arc<Mutex<Session<S>>>, ServiceError> {
         let now = Instant::now();
         let mut inner = self.lock();
         let entry = inner.sessions.get(id).ok_or_else(unknown_session)?;
@@ -278,7 +308,7 @@ impl SessionTable {
     }
 
     /// Refreshes the expiry after a successful exchange (the stage may have changed).
-    pub fn touch(&self, id: &SessionId, session: &mut Session) {
+    pub fn touch(&self, id: &SessionId, session: &mut Session<S>) {
         let expires = Instant::now() + self.ttl(&session.stage);
         session.expires = expires;
         let mut inner = self.lock();
@@ -344,7 +374,7 @@ impl SessionTable {
         drop(removed);
     }
 
-    fn remove(inner: &mut Inner, id: &SessionId) -> Option<Entry> {
+    fn remove(inner: &mut Inner<S>, id: &SessionId) -> Option<Entry<S>> {
         let entry = inner.sessions.remove(id)?;
         if let Some(u) = inner.per_engine.get_mut(&entry.owner) {
             u.sessions -= 1;
@@ -357,7 +387,7 @@ impl SessionTable {
         Some(entry)
     }
 
-    fn remove_expired(inner: &mut Inner, now: Instant) -> Vec<Entry> {
+    fn remove_expired(inner: &mut Inner<S>, now: Instant) -> Vec<Entry<S>> {
         if inner.earliest_expiry.is_some_and(|e| e > now) {
             return Vec::new();
         }
@@ -414,7 +444,7 @@ impl SessionTable {
     }
 }
 
-impl Session {
+impl<S> Session<S> {
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -422,7 +452,9 @@ impl Session {
 
 /// Locks a session for one exchange. Two exchanges on one session at the same time are a
 /// protocol error: the second is refused rather than queued.
-pub fn lock_session(session: &Mutex<Session>) -> Result<MutexGuard<'_, Session>, ServiceError> {
+pub fn lock_session<S>(
+    session: &Mutex<Session<S>>,
+) -> Result<MutexGuard<'_, Session<S>>, ServiceError> {
     match session.try_lock() {
         Ok(g) => Ok(g),
         Err(std::sync::TryLockError::WouldBlock) => Err(ServiceError::refuse(
@@ -436,6 +468,19 @@ pub fn lock_session(session: &Mutex<Session>) -> Result<MutexGuard<'_, Session>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state that holds nothing, in the handshake.
+    #[derive(Debug)]
+    struct Idle;
+
+    impl SessionState for Idle {
+        fn held_bytes(&self) -> usize {
+            0
+        }
+        fn lifetime(&self) -> Lifetime {
+            Lifetime::Handshake
+        }
+    }
 
     fn limits(max: usize, per_engine: usize, ttl_ms: u64) -> SessionLimits {
         SessionLimits {
@@ -452,8 +497,8 @@ mod tests {
     #[test]
     fn ids_are_random_and_sixteen_bytes() {
         let t = SessionTable::new(limits(10, 10, 10_000));
-        let a = t.open("e", Stage::test_stage()).unwrap();
-        let b = t.open("e", Stage::test_stage()).unwrap();
+        let a = t.open("e", Idle).unwrap();
+        let b = t.open("e", Idle).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.as_bytes().len(), 16);
         assert!(SessionId::parse(&[0u8; 15]).is_err());
@@ -462,7 +507,7 @@ mod tests {
     #[test]
     fn another_engines_session_looks_unknown() {
         let t = SessionTable::new(limits(10, 10, 10_000));
-        let id = t.open("engine-a", Stage::test_stage()).unwrap();
+        let id = t.open("engine-a", Idle).unwrap();
         assert!(t.get("engine-a", &id).is_ok());
         let err = t.get("engine-b", &id).unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::InvalidSessionId);
@@ -475,7 +520,7 @@ mod tests {
     #[test]
     fn sessions_expire() {
         let t = SessionTable::new(limits(10, 10, 1));
-        let id = t.open("e", Stage::test_stage()).unwrap();
+        let id = t.open("e", Idle).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
             t.get("e", &id).unwrap_err().lurk_status(),
@@ -487,23 +532,21 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_purges_expired_sessions_when_full() {
         let t = SessionTable::new(limits(3, 2, 10_000));
-        t.open("a", Stage::test_stage()).unwrap();
-        t.open("a", Stage::test_stage()).unwrap();
-        let err = t.open("a", Stage::test_stage()).unwrap_err();
+        t.open("a", Idle).unwrap();
+        t.open("a", Idle).unwrap();
+        let err = t.open("a", Idle).unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::TooManySessions);
-        t.open("b", Stage::test_stage()).unwrap();
+        t.open("b", Idle).unwrap();
         assert_eq!(
-            t.open("c", Stage::test_stage()).unwrap_err().lurk_status(),
+            t.open("c", Idle).unwrap_err().lurk_status(),
             LurkStatus::TooManySessions
         );
 
         let short = SessionTable::new(limits(2, 2, 1));
-        short.open("a", Stage::test_stage()).unwrap();
-        short.open("a", Stage::test_stage()).unwrap();
+        short.open("a", Idle).unwrap();
+        short.open("a", Idle).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        short
-            .open("a", Stage::test_stage())
-            .expect("expired sessions make room");
+        short.open("a", Idle).expect("expired sessions make room");
         assert_eq!(short.len(), 1);
     }
 
@@ -513,11 +556,9 @@ mod tests {
         l.max_bytes_per_engine = 10_000;
         l.max_bytes = 15_000;
         let t = SessionTable::new(l);
-        let a = t.open_reserving("a", Stage::test_stage(), 4_000).unwrap();
-        t.open_reserving("a", Stage::test_stage(), 4_000).unwrap();
-        let err = t
-            .open_reserving("a", Stage::test_stage(), 4_000)
-            .unwrap_err();
+        let a = t.open_reserving("a", Idle, 4_000).unwrap();
+        t.open_reserving("a", Idle, 4_000).unwrap();
+        let err = t.open_reserving("a", Idle, 4_000).unwrap_err();
         assert_eq!(err.lurk_status(), LurkStatus::TooManySessions);
         // Growth beyond the share is refused and charges nothing; shrinking always works.
         let before = t.bytes_held("a");
@@ -529,9 +570,9 @@ mod tests {
         t.resize(&a, 100).unwrap();
         t.resize(&a, 1_000).unwrap();
         // Another engine has its own share, within the total.
-        let b = t.open_reserving("b", Stage::test_stage(), 5_000).unwrap();
+        let b = t.open_reserving("b", Idle, 5_000).unwrap();
         assert_eq!(
-            t.open_reserving("b", Stage::test_stage(), 4_000)
+            t.open_reserving("b", Idle, 4_000)
                 .unwrap_err()
                 .lurk_status(),
             LurkStatus::TooManySessions,
@@ -546,7 +587,7 @@ mod tests {
     #[test]
     fn close_forgets_the_session() {
         let t = SessionTable::new(limits(10, 10, 10_000));
-        let id = t.open("e", Stage::test_stage()).unwrap();
+        let id = t.open("e", Idle).unwrap();
         t.close(&id);
         assert!(t.get("e", &id).is_err());
         assert!(t.is_empty());
@@ -555,7 +596,7 @@ mod tests {
     #[test]
     fn concurrent_exchanges_on_one_session_are_refused() {
         let t = SessionTable::new(limits(10, 10, 10_000));
-        let id = t.open("e", Stage::test_stage()).unwrap();
+        let id = t.open("e", Idle).unwrap();
         let s = t.get("e", &id).unwrap();
         let _held = lock_session(&s).unwrap();
         let s2 = t.get("e", &id).unwrap();

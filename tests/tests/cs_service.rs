@@ -107,12 +107,20 @@ async fn refusals_carry_their_lurk_status_and_the_service_keeps_serving() {
     let (_dev, cs) = start();
     let mut c = cs.client("engine");
 
-    // Malformed handshake bytes.
+    // Malformed handshake bytes (a ClientHello cut short): invalid_format.
     let e = c
         .c_init_client_hello(init_request(vec![1, 0, 0, 3, 9, 9]))
         .await
         .unwrap_err();
     assert_eq!(status_of(e), LurkStatus::InvalidFormat);
+    ping_ok(&mut c).await;
+
+    // Well-formed bytes that break a rule (RFC 8446 §4.1.2: legacy_version is 0x0303):
+    // invalid_handshake (docs/protocol.md, "Malformed and invalid messages").
+    let mut ch = client_hello(&[NamedGroup::X25519], &[NamedGroup::X25519]);
+    ch[4..6].copy_from_slice(&[3, 1]);
+    let e = c.c_init_client_hello(init_request(ch)).await.unwrap_err();
+    assert_eq!(status_of(e), LurkStatus::InvalidHandshake);
     ping_ok(&mut c).await;
 
     // null freshness outside test-vector mode.

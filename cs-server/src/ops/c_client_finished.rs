@@ -20,6 +20,12 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, HandshakeState, Stage};
+use crate::ops::Where;
+
+/// Only a client CertificateVerify needs the token (a key to sign with).
+pub fn place(_cs: &Cs, req: &pb::CClientFinishedRequest) -> Where {
+    Where::inline_if(req.key_id.is_empty())
+}
 
 pub fn handle(
     cs: &Cs,

@@ -18,9 +18,15 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{CsShare, HelloState, OfferedPsk, Stage};
+use crate::ops::Where;
 
 fn invalid(why: impl Into<String>) -> ServiceError {
     ServiceError::refuse(LurkStatus::InvalidHandshake, why)
+}
+
+/// The new share only (the PSKs are in the session already).
+pub fn place(cs: &Cs, _req: &pb::CClientHelloRequest) -> Where {
+    Where::inline_if(common::memory_ephemerals(cs))
 }
 
 pub fn handle(

@@ -17,6 +17,12 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, Stage};
+use crate::ops::Where;
+
+/// Always signs with the token.
+pub fn place(_cs: &Cs, _req: &pb::CInitClientFinishedRequest) -> Where {
+    Where::Blocking
+}
 
 pub fn handle(
     cs: &Cs,

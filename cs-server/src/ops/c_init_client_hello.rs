@@ -17,10 +17,17 @@ use crate::error::ServiceError;
 use crate::ops::common::{self, MAX_PSK_IDENTITIES};
 use crate::ops::msgs;
 use crate::ops::state::{CsShare, HelloState, Stage};
+use crate::ops::Where;
 use crate::session::lock_session;
 
 /// The longest key_share public value the CS makes (an uncompressed P-384 point).
 const MAX_PUBLIC_KEY_LEN: usize = 97;
+
+/// A PSK is taken from the store (and unsealed by the token); the key shares are made by
+/// the ephemeral backend.
+pub fn place(cs: &Cs, req: &pb::CInitClientHelloRequest) -> Where {
+    Where::inline_if(common::memory_ephemerals(cs) && req.psks.is_empty())
+}
 
 pub fn handle(
     cs: &Cs,

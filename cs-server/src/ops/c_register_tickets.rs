@@ -27,8 +27,14 @@ use crate::error::ServiceError;
 use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST, MAX_TICKETS_PER_SESSION};
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, Stage};
+use crate::ops::Where;
 use crate::session::{lock_session, SessionId};
 use crate::store::NewTicket;
+
+/// Tickets go to the store (sealed by the token); closing a session touches neither.
+pub fn place(_cs: &Cs, req: &pb::CRegisterTicketsRequest) -> Where {
+    Where::inline_if(req.new_session_tickets.is_empty())
+}
 
 pub fn handle(
     cs: &Cs,

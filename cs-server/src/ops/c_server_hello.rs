@@ -13,6 +13,12 @@ use crate::error::ServiceError;
 use crate::ops::common;
 use crate::ops::msgs;
 use crate::ops::state::{HandshakeState, HelloState, Stage};
+use crate::ops::Where;
+
+/// The agreement with the session's ephemeral (token-made with token ephemerals).
+pub fn place(cs: &Cs, _req: &pb::CServerHelloRequest) -> Where {
+    Where::inline_if(common::memory_ephemerals(cs))
+}
 
 pub fn handle(
     cs: &Cs,

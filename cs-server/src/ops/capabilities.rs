@@ -6,6 +6,12 @@ use lurk_proto::wire::NamedGroup;
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
+use crate::ops::Where;
+
+/// Reads the keys' certificates and mechanisms from the token.
+pub fn place(_cs: &Cs, _req: &pb::CapabilitiesRequest) -> Where {
+    Where::Blocking
+}
 
 /// Answers `Capabilities` for `engine`.
 pub fn handle(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, ServiceError> {

@@ -8,7 +8,7 @@ use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{HandshakeType, HashAlg, SignatureScheme};
 
-use crate::config::FreshnessMode;
+use crate::config::{EphemeralBackendKind, FreshnessMode};
 use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::msgs;
@@ -22,6 +22,11 @@ pub const MAX_TICKETS_PER_REQUEST: usize = 16;
 /// At most this many NewSessionTicket messages registered in one session (servers send a
 /// few per connection).
 pub const MAX_TICKETS_PER_SESSION: usize = 64;
+
+/// Whether the memory backend makes the ephemerals (no token call to make or use one).
+pub fn memory_ephemerals(cs: &Cs) -> bool {
+    cs.ephemeral.kind() == EphemeralBackendKind::Memory
+}
 
 /// The secret_request policy (docs/design.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
@@ -282,7 +287,7 @@ pub fn answer_certificate_request(
 }
 
 /// Closes the session when the engine says this was its last exchange.
-pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session, last_exchange: bool) -> bool {
+pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session<Stage>, last_exchange: bool) -> bool {
     if last_exchange {
         cs.sessions.close(id);
     } else {

@@ -1,8 +1,9 @@
 //! What the operations read from handshake messages: thin views over `lurk_proto::wire`,
-//! owning what outlives the request. Whatever `lurk_proto::wire` refuses is `invalid_format`:
-//! malformed bytes, and the structural rules the parser itself enforces (duplicate or
-//! misplaced extensions, pre_shared_key not last, identities and binders unmatched). A rule
-//! checked here or in an operation on a parsed message is `invalid_handshake`.
+//! owning what outlives the request. What `lurk_proto::wire` refuses is mapped once, by
+//! its kind (`error.rs`): bytes that do not parse (truncated, trailing bytes, a length out of
+//! range, past a cap) are `invalid_format`; a rule the parser checks (versions, duplicate or
+//! misplaced extensions, pre_shared_key not last, identities and binders unmatched, the
+//! second ClientHello) is `invalid_handshake`, like a rule checked here or in an operation.
 
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
@@ -88,14 +89,12 @@ pub fn complete_client_hello(
 }
 
 /// RFC 8446 §4.1.2: the second ClientHello changes only what a HelloRetryRequest allows.
-/// The three messages have been parsed already: a failure is a rule broken.
 pub fn check_second_client_hello(
     first: &[u8],
     hrr: &[u8],
     second: &[u8],
 ) -> Result<(), ServiceError> {
-    wire::check_second_client_hello(first, hrr, second)
-        .map_err(|e| ServiceError::refuse(LurkStatus::InvalidHandshake, e.to_string()))
+    Ok(wire::check_second_client_hello(first, hrr, second)?)
 }
 
 pub fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], ServiceError> {

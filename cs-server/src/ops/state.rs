@@ -12,6 +12,7 @@ use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, SignatureScheme};
 
 use crate::ephemeral::PendingEphemeral;
 use crate::error::ServiceError;
+use crate::session::{Lifetime, SessionState};
 
 /// The stage a session is in.
 pub enum Stage {
@@ -66,10 +67,19 @@ impl Stage {
             ),
         )
     }
+}
 
-    #[cfg(test)]
-    pub fn test_stage() -> Self {
-        Self::Taken
+impl SessionState for Stage {
+    fn held_bytes(&self) -> usize {
+        Stage::held_bytes(self)
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        match self {
+            Self::Established(s) if s.engine_keyed => Lifetime::EngineKeyed,
+            Self::Established(_) => Lifetime::Established,
+            _ => Lifetime::Handshake,
+        }
     }
 }
 

@@ -179,9 +179,7 @@ fn u16_list<T: From<u16>>(
     let mut list = r.sub_u16(name)?;
     r.expect_empty(name)?;
     if list.is_empty() || list.remaining() % 2 != 0 {
-        return Err(WireError::invalid(format!(
-            "{name}: list must be non-empty with an even length"
-        )));
+        return Err(WireError::bad_length(name, list.remaining()));
     }
     if list.remaining() / 2 > max {
         return Err(WireError::TooMany { what: name, max });
@@ -214,22 +212,23 @@ pub fn server_names<'a>(ext: &Extension<'a>) -> Result<Vec<&'a [u8]>, WireError>
         let name_type = list.u8()?;
         // RFC 6066 §3: host_name(0) is the only type; others cannot be skipped safely.
         if name_type != 0 {
-            return Err(WireError::invalid(format!(
-                "server_name: unknown name type {name_type}"
-            )));
+            return Err(WireError::IllegalValue {
+                what: "server_name name_type (RFC 6066 §3)",
+                value: name_type.into(),
+            });
         }
         let mut host = list.sub_u16("host_name")?;
         let host = host.rest();
         if host.is_empty() {
-            return Err(WireError::invalid("server_name: empty host_name"));
+            return Err(WireError::bad_length("host_name", 0));
         }
         if !out.is_empty() {
-            return Err(WireError::invalid("server_name: more than one host_name"));
+            return Err(WireError::DuplicateHostName);
         }
         out.push(host);
     }
     if out.is_empty() {
-        return Err(WireError::invalid("server_name: empty list"));
+        return Err(WireError::bad_length("server_name_list", 0));
     }
     Ok(out)
 }
@@ -249,12 +248,12 @@ pub fn alpn_protocols<'a>(ext: &Extension<'a>) -> Result<Vec<&'a [u8]>, WireErro
         }
         let name = list.sub_u8("protocol_name")?.rest();
         if name.is_empty() {
-            return Err(WireError::invalid("ALPN: empty protocol name"));
+            return Err(WireError::bad_length("protocol_name", 0));
         }
         out.push(name);
     }
     if out.is_empty() {
-        return Err(WireError::invalid("ALPN: empty protocol list"));
+        return Err(WireError::bad_length("protocol_name_list", 0));
     }
     Ok(out)
 }
@@ -327,10 +326,9 @@ pub fn client_key_shares<'a>(ext: &Extension<'a>) -> Result<Vec<KeyShareEntry<'a
         let entry = read_key_share_entry(&mut list)?;
         // §4.2.8: "Clients MUST NOT offer multiple KeyShareEntry values for the same group."
         if out.iter().any(|e| e.group == entry.group) {
-            return Err(WireError::invalid(format!(
-                "key_share: group {:#06x} offered twice",
-                entry.group.get()
-            )));
+            return Err(WireError::DuplicateKeyShare {
+                group: entry.group.get(),
+            });
         }
         out.push(entry);
     }
@@ -343,9 +341,7 @@ pub fn server_key_share<'a>(ext: &Extension<'a>) -> Result<KeyShareEntry<'a>, Wi
     let entry = read_key_share_entry(&mut r)?;
     r.expect_empty("key_share")?;
     if entry.key_exchange.is_empty() {
-        return Err(WireError::invalid(
-            "ServerHello key_share: empty key_exchange",
-        ));
+        return Err(WireError::bad_length("key_exchange", 0));
     }
     Ok(entry)
 }
@@ -406,7 +402,7 @@ pub fn offered_psks<'a>(ext: &Extension<'a>) -> Result<OfferedPsks<'a>, WireErro
         let offset = ids.offset();
         let identity = ids.sub_u16("identity")?.rest();
         if identity.is_empty() {
-            return Err(WireError::invalid("pre_shared_key: empty identity"));
+            return Err(WireError::bad_length("identity", 0));
         }
         let obfuscated_ticket_age = ids.u32()?;
         identities.push(PskIdentity {
@@ -426,15 +422,12 @@ pub fn offered_psks<'a>(ext: &Extension<'a>) -> Result<OfferedPsks<'a>, WireErro
         let offset = list.offset();
         let binder = list.sub_u8("binder")?.rest();
         if binder.len() < 32 {
-            return Err(WireError::invalid(format!(
-                "pre_shared_key: binder of {} bytes (minimum 32)",
-                binder.len()
-            )));
+            return Err(WireError::bad_length("binder", binder.len()));
         }
         binders.push(PskBinder { binder, offset });
     }
     if identities.is_empty() {
-        return Err(WireError::invalid("pre_shared_key: no identity"));
+        return Err(WireError::bad_length("identities", 0));
     }
     if identities.len() != binders.len() {
         return Err(WireError::BinderCountMismatch {
@@ -470,7 +463,7 @@ pub fn psk_modes(ext: &Extension<'_>) -> Result<Vec<PskKeyExchangeMode>, WireErr
     let modes = r.sub_u8("ke_modes")?.rest();
     r.expect_empty("psk_key_exchange_modes")?;
     if modes.is_empty() {
-        return Err(WireError::invalid("psk_key_exchange_modes: empty list"));
+        return Err(WireError::bad_length("ke_modes", 0));
     }
     Ok(modes.iter().map(|&m| PskKeyExchangeMode::from(m)).collect())
 }
@@ -489,9 +482,7 @@ pub fn client_versions(ext: &Extension<'_>) -> Result<Vec<u16>, WireError> {
     let mut list = r.sub_u8("versions")?;
     r.expect_empty("supported_versions")?;
     if list.is_empty() || list.remaining() % 2 != 0 {
-        return Err(WireError::invalid(
-            "supported_versions: list must be non-empty with an even length",
-        ));
+        return Err(WireError::bad_length("versions", list.remaining()));
     }
     let mut out = Vec::new();
     while !list.is_empty() {
@@ -514,7 +505,7 @@ pub fn cookie<'a>(ext: &Extension<'a>) -> Result<&'a [u8], WireError> {
     let c = r.sub_u16("cookie")?.rest();
     r.expect_empty("cookie")?;
     if c.is_empty() {
-        return Err(WireError::invalid("cookie: empty"));
+        return Err(WireError::bad_length("cookie", 0));
     }
     Ok(c)
 }
@@ -525,9 +516,10 @@ pub fn record_size_limit(ext: &Extension<'_>) -> Result<u16, WireError> {
     let v = r.u16()?;
     r.expect_empty("record_size_limit")?;
     if v < 64 {
-        return Err(WireError::invalid(format!(
-            "record_size_limit {v} is below 64"
-        )));
+        return Err(WireError::IllegalValue {
+            what: "record_size_limit (RFC 8449 §4: at least 64)",
+            value: v.into(),
+        });
     }
     Ok(v)
 }
@@ -622,7 +614,7 @@ mod tests {
         let body = [0, 8, 0, 0x1d, 0, 0, 0, 0x1d, 0, 0];
         assert!(matches!(
             client_key_shares(&ext(ExtensionType::KeyShare, &body)),
-            Err(WireError::Invalid(_))
+            Err(WireError::DuplicateKeyShare { group: 0x1d })
         ));
     }
 
@@ -645,7 +637,7 @@ mod tests {
         body.extend_from_slice(&[0, 2, 1, 0]);
         assert!(matches!(
             offered_psks(&ext(ExtensionType::PreSharedKey, &body)),
-            Err(WireError::Invalid(_))
+            Err(WireError::BadLength { len: 1, .. })
         ));
     }
 

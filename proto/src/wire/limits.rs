@@ -302,7 +302,7 @@ mod tests {
         let sni = list_ext(ExtensionType::ServerName, &hosts, false);
         assert!(matches!(
             extensions::server_names(&sni),
-            Err(WireError::Invalid(_))
+            Err(WireError::DuplicateHostName)
         ));
     }
 

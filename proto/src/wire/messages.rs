@@ -55,9 +55,10 @@ impl<'a> EncryptedExtensions<'a> {
                 let list = extensions::alpn_protocols(e)?;
                 // RFC 7301 §3.1: the server's list "MUST contain exactly one" protocol.
                 if list.len() != 1 {
-                    return Err(WireError::invalid(
-                        "EncryptedExtensions ALPN must select exactly one protocol",
-                    ));
+                    return Err(WireError::IllegalValue {
+                        what: "number of ALPN protocols in EncryptedExtensions (RFC 7301 §3.1: 1)",
+                        value: list.len() as u64,
+                    });
                 }
                 Some(list[0])
             }
@@ -117,9 +118,10 @@ impl<'a> CertificateRequest<'a> {
         let signature_algorithms = match find(&exts, ExtensionType::SignatureAlgorithms) {
             Some(e) => extensions::signature_schemes(e)?,
             None => {
-                return Err(WireError::invalid(
-                    "CertificateRequest without signature_algorithms",
-                ))
+                return Err(WireError::MissingExtension {
+                    message: "CertificateRequest",
+                    extension: "signature_algorithms",
+                })
             }
         };
         let signature_algorithms_cert = find(&exts, ExtensionType::SignatureAlgorithmsCert)
@@ -174,7 +176,7 @@ impl<'a> Certificate<'a> {
             // §4.4.2: opaque cert_data<1..2^24-1>.
             let cert_data = list.sub_u24("cert_data")?.rest();
             if cert_data.is_empty() {
-                return Err(WireError::invalid("Certificate: empty cert_data"));
+                return Err(WireError::bad_length("cert_data", 0));
             }
             let extensions = read_extensions(&mut list, ExtensionContext::Certificate)?;
             entries.push(CertificateEntry {
@@ -220,7 +222,10 @@ impl<'a> CertificateVerify<'a> {
         let signature = r.sub_u16("signature")?.rest();
         r.expect_empty("CertificateVerify")?;
         if signature.is_empty() {
-            return Err(WireError::invalid("CertificateVerify: empty signature"));
+            return Err(WireError::IllegalValue {
+                what: "CertificateVerify signature length",
+                value: 0,
+            });
         }
         Ok(Self {
             raw: m.raw,
@@ -248,11 +253,7 @@ impl<'a> Finished<'a> {
     pub fn from_message(m: &HandshakeMessage<'a>, hash: HashAlg) -> Result<Self, WireError> {
         m.expect(HandshakeType::Finished, "Finished")?;
         if m.body.len() != hash.output_len() {
-            return Err(WireError::invalid(format!(
-                "Finished verify_data of {} bytes, expected {}",
-                m.body.len(),
-                hash.output_len()
-            )));
+            return Err(WireError::bad_length("verify_data", m.body.len()));
         }
         Ok(Self {
             raw: m.raw,
@@ -292,16 +293,17 @@ impl<'a> NewSessionTicket<'a> {
         let mut r = m.body_reader("NewSessionTicket");
         let ticket_lifetime = r.u32()?;
         if ticket_lifetime > MAX_TICKET_LIFETIME {
-            return Err(WireError::invalid(format!(
-                "NewSessionTicket lifetime {ticket_lifetime} s exceeds 7 days"
-            )));
+            return Err(WireError::IllegalValue {
+                what: "NewSessionTicket ticket_lifetime (RFC 8446 §4.6.1: at most 604800 s)",
+                value: ticket_lifetime.into(),
+            });
         }
         let ticket_age_add = r.u32()?;
         let ticket_nonce = r.sub_u8("ticket_nonce")?.rest();
         // §4.6.1: opaque ticket<1..2^16-1>.
         let ticket = r.sub_u16("ticket")?.rest();
         if ticket.is_empty() {
-            return Err(WireError::invalid("NewSessionTicket: empty ticket"));
+            return Err(WireError::bad_length("ticket", 0));
         }
         let exts = read_extensions(&mut r, ExtensionContext::NewSessionTicket)?;
         r.expect_empty("NewSessionTicket")?;
@@ -339,9 +341,10 @@ impl KeyUpdate {
         r.expect_empty("KeyUpdate")?;
         // §4.6.3: any value other than 0 or 1 is an illegal_parameter.
         if let KeyUpdateRequest::Unknown(v) = request_update {
-            return Err(WireError::invalid(format!(
-                "KeyUpdate request_update {v} is neither 0 nor 1"
-            )));
+            return Err(WireError::IllegalValue {
+                what: "KeyUpdate request_update (RFC 8446 §4.6.3)",
+                value: v.into(),
+            });
         }
         Ok(Self { request_update })
     }
@@ -378,7 +381,7 @@ pub fn encode_certificate<C: AsRef<[u8]>>(
     put_u24_prefixed(&mut body, "certificate_list", |b| {
         for cert in chain {
             if cert.as_ref().is_empty() {
-                return Err(WireError::invalid("Certificate: empty cert_data"));
+                return Err(WireError::bad_length("cert_data", 0));
             }
             put_bytes_u24(b, "cert_data", cert.as_ref())?;
             put_u16(b, 0); // no extensions
@@ -516,7 +519,7 @@ mod tests {
         let raw = encode_handshake(HandshakeType::CertificateRequest, &[0, 0, 0]).unwrap();
         assert!(matches!(
             CertificateRequest::parse(&raw),
-            Err(WireError::Invalid(_))
+            Err(WireError::MissingExtension { .. })
         ));
     }
 
@@ -587,7 +590,7 @@ mod tests {
         assert_eq!(encode_finished(fin.verify_data).unwrap(), raw);
         assert!(matches!(
             Finished::parse(&raw, HashAlg::Sha384),
-            Err(WireError::Invalid(_))
+            Err(WireError::BadLength { .. })
         ));
     }
 
@@ -657,7 +660,7 @@ mod tests {
         let raw = encode_handshake(HandshakeType::NewSessionTicket, &body).unwrap();
         assert!(matches!(
             NewSessionTicket::parse(&raw),
-            Err(WireError::Invalid(_))
+            Err(WireError::IllegalValue { .. })
         ));
     }
 

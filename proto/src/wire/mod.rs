@@ -41,20 +41,52 @@ pub use messages::{
     encode_key_update, message_hash, Certificate, CertificateEntry, CertificateRequest,
     CertificateVerify, EncryptedExtensions, EndOfEarlyData, Finished, KeyUpdate, NewSessionTicket,
 };
-pub use retry::check_second_client_hello;
+pub use retry::{check_second_client_hello, RetryField, RetryRule};
 
 use std::fmt;
 
-/// A message that does not parse, or breaks a structural rule of RFC 8446.
+/// What kind of fault a [`WireError`] is: the two the protocol tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireErrorKind {
+    /// The bytes do not follow the syntax of RFC 8446 §3 (a structure cut short, bytes left
+    /// over, a vector length outside its range) or pass a cap of [`limits`]: RFC 8446 §6.2
+    /// decode_error; `invalid_format` at the Crypto Service.
+    Decode,
+    /// The bytes parse, but a value breaks a rule of RFC 8446 (or of the RFC that defines the
+    /// extension): RFC 8446 §6.2 illegal_parameter (unexpected_message for a message of
+    /// another type); `invalid_handshake` at the Crypto Service.
+    Rule,
+}
+
+/// A message that does not parse, or breaks a rule of RFC 8446 ([`WireError::kind`] says
+/// which).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WireError {
+    // Decode errors.
     /// The input ended inside the named structure.
     Truncated(&'static str),
     /// Bytes were left after the named structure.
     TrailingBytes(&'static str),
-    /// A structural rule was broken (the text names it).
-    Invalid(String),
+    /// A vector of `len` bytes (or entries), outside the range its definition allows (RFC 8446
+    /// §3.4: e.g. `<1..2^16-1>` empty, `<0..32>` longer, a list of 2-byte values of odd
+    /// length, or a fixed length such as Finished's `verify_data[Hash.length]`).
+    BadLength { what: &'static str, len: usize },
+    /// A value does not fit its length prefix (encoding, or splicing a value in).
+    TooLong(&'static str),
+    /// A message or flight of `len` bytes, over its cap of `max` ([`limits`]).
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A list with more than `max` entries ([`limits`]).
+    TooMany { what: &'static str, max: usize },
+
+    // Rules broken.
     /// A handshake message of another type was expected.
     UnexpectedMessage { expected: &'static str, got: u8 },
     /// The same extension type appears twice in one message (RFC 8446 §4.2).
@@ -65,41 +97,95 @@ pub enum WireError {
     PreSharedKeyNotLast,
     /// The numbers of PSK identities and binders differ (RFC 8446 §4.2.11).
     BinderCountMismatch { identities: usize, binders: usize },
-    /// A value does not fit its length prefix (encoding, or splicing a value in).
-    TooLong(&'static str),
-    /// A message or flight of `len` bytes, over its cap of `max` ([`limits`]).
-    TooLarge {
-        what: &'static str,
-        len: usize,
-        max: usize,
+    /// A field holds a value its rule forbids (`what` names the field and the rule's source).
+    IllegalValue { what: &'static str, value: u64 },
+    /// A message does not negotiate TLS 1.3: no supported_versions, or one without 0x0304
+    /// (RFC 8446 §4.2.1).
+    NotTls13 { message: &'static str },
+    /// A message lacks an extension it must carry.
+    MissingExtension {
+        /// The message.
+        message: &'static str,
+        /// The missing extension.
+        extension: &'static str,
     },
-    /// A list with more than `max` entries ([`limits`]).
-    TooMany { what: &'static str, max: usize },
+    /// A message carries `extension` without `requires`, which must go with it.
+    ExtensionRequires {
+        /// The message.
+        message: &'static str,
+        /// The extension present.
+        extension: &'static str,
+        /// The extension missing.
+        requires: &'static str,
+    },
+    /// Two key_share entries for one group (RFC 8446 §4.2.8).
+    DuplicateKeyShare { group: u16 },
+    /// A key_share entry for a group not in supported_groups (RFC 8446 §4.2.8).
+    KeyShareGroupNotOffered { group: u16 },
+    /// server_name with more than one host_name (RFC 6066 §3).
+    DuplicateHostName,
+    /// Filling the empty key_share entries: `fills` public keys for `empty` entries.
+    KeyShareFillCount { empty: usize, fills: usize },
+    /// Filling the empty key_share entries: the entry is for `entry`, the key for `key`.
+    KeyShareFillGroup { entry: u16, key: u16 },
+    /// A binder to write has `len` bytes, the ClientHello reserves `reserved` (RFC 8446
+    /// §4.2.11.2).
+    BinderLength {
+        /// The binder's index.
+        index: usize,
+        /// Its length.
+        len: usize,
+        /// The length the ClientHello reserves.
+        reserved: usize,
+    },
+    /// A second ClientHello breaks RFC 8446 §4.1.2.
+    SecondClientHello(RetryRule),
 }
 
 impl WireError {
-    /// The alert RFC 8446 §6.2 prescribes for this error: decode_error for bytes that do not
-    /// parse, illegal_parameter for well-formed values that break a rule.
-    pub fn alert(&self) -> AlertDescription {
+    /// Whether the bytes do not parse or a rule is broken (one match, every variant named).
+    pub fn kind(&self) -> WireErrorKind {
         match self {
-            // §6.2 decode_error: "some field was out of the specified range or the length
-            // of the message was incorrect".
             Self::Truncated(_)
             | Self::TrailingBytes(_)
+            | Self::BadLength { .. }
             | Self::TooLong(_)
             | Self::TooLarge { .. }
-            | Self::TooMany { .. } => AlertDescription::DecodeError,
-            Self::UnexpectedMessage { .. } => AlertDescription::UnexpectedMessage,
-            Self::Invalid(_)
+            | Self::TooMany { .. } => WireErrorKind::Decode,
+            Self::UnexpectedMessage { .. }
             | Self::DuplicateExtension { .. }
             | Self::ExtensionNotAllowed { .. }
             | Self::PreSharedKeyNotLast
-            | Self::BinderCountMismatch { .. } => AlertDescription::IllegalParameter,
+            | Self::BinderCountMismatch { .. }
+            | Self::IllegalValue { .. }
+            | Self::NotTls13 { .. }
+            | Self::MissingExtension { .. }
+            | Self::ExtensionRequires { .. }
+            | Self::DuplicateKeyShare { .. }
+            | Self::KeyShareGroupNotOffered { .. }
+            | Self::DuplicateHostName
+            | Self::KeyShareFillCount { .. }
+            | Self::KeyShareFillGroup { .. }
+            | Self::BinderLength { .. }
+            | Self::SecondClientHello(_) => WireErrorKind::Rule,
         }
     }
 
-    pub(crate) fn invalid(why: impl Into<String>) -> Self {
-        Self::Invalid(why.into())
+    /// The alert RFC 8446 §6.2 prescribes for this error: decode_error for bytes that do not
+    /// parse ("some field was out of the specified range or the length of the message was
+    /// incorrect"), unexpected_message for a message of another type, illegal_parameter for
+    /// well-formed values that break a rule.
+    pub fn alert(&self) -> AlertDescription {
+        match (self, self.kind()) {
+            (Self::UnexpectedMessage { .. }, _) => AlertDescription::UnexpectedMessage,
+            (_, WireErrorKind::Decode) => AlertDescription::DecodeError,
+            (_, WireErrorKind::Rule) => AlertDescription::IllegalParameter,
+        }
+    }
+
+    /// A vector of `len` bytes outside its range.
+    pub(crate) fn bad_length(what: &'static str, len: usize) -> Self {
+        Self::BadLength { what, len }
     }
 }
 
@@ -108,7 +194,9 @@ impl fmt::Display for WireError {
         match self {
             Self::Truncated(what) => write!(f, "truncated {what}"),
             Self::TrailingBytes(what) => write!(f, "trailing bytes after {what}"),
-            Self::Invalid(why) => write!(f, "{why}"),
+            Self::BadLength { what, len } => {
+                write!(f, "{what} of length {len} is outside its allowed range")
+            }
             Self::UnexpectedMessage { expected, got } => {
                 write!(f, "expected {expected}, got handshake type {got}")
             }
@@ -133,6 +221,42 @@ impl fmt::Display for WireError {
                 write!(f, "{what} of {len} bytes is over the cap of {max}")
             }
             Self::TooMany { what, max } => write!(f, "more than {max} {what}"),
+            Self::IllegalValue { what, value } => write!(f, "illegal {what}: {value}"),
+            Self::NotTls13 { message } => write!(f, "{message} does not negotiate TLS 1.3"),
+            Self::MissingExtension { message, extension } => {
+                write!(f, "{message} without {extension}")
+            }
+            Self::ExtensionRequires {
+                message,
+                extension,
+                requires,
+            } => write!(f, "{message} has {extension} without {requires}"),
+            Self::DuplicateKeyShare { group } => {
+                write!(f, "key_share: group {group:#06x} offered twice")
+            }
+            Self::KeyShareGroupNotOffered { group } => {
+                write!(f, "key_share group {group:#06x} is not in supported_groups")
+            }
+            Self::DuplicateHostName => write!(f, "server_name: more than one host_name"),
+            Self::KeyShareFillCount { empty, fills } => {
+                write!(
+                    f,
+                    "{empty} key shares to fill but {fills} public keys given"
+                )
+            }
+            Self::KeyShareFillGroup { entry, key } => write!(
+                f,
+                "key share to fill is for group {entry:#06x}, public key given for {key:#06x}"
+            ),
+            Self::BinderLength {
+                index,
+                len,
+                reserved,
+            } => write!(
+                f,
+                "binder {index} has {len} bytes, the ClientHello reserves {reserved}"
+            ),
+            Self::SecondClientHello(rule) => write!(f, "the second ClientHello {rule}"),
         }
     }
 }
@@ -165,6 +289,22 @@ mod tests {
             .alert(),
             AlertDescription::UnexpectedMessage
         );
+    }
+
+    #[test]
+    fn a_length_out_of_range_is_a_decode_error_and_a_forbidden_value_a_rule() {
+        let short = WireError::BadLength {
+            what: "cookie",
+            len: 0,
+        };
+        assert_eq!(short.kind(), WireErrorKind::Decode);
+        assert_eq!(short.alert(), AlertDescription::DecodeError);
+        let value = WireError::IllegalValue {
+            what: "KeyUpdate request_update",
+            value: 2,
+        };
+        assert_eq!(value.kind(), WireErrorKind::Rule);
+        assert_eq!(value.alert(), AlertDescription::IllegalParameter);
     }
 
     #[test]

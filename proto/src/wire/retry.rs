@@ -3,7 +3,81 @@
 //! refuses a second ClientHello that breaks it.
 
 use super::hello::{ClientHello, ServerHello, RANDOM_OFFSET};
+use std::fmt;
+
 use super::{Extension, ExtensionType, WireError};
+
+/// The rule of RFC 8446 §4.1.2 a second ClientHello breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryRule {
+    /// The message it answers is not a HelloRetryRequest.
+    NotHelloRetryRequest,
+    /// It changes what must stay byte for byte the same.
+    Changes(RetryField),
+    /// It does not carry exactly one key share, for the HelloRetryRequest's `group`.
+    KeyShare {
+        /// The group the HelloRetryRequest names.
+        group: u16,
+    },
+    /// It keeps early_data (RFC 8446 §4.2.10).
+    EarlyData,
+    /// It does not carry exactly the HelloRetryRequest's cookie (RFC 8446 §4.2.2).
+    Cookie,
+    /// Its padding is not all zeros (RFC 7685 §3).
+    Padding,
+    /// A PSK changes its binder length.
+    BinderLength,
+    /// A PSK usable with the HelloRetryRequest's cipher suite is left out.
+    DropsUsablePsk,
+    /// PSK identities are added or reordered.
+    AddsOrReordersPsks,
+}
+
+/// What a second ClientHello must keep from the first (RFC 8446 §4.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryField {
+    /// ClientHello.random.
+    Random,
+    /// legacy_session_id.
+    LegacySessionId,
+    /// cipher_suites (or legacy_version, legacy_compression_methods).
+    CipherSuites,
+    /// The list or the order of the extensions.
+    ExtensionList,
+    /// The body of the extension of this type.
+    Extension(u16),
+}
+
+impl fmt::Display for RetryRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotHelloRetryRequest => write!(f, "answers no HelloRetryRequest"),
+            Self::Changes(RetryField::Random) => write!(f, "changes the random"),
+            Self::Changes(RetryField::LegacySessionId) => write!(f, "changes legacy_session_id"),
+            Self::Changes(RetryField::CipherSuites) => write!(f, "changes cipher_suites"),
+            Self::Changes(RetryField::ExtensionList) => {
+                write!(f, "changes the list or the order of its extensions")
+            }
+            Self::Changes(RetryField::Extension(typ)) => write!(f, "changes extension {typ:#06x}"),
+            Self::KeyShare { group } => {
+                write!(f, "must carry one key share, for group {group:#06x}")
+            }
+            Self::EarlyData => write!(f, "carries early_data (RFC 8446 §4.2.10)"),
+            Self::Cookie => write!(
+                f,
+                "must carry exactly the HelloRetryRequest's cookie (RFC 8446 §4.2.2)"
+            ),
+            Self::Padding => write!(f, "has padding with non-zero bytes (RFC 7685 §3)"),
+            Self::BinderLength => write!(f, "changes the binder length of a PSK"),
+            Self::DropsUsablePsk => write!(
+                f,
+                "drops a PSK usable with the HelloRetryRequest's cipher suite"
+            ),
+            Self::AddsOrReordersPsks => write!(f, "adds or reorders PSK identities"),
+        }?;
+        write!(f, " (RFC 8446 §4.1.2)")
+    }
+}
 
 /// Checks `second` against `first` and the HelloRetryRequest `hrr` (all three complete
 /// handshake messages, header included). RFC 8446 §4.1.2: "the client MUST send the same
@@ -24,13 +98,11 @@ pub fn check_second_client_hello(first: &[u8], hrr: &[u8], second: &[u8]) -> Res
     let second = ClientHello::parse(second)?;
     let hrr = ServerHello::parse(hrr)?;
     if !hrr.is_hello_retry_request() {
-        return Err(WireError::invalid("not a HelloRetryRequest"));
+        return Err(WireError::SecondClientHello(
+            RetryRule::NotHelloRetryRequest,
+        ));
     }
-    let changed = |what: &str| {
-        WireError::invalid(format!(
-            "the second ClientHello changes {what} (RFC 8446 §4.1.2)"
-        ))
-    };
+    let changed = |what| WireError::SecondClientHello(RetryRule::Changes(what));
 
     // legacy_version, random, legacy_session_id, cipher_suites, legacy_compression_methods.
     fn head<'a>(ch: &ClientHello<'a>) -> &'a [u8] {
@@ -38,11 +110,11 @@ pub fn check_second_client_hello(first: &[u8], hrr: &[u8], second: &[u8]) -> Res
     }
     if head(&first) != head(&second) {
         let what = if first.random != second.random {
-            "the random"
+            RetryField::Random
         } else if first.legacy_session_id != second.legacy_session_id {
-            "legacy_session_id"
+            RetryField::LegacySessionId
         } else {
-            "cipher_suites"
+            RetryField::CipherSuites
         };
         return Err(changed(what));
     }
@@ -64,14 +136,14 @@ pub fn check_second_client_hello(first: &[u8], hrr: &[u8], second: &[u8]) -> Res
     };
     let (a, b) = (kept(&first.extensions), kept(&second.extensions));
     if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.0 != y.0) {
-        return Err(changed("the list or the order of its extensions"));
+        return Err(changed(RetryField::ExtensionList));
     }
     for ((typ, x), (_, y)) in a.iter().zip(&b) {
         if *typ == ExtensionType::KeyShare && hrr.selected_group.is_some() {
             continue;
         }
         if x != y {
-            return Err(changed(&format!("extension {:#06x}", typ.get())));
+            return Err(changed(RetryField::Extension(typ.get())));
         }
     }
 
@@ -80,11 +152,9 @@ pub fn check_second_client_hello(first: &[u8], hrr: &[u8], second: &[u8]) -> Res
         match second.key_shares.as_deref() {
             Some([entry]) if entry.group == group => {}
             _ => {
-                return Err(WireError::invalid(format!(
-                    "the second ClientHello must carry one key share, for group {:#06x} \
-                     (RFC 8446 §4.1.2)",
-                    group.get()
-                )))
+                return Err(WireError::SecondClientHello(RetryRule::KeyShare {
+                    group: group.get(),
+                }))
             }
         }
     }
@@ -92,24 +162,19 @@ pub fn check_second_client_hello(first: &[u8], hrr: &[u8], second: &[u8]) -> Res
     // early_data (§4.2.10): "A client MUST NOT include the "early_data" extension in its
     // followup ClientHello".
     if second.early_data {
-        return Err(WireError::invalid(
-            "early_data in the second ClientHello (RFC 8446 §4.2.10)",
-        ));
+        return Err(WireError::SecondClientHello(RetryRule::EarlyData));
     }
 
     // cookie (§4.2.2): echoed when the HRR sent one, never invented.
     if second.cookie != hrr.cookie {
-        return Err(WireError::invalid(
-            "the second ClientHello must carry exactly the HelloRetryRequest's cookie \
-             (RFC 8446 §4.1.2, §4.2.2)",
-        ));
+        return Err(WireError::SecondClientHello(RetryRule::Cookie));
     }
 
     // padding (RFC 7685 §3): "The client MUST fill the padding extension completely with
     // zero bytes".
     if let Some(p) = second.extension(ExtensionType::Padding) {
         if p.body.iter().any(|&b| b != 0) {
-            return Err(WireError::invalid("padding extension with non-zero bytes"));
+            return Err(WireError::SecondClientHello(RetryRule::Padding));
         }
     }
 
@@ -141,21 +206,14 @@ fn check_psks(
     for (identity, len) in &offered {
         if let Some((_, l)) = next.next_if(|(i, _)| i == identity) {
             if l != len {
-                return Err(WireError::invalid(
-                    "a PSK of the second ClientHello changes its binder length (RFC 8446 §4.1.2)",
-                ));
+                return Err(WireError::SecondClientHello(RetryRule::BinderLength));
             }
         } else if suite_len.is_none_or(|l| l == *len) {
-            return Err(WireError::invalid(
-                "the second ClientHello drops a PSK usable with the HelloRetryRequest's \
-                 cipher suite (RFC 8446 §4.1.2)",
-            ));
+            return Err(WireError::SecondClientHello(RetryRule::DropsUsablePsk));
         }
     }
     if next.next().is_some() {
-        return Err(WireError::invalid(
-            "the second ClientHello adds or reorders PSK identities (RFC 8446 §4.1.2)",
-        ));
+        return Err(WireError::SecondClientHello(RetryRule::AddsOrReordersPsks));
     }
     Ok(())
 }

@@ -209,52 +209,60 @@ impl ClientHelloBuilder {
 
     fn check(&self) -> Result<(), WireError> {
         if self.legacy_session_id.len() > 32 {
-            return Err(WireError::invalid("legacy_session_id over 32 bytes"));
+            return Err(WireError::bad_length(
+                "legacy_session_id",
+                self.legacy_session_id.len(),
+            ));
         }
         if self.cipher_suites.is_empty() {
-            return Err(WireError::invalid("no cipher suite"));
+            return Err(WireError::bad_length("cipher_suites", 0));
         }
         if !self.supported_versions.contains(&TLS13) {
-            return Err(WireError::invalid("supported_versions must offer TLS 1.3"));
+            return Err(WireError::NotTls13 {
+                message: "ClientHello",
+            });
         }
         for (i, (g, _)) in self.key_shares.iter().enumerate() {
             if self.key_shares[..i].iter().any(|(h, _)| h == g) {
-                return Err(WireError::invalid("key_share: a group offered twice"));
+                return Err(WireError::DuplicateKeyShare { group: g.get() });
             }
             // §9.2 and §4.2.8: key shares only for groups of supported_groups.
             if !self.supported_groups.contains(g) {
-                return Err(WireError::invalid(
-                    "key_share group not in supported_groups",
-                ));
+                return Err(WireError::KeyShareGroupNotOffered { group: g.get() });
             }
         }
         if self.alpn.iter().any(|p| p.is_empty()) {
-            return Err(WireError::invalid("ALPN: empty protocol name"));
+            return Err(WireError::bad_length("protocol_name", 0));
         }
         if self.cookie.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err(WireError::invalid("cookie: empty"));
+            return Err(WireError::bad_length("cookie", 0));
         }
         if self.record_size_limit.is_some_and(|l| l < 64) {
-            return Err(WireError::invalid("record_size_limit below 64"));
+            return Err(WireError::IllegalValue {
+                what: "record_size_limit (RFC 8449 §4: at least 64)",
+                value: self.record_size_limit.unwrap_or_default().into(),
+            });
         }
         if !self.psks.is_empty() && self.psk_modes.is_empty() {
-            return Err(WireError::invalid(
-                "pre_shared_key requires psk_key_exchange_modes (RFC 8446 §4.2.9)",
-            ));
+            return Err(WireError::ExtensionRequires {
+                message: "ClientHello",
+                extension: "pre_shared_key",
+                requires: "psk_key_exchange_modes",
+            });
         }
         if self.early_data && self.psks.is_empty() {
-            return Err(WireError::invalid(
-                "early_data requires pre_shared_key (RFC 8446 §4.2.10)",
-            ));
+            return Err(WireError::ExtensionRequires {
+                message: "ClientHello",
+                extension: "early_data",
+                requires: "pre_shared_key",
+            });
         }
         for p in &self.psks {
             if p.identity.is_empty() {
-                return Err(WireError::invalid("pre_shared_key: empty identity"));
+                return Err(WireError::bad_length("identity", 0));
             }
             if !(32..=255).contains(&p.binder_len) {
-                return Err(WireError::invalid(
-                    "pre_shared_key: binder length not in 32..=255",
-                ));
+                return Err(WireError::bad_length("binder", p.binder_len));
             }
         }
         Ok(())

@@ -60,22 +60,22 @@ impl<'a> ClientHello<'a> {
         // §4.1.2: "the legacy_version field MUST be set to 0x0303".
         let legacy_version = r.u16()?;
         if legacy_version != TLS12 {
-            return Err(WireError::invalid(format!(
-                "ClientHello legacy_version {legacy_version:#06x}, expected 0x0303"
-            )));
+            return Err(WireError::IllegalValue {
+                what: "ClientHello legacy_version (RFC 8446 §4.1.2)",
+                value: legacy_version.into(),
+            });
         }
         let random = r.array::<32>()?;
         let legacy_session_id = r.sub_u8("legacy_session_id")?.rest();
         if legacy_session_id.len() > 32 {
-            return Err(WireError::invalid(
-                "ClientHello legacy_session_id over 32 bytes",
+            return Err(WireError::bad_length(
+                "legacy_session_id",
+                legacy_session_id.len(),
             ));
         }
         let mut suites = r.sub_u16("cipher_suites")?;
         if suites.is_empty() || suites.remaining() % 2 != 0 {
-            return Err(WireError::invalid(
-                "ClientHello cipher_suites must be non-empty with an even length",
-            ));
+            return Err(WireError::bad_length("cipher_suites", suites.remaining()));
         }
         if suites.remaining() / 2 > MAX_CIPHER_SUITES {
             return Err(WireError::TooMany {
@@ -90,9 +90,10 @@ impl<'a> ClientHello<'a> {
         // §4.1.2: legacy_compression_methods "MUST contain exactly one byte, set to zero".
         let compression = r.sub_u8("legacy_compression_methods")?.rest();
         if compression != [0] {
-            return Err(WireError::invalid(
-                "ClientHello legacy_compression_methods must be exactly [0]",
-            ));
+            return Err(WireError::IllegalValue {
+                what: "ClientHello legacy_compression_methods length (must be [0])",
+                value: compression.len() as u64,
+            });
         }
         let extensions_len_offset = r.offset();
         let exts = read_extensions(&mut r, ExtensionContext::ClientHello)?;
@@ -114,15 +115,15 @@ impl<'a> ClientHello<'a> {
         let supported_versions = match get(ExtensionType::SupportedVersions) {
             Some(e) => extensions::client_versions(e)?,
             None => {
-                return Err(WireError::invalid(
-                    "ClientHello without supported_versions (not TLS 1.3)",
-                ))
+                return Err(WireError::NotTls13 {
+                    message: "ClientHello",
+                })
             }
         };
         if !supported_versions.contains(&TLS13) {
-            return Err(WireError::invalid(
-                "ClientHello supported_versions does not offer TLS 1.3",
-            ));
+            return Err(WireError::NotTls13 {
+                message: "ClientHello",
+            });
         }
         let server_names = get(ExtensionType::ServerName)
             .map(extensions::server_names)
@@ -172,31 +173,36 @@ impl<'a> ClientHello<'a> {
         // §9.2: a ClientHello "containing a "key_share" extension ... MUST also contain a
         // "supported_groups" extension".
         if key_shares.is_some() && supported_groups.is_none() {
-            return Err(WireError::invalid(
-                "ClientHello has key_share without supported_groups",
-            ));
+            return Err(WireError::ExtensionRequires {
+                message: "ClientHello",
+                extension: "key_share",
+                requires: "supported_groups",
+            });
         }
         // §4.2.8: "Each KeyShareEntry value MUST correspond to a group offered in the
         // "supported_groups" extension" (servers MAY check; the CS does).
         if let (Some(shares), Some(groups)) = (&key_shares, &supported_groups) {
             if let Some(s) = shares.iter().find(|s| !groups.contains(&s.group)) {
-                return Err(WireError::invalid(format!(
-                    "key_share group {:#06x} is not in supported_groups",
-                    s.group.get()
-                )));
+                return Err(WireError::KeyShareGroupNotOffered {
+                    group: s.group.get(),
+                });
             }
         }
         // §4.2.9: a client offering pre_shared_key MUST also send psk_key_exchange_modes.
         if pre_shared_key.is_some() && psk_modes.is_none() {
-            return Err(WireError::invalid(
-                "ClientHello offers pre_shared_key without psk_key_exchange_modes",
-            ));
+            return Err(WireError::ExtensionRequires {
+                message: "ClientHello",
+                extension: "pre_shared_key",
+                requires: "psk_key_exchange_modes",
+            });
         }
         // §4.2.10: early data is only possible with a PSK.
         if early_data && pre_shared_key.is_none() {
-            return Err(WireError::invalid(
-                "ClientHello offers early_data without pre_shared_key",
-            ));
+            return Err(WireError::ExtensionRequires {
+                message: "ClientHello",
+                extension: "early_data",
+                requires: "pre_shared_key",
+            });
         }
 
         Ok(Self {
@@ -247,10 +253,7 @@ impl<'a> ClientHello<'a> {
     /// `key_exchange<1..2^16-1>` on the wire (the engine checks what the CS returned).
     pub fn ensure_complete(&self) -> Result<(), WireError> {
         match self.placeholder_key_shares().first() {
-            Some(e) => Err(WireError::invalid(format!(
-                "key_share entry for group {:#06x} is still empty",
-                e.group.get()
-            ))),
+            Some(_) => Err(WireError::bad_length("key_exchange", 0)),
             None => Ok(()),
         }
     }
@@ -269,28 +272,22 @@ pub fn complete_client_hello(
     let ch = ClientHello::parse(raw)?;
     let placeholders = ch.placeholder_key_shares();
     if placeholders.len() != fills.len() {
-        return Err(WireError::invalid(format!(
-            "{} key shares to fill but {} public keys given",
-            placeholders.len(),
-            fills.len()
-        )));
+        return Err(WireError::KeyShareFillCount {
+            empty: placeholders.len(),
+            fills: fills.len(),
+        });
     }
     for (entry, (group, key)) in placeholders.iter().zip(fills) {
         if entry.group != *group {
-            return Err(WireError::invalid(format!(
-                "key share to fill is for group {:#06x}, public key given for {:#06x}",
-                entry.group.get(),
-                group.get()
-            )));
+            return Err(WireError::KeyShareFillGroup {
+                entry: entry.group.get(),
+                key: group.get(),
+            });
         }
         // §4.2.8: key_exchange<1..2^16-1>, with the size fixed by the group (§4.2.8.1/2).
         let expected = group.public_key_len();
         if key.is_empty() || expected.is_some_and(|n| n != key.len()) {
-            return Err(WireError::invalid(format!(
-                "public key of {} bytes for group {:#06x}",
-                key.len(),
-                group.get()
-            )));
+            return Err(WireError::bad_length("key_exchange", key.len()));
         }
     }
 
@@ -311,7 +308,10 @@ pub fn complete_client_hello(
         // inserted key, so their offsets in `out` are those of `raw`.
         let ext = ch
             .extension(ExtensionType::KeyShare)
-            .ok_or_else(|| WireError::invalid("no key_share extension"))?;
+            .ok_or(WireError::MissingExtension {
+                message: "ClientHello",
+                extension: "key_share",
+            })?;
         let grow = |out: &mut Vec<u8>, at: usize, width: usize, name| {
             let old = read_len(raw, at, width);
             patch_len(out, at, width, old + added, name)
@@ -335,12 +335,17 @@ fn read_len(buf: &[u8], at: usize, width: usize) -> usize {
         .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
 }
 
+const NO_PRE_SHARED_KEY: WireError = WireError::MissingExtension {
+    message: "ClientHello",
+    extension: "pre_shared_key",
+};
+
 /// Offset of the binders list (its u16 length) in a ClientHello with pre_shared_key.
 pub fn binders_offset(raw: &[u8]) -> Result<usize, WireError> {
     let ch = ClientHello::parse(raw)?;
     ch.pre_shared_key
         .map(|p| p.binders_offset)
-        .ok_or_else(|| WireError::invalid("ClientHello has no pre_shared_key extension"))
+        .ok_or(NO_PRE_SHARED_KEY)
 }
 
 /// The PartialClientHello of RFC 8446 §4.2.11.2: the message up to, not including, the
@@ -355,9 +360,7 @@ pub fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], WireError> {
 pub fn set_binders<B: AsRef<[u8]>>(raw: &mut [u8], binders: &[B]) -> Result<(), WireError> {
     let ranges: Vec<_> = {
         let ch = ClientHello::parse(raw)?;
-        let psk = ch
-            .pre_shared_key
-            .ok_or_else(|| WireError::invalid("ClientHello has no pre_shared_key extension"))?;
+        let psk = ch.pre_shared_key.ok_or(NO_PRE_SHARED_KEY)?;
         if psk.binders.len() != binders.len() {
             return Err(WireError::BinderCountMismatch {
                 identities: psk.binders.len(),
@@ -368,11 +371,11 @@ pub fn set_binders<B: AsRef<[u8]>>(raw: &mut [u8], binders: &[B]) -> Result<(), 
     };
     for (i, (range, binder)) in ranges.iter().zip(binders).enumerate() {
         if range.len() != binder.as_ref().len() {
-            return Err(WireError::invalid(format!(
-                "binder {i} has {} bytes, the ClientHello reserves {}",
-                binder.as_ref().len(),
-                range.len()
-            )));
+            return Err(WireError::BinderLength {
+                index: i,
+                len: binder.as_ref().len(),
+                reserved: range.len(),
+            });
         }
     }
     for (range, binder) in ranges.into_iter().zip(binders) {
@@ -496,7 +499,10 @@ mod tests {
         let blank = blank_key_shares(&raw);
         // Wrong group.
         let err = complete_client_hello(&blank, None, &[(NamedGroup::Secp256r1, vec![4; 65])]);
-        assert!(matches!(err, Err(WireError::Invalid(_))), "{err:?}");
+        assert!(
+            matches!(err, Err(WireError::KeyShareFillGroup { .. })),
+            "{err:?}"
+        );
         // Too many, too few.
         let two = [
             (NamedGroup::X25519, vec![1; 32]),
@@ -596,7 +602,7 @@ mod tests {
         let mut copy = raw.clone();
         assert!(matches!(
             set_binders(&mut copy, &[vec![0; 48]]),
-            Err(WireError::Invalid(_))
+            Err(WireError::BinderLength { .. })
         ));
         assert_eq!(
             set_binders(&mut copy, &[vec![0; 32], vec![0; 32]]).unwrap_err(),

@@ -77,23 +77,27 @@ impl<'a> ServerHello<'a> {
         // §4.1.3: legacy_version MUST be 0x0303; TLS 1.3 is negotiated in supported_versions.
         let legacy_version = r.u16()?;
         if legacy_version != TLS12 {
-            return Err(WireError::invalid(format!(
-                "ServerHello legacy_version {legacy_version:#06x}, expected 0x0303"
-            )));
+            return Err(WireError::IllegalValue {
+                what: "ServerHello legacy_version (RFC 8446 §4.1.3)",
+                value: legacy_version.into(),
+            });
         }
         let random = r.array::<32>()?;
         let legacy_session_id_echo = r.sub_u8("legacy_session_id_echo")?.rest();
         if legacy_session_id_echo.len() > 32 {
-            return Err(WireError::invalid(
-                "ServerHello legacy_session_id_echo over 32 bytes",
+            return Err(WireError::bad_length(
+                "legacy_session_id_echo",
+                legacy_session_id_echo.len(),
             ));
         }
         let cipher_suite = CipherSuite::from(r.u16()?);
         // §4.1.3: legacy_compression_method "MUST have the value 0".
-        if r.u8()? != 0 {
-            return Err(WireError::invalid(
-                "ServerHello legacy_compression_method must be 0",
-            ));
+        let compression = r.u8()?;
+        if compression != 0 {
+            return Err(WireError::IllegalValue {
+                what: "ServerHello legacy_compression_method (RFC 8446 §4.1.3)",
+                value: compression.into(),
+            });
         }
         let is_hrr = *random == HELLO_RETRY_REQUEST_RANDOM;
         let ctx = if is_hrr {
@@ -109,17 +113,15 @@ impl<'a> ServerHello<'a> {
         let selected_version = match get(ExtensionType::SupportedVersions) {
             Some(e) => extensions::selected_version(e)?,
             None => {
-                return Err(WireError::invalid(format!(
-                    "{} without supported_versions (not TLS 1.3)",
-                    ctx.name()
-                )))
+                return Err(WireError::NotTls13 {
+                    message: ctx.name(),
+                })
             }
         };
         if selected_version != TLS13 {
-            return Err(WireError::invalid(format!(
-                "{} selects version {selected_version:#06x}, expected 0x0304",
-                ctx.name()
-            )));
+            return Err(WireError::NotTls13 {
+                message: ctx.name(),
+            });
         }
         let (key_share, selected_group) = match get(ExtensionType::KeyShare) {
             Some(e) if is_hrr => (None, Some(extensions::hrr_selected_group(e)?)),
@@ -225,7 +227,7 @@ mod tests {
         bad[n - 2..].copy_from_slice(&[3, 3]);
         assert!(matches!(
             ServerHello::parse(&bad),
-            Err(WireError::Invalid(_))
+            Err(WireError::NotTls13 { .. })
         ));
     }
 
