@@ -169,12 +169,17 @@ pub fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError
 
 /// Starts `lurk-cs serve` on the init-dev set-up with the given ephemeral backend.
 pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
+    start_cs_with(dev, &dev.join("lurk-cs.toml"), backend)
+}
+
+/// [`start_cs`] with another configuration file.
+pub fn start_cs_with(dev: &Path, config: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
     let bin = sys::sibling_bin("lurk-cs").ok_or("lurk-cs binary not found next to lurk-bench: build the workspace binaries (cargo build --bins) with the same profile")?;
     let port = sys::free_port();
     let mut child = Command::new(bin)
         .arg("serve")
         .arg("--config")
-        .arg(dev.join("lurk-cs.toml"))
+        .arg(config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("LURK_EPHEMERAL__BACKEND", backend)
