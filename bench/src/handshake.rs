@@ -169,12 +169,13 @@ pub fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError
 
 /// Starts `lurk-cs serve` on the init-dev set-up with the given ephemeral backend.
 pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
-    start_cs_with(dev, backend, &[])
+    start_cs_with(dev, &dev.join("lurk-cs.toml"), backend, &[])
 }
 
-/// [`start_cs`] with more environment (`LURK_*` overrides).
+/// [`start_cs`] with another configuration file and more environment (`LURK_*` overrides).
 pub fn start_cs_with(
     dev: &Path,
+    config: &Path,
     backend: &str,
     env: &[(&str, &str)],
 ) -> Result<(Proc, String), BoxError> {
@@ -183,7 +184,7 @@ pub fn start_cs_with(
     let mut child = Command::new(bin)
         .arg("serve")
         .arg("--config")
-        .arg(dev.join("lurk-cs.toml"))
+        .arg(config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("LURK_EPHEMERAL__BACKEND", backend)

@@ -24,6 +24,7 @@ mod rtt;
 mod rustls_server;
 mod svg;
 mod sys;
+mod uds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -407,6 +408,26 @@ async fn handshake_phase(
         drop(srv);
     }
     users_rows(fx, p, r, &pki, (&url_memory, &url_token)).await;
+    let uds = async {
+        let (srv, port) = handshake::start_server(ServerKind::Rustls, &pki)?;
+        let out = uds::run(
+            &fx.dev,
+            &pki,
+            (port, srv.pid()),
+            p.latency_n,
+            p.latency_budget,
+        )
+        .await;
+        drop(srv);
+        out
+    };
+    match uds.await {
+        Ok((md, notes)) => {
+            r.sections.push(md);
+            r.notes.extend(notes);
+        }
+        Err(e) => r.notes.push(format!("Unix-socket rows: {e}")),
+    }
     let procs = client_auth::CsProcs {
         memory: (&url_memory, cs_memory.pid()),
         token: (&url_token, cs_token.pid()),

@@ -260,7 +260,7 @@ fn start(dev: &Path, env: &[(String, String)]) -> Result<(Proc, String), BoxErro
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut last = None;
     for _ in 0..3 {
-        match handshake::start_cs_with(dev, "memory", &env) {
+        match handshake::start_cs_with(dev, &dev.join("lurk-cs.toml"), "memory", &env) {
             Ok(cs) => return Ok(cs),
             Err(e) => last = Some(e),
         }

@@ -48,6 +48,36 @@ pub struct ListenConfig {
     /// `lurk-engine-id` metadata header, which nothing authenticates.
     #[serde(default)]
     pub plaintext: bool,
+    /// A Unix-domain socket beside the TCP listener, for engines on the same host: no TLS,
+    /// the engine is named by the peer's uid (SO_PEERCRED) through `engines`.
+    #[serde(default)]
+    pub unix: Option<UnixListenConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixListenConfig {
+    /// Path of the socket file (created at start, removed at shutdown; an old socket file
+    /// left there is replaced, any other file is an error).
+    pub path: PathBuf,
+    /// Permissions of the socket file (default 0o660: owner and group may connect).
+    #[serde(default = "default_unix_mode")]
+    pub mode: u32,
+    /// Which uid is which engine; a peer whose uid is not listed is refused at accept.
+    #[serde(default)]
+    pub engines: Vec<UnixEngine>,
+}
+
+/// One uid allowed on the Unix socket, and the engine identity it gets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixEngine {
+    pub uid: u32,
+    pub engine: String,
+}
+
+fn default_unix_mode() -> u32 {
+    0o660
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -493,6 +523,29 @@ impl Config {
                 "listen: set [listen.tls] (mTLS) or, for development only, plaintext = true".into(),
             ));
         }
+        if let Some(u) = &self.listen.unix {
+            let mut uids = std::collections::BTreeSet::new();
+            for e in &u.engines {
+                crate::server::EngineId::new(&e.engine).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "listen.unix.engines: {:?} is not an engine identity",
+                        e.engine
+                    ))
+                })?;
+                if !uids.insert(e.uid) {
+                    return Err(ConfigError::Invalid(format!(
+                        "listen.unix.engines: uid {} listed twice",
+                        e.uid
+                    )));
+                }
+            }
+            if u.mode & !0o777 != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "listen.unix.mode: {:o} is not a permission mode",
+                    u.mode
+                )));
+            }
+        }
         if self.token.pin_env.is_none() && self.token.pin_file.is_none() {
             return Err(ConfigError::Invalid(
                 "token: set pin_env or pin_file (the PIN never goes in this file)".into(),
@@ -623,6 +676,27 @@ mod tests {
         let c = Config::load(&path).expect("an unrelated LURK_ variable is not a config key");
         std::env::remove_var("LURK_SESSIONS__TTL_SECS");
         assert_eq!(c.sessions.ttl_secs, 7);
+    }
+
+    #[test]
+    fn unix_listener_map_is_checked() {
+        let ok = format!(
+            "{MINIMAL}\n[listen.unix]\npath = \"/tmp/cs.sock\"\n[[listen.unix.engines]]\nuid = 1000\nengine = \"engine-a\"\n"
+        );
+        let u = Config::from_toml(&ok).unwrap().listen.unix.unwrap();
+        assert_eq!(u.mode, 0o660);
+        assert_eq!(
+            (u.engines[0].uid, u.engines[0].engine.as_str()),
+            (1000, "engine-a")
+        );
+        for bad in [
+            "[[listen.unix.engines]]\nuid = 1000\nengine = \"engine-b\"\n",
+            "[[listen.unix.engines]]\nuid = 1001\nengine = \"\"\n",
+        ] {
+            assert!(Config::from_toml(&format!("{ok}{bad}")).is_err(), "{bad}");
+        }
+        let bad_mode = ok.replace("path = ", "mode = 0o4660\npath = ");
+        assert!(Config::from_toml(&bad_mode).is_err());
     }
 
     #[test]

@@ -581,6 +581,13 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
         let tls = lurk_cs::reload::ListenerTls::for_listen(&cfg.listen)?;
         lurk_cs::reload::reload_on_sighup(tls.clone(), cs.clone())
             .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+        // Bound before READY, so that an engine may connect to it at once.
+        let unix = cfg
+            .listen
+            .unix
+            .as_ref()
+            .map(lurk_cs::server::UnixListening::bind)
+            .transpose()?;
         println!("READY {addr}");
         // Expired sessions are purged off the async threads (dropping one may destroy a
         // token object).
@@ -616,10 +623,11 @@ fn serve(cfg: Config) -> Result<(), BoxError> {
             let _ = stop_tx.send(true);
         });
         let mut stopping = stop_rx.clone();
-        let serving = lurk_cs::server::serve_with_tls(
+        let serving = lurk_cs::server::serve_with_unix(
             &cfg.listen,
             &cfg.limits,
             listener,
+            unix,
             tls,
             lurk_proto::pb::crypto_service_server::CryptoServiceServer::new(svc),
             health_svc,

@@ -39,6 +39,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::config::{LimitsConfig, ListenConfig, TlsConfig};
 use crate::error::ServiceError;
 use crate::reload::{summarize, ListenerTls, TlsSummary};
+pub use crate::transport::{UnixListening, UnixPeer};
 
 /// Metadata header naming the engine on a plaintext (development) listener.
 pub const ENGINE_ID_METADATA: &str = "lurk-engine-id";
@@ -168,6 +169,28 @@ pub async fn serve_with_tls<S: CryptoService>(
     >,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let unix = cfg.unix.as_ref().map(UnixListening::bind).transpose()?;
+    serve_with_unix(cfg, limits, listener, unix, tls, service, health, shutdown).await
+}
+
+/// [`serve_with_tls`] with the `[listen.unix]` socket bound by the caller (before it says it
+/// is ready), or none.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_unix<S: CryptoService>(
+    cfg: &ListenConfig,
+    limits: &LimitsConfig,
+    listener: TcpListener,
+    unix: Option<UnixListening>,
+    tls: Option<Arc<ListenerTls>>,
+    service: CryptoServiceServer<S>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    if let Some(u) = &unix {
+        tracing::info!(path = %u.path().display(), "crypto service listening on a unix socket");
+    }
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.addr.clone(), |a| a.to_string());
@@ -177,7 +200,7 @@ pub async fn serve_with_tls<S: CryptoService>(
         .add_service(crate::reflection::service()?)
         .prepare();
     tracing::info!(addr = %local, mtls = tls.is_some(), "crypto service listening");
-    crate::transport::serve(listener, tls, routes, limits, shutdown).await;
+    crate::transport::serve(listener, unix, tls, routes, limits, shutdown).await;
     tracing::info!(addr = %local, "crypto service stopped");
     Ok(())
 }
@@ -247,7 +270,7 @@ fn expect_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 
 /// The identity of the engine that sent `req`.
 ///
-/// With a client certificate (always, on an mTLS listener): its subject CN, or its first DNS
+/// On the Unix socket: the engine its peer uid maps to (`[listen.unix]`). With a client certificate (always, on an mTLS listener): its subject CN, or its first DNS
 /// SAN. Without one: refused with `Unauthenticated`, unless `plaintext` (the listener's
 /// `cfg.plaintext`), where the `lurk-engine-id` header names the engine ([`DEV_ENGINE_ID`]
 /// by default).
@@ -255,6 +278,10 @@ pub fn engine_identity<T>(
     req: &tonic::Request<T>,
     plaintext: bool,
 ) -> Result<EngineId, ServiceError> {
+    // Set by the Unix-socket listener only: the peer's uid, mapped in [listen.unix].
+    if let Some(peer) = req.extensions().get::<UnixPeer>() {
+        return Ok(peer.engine.clone());
+    }
     if let Some(certs) = req.peer_certs() {
         let leaf = certs.first().ok_or_else(|| {
             ServiceError::refuse(LurkStatus::Unauthenticated, "no client certificate")
@@ -493,6 +520,7 @@ mod tests {
                     client_ca: self.path("ca.pem"),
                 }),
                 plaintext: false,
+                unix: None,
             }
         }
 
@@ -754,6 +782,7 @@ mod tests {
             addr: "127.0.0.1:0".into(),
             tls: None,
             plaintext: true,
+            unix: None,
         })
         .await;
         let channel = Channel::from_shared(format!("http://{}", server.addr))
@@ -819,6 +848,7 @@ mod tests {
             addr: "127.0.0.1:0".into(),
             tls: None,
             plaintext: false,
+            unix: None,
         };
         let mut bad_key = pki.listen();
         if let Some(tls) = bad_key.tls.as_mut() {

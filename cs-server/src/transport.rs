@@ -45,6 +45,9 @@ use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
+mod unix;
+pub use unix::{UnixListening, UnixPeer};
+
 use crate::config::LimitsConfig;
 use crate::error::ServiceError;
 use crate::limits::{connection_cap, descriptor_limit, RateLimitedWarn};
@@ -66,11 +69,13 @@ const OVERDUE_GRACE: Duration = Duration::from_secs(1);
 /// At most one warning per period for each kind of refusal.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
 
-/// Serves `routes` on `listener` (mTLS with `tls`, else plaintext) under `limits` until
-/// `shutdown` completes; then stops accepting, closes every connection with a GOAWAY and
-/// returns once their requests in flight are done (each within its request timeout).
+/// Serves `routes` on `listener` (mTLS with `tls`, else plaintext), and on `unix` when set
+/// (see `transport/unix.rs`), under `limits` until `shutdown` completes; then stops
+/// accepting, closes every connection with a GOAWAY and returns once their requests in
+/// flight are done (each within its request timeout).
 pub(crate) async fn serve(
     listener: TcpListener,
+    unix: Option<UnixListening>,
     tls: Option<Arc<ListenerTls>>,
     routes: Routes,
     limits: &LimitsConfig,
@@ -123,6 +128,14 @@ pub(crate) async fn serve(
     // Every connection task holds a clone; recv() returns None once all are done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(max_connections));
+    if let Some(unix) = unix {
+        tokio::spawn(unix::accept_loop(
+            unix,
+            shared.clone(),
+            slots.clone(),
+            alive_tx.clone(),
+        ));
+    }
     let full_warn = RateLimitedWarn::new(WARN_PERIOD);
     let accept_warn = RateLimitedWarn::new(WARN_PERIOD);
     let mut backoff = ACCEPT_BACKOFF_MIN;

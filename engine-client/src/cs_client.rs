@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lurk_proto::pb;
@@ -14,7 +15,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 /// Where the CS is and how to authenticate to it.
 #[derive(Clone, Debug)]
 pub struct CsEndpoint {
-    /// `https://host:port` (mTLS) or `http://host:port` (plaintext development CS).
+    /// `https://host:port` (mTLS), `http://host:port` (plaintext development CS), or
+    /// `unix:/path` (a CS on this host; it names the engine by this process's uid).
     pub url: String,
     /// PEM CA that issued the CS's certificate.
     pub ca_pem: Option<Vec<u8>>,
@@ -62,6 +64,9 @@ impl CsEndpoint {
         domain: Option<&str>,
         connect_timeout: Option<Duration>,
     ) -> Result<Channel, CsError> {
+        if let Some(path) = url.strip_prefix(UNIX_SCHEME) {
+            return unix_channel(path, connect_timeout);
+        }
         let mut ep = Endpoint::from_shared(url.to_owned())
             .map_err(|e| CsError::Config(format!("CS URL {url:?}: {e}")))?
             .tcp_nodelay(true)
@@ -84,6 +89,50 @@ impl CsEndpoint {
                 .map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
         }
         Ok(ep.connect_lazy())
+    }
+}
+
+/// The URL prefix of a CS on a Unix-domain socket: `unix:/run/lurk-cs/cs.sock`.
+pub const UNIX_SCHEME: &str = "unix:";
+
+/// A lazy channel over the Unix socket at `path`: HTTP/2 without TLS (the CS names the engine
+/// by the peer uid the kernel reports, SO_PEERCRED).
+fn unix_channel(path: &str, connect_timeout: Option<Duration>) -> Result<Channel, CsError> {
+    if path.is_empty() {
+        return Err(CsError::Config("CS URL unix: names no socket path".into()));
+    }
+    // The URI is only the :authority of the requests; the connector ignores it.
+    let ep = Endpoint::from_static("http://localhost")
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(5)));
+    Ok(ep.connect_with_connector_lazy(UnixConnector(Arc::from(Path::new(path)))))
+}
+
+/// Connects to one Unix socket path, whatever URI it is asked for.
+#[derive(Clone)]
+struct UnixConnector(Arc<Path>);
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let s = tokio::net::UnixStream::connect(&*path).await?;
+            Ok(hyper_util::rt::TokioIo::new(s))
+        })
     }
 }
 

@@ -294,7 +294,7 @@ fn split_url(url: &str) -> Result<(String, String, u16), CsError> {
 }
 
 impl CsPool {
-    /// A pool over `urls` (each `https://host:port` or `http://host:port`), all reached with the
+    /// A pool over `urls` (each `https://host:port`, `http://host:port` or `unix:/path`), all reached with the
     /// CA, identity and TLS server name of `endpoint` (its `url` is not used). A URL naming a
     /// host is resolved (then re-resolved) to all its addresses; the TLS server name stays the
     /// host name (or `endpoint.domain` when set). Needs a tokio runtime: the health checks and
@@ -312,6 +312,13 @@ impl CsPool {
         let mut targets = Vec::new();
         let mut replicas = Vec::new();
         for url in urls {
+            if url.starts_with(crate::cs_client::UNIX_SCHEME) {
+                // A socket path: one replica, nothing to resolve.
+                let channel = endpoint.channel(url, None, Some(opts.connect_timeout))?;
+                replicas.push(Replica::new(url.clone(), None, channel));
+                targets.push(Target::Fixed);
+                continue;
+            }
             let (scheme, host, port) = split_url(url)?;
             if host.parse::<IpAddr>().is_ok() {
                 let channel = endpoint.channel(

@@ -45,7 +45,8 @@ struct Cli {
 /// How to reach the Crypto Service.
 #[derive(Args, Clone)]
 struct CsArgs {
-    /// CS URL: https://host:port (mTLS) or http://host:port (plaintext development CS).
+    /// CS URL: https://host:port (mTLS), http://host:port (plaintext development CS) or
+    /// unix:/path (a CS on this host that names the engine by its uid).
     /// Several replicas: repeat the flag or separate URLs with commas; a host name stands for
     /// every address it resolves to (re-resolved every --cs-resolve-interval).
     #[arg(long, env = "LURK_CS", value_delimiter = ',', required = true)]
@@ -118,7 +119,7 @@ enum PskKeArg {
 /// TLS and CS options shared by `get` and `connect`.
 #[derive(Args, Clone)]
 struct TlsArgs {
-    /// CS URL (https:// mTLS, http:// plaintext); not needed for --ephemeral engine without
+    /// CS URL (https:// mTLS, http:// plaintext, unix:/path); not needed for --ephemeral engine without
     /// client key or external PSK. Several replicas: repeat the flag or separate URLs with
     /// commas; a host name stands for every address it resolves to.
     #[arg(long, env = "LURK_CS", value_delimiter = ',')]
