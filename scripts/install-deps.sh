@@ -7,7 +7,8 @@
 #   scripts/install-deps.sh --test      and everything the test suite uses: PostgreSQL (private
 #                                       clusters), Go (tests/go_tls_server, stdlib only), Python
 #                                       venvs with tlslite-ng (tests/tlslite_server.py) and
-#                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit
+#                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit,
+#                                       nginx and h2load (nghttp2-client) for the edge proxy test
 # Rust comes from rustup.
 set -euo pipefail
 test_deps=0
@@ -29,6 +30,9 @@ if [ "$test_deps" = 1 ]; then
   command -v go >/dev/null 2>&1 || need+=(golang-go)
   # prlimit: the transport-limit tests lower a running CS's descriptor limit.
   command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+  # The edge proxy e2e test: nginx as the upstream, h2load as the load generator.
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 fi
 if [ "$postgres" = 1 ]; then
   # PostgreSQL server binaries for private clusters (Debian puts them in

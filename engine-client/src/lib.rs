@@ -28,6 +28,8 @@ pub mod cs_client;
 pub mod cs_pool;
 pub mod deframer;
 pub mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper_connector;
 pub mod joiner;
 pub mod keyshare;
 pub mod record;
@@ -40,6 +42,9 @@ pub use conn::ClientConnection;
 pub use error::{CertificateError, Error, InvalidMessage, PeerMisbehaved};
 pub use stream::{Connector, TlsStream};
 pub use tickets::{MemoryTicketStore, StoredTicket, TicketStore};
+
+#[cfg(feature = "hyper")]
+pub use hyper_connector::{HttpsConnector, MaybeHttpsStream};
 
 #[cfg(test)]
 mod mutation_tests;
