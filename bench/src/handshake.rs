@@ -236,16 +236,16 @@ pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<
     )?;
     ep.domain = Some("localhost".into());
     let cs = ep.connect_lazy()?;
-    let cfg = ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&pki.ca())?,
-        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
-        groups: vec![NamedGroup::X25519],
-        ephemeral: Ephemeral::Cs,
-        ticket_store: (mode == Mode::Resumed)
-            .then(|| Arc::new(MemoryTicketStore::new(64)) as Arc<dyn lurk_engine::TicketStore>),
-        resume: mode == Mode::Resumed,
-        ..ClientConfig::default()
-    };
+    let mut cfg = ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
+        .cipher_suites([CipherSuite::TlsAes128GcmSha256])
+        .groups([NamedGroup::X25519])
+        .ephemeral(Ephemeral::Cs)
+        .resume(mode == Mode::Resumed);
+    if mode == Mode::Resumed {
+        cfg = cfg.ticket_store(Arc::new(MemoryTicketStore::new(64)));
+    }
+    let cfg = cfg.build()?;
     Ok(Client::Engine(Arc::new(Connector::new(
         Arc::new(cfg),
         Some(cs),
@@ -282,7 +282,9 @@ pub async fn get_once(client: &Client, port: u16) -> Result<(bool, Vec<&'static 
     let mut body = Vec::with_capacity(1024);
     let (resumed, exchanges) = match client {
         Client::Engine(c) => {
-            let mut s = c.connect(tcp, "localhost", port).await?;
+            let mut s = c
+                .connect(tcp, &lurk_engine::ServerName::try_from("localhost")?, port)
+                .await?;
             s.write_all(REQUEST).await?;
             s.flush().await?;
             read_body(&mut s, &mut body).await;

@@ -326,12 +326,10 @@ async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError>
         args.cs_key.as_deref(),
     )?;
     let pool = CsPool::new(&ep, &args.cs, CsPoolOptions::default())?;
-    let mut cfg = ClientConfig {
-        trust_anchors: lurk_engine::verify::TrustAnchors::from_pem_file(&args.ca)?,
-        alpn: alpn(args),
-        ticket_store: Some(Arc::new(MemoryTicketStore::new(64))),
-        ..ClientConfig::default()
-    };
+    let mut cfg = ClientConfig::builder()
+        .trust_anchors(lurk_engine::verify::TrustAnchors::from_pem_file(&args.ca)?)
+        .alpn_protocols(alpn(args))
+        .ticket_store(Arc::new(MemoryTicketStore::new(64)));
     if let Some(id) = &args.client_key {
         let caps = pool
             .call_any(|mut c| async move {
@@ -339,21 +337,11 @@ async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError>
             })
             .await?
             .into_inner();
-        let k = caps
-            .keys
-            .iter()
-            .find(|k| &k.key_id == id)
+        let key = ClientKey::from_capabilities(&caps, id)
             .ok_or_else(|| format!("the CS has no key {id:?} for this engine"))?;
-        cfg.client_key = Some(ClientKey {
-            key_id: id.clone(),
-            certificate_chain: k.certificate_chain.clone(),
-            signature_schemes: k
-                .signature_schemes
-                .iter()
-                .map(|s| lurk_proto::wire::SignatureScheme::from(*s as u16))
-                .collect(),
-        });
+        cfg = cfg.client_key(key);
     }
+    let cfg = cfg.build()?;
     Ok(lurk_engine::Connector::with_cs_pool(Arc::new(cfg), pool))
 }
 

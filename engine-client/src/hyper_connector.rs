@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::HandshakeSummary;
+use crate::server_name::ServerName;
 use crate::stream::{Connector, TlsStream};
 
 /// The error type of the connector's futures (what hyper-util expects).
@@ -117,7 +118,8 @@ impl HttpsConnector {
         if !https {
             return Ok(MaybeHttpsStream::Http(TokioIo::new(tcp)));
         }
-        let tls = self.connector.connect(tcp, host, port).await?;
+        let name = ServerName::try_from(host)?;
+        let tls = self.connector.connect(tcp, &name, port).await?;
         if let Some(f) = &self.observer {
             f(tls.summary());
         }

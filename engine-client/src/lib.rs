@@ -33,6 +33,7 @@ pub mod hyper_connector;
 pub mod joiner;
 pub mod keyshare;
 pub mod record;
+pub mod server_name;
 pub mod stream;
 pub mod tickets;
 pub mod verify;
@@ -40,6 +41,7 @@ pub mod verify;
 pub use config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk, HandshakeSummary, TlsMode};
 pub use conn::ClientConnection;
 pub use error::{CertificateError, Error, InvalidMessage, PeerMisbehaved};
+pub use server_name::{InvalidServerName, ServerName};
 pub use stream::{Connector, TlsStream};
 pub use tickets::{MemoryTicketStore, StoredTicket, TicketStore};
 
