@@ -9,7 +9,8 @@
 #                                       venvs with tlslite-ng (tests/tlslite_server.py) and
 #                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit,
 #                                       promtool (Debian's prometheus package), make and a C
-#                                       compiler (AFL++, scripts/fuzz.sh)
+#                                       compiler (AFL++, scripts/fuzz.sh), nginx and h2load
+#                                       (nghttp2-client) for the edge proxy test
 # Rust comes from rustup.
 set -euo pipefail
 test_deps=0
@@ -34,6 +35,9 @@ if [ "$test_deps" = 1 ]; then
   # cargo-afl builds AFL++ (scripts/fuzz.sh) with make and a C compiler.
   command -v make >/dev/null 2>&1 || need+=(make)
   command -v cc >/dev/null 2>&1 || need+=(gcc)
+  # The edge proxy e2e test: nginx as the upstream, h2load as the load generator.
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 fi
 # promtool (Debian's prometheus package, without its recommended node exporter): the tests
 # check the scraped metrics and deploy/prometheus/ (alerting rules and their cases).

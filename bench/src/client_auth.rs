@@ -148,20 +148,17 @@ fn engine(dev: &Path, cs_url: &str, pki: &Pki, ephemeral: Ephemeral) -> Result<C
     ep.domain = Some("localhost".into());
     let cs = ep.connect_lazy()?;
     let chain = pem_certs(&dev.join(format!("{TOKEN_KEY_LABEL}.pem")))?;
-    let cfg = ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&pki.ca())?,
-        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
-        groups: vec![NamedGroup::X25519],
-        ephemeral,
-        client_key: Some(ClientKey {
+    let cfg = ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
+        .cipher_suites([CipherSuite::TlsAes128GcmSha256])
+        .groups([NamedGroup::X25519])
+        .ephemeral(ephemeral)
+        .client_key(ClientKey {
             key_id: TOKEN_KEY_ID.into(),
             certificate_chain: chain.iter().map(|c| c.to_vec()).collect(),
             signature_schemes: vec![SignatureScheme::EcdsaSecp256r1Sha256],
-        }),
-        ticket_store: None,
-        resume: false,
-        ..ClientConfig::default()
-    };
+        })
+        .build()?;
     Ok(Client::Engine(Arc::new(Connector::new(
         Arc::new(cfg),
         Some(cs),

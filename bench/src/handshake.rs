@@ -260,16 +260,16 @@ pub fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, BoxError>
 
 /// The engine configuration of every engine client: CS ephemerals, x25519, AES-128-GCM.
 pub fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
-    Ok(ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&pki.ca())?,
-        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
-        groups: vec![NamedGroup::X25519],
-        ephemeral: Ephemeral::Cs,
-        ticket_store: (mode == Mode::Resumed)
-            .then(|| Arc::new(MemoryTicketStore::new(64)) as Arc<dyn lurk_engine::TicketStore>),
-        resume: mode == Mode::Resumed,
-        ..ClientConfig::default()
-    })
+    let mut cfg = ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
+        .cipher_suites([CipherSuite::TlsAes128GcmSha256])
+        .groups([NamedGroup::X25519])
+        .ephemeral(Ephemeral::Cs)
+        .resume(mode == Mode::Resumed);
+    if mode == Mode::Resumed {
+        cfg = cfg.ticket_store(Arc::new(MemoryTicketStore::new(64)));
+    }
+    Ok(cfg.build()?)
 }
 
 pub fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
@@ -312,7 +312,9 @@ pub async fn get_once_rt(
     let mut critical = 0;
     let (resumed, exchanges) = match client {
         Client::Engine(c) => {
-            let mut s = c.connect(tcp, "localhost", port).await?;
+            let mut s = c
+                .connect(tcp, &lurk_engine::ServerName::try_from("localhost")?, port)
+                .await?;
             critical = s.summary().lurk_exchanges.len();
             s.write_all(REQUEST).await?;
             s.flush().await?;

@@ -84,16 +84,16 @@ fn connector(
         Some(&tls.join("engine.key")),
     )?;
     ep.domain = Some("localhost".into());
-    let cfg = ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&pki.ca())?,
-        cipher_suites: vec![CipherSuite::TlsAes128GcmSha256],
-        groups: vec![NamedGroup::X25519],
-        ephemeral: Ephemeral::Cs,
-        ticket_store: resume
-            .then(|| Arc::new(MemoryTicketStore::new(64)) as Arc<dyn lurk_engine::TicketStore>),
-        resume,
-        ..ClientConfig::default()
-    };
+    let mut cfg = ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
+        .cipher_suites([CipherSuite::TlsAes128GcmSha256])
+        .groups([NamedGroup::X25519])
+        .ephemeral(Ephemeral::Cs)
+        .resume(resume);
+    if resume {
+        cfg = cfg.ticket_store(Arc::new(MemoryTicketStore::new(64)));
+    }
+    let cfg = cfg.build()?;
     Ok(Client::Engine(Arc::new(Connector::new(
         Arc::new(cfg),
         Some(ep.connect_lazy()?),

@@ -612,7 +612,7 @@ mod tests {
         let mut ids = Vec::new();
         for (engine, n) in [("a", 1), ("b", 4), ("c", 2), ("d", 2), ("e", 3)] {
             for _ in 0..n {
-                ids.push(t.open(engine, Stage::test_stage()).unwrap());
+                ids.push(t.open(engine, Idle).unwrap());
             }
         }
         let top = |n| {

@@ -43,59 +43,77 @@ pub struct ExternalPsk {
     pub hash: HashAlg,
 }
 
-/// The configuration of the engine's connections. Shared (`Arc`) by all of them.
+/// The configuration of the engine's connections, shared (`Arc`) by all of them. Made by
+/// [`ClientConfig::builder`], which checks it: a configuration that exists is one the engine
+/// can offer.
+///
+/// ```
+/// use lurk_engine::config::{ClientConfig, ConfigError};
+/// use lurk_engine::verify::TrustAnchors;
+///
+/// let config = ClientConfig::builder()
+///     .trust_anchors(TrustAnchors::from_pem(include_bytes!("../../testdata/doc-ca.pem"))?)
+///     .alpn_protocols(["h2", "http/1.1"])
+///     .build()?;
+/// assert_eq!(config.alpn_protocols(), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+///
+/// // Checked when built, not when connecting.
+/// let err = ClientConfig::builder().record_size_limit(32).build().unwrap_err();
+/// assert!(matches!(err, ConfigError::RecordSizeLimit(32)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct ClientConfig {
     /// Trust anchors for the server's certificate chain.
-    pub trust_anchors: TrustAnchors,
+    pub(crate) trust_anchors: TrustAnchors,
     /// Cipher suites, in preference order.
-    pub cipher_suites: Vec<CipherSuite>,
+    pub(crate) cipher_suites: Vec<CipherSuite>,
     /// supported_groups, in preference order.
-    pub groups: Vec<NamedGroup>,
+    pub(crate) groups: Vec<NamedGroup>,
     /// How many of the first `groups` get a key share in the first ClientHello (at least 1);
     /// the others are only listed (a server preferring one of them answers with a
     /// HelloRetryRequest).
-    pub key_shares: usize,
+    pub(crate) key_shares: usize,
     /// Who makes the (EC)DHE key pairs.
-    pub ephemeral: Ephemeral,
+    pub(crate) ephemeral: Ephemeral,
     /// signature_algorithms offered.
-    pub signature_schemes: Vec<SignatureScheme>,
+    pub(crate) signature_schemes: Vec<SignatureScheme>,
     /// The client key for certificate requests (none: an empty Certificate is sent).
-    pub client_key: Option<ClientKey>,
+    pub(crate) client_key: Option<ClientKey>,
     /// ALPN protocols offered.
-    pub alpn: Vec<Vec<u8>>,
+    pub(crate) alpn: Vec<Vec<u8>>,
     /// psk_key_exchange_modes offered with a PSK.
-    pub psk_modes: Vec<PskKeyExchangeMode>,
+    pub(crate) psk_modes: Vec<PskKeyExchangeMode>,
     /// Where tickets are kept; `None`: tickets are ignored and resumption is off.
-    pub ticket_store: Option<Arc<dyn TicketStore>>,
+    pub(crate) ticket_store: Option<Arc<dyn TicketStore>>,
     /// Offer stored tickets for resumption.
-    pub resume: bool,
+    pub(crate) resume: bool,
     /// An external PSK held by the CS, offered instead of a ticket.
-    pub external_psk: Option<ExternalPsk>,
+    pub(crate) external_psk: Option<ExternalPsk>,
     /// Data to send as 0-RTT early data when a ticket allows it (RFC 8446 §4.2.10: a ticket
     /// with max_early_data_size > 0, of a connection whose ALPN protocol is the first of
     /// `alpn`). At most max_early_data_size bytes go as 0-RTT; when the server accepts them
     /// the rest follows as ordinary data right after the handshake.
-    pub early_data: Option<Vec<u8>>,
+    pub(crate) early_data: Option<Vec<u8>>,
     /// Send the early data again (all of it) after the handshake when the server rejected it.
-    pub resend_rejected_early_data: bool,
+    pub(crate) resend_rejected_early_data: bool,
     /// Offer post-handshake client authentication (RFC 8446 §4.6.2).
-    pub post_handshake_auth: bool,
+    pub(crate) post_handshake_auth: bool,
     /// The LURK freshness function the CS applies to the engine's random (docs/design.md §3).
-    pub freshness: pb::Freshness,
+    pub(crate) freshness: pb::Freshness,
     /// Draft labels (default) or pylurk compatibility.
-    pub freshness_mode: FreshnessMode,
+    pub(crate) freshness_mode: FreshnessMode,
     /// Middlebox compatibility mode (RFC 8446 D.4): 32-byte legacy_session_id and a
     /// change_cipher_spec before the second flight.
-    pub middlebox_compat: bool,
+    pub(crate) middlebox_compat: bool,
     /// record_size_limit to offer (RFC 8449), 64..=16385: the largest TLSInnerPlaintext
     /// (content + content type byte + padding) the engine accepts in a protected record once
     /// the server echoes the extension. `None`: not offered.
-    pub record_size_limit: Option<u16>,
+    pub(crate) record_size_limit: Option<u16>,
     /// Keep exporter_master_secret so that [`crate::TlsStream::export_keying_material`] works
     /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
     /// `x`; off by default so that the secret is neither requested nor kept.
-    pub exporter: bool,
+    pub(crate) exporter: bool,
 }
 
 impl Default for ClientConfig {
@@ -151,6 +169,374 @@ impl fmt::Debug for ClientConfig {
             .field("record_size_limit", &self.record_size_limit)
             .field("exporter", &self.exporter)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why [`ClientConfigBuilder::build`] refused a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No cipher suite.
+    #[error("no cipher suite")]
+    NoCipherSuites,
+    /// A suite the engine does not implement (TLS 1.3 AEAD suites only).
+    #[error("unsupported cipher suite {0:#06x}")]
+    UnsupportedCipherSuite(u16),
+    /// A suite listed twice.
+    #[error("cipher suite {0:#06x} listed twice")]
+    DuplicateCipherSuite(u16),
+    /// No (EC)DHE group.
+    #[error("no group")]
+    NoGroups,
+    /// A group the engine does not implement (x25519, secp256r1, secp384r1).
+    #[error("unsupported group {0:#06x}")]
+    UnsupportedGroup(u16),
+    /// A group listed twice (RFC 8446 §4.2.7 lists each once).
+    #[error("group {0:#06x} listed twice")]
+    DuplicateGroup(u16),
+    /// `key_shares` must be between 1 and the number of groups.
+    #[error("{requested} key shares for {groups} groups")]
+    KeyShares {
+        /// The key shares asked for.
+        requested: usize,
+        /// The groups configured.
+        groups: usize,
+    },
+    /// No signature scheme.
+    #[error("no signature scheme")]
+    NoSignatureSchemes,
+    /// A signature scheme the engine cannot verify.
+    #[error("unsupported signature scheme {0:#06x}")]
+    UnsupportedSignatureScheme(u16),
+    /// An ALPN protocol name must be 1 to 255 bytes (RFC 7301 §3.1).
+    #[error("ALPN protocol {index} is {len} bytes (1 to 255)")]
+    AlpnProtocolLength {
+        /// Its position in the list.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// An ALPN protocol listed twice.
+    #[error("ALPN protocol {0:?} listed twice")]
+    DuplicateAlpnProtocol(String),
+    /// record_size_limit must be 64 to 16385 (RFC 8449 §4).
+    #[error("record_size_limit {0} outside 64..=16385")]
+    RecordSizeLimit(u16),
+    /// A client key needs its key id at the CS.
+    #[error("client key without a key id")]
+    EmptyClientKeyId,
+    /// A client key needs its certificate chain (RFC 8446 §4.4.2).
+    #[error("client key {0:?} without a certificate")]
+    ClientKeyWithoutCertificate(String),
+    /// An external PSK identity must be 1 to 65535 bytes (RFC 8446 §4.2.11).
+    #[error("external PSK identity of {0} bytes (1 to 65535)")]
+    PskIdentityLength(usize),
+    /// No configured suite has the external PSK's hash (RFC 8446 §4.2.11).
+    #[error("no cipher suite with the external PSK's hash {0:?}")]
+    NoSuiteForPskHash(HashAlg),
+    /// PSKs (tickets or external) need at least one psk_key_exchange_mode
+    /// (RFC 8446 §4.2.9).
+    #[error("PSKs without a psk_key_exchange_mode")]
+    NoPskModes,
+    /// Early data needs a PSK: an external PSK, or resumption with a ticket store
+    /// (RFC 8446 §4.2.10).
+    #[error("early data without an external PSK or resumption")]
+    EarlyDataWithoutPsk,
+    /// Early data of zero bytes.
+    #[error("empty early data")]
+    EmptyEarlyData,
+    /// Certificate authentication needs trust anchors (an external PSK alone does not).
+    #[error("no trust anchors")]
+    NoTrustAnchors,
+}
+
+/// Builds a [`ClientConfig`]; [`build`](Self::build) checks it. Defaults: every supported
+/// suite, x25519 then P-256 then P-384 with one key share, ephemeral keys made by the CS,
+/// resumption on when a ticket store is set, middlebox compatibility on, no ALPN, no client
+/// key.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ClientConfigBuilder {
+    cfg: ClientConfig,
+}
+
+impl ClientConfig {
+    /// A builder with the defaults.
+    pub fn builder() -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            cfg: ClientConfig::default(),
+        }
+    }
+
+    /// The ALPN protocols offered, in order.
+    pub fn alpn_protocols(&self) -> &[Vec<u8>] {
+        &self.alpn
+    }
+
+    /// The client key, if any.
+    pub fn client_key(&self) -> Option<&ClientKey> {
+        self.client_key.as_ref()
+    }
+
+    /// The ticket store, if any.
+    pub fn ticket_store(&self) -> Option<&Arc<dyn TicketStore>> {
+        self.ticket_store.as_ref()
+    }
+}
+
+impl ClientConfigBuilder {
+    /// Trust anchors for the server's certificate chain.
+    pub fn trust_anchors(mut self, anchors: TrustAnchors) -> Self {
+        self.cfg.trust_anchors = anchors;
+        self
+    }
+
+    /// Cipher suites, in preference order.
+    pub fn cipher_suites(mut self, suites: impl IntoIterator<Item = CipherSuite>) -> Self {
+        self.cfg.cipher_suites = suites.into_iter().collect();
+        self
+    }
+
+    /// supported_groups, in preference order.
+    pub fn groups(mut self, groups: impl IntoIterator<Item = NamedGroup>) -> Self {
+        self.cfg.groups = groups.into_iter().collect();
+        self
+    }
+
+    /// How many of the first groups get a key share in the first ClientHello (the others are
+    /// listed only; a server preferring one answers with a HelloRetryRequest).
+    pub fn key_shares(mut self, n: usize) -> Self {
+        self.cfg.key_shares = n;
+        self
+    }
+
+    /// Who makes the (EC)DHE key pairs.
+    pub fn ephemeral(mut self, ephemeral: Ephemeral) -> Self {
+        self.cfg.ephemeral = ephemeral;
+        self
+    }
+
+    /// signature_algorithms offered.
+    pub fn signature_schemes(mut self, schemes: impl IntoIterator<Item = SignatureScheme>) -> Self {
+        self.cfg.signature_schemes = schemes.into_iter().collect();
+        self
+    }
+
+    /// The CS-held key to answer certificate requests with (without one, an empty
+    /// Certificate is sent). [`ClientKey::from_capabilities`] makes one from what the CS
+    /// says.
+    pub fn client_key(mut self, key: ClientKey) -> Self {
+        self.cfg.client_key = Some(key);
+        self
+    }
+
+    /// ALPN protocols, in preference order (`["h2", "http/1.1"]` for hyper).
+    pub fn alpn_protocols<P: AsRef<[u8]>>(
+        mut self,
+        protocols: impl IntoIterator<Item = P>,
+    ) -> Self {
+        self.cfg.alpn = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// psk_key_exchange_modes offered with a PSK (default: psk_dhe_ke).
+    pub fn psk_modes(mut self, modes: impl IntoIterator<Item = PskKeyExchangeMode>) -> Self {
+        self.cfg.psk_modes = modes.into_iter().collect();
+        self
+    }
+
+    /// Where tickets are kept (without a store, tickets are ignored and resumption is off).
+    pub fn ticket_store(mut self, store: Arc<dyn TicketStore>) -> Self {
+        self.cfg.ticket_store = Some(store);
+        self
+    }
+
+    /// Offer stored tickets (default: on).
+    pub fn resume(mut self, yes: bool) -> Self {
+        self.cfg.resume = yes;
+        self
+    }
+
+    /// An external PSK held by the CS, offered instead of a ticket.
+    pub fn external_psk(mut self, psk: ExternalPsk) -> Self {
+        self.cfg.external_psk = Some(psk);
+        self
+    }
+
+    /// Data to send as 0-RTT early data when a PSK allows it (RFC 8446 §4.2.10); what the
+    /// server does not take as early data follows right after the handshake.
+    pub fn early_data(mut self, data: Vec<u8>) -> Self {
+        self.cfg.early_data = Some(data);
+        self
+    }
+
+    /// Send rejected early data again after the handshake (default: on).
+    pub fn resend_rejected_early_data(mut self, yes: bool) -> Self {
+        self.cfg.resend_rejected_early_data = yes;
+        self
+    }
+
+    /// Offer post-handshake client authentication (RFC 8446 §4.6.2).
+    pub fn post_handshake_auth(mut self, yes: bool) -> Self {
+        self.cfg.post_handshake_auth = yes;
+        self
+    }
+
+    /// The LURK freshness function (docs/design.md §3; default SHA-256).
+    pub fn freshness(mut self, freshness: pb::Freshness) -> Self {
+        self.cfg.freshness = freshness;
+        self
+    }
+
+    /// Draft labels (default) or pylurk compatibility.
+    pub fn freshness_mode(mut self, mode: FreshnessMode) -> Self {
+        self.cfg.freshness_mode = mode;
+        self
+    }
+
+    /// Middlebox compatibility mode (RFC 8446 D.4; default on).
+    pub fn middlebox_compat(mut self, yes: bool) -> Self {
+        self.cfg.middlebox_compat = yes;
+        self
+    }
+
+    /// Offer record_size_limit (RFC 8449), 64..=16385.
+    pub fn record_size_limit(mut self, limit: u16) -> Self {
+        self.cfg.record_size_limit = Some(limit);
+        self
+    }
+
+    /// Keep exporter_master_secret for [`crate::TlsStream::export_keying_material`]
+    /// (RFC 8446 §7.5; through the CS this asks it for the secret; default off).
+    pub fn exporter(mut self, yes: bool) -> Self {
+        self.cfg.exporter = yes;
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn build(self) -> Result<ClientConfig, ConfigError> {
+        let c = self.cfg;
+        if c.cipher_suites.is_empty() {
+            return Err(ConfigError::NoCipherSuites);
+        }
+        for (i, s) in c.cipher_suites.iter().enumerate() {
+            if !CipherSuite::SUPPORTED.contains(s) {
+                return Err(ConfigError::UnsupportedCipherSuite(u16::from(*s)));
+            }
+            if c.cipher_suites[..i].contains(s) {
+                return Err(ConfigError::DuplicateCipherSuite(u16::from(*s)));
+            }
+        }
+        if c.groups.is_empty() {
+            return Err(ConfigError::NoGroups);
+        }
+        for (i, g) in c.groups.iter().enumerate() {
+            if !NamedGroup::SUPPORTED.contains(g) {
+                return Err(ConfigError::UnsupportedGroup(u16::from(*g)));
+            }
+            if c.groups[..i].contains(g) {
+                return Err(ConfigError::DuplicateGroup(u16::from(*g)));
+            }
+        }
+        if c.key_shares == 0 || c.key_shares > c.groups.len() {
+            return Err(ConfigError::KeyShares {
+                requested: c.key_shares,
+                groups: c.groups.len(),
+            });
+        }
+        if c.signature_schemes.is_empty() {
+            return Err(ConfigError::NoSignatureSchemes);
+        }
+        if let Some(s) = c
+            .signature_schemes
+            .iter()
+            .find(|s| !SUPPORTED_SCHEMES.contains(s) && !CERTIFICATE_ONLY_SCHEMES.contains(s))
+        {
+            return Err(ConfigError::UnsupportedSignatureScheme(u16::from(*s)));
+        }
+        for (index, p) in c.alpn.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                return Err(ConfigError::AlpnProtocolLength {
+                    index,
+                    len: p.len(),
+                });
+            }
+            if c.alpn[..index].contains(p) {
+                return Err(ConfigError::DuplicateAlpnProtocol(
+                    String::from_utf8_lossy(p).into_owned(),
+                ));
+            }
+        }
+        if let Some(n) = c.record_size_limit {
+            if !(64..=16385).contains(&n) {
+                return Err(ConfigError::RecordSizeLimit(n));
+            }
+        }
+        if let Some(k) = &c.client_key {
+            if k.key_id.is_empty() {
+                return Err(ConfigError::EmptyClientKeyId);
+            }
+            if k.certificate_chain.is_empty() {
+                return Err(ConfigError::ClientKeyWithoutCertificate(k.key_id.clone()));
+            }
+        }
+        let resumption = c.resume && c.ticket_store.is_some();
+        if let Some(p) = &c.external_psk {
+            if p.identity.is_empty() || p.identity.len() > 0xffff {
+                return Err(ConfigError::PskIdentityLength(p.identity.len()));
+            }
+            if !c.cipher_suites.iter().any(|s| s.hash() == Some(p.hash)) {
+                return Err(ConfigError::NoSuiteForPskHash(p.hash));
+            }
+        }
+        if (resumption || c.external_psk.is_some()) && c.psk_modes.is_empty() {
+            return Err(ConfigError::NoPskModes);
+        }
+        if let Some(d) = &c.early_data {
+            if d.is_empty() {
+                return Err(ConfigError::EmptyEarlyData);
+            }
+            if !resumption && c.external_psk.is_none() {
+                return Err(ConfigError::EarlyDataWithoutPsk);
+            }
+        }
+        if c.trust_anchors.is_empty() && c.external_psk.is_none() {
+            return Err(ConfigError::NoTrustAnchors);
+        }
+        Ok(c)
+    }
+}
+
+impl ClientKey {
+    /// The client key `key_id` as the CS's `Capabilities` answer describes it (certificate
+    /// chain and signature schemes); `None` when the CS offers no such key to this engine.
+    pub fn from_capabilities(caps: &pb::CapabilitiesResponse, key_id: &str) -> Option<Self> {
+        let k = caps.keys.iter().find(|k| k.key_id == key_id)?;
+        Some(Self {
+            key_id: key_id.to_owned(),
+            certificate_chain: k.certificate_chain.clone(),
+            signature_schemes: k
+                .signature_schemes
+                .iter()
+                .map(|s| SignatureScheme::from(*s as u16))
+                .collect(),
+        })
+    }
+}
+
+impl ExternalPsk {
+    /// The external PSK `identity` as the CS's `Capabilities` answer describes it (its
+    /// hash); `None` when the CS offers no such PSK to this engine.
+    pub fn from_capabilities(caps: &pb::CapabilitiesResponse, identity: &[u8]) -> Option<Self> {
+        let p = caps.external_psks.iter().find(|p| p.identity == identity)?;
+        Some(Self {
+            identity: identity.to_vec(),
+            hash: if p.tls_hash == pb::TlsHash::Sha384 as i32 {
+                HashAlg::Sha384
+            } else {
+                HashAlg::Sha256
+            },
+        })
     }
 }
 
@@ -252,5 +638,147 @@ impl HandshakeSummary {
             "handshake_ms": self.handshake_time.map(|d| d.as_secs_f64() * 1000.0),
             "tickets_received": self.tickets_received,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tickets::MemoryTicketStore;
+
+    fn anchors() -> TrustAnchors {
+        TrustAnchors::from_pem(include_bytes!("../../testdata/doc-ca.pem")).unwrap()
+    }
+
+    fn base() -> ClientConfigBuilder {
+        ClientConfig::builder().trust_anchors(anchors())
+    }
+
+    fn key(id: &str, chain: Vec<Vec<u8>>) -> ClientKey {
+        ClientKey {
+            key_id: id.into(),
+            certificate_chain: chain,
+            signature_schemes: Vec::new(),
+        }
+    }
+
+    /// Each rule refuses at build time with its own error; the defaults pass.
+    #[test]
+    fn build_checks_each_rule() {
+        use ConfigError as E;
+        assert!(base().build().is_ok());
+        let psk = |identity: Vec<u8>, hash| ExternalPsk { identity, hash };
+        let cases: Vec<(ClientConfigBuilder, ConfigError)> = vec![
+            (base().cipher_suites([]), E::NoCipherSuites),
+            (
+                base().cipher_suites([CipherSuite::from(0x1304)]),
+                E::UnsupportedCipherSuite(0x1304),
+            ),
+            (
+                base().cipher_suites([
+                    CipherSuite::TlsAes128GcmSha256,
+                    CipherSuite::TlsAes128GcmSha256,
+                ]),
+                E::DuplicateCipherSuite(0x1301),
+            ),
+            (base().groups([]), E::NoGroups),
+            (
+                base().groups([NamedGroup::from(0x0019)]),
+                E::UnsupportedGroup(0x0019),
+            ),
+            (
+                base().groups([NamedGroup::X25519, NamedGroup::X25519]),
+                E::DuplicateGroup(0x001d),
+            ),
+            (
+                base().key_shares(4),
+                E::KeyShares {
+                    requested: 4,
+                    groups: 3,
+                },
+            ),
+            (
+                base().key_shares(0),
+                E::KeyShares {
+                    requested: 0,
+                    groups: 3,
+                },
+            ),
+            (base().signature_schemes([]), E::NoSignatureSchemes),
+            (
+                base().signature_schemes([SignatureScheme::from(0x0201)]),
+                E::UnsupportedSignatureScheme(0x0201),
+            ),
+            (
+                base().alpn_protocols(["h2", ""]),
+                E::AlpnProtocolLength { index: 1, len: 0 },
+            ),
+            (
+                base().alpn_protocols([vec![b'a'; 256]]),
+                E::AlpnProtocolLength { index: 0, len: 256 },
+            ),
+            (
+                base().alpn_protocols(["h2", "h2"]),
+                E::DuplicateAlpnProtocol("h2".into()),
+            ),
+            (base().record_size_limit(63), E::RecordSizeLimit(63)),
+            (base().record_size_limit(16386), E::RecordSizeLimit(16386)),
+            (
+                base().client_key(key("", vec![vec![1]])),
+                E::EmptyClientKeyId,
+            ),
+            (
+                base().client_key(key("k", vec![])),
+                E::ClientKeyWithoutCertificate("k".into()),
+            ),
+            (
+                base().external_psk(psk(Vec::new(), HashAlg::Sha256)),
+                E::PskIdentityLength(0),
+            ),
+            (
+                base()
+                    .cipher_suites([CipherSuite::TlsAes128GcmSha256])
+                    .external_psk(psk(b"p".to_vec(), HashAlg::Sha384)),
+                E::NoSuiteForPskHash(HashAlg::Sha384),
+            ),
+            (
+                base()
+                    .external_psk(psk(b"p".to_vec(), HashAlg::Sha256))
+                    .psk_modes([]),
+                E::NoPskModes,
+            ),
+            (base().early_data(b"x".to_vec()), E::EarlyDataWithoutPsk),
+            (
+                base()
+                    .ticket_store(Arc::new(MemoryTicketStore::default()))
+                    .resume(false)
+                    .early_data(b"x".to_vec()),
+                E::EarlyDataWithoutPsk,
+            ),
+            (
+                base()
+                    .ticket_store(Arc::new(MemoryTicketStore::default()))
+                    .early_data(Vec::new()),
+                E::EmptyEarlyData,
+            ),
+            (ClientConfig::builder(), E::NoTrustAnchors),
+        ];
+        for (b, want) in cases {
+            assert_eq!(b.build().unwrap_err(), want);
+        }
+        // What the rules allow.
+        assert!(ClientConfig::builder()
+            .external_psk(psk(b"p".to_vec(), HashAlg::Sha256))
+            .early_data(b"x".to_vec())
+            .build()
+            .is_ok());
+        assert!(base()
+            .ticket_store(Arc::new(MemoryTicketStore::default()))
+            .early_data(b"x".to_vec())
+            .record_size_limit(64)
+            .alpn_protocols(["h2", "http/1.1"])
+            .client_key(key("k", vec![vec![1]]))
+            .build()
+            .is_ok());
     }
 }

@@ -28,9 +28,12 @@ pub mod cs_client;
 pub mod cs_pool;
 pub mod deframer;
 pub mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper_connector;
 pub mod joiner;
 pub mod keyshare;
 pub mod record;
+pub mod server_name;
 pub mod stream;
 pub mod tickets;
 pub mod verify;
@@ -38,8 +41,12 @@ pub mod verify;
 pub use config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk, HandshakeSummary, TlsMode};
 pub use conn::ClientConnection;
 pub use error::{CertificateError, Error, InvalidMessage, PeerMisbehaved};
+pub use server_name::{InvalidServerName, ServerName};
 pub use stream::{Connector, TlsStream};
 pub use tickets::{MemoryTicketStore, StoredTicket, TicketStore};
+
+#[cfg(feature = "hyper")]
+pub use hyper_connector::{HttpsConnector, MaybeHttpsStream};
 
 #[cfg(test)]
 mod mutation_tests;

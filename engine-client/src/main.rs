@@ -23,7 +23,7 @@ use lurk_engine::cs_client::{CsEndpoint, CsError};
 use lurk_engine::cs_pool::{CsPool, CsPoolOptions};
 use lurk_engine::tickets::MemoryTicketStore;
 use lurk_engine::verify::TrustAnchors;
-use lurk_engine::{Connector, TlsStream};
+use lurk_engine::{Connector, ServerName, TlsStream};
 use lurk_proto::pb;
 use lurk_proto::wire::{CipherSuite, HashAlg, NamedGroup, PskKeyExchangeMode, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,19 +320,19 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 /// Builds the connector: configuration from the flags, the CS channel, and what the CS says
 /// about the client key and the external PSK.
 async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
-    let mut cfg = ClientConfig::default();
+    let mut cfg = ClientConfig::builder();
     if let Some(ca) = &tls.ca {
-        cfg.trust_anchors = TrustAnchors::from_pem_file(ca)?;
+        cfg = cfg.trust_anchors(TrustAnchors::from_pem_file(ca)?);
     }
-    cfg.groups = tls
+    let groups = tls
         .groups
         .split([',', ':'])
         .filter(|s| !s.is_empty())
         .map(|g| NamedGroup::from_name(g).ok_or_else(|| format!("unknown group {g:?}")))
-        .collect::<Result<_, _>>()?;
-    cfg.key_shares = tls.key_shares;
+        .collect::<Result<Vec<_>, _>>()?;
+    cfg = cfg.groups(groups).key_shares(tls.key_shares);
     if let Some(list) = &tls.ciphersuites {
-        cfg.cipher_suites = list
+        let suites = list
             .split([',', ':'])
             .filter(|s| !s.is_empty())
             .map(|n| {
@@ -341,31 +341,31 @@ async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
                     .find(|s| s.name().eq_ignore_ascii_case(n))
                     .ok_or_else(|| format!("unknown cipher suite {n:?}"))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        cfg = cfg.cipher_suites(suites);
     }
-    cfg.ephemeral = match tls.ephemeral {
+    cfg = cfg.ephemeral(match tls.ephemeral {
         EphemeralArg::Cs => Ephemeral::Cs,
         EphemeralArg::Engine => Ephemeral::Engine,
-    };
-    cfg.psk_modes = match tls.psk_ke {
+    });
+    cfg = cfg.psk_modes(match tls.psk_ke {
         PskKeArg::Dhe => vec![PskKeyExchangeMode::PskDheKe],
         PskKeArg::Ke => vec![PskKeyExchangeMode::PskKe],
         PskKeArg::Both => vec![PskKeyExchangeMode::PskDheKe, PskKeyExchangeMode::PskKe],
-    };
+    });
     if let Some(list) = &tls.alpn {
-        cfg.alpn = list
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
+        cfg = cfg.alpn_protocols(list.split(',').filter(|s| !s.is_empty()));
     }
-    cfg.post_handshake_auth = tls.post_handshake_auth;
-    cfg.record_size_limit = tls.record_size_limit;
+    cfg = cfg.post_handshake_auth(tls.post_handshake_auth);
+    if let Some(n) = tls.record_size_limit {
+        cfg = cfg.record_size_limit(n);
+    }
     if let Some(f) = &tls.early_data {
-        cfg.early_data =
-            Some(std::fs::read(f).map_err(|e| format!("reading early data {}: {e}", f.display()))?);
+        cfg = cfg.early_data(
+            std::fs::read(f).map_err(|e| format!("reading early data {}: {e}", f.display()))?,
+        );
     }
-    cfg.ticket_store = Some(Arc::new(MemoryTicketStore::default()));
+    cfg = cfg.ticket_store(Arc::new(MemoryTicketStore::default()));
 
     let cs = if tls.cs.is_empty() {
         None
@@ -384,42 +384,23 @@ async fn connector(tls: &TlsArgs) -> Result<Connector, BoxError> {
             .ok_or("--client-key and --external-psk need the Crypto Service (--cs)")?;
         let caps = capabilities(pool).await?;
         if let Some(id) = &tls.client_key {
-            let k = caps
-                .keys
-                .iter()
-                .find(|k| &k.key_id == id)
+            let key = ClientKey::from_capabilities(&caps, id)
                 .ok_or_else(|| format!("the CS has no key {id:?} for this engine"))?;
-            cfg.client_key = Some(ClientKey {
-                key_id: id.clone(),
-                certificate_chain: k.certificate_chain.clone(),
-                signature_schemes: k
-                    .signature_schemes
-                    .iter()
-                    .map(|s| SignatureScheme::from(*s as u16))
-                    .collect(),
-            });
+            cfg = cfg.client_key(key);
         }
         if let Some(id) = &tls.external_psk {
-            let hash = caps
-                .external_psks
-                .iter()
-                .find(|p| p.identity == id.as_bytes())
-                .map_or(HashAlg::Sha256, |p| {
-                    if p.tls_hash == pb::TlsHash::Sha384 as i32 {
-                        HashAlg::Sha384
-                    } else {
-                        HashAlg::Sha256
-                    }
-                });
-            cfg.external_psk = Some(ExternalPsk {
+            // A PSK the CS does not list is still offered (SHA-256): the CS refuses it.
+            let psk = ExternalPsk::from_capabilities(&caps, id.as_bytes()).unwrap_or(ExternalPsk {
                 identity: id.as_bytes().to_vec(),
-                hash,
+                hash: HashAlg::Sha256,
             });
+            cfg = cfg.external_psk(psk);
         }
     }
+    let cfg = Arc::new(cfg.build()?);
     Ok(match cs {
-        Some(pool) => Connector::with_cs_pool(Arc::new(cfg), pool),
-        None => Connector::new(Arc::new(cfg), None),
+        Some(pool) => Connector::with_cs_pool(cfg, pool),
+        None => Connector::new(cfg, None),
     })
 }
 
@@ -465,7 +446,8 @@ async fn open(
         .await
         .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
     tcp.set_nodelay(true)?;
-    Ok(connector.connect(tcp, server_name, port).await?)
+    let name = ServerName::try_from(server_name)?;
+    Ok(connector.connect(tcp, &name, port).await?)
 }
 
 fn report(tls: &TlsArgs, stream: &TlsStream<TcpStream>) {

@@ -35,6 +35,7 @@ use crate::conn::{ClientConnection, CsEpilogue};
 use crate::cs_client::{CsCall, CsError, CsReply};
 use crate::cs_pool::{CsPool, CsRoute};
 use crate::error::Error;
+use crate::server_name::ServerName;
 
 type CsFuture = Pin<Box<dyn Future<Output = Result<CsReply, CsError>> + Send>>;
 
@@ -210,17 +211,19 @@ impl Connector {
         &self.config
     }
 
-    /// Runs the handshake with `server_name` (DNS name or IP address) on `io`; `port` keys the
-    /// ticket store.
+    /// Runs the handshake with `server_name` on `io`, a connected transport (TCP, Unix
+    /// socket, anything `AsyncRead + AsyncWrite`); `port` keys the ticket store (tickets
+    /// are kept per `name:port`).
     pub async fn connect<IO>(
         &self,
         mut io: IO,
-        server_name: &str,
+        server_name: &ServerName,
         port: u16,
     ) -> Result<TlsStream<IO>, Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let server_name = server_name.as_str();
         // Tickets of earlier connections may still be on their way to the store: wait for
         // them (only for them: a session close carrying no ticket is never waited for) when
         // the caller resumes and the store has none for this server.
@@ -576,7 +579,8 @@ mod tests {
     fn stream_and_connect_future_are_send() {
         let connector = Connector::new(Arc::new(ClientConfig::default()), None);
         let (a, _b) = tokio::io::duplex(64);
-        let fut = connector.connect(a, "localhost", 443);
+        let name = ServerName::try_from("localhost").unwrap();
+        let fut = connector.connect(a, &name, 443);
         assert_send(&fut);
         fn stream_is_send<T: Send>() {}
         stream_is_send::<TlsStream<tokio::net::TcpStream>>();

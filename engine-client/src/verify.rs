@@ -48,6 +48,12 @@ impl TrustAnchors {
         Ok(Self { inner })
     }
 
+    /// Anchors from PEM certificates.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, Error> {
+        let inner = server_auth::TrustAnchors::from_pem(pem).map_err(Error::general)?;
+        Ok(Self { inner })
+    }
+
     /// Anchors from a PEM file of certificates.
     pub fn from_pem_file(path: &Path) -> Result<Self, Error> {
         let data = std::fs::read(path).map_err(|e| {

@@ -8,10 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lurk_engine::config::{ClientConfig, Ephemeral};
+use lurk_engine::config::{ClientConfig, ClientConfigBuilder, Ephemeral};
 use lurk_engine::tickets::MemoryTicketStore;
 use lurk_engine::verify::TrustAnchors;
-use lurk_engine::{Connector, Error, TlsMode};
+use lurk_engine::{Connector, Error, ServerName, TlsMode};
+
+fn localhost() -> ServerName {
+    ServerName::try_from("localhost").unwrap()
+}
 use lurk_proto::wire::{NamedGroup, PskKeyExchangeMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,13 +92,11 @@ impl Drop for Server {
     }
 }
 
-fn config(certs: &Path) -> ClientConfig {
-    ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&certs.join("ca-all.pem")).unwrap(),
-        ephemeral: Ephemeral::Engine,
-        ticket_store: Some(Arc::new(MemoryTicketStore::default())),
-        ..ClientConfig::default()
-    }
+fn config(certs: &Path) -> ClientConfigBuilder {
+    ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&certs.join("ca-all.pem")).unwrap())
+        .ephemeral(Ephemeral::Engine)
+        .ticket_store(Arc::new(MemoryTicketStore::default()))
 }
 
 async fn get(
@@ -103,7 +105,7 @@ async fn get(
 ) -> Result<(String, lurk_engine::HandshakeSummary), Error> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let mut s = connector.connect(tcp, "localhost", port).await?;
+    let mut s = connector.connect(tcp, &localhost(), port).await?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let mut body = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await;
@@ -136,8 +138,7 @@ async fn ecdhe_x25519_engine_ephemeral_then_resumption() {
             "-www",
         ],
     );
-    let mut cfg = config(&certs);
-    cfg.groups = vec![NamedGroup::X25519];
+    let cfg = config(&certs).groups([NamedGroup::X25519]).build().unwrap();
     let connector = Connector::new(Arc::new(cfg), None);
 
     let (body, s) = get(&connector, port).await.unwrap();
@@ -160,7 +161,7 @@ async fn ecdhe_x25519_engine_ephemeral_then_resumption() {
     // A name the certificate does not cover is refused, naming the cause.
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let err = connector
-        .connect(tcp, "example.com", port)
+        .connect(tcp, &ServerName::try_from("example.com").unwrap(), port)
         .await
         .err()
         .expect("wrong name must fail");
@@ -191,9 +192,11 @@ async fn hello_retry_and_psk_ke_resumption() {
             "-www",
         ],
     );
-    let mut cfg = config(&certs);
-    cfg.groups = vec![NamedGroup::X25519, NamedGroup::Secp256r1];
-    cfg.psk_modes = vec![PskKeyExchangeMode::PskKe];
+    let cfg = config(&certs)
+        .groups([NamedGroup::X25519, NamedGroup::Secp256r1])
+        .psk_modes([PskKeyExchangeMode::PskKe])
+        .build()
+        .unwrap();
     let connector = Connector::new(Arc::new(cfg), None);
 
     // X25519 share only: the server asks for P-256; its certificate is RSASSA-PSS (0x0809).
@@ -230,10 +233,10 @@ async fn hyper_sends_a_request_over_the_engine_stream() {
             certs.join("server-ecdsa-p256.key").to_str().unwrap(),
         ],
     );
-    let connector = Connector::new(Arc::new(config(&certs)), None);
+    let connector = Connector::new(Arc::new(config(&certs).build().unwrap()), None);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let tls = connector.connect(tcp, "localhost", port).await.unwrap();
+    let tls = connector.connect(tcp, &localhost(), port).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<
         _,
         http_body_util::Empty<bytes::Bytes>,

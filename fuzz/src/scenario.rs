@@ -91,29 +91,32 @@ pub fn identity() -> Arc<Identity> {
 
 fn config(fix: &Fixture, setup: Setup) -> Arc<ClientConfig> {
     let id = identity();
-    Arc::new(ClientConfig {
-        trust_anchors: TrustAnchors::from_der(&[&id.ca]).expect("anchor"),
-        groups: vec![NamedGroup::X25519, NamedGroup::Secp256r1],
-        key_shares: 1,
-        ephemeral: if setup.cs_ephemeral {
+    let mut b = ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_der(&[&id.ca]).expect("anchor"))
+        .groups([NamedGroup::X25519, NamedGroup::Secp256r1])
+        .key_shares(1)
+        .ephemeral(if setup.cs_ephemeral {
             Ephemeral::Cs
         } else {
             Ephemeral::Engine
-        },
-        client_key: setup.client_key.then(|| ClientKey {
+        })
+        .post_handshake_auth(setup.client_key)
+        .ticket_store(Arc::new(MemoryTicketStore::new(8)))
+        .middlebox_compat(setup.middlebox);
+    if setup.client_key {
+        b = b.client_key(ClientKey {
             key_id: "p256".into(),
             certificate_chain: fix.p256_chain.clone(),
             signature_schemes: Vec::new(),
-        }),
-        post_handshake_auth: setup.client_key,
-        external_psk: setup.external_psk.then(|| ExternalPsk {
+        });
+    }
+    if setup.external_psk {
+        b = b.external_psk(ExternalPsk {
             identity: fixture::EXTERNAL_IDENTITY.to_vec(),
             hash: HashAlg::Sha256,
-        }),
-        ticket_store: Some(Arc::new(MemoryTicketStore::new(8))),
-        middlebox_compat: setup.middlebox,
-        ..ClientConfig::default()
-    })
+        });
+    }
+    Arc::new(b.build().expect("fuzz engine configuration"))
 }
 
 /// The resumption ticket of the resume set-up.

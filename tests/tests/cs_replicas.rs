@@ -258,12 +258,14 @@ impl TicketStore for Acknowledged {
 }
 
 fn engine_config(store: Arc<dyn TicketStore>, resume: bool) -> Arc<ClientConfig> {
-    Arc::new(ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&certs().ca_all()).unwrap(),
-        ticket_store: Some(store),
-        resume,
-        ..ClientConfig::default()
-    })
+    Arc::new(
+        ClientConfig::builder()
+            .trust_anchors(TrustAnchors::from_pem_file(&certs().ca_all()).unwrap())
+            .ticket_store(store)
+            .resume(resume)
+            .build()
+            .unwrap(),
+    )
 }
 
 /// One connection to `openssl s_server -www`: handshake, `GET /`, the page read to EOF (the
@@ -274,7 +276,8 @@ async fn get(c: &Connector, port: u16) -> Result<bool, lurk_engine::Error> {
         .map_err(|e| lurk_engine::Error::io(&e))?;
     // No Nagle delay between the client Finished and the request.
     let _ = tcp.set_nodelay(true);
-    let mut s = c.connect(tcp, "localhost", port).await?;
+    let name = lurk_engine::ServerName::try_from("localhost").expect("a DNS name");
+    let mut s = c.connect(tcp, &name, port).await?;
     let resumed = s.summary().resumed;
     let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
     let mut page = Vec::new();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lurk_e2e::openssl::{certs, SServer};
 use lurk_e2e::replica_load::{kill_under_load, plain_log, start_replica, status_at};
 use lurk_e2e::{CsProcess, DevSetup};
-use lurk_engine::config::ClientConfig;
+use lurk_engine::config::{ClientConfig, ClientConfigBuilder};
 use lurk_engine::cs_pool::{CsPool, CsPoolOptions, ReplicaStatus, Resolver};
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::{Connector, ExternalPsk};
@@ -63,13 +63,14 @@ fn pool(replicas: &[&CsProcess], urls: &[String], opts: CsPoolOptions) -> CsPool
     CsPool::new(&ep, urls, opts).expect("pool")
 }
 
+fn config_builder() -> ClientConfigBuilder {
+    ClientConfig::builder()
+        .trust_anchors(TrustAnchors::from_pem_file(&certs().ca_all()).unwrap())
+        .resume(false)
+}
+
 fn config() -> Arc<ClientConfig> {
-    Arc::new(ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&certs().ca_all()).unwrap(),
-        resume: false,
-        ticket_store: None,
-        ..ClientConfig::default()
-    })
+    Arc::new(config_builder().build().unwrap())
 }
 
 /// `openssl s_server` for full handshakes, no tickets.
@@ -85,7 +86,11 @@ async fn handshake(c: &Connector, port: u16) -> Result<(), String> {
         .await
         .map_err(|e| format!("TCP: {e}"))?;
     let mut s = c
-        .connect(tcp, "localhost", port)
+        .connect(
+            tcp,
+            &lurk_engine::ServerName::try_from("localhost").unwrap(),
+            port,
+        )
         .await
         .map_err(|e| e.to_string())?;
     let _ = s.shutdown().await;
@@ -265,11 +270,13 @@ fn lurk_refusal_is_not_retried() {
     rt().block_on(async {
         let urls: Vec<String> = cs.iter().map(CsProcess::url).collect();
         let pool = pool(&refs, &urls, opts());
-        let mut cfg = (*config()).clone();
-        cfg.external_psk = Some(ExternalPsk {
-            identity: b"no-such-psk".to_vec(),
-            hash: lurk_proto::wire::HashAlg::Sha256,
-        });
+        let cfg = config_builder()
+            .external_psk(ExternalPsk {
+                identity: b"no-such-psk".to_vec(),
+                hash: lurk_proto::wire::HashAlg::Sha256,
+            })
+            .build()
+            .unwrap();
         let c = Connector::with_cs_pool(Arc::new(cfg), pool.clone());
         let e = handshake(&c, server.port()).await.unwrap_err();
         println!("refused: {e}");

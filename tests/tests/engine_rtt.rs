@@ -16,19 +16,22 @@ use tokio::net::TcpStream;
 
 /// Resumption asked for, tickets kept in memory: the CLI's configuration.
 fn resuming_config() -> Arc<ClientConfig> {
-    Arc::new(ClientConfig {
-        trust_anchors: TrustAnchors::from_pem_file(&certs().ca_all()).unwrap(),
-        resume: true,
-        ticket_store: Some(Arc::new(MemoryTicketStore::default())),
-        ..ClientConfig::default()
-    })
+    Arc::new(
+        ClientConfig::builder()
+            .trust_anchors(TrustAnchors::from_pem_file(&certs().ca_all()).unwrap())
+            .resume(true)
+            .ticket_store(Arc::new(MemoryTicketStore::default()))
+            .build()
+            .unwrap(),
+    )
 }
 
 /// One handshake, then close_notify; the LURK exchanges of the handshake.
 async fn handshake(c: &Connector, port: u16) -> Vec<&'static str> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let mut s = c.connect(tcp, "localhost", port).await.expect("handshake");
+    let name = lurk_engine::ServerName::try_from("localhost").unwrap();
+    let mut s = c.connect(tcp, &name, port).await.expect("handshake");
     let exchanges = s.summary().lurk_exchanges.clone();
     let _ = s.shutdown().await;
     exchanges
