@@ -150,6 +150,13 @@ impl fmt::Debug for StoredTicket {
     }
 }
 
+/// What [`TicketStore::peek_ticket`] tells of a stored ticket: what binds its use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketBinding {
+    pub hash: HashAlg,
+    pub server_name: Option<String>,
+}
+
 /// An external PSK (RFC 8446 §2.2, provisioned out of band). Not consumed on use.
 pub struct ExternalPsk {
     pub identity: Vec<u8>,
@@ -199,6 +206,17 @@ pub trait TicketStore: Send + Sync {
         engine: &str,
         identity: &[u8],
     ) -> Result<Option<StoredTicket>, StoreError>;
+
+    /// What is stored in clear beside `engine`'s live ticket with this identity, without
+    /// taking it or unsealing its PSK; `None` when there is no such live ticket. Nothing
+    /// changes in the store: [`TicketStore::take_ticket`] stays the one atomic point where
+    /// a ticket is used. (The fields are not authenticated until the take unseals the PSK:
+    /// callers check them again on what the take returns.)
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError>;
 
     /// Live (unexpired) tickets of `engine`.
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError>;

@@ -32,8 +32,8 @@ use zeroize::Zeroizing;
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
-    TicketStore,
+    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket,
+    TicketBinding, TicketRow, TicketStore,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
@@ -572,6 +572,34 @@ impl TicketStore for PostgresStore {
         }
         tx.commit().map_err(pg_err)?;
         result
+    }
+
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError> {
+        check_engine(engine)?;
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let now = self.now();
+        let row = self
+            .conn()?
+            .query_opt(
+                "SELECT hash_alg, server_name FROM tickets
+                 WHERE engine = $1 AND id_hash = $2 AND expires_at > $3",
+                &[&engine, &&id_hash[..], &sql_int(now)],
+            )
+            .map_err(pg_err)?;
+        row.map(|r| {
+            Ok(TicketBinding {
+                hash: hash_from_code(r.get(0))?,
+                server_name: r.get(1),
+            })
+        })
+        .transpose()
     }
 
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {

@@ -27,8 +27,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
-    TicketStore,
+    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket,
+    TicketBinding, TicketRow, TicketStore,
 };
 use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
@@ -341,6 +341,36 @@ impl TicketStore for SqliteStore {
             *n -= deleted as i64;
         }
         result
+    }
+
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError> {
+        check_engine(engine)?;
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let now = self.now();
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT hash_alg, server_name FROM tickets
+                 WHERE engine = ?1 AND id_hash = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![engine, &id_hash[..], sql_int(now)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()?;
+        row.map(|(hash, server_name)| {
+            Ok(TicketBinding {
+                hash: hash_from_code(hash)?,
+                server_name,
+            })
+        })
+        .transpose()
     }
 
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {

@@ -201,6 +201,7 @@ pub(crate) const CASES: &[Case] = &[
         another_sealing_key_is_refused,
     ),
     ("external_psks", external_psks),
+    ("peek_changes_nothing", peek_changes_nothing),
 ];
 
 /// Runs every case, each on a fresh harness.
@@ -681,4 +682,65 @@ fn external_psks(h: &dyn Harness) {
         }),
         Err(StoreError::Invalid(_))
     ));
+}
+
+/// `peek_ticket` tells what binds a live ticket and changes nothing: the ticket is still
+/// taken once, also when takers peek first on two handles at once.
+fn peek_changes_nothing(h: &dyn Harness) {
+    let s = h.open();
+    let psk = random_psk(32);
+    s.put_ticket("engine-a", ticket(b"p", &psk)).unwrap();
+    let bound = TicketBinding {
+        hash: HashAlg::Sha256,
+        server_name: Some("server.example".into()),
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            s.peek_ticket("engine-a", b"p").unwrap(),
+            Some(bound.clone())
+        );
+    }
+    assert_eq!(
+        s.peek_ticket("engine-b", b"p").unwrap(),
+        None,
+        "another engine's"
+    );
+    assert_eq!(s.peek_ticket("engine-a", b"q").unwrap(), None);
+    assert_eq!(s.peek_ticket("engine-a", b"").unwrap(), None);
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 1);
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 0);
+    let t = s.take_ticket("engine-a", b"p").unwrap().unwrap();
+    assert_eq!(&t.psk[..], &psk[..]);
+    assert_eq!(s.peek_ticket("engine-a", b"p").unwrap(), None, "taken");
+
+    // Peek then take, eight takers on two handles: exactly one gets it.
+    let replicas: Vec<Arc<dyn TicketStore>> = (0..2).map(|_| Arc::from(h.open())).collect();
+    for round in 0..5u8 {
+        replicas[0]
+            .put_ticket("engine-a", ticket(&[round], &random_psk(32)))
+            .unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let winners: usize = (0..8)
+            .map(|i| {
+                let s = replicas[i % 2].clone();
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    let seen = s.peek_ticket("engine-a", &[round]).unwrap();
+                    let taken = s.take_ticket("engine-a", &[round]).unwrap();
+                    assert!(seen.is_some() || taken.is_none(), "taken unseen");
+                    taken
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap().is_some()))
+            .sum();
+        assert_eq!(winners, 1, "round {round}");
+    }
+
+    // An expired ticket is not shown.
+    s.put_ticket("engine-a", ticket(b"e", &psk)).unwrap();
+    h.advance(3600);
+    assert_eq!(s.peek_ticket("engine-a", b"e").unwrap(), None);
 }
