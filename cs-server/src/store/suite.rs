@@ -88,6 +88,7 @@ pub(crate) fn cfg(max: u32, lifetime: u64) -> StoreConfig {
         postgres: None,
         ticket_lifetime_secs: lifetime,
         max_tickets_per_engine: max,
+        max_tombstones: 1_000_000,
     }
 }
 
@@ -202,6 +203,7 @@ pub(crate) const CASES: &[Case] = &[
     ),
     ("external_psks", external_psks),
     ("peek_changes_nothing", peek_changes_nothing),
+    ("tombstones_are_bounded", tombstones_are_bounded),
 ];
 
 /// Runs every case, each on a fresh harness.
@@ -743,4 +745,80 @@ fn peek_changes_nothing(h: &dyn Harness) {
     s.put_ticket("engine-a", ticket(b"e", &psk)).unwrap();
     h.advance(3600);
     assert_eq!(s.peek_ticket("engine-a", b"e").unwrap(), None);
+}
+
+/// Tombstones are bounded by count (docs/design.md §4.10): per engine, live tickets and
+/// tombstones stay within twice the cap at each registration, the oldest tombstones purged
+/// first; in all, within `max_tombstones` at each purge, the oldest first. Live tickets are
+/// never purged, other engines' tombstones are not touched by an engine's registrations,
+/// and a ticket whose tombstone went is still never taken again.
+fn tombstones_are_bounded(h: &dyn Harness) {
+    let s = h.open_with(&cfg(4, 3600)).unwrap();
+    let tombs = |engine: &str| {
+        h.count(&format!(
+            "SELECT count(*) FROM consumed_tickets WHERE engine = '{engine}'"
+        ))
+    };
+    let tomb_of = |id: &[u8]| {
+        h.count(&format!(
+            "SELECT count(*) FROM consumed_tickets WHERE id_hash = {}",
+            h.bytes_literal(&identity_hash(id))
+        ))
+    };
+    for i in 0..2u8 {
+        s.put_ticket("engine-b", ticket(&[9, i], &random_psk(32)))
+            .unwrap();
+        assert!(s.take_ticket("engine-b", &[9, i]).unwrap().is_some());
+    }
+    h.advance(1);
+    // Three rounds of 4 tickets registered then taken, a second apart.
+    for round in 0..3u8 {
+        for i in 0..4u8 {
+            s.put_ticket("engine-a", ticket(&[round, i], &random_psk(32)))
+                .unwrap();
+            let live = i64::try_from(s.count_tickets("engine-a").unwrap()).unwrap();
+            assert!(live + tombs("engine-a") <= 8, "round {round}, ticket {i}");
+        }
+        for i in 0..4u8 {
+            assert!(s.take_ticket("engine-a", &[round, i]).unwrap().is_some());
+        }
+        h.advance(1);
+    }
+    // Round 2's registrations purged round 0's tombstones, the oldest.
+    assert_eq!(tombs("engine-a"), 8);
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[0, i]), 0, "round 0, ticket {i}");
+        assert_eq!(tomb_of(&[1, i]), 1, "round 1, ticket {i}");
+        assert!(matches!(
+            s.put_ticket("engine-a", ticket(&[2, i], &[7; 32])),
+            Err(StoreError::TicketConsumed)
+        ));
+        // Its row went with the take: no tombstone needed for that.
+        assert!(s.take_ticket("engine-a", &[0, i]).unwrap().is_none());
+    }
+    assert_eq!(tombs("engine-b"), 2, "another engine's tombstones stay");
+    // Four live tickets: room is made among the tombstones, never among live tickets.
+    for i in 0..4u8 {
+        s.put_ticket("engine-a", ticket(&[3, i], &random_psk(32)))
+            .unwrap();
+    }
+    assert_eq!(tombs("engine-a"), 4);
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 4);
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[2, i]), 1, "round 2, ticket {i}");
+        assert!(s.take_ticket("engine-a", &[3, i]).unwrap().is_some());
+    }
+    // In all: 10 tombstones (8 of engine-a, 2 of engine-b); a cap of 5 keeps the newest 5.
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 10);
+    let mut small = cfg(4, 3600);
+    small.max_tombstones = 5;
+    // Opening purges too.
+    let capped = h.open_with(&small).unwrap();
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 5);
+    capped.purge_expired(h.clock().now()).unwrap();
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 5);
+    assert_eq!(tombs("engine-b"), 0, "the oldest went first");
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[3, i]), 1, "round 3, ticket {i}");
+    }
 }
