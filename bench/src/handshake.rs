@@ -52,7 +52,7 @@ impl Drop for Proc {
 }
 
 /// Waits (at most 60 s) for a stdout line containing `marker`, then drains stdout.
-fn wait_for_line(child: &mut Child, marker: &'static str) -> Result<String, BoxError> {
+pub(crate) fn wait_for_line(child: &mut Child, marker: &'static str) -> Result<String, BoxError> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
