@@ -176,6 +176,12 @@ pub async fn run(dev: &Path, pki: &Pki, p: &Params) -> Result<Soak, BoxError> {
         }
     }
     let concurrent_took = start.elapsed();
+    crate::step(&format!(
+        "soak: {} concurrent handshakes: {concurrent_errors} errors in {:.2} s {:?}",
+        p.concurrent,
+        concurrent_took.as_secs_f64(),
+        first_errors.lock().unwrap_or_else(|p| p.into_inner())
+    ));
 
     // (b) The long run: workers alternate full and resumed handshakes.
     crate::step(&format!(
