@@ -174,6 +174,11 @@ pub struct StoreConfig {
     /// Tickets kept per engine identity.
     #[serde(default = "default_max_tickets")]
     pub max_tickets_per_engine: u32,
+    /// Tombstones of consumed tickets kept in all (the oldest go first past it, at each
+    /// periodic purge). Per engine they are bounded at each registration: live tickets and
+    /// tombstones together at most twice `max_tickets_per_engine`.
+    #[serde(default = "default_max_tombstones")]
+    pub max_tombstones: u64,
 }
 
 /// `[store.postgres]`. The password is never read from this file.
@@ -441,6 +446,10 @@ fn default_max_tickets() -> u32 {
     // Servers send 2+ tickets per connection and a resumption uses one: a busy engine needs
     // thousands alive (each row is a few hundred bytes).
     10_000
+}
+fn default_max_tombstones() -> u64 {
+    // A row is about 100 bytes.
+    1_000_000
 }
 fn default_pg_pool_size() -> u32 {
     8

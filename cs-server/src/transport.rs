@@ -7,8 +7,11 @@
 //!   `limits.rs`); further peers wait in the kernel's listen backlog. Accept errors from
 //!   exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) back off instead of spinning.
 //! - **Handshakes**: each mTLS handshake is bounded by `handshake_timeout_ms`; at most
-//!   `max_pending_handshakes` run at once and a new one evicts the oldest, so that silent
-//!   sockets cannot lock engines out.
+//!   `max_pending_handshakes` run at once. A socket enters them at its first byte (or
+//!   after a 250 ms grace), and a new one evicts the oldest peer that has sent no byte yet
+//!   (nothing read, nothing waiting in the socket), and only if every pending peer has
+//!   spoken, the oldest: a flood of silent sockets evicts its own sockets, never an engine
+//!   whose ClientHello has arrived.
 //! - **Engines**: after the handshake the client certificate names the engine
 //!   ([`identity_from_certificate`]); past `max_connections_per_engine` its new connection
 //!   is closed.
@@ -27,7 +30,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,7 +42,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
@@ -60,6 +65,9 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// TCP keepalive on accepted sockets (for peers that vanish without a FIN).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long an accepted socket may take to send its first byte before it enters the
+/// pending handshakes (where, past their cap, a silent one is evicted first).
+const FIRST_BYTE_GRACE: Duration = Duration::from_millis(250);
 /// First and longest pause after an accept error from resource exhaustion.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -245,9 +253,16 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
         let info = tcp.connect_info();
         return serve_http2(shared, tcp, info, None).await;
     };
-    let (pending, evicted) = shared.pending.enter();
+    let peer = Arc::new(PeerSocket::new(tcp));
+    // The first byte gets a short grace before the handshake counts among the pending
+    // ones: an engine's ClientHello is then already there, and it is evicted only after
+    // every silent socket. (Meanwhile the socket holds its connection slot, as any.)
+    peer.first_byte(FIRST_BYTE_GRACE.min(shared.handshake_timeout))
+        .await;
+    let (pending, evicted) = shared.pending.enter(peer.clone());
+    let io = SharedTcp(peer);
     let tls = tokio::select! {
-        r = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)) => match r {
+        r = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(io)) => match r {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -264,7 +279,7 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
             crate::telemetry::tls_handshake_failed("evicted");
             if let Some(n) = shared.evicted_warn.check() {
                 tracing::warn!(times = n, cap = shared.pending.cap,
-                    "too many TLS handshakes in progress: the oldest dropped");
+                    "too many TLS handshakes in progress: a silent (else the oldest) dropped");
             }
             return;
         }
@@ -572,7 +587,6 @@ impl Counter {
     }
 
     fn try_enter(self: &Arc<Self>) -> Result<Admitted, ServiceError> {
-        use std::sync::atomic::Ordering;
         if self.n.fetch_add(1, Ordering::AcqRel) >= self.cap {
             self.n.fetch_sub(1, Ordering::AcqRel);
             return Err(ServiceError::Overloaded {
@@ -586,7 +600,7 @@ impl Counter {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.n.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -605,11 +619,146 @@ fn admit(all: &Arc<Counter>, engine: Option<&Arc<Counter>>) -> Result<Vec<Admitt
     Ok(places)
 }
 
-/// TLS handshakes in progress, oldest first. Past the cap the oldest is told to give up:
-/// a peer that opens sockets and stays silent only ever evicts its own.
+/// An accepted socket, shared by its connection's I/O and the pending-handshake table, which
+/// asks whether the peer has sent anything yet.
+struct PeerSocket {
+    tcp: TcpStream,
+    /// Set once a byte has been read from the socket.
+    heard: AtomicBool,
+}
+
+impl PeerSocket {
+    fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            heard: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits at most `within` for a byte (or EOF, or an error) to arrive.
+    async fn first_byte(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                if self.tcp.readable().await.is_err() {
+                    return;
+                }
+                let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+                // readable() may complete with nothing to read (tokio says so): WouldBlock
+                // from the peek clears that readiness, and the wait goes on.
+                match self.tcp.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(&self.tcp).peek(&mut byte)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Whether the peer has sent a byte: read already, or waiting in the socket's receive
+    /// queue (a non-blocking MSG_PEEK, which consumes nothing). EOF and errors count as
+    /// silent: such a handshake cannot complete anyway.
+    fn has_spoken(&self) -> bool {
+        if self.heard.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(&self.tcp).peek(&mut byte), Ok(n) if n > 0)
+    }
+}
+
+/// The I/O of one connection over its [`PeerSocket`]: what tokio's `TcpStream` does, through
+/// a shared reference, noting the first byte read.
+struct SharedTcp(Arc<PeerSocket>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let peer = &self.0;
+        loop {
+            std::task::ready!(peer.tcp.poll_read_ready(cx))?;
+            match peer.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        peer.heard.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness cleared: poll_read_ready registers the waker.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.tcp.poll_write_ready(cx))?;
+            match self.0.tcp.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.tcp.poll_write_ready(cx))?;
+            match self.0.tcp.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl Connected for SharedTcp {
+    type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.tcp.connect_info()
+    }
+}
+
+/// TLS handshakes in progress, oldest first. Past the cap one is told to give up: the oldest
+/// whose peer has sent no byte, else the oldest. A peer that opens sockets and stays silent
+/// only ever evicts its own; an engine's handshake goes only when every pending peer has
+/// spoken (then the oldest, as a handshake can also be stalled after its first bytes).
 struct PendingHandshakes {
     cap: usize,
-    state: Mutex<(u64, BTreeMap<u64, oneshot::Sender<()>>)>,
+    state: Mutex<(u64, BTreeMap<u64, Pending>)>,
+}
+
+struct Pending {
+    evict: oneshot::Sender<()>,
+    peer: Arc<PeerSocket>,
 }
 
 struct PendingHandshake {
@@ -625,18 +774,26 @@ impl PendingHandshakes {
         }
     }
 
-    /// Registers a handshake; the receiver completes if it is evicted.
-    fn enter(self: &Arc<Self>) -> (PendingHandshake, oneshot::Receiver<()>) {
+    /// Registers the handshake of `peer`, evicting another if the table is full; the
+    /// receiver completes if this one is evicted later.
+    fn enter(self: &Arc<Self>, peer: Arc<PeerSocket>) -> (PendingHandshake, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while s.1.len() >= self.cap {
-            if let Some((_, oldest)) = s.1.pop_first() {
-                let _ = oldest.send(());
+            // Peers that have spoken cost one atomic load each; the rest one peek, and the
+            // search stops at the first silent one (in a flood, the oldest entry).
+            let victim =
+                s.1.iter()
+                    .find(|(_, p)| !p.peer.has_spoken())
+                    .or_else(|| s.1.iter().next())
+                    .map(|(id, _)| *id);
+            if let Some(p) = victim.and_then(|id| s.1.remove(&id)) {
+                let _ = p.evict.send(());
             }
         }
         let id = s.0;
         s.0 += 1;
-        s.1.insert(id, tx);
+        s.1.insert(id, Pending { evict: tx, peer });
         (
             PendingHandshake {
                 set: self.clone(),
@@ -718,14 +875,60 @@ impl Drop for EngineConnection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn past_the_cap_the_oldest_handshake_is_evicted() {
+    /// `n` accepted sockets on loopback, with the client ends.
+    async fn sockets(n: usize) -> Vec<(Arc<PeerSocket>, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            out.push((Arc::new(PeerSocket::new(server)), client));
+        }
+        out
+    }
+
+    /// Until the byte written by a client can be peeked on the server side.
+    async fn until_spoken(peer: &PeerSocket) {
+        for _ in 0..200 {
+            if peer.has_spoken() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the byte never arrived");
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_silent_peer_is_evicted_before_one_that_has_spoken() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socks = sockets(5).await;
         let set = Arc::new(PendingHandshakes::new(2));
-        let (a, mut ra) = set.enter();
-        let (_b, mut rb) = set.enter();
-        let (_c, mut rc) = set.enter();
-        assert!(ra.try_recv().is_ok(), "the oldest is told to give up");
-        assert!(rb.try_recv().is_err());
+        // a (oldest) has spoken: its byte waits in the socket; b is silent.
+        socks[0].1.write_all(b"\x16").await.unwrap();
+        until_spoken(&socks[0].0).await;
+        let (a, mut ra) = set.enter(socks[0].0.clone());
+        let (_b, mut rb) = set.enter(socks[1].0.clone());
+        let (_c, mut rc) = set.enter(socks[2].0.clone());
+        assert!(rb.try_recv().is_ok(), "the silent one is told to give up");
+        assert!(ra.try_recv().is_err(), "not the oldest, which has spoken");
+        assert!(
+            !socks[0].0.heard.load(Ordering::Relaxed),
+            "peeking reads nothing"
+        );
+        // A byte read through the connection's I/O counts too (c), even once consumed.
+        socks[2].1.write_all(b"\x16").await.unwrap();
+        let mut io = SharedTcp(socks[2].0.clone());
+        let mut one = [0u8; 1];
+        io.read_exact(&mut one).await.unwrap();
+        assert!(socks[2].0.has_spoken());
+        // Everyone pending has spoken: the oldest (a) goes.
+        let (_d, mut rd) = set.enter(socks[3].0.clone());
+        assert!(ra.try_recv().is_ok(), "all have spoken: the oldest goes");
+        assert!(rc.try_recv().is_err());
+        // d is silent: the next newcomer evicts d, not c.
+        let (_e, _re) = set.enter(socks[4].0.clone());
+        assert!(rd.try_recv().is_ok());
         assert!(rc.try_recv().is_err());
         drop(a);
         assert_eq!(set.state.lock().unwrap().1.len(), 2);
@@ -762,7 +965,7 @@ mod tests {
             admit(&all, Some(&b)),
             Err(ServiceError::Overloaded { cap: 3, .. })
         ));
-        assert_eq!(b.n.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(b.n.load(Ordering::Relaxed), 1);
         drop(a1);
         let _b2 = admit(&all, Some(&b)).unwrap();
         assert!(admit(&all, None).is_err());

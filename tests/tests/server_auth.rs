@@ -342,6 +342,38 @@ async fn under_the_policy_only_an_authenticated_server_gets_tickets_bound_to_its
     assert_eq!(resumed.binders.len(), 1);
 }
 
+/// A ticket offered for another server name (or without one) is refused without being used:
+/// it still resumes for its own server afterwards, once. (Before: the refused offer took it
+/// out of the store, and the right server's resumption then failed.)
+#[tokio::test]
+async fn a_ticket_offered_for_another_name_stays_usable_for_its_own() {
+    let (trusted, trusted_pem) = self_signed("a.example");
+    let dev = DevSetup::new();
+    let cs = start_with_policy(&dev, &trusted_pem);
+    let mut c = cs.client("engine");
+    let p = play_server(&mut c, Some("a.example"), &trusted, false).await;
+    client_finished(&mut c, &p).await.expect("trusted server");
+    assert_eq!(register(&mut c, &p, &[(1, b"ticket-1")]).await.unwrap(), 1);
+    for sni in [Some("b.example"), None] {
+        assert_eq!(
+            init(&mut c, sni, Some(b"ticket-1")).await.unwrap_err(),
+            LurkStatus::InvalidPsk,
+            "offered for {sni:?}"
+        );
+    }
+    let resumed = init(&mut c, Some("a.example"), Some(b"ticket-1"))
+        .await
+        .expect("still usable for its own server");
+    assert_eq!(resumed.binders.len(), 1);
+    assert_eq!(
+        init(&mut c, Some("a.example"), Some(b"ticket-1"))
+            .await
+            .unwrap_err(),
+        LurkStatus::InvalidPsk,
+        "used once"
+    );
+}
+
 #[tokio::test]
 async fn under_the_policy_sequence_c_signs_only_for_an_authenticated_server() {
     let (untrusted, _) = self_signed("localhost");

@@ -88,8 +88,11 @@ pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
 ///
 /// A ticket bound to a server name (registered under `[server_auth]`) is offered only in a
 /// ClientHello whose server_name is that name; under `[server_auth]`, a ticket bound to no
-/// name (registered with the policy off) is refused. A refused ticket is consumed like any
-/// offered one.
+/// name (registered with the policy off) is refused. Under the policy, a ticket bound to
+/// another name is refused *before* it is taken (`peek_ticket`), so that offering it for the
+/// wrong name does not use it up; any other refused ticket is consumed like any offered one.
+/// The take stays the one atomic point of single use, and the name is checked again on
+/// what it returns (authenticated by the seal's AAD).
 pub fn load_psks(
     cs: &Cs,
     engine: &str,
@@ -125,6 +128,19 @@ pub fn load_psks(
             })?
             .map(|p| (p.psk, p.hash, None))
         } else {
+            if cs.server_auth.is_some() {
+                let binding = crate::telemetry::store_op("peek_ticket", || {
+                    cs.store.peek_ticket(engine, identity)
+                })?;
+                if let Some(bound) = binding.and_then(|b| b.server_name) {
+                    if Some(bound.as_str()) != server_name {
+                        return Err(ServiceError::refuse(
+                            LurkStatus::InvalidPsk,
+                            format!("PSK identity {i} is a ticket of another server"),
+                        ));
+                    }
+                }
+            }
             let taken = crate::telemetry::store_op("take_ticket", || {
                 cs.store.take_ticket(engine, identity)
             })?;

@@ -21,6 +21,13 @@
 //!   expiry: the same ticket registered again is refused
 //!   ([`StoreError::TicketConsumed`]), so it can never be taken twice. Registering an
 //!   identity that is still stored changes nothing (its lifetime is never extended).
+//!   Tombstones are also bounded by count, the oldest purged first: per engine, live
+//!   tickets and tombstones together stay within twice `max_tickets_per_engine` (kept at
+//!   each registration; a take turns a ticket into a tombstone and leaves the sum as it
+//!   is), and in all within `max_tombstones` (at each [`TicketStore::purge_expired`]).
+//!   Single use does not rest on them alone (docs/design.md §4.10): a ticket's PSK can only
+//!   be derived again in the session that registered it, which refuses the same nonce or
+//!   identity twice.
 //! - **Lifetime** = min(the server's `ticket_lifetime`, the configured cap ≤ 7 days); an
 //!   expired ticket is never returned. **Count**: at most `max_tickets_per_engine` live
 //!   tickets per engine; expired ones are purged before counting, and a refused registration
@@ -150,6 +157,13 @@ impl fmt::Debug for StoredTicket {
     }
 }
 
+/// What [`TicketStore::peek_ticket`] tells of a stored ticket: what binds its use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketBinding {
+    pub hash: HashAlg,
+    pub server_name: Option<String>,
+}
+
 /// An external PSK (RFC 8446 §2.2, provisioned out of band). Not consumed on use.
 pub struct ExternalPsk {
     pub identity: Vec<u8>,
@@ -200,10 +214,22 @@ pub trait TicketStore: Send + Sync {
         identity: &[u8],
     ) -> Result<Option<StoredTicket>, StoreError>;
 
+    /// What is stored in clear beside `engine`'s live ticket with this identity, without
+    /// taking it or unsealing its PSK; `None` when there is no such live ticket. Nothing
+    /// changes in the store: [`TicketStore::take_ticket`] stays the one atomic point where
+    /// a ticket is used. (The fields are not authenticated until the take unseals the PSK:
+    /// callers check them again on what the take returns.)
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError>;
+
     /// Live (unexpired) tickets of `engine`.
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError>;
 
-    /// Deletes every ticket (and tombstone) expired at `now`; returns how many tickets.
+    /// Deletes every ticket (and tombstone) expired at `now`, then the oldest tombstones
+    /// past `max_tombstones`; returns how many tickets.
     fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError>;
 
     /// A cheap round trip to the backing database (health probe).
@@ -381,6 +407,12 @@ pub(crate) struct PreparedExternal {
     /// Sorted, newline-separated; empty = every engine.
     pub allowed_engines: String,
     pub sealed: Vec<u8>,
+}
+
+/// Tombstones of `engine` to purge (oldest first) before one more live ticket is stored:
+/// live tickets and tombstones together stay within twice the per-engine cap.
+pub(crate) fn tombstone_excess(live_after: i64, tombstones: i64, cap: u32) -> i64 {
+    (live_after + tombstones - 2 * i64::from(cap)).max(0)
 }
 
 impl Sealing {

@@ -32,8 +32,8 @@ use zeroize::Zeroizing;
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
-    TicketStore,
+    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing,
+    StoredTicket, TicketBinding, TicketRow, TicketStore,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
@@ -209,6 +209,7 @@ pub struct PostgresStore {
     /// Host and database, for messages (never the password).
     name: String,
     max_tickets_per_engine: u32,
+    max_tombstones: u64,
     clock: Clock,
 }
 
@@ -329,6 +330,7 @@ impl PostgresStore {
             sealing: Sealing::new(sealer, cfg),
             name,
             max_tickets_per_engine: cfg.max_tickets_per_engine,
+            max_tombstones: cfg.max_tombstones,
             clock: Box::new(SystemTime::now),
         };
         let version = store.migrate()?;
@@ -482,6 +484,26 @@ impl TicketStore for PostgresStore {
                 cap,
             })
         } else {
+            // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
+            // Counted after the live tickets: a take in between is counted twice, never
+            // missed.
+            let tombstones: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM consumed_tickets WHERE engine = $1",
+                    &[&engine],
+                )
+                .map_err(pg_err)?
+                .get(0);
+            let excess = tombstone_excess(total + 1, tombstones, cap);
+            if excess > 0 {
+                tx.execute(
+                    "DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash IN
+                        (SELECT id_hash FROM consumed_tickets WHERE engine = $1
+                         ORDER BY expires_at, id_hash LIMIT $2)",
+                    &[&engine, &excess],
+                )
+                .map_err(pg_err)?;
+            }
             tx.execute(
                 "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
                                       expires_at, max_early_data, server_name, sealed)
@@ -574,6 +596,34 @@ impl TicketStore for PostgresStore {
         result
     }
 
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError> {
+        check_engine(engine)?;
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let now = self.now();
+        let row = self
+            .conn()?
+            .query_opt(
+                "SELECT hash_alg, server_name FROM tickets
+                 WHERE engine = $1 AND id_hash = $2 AND expires_at > $3",
+                &[&engine, &&id_hash[..], &sql_int(now)],
+            )
+            .map_err(pg_err)?;
+        row.map(|r| {
+            Ok(TicketBinding {
+                hash: hash_from_code(r.get(0))?,
+                server_name: r.get(1),
+            })
+        })
+        .transpose()
+    }
+
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {
         let now = self.now();
         let n: i64 = self
@@ -598,6 +648,25 @@ impl TicketStore for PostgresStore {
             &[&now],
         )
         .map_err(pg_err)?;
+        let tombstones: i64 = conn
+            .query_one("SELECT count(*) FROM consumed_tickets", &[])
+            .map_err(pg_err)?
+            .get(0);
+        let excess = tombstones - sql_int(self.max_tombstones);
+        if excess > 0 {
+            conn.execute(
+                "DELETE FROM consumed_tickets WHERE (engine, id_hash) IN
+                    (SELECT engine, id_hash FROM consumed_tickets
+                     ORDER BY expires_at, engine, id_hash LIMIT $1)",
+                &[&excess],
+            )
+            .map_err(pg_err)?;
+            tracing::warn!(
+                purged = excess,
+                cap = self.max_tombstones,
+                "tombstone cap reached: the oldest purged"
+            );
+        }
         Ok(n)
     }
 

@@ -27,8 +27,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
-    TicketStore,
+    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing,
+    StoredTicket, TicketBinding, TicketRow, TicketStore,
 };
 use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
@@ -94,6 +94,7 @@ pub struct SqliteStore {
     sealing: Sealing,
     path: PathBuf,
     max_tickets_per_engine: u32,
+    max_tombstones: u64,
     clock: Clock,
 }
 
@@ -152,6 +153,7 @@ impl SqliteStore {
             sealing,
             path: path.to_owned(),
             max_tickets_per_engine: cfg.max_tickets_per_engine,
+            max_tombstones: cfg.max_tombstones,
             clock: Box::new(SystemTime::now),
         };
         let purged = store.purge_expired(store.now_time())?;
@@ -241,6 +243,19 @@ impl TicketStore for SqliteStore {
                 cap,
             })
         } else {
+            // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
+            let tombstones: i64 = tx
+                .prepare_cached("SELECT count(*) FROM consumed_tickets WHERE engine = ?1")?
+                .query_row(params![engine], |r| r.get(0))?;
+            let excess = tombstone_excess(total + 1, tombstones, cap);
+            if excess > 0 {
+                tx.prepare_cached(
+                    "DELETE FROM consumed_tickets WHERE engine = ?1 AND id_hash IN
+                        (SELECT id_hash FROM consumed_tickets WHERE engine = ?1
+                         ORDER BY expires_at, id_hash LIMIT ?2)",
+                )?
+                .execute(params![engine, excess])?;
+            }
             tx.prepare_cached(
                 "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
                                       expires_at, max_early_data, server_name, sealed)
@@ -343,6 +358,36 @@ impl TicketStore for SqliteStore {
         result
     }
 
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError> {
+        check_engine(engine)?;
+        if check_identity(identity).is_err() {
+            return Ok(None);
+        }
+        let id_hash = identity_hash(identity);
+        let now = self.now();
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT hash_alg, server_name FROM tickets
+                 WHERE engine = ?1 AND id_hash = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![engine, &id_hash[..], sql_int(now)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()?;
+        row.map(|(hash, server_name)| {
+            Ok(TicketBinding {
+                hash: hash_from_code(hash)?,
+                server_name,
+            })
+        })
+        .transpose()
+    }
+
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {
         let now = self.now();
         let n: i64 = self
@@ -360,6 +405,23 @@ impl TicketStore for SqliteStore {
             .execute(params![sql_int(unix_secs(now))])?;
         tx.prepare_cached("DELETE FROM consumed_tickets WHERE expires_at <= ?1")?
             .execute(params![sql_int(unix_secs(now))])?;
+        let tombstones: i64 = tx
+            .prepare_cached("SELECT count(*) FROM consumed_tickets")?
+            .query_row([], |r| r.get(0))?;
+        let excess = tombstones - sql_int(self.max_tombstones);
+        if excess > 0 {
+            tx.prepare_cached(
+                "DELETE FROM consumed_tickets WHERE (engine, id_hash) IN
+                    (SELECT engine, id_hash FROM consumed_tickets
+                     ORDER BY expires_at, engine, id_hash LIMIT ?1)",
+            )?
+            .execute(params![excess])?;
+            tracing::warn!(
+                purged = excess,
+                cap = self.max_tombstones,
+                "tombstone cap reached: the oldest purged"
+            );
+        }
         tx.commit()?;
         if n > 0 {
             // Rows of any engine went: count again when needed.

@@ -88,6 +88,7 @@ pub(crate) fn cfg(max: u32, lifetime: u64) -> StoreConfig {
         postgres: None,
         ticket_lifetime_secs: lifetime,
         max_tickets_per_engine: max,
+        max_tombstones: 1_000_000,
     }
 }
 
@@ -201,6 +202,8 @@ pub(crate) const CASES: &[Case] = &[
         another_sealing_key_is_refused,
     ),
     ("external_psks", external_psks),
+    ("peek_changes_nothing", peek_changes_nothing),
+    ("tombstones_are_bounded", tombstones_are_bounded),
 ];
 
 /// Runs every case, each on a fresh harness.
@@ -681,4 +684,141 @@ fn external_psks(h: &dyn Harness) {
         }),
         Err(StoreError::Invalid(_))
     ));
+}
+
+/// `peek_ticket` tells what binds a live ticket and changes nothing: the ticket is still
+/// taken once, also when takers peek first on two handles at once.
+fn peek_changes_nothing(h: &dyn Harness) {
+    let s = h.open();
+    let psk = random_psk(32);
+    s.put_ticket("engine-a", ticket(b"p", &psk)).unwrap();
+    let bound = TicketBinding {
+        hash: HashAlg::Sha256,
+        server_name: Some("server.example".into()),
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            s.peek_ticket("engine-a", b"p").unwrap(),
+            Some(bound.clone())
+        );
+    }
+    assert_eq!(
+        s.peek_ticket("engine-b", b"p").unwrap(),
+        None,
+        "another engine's"
+    );
+    assert_eq!(s.peek_ticket("engine-a", b"q").unwrap(), None);
+    assert_eq!(s.peek_ticket("engine-a", b"").unwrap(), None);
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 1);
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 0);
+    let t = s.take_ticket("engine-a", b"p").unwrap().unwrap();
+    assert_eq!(&t.psk[..], &psk[..]);
+    assert_eq!(s.peek_ticket("engine-a", b"p").unwrap(), None, "taken");
+
+    // Peek then take, eight takers on two handles: exactly one gets it.
+    let replicas: Vec<Arc<dyn TicketStore>> = (0..2).map(|_| Arc::from(h.open())).collect();
+    for round in 0..5u8 {
+        replicas[0]
+            .put_ticket("engine-a", ticket(&[round], &random_psk(32)))
+            .unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let winners: usize = (0..8)
+            .map(|i| {
+                let s = replicas[i % 2].clone();
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    let seen = s.peek_ticket("engine-a", &[round]).unwrap();
+                    let taken = s.take_ticket("engine-a", &[round]).unwrap();
+                    assert!(seen.is_some() || taken.is_none(), "taken unseen");
+                    taken
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap().is_some()))
+            .sum();
+        assert_eq!(winners, 1, "round {round}");
+    }
+
+    // An expired ticket is not shown.
+    s.put_ticket("engine-a", ticket(b"e", &psk)).unwrap();
+    h.advance(3600);
+    assert_eq!(s.peek_ticket("engine-a", b"e").unwrap(), None);
+}
+
+/// Tombstones are bounded by count (docs/design.md §4.10): per engine, live tickets and
+/// tombstones stay within twice the cap at each registration, the oldest tombstones purged
+/// first; in all, within `max_tombstones` at each purge, the oldest first. Live tickets are
+/// never purged, other engines' tombstones are not touched by an engine's registrations,
+/// and a ticket whose tombstone went is still never taken again.
+fn tombstones_are_bounded(h: &dyn Harness) {
+    let s = h.open_with(&cfg(4, 3600)).unwrap();
+    let tombs = |engine: &str| {
+        h.count(&format!(
+            "SELECT count(*) FROM consumed_tickets WHERE engine = '{engine}'"
+        ))
+    };
+    let tomb_of = |id: &[u8]| {
+        h.count(&format!(
+            "SELECT count(*) FROM consumed_tickets WHERE id_hash = {}",
+            h.bytes_literal(&identity_hash(id))
+        ))
+    };
+    for i in 0..2u8 {
+        s.put_ticket("engine-b", ticket(&[9, i], &random_psk(32)))
+            .unwrap();
+        assert!(s.take_ticket("engine-b", &[9, i]).unwrap().is_some());
+    }
+    h.advance(1);
+    // Three rounds of 4 tickets registered then taken, a second apart.
+    for round in 0..3u8 {
+        for i in 0..4u8 {
+            s.put_ticket("engine-a", ticket(&[round, i], &random_psk(32)))
+                .unwrap();
+            let live = i64::try_from(s.count_tickets("engine-a").unwrap()).unwrap();
+            assert!(live + tombs("engine-a") <= 8, "round {round}, ticket {i}");
+        }
+        for i in 0..4u8 {
+            assert!(s.take_ticket("engine-a", &[round, i]).unwrap().is_some());
+        }
+        h.advance(1);
+    }
+    // Round 2's registrations purged round 0's tombstones, the oldest.
+    assert_eq!(tombs("engine-a"), 8);
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[0, i]), 0, "round 0, ticket {i}");
+        assert_eq!(tomb_of(&[1, i]), 1, "round 1, ticket {i}");
+        assert!(matches!(
+            s.put_ticket("engine-a", ticket(&[2, i], &[7; 32])),
+            Err(StoreError::TicketConsumed)
+        ));
+        // Its row went with the take: no tombstone needed for that.
+        assert!(s.take_ticket("engine-a", &[0, i]).unwrap().is_none());
+    }
+    assert_eq!(tombs("engine-b"), 2, "another engine's tombstones stay");
+    // Four live tickets: room is made among the tombstones, never among live tickets.
+    for i in 0..4u8 {
+        s.put_ticket("engine-a", ticket(&[3, i], &random_psk(32)))
+            .unwrap();
+    }
+    assert_eq!(tombs("engine-a"), 4);
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 4);
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[2, i]), 1, "round 2, ticket {i}");
+        assert!(s.take_ticket("engine-a", &[3, i]).unwrap().is_some());
+    }
+    // In all: 10 tombstones (8 of engine-a, 2 of engine-b); a cap of 5 keeps the newest 5.
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 10);
+    let mut small = cfg(4, 3600);
+    small.max_tombstones = 5;
+    // Opening purges too.
+    let capped = h.open_with(&small).unwrap();
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 5);
+    capped.purge_expired(h.clock().now()).unwrap();
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 5);
+    assert_eq!(tombs("engine-b"), 0, "the oldest went first");
+    for i in 0..4u8 {
+        assert_eq!(tomb_of(&[3, i]), 1, "round 3, ticket {i}");
+    }
 }

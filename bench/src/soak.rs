@@ -1,0 +1,346 @@
+//! Load and soak through one real `lurk-cs serve` (mTLS gRPC, SoftHSM token, token
+//! ephemerals) against the bench's rustls TLS server: (a) many handshakes at once from one
+//! engine process, every error counted; (b) a long run of full and resumed handshakes with
+//! the resident memory (VmRSS) of the engine (this process) and of the CS sampled at fixed
+//! intervals.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::handshake::{self, Client, Mode, Pki, Proc, ServerKind};
+use crate::sys;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sizes of a run.
+pub struct Params {
+    /// Handshakes started at once in (a).
+    pub concurrent: usize,
+    /// Handshakes in (b), and the sampling interval.
+    pub total: usize,
+    pub every: usize,
+    /// Connection loops running side by side in (b).
+    pub workers: usize,
+}
+
+impl Params {
+    /// The quick or full sizes; `LURK_BENCH_SOAK=concurrent,total,every` overrides them.
+    pub fn new(quick: bool) -> Self {
+        let mut p = Self::sizes(quick);
+        let custom: Vec<usize> = std::env::var("LURK_BENCH_SOAK")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        if let [concurrent, total, every] = custom[..] {
+            p.concurrent = concurrent.max(1);
+            p.total = total;
+            p.every = every.max(1);
+        }
+        p
+    }
+
+    fn sizes(quick: bool) -> Self {
+        if quick {
+            Self {
+                concurrent: 50,
+                total: 300,
+                every: 100,
+                workers: 8,
+            }
+        } else {
+            Self {
+                concurrent: 1_000,
+                total: 100_000,
+                every: 10_000,
+                workers: 32,
+            }
+        }
+    }
+}
+
+/// Figures of a run.
+pub struct Soak {
+    pub concurrent: usize,
+    pub concurrent_errors: usize,
+    pub concurrent_took: Duration,
+    pub total: usize,
+    pub errors: usize,
+    pub resumed: usize,
+    pub took: Duration,
+    /// (handshakes done, engine VmRSS KiB, CS VmRSS KiB).
+    pub samples: Vec<(usize, u64, u64)>,
+    /// The first few errors, for the notes.
+    pub first_errors: Vec<String>,
+    pub nofile: u64,
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (prlimit(1): the crate forbids
+/// unsafe code); the CS and the TLS server started afterwards inherit it. Returns the limit.
+fn raise_nofile() -> u64 {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        })
+        .and_then(|h| h.parse::<u64>().ok())
+        .unwrap_or(1024);
+    let _ = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `lurk-cs serve` on the init-dev set-up, token ephemerals, with the per-engine request
+/// and exchange limits raised for one engine running `concurrent` handshakes at once (the
+/// defaults, 128 requests and 16 + 128 exchanges per engine, refuse the rest at once:
+/// `too_many_requests`).
+fn start_cs(dev: &Path, concurrent: usize) -> Result<(Proc, String), BoxError> {
+    let bin = sys::sibling_bin("lurk-cs").ok_or("lurk-cs binary not found next to lurk-bench")?;
+    let port = sys::free_port();
+    let room = (2 * concurrent).max(256).to_string();
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(dev.join("lurk-cs.toml"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("LURK_EPHEMERAL__BACKEND", "token")
+        .env(
+            "LURK_STORE__PATH",
+            dev.join(format!("soak-tickets-{port}.sqlite")),
+        )
+        .env("LURK_STORE__MAX_TICKETS_PER_ENGINE", "10000000")
+        .env("LURK_LIMITS__MAX_REQUESTS", &room)
+        .env("LURK_LIMITS__MAX_REQUESTS_PER_ENGINE", &room)
+        .env("LURK_LIMITS__MAX_QUEUED_EXCHANGES_PER_ENGINE", &room)
+        .env("LURK_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    match handshake::wait_for_line(&mut child, "READY ") {
+        Ok(line) => Ok((
+            Proc { child },
+            format!("https://{}", line.trim_start_matches("READY ").trim()),
+        )),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+pub async fn run(dev: &Path, pki: &Pki, p: &Params) -> Result<Soak, BoxError> {
+    let nofile = raise_nofile();
+    let (cs, url) = start_cs(dev, p.concurrent)?;
+    let (_srv, port) = handshake::start_server(ServerKind::Rustls, pki)?;
+    let full = handshake::engine_client(dev, &url, pki, Mode::Full)?;
+    let resumed = handshake::engine_client(dev, &url, pki, Mode::Resumed)?;
+    let first_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let note = |e: String, errs: &Arc<std::sync::Mutex<Vec<String>>>| {
+        let mut v = errs.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 5 {
+            v.push(e);
+        }
+    };
+
+    // (a) All at once: one engine process, one CS channel.
+    crate::step(&format!("soak: {} concurrent handshakes", p.concurrent));
+    let barrier = Arc::new(tokio::sync::Barrier::new(p.concurrent));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..p.concurrent)
+        .map(|_| {
+            let (c, b) = (full.clone(), barrier.clone());
+            tokio::spawn(async move {
+                b.wait().await;
+                handshake::get_once(&c, port)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut concurrent_errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                concurrent_errors += 1;
+                note(format!("concurrent: {e}"), &first_errors);
+            }
+            Err(e) => {
+                concurrent_errors += 1;
+                note(format!("concurrent: task: {e}"), &first_errors);
+            }
+        }
+    }
+    let concurrent_took = start.elapsed();
+    crate::step(&format!(
+        "soak: {} concurrent handshakes: {concurrent_errors} errors in {:.2} s {:?}",
+        p.concurrent,
+        concurrent_took.as_secs_f64(),
+        first_errors.lock().unwrap_or_else(|p| p.into_inner())
+    ));
+
+    // (b) The long run: workers alternate full and resumed handshakes.
+    crate::step(&format!(
+        "soak: {} handshakes (full and resumed), RSS every {}",
+        p.total, p.every
+    ));
+    let done = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let resumed_n = Arc::new(AtomicUsize::new(0));
+    let mut samples = vec![(0, sys::rss_kib(None), sys::rss_kib(Some(cs.pid())))];
+    let start = Instant::now();
+    let workers: Vec<_> = (0..p.workers)
+        .map(|w| {
+            let clients: [Client; 2] = [full.clone(), resumed.clone()];
+            let (done, errors, resumed_n, errs) = (
+                done.clone(),
+                errors.clone(),
+                resumed_n.clone(),
+                first_errors.clone(),
+            );
+            let total = p.total;
+            tokio::spawn(async move {
+                let mut i = w;
+                loop {
+                    if done.fetch_add(1, Ordering::Relaxed) >= total {
+                        done.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                    match handshake::get_once(&clients[i % 2], port).await {
+                        Ok((true, _)) => {
+                            resumed_n.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((false, _)) => {}
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            let mut v = errs.lock().unwrap_or_else(|p| p.into_inner());
+                            if v.len() < 5 {
+                                v.push(format!("soak: {e}"));
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let cs_pid = cs.pid();
+    let mut next = p.every;
+    while workers.iter().any(|w| !w.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if done.load(Ordering::Relaxed) >= next {
+            samples.push((next, sys::rss_kib(None), sys::rss_kib(Some(cs_pid))));
+            next += p.every;
+        }
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let took = start.elapsed();
+    if samples.last().map(|s| s.0) != Some(p.total) {
+        samples.push((p.total, sys::rss_kib(None), sys::rss_kib(Some(cs_pid))));
+    }
+    drop(cs);
+    let first_errors = first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Soak {
+        concurrent: p.concurrent,
+        concurrent_errors,
+        concurrent_took,
+        total: p.total,
+        errors: errors.load(Ordering::Relaxed),
+        resumed: resumed_n.load(Ordering::Relaxed),
+        took,
+        samples,
+        first_errors,
+        nofile,
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+impl Soak {
+    /// The markdown section.
+    pub fn markdown(&self, quick: bool) -> String {
+        let mut md = String::new();
+        md.push_str("## Load and soak (one engine process, one `lurk-cs serve`)\n\n");
+        md.push_str(&format!(
+            "Generated by `lurk-bench --only soak`{} ({} build): a real `lurk-cs serve` (mTLS \
+             gRPC, SoftHSM token, token ephemerals, SQLite store) and the bench's rustls TLS 1.3 server on \
+             loopback; the engine is this process (one `Connector`, one CS channel). \
+             RLIMIT_NOFILE {} (raised to the hard limit; the CS and server inherit it). The CS \
+             runs with `[limits] max_requests`, `max_requests_per_engine` and \
+             `max_queued_exchanges_per_engine` = {} (the defaults refuse one engine's \
+             requests past 128 in flight and its exchanges past 16 running + 128 queued).\n\n",
+            if quick { " --quick" } else { "" },
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            self.nofile,
+            (2 * self.concurrent).max(256),
+        ));
+        md.push_str(&format!(
+            "- **{} handshakes started at once** (full, GET of 256 bytes each): **{} errors**, \
+             all done in {:.2} s.\n",
+            self.concurrent,
+            self.concurrent_errors,
+            self.concurrent_took.as_secs_f64()
+        ));
+        md.push_str(&format!(
+            "- **{} handshakes**, full and resumed alternately, by {} side-by-side loops: \
+             **{} errors**, {} resumed, {:.0} s ({:.0} handshakes/s).\n\n",
+            self.total,
+            Params::new(quick).workers,
+            self.errors,
+            self.resumed,
+            self.took.as_secs_f64(),
+            self.total as f64 / self.took.as_secs_f64().max(1e-9)
+        ));
+        md.push_str("| handshakes | engine VmRSS (MiB) | CS VmRSS (MiB) |\n|---:|---:|---:|\n");
+        for (n, e, c) in &self.samples {
+            md.push_str(&format!("| {n} | {:.1} | {:.1} |\n", mib(*e), mib(*c)));
+        }
+        if let (Some(first), Some(last)) = (self.samples.get(1), self.samples.last()) {
+            md.push_str(&format!(
+                "\nFrom the first sample after start ({} handshakes) to the end: engine {:+.1} \
+                 MiB, CS {:+.1} MiB.\n",
+                first.0,
+                mib(last.1) - mib(first.1),
+                mib(last.2) - mib(first.2)
+            ));
+        }
+        if !self.first_errors.is_empty() {
+            md.push_str("\nFirst errors:\n");
+            for e in &self.first_errors {
+                md.push_str(&format!("- {e}\n"));
+            }
+        }
+        md
+    }
+}
