@@ -43,16 +43,19 @@ mkdir -p "$out"
 LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
 
 # No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
-# (containers), quick calibration. A seed may take a while: the first input opens the token.
+# (containers), quick calibration. An input may take a while: the first of a process opens the
+# token (10 s is a hang).
 # The seeds are calibrated (edges_found then counts their coverage too).
-# The map holds every edge of the lurk crates (~119k): AFL_MAP_SIZE must cover it.
+# The map holds every edge of the lurk crates (about 119,000): AFL_MAP_SIZE must cover it; the
+# binary says how many it has.
+map_size=$(AFL_DUMP_MAP_SIZE=1 "$bin" list || true)
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
-  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=131072
+  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=$map_size
 
 one() {
   local t=$1
   # Each target its own CS set-up: runs in parallel do not share a ticket store.
-  LURK_FUZZ_DIR="$out/$t.cs" cargo afl fuzz -V "$secs" -t 5000 -i "$out/seeds/$t" -o "$out/$t" \
+  LURK_FUZZ_DIR="$out/$t.cs" cargo afl fuzz -V "$secs" -t 10000 -i "$out/seeds/$t" -o "$out/$t" \
     "$bin" "$t" >"$out/$t.log" 2>&1 || {
     echo "fuzz: $t: afl-fuzz failed, see $out/$t.log" >&2
     return 1

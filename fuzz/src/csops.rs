@@ -58,7 +58,10 @@ impl Op {
                 s.server.hrr = true;
             }
             Self::InitClientFinished => {
+                // Sequence C: the engine's own shares, no CS-held PSK.
                 s.cs_ephemeral = false;
+                s.external_psk = false;
+                s.resume = false;
                 s.client_key = true;
                 s.server.cert_request = true;
             }
