@@ -6,6 +6,7 @@
 # could not start, or if a regression input fails. Needs a C compiler and make (cargo-afl
 # builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   scripts/fuzz.sh build          (the build only)
 #   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out),
 #   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0: faster to build, slower to run)
 #   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
@@ -35,6 +36,8 @@ RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_d
   cargo build --profile fuzz --locked --quiet \
   --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-0}"
 bin=$target_dir/fuzz/lurk-fuzz
+# `scripts/fuzz.sh build`: the build only (e.g. to keep the dependencies in a cached target dir).
+[ "$secs" = build ] && exit 0
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
 
 rm -rf "$out"
