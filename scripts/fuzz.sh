@@ -6,6 +6,7 @@
 # could not start, or if a regression input fails. Needs a C compiler and make (cargo-afl
 # builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   scripts/fuzz.sh build          (the build only)
 #   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out),
 #   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0: faster to build, slower to run)
 #   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
@@ -35,6 +36,8 @@ RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_d
   cargo build --profile fuzz --locked --quiet \
   --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-0}"
 bin=$target_dir/fuzz/lurk-fuzz
+# `scripts/fuzz.sh build`: the build only (e.g. to keep the dependencies in a cached target dir).
+[ "$secs" = build ] && exit 0
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
 
 rm -rf "$out"
@@ -43,16 +46,19 @@ mkdir -p "$out"
 LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
 
 # No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
-# (containers), quick calibration. A seed may take a while: the first input opens the token.
+# (containers), quick calibration. An input may take a while: the first of a process opens the
+# token (10 s is a hang).
 # The seeds are calibrated (edges_found then counts their coverage too).
-# The map holds every edge of the lurk crates (~119k): AFL_MAP_SIZE must cover it.
+# The map holds every edge of the lurk crates (about 119,000): AFL_MAP_SIZE must cover it; the
+# binary says how many it has.
+map_size=$(AFL_DUMP_MAP_SIZE=1 "$bin" list || true)
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
-  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=131072
+  AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=$map_size
 
 one() {
   local t=$1
   # Each target its own CS set-up: runs in parallel do not share a ticket store.
-  LURK_FUZZ_DIR="$out/$t.cs" cargo afl fuzz -V "$secs" -t 5000 -i "$out/seeds/$t" -o "$out/$t" \
+  LURK_FUZZ_DIR="$out/$t.cs" cargo afl fuzz -V "$secs" -t 10000 -i "$out/seeds/$t" -o "$out/$t" \
     "$bin" "$t" >"$out/$t.log" 2>&1 || {
     echo "fuzz: $t: afl-fuzz failed, see $out/$t.log" >&2
     return 1

@@ -8,8 +8,9 @@
 //!   messages before it (else the fuzzer never passes that check).
 //!
 //! Checked, besides no panic: no answer nor refusal message holds r, a ticket's PSK or the
-//! external PSK; a refused request changes nothing: the engine's own request still succeeds
-//! and the connection completes (tickets, post-handshake authentication included).
+//! external PSK; at most one answer carries a valid binder for a ticket (used once); a
+//! refused request changes nothing: the engine's own request still succeeds and the
+//! connection completes (tickets, post-handshake authentication included).
 
 use std::cell::Cell;
 
@@ -58,7 +59,10 @@ impl Op {
                 s.server.hrr = true;
             }
             Self::InitClientFinished => {
+                // Sequence C: the engine's own shares, no CS-held PSK.
                 s.cs_ephemeral = false;
+                s.external_psk = false;
+                s.resume = false;
                 s.client_key = true;
                 s.server.cert_request = true;
             }

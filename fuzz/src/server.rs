@@ -268,6 +268,24 @@ impl Server {
     fn on_client_hello(&mut self, m: &[u8]) -> Res<()> {
         let ch = ClientHello::parse(m).map_err(|e| e.to_string())?;
         let session_id = ch.legacy_session_id.to_vec();
+        if !self.hrr_sent {
+            // The suite the options prefer if offered (a client offering a PSK offers only
+            // the suites of its hash), else the first offered.
+            let preferred = if self.opts.sha384 {
+                CipherSuite::TlsAes256GcmSha384
+            } else {
+                CipherSuite::TlsAes128GcmSha256
+            };
+            self.suite = if ch.cipher_suites.contains(&preferred) {
+                preferred
+            } else {
+                *ch.cipher_suites
+                    .iter()
+                    .find(|s| s.hash().is_some())
+                    .ok_or("no suite in common")?
+            };
+            self.hash = self.suite.hash().expect("hash");
+        }
         self.transcript.add(m);
         if self.opts.hrr && !self.hrr_sent {
             self.hrr_sent = true;
