@@ -3,10 +3,11 @@
 //!
 //! - [`Sealer`]: authenticated encryption under a key the store never sees (the PKCS#11
 //!   token's AES key in production; its impl is in `token/seal.rs`).
-//! - [`TicketStore`]: what the service needs, blocking (the service calls it through
-//!   `spawn_blocking`). [`SqliteStore`] (one file, one host, the default) and
-//!   [`PostgresStore`] (shared by several CS replicas) implement it; [`open`] picks the one
-//!   `[store] backend` names.
+//! - [`Tickets`] (resumption tickets) and [`ExternalPsks`] (provisioned PSKs): what the
+//!   service needs, blocking (the service calls them through `spawn_blocking`);
+//!   [`TicketStore`] is a backend holding both. [`SqliteStore`] (one file, one host, the
+//!   default) and [`PostgresStore`] (shared by several CS replicas) implement them; [`open`]
+//!   picks the one `[store] backend` names.
 //!
 //! Rules every backend follows:
 //! - **Only the PSK is sealed**, and its AAD binds it to everything stored next to it in
@@ -16,7 +17,7 @@
 //!   or identity, or whose lifetime or allowed engines were edited, fails to unseal.
 //! - **Tickets are keyed by (engine, SHA-256(identity))**: a ticket registered by one engine
 //!   is invisible to every other engine.
-//! - **A ticket is used once** (RFC 8446 §C.4): [`TicketStore::take_ticket`] deletes it
+//! - **A ticket is used once** (RFC 8446 §C.4): [`Tickets::take_ticket`] deletes it
 //!   and leaves a tombstone of (engine, SHA-256(identity)) until the ticket's original
 //!   expiry: the same ticket registered again is refused
 //!   ([`StoreError::TicketConsumed`]), so it can never be taken twice. Registering an
@@ -178,9 +179,14 @@ pub struct ExternalPskInfo {
     pub allowed_engines: Vec<String>,
 }
 
-/// The store of tickets and external PSKs. Methods block (SQLite, token calls): call them
-/// from `spawn_blocking`.
-pub trait TicketStore: Send + Sync {
+/// A backend holding both the tickets and the external PSKs: what the CS is given.
+pub trait TicketStore: Tickets + ExternalPsks {}
+
+impl<T: Tickets + ExternalPsks + ?Sized> TicketStore for T {}
+
+/// The resumption tickets. Methods block (SQLite, PostgreSQL, token calls): call them from
+/// `spawn_blocking`.
+pub trait Tickets: Send + Sync {
     /// Registers a ticket for `engine`. A ticket with a lifetime of 0 is not stored (RFC 8446
     /// §4.6.1: "discard immediately"). Registering an identity the engine already has
     /// leaves the stored ticket as it is (same PSK, same expiry). An identity the engine
@@ -208,7 +214,10 @@ pub trait TicketStore: Send + Sync {
 
     /// A cheap round trip to the backing database (health probe).
     fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// The external PSKs (provisioned by `lurk-cs psk`). Methods block, like [`Tickets`]'.
+pub trait ExternalPsks: Send + Sync {
     /// Provisions (or replaces) an external PSK.
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError>;
 

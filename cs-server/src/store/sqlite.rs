@@ -27,8 +27,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing, StoredTicket, TicketRow,
-    TicketStore,
+    unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer, Sealing,
+    StoredTicket, TicketRow, Tickets,
 };
 use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
@@ -187,7 +187,7 @@ impl SqliteStore {
     }
 }
 
-impl TicketStore for SqliteStore {
+impl Tickets for SqliteStore {
     fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
         let now = self.now();
         // The token call happens before the lock is taken.
@@ -378,7 +378,9 @@ impl TicketStore for SqliteStore {
             .query_row([], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
+}
 
+impl ExternalPsks for SqliteStore {
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
         let p = self.sealing.prepare_external(&psk)?;
         let now = self.now();
@@ -624,7 +626,7 @@ mod tests {
             &self,
             c: &StoreConfig,
             sealer: Arc<dyn Sealer>,
-        ) -> Result<Box<dyn TicketStore>, StoreError> {
+        ) -> Result<Box<dyn crate::store::TicketStore>, StoreError> {
             Ok(Box::new(
                 SqliteStore::open(&self.path(), sealer, c)?.with_clock(self.clock.func()),
             ))
