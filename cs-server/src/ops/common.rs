@@ -16,21 +16,21 @@ use crate::ops::state::{OfferedPsk, Stage};
 use crate::session::{lock_session, Session, SessionId};
 
 /// At most this many PSK identities in one ClientHello (each one costs a store lookup).
-pub const MAX_PSK_IDENTITIES: usize = 8;
+pub(crate) const MAX_PSK_IDENTITIES: usize = 8;
 /// At most this many NewSessionTicket messages in one c_register_tickets.
-pub const MAX_TICKETS_PER_REQUEST: usize = 16;
+pub(crate) const MAX_TICKETS_PER_REQUEST: usize = 16;
 /// At most this many NewSessionTicket messages registered in one session (servers send a
 /// few per connection).
-pub const MAX_TICKETS_PER_SESSION: usize = 64;
+pub(crate) const MAX_TICKETS_PER_SESSION: usize = 64;
 
 /// Whether the memory backend makes the ephemerals (no token call to make or use one).
-pub fn memory_ephemerals(cs: &Cs) -> bool {
+pub(crate) fn memory_ephemerals(cs: &Cs) -> bool {
     cs.ephemeral.kind() == EphemeralBackendKind::Memory
 }
 
 /// The secret_request policy (docs/design.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
-pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
+pub(crate) fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
     if req.is_some_and(|r| r.r) {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidSecretRequest,
@@ -40,7 +40,7 @@ pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), Servi
     Ok(())
 }
 
-pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
+pub(crate) fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
     pb::Secret {
         secret_type: kind as i32,
         value: value.as_bytes().to_vec(),
@@ -48,7 +48,7 @@ pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
 }
 
 /// The ClientHello.random the CS derives from the engine's random (docs/design.md §3).
-pub fn fresh_random(
+pub(crate) fn fresh_random(
     cs: &Cs,
     freshness: i32,
     engine_random: &[u8; 32],
@@ -72,7 +72,7 @@ pub fn fresh_random(
     Ok(client_random(f, mode, engine_random))
 }
 
-pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
+pub(crate) fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
     match pb::TlsHash::try_from(tls_hash) {
         Ok(pb::TlsHash::Sha256) => Ok(HashAlg::Sha256),
         Ok(pb::TlsHash::Sha384) => Ok(HashAlg::Sha384),
@@ -90,7 +90,7 @@ pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
 /// ClientHello whose server_name is that name; under `[server_auth]`, a ticket bound to no
 /// name (registered with the policy off) is refused. A refused ticket is consumed like any
 /// offered one.
-pub fn load_psks(
+pub(crate) fn load_psks(
     cs: &Cs,
     engine: &str,
     identities: &[Vec<u8>],
@@ -174,7 +174,7 @@ pub fn load_psks(
 
 /// RFC 8446 §4.2.11.2: each binder is an HMAC over the transcript so far plus the
 /// ClientHello truncated before the binders, under the PSK's binder key.
-pub fn binders<P: std::borrow::Borrow<OfferedPsk>>(
+pub(crate) fn binders<P: std::borrow::Borrow<OfferedPsk>>(
     prefix: &Transcript,
     client_hello: &[u8],
     psks: &[P],
@@ -201,7 +201,7 @@ pub fn binders<P: std::borrow::Borrow<OfferedPsk>>(
 /// server's signature_algorithms. Checks that the Certificate message the engine sends
 /// carries that key's certificate. Returns None when the engine sends an empty Certificate
 /// (no suitable key: no CertificateVerify, RFC 8446 §4.4.2).
-pub fn certificate_verify(
+pub(crate) fn certificate_verify(
     cs: &Cs,
     engine: &str,
     key_id: &str,
@@ -249,7 +249,7 @@ pub fn certificate_verify(
 /// Certificate and, when the engine has a key, the CertificateVerify the CS signs to the
 /// transcript. Returns the CertificateVerify message (empty when no request or no key).
 #[allow(clippy::too_many_arguments)]
-pub fn answer_certificate_request(
+pub(crate) fn answer_certificate_request(
     cs: &Cs,
     engine: &str,
     cert_request: Option<&msgs::CertificateRequestInfo>,
@@ -287,7 +287,12 @@ pub fn answer_certificate_request(
 }
 
 /// Closes the session when the engine says this was its last exchange.
-pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session<Stage>, last_exchange: bool) -> bool {
+pub(crate) fn finish(
+    cs: &Cs,
+    id: &SessionId,
+    session: &mut Session<Stage>,
+    last_exchange: bool,
+) -> bool {
     if last_exchange {
         cs.sessions.close(id);
     } else {
@@ -302,7 +307,7 @@ pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session<Stage>, last_exchan
 /// once it is applied (an upper bound); the session table admits that size or refuses
 /// (`too_many_sessions`); only then does `commit` apply the result, and `commit` cannot fail.
 /// The session is then touched, or closed when `last_exchange`.
-pub fn exchange<P, R>(
+pub(crate) fn exchange<P, R>(
     cs: &Cs,
     engine: &str,
     session_id: &[u8],

@@ -393,7 +393,7 @@ pub(crate) struct PreparedExternal {
 }
 
 impl Sealing {
-    pub fn new(sealer: Arc<dyn Sealer>, cfg: &StoreConfig) -> Self {
+    pub(crate) fn new(sealer: Arc<dyn Sealer>, cfg: &StoreConfig) -> Self {
         Self {
             sealer,
             lifetime_cap_secs: cfg.ticket_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
@@ -401,7 +401,7 @@ impl Sealing {
     }
 
     /// Unseals a versioned blob.
-    pub fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    pub(crate) fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         match blob.split_first() {
             Some((&BLOB_V1, sealed)) => Ok(self.sealer.unseal(aad, sealed)?),
             Some((v, _)) => Err(StoreError::Corrupt(format!(
@@ -411,7 +411,7 @@ impl Sealing {
         }
     }
 
-    pub fn seal(&self, aad: &[u8], psk: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn seal(&self, aad: &[u8], psk: &[u8]) -> Result<Vec<u8>, StoreError> {
         let sealed = self.sealer.seal(aad, psk)?;
         let mut blob = Vec::with_capacity(1 + sealed.len());
         blob.push(BLOB_V1);
@@ -420,12 +420,12 @@ impl Sealing {
     }
 
     /// A fresh key check value for a new store.
-    pub fn key_check_value(&self) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn key_check_value(&self) -> Result<Vec<u8>, StoreError> {
         self.seal(KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
     }
 
     /// Checks the store's key check value against our sealing key.
-    pub fn verify_key_check(&self, blob: &[u8], store: &str) -> Result<(), StoreError> {
+    pub(crate) fn verify_key_check(&self, blob: &[u8], store: &str) -> Result<(), StoreError> {
         match self.unseal(KEY_CHECK_AAD, blob) {
             Ok(p) if p.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
             Ok(_) | Err(StoreError::Seal(TokenError::Unseal)) | Err(StoreError::Corrupt(_)) => {
@@ -437,7 +437,7 @@ impl Sealing {
 
     /// Checks and seals a ticket registered at `now`; `None` for a lifetime of 0 (RFC 8446
     /// §4.6.1: not cached).
-    pub fn prepare_ticket(
+    pub(crate) fn prepare_ticket(
         &self,
         engine: &str,
         ticket: &NewTicket,
@@ -494,7 +494,7 @@ impl Sealing {
     }
 
     /// Checks and unseals a ticket row.
-    pub fn open_ticket(
+    pub(crate) fn open_ticket(
         &self,
         engine: &str,
         id_hash: &[u8; 32],
@@ -528,7 +528,10 @@ impl Sealing {
     }
 
     /// Checks and seals an external PSK.
-    pub fn prepare_external(&self, psk: &ExternalPsk) -> Result<PreparedExternal, StoreError> {
+    pub(crate) fn prepare_external(
+        &self,
+        psk: &ExternalPsk,
+    ) -> Result<PreparedExternal, StoreError> {
         check_identity(&psk.identity)?;
         if !(MIN_EXTERNAL_PSK_LEN..=MAX_EXTERNAL_PSK_LEN).contains(&psk.psk.len()) {
             return Err(StoreError::Invalid(format!(
@@ -554,7 +557,7 @@ impl Sealing {
 
     /// Checks and unseals an external PSK row (identity, hash code, allowed engines,
     /// sealed); `None` when `engine` may not use it.
-    pub fn open_external(
+    pub(crate) fn open_external(
         &self,
         engine: Option<&str>,
         identity: &[u8],

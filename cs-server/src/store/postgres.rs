@@ -40,7 +40,7 @@ use crate::error::{StoreError, TokenError};
 
 /// The schema, one migration per version (each applied in its own transaction with the
 /// version row).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
     1,
     "
 CREATE TABLE tickets (

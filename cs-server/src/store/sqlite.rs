@@ -34,7 +34,7 @@ use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
 
 /// Version of the SQLite schema this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process holding the file (a second CS on the same
 /// file, an administrator's `sqlite3`).
