@@ -6,7 +6,7 @@ use lurk_proto::key_schedule::{binder, KeyScheduleEarly, PskKind, Secret};
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
-use lurk_proto::wire::{HandshakeType, HashAlg, SignatureScheme};
+use lurk_proto::wire::{HandshakeMessage, HandshakeType, HashAlg, SignatureScheme};
 
 use crate::config::{EphemeralBackendKind, FreshnessMode};
 use crate::cs::Cs;
@@ -22,6 +22,48 @@ pub(crate) const MAX_TICKETS_PER_REQUEST: usize = 16;
 /// At most this many NewSessionTicket messages registered in one session (servers send a
 /// few per connection).
 pub(crate) const MAX_TICKETS_PER_SESSION: usize = 64;
+
+/// Reads the server's Certificate then CertificateVerify (RFC 8446 §4.4.2, §4.4.3) from the
+/// flight into the transcript and, with `[server_auth]` on, checks them for `server_name`
+/// with the schemes the ClientHello `offered` (docs/protocol.md): returns the verified name,
+/// `None` with the policy off.
+pub(crate) fn server_certificate<'m, 'a: 'm>(
+    cs: &Cs,
+    it: &mut impl Iterator<Item = &'m HandshakeMessage<'a>>,
+    transcript: &mut Transcript,
+    hash: HashAlg,
+    server_name: Option<&str>,
+    offered: &[SignatureScheme],
+) -> Result<Option<String>, ServiceError> {
+    let mut raw = [&[][..]; 2];
+    let mut th_certificate = Vec::new();
+    for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
+        .into_iter()
+        .enumerate()
+    {
+        let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
+            ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                format!("expected the server's {expected:?}"),
+            )
+        })?;
+        transcript.add(m.raw);
+        if k == 0 && cs.server_auth.is_some() {
+            th_certificate = transcript.hash(hash);
+        }
+        raw[k] = m.raw;
+    }
+    match cs.server_auth.as_ref() {
+        Some(policy) => Ok(Some(policy.check_certificate(
+            server_name,
+            offered,
+            raw[0],
+            &th_certificate,
+            raw[1],
+        )?)),
+        None => Ok(None),
+    }
+}
 
 /// Whether the memory backend makes the ephemerals (no token call to make or use one).
 pub(crate) fn memory_ephemerals(cs: &Cs) -> bool {
