@@ -19,6 +19,7 @@
 //! - [`telemetry`]: Prometheus metrics (own listener) and the access log;
 //! - [`reflection`]: gRPC server reflection of `lurk.tls13.v1`.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, trivial_numeric_casts)]
 
 pub mod config;
 pub mod cs;

@@ -20,6 +20,7 @@
 //! - [`tickets`]: the engine's ticket store; [`verify`]: server authentication;
 //!   [`keyshare`]: the engine's own (EC)DHE key pairs.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, trivial_numeric_casts)]
 
 pub mod alert;
 pub mod config;

@@ -10,6 +10,7 @@
 //!   §4.4.2-§4.4.3), checked by the engine and, under `[server_auth]`, by the CS.
 //! - [`status`]: LURK status codes, shared so that both sides name errors the same way.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, trivial_numeric_casts)]
 
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all, unused_qualifications)]

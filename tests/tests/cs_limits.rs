@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::net::TcpStream as StdTcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lurk_e2e::raw_h2::{raw_h2, unfinished_request};

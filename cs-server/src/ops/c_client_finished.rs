@@ -116,34 +116,14 @@ fn run(
         _ => None,
     };
     if !state.psk_mode {
-        // RFC 8446 §4.4.2/§4.4.3: Certificate then CertificateVerify.
-        let mut raw = [&[][..]; 2];
-        let mut th_certificate = Vec::new();
-        for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
-            .into_iter()
-            .enumerate()
-        {
-            let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
-                ServiceError::refuse(
-                    LurkStatus::InvalidHandshake,
-                    format!("expected the server's {expected:?}"),
-                )
-            })?;
-            transcript.add(m.raw);
-            if k == 0 && cs.server_auth.is_some() {
-                th_certificate = transcript.hash(hash);
-            }
-            raw[k] = m.raw;
-        }
-        if let Some(policy) = cs.server_auth.as_ref() {
-            server_name = Some(policy.check_certificate(
-                state.server_name.as_deref(),
-                &state.signature_schemes,
-                raw[0],
-                &th_certificate,
-                raw[1],
-            )?);
-        }
+        server_name = common::server_certificate(
+            cs,
+            &mut it,
+            &mut transcript,
+            hash,
+            state.server_name.as_deref(),
+            &state.signature_schemes,
+        )?;
     }
     let fin = it
         .next()

@@ -121,30 +121,14 @@ pub fn handle(
         .peek()
         .is_some_and(|m| m.typ == HandshakeType::Certificate)
     {
-        let mut raw = [&[][..]; 2];
-        let mut th_certificate = Vec::new();
-        for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
-            .into_iter()
-            .enumerate()
-        {
-            let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
-                invalid("expected the server's Certificate and CertificateVerify")
-            })?;
-            transcript.add(m.raw);
-            if k == 0 && cs.server_auth.is_some() {
-                th_certificate = transcript.hash(hash);
-            }
-            raw[k] = m.raw;
-        }
-        if let Some(policy) = cs.server_auth.as_ref() {
-            server_name = Some(policy.check_certificate(
-                ch.server_name.as_deref(),
-                &ch.signature_schemes,
-                raw[0],
-                &th_certificate,
-                raw[1],
-            )?);
-        }
+        server_name = common::server_certificate(
+            cs,
+            &mut it,
+            &mut transcript,
+            hash,
+            ch.server_name.as_deref(),
+            &ch.signature_schemes,
+        )?;
     } else if sh.selected_psk.is_none() {
         return Err(invalid(
             "a certificate handshake without the server's Certificate",

@@ -6,7 +6,7 @@ use lurk_proto::key_schedule::{binder, KeyScheduleEarly, PskKind, Secret};
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
-use lurk_proto::wire::{HandshakeType, HashAlg, SignatureScheme};
+use lurk_proto::wire::{HandshakeMessage, HandshakeType, HashAlg, SignatureScheme};
 
 use crate::config::{EphemeralBackendKind, FreshnessMode};
 use crate::cs::Cs;
@@ -16,21 +16,63 @@ use crate::ops::state::{OfferedPsk, Stage};
 use crate::session::{lock_session, Session, SessionId};
 
 /// At most this many PSK identities in one ClientHello (each one costs a store lookup).
-pub const MAX_PSK_IDENTITIES: usize = 8;
+pub(crate) const MAX_PSK_IDENTITIES: usize = 8;
 /// At most this many NewSessionTicket messages in one c_register_tickets.
-pub const MAX_TICKETS_PER_REQUEST: usize = 16;
+pub(crate) const MAX_TICKETS_PER_REQUEST: usize = 16;
 /// At most this many NewSessionTicket messages registered in one session (servers send a
 /// few per connection).
-pub const MAX_TICKETS_PER_SESSION: usize = 64;
+pub(crate) const MAX_TICKETS_PER_SESSION: usize = 64;
+
+/// Reads the server's Certificate then CertificateVerify (RFC 8446 §4.4.2, §4.4.3) from the
+/// flight into the transcript and, with `[server_auth]` on, checks them for `server_name`
+/// with the schemes the ClientHello `offered` (docs/protocol.md): returns the verified name,
+/// `None` with the policy off.
+pub(crate) fn server_certificate<'m, 'a: 'm>(
+    cs: &Cs,
+    it: &mut impl Iterator<Item = &'m HandshakeMessage<'a>>,
+    transcript: &mut Transcript,
+    hash: HashAlg,
+    server_name: Option<&str>,
+    offered: &[SignatureScheme],
+) -> Result<Option<String>, ServiceError> {
+    let mut raw = [&[][..]; 2];
+    let mut th_certificate = Vec::new();
+    for (k, expected) in [HandshakeType::Certificate, HandshakeType::CertificateVerify]
+        .into_iter()
+        .enumerate()
+    {
+        let m = it.next().filter(|m| m.typ == expected).ok_or_else(|| {
+            ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                format!("expected the server's {expected:?}"),
+            )
+        })?;
+        transcript.add(m.raw);
+        if k == 0 && cs.server_auth.is_some() {
+            th_certificate = transcript.hash(hash);
+        }
+        raw[k] = m.raw;
+    }
+    match cs.server_auth.as_ref() {
+        Some(policy) => Ok(Some(policy.check_certificate(
+            server_name,
+            offered,
+            raw[0],
+            &th_certificate,
+            raw[1],
+        )?)),
+        None => Ok(None),
+    }
+}
 
 /// Whether the memory backend makes the ephemerals (no token call to make or use one).
-pub fn memory_ephemerals(cs: &Cs) -> bool {
+pub(crate) fn memory_ephemerals(cs: &Cs) -> bool {
     cs.ephemeral.kind() == EphemeralBackendKind::Memory
 }
 
 /// The secret_request policy (docs/design.md §4.6): r, the PSK and private keys never leave the
 /// CS; asking for r is refused outright. Other bits are wishes.
-pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
+pub(crate) fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), ServiceError> {
     if req.is_some_and(|r| r.r) {
         return Err(ServiceError::refuse(
             LurkStatus::InvalidSecretRequest,
@@ -40,7 +82,7 @@ pub fn check_secret_request(req: Option<&pb::SecretRequest>) -> Result<(), Servi
     Ok(())
 }
 
-pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
+pub(crate) fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
     pb::Secret {
         secret_type: kind as i32,
         value: value.as_bytes().to_vec(),
@@ -48,7 +90,7 @@ pub fn secret(kind: pb::SecretType, value: &Secret) -> pb::Secret {
 }
 
 /// The ClientHello.random the CS derives from the engine's random (docs/design.md §3).
-pub fn fresh_random(
+pub(crate) fn fresh_random(
     cs: &Cs,
     freshness: i32,
     engine_random: &[u8; 32],
@@ -72,7 +114,7 @@ pub fn fresh_random(
     Ok(client_random(f, mode, engine_random))
 }
 
-pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
+pub(crate) fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
     match pb::TlsHash::try_from(tls_hash) {
         Ok(pb::TlsHash::Sha256) => Ok(HashAlg::Sha256),
         Ok(pb::TlsHash::Sha384) => Ok(HashAlg::Sha384),
@@ -93,7 +135,7 @@ pub fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
 /// wrong name does not use it up; any other refused ticket is consumed like any offered one.
 /// The take stays the one atomic point of single use, and the name is checked again on
 /// what it returns (authenticated by the seal's AAD).
-pub fn load_psks(
+pub(crate) fn load_psks(
     cs: &Cs,
     engine: &str,
     identities: &[Vec<u8>],
@@ -190,7 +232,7 @@ pub fn load_psks(
 
 /// RFC 8446 §4.2.11.2: each binder is an HMAC over the transcript so far plus the
 /// ClientHello truncated before the binders, under the PSK's binder key.
-pub fn binders<P: std::borrow::Borrow<OfferedPsk>>(
+pub(crate) fn binders<P: std::borrow::Borrow<OfferedPsk>>(
     prefix: &Transcript,
     client_hello: &[u8],
     psks: &[P],
@@ -217,7 +259,7 @@ pub fn binders<P: std::borrow::Borrow<OfferedPsk>>(
 /// server's signature_algorithms. Checks that the Certificate message the engine sends
 /// carries that key's certificate. Returns None when the engine sends an empty Certificate
 /// (no suitable key: no CertificateVerify, RFC 8446 §4.4.2).
-pub fn certificate_verify(
+pub(crate) fn certificate_verify(
     cs: &Cs,
     engine: &str,
     key_id: &str,
@@ -265,7 +307,7 @@ pub fn certificate_verify(
 /// Certificate and, when the engine has a key, the CertificateVerify the CS signs to the
 /// transcript. Returns the CertificateVerify message (empty when no request or no key).
 #[allow(clippy::too_many_arguments)]
-pub fn answer_certificate_request(
+pub(crate) fn answer_certificate_request(
     cs: &Cs,
     engine: &str,
     cert_request: Option<&msgs::CertificateRequestInfo>,
@@ -303,7 +345,12 @@ pub fn answer_certificate_request(
 }
 
 /// Closes the session when the engine says this was its last exchange.
-pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session<Stage>, last_exchange: bool) -> bool {
+pub(crate) fn finish(
+    cs: &Cs,
+    id: &SessionId,
+    session: &mut Session<Stage>,
+    last_exchange: bool,
+) -> bool {
     if last_exchange {
         cs.sessions.close(id);
     } else {
@@ -318,7 +365,7 @@ pub fn finish(cs: &Cs, id: &SessionId, session: &mut Session<Stage>, last_exchan
 /// once it is applied (an upper bound); the session table admits that size or refuses
 /// (`too_many_sessions`); only then does `commit` apply the result, and `commit` cannot fail.
 /// The session is then touched, or closed when `last_exchange`.
-pub fn exchange<P, R>(
+pub(crate) fn exchange<P, R>(
     cs: &Cs,
     engine: &str,
     session_id: &[u8],

@@ -15,11 +15,11 @@ use subtle::ConstantTimeEq;
 use crate::error::ServiceError;
 
 /// Splits a concatenation of complete handshake messages.
-pub fn split(bytes: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, ServiceError> {
+pub(crate) fn split(bytes: &[u8]) -> Result<Vec<HandshakeMessage<'_>>, ServiceError> {
     Ok(wire::split_handshake_messages(bytes)?)
 }
 
-pub fn encode(typ: HandshakeType, body: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(typ: HandshakeType, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 4);
     out.push(typ.get());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
@@ -27,7 +27,7 @@ pub fn encode(typ: HandshakeType, body: &[u8]) -> Vec<u8> {
     out
 }
 
-pub struct ClientHelloInfo {
+pub(crate) struct ClientHelloInfo {
     pub random: [u8; 32],
     pub legacy_session_id: Vec<u8>,
     pub suites: Vec<CipherSuite>,
@@ -44,7 +44,7 @@ pub struct ClientHelloInfo {
     pub signature_schemes: Vec<SignatureScheme>,
 }
 
-pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
+pub(crate) fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
     let ch = wire::ClientHello::parse(raw)?;
     // RFC 8446 §4.2.1: a TLS 1.3 ClientHello lists 0x0304 in supported_versions.
     if !ch.supported_versions.contains(&TLS13) {
@@ -80,7 +80,7 @@ pub fn client_hello(raw: &[u8]) -> Result<ClientHelloInfo, ServiceError> {
     })
 }
 
-pub fn complete_client_hello(
+pub(crate) fn complete_client_hello(
     raw: &[u8],
     random: Option<&[u8; 32]>,
     fills: &[(NamedGroup, Vec<u8>)],
@@ -89,7 +89,7 @@ pub fn complete_client_hello(
 }
 
 /// RFC 8446 §4.1.2: the second ClientHello changes only what a HelloRetryRequest allows.
-pub fn check_second_client_hello(
+pub(crate) fn check_second_client_hello(
     first: &[u8],
     hrr: &[u8],
     second: &[u8],
@@ -97,15 +97,15 @@ pub fn check_second_client_hello(
     Ok(wire::check_second_client_hello(first, hrr, second)?)
 }
 
-pub fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], ServiceError> {
+pub(crate) fn truncated_for_binders(raw: &[u8]) -> Result<&[u8], ServiceError> {
     Ok(wire::truncated_for_binders(raw)?)
 }
 
-pub fn set_binders(raw: &mut [u8], binders: &[Vec<u8>]) -> Result<(), ServiceError> {
+pub(crate) fn set_binders(raw: &mut [u8], binders: &[Vec<u8>]) -> Result<(), ServiceError> {
     Ok(wire::set_binders(raw, binders)?)
 }
 
-pub struct ServerHelloInfo {
+pub(crate) struct ServerHelloInfo {
     pub is_hrr: bool,
     pub legacy_session_id_echo: Vec<u8>,
     pub suite: CipherSuite,
@@ -115,7 +115,7 @@ pub struct ServerHelloInfo {
     pub cookie: Option<Vec<u8>>,
 }
 
-pub fn server_hello(raw: &[u8]) -> Result<ServerHelloInfo, ServiceError> {
+pub(crate) fn server_hello(raw: &[u8]) -> Result<ServerHelloInfo, ServiceError> {
     let sh = wire::ServerHello::parse(raw)?;
     Ok(ServerHelloInfo {
         is_hrr: sh.is_hello_retry_request(),
@@ -128,23 +128,23 @@ pub fn server_hello(raw: &[u8]) -> Result<ServerHelloInfo, ServiceError> {
     })
 }
 
-pub struct EncryptedExtensionsInfo {
+pub(crate) struct EncryptedExtensionsInfo {
     pub early_data: bool,
 }
 
-pub fn encrypted_extensions(raw: &[u8]) -> Result<EncryptedExtensionsInfo, ServiceError> {
+pub(crate) fn encrypted_extensions(raw: &[u8]) -> Result<EncryptedExtensionsInfo, ServiceError> {
     let ee = wire::EncryptedExtensions::parse(raw)?;
     Ok(EncryptedExtensionsInfo {
         early_data: ee.early_data,
     })
 }
 
-pub struct CertificateRequestInfo {
+pub(crate) struct CertificateRequestInfo {
     pub context: Vec<u8>,
     pub signature_schemes: Vec<SignatureScheme>,
 }
 
-pub fn certificate_request(raw: &[u8]) -> Result<CertificateRequestInfo, ServiceError> {
+pub(crate) fn certificate_request(raw: &[u8]) -> Result<CertificateRequestInfo, ServiceError> {
     let cr = wire::CertificateRequest::parse(raw)?;
     Ok(CertificateRequestInfo {
         context: cr.context.to_vec(),
@@ -152,12 +152,12 @@ pub fn certificate_request(raw: &[u8]) -> Result<CertificateRequestInfo, Service
     })
 }
 
-pub struct CertificateInfo {
+pub(crate) struct CertificateInfo {
     pub context: Vec<u8>,
     pub chain: Vec<Vec<u8>>,
 }
 
-pub fn certificate(raw: &[u8]) -> Result<CertificateInfo, ServiceError> {
+pub(crate) fn certificate(raw: &[u8]) -> Result<CertificateInfo, ServiceError> {
     let c = wire::Certificate::parse(raw)?;
     Ok(CertificateInfo {
         context: c.context.to_vec(),
@@ -166,19 +166,19 @@ pub fn certificate(raw: &[u8]) -> Result<CertificateInfo, ServiceError> {
 }
 
 /// The server CertificateVerify: (scheme, signature).
-pub fn certificate_verify(raw: &[u8]) -> Result<(SignatureScheme, Vec<u8>), ServiceError> {
+pub(crate) fn certificate_verify(raw: &[u8]) -> Result<(SignatureScheme, Vec<u8>), ServiceError> {
     let cv = wire::CertificateVerify::parse(raw)?;
     Ok((cv.scheme, cv.signature.to_vec()))
 }
 
-pub struct TicketInfo {
+pub(crate) struct TicketInfo {
     pub lifetime: u32,
     pub nonce: Vec<u8>,
     pub ticket: Vec<u8>,
     pub max_early_data: u32,
 }
 
-pub fn new_session_ticket(raw: &[u8]) -> Result<TicketInfo, ServiceError> {
+pub(crate) fn new_session_ticket(raw: &[u8]) -> Result<TicketInfo, ServiceError> {
     let t = wire::NewSessionTicket::parse(raw)?;
     Ok(TicketInfo {
         lifetime: t.ticket_lifetime,
@@ -189,7 +189,7 @@ pub fn new_session_ticket(raw: &[u8]) -> Result<TicketInfo, ServiceError> {
 }
 
 /// Whether a Finished message carries `expected` (constant time).
-pub fn finished_matches(raw: &[u8], hash: wire::HashAlg, expected: &[u8]) -> bool {
+pub(crate) fn finished_matches(raw: &[u8], hash: wire::HashAlg, expected: &[u8]) -> bool {
     match wire::Finished::parse(raw, hash) {
         Ok(f) => f.verify_data.len() == expected.len() && bool::from(f.verify_data.ct_eq(expected)),
         Err(_) => false,

@@ -3,10 +3,11 @@
 //!
 //! - [`Sealer`]: authenticated encryption under a key the store never sees (the PKCS#11
 //!   token's AES key in production; its impl is in `token/seal.rs`).
-//! - [`TicketStore`]: what the service needs, blocking (the service calls it through
-//!   `spawn_blocking`). [`SqliteStore`] (one file, one host, the default) and
-//!   [`PostgresStore`] (shared by several CS replicas) implement it; [`open`] picks the one
-//!   `[store] backend` names.
+//! - [`Tickets`] (resumption tickets) and [`ExternalPsks`] (provisioned PSKs): what the
+//!   service needs, blocking (the service calls them through `spawn_blocking`);
+//!   [`TicketStore`] is a backend holding both. [`SqliteStore`] (one file, one host, the
+//!   default) and [`PostgresStore`] (shared by several CS replicas) implement them; [`open`]
+//!   picks the one `[store] backend` names.
 //!
 //! Rules every backend follows:
 //! - **Only the PSK is sealed**, and its AAD binds it to everything stored next to it in
@@ -16,7 +17,7 @@
 //!   or identity, or whose lifetime or allowed engines were edited, fails to unseal.
 //! - **Tickets are keyed by (engine, SHA-256(identity))**: a ticket registered by one engine
 //!   is invisible to every other engine.
-//! - **A ticket is used once** (RFC 8446 §C.4): [`TicketStore::take_ticket`] deletes it
+//! - **A ticket is used once** (RFC 8446 §C.4): [`Tickets::take_ticket`] deletes it
 //!   and leaves a tombstone of (engine, SHA-256(identity)) until the ticket's original
 //!   expiry: the same ticket registered again is refused
 //!   ([`StoreError::TicketConsumed`]), so it can never be taken twice. Registering an
@@ -192,9 +193,14 @@ pub struct ExternalPskInfo {
     pub allowed_engines: Vec<String>,
 }
 
-/// The store of tickets and external PSKs. Methods block (SQLite, token calls): call them
-/// from `spawn_blocking`.
-pub trait TicketStore: Send + Sync {
+/// A backend holding both the tickets and the external PSKs: what the CS is given.
+pub trait TicketStore: Tickets + ExternalPsks {}
+
+impl<T: Tickets + ExternalPsks + ?Sized> TicketStore for T {}
+
+/// The resumption tickets. Methods block (SQLite, PostgreSQL, token calls): call them from
+/// `spawn_blocking`.
+pub trait Tickets: Send + Sync {
     /// Registers a ticket for `engine`. A ticket with a lifetime of 0 is not stored (RFC 8446
     /// §4.6.1: "discard immediately"). Registering an identity the engine already has
     /// leaves the stored ticket as it is (same PSK, same expiry). An identity the engine
@@ -216,7 +222,7 @@ pub trait TicketStore: Send + Sync {
 
     /// What is stored in clear beside `engine`'s live ticket with this identity, without
     /// taking it or unsealing its PSK; `None` when there is no such live ticket. Nothing
-    /// changes in the store: [`TicketStore::take_ticket`] stays the one atomic point where
+    /// changes in the store: [`Tickets::take_ticket`] stays the one atomic point where
     /// a ticket is used. (The fields are not authenticated until the take unseals the PSK:
     /// callers check them again on what the take returns.)
     fn peek_ticket(
@@ -234,7 +240,10 @@ pub trait TicketStore: Send + Sync {
 
     /// A cheap round trip to the backing database (health probe).
     fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// The external PSKs (provisioned by `lurk-cs psk`). Methods block, like [`Tickets`]'.
+pub trait ExternalPsks: Send + Sync {
     /// Provisions (or replaces) an external PSK.
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError>;
 
@@ -416,7 +425,7 @@ pub(crate) fn tombstone_excess(live_after: i64, tombstones: i64, cap: u32) -> i6
 }
 
 impl Sealing {
-    pub fn new(sealer: Arc<dyn Sealer>, cfg: &StoreConfig) -> Self {
+    pub(crate) fn new(sealer: Arc<dyn Sealer>, cfg: &StoreConfig) -> Self {
         Self {
             sealer,
             lifetime_cap_secs: cfg.ticket_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
@@ -424,7 +433,7 @@ impl Sealing {
     }
 
     /// Unseals a versioned blob.
-    pub fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    pub(crate) fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         match blob.split_first() {
             Some((&BLOB_V1, sealed)) => Ok(self.sealer.unseal(aad, sealed)?),
             Some((v, _)) => Err(StoreError::Corrupt(format!(
@@ -434,7 +443,7 @@ impl Sealing {
         }
     }
 
-    pub fn seal(&self, aad: &[u8], psk: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn seal(&self, aad: &[u8], psk: &[u8]) -> Result<Vec<u8>, StoreError> {
         let sealed = self.sealer.seal(aad, psk)?;
         let mut blob = Vec::with_capacity(1 + sealed.len());
         blob.push(BLOB_V1);
@@ -443,12 +452,12 @@ impl Sealing {
     }
 
     /// A fresh key check value for a new store.
-    pub fn key_check_value(&self) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn key_check_value(&self) -> Result<Vec<u8>, StoreError> {
         self.seal(KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
     }
 
     /// Checks the store's key check value against our sealing key.
-    pub fn verify_key_check(&self, blob: &[u8], store: &str) -> Result<(), StoreError> {
+    pub(crate) fn verify_key_check(&self, blob: &[u8], store: &str) -> Result<(), StoreError> {
         match self.unseal(KEY_CHECK_AAD, blob) {
             Ok(p) if p.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
             Ok(_) | Err(StoreError::Seal(TokenError::Unseal)) | Err(StoreError::Corrupt(_)) => {
@@ -460,7 +469,7 @@ impl Sealing {
 
     /// Checks and seals a ticket registered at `now`; `None` for a lifetime of 0 (RFC 8446
     /// §4.6.1: not cached).
-    pub fn prepare_ticket(
+    pub(crate) fn prepare_ticket(
         &self,
         engine: &str,
         ticket: &NewTicket,
@@ -517,7 +526,7 @@ impl Sealing {
     }
 
     /// Checks and unseals a ticket row.
-    pub fn open_ticket(
+    pub(crate) fn open_ticket(
         &self,
         engine: &str,
         id_hash: &[u8; 32],
@@ -551,7 +560,10 @@ impl Sealing {
     }
 
     /// Checks and seals an external PSK.
-    pub fn prepare_external(&self, psk: &ExternalPsk) -> Result<PreparedExternal, StoreError> {
+    pub(crate) fn prepare_external(
+        &self,
+        psk: &ExternalPsk,
+    ) -> Result<PreparedExternal, StoreError> {
         check_identity(&psk.identity)?;
         if !(MIN_EXTERNAL_PSK_LEN..=MAX_EXTERNAL_PSK_LEN).contains(&psk.psk.len()) {
             return Err(StoreError::Invalid(format!(
@@ -577,7 +589,7 @@ impl Sealing {
 
     /// Checks and unseals an external PSK row (identity, hash code, allowed engines,
     /// sealed); `None` when `engine` may not use it.
-    pub fn open_external(
+    pub(crate) fn open_external(
         &self,
         engine: Option<&str>,
         identity: &[u8],

@@ -32,15 +32,15 @@ use zeroize::Zeroizing;
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing,
-    StoredTicket, TicketBinding, TicketRow, TicketStore,
+    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer,
+    Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
 
 /// The schema, one migration per version (each applied in its own transaction with the
 /// version row).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
     1,
     "
 CREATE TABLE tickets (
@@ -424,7 +424,7 @@ impl PostgresStore {
     }
 }
 
-impl TicketStore for PostgresStore {
+impl Tickets for PostgresStore {
     fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
         let now = self.now();
         // The token call happens before a connection is taken.
@@ -676,7 +676,9 @@ impl TicketStore for PostgresStore {
             .map_err(pg_err)?;
         Ok(())
     }
+}
 
+impl ExternalPsks for PostgresStore {
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
         let p = self.sealing.prepare_external(&psk)?;
         let now = self.now();
@@ -819,7 +821,7 @@ mod tests {
             &self,
             c: &StoreConfig,
             sealer: Arc<dyn Sealer>,
-        ) -> Result<Box<dyn TicketStore>, StoreError> {
+        ) -> Result<Box<dyn crate::store::TicketStore>, StoreError> {
             let c = pg_cfg(self.cluster, &self.db, c);
             Ok(Box::new(
                 PostgresStore::from_config(&c, sealer)?.with_clock(self.clock.func()),

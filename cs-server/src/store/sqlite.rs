@@ -27,14 +27,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, NewTicket, Sealer, Sealing,
-    StoredTicket, TicketBinding, TicketRow, TicketStore,
+    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer,
+    Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
 };
 use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
 
 /// Version of the SQLite schema this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process holding the file (a second CS on the same
 /// file, an administrator's `sqlite3`).
@@ -189,7 +189,7 @@ impl SqliteStore {
     }
 }
 
-impl TicketStore for SqliteStore {
+impl Tickets for SqliteStore {
     fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
         let now = self.now();
         // The token call happens before the lock is taken.
@@ -440,7 +440,9 @@ impl TicketStore for SqliteStore {
             .query_row([], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
+}
 
+impl ExternalPsks for SqliteStore {
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
         let p = self.sealing.prepare_external(&psk)?;
         let now = self.now();
@@ -686,7 +688,7 @@ mod tests {
             &self,
             c: &StoreConfig,
             sealer: Arc<dyn Sealer>,
-        ) -> Result<Box<dyn TicketStore>, StoreError> {
+        ) -> Result<Box<dyn crate::store::TicketStore>, StoreError> {
             Ok(Box::new(
                 SqliteStore::open(&self.path(), sealer, c)?.with_clock(self.clock.func()),
             ))

@@ -25,7 +25,7 @@ pub(crate) struct TestSealer {
 }
 
 impl TestSealer {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let rng = SystemRandom::new();
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill(&mut key[..]).unwrap();
@@ -97,16 +97,16 @@ pub(crate) fn cfg(max: u32, lifetime: u64) -> StoreConfig {
 pub(crate) struct TestClock(Arc<AtomicU64>);
 
 impl TestClock {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(Arc::new(AtomicU64::new(unix_secs(SystemTime::now()))))
     }
-    pub fn advance(&self, secs: u64) {
+    pub(crate) fn advance(&self, secs: u64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }
-    pub fn now(&self) -> SystemTime {
+    pub(crate) fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
     }
-    pub fn func(&self) -> impl Fn() -> SystemTime + Send + Sync + 'static {
+    pub(crate) fn func(&self) -> impl Fn() -> SystemTime + Send + Sync + 'static {
         let c = self.clone();
         move || c.now()
     }

@@ -134,7 +134,7 @@ mod tests {
 
     use super::super::testutil::new_token;
     use crate::error::StoreError;
-    use crate::store::{NewTicket, SqliteStore, TicketStore};
+    use crate::store::{NewTicket, SqliteStore, Tickets};
     use lurk_proto::wire::HashAlg;
     use zeroize::Zeroizing;
 
