@@ -66,6 +66,7 @@ pub struct CsPoolOptions {
     /// The first wait before a set-aside replica is probed again (default 250 ms); it doubles
     /// at each failed probe, up to `backoff_max` (default 30 s).
     pub backoff_min: Duration,
+    /// The longest wait between two probes of a set-aside replica (default 30 s).
     pub backoff_max: Duration,
     /// How long the first call waits for a DNS name's first resolution (default 5 s).
     pub resolve_timeout: Duration,

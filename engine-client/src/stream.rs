@@ -29,6 +29,7 @@ use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tonic::transport::Channel;
 
+use crate::action::Action;
 use crate::config::{ClientConfig, HandshakeSummary};
 use crate::conn::{ClientConnection, CsEpilogue};
 use crate::cs_client::{CsCall, CsError, CsReply};
@@ -180,36 +181,38 @@ impl Connector {
         let mut buf = vec![0u8; READ_SIZE];
         let result: Result<(), Error> = async {
             loop {
-                while let Some(call) = conn.take_cs_call() {
-                    let reply = match &route {
-                        Some(r) => r.perform(call).await,
-                        None => Err(no_cs()),
-                    };
-                    conn.cs_response(reply)?;
+                match conn.next_action() {
+                    Action::CallCs(call) => {
+                        let reply = match &route {
+                            Some(r) => r.perform(call).await,
+                            None => Err(no_cs()),
+                        };
+                        conn.cs_response(reply)?;
+                    }
+                    Action::SendTls(out) => {
+                        io.write_all(&out).await.map_err(|e| Error::io(&e))?;
+                        io.flush().await.map_err(|e| Error::io(&e))?;
+                    }
+                    Action::HandshakeDone => return Ok(()),
+                    Action::PeerClosed => {
+                        return Err(Error::Io {
+                            kind: io::ErrorKind::UnexpectedEof,
+                            message: "the server sent close_notify during the handshake".into(),
+                        })
+                    }
+                    Action::ReadTls => {
+                        let n = io.read(&mut buf).await.map_err(|e| Error::io(&e))?;
+                        if n == 0 {
+                            return Err(Error::Io {
+                                kind: io::ErrorKind::UnexpectedEof,
+                                message: "the server closed the connection during the handshake"
+                                    .into(),
+                            });
+                        }
+                        conn.read_tls(&buf[..n]);
+                        conn.process_new_packets()?;
+                    }
                 }
-                let out = conn.take_tls();
-                if !out.is_empty() {
-                    io.write_all(&out).await.map_err(|e| Error::io(&e))?;
-                    io.flush().await.map_err(|e| Error::io(&e))?;
-                }
-                if !conn.is_handshaking() {
-                    return Ok(());
-                }
-                if conn.peer_closed() {
-                    return Err(Error::Io {
-                        kind: io::ErrorKind::UnexpectedEof,
-                        message: "the server sent close_notify during the handshake".into(),
-                    });
-                }
-                let n = io.read(&mut buf).await.map_err(|e| Error::io(&e))?;
-                if n == 0 {
-                    return Err(Error::Io {
-                        kind: io::ErrorKind::UnexpectedEof,
-                        message: "the server closed the connection during the handshake".into(),
-                    });
-                }
-                conn.read_tls(&buf[..n]);
-                conn.process_new_packets()?;
             }
         }
         .await;
