@@ -71,6 +71,8 @@
 //!   [`ClientKey`], [`ExternalPsk`], the [`HandshakeSummary`];
 //! - [`ServerName`], in [`server_name`];
 //! - [`stream`]: [`Connector`] and [`TlsStream`] for tokio;
+//! - [`crypto_service`]: the CS behind a trait ([`CryptoService`], one [`CsSession`] per
+//!   connection);
 //! - [`cs_client`]: the channel to one CS (mTLS, one HTTP/2 connection reused) and the
 //!   [`CsCall`](cs_client::CsCall)s; [`cs_pool`]: several CS replicas (DNS names
 //!   re-resolved, sessions pinned, health checks);
@@ -86,6 +88,7 @@ pub mod action;
 mod alert;
 pub mod config;
 mod conn;
+pub mod crypto_service;
 pub mod cs_client;
 pub mod cs_pool;
 mod deframer;
@@ -133,6 +136,7 @@ pub mod internals {
 pub use action::Action;
 pub use config::{ClientConfig, ClientKey, Ephemeral, ExternalPsk, HandshakeSummary, TlsMode};
 pub use conn::ClientConnection;
+pub use crypto_service::{CryptoService, CsSession};
 pub use error::{CertificateError, Error, InvalidMessage, PeerMisbehaved};
 pub use server_name::{InvalidServerName, ServerName};
 pub use stream::{Connector, TlsStream};
