@@ -331,12 +331,7 @@ async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError>
         .alpn_protocols(alpn(args))
         .ticket_store(Arc::new(MemoryTicketStore::new(64)));
     if let Some(id) = &args.client_key {
-        let caps = pool
-            .call_any(|mut c| async move {
-                c.capabilities(lurk_proto::pb::CapabilitiesRequest {}).await
-            })
-            .await?
-            .into_inner();
+        let caps = pool.capabilities().await?;
         let key = ClientKey::from_capabilities(&caps, id)
             .ok_or_else(|| format!("the CS has no key {id:?} for this engine"))?;
         cfg = cfg.client_key(key);

@@ -716,6 +716,15 @@ impl CsRoute {
 }
 
 impl CsPool {
+    /// What the CS offers this engine (client keys with their certificates, external PSKs,
+    /// groups, ticket limits), from a healthy replica.
+    pub async fn capabilities(&self) -> Result<pb::CapabilitiesResponse, CsError> {
+        let r = self
+            .call_any(|mut c| async move { c.capabilities(pb::CapabilitiesRequest {}).await })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     /// A call outside any LURK session (`Ping`, `Capabilities`), on a healthy replica; an
     /// unanswered call is made again on each other healthy replica.
     pub async fn call_any<T, F, Fut>(&self, mut op: F) -> Result<T, CsError>
