@@ -78,6 +78,8 @@
 //!   re-resolved, sessions pinned, health checks);
 //! - [`tickets`]: the ticket store; [`verify`]: server authentication ([`TrustAnchors`](verify::TrustAnchors));
 //! - [`error`]: the error tree and the alert each error sends;
+//! - `in_process` (feature `in-process`): `InProcessCs`, the CS's operations called in this
+//!   process;
 //! - `hyper_connector` (feature `hyper`): `HttpsConnector` for `hyper_util`'s client;
 //! - [`action`]: [`Action`], what the driver of a [`ClientConnection`] does next;
 //! - the protocol core (record layer, handshake state machine) is private.
@@ -95,6 +97,8 @@ mod deframer;
 pub mod error;
 #[cfg(feature = "hyper")]
 pub mod hyper_connector;
+#[cfg(feature = "in-process")]
+pub mod in_process;
 mod joiner;
 mod keyshare;
 mod record;
