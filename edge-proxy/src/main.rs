@@ -6,7 +6,8 @@
 //!   connections the LURK engine makes ([`lurk_engine::HttpsConnector`]): the client key
 //!   stays in the Crypto Service (`--client-key`), resumption uses the CS's tickets, ALPN
 //!   offers `h2` then `http/1.1`.
-//! - Counts the upstream handshakes by their summaries and serves the counters at
+//! - Counts the upstream handshakes by their summaries, and the responses by the summary of
+//!   the connection that carried them (response extensions), and serves the counters at
 //!   `/lurk-proxy/metrics` (Prometheus text format); that path is not forwarded.
 //! - `--key-file`/`--cert-file` instead of `--cs`: the same proxy on hyper-rustls with the
 //!   client key in a file (the baseline of BENCHMARKS.md).
@@ -100,6 +101,8 @@ struct Counters {
     requests: AtomicU64,
     upstream_errors: AtomicU64,
     upstream_retries: AtomicU64,
+    responses_resumed: AtomicU64,
+    responses_full: AtomicU64,
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
     client_authenticated: AtomicU64,
@@ -135,6 +138,9 @@ impl Counters {
              lurk_proxy_upstream_errors_total {}\n\
              # TYPE lurk_proxy_upstream_retries_total counter\n\
              lurk_proxy_upstream_retries_total {}\n\
+             # TYPE lurk_proxy_upstream_responses_total counter\n\
+             lurk_proxy_upstream_responses_total{{resumed=\"false\"}} {}\n\
+             lurk_proxy_upstream_responses_total{{resumed=\"true\"}} {}\n\
              # TYPE lurk_proxy_upstream_handshakes_total counter\n\
              lurk_proxy_upstream_handshakes_total{{resumed=\"false\"}} {}\n\
              lurk_proxy_upstream_handshakes_total{{resumed=\"true\"}} {}\n\
@@ -150,6 +156,8 @@ impl Counters {
             g(&self.requests),
             g(&self.upstream_errors),
             g(&self.upstream_retries),
+            g(&self.responses_full),
+            g(&self.responses_resumed),
             g(&self.handshakes_full),
             g(&self.handshakes_resumed),
             g(&self.client_authenticated),
@@ -256,6 +264,15 @@ impl Proxy {
             attempts += 1;
             match self.upstream.request(req).await {
                 Ok(res) => {
+                    // The summary of the connection that carried the response.
+                    if let Some(s) = res.extensions().get::<HandshakeSummary>() {
+                        let c = if s.resumed {
+                            &self.counters.responses_resumed
+                        } else {
+                            &self.counters.responses_full
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     return Response::from_parts(parts, body.boxed());
@@ -331,12 +348,7 @@ async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError>
         .alpn_protocols(alpn(args))
         .ticket_store(Arc::new(MemoryTicketStore::new(64)));
     if let Some(id) = &args.client_key {
-        let caps = pool
-            .call_any(|mut c| async move {
-                c.capabilities(lurk_proto::pb::CapabilitiesRequest {}).await
-            })
-            .await?
-            .into_inner();
+        let caps = pool.capabilities().await?;
         let key = ClientKey::from_capabilities(&caps, id)
             .ok_or_else(|| format!("the CS has no key {id:?} for this engine"))?;
         cfg = cfg.client_key(key);

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use lurk_proto::freshness::FreshnessMode;
 use lurk_proto::pb;
@@ -114,6 +114,59 @@ pub struct ClientConfig {
     /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
     /// `x`; off by default so that the secret is neither requested nor kept.
     pub(crate) exporter: bool,
+    /// The core's clock.
+    pub(crate) time: Arc<dyn TimeProvider>,
+    /// The core's randomness (randoms, session ids).
+    pub(crate) random: Arc<dyn RandomSource>,
+}
+
+/// The clock of the sans-IO core (as rustls' `TimeProvider`): wall time for ticket ages and
+/// certificate validity, monotonic time for the handshake duration. [`SystemTime`]'s and
+/// [`Instant`]'s by default.
+pub trait TimeProvider: Send + Sync {
+    /// Now, wall clock.
+    fn system_time(&self) -> SystemTime;
+    /// Now, monotonic.
+    fn instant(&self) -> Instant;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl TimeProvider for SystemClock {
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// The randomness of the sans-IO core: the engine's random, the legacy session id. (The
+/// engine's own (EC)DHE key pairs come from ring's system generator.)
+pub trait RandomSource: Send + Sync {
+    /// Fills `buf` with cryptographically secure random bytes.
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError>;
+}
+
+/// The random source failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no randomness")]
+pub struct RandomError;
+
+/// The operating system's generator (ring's `SystemRandom`).
+#[derive(Debug, Default)]
+pub struct SystemRandomSource;
+
+impl RandomSource for SystemRandomSource {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+        use ring::rand::SecureRandom;
+        ring::rand::SystemRandom::new()
+            .fill(buf)
+            .map_err(|_| RandomError)
+    }
 }
 
 impl Default for ClientConfig {
@@ -147,6 +200,8 @@ impl Default for ClientConfig {
             middlebox_compat: true,
             record_size_limit: None,
             exporter: false,
+            time: Arc::new(SystemClock),
+            random: Arc::new(SystemRandomSource),
         }
     }
 }
@@ -410,6 +465,18 @@ impl ClientConfigBuilder {
     /// (RFC 8446 §7.5; through the CS this asks it for the secret; default off).
     pub fn exporter(mut self, yes: bool) -> Self {
         self.cfg.exporter = yes;
+        self
+    }
+
+    /// The clock of the protocol core (default: the system's).
+    pub fn time_provider(mut self, time: Arc<dyn TimeProvider>) -> Self {
+        self.cfg.time = time;
+        self
+    }
+
+    /// The randomness of the protocol core (default: the system's).
+    pub fn random_source(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.cfg.random = random;
         self
     }
 
@@ -780,5 +847,35 @@ mod tests {
             .client_key(key("k", vec![vec![1]]))
             .build()
             .is_ok());
+    }
+
+    /// The core's randomness is the configured source: two connections with the same fixed
+    /// source send the same ClientHello random; with the system's, they differ.
+    #[test]
+    fn randomness_is_injected() {
+        struct Fixed;
+        impl RandomSource for Fixed {
+            fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+                buf.fill(0x42);
+                Ok(())
+            }
+        }
+        let random_of = |cfg: &Arc<ClientConfig>| {
+            let mut conn = crate::ClientConnection::new(cfg.clone(), "localhost", 443, false)
+                .expect("ClientHello");
+            let record = conn.take_tls();
+            // Record header (5), handshake header (4), legacy_version (2), then random.
+            record[11..43].to_vec()
+        };
+        let fixed = Arc::new(
+            base()
+                .ephemeral(Ephemeral::Engine)
+                .random_source(Arc::new(Fixed))
+                .build()
+                .unwrap(),
+        );
+        assert_eq!(random_of(&fixed), random_of(&fixed));
+        let system = Arc::new(base().ephemeral(Ephemeral::Engine).build().unwrap());
+        assert_ne!(random_of(&system), random_of(&system));
     }
 }

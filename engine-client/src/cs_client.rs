@@ -139,18 +139,32 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
 /// A failed call to the CS.
 #[derive(Debug, thiserror::Error)]
 pub enum CsError {
+    /// The CS is not configured or its configuration is unusable (URL, credentials).
     #[error("CS configuration: {0}")]
     Config(String),
     /// No answer from the CS (connect refused, connection lost, UNAVAILABLE).
     #[error("CS unreachable: {0}")]
     Unreachable(String),
+    /// The CS answered with a LURK refusal (docs/protocol.md).
     #[error("CS refused the exchange with LURK status {status}: {message}")]
-    Refused { status: LurkStatus, message: String },
+    Refused {
+        /// The LURK status.
+        status: LurkStatus,
+        /// The CS's message.
+        message: String,
+    },
+    /// Another gRPC error.
     #[error("CS error ({code:?}): {message}")]
-    Other { code: tonic::Code, message: String },
+    Other {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The message.
+        message: String,
+    },
 }
 
 impl CsError {
+    /// The LURK status of a refusal.
     pub fn lurk_status(&self) -> Option<LurkStatus> {
         match self {
             Self::Refused { status, .. } => Some(*status),
@@ -202,12 +216,19 @@ fn with_causes(s: &tonic::Status) -> String {
 /// A call to the CS the state machine asks its driver to make (one LURK exchange).
 #[derive(Clone)]
 pub enum CsCall {
+    /// c_init_client_hello.
     InitClientHello(pb::CInitClientHelloRequest),
+    /// c_client_hello.
     ClientHello(pb::CClientHelloRequest),
+    /// c_server_hello.
     ServerHello(pb::CServerHelloRequest),
+    /// c_client_finished.
     ClientFinished(pb::CClientFinishedRequest),
+    /// c_init_client_finished.
     InitClientFinished(pb::CInitClientFinishedRequest),
+    /// c_post_hand_auth.
     PostHandAuth(pb::CPostHandAuthRequest),
+    /// c_register_tickets.
     RegisterTickets(pb::CRegisterTicketsRequest),
 }
 
@@ -235,12 +256,19 @@ impl fmt::Debug for CsCall {
 
 /// The CS's answer to a [`CsCall`].
 pub enum CsReply {
+    /// c_init_client_hello.
     InitClientHello(pb::CInitClientHelloResponse),
+    /// c_client_hello.
     ClientHello(pb::CClientHelloResponse),
+    /// c_server_hello.
     ServerHello(pb::CServerHelloResponse),
+    /// c_client_finished.
     ClientFinished(pb::CClientFinishedResponse),
+    /// c_init_client_finished.
     InitClientFinished(pb::CInitClientFinishedResponse),
+    /// c_post_hand_auth.
     PostHandAuth(pb::CPostHandAuthResponse),
+    /// c_register_tickets.
     RegisterTickets(pb::CRegisterTicketsResponse),
 }
 

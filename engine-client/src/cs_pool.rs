@@ -66,6 +66,7 @@ pub struct CsPoolOptions {
     /// The first wait before a set-aside replica is probed again (default 250 ms); it doubles
     /// at each failed probe, up to `backoff_max` (default 30 s).
     pub backoff_min: Duration,
+    /// The longest wait between two probes of a set-aside replica (default 30 s).
     pub backoff_max: Duration,
     /// How long the first call waits for a DNS name's first resolution (default 5 s).
     pub resolve_timeout: Duration,
@@ -722,6 +723,15 @@ impl CsRoute {
 }
 
 impl CsPool {
+    /// What the CS offers this engine (client keys with their certificates, external PSKs,
+    /// groups, ticket limits), from a healthy replica.
+    pub async fn capabilities(&self) -> Result<pb::CapabilitiesResponse, CsError> {
+        let r = self
+            .call_any(|mut c| async move { c.capabilities(pb::CapabilitiesRequest {}).await })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     /// A call outside any LURK session (`Ping`, `Capabilities`), on a healthy replica; an
     /// unanswered call is made again on each other healthy replica.
     pub async fn call_any<T, F, Fut>(&self, mut op: F) -> Result<T, CsError>

@@ -19,7 +19,6 @@
 //! The CS may be several replicas ([`CsPool`]): each connection's calls go through its own
 //! route, which keeps the connection's LURK session on the replica its first call reached.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,14 +29,14 @@ use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tonic::transport::Channel;
 
+use crate::action::Action;
 use crate::config::{ClientConfig, HandshakeSummary};
 use crate::conn::{ClientConnection, CsEpilogue};
-use crate::cs_client::{CsCall, CsError, CsReply};
-use crate::cs_pool::{CsPool, CsRoute};
+use crate::crypto_service::{CryptoService, CsFuture, CsSession};
+use crate::cs_client::{CsCall, CsError};
+use crate::cs_pool::CsPool;
 use crate::error::Error;
 use crate::server_name::ServerName;
-
-type CsFuture = Pin<Box<dyn Future<Output = Result<CsReply, CsError>> + Send>>;
 
 /// Above this many buffered outgoing bytes, writes wait for the socket.
 const MAX_BUFFERED_OUT: usize = 64 * 1024;
@@ -94,7 +93,7 @@ impl Epilogues {
         rt: &tokio::runtime::Handle,
         mut epilogue: CsEpilogue,
         in_flight: Option<CsFuture>,
-        route: CsRoute,
+        route: Arc<dyn CsSession>,
     ) {
         self.0.send_modify(|p| p.all += 1);
         let done = EpilogueDone(self.0.clone());
@@ -162,7 +161,7 @@ impl Drop for TicketsDone {
 #[derive(Clone)]
 pub struct Connector {
     config: Arc<ClientConfig>,
-    cs: Option<CsPool>,
+    cs: Option<Arc<dyn CryptoService>>,
     epilogues: Epilogues,
 }
 
@@ -181,23 +180,23 @@ impl Connector {
     pub fn new(config: Arc<ClientConfig>, cs: Option<CryptoServiceClient<Channel>>) -> Self {
         Self {
             config,
-            cs: cs.map(CsPool::from_client),
+            cs: cs.map(|c| Arc::new(CsPool::from_client(c)) as Arc<dyn CryptoService>),
             epilogues: Epilogues::new(),
         }
     }
 
     /// A connector calling the CS replicas of `pool`.
     pub fn with_cs_pool(config: Arc<ClientConfig>, pool: CsPool) -> Self {
-        Self {
-            config,
-            cs: Some(pool),
-            epilogues: Epilogues::new(),
-        }
+        Self::with_cs(config, Arc::new(pool))
     }
 
-    /// The CS replicas, if a CS is configured.
-    pub fn cs_pool(&self) -> Option<&CsPool> {
-        self.cs.as_ref()
+    /// A connector calling `cs`, any [`CryptoService`].
+    pub fn with_cs(config: Arc<ClientConfig>, cs: Arc<dyn CryptoService>) -> Self {
+        Self {
+            config,
+            cs: Some(cs),
+            epilogues: Epilogues::new(),
+        }
     }
 
     /// Waits, at most `timeout`, for the CS work that connections left when they ended (ticket
@@ -237,40 +236,42 @@ impl Connector {
         }
         let mut conn =
             ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
-        let route = self.cs.clone().map(CsRoute::new);
+        let route = self.cs.as_ref().map(|cs| cs.session());
         let mut buf = vec![0u8; READ_SIZE];
         let result: Result<(), Error> = async {
             loop {
-                while let Some(call) = conn.take_cs_call() {
-                    let reply = match &route {
-                        Some(r) => r.perform(call).await,
-                        None => Err(no_cs()),
-                    };
-                    conn.cs_response(reply)?;
+                match conn.next_action() {
+                    Action::CallCs(call) => {
+                        let reply = match &route {
+                            Some(r) => r.perform(call).await,
+                            None => Err(no_cs()),
+                        };
+                        conn.cs_response(reply)?;
+                    }
+                    Action::SendTls(out) => {
+                        io.write_all(&out).await.map_err(|e| Error::io(&e))?;
+                        io.flush().await.map_err(|e| Error::io(&e))?;
+                    }
+                    Action::HandshakeDone => return Ok(()),
+                    Action::PeerClosed => {
+                        return Err(Error::Io {
+                            kind: io::ErrorKind::UnexpectedEof,
+                            message: "the server sent close_notify during the handshake".into(),
+                        })
+                    }
+                    Action::ReadTls => {
+                        let n = io.read(&mut buf).await.map_err(|e| Error::io(&e))?;
+                        if n == 0 {
+                            return Err(Error::Io {
+                                kind: io::ErrorKind::UnexpectedEof,
+                                message: "the server closed the connection during the handshake"
+                                    .into(),
+                            });
+                        }
+                        conn.read_tls(&buf[..n]);
+                        conn.process_new_packets()?;
+                    }
                 }
-                let out = conn.take_tls();
-                if !out.is_empty() {
-                    io.write_all(&out).await.map_err(|e| Error::io(&e))?;
-                    io.flush().await.map_err(|e| Error::io(&e))?;
-                }
-                if !conn.is_handshaking() {
-                    return Ok(());
-                }
-                if conn.peer_closed() {
-                    return Err(Error::Io {
-                        kind: io::ErrorKind::UnexpectedEof,
-                        message: "the server sent close_notify during the handshake".into(),
-                    });
-                }
-                let n = io.read(&mut buf).await.map_err(|e| Error::io(&e))?;
-                if n == 0 {
-                    return Err(Error::Io {
-                        kind: io::ErrorKind::UnexpectedEof,
-                        message: "the server closed the connection during the handshake".into(),
-                    });
-                }
-                conn.read_tls(&buf[..n]);
-                conn.process_new_packets()?;
             }
         }
         .await;
@@ -306,7 +307,7 @@ pub struct TlsStream<IO> {
     io: IO,
     conn: ClientConnection,
     /// The connection's way to the CS (its session's replica).
-    cs: Option<CsRoute>,
+    cs: Option<Arc<dyn CsSession>>,
     epilogues: Epilogues,
     cs_fut: Option<CsFuture>,
     out: Vec<u8>,
@@ -393,7 +394,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
 
     fn start_cs(&mut self, call: CsCall) {
         let fut: CsFuture = match &self.cs {
-            Some(route) => Box::pin(route.perform(call)),
+            Some(route) => route.perform(call),
             None => Box::pin(async { Err(no_cs()) }),
         };
         self.cs_fut = Some(fut);

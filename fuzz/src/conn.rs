@@ -73,7 +73,7 @@ fn check_failed_connection(s: &mut Scenario) {
     if s.conn.error().is_some() {
         assert!(s.conn.process_new_packets().is_err(), "an error is sticky");
         let out = s.conn.take_tls();
-        let mut d = lurk_engine::deframer::Deframer::new();
+        let mut d = lurk_engine::internals::deframer::Deframer::new();
         d.push(&out);
         while let Some(_r) = d.next_record().expect("the engine sends whole records") {}
     }

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use lurk_engine::cs_client::CsCall;
-use lurk_engine::record::encode_plaintext;
+use lurk_engine::internals::record::encode_plaintext;
 use lurk_proto::wire::{encode_server_hello, CipherSuite, ContentType, NamedGroup};
 use prost::Message;
 

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use lurk_engine::deframer::Deframer;
-use lurk_engine::joiner::HandshakeJoiner;
-use lurk_engine::record::{encode_plaintext, RecordDecrypter, RecordEncrypter, RecordKeys};
+use lurk_engine::internals::deframer::Deframer;
+use lurk_engine::internals::joiner::HandshakeJoiner;
+use lurk_engine::internals::record::{encode_plaintext, RecordDecrypter, RecordEncrypter, RecordKeys};
 use lurk_proto::key_schedule::{
     finished_verify_data, next_application_traffic_secret, traffic_key_iv, verify_finished,
     KeyScheduleEarly, KeyScheduleHandshake, KeyScheduleMaster, Secret,
@@ -196,7 +196,7 @@ impl Server {
             let msg = match (&mut self.dec, rec.typ) {
                 (_, ContentType::ChangeCipherSpec) => continue,
                 (Some(dec), _) => dec.decrypt(rec).map_err(|e| e.to_string())?,
-                (None, typ) => lurk_engine::record::PlainMessage {
+                (None, typ) => lurk_engine::internals::record::PlainMessage {
                     typ,
                     payload: rec.payload,
                 },

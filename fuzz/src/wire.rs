@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use lurk_engine::deframer::Deframer;
-use lurk_engine::joiner::HandshakeJoiner;
+use lurk_engine::internals::deframer::Deframer;
+use lurk_engine::internals::joiner::HandshakeJoiner;
 use lurk_proto::wire::{
     complete_client_hello, encode_certificate, encode_certificate_verify, encode_finished,
     set_binders, split_handshake_messages, truncated_for_binders, Certificate, CertificateRequest,

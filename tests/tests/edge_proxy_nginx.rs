@@ -348,6 +348,26 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
     assert_eq!(h1_lines, N_TLS, "HTTP/1.1 to nginx from proxy 3");
     let reused = lines.iter().filter(|l| l[1] == "r").count();
     assert!(reused > 0, "nginx saw no resumed session:\n{log}");
+    // Each response carried its connection's handshake summary (hyper's response
+    // extensions): the proxies saw as many answers on resumed connections as nginx logged.
+    let resp = |p: &EdgeProxy, r: &str| {
+        p.metric(&format!(
+            "lurk_proxy_upstream_responses_total{{resumed=\"{r}\"}}"
+        ))
+    };
+    let (r1, f1) = (resp(&p1, "true"), resp(&p1, "false"));
+    let (r3, f3) = (resp(&p3, "true"), resp(&p3, "false"));
+    assert_eq!(
+        r1 + f1,
+        (N_H2 + N_H1) as u64,
+        "responses with a summary, proxy 1"
+    );
+    assert_eq!(r3 + f3, N_TLS as u64, "responses with a summary, proxy 3");
+    assert_eq!(
+        (r1 + r3) as usize,
+        reused,
+        "responses on resumed connections"
+    );
 
     // The key is a token object the token never lets out, and the proxies had no key file.
     let keys = Command::new(workspace_bin("lurk-cs"))

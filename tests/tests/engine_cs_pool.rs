@@ -521,3 +521,68 @@ fn a_hung_replica_is_stepped_around_after_the_call_timeout() {
         assert!(took >= Duration::from_millis(500), "{took:?}");
     });
 }
+
+/// The CS behind the `CryptoService` trait: a connector given a decorated pool (it records
+/// the exchanges, then calls the real pool) makes every LURK exchange of the handshake
+/// through it, one session per connection.
+#[test]
+fn a_connector_calls_any_crypto_service_implementation() {
+    use lurk_engine::crypto_service::{CsFuture, CsSession};
+    use lurk_engine::cs_client::CsCall;
+    use lurk_engine::CryptoService;
+    use std::sync::Mutex;
+
+    struct Recording {
+        pool: CsPool,
+        sessions: Mutex<usize>,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+    }
+    struct RecordingSession {
+        inner: Arc<dyn CsSession>,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+    }
+    impl CryptoService for Recording {
+        fn session(&self) -> Arc<dyn CsSession> {
+            *self.sessions.lock().unwrap() += 1;
+            Arc::new(RecordingSession {
+                inner: self.pool.session(),
+                calls: self.calls.clone(),
+            })
+        }
+    }
+    impl CsSession for RecordingSession {
+        fn perform(&self, call: CsCall) -> CsFuture {
+            self.calls.lock().unwrap().push(call.exchange());
+            self.inner.perform(call)
+        }
+    }
+
+    let setup = DevSetup::new();
+    let cs = start_replicas(&setup, 1);
+    let server = tls_server();
+    rt().block_on(async {
+        let cs_ref: Vec<&CsProcess> = cs.iter().collect();
+        let rec = Arc::new(Recording {
+            pool: pool(&cs_ref, &[cs[0].url()], opts()),
+            sessions: Mutex::new(0),
+            calls: Arc::new(Mutex::new(Vec::new())),
+        });
+        let c = Connector::with_cs(config(), rec.clone());
+        handshake(&c, server.port()).await.expect("handshake");
+        handshake(&c, server.port()).await.expect("handshake");
+        c.wait_for_cs(Duration::from_secs(5)).await;
+        assert_eq!(*rec.sessions.lock().unwrap(), 2);
+        let calls = rec.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| **c == "c_init_client_hello")
+                .count(),
+            2,
+            "{calls:?}"
+        );
+        assert!(calls.contains(&"c_server_hello"), "{calls:?}");
+        // The real CS answered each of them.
+        assert_eq!(wait_rpcs(&cs_ref, calls.len() as u64), vec![calls.len()]);
+    });
+}

@@ -210,13 +210,13 @@ fn local_binders(prefix: &Transcript, ch: &mut [u8], psks: &[OfferedPsk]) -> Res
 
 pub(super) fn start(core: &mut Core) -> Result<State, Error> {
     let config = core.config.clone();
-    let engine_random = random_bytes::<32>()?;
+    let engine_random = random_bytes::<32>(&*config.random)?;
     let session_id = if config.middlebox_compat {
-        random_bytes::<32>()?.to_vec()
+        random_bytes::<32>(&*config.random)?.to_vec()
     } else {
         Vec::new()
     };
-    let now = SystemTime::now();
+    let now = config.time.system_time();
     if config.groups.is_empty() {
         return Err(Error::general("no group configured"));
     }
@@ -788,9 +788,11 @@ fn hello_retry(
         (Some(g), Some(s)) => Some((g, s.engine.as_ref().map_or(&[][..], |e| e.public()))),
         _ => None,
     };
-    let b = hs
-        .hello
-        .retry(hrr.cookie, share, wire_psks(&hs.psks, SystemTime::now()));
+    let b = hs.hello.retry(
+        hrr.cookie,
+        share,
+        wire_psks(&hs.psks, core.config.time.system_time()),
+    );
     let mut ch2 = b.build()?;
     if let Some(session_id) = hs.cs_session.clone() {
         core.request_cs(CsCall::ClientHello(pb::CClientHelloRequest {

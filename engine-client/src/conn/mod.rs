@@ -49,13 +49,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::RandomSource;
 use lurk_proto::key_schedule::{export_keying_material, traffic_key_iv, Secret};
 use lurk_proto::pb;
 use lurk_proto::wire::{
     AlertDescription, CipherSuite, ContentType, ExtensionType, HandshakeType, HashAlg,
     KeyUpdateRequest,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 pub use self::hello::ExpectServerHello;
@@ -272,11 +272,10 @@ fn find_secret(
         })
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+fn random_bytes<const N: usize>(rng: &dyn RandomSource) -> Result<[u8; N], Error> {
     let mut out = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| Error::general("no system randomness"))?;
+    rng.fill(&mut out)
+        .map_err(|_| Error::general("no randomness"))?;
     Ok(out)
 }
 
@@ -343,7 +342,7 @@ impl ClientConnection {
             ccs_sent: false,
             error: None,
             summary: HandshakeSummary::new(server_name),
-            started: Instant::now(),
+            started: config.time.instant(),
             receive_limit: None,
             send_limit: None,
             offered_extensions: Vec::new(),

@@ -665,7 +665,12 @@ fn send_flight(
     s.client_authenticated = certificate
         .as_ref()
         .is_some_and(|c| Certificate::parse(c).is_ok_and(|c| !c.entries.is_empty()));
-    s.handshake_time = Some(core.started.elapsed());
+    s.handshake_time = Some(
+        core.config
+            .time
+            .instant()
+            .saturating_duration_since(core.started),
+    );
 
     let traffic = Box::new(ExpectTraffic {
         suite,

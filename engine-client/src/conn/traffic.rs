@@ -3,7 +3,6 @@
 //! left when the connection ends ([`CsEpilogue`]).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use lurk_proto::key_schedule::{
     finished_verify_data, next_application_traffic_secret, resumption_psk, Secret,
@@ -214,7 +213,7 @@ impl ExpectTraffic {
             lifetime: nst.ticket_lifetime,
             max_early_data: nst.max_early_data_size.unwrap_or(0),
             suite: self.suite,
-            received_at: SystemTime::now(),
+            received_at: core.config.time.system_time(),
             psk: None,
             alpn: self.alpn.clone(),
         };
