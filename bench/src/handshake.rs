@@ -172,6 +172,24 @@ pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
     start_cs_with(dev, &dev.join("lurk-cs.toml"), backend, &[])
 }
 
+/// A copy of the init-dev configuration with `per_group` token key pairs made ahead of use
+/// (`[ephemeral] token_pool`).
+pub fn token_pool_config(dev: &Path, per_group: usize) -> Result<PathBuf, BoxError> {
+    let cfg = std::fs::read_to_string(dev.join("lurk-cs.toml"))?;
+    if !cfg.contains("[ephemeral]\n") {
+        return Err("the init-dev configuration has no [ephemeral] section".into());
+    }
+    let path = dev.join("lurk-cs-token-pool.toml");
+    std::fs::write(
+        &path,
+        cfg.replace(
+            "[ephemeral]\n",
+            &format!("[ephemeral]\ntoken_pool = {per_group}\n"),
+        ),
+    )?;
+    Ok(path)
+}
+
 /// [`start_cs`] with another configuration file and more environment (`LURK_*` overrides).
 pub fn start_cs_with(
     dev: &Path,

@@ -410,6 +410,12 @@ async fn handshake_phase(
     step("starting lurk-cs (token ephemerals) and lurk-cs (memory ephemerals)");
     let (cs_token, url_token) = handshake::start_cs(&fx.dev, "token")?;
     let (cs_memory, url_memory) = handshake::start_cs(&fx.dev, "memory")?;
+    let (cs_pool, url_pool) = handshake::start_cs_with(
+        &fx.dev,
+        &handshake::token_pool_config(&fx.dev, 16)?,
+        "token",
+        &[],
+    )?;
     for &server in &p.servers {
         step(&format!("starting {}", server.name()));
         let (srv, port) = handshake::start_server(server, &pki)?;
@@ -429,6 +435,11 @@ async fn handshake_phase(
                     "engine + CS (token ephemerals)".into(),
                     handshake::engine_client(&fx.dev, &url_token, &pki, mode)?,
                     Some(cs_token.pid()),
+                ),
+                (
+                    "engine + CS (token ephemerals made ahead, token_pool = 16)".into(),
+                    handshake::engine_client(&fx.dev, &url_pool, &pki, mode)?,
+                    Some(cs_pool.pid()),
                 ),
             ];
             for (name, client, cs_pid) in clients {
@@ -492,6 +503,7 @@ async fn handshake_phase(
     }
     drop(cs_token);
     drop(cs_memory);
+    drop(cs_pool);
     Ok(())
 }
 

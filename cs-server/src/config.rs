@@ -140,11 +140,32 @@ pub enum EphemeralBackendKind {
     Memory,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EphemeralConfig {
     #[serde(default)]
     pub backend: EphemeralBackendKind,
+    /// Token backend: key pairs kept ready per group, generated ahead of use in the background
+    /// (0: none, each generated when asked for).
+    #[serde(default)]
+    pub token_pool: usize,
+    /// Token backend: a ready key pair older than this is destroyed unused.
+    #[serde(default = "default_token_pool_max_age_secs")]
+    pub token_pool_max_age_secs: u64,
+}
+
+fn default_token_pool_max_age_secs() -> u64 {
+    300
+}
+
+impl Default for EphemeralConfig {
+    fn default() -> Self {
+        Self {
+            backend: EphemeralBackendKind::default(),
+            token_pool: 0,
+            token_pool_max_age_secs: default_token_pool_max_age_secs(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -530,6 +551,12 @@ impl Config {
         if self.listen.tls.is_none() && !self.listen.plaintext {
             return Err(ConfigError::Invalid(
                 "listen: set [listen.tls] (mTLS) or, for development only, plaintext = true".into(),
+            ));
+        }
+        if self.ephemeral.token_pool > 1024 || self.ephemeral.token_pool_max_age_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "ephemeral: token_pool is at most 1024 and token_pool_max_age_secs at least 1"
+                    .into(),
             ));
         }
         if let Some(u) = &self.listen.unix {

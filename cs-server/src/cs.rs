@@ -87,6 +87,10 @@ impl Cs {
                 cfg.ephemeral.backend,
                 token.clone(),
                 cfg.freshness.test_vectors,
+            )
+            .with_token_pool(
+                cfg.ephemeral.token_pool,
+                Duration::from_secs(cfg.ephemeral.token_pool_max_age_secs),
             ),
             token,
             keys,

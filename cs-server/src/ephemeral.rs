@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EphemeralBackendKind;
 use crate::error::ServiceError;
-use crate::token::{Token, TokenEphemeral};
+use crate::token::{EphemeralPool, Token, TokenEphemeral};
 
 /// A generated key pair waiting for the server's share. An agreement that fails leaves it
 /// usable (a refused exchange changes nothing); it is destroyed when dropped.
@@ -56,6 +56,8 @@ pub struct InjectedKey {
 pub struct EphemeralSource {
     kind: EphemeralBackendKind,
     token: Option<Token>,
+    /// Token backend: key pairs made ahead of use (`[ephemeral] token_pool`).
+    pool: Option<EphemeralPool>,
     rng: SystemRandom,
     /// Some only in test-vector mode.
     #[cfg(feature = "test-vectors")]
@@ -74,10 +76,32 @@ impl EphemeralSource {
         Self {
             kind,
             token,
+            pool: None,
             rng: SystemRandom::new(),
             #[cfg(feature = "test-vectors")]
             injected: test_vectors.then(|| Mutex::new(VecDeque::new())),
         }
+    }
+
+    /// Token backend: keeps `per_group` key pairs ready for each group asked for, made in the
+    /// background and destroyed unused after `max_age` (token/eph_pool.rs). No effect with
+    /// another backend or `per_group` 0.
+    pub fn with_token_pool(mut self, per_group: usize, max_age: std::time::Duration) -> Self {
+        if self.kind != EphemeralBackendKind::Token || per_group == 0 {
+            return self;
+        }
+        if let Some(token) = &self.token {
+            match EphemeralPool::start(token.clone(), per_group, max_age) {
+                Ok(p) => self.pool = Some(p),
+                Err(e) => tracing::warn!(error = %e, "token ephemeral pool not started"),
+            }
+        }
+        self
+    }
+
+    /// The token key-pair pool, when configured.
+    pub fn token_pool(&self) -> Option<&EphemeralPool> {
+        self.pool.as_ref()
     }
 
     pub fn kind(&self) -> EphemeralBackendKind {
@@ -129,7 +153,10 @@ impl EphemeralSource {
                     .token
                     .as_ref()
                     .ok_or_else(|| ServiceError::Internal("no token for ephemerals".into()))?;
-                let eph = token.generate_ephemeral(group)?;
+                let eph = match &self.pool {
+                    Some(pool) => pool.take(group)?,
+                    None => token.generate_ephemeral(group)?,
+                };
                 let public = eph.public_key().to_vec();
                 Ok((public, PendingEphemeral::Token(eph)))
             }

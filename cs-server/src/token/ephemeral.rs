@@ -63,6 +63,8 @@ pub struct TokenEphemeral {
     /// The module generation and pool session the objects were created in.
     generation: u64,
     creator: u64,
+    /// Session faults the pool had seen when the pair was made (`pool::HandleEpoch`).
+    faults: u64,
     live: bool,
 }
 
@@ -224,6 +226,7 @@ impl Token {
             }
         };
         let (generation, creator) = (session.generation(), session.id());
+        let faults = session.epoch().1;
         drop(session);
         Ok(TokenEphemeral {
             token: self.clone(),
@@ -233,6 +236,7 @@ impl Token {
             public_handle,
             generation,
             creator,
+            faults,
             live: true,
         })
     }
@@ -312,6 +316,19 @@ impl Token {
             return Err(TokenError::InvalidPeerKey(group.name()));
         }
         Ok(secret)
+    }
+
+    /// Whether the token session that created `eph` is still open (else its objects died with
+    /// it). Reads memory only.
+    pub(crate) fn ephemeral_is_live(&self, eph: &TokenEphemeral) -> bool {
+        self.inner.pool.session_is_open(eph.generation, eph.creator)
+    }
+
+    /// Whether no session fault and no re-initialisation happened since `eph` was made. A
+    /// logout behind the pool's back (a session fault) destroys private session objects even
+    /// in sessions that a later login brings back. Reads memory only.
+    pub(crate) fn ephemeral_is_unfaulted(&self, eph: &TokenEphemeral) -> bool {
+        self.inner.pool.current_epoch() == (eph.generation, eph.faults)
     }
 
     /// Session objects of this token visible to us (tests: nothing may leak).

@@ -32,6 +32,7 @@ use crate::config::TokenConfig;
 use crate::error::TokenError;
 
 pub(crate) mod der;
+mod eph_pool;
 mod ephemeral;
 pub mod keys;
 mod mechanisms;
@@ -43,6 +44,7 @@ pub(crate) mod testutil;
 mod uri;
 pub mod wrap;
 
+pub use eph_pool::EphemeralPool;
 pub use ephemeral::{validate_peer_key, TokenEphemeral};
 pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};

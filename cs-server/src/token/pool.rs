@@ -459,6 +459,20 @@ impl SessionPool {
         self.returned.notify_all();
     }
 
+    /// Whether pool session `id` of module generation `generation` is open now (the session
+    /// objects it created exist). Reads memory only.
+    pub(crate) fn session_is_open(&self, generation: u64, id: u64) -> bool {
+        let st = self.lock();
+        st.generation == generation && st.live.contains(&id)
+    }
+
+    /// The module generation and the session faults seen so far (what a
+    /// [`PooledSession::epoch`] would say now). Reads memory only.
+    pub(crate) fn current_epoch(&self) -> HandleEpoch {
+        let st = self.lock();
+        (st.generation, st.faults)
+    }
+
     /// Sessions currently idle.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
