@@ -222,6 +222,15 @@ impl CryptoService for CryptoServiceImpl {
         self.run(req, place, ops::c_client_finished::handle).await
     }
 
+    async fn c_server_flight(
+        &self,
+        req: Request<pb::CServerFlightRequest>,
+    ) -> Result<Response<pb::CServerFlightResponse>, Status> {
+        // c_server_hello's agreement, then c_client_finished's signature when a key is named.
+        let place = Where::inline_if(self.memory_ephemerals() && req.get_ref().key_id.is_empty());
+        self.run(req, place, ops::c_server_flight::handle).await
+    }
+
     async fn c_init_client_finished(
         &self,
         req: Request<pb::CInitClientFinishedRequest>,

@@ -96,6 +96,10 @@ pub struct ClientConfig {
     /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
     /// `x`; off by default so that the secret is neither requested nor kept.
     pub exporter: bool,
+    /// Make c_server_flight (one CS exchange instead of c_server_hello + c_client_finished,
+    /// docs/protocol.md) when the CS offers it; on by default. Off: the standard pair only,
+    /// and no Capabilities call to find out.
+    pub cs_server_flight: bool,
 }
 
 impl Default for ClientConfig {
@@ -129,6 +133,7 @@ impl Default for ClientConfig {
             middlebox_compat: true,
             record_size_limit: None,
             exporter: false,
+            cs_server_flight: true,
         }
     }
 }

@@ -157,6 +157,7 @@ pub enum CsCall {
     ClientHello(pb::CClientHelloRequest),
     ServerHello(pb::CServerHelloRequest),
     ClientFinished(pb::CClientFinishedRequest),
+    ServerFlight(pb::CServerFlightRequest),
     InitClientFinished(pb::CInitClientFinishedRequest),
     PostHandAuth(pb::CPostHandAuthRequest),
     RegisterTickets(pb::CRegisterTicketsRequest),
@@ -170,6 +171,7 @@ impl CsCall {
             Self::ClientHello(_) => "c_client_hello",
             Self::ServerHello(_) => "c_server_hello",
             Self::ClientFinished(_) => "c_client_finished",
+            Self::ServerFlight(_) => "c_server_flight",
             Self::InitClientFinished(_) => "c_init_client_finished",
             Self::PostHandAuth(_) => "c_post_hand_auth",
             Self::RegisterTickets(_) => "c_register_tickets",
@@ -190,6 +192,7 @@ pub enum CsReply {
     ClientHello(pb::CClientHelloResponse),
     ServerHello(pb::CServerHelloResponse),
     ClientFinished(pb::CClientFinishedResponse),
+    ServerFlight(pb::CServerFlightResponse),
     InitClientFinished(pb::CInitClientFinishedResponse),
     PostHandAuth(pb::CPostHandAuthResponse),
     RegisterTickets(pb::CRegisterTicketsResponse),
@@ -203,6 +206,7 @@ impl fmt::Debug for CsReply {
             Self::ClientHello(_) => "ClientHello",
             Self::ServerHello(_) => "ServerHello",
             Self::ClientFinished(_) => "ClientFinished",
+            Self::ServerFlight(_) => "ServerFlight",
             Self::InitClientFinished(_) => "InitClientFinished",
             Self::PostHandAuth(_) => "PostHandAuth",
             Self::RegisterTickets(_) => "RegisterTickets",
@@ -228,6 +232,9 @@ pub async fn perform(
         }
         CsCall::ClientFinished(r) => {
             CsReply::ClientFinished(client.c_client_finished(r).await?.into_inner())
+        }
+        CsCall::ServerFlight(r) => {
+            CsReply::ServerFlight(client.c_server_flight(r).await?.into_inner())
         }
         CsCall::InitClientFinished(r) => {
             CsReply::InitClientFinished(client.c_init_client_finished(r).await?.into_inner())

@@ -87,11 +87,14 @@ fn pool(replicas: &[&CsProcess], urls: &[String], opts: CsPoolOptions) -> CsPool
     CsPool::new(&ep, urls, opts).expect("pool")
 }
 
+/// The standard exchanges only (no Capabilities call, no c_server_flight): the RPC counts
+/// below are three per handshake.
 fn config() -> Arc<ClientConfig> {
     Arc::new(ClientConfig {
         trust_anchors: TrustAnchors::from_pem_file(&certs().ca_all()).unwrap(),
         resume: false,
         ticket_store: None,
+        cs_server_flight: false,
         ..ClientConfig::default()
     })
 }
