@@ -34,6 +34,25 @@ pub struct Config {
     pub server_auth: ServerAuthConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub exchanges: ExchangesConfig,
+}
+
+/// `[exchanges]`: the exchanges this CS offers beyond the draft's (docs/protocol.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangesConfig {
+    /// `c_server_flight`: c_server_hello and c_client_finished in one exchange (default on).
+    #[serde(default = "default_true")]
+    pub server_flight: bool,
+}
+
+impl Default for ExchangesConfig {
+    fn default() -> Self {
+        Self {
+            server_flight: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

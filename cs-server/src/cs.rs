@@ -31,6 +31,8 @@ pub struct Cs {
     pub max_post_handshake_auths: usize,
     /// `[server_auth]`: the CS authenticates TLS servers itself (None: off).
     pub server_auth: Option<ServerAuth>,
+    /// `[exchanges] server_flight`: c_server_flight is offered.
+    pub server_flight: bool,
 }
 
 impl Cs {
@@ -102,6 +104,7 @@ impl Cs {
             max_tickets_per_engine: cfg.store.max_tickets_per_engine,
             max_post_handshake_auths: cfg.sessions.max_post_handshake_auths,
             server_auth: None,
+            server_flight: cfg.exchanges.server_flight,
         }
     }
 

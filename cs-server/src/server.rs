@@ -415,6 +415,12 @@ mod tests {
         ) -> Result<Response<pb::CClientFinishedResponse>, Status> {
             Err(Status::unimplemented("test service"))
         }
+        async fn c_server_flight(
+            &self,
+            _: Request<pb::CServerFlightRequest>,
+        ) -> Result<Response<pb::CServerFlightResponse>, Status> {
+            Err(Status::unimplemented("test service"))
+        }
         async fn c_init_client_finished(
             &self,
             _: Request<pb::CInitClientFinishedRequest>,

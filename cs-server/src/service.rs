@@ -194,6 +194,14 @@ impl CryptoService for CryptoServiceImpl {
         self.run(req, place, ops::c_client_finished::handle).await
     }
 
+    async fn c_server_flight(
+        &self,
+        req: Request<pb::CServerFlightRequest>,
+    ) -> Result<Response<pb::CServerFlightResponse>, Status> {
+        let place = ops::c_server_flight::place(&self.cs, req.get_ref());
+        self.run(req, place, ops::c_server_flight::handle).await
+    }
+
     async fn c_init_client_finished(
         &self,
         req: Request<pb::CInitClientFinishedRequest>,

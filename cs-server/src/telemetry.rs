@@ -101,6 +101,7 @@ exchange!(
     "c_client_finished",
     with_session
 );
+exchange!(pb::CServerFlightRequest, "c_server_flight", with_session);
 exchange!(pb::CInitClientFinishedRequest, "c_init_client_finished");
 exchange!(pb::CPostHandAuthRequest, "c_post_hand_auth", with_session);
 exchange!(
@@ -129,6 +130,7 @@ impl Answer for pb::CRegisterTicketsResponse {
 impl Answer for pb::CClientHelloResponse {}
 impl Answer for pb::CServerHelloResponse {}
 impl Answer for pb::CClientFinishedResponse {}
+impl Answer for pb::CServerFlightResponse {}
 impl Answer for pb::CPostHandAuthResponse {}
 impl Answer for pb::CapabilitiesResponse {}
 impl Answer for pb::PingResponse {}

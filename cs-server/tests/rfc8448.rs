@@ -614,3 +614,143 @@ fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_tick
         assert_eq!(err.lurk_status(), LurkStatus::InvalidStatus, "{err:?}");
     }
 }
+
+/// A record of section `s` sent by `sender` under `protection` (`handshake`, `application`).
+fn record(s: &str, sender: &str, protection: &str) -> Vec<u8> {
+    let r = section(s)["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sender"] == sender && r["derived"]["protection"] == protection)
+        .unwrap_or_else(|| panic!("{s}: no {sender} {protection} record"));
+    hex::decode(r["record"].as_str().unwrap()).unwrap()
+}
+
+fn server_flight(
+    cs: &Cs,
+    id: &[u8],
+    records: Vec<Vec<u8>>,
+) -> Result<pb::CServerFlightResponse, lurk_cs::error::ServiceError> {
+    lurk_cs::ops::c_server_flight::handle(
+        cs,
+        ENGINE,
+        pb::CServerFlightRequest {
+            session_id: id.to_vec(),
+            server_hello: msg("simple_1rtt", "server_hello"),
+            records,
+            client_certificate: wire::encode_certificate::<Vec<u8>>(&[], &[]).unwrap(),
+            secret_request: Some(all_secrets()),
+            ..Default::default()
+        },
+    )
+}
+
+/// c_server_flight on §3's ServerHello and the server's protected record (EncryptedExtensions
+/// .. Finished, RFC 8448 §3): the CS opens the record itself and gives the RFC's handshake
+/// secrets, client Finished and application secrets byte for byte, in one exchange. Before
+/// that, a record that does not authenticate is refused and leaves the session as it was
+/// (the same request with the right record then succeeds); after it, the session is
+/// established (c_client_finished is out of order).
+#[test]
+fn rfc8448_section3_server_flight_in_one_exchange() {
+    let _g = serial();
+    let cs = &fixture().cs;
+    let s = "simple_1rtt";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
+    let id = init_hello(cs, s, vec![]).session_id;
+    let good = record(s, "server", "handshake");
+
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let e = server_flight(cs, &id, vec![bad]).unwrap_err();
+    assert_eq!(e.lurk_status(), LurkStatus::InvalidHandshake, "{e}");
+
+    let r = server_flight(cs, &id, vec![good]).unwrap();
+    assert!(r.flight_complete);
+    assert!(r.certificate_verify.is_empty());
+    assert_eq!(
+        hex::encode(&r.client_finished),
+        hex::encode(msg(s, "client_finished"))
+    );
+    for (t, name) in [
+        (
+            pb::SecretType::ClientHandshakeTraffic,
+            "client_handshake_traffic_secret",
+        ),
+        (
+            pb::SecretType::ServerHandshakeTraffic,
+            "server_handshake_traffic_secret",
+        ),
+        (
+            pb::SecretType::ClientApplicationTraffic,
+            "client_application_traffic_secret_0",
+        ),
+        (
+            pb::SecretType::ServerApplicationTraffic,
+            "server_application_traffic_secret_0",
+        ),
+    ] {
+        assert_eq!(secret(&r.secrets, t), ks(s, name), "{t:?}");
+    }
+    assert!(!r
+        .secrets
+        .iter()
+        .any(|x| x.secret_type == pb::SecretType::ResumptionMaster as i32));
+    // Established: the handshake is done at the CS, a c_client_finished is out of order.
+    let e = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id,
+            handshake_messages: msg(s, "server_finished"),
+            last_exchange: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.lurk_status(), LurkStatus::InvalidStatus, "{e}");
+}
+
+/// Without the whole flight (here no record at all) c_server_flight answers what
+/// c_server_hello does and the session waits for c_client_finished, which then gives the
+/// RFC's client Finished.
+#[test]
+fn rfc8448_section3_server_flight_incomplete_then_client_finished() {
+    let _g = serial();
+    let cs = &fixture().cs;
+    let s = "simple_1rtt";
+    cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
+        .unwrap();
+    let id = init_hello(cs, s, vec![]).session_id;
+    let r = server_flight(cs, &id, Vec::new()).unwrap();
+    assert!(!r.flight_complete);
+    assert!(r.client_finished.is_empty());
+    assert_eq!(
+        secret(&r.secrets, pb::SecretType::ServerHandshakeTraffic),
+        ks(s, "server_handshake_traffic_secret")
+    );
+    assert!(!r
+        .secrets
+        .iter()
+        .any(|x| x.secret_type == pb::SecretType::ClientApplicationTraffic as i32));
+    let fin = lurk_cs::ops::c_client_finished::handle(
+        cs,
+        ENGINE,
+        pb::CClientFinishedRequest {
+            session_id: id,
+            handshake_messages: [
+                msg(s, "encrypted_extensions"),
+                msg(s, "server_certificate"),
+                msg(s, "server_certificate_verify"),
+                msg(s, "server_finished"),
+            ]
+            .concat(),
+            last_exchange: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fin.client_finished, msg(s, "client_finished"));
+}

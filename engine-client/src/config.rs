@@ -114,6 +114,10 @@ pub struct ClientConfig {
     /// (RFC 8446 §7.5). Through the Crypto Service (sequence A) this asks it for the secret
     /// `x`; off by default so that the secret is neither requested nor kept.
     pub(crate) exporter: bool,
+    /// Make c_server_flight (one CS exchange instead of c_server_hello + c_client_finished,
+    /// docs/protocol.md) when the CS offers it; on by default. Off: the standard pair only,
+    /// and no Capabilities call to find out.
+    pub(crate) cs_server_flight: bool,
     /// The core's clock.
     pub(crate) time: Arc<dyn TimeProvider>,
     /// The core's randomness (randoms, session ids).
@@ -202,6 +206,7 @@ impl Default for ClientConfig {
             exporter: false,
             time: Arc::new(SystemClock),
             random: Arc::new(SystemRandomSource),
+            cs_server_flight: true,
         }
     }
 }
@@ -465,6 +470,13 @@ impl ClientConfigBuilder {
     /// (RFC 8446 §7.5; through the CS this asks it for the secret; default off).
     pub fn exporter(mut self, yes: bool) -> Self {
         self.cfg.exporter = yes;
+        self
+    }
+
+    /// Make c_server_flight (one CS exchange for the server's flight, docs/protocol.md) when
+    /// the CS offers it (default on); off: the standard pair only, and no Capabilities call.
+    pub fn cs_server_flight(mut self, yes: bool) -> Self {
+        self.cfg.cs_server_flight = yes;
         self
     }
 

@@ -10,6 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use lurk_proto::pb;
+
 use crate::cs_client::{CsCall, CsError, CsReply};
 use crate::cs_pool::{CsPool, CsRoute};
 
@@ -22,7 +24,23 @@ pub trait CryptoService: Send + Sync + 'static {
     /// c_init_client_hello to the last c_register_tickets) goes through the session returned
     /// here, which must reach the CS instance that holds that session.
     fn session(&self) -> Arc<dyn CsSession>;
+
+    /// What the CS offers (its `Capabilities` answer), asked once per [`crate::Connector`]
+    /// to learn whether it makes c_server_flight. The default says "not known", and the
+    /// engine then makes the standard exchanges only.
+    fn capabilities(&self) -> CapabilitiesFuture {
+        Box::pin(async {
+            Err(CsError::Other {
+                code: tonic::Code::Unimplemented,
+                message: "Capabilities".into(),
+            })
+        })
+    }
 }
+
+/// The CS's `Capabilities` answer, to come.
+pub type CapabilitiesFuture =
+    Pin<Box<dyn Future<Output = Result<pb::CapabilitiesResponse, CsError>> + Send>>;
 
 /// One connection's way to the CS.
 pub trait CsSession: Send + Sync + 'static {
@@ -34,6 +52,11 @@ pub trait CsSession: Send + Sync + 'static {
 impl CryptoService for CsPool {
     fn session(&self) -> Arc<dyn CsSession> {
         Arc::new(CsRoute::new(self.clone()))
+    }
+
+    fn capabilities(&self) -> CapabilitiesFuture {
+        let pool = self.clone();
+        Box::pin(async move { CsPool::capabilities(&pool).await })
     }
 }
 

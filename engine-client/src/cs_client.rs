@@ -224,6 +224,8 @@ pub enum CsCall {
     ServerHello(pb::CServerHelloRequest),
     /// c_client_finished.
     ClientFinished(pb::CClientFinishedRequest),
+    /// c_server_flight (one exchange for c_server_hello + c_client_finished).
+    ServerFlight(pb::CServerFlightRequest),
     /// c_init_client_finished.
     InitClientFinished(pb::CInitClientFinishedRequest),
     /// c_post_hand_auth.
@@ -240,6 +242,7 @@ impl CsCall {
             Self::ClientHello(_) => "c_client_hello",
             Self::ServerHello(_) => "c_server_hello",
             Self::ClientFinished(_) => "c_client_finished",
+            Self::ServerFlight(_) => "c_server_flight",
             Self::InitClientFinished(_) => "c_init_client_finished",
             Self::PostHandAuth(_) => "c_post_hand_auth",
             Self::RegisterTickets(_) => "c_register_tickets",
@@ -264,6 +267,8 @@ pub enum CsReply {
     ServerHello(pb::CServerHelloResponse),
     /// c_client_finished.
     ClientFinished(pb::CClientFinishedResponse),
+    /// c_server_flight (one exchange for c_server_hello + c_client_finished).
+    ServerFlight(pb::CServerFlightResponse),
     /// c_init_client_finished.
     InitClientFinished(pb::CInitClientFinishedResponse),
     /// c_post_hand_auth.
@@ -280,6 +285,7 @@ impl fmt::Debug for CsReply {
             Self::ClientHello(_) => "ClientHello",
             Self::ServerHello(_) => "ServerHello",
             Self::ClientFinished(_) => "ClientFinished",
+            Self::ServerFlight(_) => "ServerFlight",
             Self::InitClientFinished(_) => "InitClientFinished",
             Self::PostHandAuth(_) => "PostHandAuth",
             Self::RegisterTickets(_) => "RegisterTickets",
@@ -305,6 +311,9 @@ pub async fn perform(
         }
         CsCall::ClientFinished(r) => {
             CsReply::ClientFinished(client.c_client_finished(r).await?.into_inner())
+        }
+        CsCall::ServerFlight(r) => {
+            CsReply::ServerFlight(client.c_server_flight(r).await?.into_inner())
         }
         CsCall::InitClientFinished(r) => {
             CsReply::InitClientFinished(client.c_init_client_finished(r).await?.into_inner())

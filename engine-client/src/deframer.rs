@@ -122,6 +122,28 @@ impl Deframer {
         self.middlebox_ccs_allowed = false;
     }
 
+    /// Copies of the whole protected (application_data) records buffered now, in order, each
+    /// with its header, change_cipher_spec records skipped; stops at the first record that is
+    /// incomplete or of another type. Nothing is consumed: [`Self::next_record`] still returns
+    /// them (and checks them).
+    pub fn peek_protected_records(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut rest = self.buf.as_slice();
+        while rest.len() >= HEADER_LEN {
+            let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            if rest.len() < HEADER_LEN + len || len > MAX_CIPHERTEXT_LEN {
+                break;
+            }
+            match ContentType::from(rest[0]) {
+                ContentType::ChangeCipherSpec => {}
+                ContentType::ApplicationData => out.push(rest[..HEADER_LEN + len].to_vec()),
+                _ => break,
+            }
+            rest = &rest[HEADER_LEN + len..];
+        }
+        out
+    }
+
     /// The next complete record: `Ok(None)` if more bytes are needed. Middlebox CCS records are
     /// consumed and skipped. After an error, returns the same error forever.
     pub fn next_record(&mut self) -> Result<Option<OpaqueRecord>, Error> {

@@ -69,6 +69,9 @@ fn perform(cs: &Cs, engine: &str, call: CsCall) -> Result<CsReply, CsError> {
         CsCall::PostHandAuth(r) => {
             CsReply::PostHandAuth(ops::c_post_hand_auth::handle(cs, engine, r).map_err(map)?)
         }
+        CsCall::ServerFlight(r) => {
+            CsReply::ServerFlight(ops::c_server_flight::handle(cs, engine, r).map_err(map)?)
+        }
         CsCall::RegisterTickets(r) => {
             CsReply::RegisterTickets(ops::c_register_tickets::handle(cs, engine, r).map_err(map)?)
         }
@@ -78,6 +81,11 @@ fn perform(cs: &Cs, engine: &str, call: CsCall) -> Result<CsReply, CsError> {
 impl CryptoService for InProcessCs {
     fn session(&self) -> Arc<dyn CsSession> {
         Arc::new(self.clone())
+    }
+
+    fn capabilities(&self) -> crate::crypto_service::CapabilitiesFuture {
+        let this = self.clone();
+        Box::pin(async move { InProcessCs::capabilities(&this) })
     }
 }
 

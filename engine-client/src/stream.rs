@@ -163,6 +163,9 @@ pub struct Connector {
     config: Arc<ClientConfig>,
     cs: Option<Arc<dyn CryptoService>>,
     epilogues: Epilogues,
+    /// Whether the CS offers c_server_flight (asked once, beside the first connection's
+    /// first exchange).
+    server_flight: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -182,6 +185,7 @@ impl Connector {
             config,
             cs: cs.map(|c| Arc::new(CsPool::from_client(c)) as Arc<dyn CryptoService>),
             epilogues: Epilogues::new(),
+            server_flight: Arc::default(),
         }
     }
 
@@ -196,6 +200,7 @@ impl Connector {
             config,
             cs: Some(cs),
             epilogues: Epilogues::new(),
+            server_flight: Arc::default(),
         }
     }
 
@@ -203,6 +208,33 @@ impl Connector {
     /// registrations, session closes). Call it before the process exits.
     pub async fn wait_for_cs(&self, timeout: Duration) {
         self.epilogues.wait(timeout).await;
+    }
+
+    /// Whether the CS offers `c_server_flight`: known after the first answer to
+    /// `Capabilities`; until then a task asks (beside the connection's first exchange).
+    fn server_flight(&self) -> Result<bool, tokio::task::JoinHandle<bool>> {
+        if let Some(v) = self.server_flight.get() {
+            return Ok(*v);
+        }
+        let Some(cs) = self.cs.clone().filter(|_| self.config.cs_server_flight) else {
+            return Ok(false);
+        };
+        let cell = self.server_flight.clone();
+        Err(tokio::spawn(async move {
+            let asked = cell
+                .get_or_try_init(|| async {
+                    let caps = cs.capabilities().await?;
+                    Ok::<_, CsError>(caps.exchanges.iter().any(|e| e == "c_server_flight"))
+                })
+                .await;
+            match asked {
+                Ok(v) => *v,
+                Err(e) => {
+                    tracing::debug!("Capabilities: {e}; using the standard exchanges");
+                    false
+                }
+            }
+        }))
     }
 
     /// The configuration.
@@ -236,6 +268,13 @@ impl Connector {
         }
         let mut conn =
             ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
+        let mut server_flight = match self.server_flight() {
+            Ok(v) => {
+                conn.set_cs_server_flight(v);
+                None
+            }
+            Err(task) => Some(task),
+        };
         let route = self.cs.as_ref().map(|cs| cs.session());
         let mut buf = vec![0u8; READ_SIZE];
         let result: Result<(), Error> = async {
@@ -269,6 +308,10 @@ impl Connector {
                             });
                         }
                         conn.read_tls(&buf[..n]);
+                        if let Some(task) = server_flight.take() {
+                            // Asked beside the first exchange: answered by now, as a rule.
+                            conn.set_cs_server_flight(task.await.unwrap_or(false));
+                        }
                         conn.process_new_packets()?;
                     }
                 }

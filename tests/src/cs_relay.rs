@@ -155,6 +155,15 @@ impl CryptoService for Relay {
         })
         .await
     }
+    async fn c_server_flight(
+        &self,
+        r: Request<pb::CServerFlightRequest>,
+    ) -> Result<Response<pb::CServerFlightResponse>, Status> {
+        self.forward("c_server_flight", false, r, |mut c, r| async move {
+            c.c_server_flight(r).await
+        })
+        .await
+    }
     async fn c_init_client_finished(
         &self,
         r: Request<pb::CInitClientFinishedRequest>,

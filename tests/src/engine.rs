@@ -109,15 +109,52 @@ impl Output {
             .unwrap_or_else(|| panic!("no JSON summary #{i}:\n{}", self.describe()))
     }
 
-    /// `lurk_exchanges` of connection `i`.
+    /// `lurk_exchanges` of connection `i`, with `c_server_flight` written as the standard
+    /// pair it stands for ([`standard_pair`]).
     #[track_caller]
     pub fn exchanges(&self, i: usize) -> Vec<String> {
-        exchanges(self.summary(i))
+        standard_pair(&exchanges_made(self.summary(i)))
+    }
+
+    /// `lurk_exchanges` of connection `i`, as made.
+    #[track_caller]
+    pub fn exchanges_made(&self, i: usize) -> Vec<String> {
+        exchanges_made(self.summary(i))
     }
 }
 
-/// The `lurk_exchanges` names of a summary.
+/// `exchanges` with each `c_server_flight` (and the `c_client_finished` that follows it
+/// when the flight was incomplete) written as `c_server_hello`, `c_client_finished`: the
+/// standard pair it replaces (docs/protocol.md). Tests of the LURK sequence hold either way.
+pub fn standard_pair(exchanges: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(exchanges.len() + 1);
+    let mut it = exchanges.iter().peekable();
+    while let Some(e) = it.next() {
+        if e == "c_server_flight" {
+            if it.peek().is_some_and(|n| *n == "c_server_hello") {
+                // Refused: the standard pair follows.
+                continue;
+            }
+            out.push("c_server_hello".to_owned());
+            out.push("c_client_finished".to_owned());
+            if it.peek().is_some_and(|n| *n == "c_client_finished") {
+                it.next();
+            }
+        } else {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+/// The `lurk_exchanges` names of a summary, with `c_server_flight` written as the standard
+/// pair ([`standard_pair`]).
 pub fn exchanges(summary: &Value) -> Vec<String> {
+    standard_pair(&exchanges_made(summary))
+}
+
+/// The `lurk_exchanges` names of a summary, as made.
+pub fn exchanges_made(summary: &Value) -> Vec<String> {
     summary
         .get("lurk_exchanges")
         .and_then(Value::as_array)

@@ -63,10 +63,13 @@ fn pool(replicas: &[&CsProcess], urls: &[String], opts: CsPoolOptions) -> CsPool
     CsPool::new(&ep, urls, opts).expect("pool")
 }
 
+/// The standard exchanges only (no Capabilities call, no c_server_flight): the RPC counts
+/// below are three per handshake.
 fn config_builder() -> ClientConfigBuilder {
     ClientConfig::builder()
         .trust_anchors(TrustAnchors::from_pem_file(&certs().ca_all()).unwrap())
         .resume(false)
+        .cs_server_flight(false)
 }
 
 fn config() -> Arc<ClientConfig> {

@@ -92,3 +92,58 @@ async fn no_connection_waits_for_a_session_close() {
         .count();
     assert_eq!(closes, 4, "{:?}", relay.events());
 }
+
+/// The full handshake's CS round trips with `openssl s_server`: two exchanges (c_init_client_hello,
+/// c_server_flight) where the CS offers c_server_flight, the standard three where it does not
+/// (`[exchanges] server_flight = false`: Capabilities does not list it, the engine never
+/// makes it), the same handshake either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_flight_when_offered_standard_pair_otherwise() {
+    let mut args: Vec<String> = vec!["-www".into()];
+    args.extend(certs().cert_args("server-ecdsa-p256"));
+    let srv = SServer::start(&args);
+    let config = Arc::new(
+        ClientConfig::builder()
+            .trust_anchors(TrustAnchors::from_pem_file(&certs().ca_all()).unwrap())
+            .resume(false)
+            .build()
+            .unwrap(),
+    );
+    for (offered, want) in [
+        (true, vec!["c_init_client_hello", "c_server_flight"]),
+        (
+            false,
+            vec!["c_init_client_hello", "c_server_hello", "c_client_finished"],
+        ),
+    ] {
+        let setup = DevSetup::new();
+        if !offered {
+            setup.append_config("[exchanges]\nserver_flight = false");
+        }
+        let cs = setup.start();
+        let relay = CsRelay::start(cs.client("engine"), None).await;
+        let connector = Connector::new(config.clone(), Some(relay.client()));
+        for _ in 0..2 {
+            assert_eq!(handshake(&connector, srv.port()).await, want);
+        }
+        let made: Vec<&str> = relay
+            .events()
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Start(n, _) => Some(*n),
+                Event::End(..) => None,
+            })
+            .collect();
+        // One Capabilities for the connector, beside the first exchange.
+        assert_eq!(
+            made.iter().filter(|n| **n == "capabilities").count(),
+            1,
+            "{made:?}"
+        );
+        assert!(
+            made.contains(&"c_server_flight") == offered
+                && made.contains(&"c_server_hello") != offered,
+            "{made:?}"
+        );
+    }
+}

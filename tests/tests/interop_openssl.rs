@@ -23,6 +23,7 @@ const INIT: &str = "c_init_client_hello";
 const HRR: &str = "c_client_hello";
 const SH: &str = "c_server_hello";
 const CF: &str = "c_client_finished";
+const FLIGHT: &str = "c_server_flight";
 const TICKETS: &str = "c_register_tickets";
 const INIT_CF: &str = "c_init_client_finished";
 const PHA: &str = "c_post_hand_auth";
@@ -94,6 +95,18 @@ fn assert_sequence(out: &Output, i: usize, prefix: &[&str], tickets: bool, also:
 #[track_caller]
 fn assert_full_cs(out: &Output, i: usize) {
     assert_sequence(out, i, &[INIT, SH, CF], true, &[]);
+}
+
+/// The engine made c_server_flight (the CS offers it by default) instead of the standard pair:
+/// s_server writes its ServerHello and flight together.
+#[track_caller]
+fn assert_server_flight(out: &Output, i: usize) {
+    let made = out.exchanges_made(i);
+    assert!(
+        made.iter().any(|e| e == FLIGHT) && !made.iter().any(|e| e == SH),
+        "connection {i}: {made:?}:\n{}",
+        out.describe()
+    );
 }
 
 #[track_caller]
@@ -183,6 +196,7 @@ fn group_row(server_group: &str, engine_group: &str) {
     assert_mode(&out, 0, "ecdhe");
     assert!(!field_bool(out.summary(0), "resumed"));
     assert_full_cs(&out, 0);
+    assert_server_flight(&out, 0);
     assert_page(&out, "New, TLSv1.3");
     assert_server_done(&mut srv, 1);
     srv.expect(sh_key_share(engine_group));
@@ -218,6 +232,7 @@ fn hrr_row(server_group: &str, engine_groups: &str, want: &str) {
     check_common(&out, out.summary(0));
     assert_group(&out, 0, want);
     assert_sequence(&out, 0, &[INIT, HRR, SH, CF], true, &[]);
+    assert_server_flight(&out, 0);
     if let Some(h) = out.summary(0).get("hello_retry") {
         assert_eq!(h, &Value::Bool(true), "{}", out.describe());
     }
@@ -256,6 +271,7 @@ fn cert_row(cert: &str, extra: &[&str], sig_alg: &str) {
     out.assert_success().assert_connections(1);
     check_common(&out, out.summary(0));
     assert_full_cs(&out, 0);
+    assert_server_flight(&out, 0);
     assert_page(&out, "New, TLSv1.3");
     assert_server_done(&mut srv, 1);
     srv.expect(&format!("Signature Algorithm: {sig_alg}"));
@@ -297,6 +313,7 @@ fn cert_chain_with_intermediate() {
     let out = lurk.get(&srv, &[]);
     out.assert_success().assert_connections(1);
     assert_full_cs(&out, 0);
+    assert_server_flight(&out, 0);
     assert_page(&out, "New, TLSv1.3");
     assert_server_done(&mut srv, 1);
     // Leaf + intermediate in the server's Certificate (the engine trusts the root only).
@@ -343,6 +360,7 @@ fn client_auth_row(key: &str, cn: &str, ephemeral_engine: bool) {
         );
     } else {
         assert_full_cs(&out, 0);
+        assert_server_flight(&out, 0);
     }
     // The status page shows the certificate the server received.
     assert_page(&out, &format!("Subject: CN={cn}"));
@@ -700,6 +718,7 @@ fn small_records_512() {
     let out = lurk.get(&srv, &[]);
     out.assert_success().assert_connections(1);
     assert_full_cs(&out, 0);
+    assert_server_flight(&out, 0);
     assert_page(&out, "New, TLSv1.3");
     assert_server_done(&mut srv, 1);
     // The server sent full 512-byte records (the RSA Certificate spans two of them).
@@ -718,6 +737,7 @@ fn record_size_limit_offered() {
     out.assert_success().assert_connections(1);
     check_common(&out, out.summary(0));
     assert_full_cs(&out, 0);
+    assert_server_flight(&out, 0);
     assert_page(&out, "New, TLSv1.3");
     assert_server_done(&mut srv, 1);
     // The server saw the extension in the ClientHello (2-byte body: 0x0200).

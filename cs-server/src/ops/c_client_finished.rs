@@ -56,7 +56,9 @@ pub fn handle(
     )
 }
 
-fn run(
+/// Everything that can fail, on the handshake stage read-only (`c_server_flight` runs it on
+/// the stage it has just prepared).
+pub(crate) fn run(
     cs: &Cs,
     engine: &str,
     state: &HandshakeState,

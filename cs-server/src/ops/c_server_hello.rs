@@ -47,8 +47,8 @@ pub fn handle(
     )
 }
 
-/// Everything that can fail, on the session's stage read-only.
-fn prepare(
+/// Everything that can fail, on the session's stage read-only (`c_server_flight` runs it too).
+pub(crate) fn prepare(
     cs: &Cs,
     state: &HelloState,
     req: &pb::CServerHelloRequest,

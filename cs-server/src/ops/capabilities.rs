@@ -67,5 +67,10 @@ pub fn handle(cs: &Cs, engine: &str) -> Result<pb::CapabilitiesResponse, Service
         ephemeral_backend: format!("{:?}", cs.ephemeral.kind()).to_lowercase(),
         max_tickets_per_engine: cs.max_tickets_per_engine,
         ticket_lifetime_seconds: cs.ticket_lifetime_cap,
+        exchanges: if cs.server_flight {
+            vec![crate::ops::c_server_flight::NAME.to_owned()]
+        } else {
+            Vec::new()
+        },
     })
 }

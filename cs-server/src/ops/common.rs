@@ -373,10 +373,29 @@ pub(crate) fn exchange<P, R>(
     prepare: impl FnOnce(&Stage) -> Result<(P, usize), ServiceError>,
     commit: impl FnOnce(&mut Stage, P) -> R,
 ) -> Result<R, ServiceError> {
+    exchange_with(
+        cs,
+        engine,
+        session_id,
+        |stage| prepare(stage).map(|(p, bytes)| (p, bytes, last_exchange)),
+        commit,
+    )
+}
+
+/// [`exchange`] for an exchange whose outcome decides whether the session ends: `prepare`
+/// also says whether `last_exchange` applies (`c_server_flight` keeps the session open when
+/// the flight was incomplete).
+pub(crate) fn exchange_with<P, R>(
+    cs: &Cs,
+    engine: &str,
+    session_id: &[u8],
+    prepare: impl FnOnce(&Stage) -> Result<(P, usize, bool), ServiceError>,
+    commit: impl FnOnce(&mut Stage, P) -> R,
+) -> Result<R, ServiceError> {
     let id = SessionId::parse(session_id)?;
     let session = cs.sessions.get(engine, &id)?;
     let mut session = lock_session(&session)?;
-    let (prepared, bytes_after) = prepare(&session.stage)?;
+    let (prepared, bytes_after, last_exchange) = prepare(&session.stage)?;
     if !last_exchange {
         cs.sessions.resize(&id, bytes_after)?;
     }

@@ -8,6 +8,7 @@ pub mod c_init_client_finished;
 pub mod c_init_client_hello;
 pub mod c_post_hand_auth;
 pub mod c_register_tickets;
+pub mod c_server_flight;
 pub mod c_server_hello;
 pub mod capabilities;
 pub(crate) mod common;

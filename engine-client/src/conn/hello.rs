@@ -9,13 +9,15 @@ use lurk_proto::pb;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::hello::{self, RANDOM_OFFSET};
 use lurk_proto::wire::{
-    check_second_client_hello, set_binders, truncated_for_binders, CipherSuite, ClientHello,
-    ClientHelloBuilder, ContentType, ExtensionType, HandshakeType, HashAlg, NamedGroup,
-    PskKeyExchangeMode, ServerHello,
+    check_second_client_hello, encode_certificate, set_binders, truncated_for_binders, CipherSuite,
+    ClientHello, ClientHelloBuilder, ContentType, ExtensionType, HandshakeType, HashAlg,
+    NamedGroup, PskKeyExchangeMode, ServerHello,
 };
 use zeroize::Zeroizing;
 
-use super::server_flight::{ExpectEncryptedExtensions, Handshake, Schedule, SelectedPsk};
+use super::server_flight::{
+    ExpectEncryptedExtensions, Handshake, Prefinished, Schedule, SelectedPsk,
+};
 use super::{
     find_secret, random_bytes, record_keys, require, tls_hash, AwaitCs, Core, State,
     MAX_RECORD_SIZE_LIMIT,
@@ -497,12 +499,80 @@ pub(super) fn server_hello_done(
                 schedule: Schedule::Cs {
                     session_id: w.session_id,
                     server_flight: Vec::new(),
+                    prefinished: None,
                 },
             },
             psk: w.psk,
             early_data_offered: w.early_data_offered,
         },
     )))
+}
+
+/// c_server_flight answered: the handshake traffic secrets, and when the CS found the whole
+/// flight, its answer for after the server Finished (used there once the engine has checked
+/// the flight itself). An incomplete flight goes on as after c_server_hello.
+pub(super) fn server_flight_done(
+    core: &mut Core,
+    w: AwaitServerHelloSecrets,
+    key_id: String,
+    certificate: Vec<u8>,
+    r: pb::CServerFlightResponse,
+) -> Result<State, Error> {
+    let ex = "c_server_flight";
+    let client = find_secret(&r.secrets, pb::SecretType::ClientHandshakeTraffic, ex)?;
+    let server = find_secret(&r.secrets, pb::SecretType::ServerHandshakeTraffic, ex)?;
+    install_handshake_keys(core, w.suite, &client, &server)?;
+    let prefinished = r.flight_complete.then(|| {
+        Box::new(Prefinished {
+            key_id,
+            certificate,
+            response: pb::CClientFinishedResponse {
+                certificate_verify: r.certificate_verify,
+                client_finished: r.client_finished,
+                secrets: r.secrets,
+                last_exchange: r.last_exchange,
+            },
+        })
+    });
+    Ok(State::EncryptedExtensions(Box::new(
+        ExpectEncryptedExtensions {
+            hs: Handshake {
+                suite: w.suite,
+                hash: w.hash,
+                transcript: w.transcript,
+                early: w.early,
+                server_hs: server,
+                schedule: Schedule::Cs {
+                    session_id: w.session_id,
+                    server_flight: Vec::new(),
+                    prefinished,
+                },
+            },
+            psk: w.psk,
+            early_data_offered: w.early_data_offered,
+        },
+    )))
+}
+
+/// The client Certificate sent with c_server_flight before the engine knows whether the
+/// server asks for one (RFC 8446 §4.4.2: empty context in the handshake): the configured key's
+/// chain, or an empty certificate_list. Used only if the flight holds a CertificateRequest
+/// and [`super::server_flight::client_certificate`] gives the same answer to it.
+fn speculative_client_certificate(core: &Core) -> Result<(String, Vec<u8>), Error> {
+    Ok(
+        match core
+            .config
+            .client_key
+            .as_ref()
+            .filter(|k| !k.certificate_chain.is_empty())
+        {
+            Some(k) => (
+                k.key_id.clone(),
+                encode_certificate(&[], &k.certificate_chain)?,
+            ),
+            None => (String::new(), encode_certificate::<Vec<u8>>(&[], &[])?),
+        },
+    )
 }
 
 /// The ClientHello the CS completed must parse, carry no empty share, and carry the fresh
@@ -685,7 +755,7 @@ impl ExpectServerHello {
                     shared_secret: Vec::new(),
                 },
             };
-            core.request_cs(CsCall::ServerHello(pb::CServerHelloRequest {
+            let request = pb::CServerHelloRequest {
                 session_id: session_id.clone(),
                 server_hello: m.encoded.clone(),
                 ephemeral: Some(ephemeral),
@@ -694,18 +764,51 @@ impl ExpectServerHello {
                     h_s: true,
                     ..Default::default()
                 }),
-            }))?;
-            return Ok(State::AwaitCs(AwaitCs::ServerHello(Box::new(
-                AwaitServerHelloSecrets {
-                    suite,
-                    hash,
-                    transcript,
-                    early,
-                    session_id,
-                    psk,
-                    early_data_offered,
-                },
-            ))));
+            };
+            let wait = Box::new(AwaitServerHelloSecrets {
+                suite,
+                hash,
+                transcript,
+                early,
+                session_id,
+                psk,
+                early_data_offered,
+            });
+            // The server's flight came with its ServerHello: one exchange for both
+            // (c_server_flight), when the CS offers it. Not with early data (its
+            // EndOfEarlyData goes under the early key first).
+            let records = if core.server_flight && !early_data_offered {
+                core.deframer.peek_protected_records()
+            } else {
+                Vec::new()
+            };
+            if !records.is_empty() {
+                let (key_id, certificate) = speculative_client_certificate(core)?;
+                core.request_cs(CsCall::ServerFlight(pb::CServerFlightRequest {
+                    session_id: request.session_id.clone(),
+                    server_hello: request.server_hello.clone(),
+                    ephemeral: request.ephemeral.clone(),
+                    records,
+                    key_id: key_id.clone(),
+                    client_certificate: certificate.clone(),
+                    secret_request: Some(pb::SecretRequest {
+                        a_c: true,
+                        a_s: true,
+                        x: core.config.exporter,
+                        ..Default::default()
+                    }),
+                    last_exchange: !core.config.post_handshake_auth
+                        && core.config.ticket_store.is_none(),
+                }))?;
+                return Ok(State::AwaitCs(AwaitCs::ServerFlight {
+                    wait,
+                    fallback: request,
+                    key_id,
+                    certificate,
+                }));
+            }
+            core.request_cs(CsCall::ServerHello(request))?;
+            return Ok(State::AwaitCs(AwaitCs::ServerHello(wait)));
         }
         let ks = KeyScheduleEarly::new(hash, psk_secret.as_ref().map(Secret::as_bytes))
             .into_handshake(shared.as_deref().map(|v| v.as_slice()));

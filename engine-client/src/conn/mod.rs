@@ -95,6 +95,8 @@ pub(crate) struct Core {
     server_name: String,
     store_key: String,
     has_cs: bool,
+    /// The CS offers c_server_flight (Capabilities); set by the driver.
+    server_flight: bool,
     deframer: Deframer,
     joiner: HandshakeJoiner,
     alerts: AlertReceiver,
@@ -287,6 +289,14 @@ pub(crate) enum AwaitCs {
     ClientHello(Box<ExpectServerHello>),
     /// c_server_hello.
     ServerHello(Box<AwaitServerHelloSecrets>),
+    /// c_server_flight: `fallback` is the c_server_hello to make instead if the CS refuses it
+    /// (the session is then unchanged); `key_id` and `certificate` what it was given.
+    ServerFlight {
+        wait: Box<AwaitServerHelloSecrets>,
+        fallback: pb::CServerHelloRequest,
+        key_id: String,
+        certificate: Vec<u8>,
+    },
     /// c_client_finished.
     ClientFinished {
         flight: Box<ClientFlight>,
@@ -327,6 +337,7 @@ impl ClientConnection {
             store_key: format!("{server_name}:{port}"),
             server_name: server_name.to_owned(),
             has_cs,
+            server_flight: false,
             deframer: Deframer::new(),
             joiner: HandshakeJoiner::new(),
             alerts: AlertReceiver::new(),
@@ -355,6 +366,13 @@ impl ClientConnection {
             core,
             state: Some(state),
         })
+    }
+
+    /// Says whether the CS offers `c_server_flight` (its Capabilities list it): the
+    /// connection then makes one exchange instead of c_server_hello + c_client_finished when
+    /// the server's flight came with its ServerHello. Off until set.
+    pub fn set_cs_server_flight(&mut self, offered: bool) {
+        self.core.server_flight = offered;
     }
 
     /// Bytes received from the server.
@@ -764,6 +782,16 @@ impl ClientConnection {
                 t.cs_response(core, exchange, reply)?;
                 State::Traffic(t)
             }
+            // A refused c_server_flight changed nothing at the CS: the standard pair follows.
+            State::AwaitCs(AwaitCs::ServerFlight { wait, fallback, .. })
+                if reply.as_ref().is_err_and(falls_back) =>
+            {
+                if let Err(e) = &reply {
+                    tracing::debug!("c_server_flight refused, using c_server_hello: {e}");
+                }
+                core.request_cs(CsCall::ServerHello(fallback))?;
+                State::AwaitCs(AwaitCs::ServerHello(wait))
+            }
             State::AwaitCs(w) => {
                 let reply = reply.map_err(|e| cs_error(exchange, e))?;
                 w.resume(core, reply)?
@@ -773,6 +801,19 @@ impl ClientConnection {
         self.state = Some(next);
         self.process()
     }
+}
+
+/// Whether a c_server_flight error leaves the standard pair to try: a LURK refusal (the
+/// session is unchanged) or a CS without the RPC.
+fn falls_back(e: &CsError) -> bool {
+    matches!(
+        e,
+        CsError::Refused { .. }
+            | CsError::Other {
+                code: tonic::Code::Unimplemented,
+                ..
+            }
+    )
 }
 
 fn cs_error(exchange: &'static str, e: CsError) -> Error {
@@ -806,6 +847,15 @@ impl AwaitCs {
             (AwaitCs::ServerHello(w), CsReply::ServerHello(r)) => {
                 hello::server_hello_done(core, *w, r)
             }
+            (
+                AwaitCs::ServerFlight {
+                    wait,
+                    key_id,
+                    certificate,
+                    ..
+                },
+                CsReply::ServerFlight(r),
+            ) => hello::server_flight_done(core, *wait, key_id, certificate, r),
             (AwaitCs::ClientFinished { flight, session_id }, CsReply::ClientFinished(r)) => {
                 server_flight::client_finished_done(core, *flight, session_id, r)
             }
@@ -821,6 +871,7 @@ impl AwaitCs {
             Self::InitClientHello(_) => "c_init_client_hello",
             Self::ClientHello(_) => "c_client_hello",
             Self::ServerHello(_) => "c_server_hello",
+            Self::ServerFlight { .. } => "c_server_flight",
             Self::ClientFinished { .. } => "c_client_finished",
             Self::InitClientFinished(..) => "c_init_client_finished",
         }

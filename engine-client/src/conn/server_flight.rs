@@ -55,7 +55,18 @@ pub(crate) enum Schedule {
     Cs {
         session_id: Vec<u8>,
         server_flight: Vec<u8>,
+        /// c_server_flight's answer for after the server Finished, when it had the whole
+        /// flight: no c_client_finished then.
+        prefinished: Option<Box<Prefinished>>,
     },
+}
+
+/// What c_server_flight did after the server Finished: its answer, and the client
+/// Certificate (and key) it was given before the engine saw the flight.
+pub(crate) struct Prefinished {
+    pub(super) key_id: String,
+    pub(super) certificate: Vec<u8>,
+    pub(super) response: pb::CClientFinishedResponse,
 }
 
 impl Handshake {
@@ -420,7 +431,28 @@ impl ExpectFinished {
         let (key_schedule, client_hs, mut cs_log) = match schedule {
             Schedule::Cs {
                 session_id,
+                prefinished: Some(pre),
+                ..
+            } => {
+                // The CS answered for the client Certificate it was given: it must be the one
+                // the engine sends now, and no CertificateVerify without a CertificateRequest.
+                let same = match &flight.certificate {
+                    Some(c) => *c == pre.certificate && key_id == pre.key_id,
+                    None => pre.response.certificate_verify.is_empty(),
+                };
+                if !same {
+                    return Err(Error::CryptoService {
+                        exchange: "c_server_flight",
+                        status: None,
+                        message: "the CS answered for another client Certificate".into(),
+                    });
+                }
+                return client_finished_done(core, *flight, session_id, pre.response);
+            }
+            Schedule::Cs {
+                session_id,
                 server_flight: mut handshake_messages,
+                prefinished: None,
             } => {
                 if let Some(e) = &flight.eoed {
                     handshake_messages.extend_from_slice(e);

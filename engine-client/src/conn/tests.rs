@@ -1178,6 +1178,7 @@ fn encrypted_extensions_after_early_offer(
             schedule: Schedule::Cs {
                 session_id: Vec::new(),
                 server_flight: Vec::new(),
+                prefinished: None,
             },
         },
         psk: Some(SelectedPsk {
@@ -1790,6 +1791,7 @@ fn a_psk_handshake_has_no_certificate_request() {
             schedule: Schedule::Cs {
                 session_id: Vec::new(),
                 server_flight: Vec::new(),
+                prefinished: None,
             },
         },
         psk: Some(SelectedPsk {
