@@ -14,8 +14,8 @@ pub(crate) fn opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8
     bytes(d).map(Some)
 }
 
-/// A JSON object whose string values are hex; non-string values (notes, nested objects) are
-/// left out.
+/// A JSON object's hex values by name; what is not a hex string (notes, names, nested
+/// objects) is left out, so a named field that is not hex reads as missing.
 pub(crate) fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
     let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
     let mut out = BTreeMap::new();
