@@ -21,39 +21,14 @@ use lurk_proto::pb;
 use lurk_proto::server_auth::TrustAnchors;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{self, NamedGroup};
-use serde_json::Value;
+use lurk_test_support::rfc8448::{rfc8448, Section};
 
 const ENGINE: &str = "engine-rfc8448";
 
-fn vectors() -> &'static Value {
-    static V: OnceLock<Value> = OnceLock::new();
-    V.get_or_init(|| serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap())
-}
-
-fn section(name: &str) -> &'static Value {
-    &vectors()["sections"][name]["summary"]
-}
-
-fn msg(sec: &str, name: &str) -> Vec<u8> {
-    hex::decode(
-        section(sec)["messages"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("{sec}.{name}")),
-    )
-    .unwrap()
-}
-
-fn ks(sec: &str, name: &str) -> String {
-    section(sec)["key_schedule"][name]
-        .as_str()
-        .unwrap_or_else(|| panic!("{sec}.{name}"))
-        .to_owned()
-}
-
-fn client_private(sec: &str, group: &str) -> Vec<u8> {
-    let keys = section(sec)["ephemeral_keys"]["client"].as_array().unwrap();
-    let k = keys.iter().find(|k| k["group"] == group).unwrap();
-    hex::decode(k["private_key"].as_str().unwrap()).unwrap()
+/// The RFC's client ephemeral private key for `group` in section `s`.
+fn client_private(s: &Section, group: &str) -> Vec<u8> {
+    let k = s.ephemeral_keys.client.iter().find(|k| k.group == group);
+    k.unwrap().private_key.clone()
 }
 
 struct Fixture {
@@ -99,7 +74,12 @@ fn fixture() -> &'static Fixture {
         )
         .unwrap();
         let rsa = token.find_signing_key("rfc8448-client").unwrap();
-        let cert = msg("client_authentication", "client_certificate");
+        let cert = rfc8448()
+            .client_authentication
+            .messages
+            .client_certificate
+            .clone()
+            .expect("client_certificate");
         let rfc_client_cert = wire::Certificate::parse(&cert).unwrap().entries[0]
             .cert_data
             .to_vec();
@@ -187,12 +167,12 @@ fn resumption_psk() -> pb::PskInfo {
 }
 
 /// c_init_client_hello with section `s`'s ClientHello as the engine sends it.
-fn init_hello(cs: &Cs, s: &str, psks: Vec<pb::PskInfo>) -> pb::CInitClientHelloResponse {
+fn init_hello(cs: &Cs, s: &Section, psks: Vec<pb::PskInfo>) -> pb::CInitClientHelloResponse {
     lurk_cs::ops::c_init_client_hello::handle(
         cs,
         ENGINE,
         pb::CInitClientHelloRequest {
-            client_hello: as_engine_sends(&msg(s, "client_hello")),
+            client_hello: as_engine_sends(&s.messages.client_hello.clone()),
             freshness: pb::Freshness::Null as i32,
             psks,
             secret_request: Some(all_secrets()),
@@ -202,13 +182,13 @@ fn init_hello(cs: &Cs, s: &str, psks: Vec<pb::PskInfo>) -> pb::CInitClientHelloR
 }
 
 /// c_server_hello with section `s`'s ServerHello.
-fn server_hello(cs: &Cs, id: &[u8], s: &str) -> pb::CServerHelloResponse {
+fn server_hello(cs: &Cs, id: &[u8], s: &Section) -> pb::CServerHelloResponse {
     lurk_cs::ops::c_server_hello::handle(
         cs,
         ENGINE,
         pb::CServerHelloRequest {
             session_id: id.to_vec(),
-            server_hello: msg(s, "server_hello"),
+            server_hello: s.messages.server_hello.clone(),
             ephemeral: None,
             secret_request: Some(all_secrets()),
         },
@@ -217,26 +197,26 @@ fn server_hello(cs: &Cs, id: &[u8], s: &str) -> pb::CServerHelloResponse {
 }
 
 /// The RFC's client and server handshake traffic secrets for section `s`.
-fn assert_handshake_secrets(sh: &pb::CServerHelloResponse, s: &str) {
+fn assert_handshake_secrets(sh: &pb::CServerHelloResponse, s: &Section) {
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
-        ks(s, "client_handshake_traffic_secret")
+        hex::encode(&s.key_schedule.client_handshake_traffic_secret)
     );
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
+        hex::encode(&s.key_schedule.server_handshake_traffic_secret)
     );
 }
 
 /// Runs §3 (1-RTT) and returns the session id after c_client_finished.
 fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
-    let s = "simple_1rtt";
+    let s = &rfc8448().simple_1rtt;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
-        hex::encode(msg(s, "client_hello")),
+        hex::encode(s.messages.client_hello.clone()),
         "§3 ClientHello"
     );
     assert_eq!(resp.key_shares.len(), 1);
@@ -246,10 +226,16 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     assert_handshake_secrets(&sh, s);
 
     let flight = [
-        msg(s, "encrypted_extensions"),
-        msg(s, "server_certificate"),
-        msg(s, "server_certificate_verify"),
-        msg(s, "server_finished"),
+        s.messages.encrypted_extensions.clone(),
+        s.messages
+            .server_certificate
+            .clone()
+            .expect("server_certificate"),
+        s.messages
+            .server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify"),
+        s.messages.server_finished.clone(),
     ]
     .concat();
     let fin = lurk_cs::ops::c_client_finished::handle(
@@ -267,15 +253,15 @@ fn run_simple_1rtt(cs: &Cs) -> Vec<u8> {
     assert!(fin.certificate_verify.is_empty());
     assert_eq!(
         hex::encode(&fin.client_finished),
-        hex::encode(msg(s, "client_finished"))
+        hex::encode(s.messages.client_finished.clone())
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
-        ks(s, "client_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.client_application_traffic_secret_0)
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
-        ks(s, "server_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.server_application_traffic_secret_0)
     );
     assert!(!fin
         .secrets
@@ -296,7 +282,12 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
         ENGINE,
         pb::CRegisterTicketsRequest {
             session_id: id.clone(),
-            new_session_tickets: vec![msg("simple_1rtt", "new_session_ticket")],
+            new_session_tickets: vec![rfc8448()
+                .simple_1rtt
+                .messages
+                .new_session_ticket
+                .clone()
+                .expect("new_session_ticket")],
             last_exchange: true,
         },
     )
@@ -305,19 +296,28 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     assert!(reg.last_exchange);
 
     // §4: the ClientHello offers that ticket, with early data.
-    let s = "resumed_0rtt";
+    let s = &rfc8448().resumed_0rtt;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let resp = init_hello(cs, s, vec![resumption_psk()]);
-    assert_eq!(hex::encode(&resp.binders[0]), ks(s, "binder"), "§4 binder");
+    assert_eq!(
+        hex::encode(&resp.binders[0]),
+        hex::encode(s.key_schedule.binder.as_deref().expect("binder")),
+        "§4 binder"
+    );
     assert_eq!(
         hex::encode(&resp.client_hello),
-        hex::encode(msg(s, "client_hello")),
+        hex::encode(s.messages.client_hello.clone()),
         "§4 ClientHello"
     );
     assert_eq!(
         secret(&resp.secrets, pb::SecretType::ClientEarlyTraffic),
-        ks(s, "client_early_traffic_secret")
+        hex::encode(
+            s.key_schedule
+                .client_early_traffic_secret
+                .as_deref()
+                .expect("client_early_traffic_secret")
+        )
     );
     let id = resp.session_id.clone();
 
@@ -325,9 +325,12 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     assert_handshake_secrets(&sh, s);
 
     let flight = [
-        msg(s, "encrypted_extensions"),
-        msg(s, "server_finished"),
-        msg(s, "end_of_early_data"),
+        s.messages.encrypted_extensions.clone(),
+        s.messages.server_finished.clone(),
+        s.messages
+            .end_of_early_data
+            .clone()
+            .expect("end_of_early_data"),
     ]
     .concat();
     let fin = lurk_cs::ops::c_client_finished::handle(
@@ -344,15 +347,15 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
     .unwrap();
     assert_eq!(
         hex::encode(&fin.client_finished),
-        hex::encode(msg(s, "client_finished"))
+        hex::encode(s.messages.client_finished.clone())
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
-        ks(s, "client_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.client_application_traffic_secret_0)
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
-        ks(s, "server_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.server_application_traffic_secret_0)
     );
     assert!(fin.last_exchange);
     // last_exchange closed the session.
@@ -373,7 +376,7 @@ fn rfc8448_section3_full_handshake_then_section4_resumption_with_binder_and_earl
 fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie() {
     let _g = serial();
     let cs = &fixture().cs;
-    let s = "hello_retry_request";
+    let s = &rfc8448().hello_retry_request;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     cs.inject_ephemeral(NamedGroup::Secp256r1, &client_private(s, "secp256r1"))
@@ -381,26 +384,30 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
     let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
-        hex::encode(msg(s, "client_hello"))
+        hex::encode(s.messages.client_hello.clone())
     );
     let id = resp.session_id.clone();
 
     // The engine puts a different random in the second ClientHello: the CS keeps the first.
-    let mut ch2 = as_engine_sends(&msg(s, "client_hello_2"));
+    let mut ch2 = as_engine_sends(&s.messages.client_hello_2.clone().expect("client_hello_2"));
     ch2[6..38].copy_from_slice(&[0x55; 32]);
     let retry = lurk_cs::ops::c_client_hello::handle(
         cs,
         ENGINE,
         pb::CClientHelloRequest {
             session_id: id.clone(),
-            hello_retry_request: msg(s, "hello_retry_request"),
+            hello_retry_request: s
+                .messages
+                .hello_retry_request
+                .clone()
+                .expect("hello_retry_request"),
             client_hello: ch2,
         },
     )
     .unwrap();
     assert_eq!(
         hex::encode(&retry.client_hello),
-        hex::encode(msg(s, "client_hello_2")),
+        hex::encode(s.messages.client_hello_2.clone().expect("client_hello_2")),
         "§5 ClientHello2"
     );
 
@@ -408,10 +415,16 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
     assert_handshake_secrets(&sh, s);
 
     let flight = [
-        msg(s, "encrypted_extensions"),
-        msg(s, "server_certificate"),
-        msg(s, "server_certificate_verify"),
-        msg(s, "server_finished"),
+        s.messages.encrypted_extensions.clone(),
+        s.messages
+            .server_certificate
+            .clone()
+            .expect("server_certificate"),
+        s.messages
+            .server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify"),
+        s.messages.server_finished.clone(),
     ]
     .concat();
     let fin = lurk_cs::ops::c_client_finished::handle(
@@ -428,11 +441,11 @@ fn rfc8448_section5_hello_retry_request_keeps_the_random_and_echoes_the_cookie()
     .unwrap();
     assert_eq!(
         hex::encode(&fin.client_finished),
-        hex::encode(msg(s, "client_finished"))
+        hex::encode(s.messages.client_finished.clone())
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
-        ks(s, "client_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.client_application_traffic_secret_0)
     );
 }
 
@@ -442,27 +455,36 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
     let _g = serial();
     let f = fixture();
     let cs = &f.cs;
-    let s = "client_authentication";
+    let s = &rfc8448().client_authentication;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
-        hex::encode(msg(s, "client_hello"))
+        hex::encode(s.messages.client_hello.clone())
     );
     let id = resp.session_id.clone();
     let sh = server_hello(cs, &id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ClientHandshakeTraffic),
-        ks(s, "client_handshake_traffic_secret")
+        hex::encode(&s.key_schedule.client_handshake_traffic_secret)
     );
 
     let flight = [
-        msg(s, "encrypted_extensions"),
-        msg(s, "certificate_request"),
-        msg(s, "server_certificate"),
-        msg(s, "server_certificate_verify"),
-        msg(s, "server_finished"),
+        s.messages.encrypted_extensions.clone(),
+        s.messages
+            .certificate_request
+            .clone()
+            .expect("certificate_request"),
+        s.messages
+            .server_certificate
+            .clone()
+            .expect("server_certificate"),
+        s.messages
+            .server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify"),
+        s.messages.server_finished.clone(),
     ]
     .concat();
     let fin = lurk_cs::ops::c_client_finished::handle(
@@ -472,7 +494,11 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
             session_id: id,
             handshake_messages: flight,
             key_id: "rfc8448-client".into(),
-            client_certificate: msg(s, "client_certificate"),
+            client_certificate: s
+                .messages
+                .client_certificate
+                .clone()
+                .expect("client_certificate"),
             secret_request: Some(all_secrets()),
             last_exchange: true,
         },
@@ -480,23 +506,22 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
     .unwrap();
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ClientApplicationTraffic),
-        ks(s, "client_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.client_application_traffic_secret_0)
     );
     assert_eq!(
         secret(&fin.secrets, pb::SecretType::ServerApplicationTraffic),
-        ks(s, "server_application_traffic_secret_0")
+        hex::encode(&s.key_schedule.server_application_traffic_secret_0)
     );
 
     // The CertificateVerify: the RFC's scheme (rsa_pss_rsae_sha256, picked from the
     // CertificateRequest for an RSA key), signed over the RFC's transcript.
     let cv = wire::CertificateVerify::parse(&fin.certificate_verify).unwrap();
     assert_eq!(cv.scheme, wire::SignatureScheme::RsaPssRsaeSha256);
-    let th = hex::decode(
-        section(s)["verification_derived"]["transcript_hash_for_client_certificate_verify"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let th = s
+        .verification_derived
+        .transcript_hash_for_client_certificate_verify
+        .clone()
+        .expect("§6 transcript hash");
     let mut content = vec![0x20u8; 64];
     content.extend_from_slice(b"TLS 1.3, client CertificateVerify\0");
     content.extend_from_slice(&th);
@@ -510,22 +535,23 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
     // The client Finished covers our CertificateVerify, so it is checked against a local
     // computation rather than the RFC's bytes.
     let mut transcript = lurk_proto::transcript::Transcript::new();
+    let m = &s.messages;
     for m in [
-        "client_hello",
-        "server_hello",
-        "encrypted_extensions",
-        "certificate_request",
-        "server_certificate",
-        "server_certificate_verify",
-        "server_finished",
-        "client_certificate",
+        Some(&m.client_hello),
+        Some(&m.server_hello),
+        Some(&m.encrypted_extensions),
+        m.certificate_request.as_ref(),
+        m.server_certificate.as_ref(),
+        m.server_certificate_verify.as_ref(),
+        Some(&m.server_finished),
+        m.client_certificate.as_ref(),
     ] {
-        transcript.add(&msg(s, m));
+        transcript.add(m.expect("a §6 message"));
     }
     transcript.add(&fin.certificate_verify);
     let expected = lurk_proto::key_schedule::finished_verify_data(
         wire::HashAlg::Sha256,
-        &hex::decode(ks(s, "client_handshake_traffic_secret")).unwrap(),
+        &s.key_schedule.client_handshake_traffic_secret.clone(),
         &transcript.hash(wire::HashAlg::Sha256),
     );
     assert_eq!(
@@ -540,18 +566,18 @@ fn rfc8448_section6_client_authentication_signs_the_rfc_transcript_with_the_sche
 fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
     let _g = serial();
     let cs = &fixture().cs;
-    let s = "compatibility_mode";
+    let s = &rfc8448().compatibility_mode;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let resp = init_hello(cs, s, vec![]);
     assert_eq!(
         hex::encode(&resp.client_hello),
-        hex::encode(msg(s, "client_hello"))
+        hex::encode(s.messages.client_hello.clone())
     );
     let sh = server_hello(cs, &resp.session_id, s);
     assert_eq!(
         secret(&sh.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
+        hex::encode(&s.key_schedule.server_handshake_traffic_secret)
     );
 }
 
@@ -564,10 +590,15 @@ fn rfc8448_section7_compatibility_mode_session_id_is_kept() {
 fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_ticket() {
     let _g = serial();
     let f = fixture();
-    let s = "simple_1rtt";
-    let rfc_cert = wire::Certificate::parse(&msg(s, "server_certificate"))
-        .unwrap()
-        .entries[0]
+    let s = &rfc8448().simple_1rtt;
+    let rfc_cert = wire::Certificate::parse(
+        &s.messages
+            .server_certificate
+            .clone()
+            .expect("server_certificate"),
+    )
+    .unwrap()
+    .entries[0]
         .cert_data
         .to_vec();
     let other_ca = f.dir.path().join("dev").join("tls").join("ca.pem");
@@ -582,10 +613,16 @@ fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_tick
         let id = init_hello(&cs, s, vec![]).session_id;
         assert_handshake_secrets(&server_hello(&cs, &id, s), s);
         let flight = [
-            msg(s, "encrypted_extensions"),
-            msg(s, "server_certificate"),
-            msg(s, "server_certificate_verify"),
-            msg(s, "server_finished"),
+            s.messages.encrypted_extensions.clone(),
+            s.messages
+                .server_certificate
+                .clone()
+                .expect("server_certificate"),
+            s.messages
+                .server_certificate_verify
+                .clone()
+                .expect("server_certificate_verify"),
+            s.messages.server_finished.clone(),
         ]
         .concat();
         let err = lurk_cs::ops::c_client_finished::handle(
@@ -606,7 +643,11 @@ fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_tick
             ENGINE,
             pb::CRegisterTicketsRequest {
                 session_id: id,
-                new_session_tickets: vec![msg(s, "new_session_ticket")],
+                new_session_tickets: vec![s
+                    .messages
+                    .new_session_ticket
+                    .clone()
+                    .expect("new_session_ticket")],
                 last_exchange: false,
             },
         )

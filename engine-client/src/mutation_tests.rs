@@ -8,7 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use lurk_proto::wire::enums::{CipherSuite, ContentType};
-use serde_json::Value;
+use lurk_test_support::mutate::{mutate, XorShift};
+use lurk_test_support::rfc8448::{self, TrafficKeys};
 use zeroize::Zeroizing;
 
 use crate::config::{ClientConfig, Ephemeral};
@@ -17,31 +18,11 @@ use crate::deframer::Deframer;
 use crate::joiner::HandshakeJoiner;
 use crate::record::{RecordEncrypter, RecordKeys};
 
-#[path = "../../proto/src/testutil/mutate.rs"]
-mod mutate;
-
-use mutate::{mutate, XorShift};
-
 const ITERATIONS: usize = 20_000;
 /// The connection tests make a connection (and replay a handshake) per input: their 20,000
 /// inputs are split over two tests of 10,000 (two seeds) to stay under ~2 s each in debug
 /// builds.
 const HALF: usize = ITERATIONS / 2;
-const SECTIONS: [&str; 5] = [
-    "simple_1rtt",
-    "resumed_0rtt",
-    "hello_retry_request",
-    "client_authentication",
-    "compatibility_mode",
-];
-
-fn doc() -> Value {
-    serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap()
-}
-
-fn hexv(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().unwrap()).unwrap()
-}
 
 /// Runs `f` on `input`, failing the test with the iteration and input on a panic.
 fn no_panic(i: usize, input: &[u8], f: impl FnOnce()) {
@@ -52,12 +33,10 @@ fn no_panic(i: usize, input: &[u8], f: impl FnOnce()) {
 
 #[test]
 fn deframer_never_panics_and_records_are_input_slices() {
-    let d = doc();
     let mut seeds = Vec::new();
-    for s in SECTIONS {
-        let recs = d["sections"][s]["summary"]["records"].as_array().unwrap();
-        let all: Vec<u8> = recs.iter().flat_map(|r| hexv(&r["record"])).collect();
-        seeds.extend(recs.iter().map(|r| hexv(&r["record"])));
+    for s in rfc8448::rfc8448().sections() {
+        let all: Vec<u8> = s.records.iter().flat_map(|r| r.record.clone()).collect();
+        seeds.extend(s.records.iter().map(|r| r.record.clone()));
         seeds.push(all);
     }
     let mut rng = XorShift::new(0x5eed_0001);
@@ -93,16 +72,11 @@ fn deframer_never_panics_and_records_are_input_slices() {
 
 #[test]
 fn joiner_never_panics_and_messages_are_the_input() {
-    let d = doc();
     let mut seeds = Vec::new();
-    for s in SECTIONS {
-        let sum = &d["sections"][s]["summary"];
-        for r in sum["records"].as_array().unwrap() {
-            if r["inner_type"].as_u64().unwrap_or(22) == 22 {
-                seeds.push(hexv(&r["payload"]));
-            }
-        }
-        seeds.extend(sum["messages"].as_object().unwrap().values().map(hexv));
+    for s in rfc8448::rfc8448().sections() {
+        // Every record's payload, whatever its type (non-handshake bytes are seeds too).
+        seeds.extend(s.records.iter().map(|r| r.payload.clone()));
+        seeds.extend(s.messages.iter().map(|(_, m)| m.to_vec()));
     }
     let mut rng = XorShift::new(0x5eed_0002);
     for i in 0..ITERATIONS {
@@ -131,30 +105,29 @@ fn joiner_never_panics_and_messages_are_the_input() {
 
 /// RFC 8448 §3 replayed through the states (as in `conn::tests`).
 struct Replay {
-    section: Value,
+    section: &'static rfc8448::Section,
 }
 
 impl Replay {
     fn new() -> Self {
         Self {
-            section: doc()["sections"]["simple_1rtt"]["summary"].clone(),
+            section: &rfc8448::rfc8448().simple_1rtt,
         }
     }
 
     fn record(&self, i: usize) -> Vec<u8> {
-        hexv(&self.section["records"][i]["record"])
+        self.section.records[i].record.clone()
     }
 
     fn payload(&self, i: usize) -> Vec<u8> {
-        hexv(&self.section["records"][i]["payload"])
+        self.section.records[i].payload.clone()
     }
 
-    fn keys(&self, name: &str) -> RecordKeys {
-        let k = &self.section["traffic_keys"][name];
+    fn keys(k: &TrafficKeys) -> RecordKeys {
         RecordKeys::new(
             CipherSuite::TlsAes128GcmSha256,
-            Zeroizing::new(hexv(&k["key"])),
-            hexv(&k["iv"]).try_into().unwrap(),
+            Zeroizing::new(k.key.clone()),
+            k.iv.clone().try_into().unwrap(),
         )
     }
 
@@ -184,8 +157,8 @@ impl Replay {
         });
         ClientConnection::replay(
             cfg,
-            &hexv(&self.section["messages"]["client_hello"]),
-            &hexv(&self.section["key_schedule"]["ecdhe_shared_secret"]),
+            &self.section.messages.client_hello,
+            &self.section.key_schedule.ecdhe_shared_secret,
         )
         .unwrap()
     }
@@ -222,7 +195,7 @@ fn expect_server_hello(seed: u64) {
 fn server_flight(seed: u64) {
     let r = Replay::new();
     let sh = r.record(1);
-    let keys = r.keys("server_handshake");
+    let keys = Replay::keys(&r.section.traffic_keys.server_handshake);
     let flight = r.payload(2);
     let mut rng = XorShift::new(seed);
     for i in 0..HALF {
@@ -242,7 +215,7 @@ fn server_flight(seed: u64) {
 /// server application key, and whole mutated records. One connection serves until it fails.
 fn traffic(seed: u64) {
     let r = Replay::new();
-    let keys = r.keys("server_application");
+    let keys = Replay::keys(&r.section.traffic_keys.server_application);
     let seeds: Vec<(ContentType, Vec<u8>)> = vec![
         (ContentType::Handshake, r.payload(4)),
         (ContentType::ApplicationData, r.payload(6)),

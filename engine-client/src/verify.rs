@@ -232,28 +232,25 @@ mod tests {
     /// transcript through its Certificate; one bit off and it is decrypt_error.
     #[test]
     fn certificate_verify_known_answer_and_a_bad_signature_is_decrypt_error() {
-        let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../testdata/illustrated.json")).unwrap();
-        let c = &doc["connections"]["current"];
-        let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+        let c = &lurk_test_support::illustrated().current;
+        let m = &c.messages;
         let mut t = lurk_proto::transcript::Transcript::new();
         for m in [
-            "client_hello",
-            "server_hello",
-            "encrypted_extensions",
-            "server_certificate",
+            &m.client_hello,
+            &m.server_hello,
+            &m.encrypted_extensions,
+            &m.server_certificate,
         ] {
-            t.add(&hexv(&c["messages"][m]));
+            t.add(m);
         }
         let th = t.hash(lurk_proto::wire::HashAlg::Sha384);
-        let cv = hexv(&c["messages"]["server_certificate_verify"]);
-        let cv = lurk_proto::wire::CertificateVerify::parse(&cv).unwrap();
-        let leaf = hexv(&c["server_certificate_der"]);
-        verify_server_signature(&leaf, &SUPPORTED_SCHEMES, cv.scheme, &th, cv.signature).unwrap();
+        let cv = lurk_proto::wire::CertificateVerify::parse(&m.server_certificate_verify).unwrap();
+        let leaf = &c.server_certificate_der;
+        verify_server_signature(leaf, &SUPPORTED_SCHEMES, cv.scheme, &th, cv.signature).unwrap();
         let mut bad = cv.signature.to_vec();
         bad[10] ^= 1;
         let e =
-            verify_server_signature(&leaf, &SUPPORTED_SCHEMES, cv.scheme, &th, &bad).unwrap_err();
+            verify_server_signature(leaf, &SUPPORTED_SCHEMES, cv.scheme, &th, &bad).unwrap_err();
         assert_eq!(e, PeerMisbehaved::BadCertificateVerifySignature.into());
         assert_eq!(e.alert(), Some(AlertDescription::DecryptError));
     }

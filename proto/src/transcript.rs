@@ -203,15 +203,18 @@ mod tests {
     #[test]
     fn hashes_with_either_function_after_the_fact() {
         let simple = section("simple_1rtt");
-        let client_hello = simple.message("client_hello");
-        let server_hello = simple.message("server_hello");
+        let client_hello = simple.messages.client_hello.clone();
+        let server_hello = simple.messages.server_hello.clone();
         let mut transcript = Transcript::new();
         assert!(transcript.is_empty());
         transcript.add(&client_hello);
         transcript.add(&server_hello);
         assert_eq!(
             transcript.hash(HashAlg::Sha256),
-            simple.schedule("transcript_hash_for_handshake_secrets")
+            simple
+                .key_schedule
+                .transcript_hash_for_handshake_secrets
+                .clone()
         );
         let both = [client_hello.as_slice(), server_hello.as_slice()].concat();
         assert_eq!(
@@ -229,16 +232,19 @@ mod tests {
     fn hash_with_does_not_add() {
         let simple = section("simple_1rtt");
         let mut transcript = Transcript::new();
-        transcript.add(&simple.message("client_hello"));
-        let server_hello = simple.message("server_hello");
+        transcript.add(&simple.messages.client_hello.clone());
+        let server_hello = simple.messages.server_hello.clone();
         let peeked = transcript.hash_with(HashAlg::Sha256, &server_hello);
         assert_eq!(
             peeked,
-            simple.schedule("transcript_hash_for_handshake_secrets")
+            simple
+                .key_schedule
+                .transcript_hash_for_handshake_secrets
+                .clone()
         );
         assert_eq!(
             transcript.hash(HashAlg::Sha256),
-            HashAlg::Sha256.hash(&simple.message("client_hello"))
+            HashAlg::Sha256.hash(&simple.messages.client_hello.clone())
         );
     }
 
@@ -261,14 +267,18 @@ mod tests {
     #[test]
     fn hello_retry_restart_before_the_hrr() {
         let hrr = section("hello_retry_request");
-        let expected_message_hash = hrr.verification_derived("message_hash_of_client_hello_1");
+        let expected_message_hash = hrr
+            .verification_derived
+            .message_hash_of_client_hello_1
+            .clone()
+            .expect("message_hash_of_client_hello_1");
         assert_eq!(
-            message_hash_message(&HashAlg::Sha256.hash(&hrr.message("client_hello"))),
+            message_hash_message(&HashAlg::Sha256.hash(&hrr.messages.client_hello.clone())),
             expected_message_hash
         );
 
         let mut restarted_early = Transcript::new();
-        restarted_early.add(&hrr.message("client_hello"));
+        restarted_early.add(&hrr.messages.client_hello.clone());
         restarted_early
             .restart_for_hello_retry(HashAlg::Sha256)
             .expect("ClientHello1");
@@ -278,17 +288,29 @@ mod tests {
         );
         assert_eq!(restarted_early.len(), expected_message_hash.len() as u64);
         assert_eq!(restarted_early.hello_retry_hash(), Some(HashAlg::Sha256));
-        restarted_early.add(&hrr.message("hello_retry_request"));
-        restarted_early.add(&hrr.message("client_hello_2"));
-        restarted_early.add(&hrr.message("server_hello"));
+        restarted_early.add(
+            &hrr.messages
+                .hello_retry_request
+                .clone()
+                .expect("hello_retry_request"),
+        );
+        restarted_early.add(&hrr.messages.client_hello_2.clone().expect("client_hello_2"));
+        restarted_early.add(&hrr.messages.server_hello.clone());
         assert_eq!(
             restarted_early.hash(HashAlg::Sha256),
-            hrr.schedule("transcript_hash_for_handshake_secrets")
+            hrr.key_schedule
+                .transcript_hash_for_handshake_secrets
+                .clone()
         );
 
         let mut late = Transcript::new();
-        late.add(&hrr.message("client_hello"));
-        late.add(&hrr.message("hello_retry_request"));
+        late.add(&hrr.messages.client_hello.clone());
+        late.add(
+            &hrr.messages
+                .hello_retry_request
+                .clone()
+                .expect("hello_retry_request"),
+        );
         assert_eq!(
             late.restart_for_hello_retry(HashAlg::Sha256),
             Err(TranscriptError::NotOnlyTheFirstMessage)
@@ -299,7 +321,7 @@ mod tests {
     /// where ClientHello1 ends.
     #[test]
     fn a_client_hello_added_in_pieces_restarts_too() {
-        let client_hello = section("hello_retry_request").message("client_hello");
+        let client_hello = section("hello_retry_request").messages.client_hello.clone();
         let mut pieces = Transcript::new();
         for chunk in client_hello.chunks(3) {
             pieces.add(chunk);
@@ -313,7 +335,7 @@ mod tests {
 
     #[test]
     fn hello_retry_restart_with_sha384_uses_a_48_byte_hash() {
-        let client_hello = section("simple_1rtt").message("client_hello");
+        let client_hello = section("simple_1rtt").messages.client_hello.clone();
         let mut transcript = Transcript::new();
         transcript.add(&client_hello);
         transcript
@@ -335,13 +357,13 @@ mod tests {
         );
 
         let mut not_client_hello = Transcript::new();
-        not_client_hello.add(&section("simple_1rtt").message("server_hello"));
+        not_client_hello.add(&section("simple_1rtt").messages.server_hello.clone());
         assert_eq!(
             not_client_hello.restart_for_hello_retry(HashAlg::Sha256),
             Err(TranscriptError::FirstMessageNotClientHello { got: 2 })
         );
 
-        let client_hello = section("simple_1rtt").message("client_hello");
+        let client_hello = section("simple_1rtt").messages.client_hello.clone();
         let mut truncated = Transcript::new();
         truncated.add(&client_hello[..client_hello.len() - 1]);
         assert_eq!(

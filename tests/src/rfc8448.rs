@@ -5,36 +5,23 @@
 
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
-use serde_json::Value;
+use lurk_test_support::rfc8448::rfc8448;
 use tonic::transport::Channel;
 
-fn vectors() -> Value {
-    serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap()
-}
-
-/// A handshake message of a section (`simple_1rtt`, `resumed_0rtt`).
+/// A handshake message of a section (`simple_1rtt`, `resumed_0rtt`), by its name in
+/// `lurk_test_support::rfc8448::Messages`.
 pub fn msg(sec: &str, name: &str) -> Vec<u8> {
-    hex::decode(
-        vectors()["sections"][sec]["summary"]["messages"][name]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap()
+    rfc8448().section(sec).messages.by_name(name).to_vec()
 }
 
-/// A key-schedule value of a section.
+/// A key-schedule value of a section, by its name in `lurk_test_support::rfc8448::KeySchedule`.
 pub fn ks(sec: &str, name: &str) -> Vec<u8> {
-    hex::decode(
-        vectors()["sections"][sec]["summary"]["key_schedule"][name]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap()
+    rfc8448().section(sec).key_schedule.by_name(name).to_vec()
 }
 
 /// §4's ClientHello offering §3's ticket (binders zeroed: the CS computes them).
 pub fn resumption_request() -> pb::CInitClientHelloRequest {
-    let mut ch = msg("resumed_0rtt", "client_hello");
+    let mut ch = rfc8448().resumed_0rtt.messages.client_hello.clone();
     lurk_proto::wire::set_binders(&mut ch, &[vec![0u8; 32]]).unwrap();
     pb::CInitClientHelloRequest {
         client_hello: ch,
@@ -53,10 +40,11 @@ pub fn resumption_request() -> pb::CInitClientHelloRequest {
 pub async fn section3_handshake(
     c: &mut CryptoServiceClient<Channel>,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let s = "simple_1rtt";
+    let s = &rfc8448().simple_1rtt;
+    let m = &s.messages;
     let init = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
-            client_hello: msg(s, "client_hello"),
+            client_hello: m.client_hello.clone(),
             freshness: pb::Freshness::Null as i32,
             psks: vec![],
             secret_request: None,
@@ -65,17 +53,17 @@ pub async fn section3_handshake(
         .into_inner();
     assert_eq!(
         init.client_hello,
-        msg(s, "client_hello"),
+        m.client_hello.clone(),
         "an engine-made share is kept as is"
     );
     assert!(init.key_shares.is_empty());
     let id = init.session_id;
     c.c_server_hello(pb::CServerHelloRequest {
         session_id: id.clone(),
-        server_hello: msg(s, "server_hello"),
+        server_hello: m.server_hello.clone(),
         ephemeral: Some(pb::Ephemeral {
             method: pb::EphemeralMethod::EGenerated as i32,
-            shared_secret: ks(s, "ecdhe_shared_secret"),
+            shared_secret: s.key_schedule.ecdhe_shared_secret.clone(),
         }),
         secret_request: None,
     })
@@ -84,17 +72,19 @@ pub async fn section3_handshake(
         .c_client_finished(pb::CClientFinishedRequest {
             session_id: id.clone(),
             handshake_messages: [
-                msg(s, "encrypted_extensions"),
-                msg(s, "server_certificate"),
-                msg(s, "server_certificate_verify"),
-                msg(s, "server_finished"),
+                m.encrypted_extensions.clone(),
+                m.server_certificate.clone().expect("server_certificate"),
+                m.server_certificate_verify
+                    .clone()
+                    .expect("server_certificate_verify"),
+                m.server_finished.clone(),
             ]
             .concat(),
             ..Default::default()
         })
         .await?
         .into_inner();
-    assert_eq!(fin.client_finished, msg(s, "client_finished"));
+    assert_eq!(fin.client_finished, m.client_finished.clone());
     Ok(id)
 }
 
@@ -105,7 +95,12 @@ pub async fn register_section3_ticket(
     let id = section3_handshake(c).await?;
     Ok(c.c_register_tickets(pb::CRegisterTicketsRequest {
         session_id: id,
-        new_session_tickets: vec![msg("simple_1rtt", "new_session_ticket")],
+        new_session_tickets: vec![rfc8448()
+            .simple_1rtt
+            .messages
+            .new_session_ticket
+            .clone()
+            .expect("§3 ticket")],
         last_exchange: true,
     })
     .await?

@@ -12,7 +12,7 @@ use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
     CipherSuite, ClientHelloBuilder, NamedGroup, PskKeyExchangeMode, SignatureScheme,
 };
-use serde_json::Value;
+use lurk_test_support::rfc8448::rfc8448;
 
 /// xorshift64*: small, deterministic, good enough to pick mutations.
 struct Rng(u64);
@@ -78,16 +78,6 @@ fn client_hello() -> Vec<u8> {
         .unwrap()
 }
 
-fn msg(sec: &str, name: &str) -> Vec<u8> {
-    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    hex::decode(
-        v["sections"][sec]["summary"]["messages"][name]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 fn check(result: Result<(), tonic::Status>, what: &str) {
     if let Err(e) = result {
         let status = LurkStatus::from_grpc(&e)
@@ -110,10 +100,10 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
     let mut rng = Rng(0x5eed_1a2b_3c4d_5e6f);
 
     // A ticket registered before the storm (RFC 8448 §3 with the engine's own share).
-    let s = "simple_1rtt";
+    let s = &rfc8448().simple_1rtt;
     let id = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
-            client_hello: msg(s, "client_hello"),
+            client_hello: s.messages.client_hello.clone(),
             freshness: pb::Freshness::Null as i32,
             psks: vec![],
             secret_request: None,
@@ -122,16 +112,10 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
         .unwrap()
         .into_inner()
         .session_id;
-    let v: Value = serde_json::from_str(include_str!("../../testdata/rfc8448.json")).unwrap();
-    let ecdhe = hex::decode(
-        v["sections"][s]["summary"]["key_schedule"]["ecdhe_shared_secret"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let ecdhe = s.key_schedule.ecdhe_shared_secret.clone();
     c.c_server_hello(pb::CServerHelloRequest {
         session_id: id.clone(),
-        server_hello: msg(s, "server_hello"),
+        server_hello: s.messages.server_hello.clone(),
         ephemeral: Some(pb::Ephemeral {
             method: pb::EphemeralMethod::EGenerated as i32,
             shared_secret: ecdhe,
@@ -141,13 +125,23 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
     .await
     .unwrap();
     let flight = [
-        msg(s, "encrypted_extensions"),
-        msg(s, "server_certificate"),
-        msg(s, "server_certificate_verify"),
-        msg(s, "server_finished"),
+        s.messages.encrypted_extensions.clone(),
+        s.messages
+            .server_certificate
+            .clone()
+            .expect("server_certificate"),
+        s.messages
+            .server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify"),
+        s.messages.server_finished.clone(),
     ]
     .concat();
-    let nst = msg(s, "new_session_ticket");
+    let nst = s
+        .messages
+        .new_session_ticket
+        .clone()
+        .expect("new_session_ticket");
 
     // Mutated ClientHellos.
     let ch = client_hello();
@@ -194,7 +188,7 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
         .await
         .expect("the session survived every malformed request")
         .into_inner();
-    assert_eq!(fin.client_finished, msg(s, "client_finished"));
+    assert_eq!(fin.client_finished, s.messages.client_finished.clone());
     // The ticket first: a mutation that keeps its nonce or identity is then a re-registration,
     // refused like any other malformed ticket.
     let reg = c
@@ -261,7 +255,7 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
     // Still serving, and the ticket registered among the storm is there: §4 resumes with it.
     let p = c.ping(pb::PingRequest {}).await.unwrap().into_inner();
     assert_eq!(p.engine_identity, "engine-dev");
-    let mut ch4 = msg("resumed_0rtt", "client_hello");
+    let mut ch4 = rfc8448().resumed_0rtt.messages.client_hello.clone();
     lurk_proto::wire::set_binders(&mut ch4, &[vec![0u8; 32]]).unwrap();
     let resumed = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
@@ -277,5 +271,8 @@ async fn mutated_requests_are_refused_with_a_status_and_harm_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resumed.client_hello, msg("resumed_0rtt", "client_hello"));
+    assert_eq!(
+        resumed.client_hello,
+        rfc8448().resumed_0rtt.messages.client_hello.clone()
+    );
 }

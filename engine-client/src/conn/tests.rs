@@ -10,6 +10,7 @@ use lurk_proto::wire::{
     encode_finished, ClientHello, EncryptedExtensions, NamedGroup, PskKeyExchangeMode,
     SignatureScheme,
 };
+use lurk_test_support::rfc8448::{self, TrafficKeys};
 
 use super::server_flight::{Handshake, Schedule, SelectedPsk};
 use super::*;
@@ -720,12 +721,9 @@ fn writing_before_the_handshake_is_refused() {
 /// certificate has expired and its RSA-1024 key is below ring's minimum).
 #[test]
 fn rfc8448_simple_1rtt_through_the_states() {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
-    let s = &doc["sections"]["simple_1rtt"]["summary"];
-    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
-    let recs = s["records"].as_array().unwrap();
-    let rec = |i: usize| hexv(&recs[i]["record"]);
+    let s = rfc_1rtt();
+    let recs = &s.records;
+    let rec = |i: usize| recs[i].record.clone();
     let store = Arc::new(crate::tickets::MemoryTicketStore::default());
     let cfg = Arc::new(ClientConfig {
         ticket_store: Some(store.clone()),
@@ -735,8 +733,8 @@ fn rfc8448_simple_1rtt_through_the_states() {
     });
     let mut conn = ClientConnection::replay(
         cfg,
-        &hexv(&s["messages"]["client_hello"]),
-        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+        &s.messages.client_hello.clone(),
+        &s.key_schedule.ecdhe_shared_secret.clone(),
     )
     .unwrap();
 
@@ -759,17 +757,22 @@ fn rfc8448_simple_1rtt_through_the_states() {
         .expect("ticket stored");
     assert_eq!(
         t.psk.as_deref().map(Vec::as_slice),
-        Some(&hexv(&s["key_schedule"]["resumption_psk"])[..])
+        Some(
+            &s.key_schedule
+                .resumption_psk
+                .clone()
+                .expect("resumption_psk")[..]
+        )
     );
 
     // Application data both ways, then close_notify both ways.
-    conn.write_plaintext(&hexv(&recs[5]["payload"])).unwrap();
+    conn.write_plaintext(&recs[5].payload.clone()).unwrap();
     assert_eq!(conn.take_tls(), rec(5), "client application data record");
     conn.read_tls(&rec(6));
     conn.process_new_packets().unwrap();
     let mut buf = vec![0u8; 100];
     let n = conn.read_plaintext(&mut buf);
-    assert_eq!(&buf[..n], &hexv(&recs[6]["payload"])[..]);
+    assert_eq!(&buf[..n], &recs[6].payload.clone()[..]);
     conn.send_close_notify();
     assert_eq!(conn.take_tls(), rec(7), "client close_notify record");
     conn.read_tls(&rec(8));
@@ -781,19 +784,16 @@ fn rfc8448_simple_1rtt_through_the_states() {
 /// RFC's server handshake key): decrypt_error (RFC 8446 §4.4.4), and no client Finished.
 #[test]
 fn rfc8448_bad_server_finished_is_decrypt_error() {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
-    let s = &doc["sections"]["simple_1rtt"]["summary"];
-    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
-    let recs = s["records"].as_array().unwrap();
-    let keys = &s["traffic_keys"]["server_handshake"];
-    let iv: [u8; 12] = hexv(&keys["iv"]).try_into().unwrap();
+    let s = rfc_1rtt();
+    let recs = &s.records;
+    let keys = &s.traffic_keys.server_handshake;
+    let iv: [u8; 12] = keys.iv.clone().try_into().unwrap();
     let keys = RecordKeys::new(
         CipherSuite::TlsAes128GcmSha256,
-        Zeroizing::new(hexv(&keys["key"])),
+        Zeroizing::new(keys.key.clone()),
         iv,
     );
-    let mut flight = hexv(&recs[2]["payload"]);
+    let mut flight = recs[2].payload.clone();
     let last = flight.len() - 1;
     flight[last] ^= 1; // the last byte of the Finished verify_data
     let mut sealed = Vec::new();
@@ -808,11 +808,11 @@ fn rfc8448_bad_server_finished_is_decrypt_error() {
     });
     let mut conn = ClientConnection::replay(
         cfg,
-        &hexv(&s["messages"]["client_hello"]),
-        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+        &s.messages.client_hello.clone(),
+        &s.key_schedule.ecdhe_shared_secret.clone(),
     )
     .unwrap();
-    conn.read_tls(&hexv(&recs[1]["record"]));
+    conn.read_tls(&recs[1].record.clone());
     conn.read_tls(&sealed);
     assert_eq!(
         conn.process_new_packets().unwrap_err(),
@@ -827,19 +827,13 @@ fn rfc8448_bad_server_finished_is_decrypt_error() {
 // ---------------------------------------------------------------------------------------------
 // RFC 8448 §3 with a changed EncryptedExtensions
 
-fn rfc_1rtt() -> serde_json::Value {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
-    doc["sections"]["simple_1rtt"]["summary"].clone()
-}
-
-fn hexv(v: &serde_json::Value) -> Vec<u8> {
-    hex::decode(v.as_str().unwrap()).unwrap()
+fn rfc_1rtt() -> &'static rfc8448::Section {
+    &lurk_test_support::rfc8448().simple_1rtt
 }
 
 /// The RFC 8448 §3 EncryptedExtensions without its record_size_limit, with `extra` appended.
 fn rfc_ee_with(extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let ee = hexv(&rfc_1rtt()["messages"]["encrypted_extensions"]);
+    let ee = rfc_1rtt().messages.encrypted_extensions.clone();
     let mut exts = Vec::new();
     for e in &EncryptedExtensions::parse(&ee).unwrap().extensions {
         if e.typ.get() != RECORD_SIZE_LIMIT {
@@ -865,31 +859,30 @@ fn rfc_ee_with(extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
 /// RFC's server handshake key: (ServerHello record, protected flight).
 fn rfc_flight(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
     let s = rfc_1rtt();
-    let m = &s["messages"];
+    let m = &s.messages;
     let mut t = Transcript::new();
-    t.add(&hexv(&m["client_hello"]));
-    t.add(&hexv(&m["server_hello"]));
+    t.add(&m.client_hello.clone());
+    t.add(&m.server_hello.clone());
     let mut flight = Vec::new();
     for part in messages {
         t.add(part);
         flight.extend_from_slice(part);
     }
-    let server_hs = hexv(&s["key_schedule"]["server_handshake_traffic_secret"]);
+    let server_hs = s.key_schedule.server_handshake_traffic_secret.clone();
     let vd = finished_verify_data(HashAlg::Sha256, &server_hs, &t.hash(HashAlg::Sha256));
     flight.extend(encode_finished(&vd).unwrap());
     (
-        hexv(&s["records"][1]["record"]),
-        rfc_seal(&flight, "server_handshake"),
+        s.records[1].record.clone(),
+        rfc_seal(&flight, &rfc_1rtt().traffic_keys.server_handshake),
     )
 }
 
 /// `payload` as handshake records sealed under the RFC 8448 §3 `keys` (from sequence 0).
-fn rfc_seal(payload: &[u8], keys: &str) -> Vec<u8> {
-    let keys = &rfc_1rtt()["traffic_keys"][keys];
+fn rfc_seal(payload: &[u8], keys: &TrafficKeys) -> Vec<u8> {
     let keys = RecordKeys::new(
         CipherSuite::TlsAes128GcmSha256,
-        Zeroizing::new(hexv(&keys["key"])),
-        hexv(&keys["iv"]).try_into().unwrap(),
+        Zeroizing::new(keys.key.clone()),
+        keys.iv.clone().try_into().unwrap(),
     );
     let mut sealed = Vec::new();
     RecordEncrypter::new(&keys)
@@ -901,11 +894,13 @@ fn rfc_seal(payload: &[u8], keys: &str) -> Vec<u8> {
 
 /// The RFC 8448 §3 server flight with `extra` extensions appended to EncryptedExtensions.
 fn rfc_flight_with_ee_extensions(extra: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
-    let m = &rfc_1rtt()["messages"];
+    let m = &rfc_1rtt().messages;
     rfc_flight(&[
         rfc_ee_with(extra),
-        hexv(&m["server_certificate"]),
-        hexv(&m["server_certificate_verify"]),
+        m.server_certificate.clone().expect("server_certificate"),
+        m.server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify"),
     ])
 }
 
@@ -917,8 +912,8 @@ fn rfc_replay(cfg: ClientConfig) -> ClientConnection {
             ephemeral: Ephemeral::Engine,
             ..cfg
         }),
-        &hexv(&s["messages"]["client_hello"]),
-        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+        &s.messages.client_hello.clone(),
+        &s.key_schedule.ecdhe_shared_secret.clone(),
     )
     .unwrap()
 }
@@ -1294,7 +1289,7 @@ const EXPORT_LABEL: &[u8] = b"EXPERIMENTAL-lurk-test";
 #[test]
 fn exporter_known_answer_sequence_d() {
     let s = rfc_1rtt();
-    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let ems = s.key_schedule.exporter_master_secret.clone();
     let mut conn = rfc_replay(ClientConfig {
         exporter: true,
         ..ClientConfig::default()
@@ -1304,8 +1299,8 @@ fn exporter_known_answer_sequence_d() {
             .unwrap_err(),
         Error::HandshakeNotComplete
     );
-    conn.read_tls(&hexv(&s["records"][1]["record"]));
-    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.read_tls(&s.records[1].record.clone());
+    conn.read_tls(&s.records[2].record.clone());
     conn.process_new_packets().unwrap();
     let Some(State::Traffic(t)) = conn.state.as_ref() else {
         panic!("handshake not done");
@@ -1337,8 +1332,8 @@ fn exporter_known_answer_sequence_d() {
 
     // Not enabled: the secret is not kept.
     let mut conn = rfc_replay(ClientConfig::default());
-    conn.read_tls(&hexv(&s["records"][1]["record"]));
-    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.read_tls(&s.records[1].record.clone());
+    conn.read_tls(&s.records[2].record.clone());
     conn.process_new_packets().unwrap();
     assert_eq!(
         conn.export_keying_material(EXPORT_LABEL, b"", 32)
@@ -1347,10 +1342,10 @@ fn exporter_known_answer_sequence_d() {
     );
 }
 
-fn cs_secret(kind: pb::SecretType, v: &serde_json::Value) -> pb::Secret {
+fn cs_secret(kind: pb::SecretType, v: &[u8]) -> pb::Secret {
     pb::Secret {
         secret_type: kind as i32,
-        value: hexv(v),
+        value: v.to_vec(),
     }
 }
 
@@ -1359,7 +1354,7 @@ fn cs_secret(kind: pb::SecretType, v: &serde_json::Value) -> pb::Secret {
 /// client Finished record is the RFC's; the export uses the CS's exporter_master_secret.
 fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedRequest) {
     let s = rfc_1rtt();
-    let ks = &s["key_schedule"];
+    let ks = &s.key_schedule;
     let mut conn = rfc_replay(ClientConfig {
         exporter,
         ..ClientConfig::default()
@@ -1372,8 +1367,8 @@ fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedReque
         hs.shares[0].injected = None;
         hs.cs_session = Some(vec![1; 16]);
     }
-    conn.read_tls(&hexv(&s["records"][1]["record"]));
-    conn.read_tls(&hexv(&s["records"][2]["record"]));
+    conn.read_tls(&s.records[1].record.clone());
+    conn.read_tls(&s.records[2].record.clone());
     conn.process_new_packets().unwrap();
     let Some(CsCall::ServerHello(_)) = conn.take_cs_call() else {
         panic!("expected c_server_hello");
@@ -1382,11 +1377,11 @@ fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedReque
         secrets: vec![
             cs_secret(
                 pb::SecretType::ClientHandshakeTraffic,
-                &ks["client_handshake_traffic_secret"],
+                &ks.client_handshake_traffic_secret,
             ),
             cs_secret(
                 pb::SecretType::ServerHandshakeTraffic,
-                &ks["server_handshake_traffic_secret"],
+                &ks.server_handshake_traffic_secret,
             ),
         ],
     })))
@@ -1397,34 +1392,34 @@ fn rfc_sequence_a(exporter: bool) -> (ClientConnection, pb::CClientFinishedReque
     let mut secrets = vec![
         cs_secret(
             pb::SecretType::ClientApplicationTraffic,
-            &ks["client_application_traffic_secret_0"],
+            &ks.client_application_traffic_secret_0,
         ),
         cs_secret(
             pb::SecretType::ServerApplicationTraffic,
-            &ks["server_application_traffic_secret_0"],
+            &ks.server_application_traffic_secret_0,
         ),
     ];
     if req.secret_request.as_ref().is_some_and(|r| r.x) {
         secrets.push(cs_secret(
             pb::SecretType::ExporterMaster,
-            &ks["exporter_master_secret"],
+            &ks.exporter_master_secret,
         ));
     }
     conn.cs_response(Ok(CsReply::ClientFinished(pb::CClientFinishedResponse {
         certificate_verify: Vec::new(),
-        client_finished: hexv(&s["messages"]["client_finished"]),
+        client_finished: s.messages.client_finished.clone(),
         secrets,
         last_exchange: false,
     })))
     .unwrap();
-    assert_eq!(conn.take_tls(), hexv(&s["records"][3]["record"]));
+    assert_eq!(conn.take_tls(), s.records[3].record.clone());
     (conn, req)
 }
 
 #[test]
 fn exporter_known_answer_sequence_a() {
     let s = rfc_1rtt();
-    let ems = hexv(&s["key_schedule"]["exporter_master_secret"]);
+    let ems = s.key_schedule.exporter_master_secret.clone();
     let (conn, req) = rfc_sequence_a(true);
     assert!(req.secret_request.unwrap().x, "x asked for");
     assert_eq!(
@@ -1448,12 +1443,9 @@ fn rfc8448_with_cs_session() -> (
     ClientConnection,
     Arc<crate::tickets::MemoryTicketStore>,
     impl Fn(usize) -> Vec<u8>,
-    serde_json::Value,
+    &'static rfc8448::Section,
 ) {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).unwrap();
-    let s = doc["sections"]["simple_1rtt"]["summary"].clone();
-    let hexv = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let s = rfc_1rtt();
     let store = Arc::new(crate::tickets::MemoryTicketStore::default());
     let cfg = Arc::new(ClientConfig {
         ticket_store: Some(store.clone()),
@@ -1463,12 +1455,12 @@ fn rfc8448_with_cs_session() -> (
     });
     let mut conn = ClientConnection::replay(
         cfg,
-        &hexv(&s["messages"]["client_hello"]),
-        &hexv(&s["key_schedule"]["ecdhe_shared_secret"]),
+        &s.messages.client_hello.clone(),
+        &s.key_schedule.ecdhe_shared_secret.clone(),
     )
     .unwrap();
-    let recs = s["records"].as_array().unwrap().clone();
-    let rec = move |i: usize| hex::decode(recs[i]["record"].as_str().unwrap()).unwrap();
+    let recs = &s.records;
+    let rec = move |i: usize| recs[i].record.clone();
     conn.read_tls(&rec(1));
     conn.read_tls(&rec(2));
     conn.process_new_packets().unwrap();
@@ -1496,7 +1488,7 @@ fn application_data_flows_while_tickets_are_registered() {
     // The registration is out: application data is still delivered.
     conn.read_tls(&rec(6));
     conn.process_new_packets().unwrap();
-    let want = hex::decode(s["records"][6]["payload"].as_str().unwrap()).unwrap();
+    let want = s.records[6].payload.clone();
     let mut buf = vec![0u8; 100];
     let n = conn.read_plaintext(&mut buf);
     assert_eq!(&buf[..n], &want[..]);
@@ -1700,16 +1692,20 @@ fn rfc_flight_error(cfg: ClientConfig, messages: &[Vec<u8>]) -> Error {
     e
 }
 
-fn rfc_message(name: &str) -> Vec<u8> {
-    hexv(&rfc_1rtt()["messages"][name])
-}
-
 const ALPN: u16 = 16;
 
 #[test]
 fn encrypted_extensions_may_not_accept_what_was_not_offered() {
-    let cert = rfc_message("server_certificate");
-    let cv = rfc_message("server_certificate_verify");
+    let cert = rfc_1rtt()
+        .messages
+        .server_certificate
+        .clone()
+        .expect("server_certificate");
+    let cv = rfc_1rtt()
+        .messages
+        .server_certificate_verify
+        .clone()
+        .expect("server_certificate_verify");
     // RFC 8446 §4.2.10: early_data in EncryptedExtensions without an offer.
     let e = rfc_flight_error(
         ClientConfig::default(),
@@ -1749,8 +1745,16 @@ fn certificate_request_context_must_be_empty_in_the_handshake() {
         &[
             rfc_ee_with(&[]),
             cr,
-            rfc_message("server_certificate"),
-            rfc_message("server_certificate_verify"),
+            rfc_1rtt()
+                .messages
+                .server_certificate
+                .clone()
+                .expect("server_certificate"),
+            rfc_1rtt()
+                .messages
+                .server_certificate_verify
+                .clone()
+                .expect("server_certificate_verify"),
         ],
     );
     assert_eq!(e, PeerMisbehaved::IllegalCertificateRequestContext.into());
@@ -1825,17 +1829,17 @@ fn post_handshake_certificate_request_needs_post_handshake_auth_offered() {
     // RFC 8446 §4.6.2: a client that did not send post_handshake_auth gets no
     // CertificateRequest after the handshake (unexpected_message).
     let s = rfc_1rtt();
-    let recs = s["records"].as_array().unwrap();
+    let recs = &s.records;
     let mut conn = rfc_replay(ClientConfig::default());
-    conn.read_tls(&hexv(&recs[1]["record"]));
-    conn.read_tls(&hexv(&recs[2]["record"]));
+    conn.read_tls(&recs[1].record.clone());
+    conn.read_tls(&recs[2].record.clone());
     conn.process_new_packets().unwrap();
     assert!(!conn.is_handshaking());
     let sig_algs = [0, 13, 0, 4, 0, 2, 8, 4];
     let mut cr = vec![13, 0, 0, 4 + sig_algs.len() as u8, 1, 0x42];
     cr.extend_from_slice(&(sig_algs.len() as u16).to_be_bytes());
     cr.extend_from_slice(&sig_algs);
-    conn.read_tls(&rfc_seal(&cr, "server_application"));
+    conn.read_tls(&rfc_seal(&cr, &rfc_1rtt().traffic_keys.server_application));
     let e = conn.process_new_packets().unwrap_err();
     assert_eq!(e, PeerMisbehaved::UnsolicitedPostHandshakeAuth.into());
     assert_eq!(e.alert(), Some(AlertDescription::UnexpectedMessage));
@@ -1880,8 +1884,16 @@ fn the_server_answers_no_extension_that_was_not_offered() {
         ClientConfig::default(),
         &[
             rfc_ee_with(&[unknown]),
-            rfc_message("server_certificate"),
-            rfc_message("server_certificate_verify"),
+            rfc_1rtt()
+                .messages
+                .server_certificate
+                .clone()
+                .expect("server_certificate"),
+            rfc_1rtt()
+                .messages
+                .server_certificate_verify
+                .clone()
+                .expect("server_certificate_verify"),
         ],
     );
     assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
@@ -1963,7 +1975,11 @@ fn without_a_suitable_key_the_client_certificate_is_empty() {
 fn server_certificate_entries_carry_no_extension_that_was_not_offered() {
     // RFC 8446 §4.4.2: "Extensions in the Certificate message from the server MUST correspond
     // to ones from the ClientHello message": the engine offers no signed_certificate_timestamp.
-    let rfc = rfc_message("server_certificate");
+    let rfc = rfc_1rtt()
+        .messages
+        .server_certificate
+        .clone()
+        .expect("server_certificate");
     let leaf = lurk_proto::wire::Certificate::parse(&rfc).unwrap().entries[0]
         .cert_data
         .to_vec();
@@ -1988,7 +2004,11 @@ fn server_certificate_entries_carry_no_extension_that_was_not_offered() {
         &[
             rfc_ee_with(&[]),
             certificate(&sct),
-            rfc_message("server_certificate_verify"),
+            rfc_1rtt()
+                .messages
+                .server_certificate_verify
+                .clone()
+                .expect("server_certificate_verify"),
         ],
     );
     assert_eq!(e, PeerMisbehaved::UnsolicitedExtension.into());
@@ -2000,10 +2020,10 @@ fn the_write_key_is_updated_before_its_usage_limit() {
     // RFC 8446 §5.5: a KeyUpdate (update_not_requested) goes before the record that would
     // reach the limit; the data then goes under the next client application traffic key.
     let s = rfc_1rtt();
-    let recs = s["records"].as_array().unwrap();
+    let recs = &s.records;
     let mut conn = rfc_replay(ClientConfig::default());
-    conn.read_tls(&hexv(&recs[1]["record"]));
-    conn.read_tls(&hexv(&recs[2]["record"]));
+    conn.read_tls(&recs[1].record.clone());
+    conn.read_tls(&recs[2].record.clone());
     conn.process_new_packets().unwrap();
     conn.take_tls();
     let limit = KEY_UPDATE_AFTER_RECORDS;
@@ -2011,15 +2031,15 @@ fn the_write_key_is_updated_before_its_usage_limit() {
     conn.write_plaintext(b"after the limit").unwrap();
     let out = conn.take_tls();
 
-    let keys = &s["traffic_keys"]["client_application"];
+    let keys = &s.traffic_keys.client_application;
     let old = RecordKeys::new(
         CipherSuite::TlsAes128GcmSha256,
-        Zeroizing::new(hexv(&keys["key"])),
-        hexv(&keys["iv"]).try_into().unwrap(),
+        Zeroizing::new(keys.key.clone()),
+        keys.iv.clone().try_into().unwrap(),
     );
     let next = lurk_proto::key_schedule::next_application_traffic_secret(
         HashAlg::Sha256,
-        &hexv(&s["key_schedule"]["client_application_traffic_secret_0"]),
+        &s.key_schedule.client_application_traffic_secret_0.clone(),
     );
     let new = record_keys(CipherSuite::TlsAes128GcmSha256, &next).unwrap();
     let mut d = Deframer::new();

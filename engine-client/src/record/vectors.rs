@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use lurk_test_support::rfc8448::TrafficKeys;
 
 use super::*;
 
@@ -42,10 +42,6 @@ impl Trace {
     }
 }
 
-fn hex(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
-}
-
 fn suite(name: &str) -> CipherSuite {
     CipherSuite::SUPPORTED
         .into_iter()
@@ -53,15 +49,17 @@ fn suite(name: &str) -> CipherSuite {
         .expect("known suite")
 }
 
-fn keys(suite: CipherSuite, tk: &Value) -> HashMap<String, RecordKeys> {
-    tk.as_object()
-        .expect("traffic_keys")
-        .iter()
-        .map(|(name, v)| {
-            let iv: [u8; 12] = hex(&v["iv"]).try_into().expect("12-byte iv");
+fn keys<'a>(
+    suite: CipherSuite,
+    phases: impl IntoIterator<Item = (&'static str, &'a TrafficKeys)>,
+) -> HashMap<String, RecordKeys> {
+    phases
+        .into_iter()
+        .map(|(name, k)| {
+            let iv: [u8; 12] = k.iv.clone().try_into().expect("12-byte iv");
             (
-                name.clone(),
-                RecordKeys::new(suite, Zeroizing::new(hex(&v["key"])), iv),
+                name.to_owned(),
+                RecordKeys::new(suite, Zeroizing::new(k.key.clone()), iv),
             )
         })
         .collect()
@@ -69,36 +67,30 @@ fn keys(suite: CipherSuite, tk: &Value) -> HashMap<String, RecordKeys> {
 
 /// The five RFC 8448 traces (AES-128-GCM-SHA256).
 pub(crate) fn rfc8448() -> Vec<Trace> {
-    let doc: Value =
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json")).expect("rfc8448.json");
-    doc["sections"]
-        .as_object()
-        .expect("sections")
-        .iter()
-        .map(|(name, sec)| {
-            let sum = &sec["summary"];
-            let suite = suite(sum["cipher_suite"].as_str().expect("suite"));
-            let records = sum["records"]
-                .as_array()
-                .expect("records")
+    lurk_test_support::rfc8448()
+        .sections()
+        .into_iter()
+        .map(|s| {
+            let records = s
+                .records
                 .iter()
                 .map(|r| {
-                    let d = &r["derived"];
+                    let d = &r.derived;
                     VecRecord {
-                        sender: r["sender"].as_str().expect("sender").to_owned(),
-                        protection: d["protection"].as_str().expect("prot").to_owned(),
-                        seq: d["seq"].as_u64(),
-                        nonce: d.get("nonce").map(hex),
-                        inner_type: d["inner_content_type"].as_u64().map(|t| t as u8),
-                        padding: d["padding_length"].as_u64().unwrap_or(0) as usize,
-                        record: hex(&r["record"]),
-                        payload: hex(&r["payload"]),
+                        sender: r.sender.clone(),
+                        protection: d.protection.clone(),
+                        seq: d.seq,
+                        nonce: d.nonce.clone(),
+                        inner_type: d.inner_content_type,
+                        padding: d.padding_length.unwrap_or(0),
+                        record: r.record.clone(),
+                        payload: r.payload.clone(),
                     }
                 })
                 .collect();
             Trace {
-                name: format!("rfc8448 {name}"),
-                keys: keys(suite, &sum["traffic_keys"]),
+                name: format!("rfc8448 {}", s.name),
+                keys: keys(suite(&s.cipher_suite), s.traffic_keys.phases()),
                 records,
             }
         })
@@ -107,32 +99,34 @@ pub(crate) fn rfc8448() -> Vec<Trace> {
 
 /// The Illustrated TLS 1.3 traces: current (AES-256-GCM-SHA384) and 2018 (AES-128-GCM).
 pub(crate) fn illustrated() -> Vec<Trace> {
-    let doc: Value = serde_json::from_str(include_str!("../../../testdata/illustrated.json"))
-        .expect("illustrated.json");
-    doc["connections"]
-        .as_object()
-        .expect("connections")
-        .iter()
-        .map(|(name, c)| {
-            let suite = suite(c["cipher_suite"].as_str().expect("suite"));
-            let records = c["records"]
-                .as_array()
-                .expect("records")
+    lurk_test_support::illustrated()
+        .connections()
+        .into_iter()
+        .map(|c| {
+            let records = c
+                .records
                 .iter()
                 .map(|r| VecRecord {
-                    sender: r["sender"].as_str().expect("sender").to_owned(),
-                    protection: r["protection"].as_str().expect("prot").to_owned(),
-                    seq: r["seq"].as_u64(),
-                    nonce: r.get("nonce").map(hex),
-                    inner_type: r["inner_content_type"].as_u64().map(|t| t as u8),
-                    padding: r["padding_length"].as_u64().unwrap_or(0) as usize,
-                    record: hex(&r["record"]),
-                    payload: hex(&r["payload"]),
+                    sender: r.sender.clone(),
+                    protection: r.protection.clone(),
+                    seq: r.seq,
+                    nonce: r.nonce.clone(),
+                    inner_type: r.inner_content_type,
+                    padding: r.padding_length.unwrap_or(0),
+                    record: r.record.clone(),
+                    payload: r.payload.clone(),
                 })
                 .collect();
+            let tk = &c.traffic_keys;
+            let phases = [
+                ("client_handshake", &tk.client_handshake),
+                ("server_handshake", &tk.server_handshake),
+                ("client_application", &tk.client_application),
+                ("server_application", &tk.server_application),
+            ];
             Trace {
-                name: format!("illustrated {name}"),
-                keys: keys(suite, &c["traffic_keys"]),
+                name: format!("illustrated {}", c.name),
+                keys: keys(suite(&c.cipher_suite), phases),
                 records,
             }
         })

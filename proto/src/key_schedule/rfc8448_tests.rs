@@ -1,9 +1,7 @@
 //! RFC 8448 known answers for the key schedule and the transcript, read from
 //! `testdata/rfc8448.json` (every value of RFC 8448 §3–§7, re-verified by its extraction script).
 
-use std::sync::OnceLock;
-
-use serde_json::Value;
+use lurk_test_support::rfc8448::Section;
 
 use super::*;
 use crate::transcript::Transcript;
@@ -11,75 +9,8 @@ use crate::transcript::Transcript;
 const SUITE: CipherSuite = CipherSuite::TlsAes128GcmSha256;
 const HASH: HashAlg = HashAlg::Sha256;
 
-fn vectors() -> &'static Value {
-    static VECTORS: OnceLock<Value> = OnceLock::new();
-    VECTORS.get_or_init(|| {
-        serde_json::from_str(include_str!("../../../testdata/rfc8448.json"))
-            .expect("testdata/rfc8448.json is valid JSON")
-    })
-}
-
-fn unhex(value: &Value, what: &str) -> Vec<u8> {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} is not a hex string"));
-    hex::decode(text).unwrap_or_else(|e| panic!("{what} is not hex: {e}"))
-}
-
-/// One RFC 8448 section's `summary`.
-pub(crate) struct Section {
-    name: &'static str,
-    summary: &'static Value,
-}
-
-pub(crate) fn section(name: &'static str) -> Section {
-    let summary = &vectors()["sections"][name]["summary"];
-    assert!(summary.is_object(), "no section {name} in rfc8448.json");
-    Section { name, summary }
-}
-
-impl Section {
-    fn get(&self, group: &str, key: &str) -> Vec<u8> {
-        let what = format!("{}.summary.{group}.{key}", self.name);
-        unhex(&self.summary[group][key], &what)
-    }
-
-    /// A handshake message, 4-byte header included.
-    pub(crate) fn message(&self, name: &str) -> Vec<u8> {
-        self.get("messages", name)
-    }
-
-    pub(crate) fn schedule(&self, name: &str) -> Vec<u8> {
-        self.get("key_schedule", name)
-    }
-
-    pub(crate) fn verification_derived(&self, name: &str) -> Vec<u8> {
-        self.get("verification_derived", name)
-    }
-
-    fn has_verification_derived(&self, name: &str) -> bool {
-        self.summary["verification_derived"][name].is_string()
-    }
-
-    /// (secret, key, iv) of `summary.traffic_keys.<phase>`.
-    fn traffic_keys(&self, phase: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let entry = &self.summary["traffic_keys"][phase];
-        let what = format!("{}.traffic_keys.{phase}", self.name);
-        (
-            unhex(&entry["secret"], &what),
-            unhex(&entry["key"], &what),
-            unhex(&entry["iv"], &what),
-        )
-    }
-
-    fn traffic_phases(&self) -> Vec<&'static str> {
-        self.summary["traffic_keys"]
-            .as_object()
-            .expect("traffic_keys is an object")
-            .keys()
-            .map(|phase| -> &'static str { phase.as_str() })
-            .collect()
-    }
+pub(crate) fn section(name: &str) -> &'static Section {
+    lurk_test_support::rfc8448().section(name)
 }
 
 /// The handshake messages of each section in transcript order (the JSON object is unordered).
@@ -153,24 +84,24 @@ struct ComputedSecrets {
 /// the section prints (RFC 8446 §7.1, §4.4.1, §4.4.4, §7.2, §7.3).
 fn run_full_handshake(name: &'static str) -> ComputedSecrets {
     let section = section(name);
-    let schedule = |key: &str| section.schedule(key);
+    let ks = &section.key_schedule;
     let mut computed = ComputedSecrets::default();
 
-    let psk = schedule("psk_or_zero_ikm");
+    let psk = ks.psk_or_zero_ikm.clone();
     let psk_offered = psk.iter().any(|&b| b != 0);
     let early = KeyScheduleEarly::new(HASH, psk_offered.then_some(psk.as_slice()));
     assert_secret(
         &early.early_secret,
-        &schedule("early_secret"),
+        &ks.early_secret.clone(),
         "early secret",
     );
     assert_secret(
         &derived_salt(HASH, early.early_secret.as_bytes()),
-        &schedule("derived_for_handshake"),
+        &ks.derived_for_handshake.clone(),
         "derived (early → handshake)",
     );
     if psk_offered {
-        let client_hello_hash = HASH.hash(&section.message("client_hello"));
+        let client_hello_hash = HASH.hash(&section.messages.client_hello.clone());
         computed.client_early_traffic = Some(early.client_early_traffic_secret(&client_hello_hash));
     }
 
@@ -192,12 +123,12 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
     ];
 
     for &message_name in handshake_order(name) {
-        let message = section.message(message_name);
+        let message = section.messages.by_name(message_name).to_vec();
         for (before, key) in hash_checks {
-            if before == message_name && section.has_verification_derived(key) {
+            if before == message_name && section.verification_derived.get(key).is_some() {
                 assert_eq!(
                     hex::encode(transcript.hash(HASH)),
-                    hex::encode(section.verification_derived(key)),
+                    hex::encode(section.verification_derived.by_name(key)),
                     "{name}: {key}"
                 );
             }
@@ -209,17 +140,20 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
                 let transcript_hash = transcript.hash(HASH);
                 assert_eq!(
                     transcript_hash,
-                    section.verification_derived("transcript_hash_for_server_finished")
+                    section
+                        .verification_derived
+                        .transcript_hash_for_server_finished
+                        .clone()
                 );
                 let server_hs = computed.server_handshake_traffic.as_ref().expect("set");
                 assert_secret(
                     &finished_key(HASH, server_hs.as_bytes()),
-                    &schedule("server_finished_key"),
+                    &ks.server_finished_key.clone(),
                     "server finished_key",
                 );
                 let verify_data =
                     finished_verify_data(HASH, server_hs.as_bytes(), &transcript_hash);
-                assert_eq!(verify_data, schedule("server_finished_verify_data"));
+                assert_eq!(verify_data, ks.server_finished_verify_data.clone());
                 assert_eq!(
                     verify_data,
                     message[4..],
@@ -242,13 +176,13 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
 
                 assert_secret(
                     &derived_salt(HASH, hs.handshake_secret.as_bytes()),
-                    &schedule("derived_for_master"),
+                    &ks.derived_for_master.clone(),
                     "derived (handshake → master)",
                 );
                 let ms = hs.into_master();
                 assert_secret(
                     &ms.master_secret,
-                    &schedule("master_secret"),
+                    &ks.master_secret.clone(),
                     "master secret",
                 );
 
@@ -256,23 +190,23 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
                 let server_finished_hash = transcript.hash(HASH);
                 assert_eq!(
                     server_finished_hash,
-                    schedule("transcript_hash_for_application_secrets")
+                    ks.transcript_hash_for_application_secrets.clone()
                 );
                 let cats = ms.client_application_traffic_secret_0(&server_finished_hash);
                 let sats = ms.server_application_traffic_secret_0(&server_finished_hash);
                 assert_secret(
                     &cats,
-                    &schedule("client_application_traffic_secret_0"),
+                    &ks.client_application_traffic_secret_0.clone(),
                     "c ap",
                 );
                 assert_secret(
                     &sats,
-                    &schedule("server_application_traffic_secret_0"),
+                    &ks.server_application_traffic_secret_0.clone(),
                     "s ap",
                 );
                 assert_secret(
                     &ms.exporter_master_secret(&server_finished_hash),
-                    &schedule("exporter_master_secret"),
+                    &ks.exporter_master_secret.clone(),
                     "exporter master",
                 );
                 computed.client_application_traffic = Some(cats);
@@ -284,55 +218,59 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
                 let transcript_hash = transcript.hash(HASH);
                 assert_eq!(
                     transcript_hash,
-                    section.verification_derived("transcript_hash_for_client_finished")
+                    section
+                        .verification_derived
+                        .transcript_hash_for_client_finished
+                        .clone()
                 );
                 let client_hs = computed.client_handshake_traffic.as_ref().expect("set");
                 assert_secret(
                     &finished_key(HASH, client_hs.as_bytes()),
-                    &schedule("client_finished_key"),
+                    &ks.client_finished_key.clone(),
                     "client finished_key",
                 );
                 let verify_data =
                     finished_verify_data(HASH, client_hs.as_bytes(), &transcript_hash);
-                assert_eq!(verify_data, schedule("client_finished_verify_data"));
+                assert_eq!(verify_data, ks.client_finished_verify_data.clone());
                 assert_eq!(verify_data, message[4..]);
 
                 transcript.add(&message);
                 let client_finished_hash = transcript.hash(HASH);
                 assert_eq!(
                     client_finished_hash,
-                    schedule("transcript_hash_for_resumption_master")
+                    ks.transcript_hash_for_resumption_master.clone()
                 );
                 let rms = ms.resumption_master_secret(&client_finished_hash);
-                assert_secret(&rms, &schedule("resumption_master_secret"), "res master");
+                assert_secret(&rms, &ks.resumption_master_secret.clone(), "res master");
                 computed.resumption_master = Some(rms);
             }
             "hello_retry_request" => {
                 transcript
                     .restart_for_hello_retry(HASH)
                     .expect("the transcript holds ClientHello1");
-                let message_hash = section.verification_derived("message_hash_of_client_hello_1");
+                let message_hash = section
+                    .verification_derived
+                    .message_hash_of_client_hello_1
+                    .clone()
+                    .expect("message_hash_of_client_hello_1");
                 assert_eq!(transcript.hash(HASH), HASH.hash(&message_hash));
                 transcript.add(&message);
             }
             "server_hello" => {
                 transcript.add(&message);
                 let hello_hash = transcript.hash(HASH);
-                assert_eq!(
-                    hello_hash,
-                    schedule("transcript_hash_for_handshake_secrets")
-                );
-                let ecdhe = schedule("ecdhe_shared_secret");
+                assert_eq!(hello_hash, ks.transcript_hash_for_handshake_secrets.clone());
+                let ecdhe = ks.ecdhe_shared_secret.clone();
                 let hs = early.take().expect("once").into_handshake(Some(&ecdhe));
                 assert_secret(
                     &hs.handshake_secret,
-                    &schedule("handshake_secret"),
+                    &ks.handshake_secret.clone(),
                     "hs secret",
                 );
                 let chts = hs.client_handshake_traffic_secret(&hello_hash);
                 let shts = hs.server_handshake_traffic_secret(&hello_hash);
-                assert_secret(&chts, &schedule("client_handshake_traffic_secret"), "c hs");
-                assert_secret(&shts, &schedule("server_handshake_traffic_secret"), "s hs");
+                assert_secret(&chts, &ks.client_handshake_traffic_secret.clone(), "c hs");
+                assert_secret(&shts, &ks.server_handshake_traffic_secret.clone(), "s hs");
                 computed.client_handshake_traffic = Some(chts);
                 computed.server_handshake_traffic = Some(shts);
                 handshake = Some(hs);
@@ -346,8 +284,7 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
     );
 
     // Record protection keys of every phase (RFC 8446 §7.3).
-    for phase in section.traffic_phases() {
-        let (expected_secret, expected_key, expected_iv) = section.traffic_keys(phase);
+    for (phase, expected) in section.traffic_keys.phases() {
         let secret = match phase {
             "client_early_application" => &computed.client_early_traffic,
             "client_handshake" => &computed.client_handshake_traffic,
@@ -358,34 +295,34 @@ fn run_full_handshake(name: &'static str) -> ComputedSecrets {
         }
         .as_ref()
         .unwrap_or_else(|| panic!("{name}: no secret for {phase}"));
-        assert_secret(secret, &expected_secret, phase);
+        assert_secret(secret, &expected.secret, phase);
         let (key, iv) = traffic_key_iv(SUITE, secret.as_bytes()).expect("supported suite");
-        assert_secret(&key, &expected_key, phase);
-        assert_eq!(iv.to_vec(), expected_iv, "{name}: {phase} iv");
+        assert_secret(&key, &expected.key, phase);
+        assert_eq!(iv.to_vec(), expected.iv, "{name}: {phase} iv");
     }
 
     // KeyUpdate successors (RFC 8446 §7.2), computed by the verification script.
-    for (side, secret_0) in [
-        ("client", &computed.client_application_traffic),
-        ("server", &computed.server_application_traffic),
+    let derived = &section.verification_derived;
+    for (secret_0, expected_secret, expected_key, expected_iv) in [
+        (
+            &computed.client_application_traffic,
+            &derived.client_application_traffic_secret_1,
+            &derived.client_application_1_key,
+            &derived.client_application_1_iv,
+        ),
+        (
+            &computed.server_application_traffic,
+            &derived.server_application_traffic_secret_1,
+            &derived.server_application_1_key,
+            &derived.server_application_1_iv,
+        ),
     ] {
         let secret_0 = secret_0.as_ref().expect("set");
         let secret_1 = next_application_traffic_secret(HASH, secret_0.as_bytes());
-        assert_secret(
-            &secret_1,
-            &section.verification_derived(&format!("{side}_application_traffic_secret_1")),
-            "traffic upd",
-        );
+        assert_secret(&secret_1, expected_secret, "traffic upd");
         let (key, iv) = traffic_key_iv(SUITE, secret_1.as_bytes()).expect("supported suite");
-        assert_secret(
-            &key,
-            &section.verification_derived(&format!("{side}_application_1_key")),
-            "key after update",
-        );
-        assert_eq!(
-            iv.to_vec(),
-            section.verification_derived(&format!("{side}_application_1_iv"))
-        );
+        assert_secret(&key, expected_key, "key after update");
+        assert_eq!(&iv.to_vec(), expected_iv);
     }
     computed
 }
@@ -419,27 +356,48 @@ fn compatibility_mode_full_schedule() {
 #[test]
 fn ticket_psk_of_section_3_is_the_psk_of_section_4() {
     let simple = section("simple_1rtt");
-    let ticket = &vectors()["sections"]["simple_1rtt"]["summary"]["verification_derived"]
-        ["new_session_ticket_fields"];
-    let nonce = unhex(&ticket["ticket_nonce"], "ticket_nonce");
-    assert_eq!(nonce, simple.schedule("ticket_nonce"));
+    let ticket = simple
+        .new_session_ticket_fields
+        .as_ref()
+        .expect("§3 ticket fields");
+    let nonce = ticket.ticket_nonce.clone();
+    assert_eq!(
+        nonce,
+        simple
+            .key_schedule
+            .ticket_nonce
+            .clone()
+            .expect("ticket_nonce")
+    );
 
     // The nonce as it sits in the NewSessionTicket message (RFC 8446 §4.6.1): after the
     // header, ticket_lifetime (4), ticket_age_add (4), comes ticket_nonce<0..255>.
-    let new_session_ticket = simple.message("new_session_ticket");
+    let new_session_ticket = simple
+        .messages
+        .new_session_ticket
+        .clone()
+        .expect("new_session_ticket");
     let nonce_len = usize::from(new_session_ticket[4 + 8]);
     let nonce_in_message = &new_session_ticket[4 + 9..4 + 9 + nonce_len];
     assert_eq!(nonce_in_message, nonce);
 
     let psk = resumption_psk(
         HASH,
-        &simple.schedule("resumption_master_secret"),
+        &simple.key_schedule.resumption_master_secret.clone(),
         nonce_in_message,
     );
-    assert_secret(&psk, &simple.schedule("resumption_psk"), "resumption PSK");
     assert_secret(
         &psk,
-        &section("resumed_0rtt").schedule("psk_or_zero_ikm"),
+        &simple
+            .key_schedule
+            .resumption_psk
+            .clone()
+            .expect("resumption_psk"),
+        "resumption PSK",
+    );
+    assert_secret(
+        &psk,
+        &section("resumed_0rtt").key_schedule.psk_or_zero_ikm.clone(),
         "§4 PSK",
     );
 }
@@ -462,35 +420,66 @@ fn truncate_before_binders(client_hello: &[u8], binder_len: usize) -> &[u8] {
 #[test]
 fn resumed_0rtt_binder_and_early_secrets() {
     let resumed = section("resumed_0rtt");
-    let psk = resumed.schedule("psk_or_zero_ikm");
+    let psk = resumed.key_schedule.psk_or_zero_ikm.clone();
     let early = KeyScheduleEarly::new(HASH, Some(&psk));
 
     let binder_key = early.binder_key(PskKind::Resumption);
-    assert_secret(&binder_key, &resumed.schedule("binder_key"), "res binder");
+    assert_secret(
+        &binder_key,
+        &resumed.key_schedule.binder_key.clone().expect("binder_key"),
+        "res binder",
+    );
     assert_secret(
         &early.binder_key(PskKind::External),
-        &resumed.verification_derived("binder_key_if_this_psk_were_external_(ext_binder)"),
+        resumed
+            .verification_derived
+            .by_name("binder_key_if_this_psk_were_external_(ext_binder)"),
         "ext binder",
     );
     assert_secret(
         &finished_key(HASH, binder_key.as_bytes()),
-        &resumed.schedule("binder_finished_key"),
+        &resumed
+            .key_schedule
+            .binder_finished_key
+            .clone()
+            .expect("binder_finished_key"),
         "binder finished_key",
     );
 
-    let client_hello = resumed.message("client_hello");
+    let client_hello = resumed.messages.client_hello.clone();
     let truncated = truncate_before_binders(&client_hello, HASH.output_len());
     assert_eq!(truncated.len(), 477);
     assert_eq!(
         truncated,
-        resumed.message("client_hello_truncated_for_binder")
+        resumed
+            .messages
+            .client_hello_truncated_for_binder
+            .clone()
+            .expect("client_hello_truncated_for_binder")
     );
-    assert_eq!(truncated, resumed.schedule("binder_client_hello_prefix"));
+    assert_eq!(
+        truncated,
+        resumed
+            .key_schedule
+            .binder_client_hello_prefix
+            .clone()
+            .expect("binder_client_hello_prefix")
+    );
 
     let truncated_hash = Transcript::new().hash_with(HASH, truncated);
-    assert_eq!(truncated_hash, resumed.schedule("binder_transcript_hash"));
+    assert_eq!(
+        truncated_hash,
+        resumed
+            .key_schedule
+            .binder_transcript_hash
+            .clone()
+            .expect("binder_transcript_hash")
+    );
     let computed_binder = binder(HASH, binder_key.as_bytes(), &truncated_hash);
-    assert_eq!(computed_binder, resumed.schedule("binder"));
+    assert_eq!(
+        computed_binder,
+        resumed.key_schedule.binder.clone().expect("binder")
+    );
     assert_eq!(computed_binder, client_hello[truncated.len() + 3..]);
     assert!(verify_binder(
         HASH,
@@ -508,16 +497,28 @@ fn resumed_0rtt_binder_and_early_secrets() {
     let client_hello_hash = HASH.hash(&client_hello);
     assert_eq!(
         client_hello_hash,
-        resumed.schedule("transcript_hash_for_early_secrets")
+        resumed
+            .key_schedule
+            .transcript_hash_for_early_secrets
+            .clone()
+            .expect("transcript_hash_for_early_secrets")
     );
     assert_secret(
         &early.client_early_traffic_secret(&client_hello_hash),
-        &resumed.schedule("client_early_traffic_secret"),
+        &resumed
+            .key_schedule
+            .client_early_traffic_secret
+            .clone()
+            .expect("client_early_traffic_secret"),
         "c e traffic",
     );
     assert_secret(
         &early.early_exporter_master_secret(&client_hello_hash),
-        &resumed.schedule("early_exporter_master_secret"),
+        &resumed
+            .key_schedule
+            .early_exporter_master_secret
+            .clone()
+            .expect("early_exporter_master_secret"),
         "e exp master",
     );
 }

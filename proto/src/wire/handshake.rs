@@ -134,9 +134,9 @@ mod tests {
     fn split_finds_each_message_of_a_concatenated_flight() {
         // The 2018 Illustrated server sends EE, Certificate, CertificateVerify and Finished
         // in one record.
-        let conn = &test_vectors::illustrated()["connections"]["archive_2018"];
-        let flight = test_vectors::record_payload(conn, "serverenchandshake");
-        let msgs = split_handshake_messages(&flight).unwrap();
+        let conn = &test_vectors::illustrated().archive_2018;
+        let flight = &conn.record("serverenchandshake").payload;
+        let msgs = split_handshake_messages(flight).unwrap();
         let types: Vec<_> = msgs.iter().map(|m| m.typ).collect();
         assert_eq!(
             types,
@@ -147,9 +147,9 @@ mod tests {
                 HandshakeType::Finished
             ]
         );
-        let m = &conn["messages"];
-        assert_eq!(msgs[1].raw, test_vectors::hex_of(&m["server_certificate"]));
-        assert_eq!(msgs[3].raw, test_vectors::hex_of(&m["server_finished"]));
+        let m = &conn.messages;
+        assert_eq!(msgs[1].raw, m.server_certificate);
+        assert_eq!(msgs[3].raw, m.server_finished);
     }
 
     #[test]

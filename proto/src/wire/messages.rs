@@ -428,7 +428,7 @@ mod tests {
     use super::*;
     use crate::wire::handshake::split_handshake_messages;
     use crate::wire::hello::{ClientHello, ServerHello};
-    use crate::wire::test_vectors::{self, rfc8448_message};
+    use crate::wire::test_vectors::{illustrated, rfc8448};
     use crate::wire::CipherSuite;
 
     /// Parses `raw` with the view for its type; `hash` is the connection's suite hash.
@@ -464,28 +464,23 @@ mod tests {
 
     #[test]
     fn every_handshake_message_of_rfc8448_and_illustrated_parses_with_its_view() {
-        let rfc = test_vectors::rfc8448();
         let mut count = 0;
-        for section in test_vectors::RFC8448_SECTIONS {
-            let s = &rfc["sections"][section]["summary"];
-            let suite = s["cipher_suite"].as_str().map(str::to_owned);
-            let hash = suite.map_or(HashAlg::Sha256, |n| suite_hash(&n));
-            for (name, hex) in s["messages"].as_object().unwrap() {
+        for s in rfc8448().sections() {
+            let section = s.name;
+            let hash = suite_hash(&s.cipher_suite);
+            for (name, raw) in s.messages.iter() {
                 if name == "client_hello_truncated_for_binder" {
                     continue;
                 }
-                let raw = test_vectors::hex_of(hex);
-                parse_any(&raw, hash).unwrap_or_else(|e| panic!("{section}.{name}: {e}"));
+                parse_any(raw, hash).unwrap_or_else(|e| panic!("{section}.{name}: {e}"));
                 count += 1;
             }
         }
-        let ill = test_vectors::illustrated();
-        for conn in test_vectors::ILLUSTRATED_CONNECTIONS {
-            let c = &ill["connections"][conn];
-            let hash = suite_hash(c["cipher_suite"].as_str().unwrap());
-            for (name, hex) in c["messages"].as_object().unwrap() {
-                let raw = test_vectors::hex_of(hex);
-                parse_any(&raw, hash).unwrap_or_else(|e| panic!("{conn}.{name}: {e}"));
+        for c in illustrated().connections() {
+            let conn = c.name;
+            let hash = suite_hash(&c.cipher_suite);
+            for (name, raw) in c.messages.iter() {
+                parse_any(raw, hash).unwrap_or_else(|e| panic!("{conn}.{name}: {e}"));
                 count += 1;
             }
         }
@@ -494,7 +489,7 @@ mod tests {
 
     #[test]
     fn rfc8448_encrypted_extensions_are_decoded() {
-        let raw = rfc8448_message("resumed_0rtt", "encrypted_extensions");
+        let raw = rfc8448().resumed_0rtt.messages.encrypted_extensions.clone();
         let ee = EncryptedExtensions::parse(&raw).unwrap();
         assert!(ee.server_name_ack);
         assert!(ee.early_data);
@@ -505,7 +500,12 @@ mod tests {
 
     #[test]
     fn rfc8448_certificate_request_keeps_all_extensions() {
-        let raw = rfc8448_message("client_authentication", "certificate_request");
+        let raw = rfc8448()
+            .client_authentication
+            .messages
+            .certificate_request
+            .clone()
+            .expect("certificate_request");
         let cr = CertificateRequest::parse(&raw).unwrap();
         assert!(cr.context.is_empty());
         assert!(cr
@@ -525,22 +525,22 @@ mod tests {
 
     #[test]
     fn certificates_of_the_vectors_give_their_der_chain() {
-        let ill = test_vectors::illustrated();
-        for conn in test_vectors::ILLUSTRATED_CONNECTIONS {
-            let c = &ill["connections"][conn];
-            let raw = test_vectors::hex_of(&c["messages"]["server_certificate"]);
-            let cert = Certificate::parse(&raw).unwrap();
-            assert_eq!(
-                cert.chain(),
-                [&test_vectors::hex_of(&c["server_certificate_der"])[..]]
-            );
+        for c in illustrated().connections() {
+            let raw = &c.messages.server_certificate;
+            let cert = Certificate::parse(raw).unwrap();
+            assert_eq!(cert.chain(), [&c.server_certificate_der[..]]);
             // Re-encoding a chain with empty extensions gives back the same message.
             assert_eq!(
-                encode_certificate(cert.context, &cert.chain()).unwrap(),
+                &encode_certificate(cert.context, &cert.chain()).unwrap(),
                 raw
             );
         }
-        let raw = rfc8448_message("client_authentication", "client_certificate");
+        let raw = rfc8448()
+            .client_authentication
+            .messages
+            .client_certificate
+            .clone()
+            .expect("client_certificate");
         let cert = Certificate::parse(&raw).unwrap();
         assert_eq!(cert.entries.len(), 1);
         assert_eq!(cert.entries[0].cert_data[0], 0x30, "DER SEQUENCE");
@@ -571,21 +571,26 @@ mod tests {
             ("client_authentication", "client_certificate_verify"),
             ("client_authentication", "server_certificate_verify"),
         ] {
-            let raw = rfc8448_message(section, name);
+            let raw = rfc8448().section(section).messages.by_name(name).to_vec();
             let cv = CertificateVerify::parse(&raw).unwrap();
             assert_eq!(
                 encode_certificate_verify(cv.scheme, cv.signature).unwrap(),
                 raw
             );
         }
-        let raw = rfc8448_message("client_authentication", "server_certificate_verify");
+        let raw = rfc8448()
+            .client_authentication
+            .messages
+            .server_certificate_verify
+            .clone()
+            .expect("server_certificate_verify");
         let cv = CertificateVerify::parse(&raw).unwrap();
         assert_eq!(cv.scheme, SignatureScheme::EcdsaSecp256r1Sha256);
     }
 
     #[test]
     fn finished_must_have_the_hash_length() {
-        let raw = rfc8448_message("simple_1rtt", "client_finished");
+        let raw = rfc8448().simple_1rtt.messages.client_finished.clone();
         let fin = Finished::parse(&raw, HashAlg::Sha256).unwrap();
         assert_eq!(encode_finished(fin.verify_data).unwrap(), raw);
         assert!(matches!(
@@ -596,7 +601,12 @@ mod tests {
 
     #[test]
     fn rfc8448_new_session_ticket_fields() {
-        let raw = rfc8448_message("simple_1rtt", "new_session_ticket");
+        let raw = rfc8448()
+            .simple_1rtt
+            .messages
+            .new_session_ticket
+            .clone()
+            .expect("new_session_ticket");
         let nst = NewSessionTicket::parse(&raw).unwrap();
         assert_eq!(nst.ticket_lifetime, 30);
         assert_eq!(nst.ticket_age_add, 0xfad6aac5);
@@ -607,24 +617,13 @@ mod tests {
 
     #[test]
     fn illustrated_tickets_match_their_decomposed_fields() {
-        let ill = test_vectors::illustrated();
-        for conn in test_vectors::ILLUSTRATED_CONNECTIONS {
-            for t in ill["connections"][conn]["new_session_tickets"]
-                .as_array()
-                .unwrap()
-            {
-                let raw = test_vectors::hex_of(&t["message"]);
-                let nst = NewSessionTicket::parse(&raw).unwrap();
-                assert_eq!(
-                    u64::from(nst.ticket_lifetime),
-                    t["ticket_lifetime"].as_u64().unwrap()
-                );
-                assert_eq!(
-                    nst.ticket_age_add.to_be_bytes().to_vec(),
-                    test_vectors::hex_of(&t["ticket_age_add"])
-                );
-                assert_eq!(nst.ticket_nonce, test_vectors::hex_of(&t["ticket_nonce"]));
-                assert_eq!(nst.ticket, test_vectors::hex_of(&t["ticket"]));
+        for c in illustrated().connections() {
+            for t in &c.new_session_tickets {
+                let nst = NewSessionTicket::parse(&t.message).unwrap();
+                assert_eq!(nst.ticket_lifetime, t.ticket_lifetime);
+                assert_eq!(nst.ticket_age_add.to_be_bytes().to_vec(), t.ticket_age_add);
+                assert_eq!(nst.ticket_nonce, t.ticket_nonce);
+                assert_eq!(nst.ticket, t.ticket);
                 // The 2018 tickets carry a GREASE extension, kept as unknown.
                 let ext_bytes: Vec<u8> = nst
                     .extensions
@@ -636,17 +635,15 @@ mod tests {
                         v
                     })
                     .collect();
-                assert_eq!(ext_bytes, test_vectors::hex_of(&t["extensions"]));
+                assert_eq!(ext_bytes, t.extensions);
             }
         }
     }
 
     #[test]
     fn two_tickets_in_one_record_split_and_parse() {
-        let ill = test_vectors::illustrated();
-        let conn = &ill["connections"]["archive_2018"];
-        let payload = test_vectors::record_payload(conn, "servertickets");
-        let msgs = split_handshake_messages(&payload).unwrap();
+        let payload = &illustrated().archive_2018.record("servertickets").payload;
+        let msgs = split_handshake_messages(payload).unwrap();
         assert_eq!(msgs.len(), 2);
         for m in &msgs {
             NewSessionTicket::from_message(m).unwrap();
@@ -675,7 +672,15 @@ mod tests {
         assert!(KeyUpdate::parse(&[24, 0, 0, 2, 0, 0]).is_err());
 
         let eoed = encode_end_of_early_data();
-        assert_eq!(eoed, rfc8448_message("resumed_0rtt", "end_of_early_data"));
+        assert_eq!(
+            eoed,
+            rfc8448()
+                .resumed_0rtt
+                .messages
+                .end_of_early_data
+                .clone()
+                .expect("end_of_early_data")
+        );
         EndOfEarlyData::parse(&eoed).unwrap();
         assert_eq!(
             EndOfEarlyData::parse(&[5, 0, 0, 1, 0]).unwrap_err(),

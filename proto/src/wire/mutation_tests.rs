@@ -3,29 +3,24 @@
 //! bug. Where an encoder exists, a mutated message that parses must re-encode to the same
 //! bytes (the views are exact: nothing is dropped or normalized).
 
-use super::test_vectors::{hex_of, rfc8448, RFC8448_SECTIONS};
+use lurk_test_support::mutate::{mutate, XorShift};
+
+use super::test_vectors::rfc8448;
 use super::*;
 use crate::wire::enums::HashAlg;
-
-#[path = "../testutil/mutate.rs"]
-mod mutate;
-
-use mutate::{mutate, XorShift};
 
 const ITERATIONS: usize = 20_000;
 
 /// Every handshake message of every RFC 8448 section, and the payloads of its plaintext
 /// handshake records.
 fn seeds() -> Vec<Vec<u8>> {
-    let doc = rfc8448();
     let mut out = Vec::new();
-    for section in RFC8448_SECTIONS {
-        let s = &doc["sections"][section]["summary"];
-        for m in s["messages"].as_object().expect("messages").values() {
-            out.push(hex_of(m));
+    for s in rfc8448().sections() {
+        for (_, m) in s.messages.iter() {
+            out.push(m.to_vec());
         }
-        for r in s["records"].as_array().expect("records") {
-            let rec = hex_of(&r["record"]);
+        for r in &s.records {
+            let rec = &r.record;
             if rec.first() == Some(&22) {
                 out.push(rec[5..].to_vec());
             }

@@ -222,7 +222,7 @@ fn check_psks(
 mod tests {
     use super::*;
     use crate::wire::hello::{ClientHelloBuilder, OfferedPsk};
-    use crate::wire::test_vectors::rfc8448_message;
+    use crate::wire::test_vectors::rfc8448;
     use crate::wire::{
         encode_handshake, CipherSuite, HandshakeType, NamedGroup, PskKeyExchangeMode,
         SignatureScheme, HELLO_RETRY_REQUEST_RANDOM,
@@ -371,18 +371,15 @@ mod tests {
 
     #[test]
     fn rfc8448_section5_second_client_hello_follows_the_rule() {
-        let s = "hello_retry_request";
-        check_second_client_hello(
-            &rfc8448_message(s, "client_hello"),
-            &rfc8448_message(s, "hello_retry_request"),
-            &rfc8448_message(s, "client_hello_2"),
-        )
-        .unwrap();
+        let m = &rfc8448().hello_retry_request.messages;
+        let ch2 = m.client_hello_2.as_deref().expect("client_hello_2");
+        let hrr = m
+            .hello_retry_request
+            .as_deref()
+            .expect("hello_retry_request");
+        check_second_client_hello(&m.client_hello, hrr, ch2).unwrap();
         assert_eq!(
-            diff(
-                &rfc8448_message(s, "client_hello"),
-                &rfc8448_message(s, "client_hello_2")
-            ),
+            diff(&m.client_hello, ch2),
             [PADDING, COOKIE, KEY_SHARE],
             "RFC 8448 §5 also resizes the padding"
         );

@@ -1,81 +1,31 @@
-//! Test vectors: RFC 8448 and The Illustrated TLS 1.3 (current and 2018 archive).
+//! Test vectors: RFC 8448 and The Illustrated TLS 1.3 (current and 2018 archive), from the
+//! typed loader of `lurk-test-support`, plus what needs proto's own types.
 
-use serde_json::Value;
+pub(crate) use lurk_test_support::{illustrated, rfc8448};
 
 use super::NamedGroup;
-
-pub(crate) const RFC8448_SECTIONS: [&str; 5] = [
-    "simple_1rtt",
-    "resumed_0rtt",
-    "hello_retry_request",
-    "client_authentication",
-    "compatibility_mode",
-];
-
-pub(crate) const ILLUSTRATED_CONNECTIONS: [&str; 2] = ["current", "archive_2018"];
-
-pub(crate) fn rfc8448() -> Value {
-    serde_json::from_str(include_str!("../../../testdata/rfc8448.json"))
-        .expect("testdata/rfc8448.json is valid JSON")
-}
-
-pub(crate) fn illustrated() -> Value {
-    serde_json::from_str(include_str!("../../../testdata/illustrated.json"))
-        .expect("testdata/illustrated.json is valid JSON")
-}
-
-pub(crate) fn hex_of(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("a hex string")).expect("valid hex")
-}
-
-/// An RFC 8448 handshake message by section and name.
-pub(crate) fn rfc8448_message(section: &str, name: &str) -> Vec<u8> {
-    hex_of(&rfc8448()["sections"][section]["summary"]["messages"][name])
-}
-
-/// The payload of an Illustrated record, by its file name.
-pub(crate) fn record_payload(conn: &Value, file: &str) -> Vec<u8> {
-    let rec = conn["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .find(|r| r["file"] == file)
-        .expect("record present");
-    hex_of(&rec["payload"])
-}
 
 /// Every handshake message of the vectors, named "<source>.<section>.<message>", plus the
 /// Illustrated NewSessionTickets. The truncated ClientHello of RFC 8448 §4 is left out (it
 /// is not a complete message).
 pub(crate) fn all_messages() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    let rfc = rfc8448();
-    for section in RFC8448_SECTIONS {
-        let msgs = rfc["sections"][section]["summary"]["messages"]
-            .as_object()
-            .expect("messages");
-        for (name, hex) in msgs {
+    for s in rfc8448().sections() {
+        for (name, raw) in s.messages.iter() {
             if name == "client_hello_truncated_for_binder" {
                 continue;
             }
-            out.push((format!("rfc8448.{section}.{name}"), hex_of(hex)));
+            out.push((format!("rfc8448.{}.{name}", s.name), raw.to_vec()));
         }
     }
-    let ill = illustrated();
-    for conn in ILLUSTRATED_CONNECTIONS {
-        let c = &ill["connections"][conn];
-        for (name, hex) in c["messages"].as_object().expect("messages") {
-            out.push((format!("illustrated.{conn}.{name}"), hex_of(hex)));
+    for c in illustrated().connections() {
+        for (name, raw) in c.messages.iter() {
+            out.push((format!("illustrated.{}.{name}", c.name), raw.to_vec()));
         }
-        for (i, t) in c["new_session_tickets"]
-            .as_array()
-            .expect("tickets")
-            .iter()
-            .enumerate()
-        {
+        for (i, t) in c.new_session_tickets.iter().enumerate() {
             out.push((
-                format!("illustrated.{conn}.new_session_ticket_{i}"),
-                hex_of(&t["message"]),
+                format!("illustrated.{}.new_session_ticket_{i}", c.name),
+                t.message.clone(),
             ));
         }
     }
@@ -92,41 +42,39 @@ pub(crate) struct VectorClientHello {
 /// Every ClientHello of the vectors.
 pub(crate) fn client_hellos() -> Vec<VectorClientHello> {
     let mut out = Vec::new();
-    let rfc = rfc8448();
-    for section in RFC8448_SECTIONS {
-        let s = &rfc["sections"][section]["summary"];
-        let keys: Vec<(NamedGroup, Vec<u8>)> = s["ephemeral_keys"]["client"]
-            .as_array()
-            .expect("client keys")
+    for s in rfc8448().sections() {
+        let keys: Vec<(NamedGroup, Vec<u8>)> = s
+            .ephemeral_keys
+            .client
             .iter()
             .map(|k| {
-                let group = k["group"].as_str().expect("group name");
                 (
-                    NamedGroup::from_name(group).expect("known group"),
-                    hex_of(&k["public_key"]),
+                    NamedGroup::from_name(&k.group).expect("known group"),
+                    k.public_key.clone(),
                 )
             })
             .collect();
-        for name in ["client_hello", "client_hello_2"] {
-            if let Some(hex) = s["messages"].get(name) {
+        for (name, raw) in [
+            ("client_hello", Some(&s.messages.client_hello)),
+            ("client_hello_2", s.messages.client_hello_2.as_ref()),
+        ] {
+            if let Some(raw) = raw {
                 out.push(VectorClientHello {
-                    name: format!("rfc8448.{section}.{name}"),
-                    raw: hex_of(hex),
+                    name: format!("rfc8448.{}.{name}", s.name),
+                    raw: raw.clone(),
                     public_keys: keys.clone(),
                 });
             }
         }
     }
-    let ill = illustrated();
-    for conn in ILLUSTRATED_CONNECTIONS {
-        let c = &ill["connections"][conn];
+    for c in illustrated().connections() {
         // Both Illustrated connections use x25519 only.
         out.push(VectorClientHello {
-            name: format!("illustrated.{conn}.client_hello"),
-            raw: hex_of(&c["messages"]["client_hello"]),
+            name: format!("illustrated.{}.client_hello", c.name),
+            raw: c.messages.client_hello.clone(),
             public_keys: vec![(
                 NamedGroup::X25519,
-                hex_of(&c["ephemeral_keys"]["client"]["public_key"]),
+                c.ephemeral_keys.client.public_key.clone(),
             )],
         });
     }

@@ -387,7 +387,7 @@ pub fn set_binders<B: AsRef<[u8]>>(raw: &mut [u8], binders: &[B]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_vectors::{client_hellos, rfc8448_message};
+    use crate::wire::test_vectors::{client_hellos, rfc8448};
     use crate::wire::{encode_handshake, ClientHelloBuilder};
 
     /// The message with every key_share key_exchange made empty (what the engine sends to
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn rfc8448_simple_client_hello_fields() {
-        let raw = rfc8448_message("simple_1rtt", "client_hello");
+        let raw = rfc8448().simple_1rtt.messages.client_hello.clone();
         let ch = ClientHello::parse(&raw).unwrap();
         assert_eq!(ch.server_names.as_deref(), Some(&[&b"server"[..]][..]));
         assert_eq!(
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn complete_client_hello_without_random_keeps_the_received_random() {
-        let raw = rfc8448_message("simple_1rtt", "client_hello");
+        let raw = rfc8448().simple_1rtt.messages.client_hello.clone();
         let ch = ClientHello::parse(&raw).unwrap();
         let key = ch.key_shares.as_ref().unwrap()[0].key_exchange.to_vec();
         let done =
@@ -495,7 +495,7 @@ mod tests {
 
     #[test]
     fn complete_client_hello_refuses_fills_that_do_not_match_the_empty_entries() {
-        let raw = rfc8448_message("simple_1rtt", "client_hello");
+        let raw = rfc8448().simple_1rtt.messages.client_hello.clone();
         let blank = blank_key_shares(&raw);
         // Wrong group.
         let err = complete_client_hello(&blank, None, &[(NamedGroup::Secp256r1, vec![4; 65])]);
@@ -540,12 +540,17 @@ mod tests {
 
     #[test]
     fn resumed_client_hello_truncates_to_477_bytes_and_set_binders_restores_it() {
-        let raw = rfc8448_message("resumed_0rtt", "client_hello");
+        let raw = rfc8448().resumed_0rtt.messages.client_hello.clone();
         let truncated = truncated_for_binders(&raw).unwrap();
         assert_eq!(truncated.len(), 477);
         assert_eq!(
             truncated,
-            rfc8448_message("resumed_0rtt", "client_hello_truncated_for_binder")
+            rfc8448()
+                .resumed_0rtt
+                .messages
+                .client_hello_truncated_for_binder
+                .clone()
+                .expect("client_hello_truncated_for_binder")
         );
         let ch = ClientHello::parse(&raw).unwrap();
         let psk = ch.pre_shared_key.clone().unwrap();
@@ -567,7 +572,7 @@ mod tests {
     #[test]
     fn crypto_service_flow_on_the_resumed_client_hello_reproduces_rfc8448() {
         // What the engine sends: its own random, an empty x25519 share, zero binders.
-        let raw = rfc8448_message("resumed_0rtt", "client_hello");
+        let raw = rfc8448().resumed_0rtt.messages.client_hello.clone();
         let ch = ClientHello::parse(&raw).unwrap();
         let key = ch.key_shares.as_ref().unwrap()[0].key_exchange.to_vec();
         let binder = ch.pre_shared_key.as_ref().unwrap().binders[0]
@@ -586,7 +591,12 @@ mod tests {
             complete_client_hello(&sent, Some(ch.random), &[(NamedGroup::X25519, key)]).unwrap();
         assert_eq!(
             truncated_for_binders(&done).unwrap(),
-            rfc8448_message("resumed_0rtt", "client_hello_truncated_for_binder")
+            rfc8448()
+                .resumed_0rtt
+                .messages
+                .client_hello_truncated_for_binder
+                .clone()
+                .expect("client_hello_truncated_for_binder")
         );
         set_binders(&mut done, &[binder]).unwrap();
         assert_eq!(done, raw);
@@ -598,7 +608,7 @@ mod tests {
 
     #[test]
     fn set_binders_refuses_a_binder_of_another_length_or_count() {
-        let raw = rfc8448_message("resumed_0rtt", "client_hello");
+        let raw = rfc8448().resumed_0rtt.messages.client_hello.clone();
         let mut copy = raw.clone();
         assert!(matches!(
             set_binders(&mut copy, &[vec![0; 48]]),
@@ -612,7 +622,7 @@ mod tests {
             }
         );
         assert_eq!(copy, raw);
-        let simple = rfc8448_message("simple_1rtt", "client_hello");
+        let simple = rfc8448().simple_1rtt.messages.client_hello.clone();
         assert!(truncated_for_binders(&simple).is_err());
     }
 
@@ -680,7 +690,7 @@ mod tests {
 
     #[test]
     fn client_hello_truncated_or_with_trailing_bytes_is_refused() {
-        let raw = rfc8448_message("simple_1rtt", "client_hello");
+        let raw = rfc8448().simple_1rtt.messages.client_hello.clone();
         // A message cut short (header claims more than present).
         assert_eq!(
             ClientHello::parse(&raw[..raw.len() - 1]).unwrap_err(),
@@ -712,7 +722,7 @@ mod tests {
 
     #[test]
     fn client_hello_parse_refuses_another_message_type() {
-        let raw = rfc8448_message("simple_1rtt", "server_hello");
+        let raw = rfc8448().simple_1rtt.messages.server_hello.clone();
         assert_eq!(
             ClientHello::parse(&raw).unwrap_err(),
             WireError::UnexpectedMessage {

@@ -163,38 +163,44 @@ impl<'a> ServerHello<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_vectors::{self, rfc8448_message};
+    use crate::wire::test_vectors::{illustrated, rfc8448};
     use crate::wire::ClientHello;
 
     #[test]
     fn hello_retry_request_of_rfc8448_section_5_is_detected_with_cookie_and_group() {
-        let raw = rfc8448_message("hello_retry_request", "hello_retry_request");
+        let raw = rfc8448()
+            .hello_retry_request
+            .messages
+            .hello_retry_request
+            .clone()
+            .expect("hello_retry_request");
         let hrr = ServerHello::parse(&raw).unwrap();
         assert!(hrr.is_hello_retry_request());
         assert_eq!(hrr.selected_group, Some(NamedGroup::Secp256r1));
         assert_eq!(hrr.cookie.map(<[u8]>::len), Some(114));
         assert!(hrr.key_share.is_none());
 
-        let ch2 = rfc8448_message("hello_retry_request", "client_hello_2");
+        let ch2 = rfc8448()
+            .hello_retry_request
+            .messages
+            .client_hello_2
+            .clone()
+            .expect("client_hello_2");
         let ch2 = ClientHello::parse(&ch2).unwrap();
         assert_eq!(ch2.cookie, hrr.cookie);
-        let ch1 = rfc8448_message("hello_retry_request", "client_hello");
+        let ch1 = rfc8448().hello_retry_request.messages.client_hello.clone();
         assert_eq!(ClientHello::parse(&ch1).unwrap().random, ch2.random);
     }
 
     #[test]
     fn every_vector_server_hello_parses() {
-        let rfc = test_vectors::rfc8448();
-        for section in test_vectors::RFC8448_SECTIONS {
-            let raw = test_vectors::hex_of(
-                &rfc["sections"][section]["summary"]["messages"]["server_hello"],
-            );
-            let sh = ServerHello::parse(&raw).unwrap_or_else(|e| panic!("{section}: {e}"));
+        for s in rfc8448().sections() {
+            let section = s.name;
+            let raw = &s.messages.server_hello;
+            let sh = ServerHello::parse(raw).unwrap_or_else(|e| panic!("{section}: {e}"));
             assert!(!sh.is_hello_retry_request(), "{section}");
             let ks = sh.key_share.unwrap();
-            let server_key = test_vectors::hex_of(
-                &rfc["sections"][section]["summary"]["ephemeral_keys"]["server"][0]["public_key"],
-            );
+            let server_key = &s.ephemeral_keys.server[0].public_key;
             assert_eq!(ks.key_exchange, server_key, "{section}");
             assert_eq!(
                 sh.selected_identity,
@@ -202,22 +208,19 @@ mod tests {
                 "{section}"
             );
         }
-        let ill = test_vectors::illustrated();
-        for conn in test_vectors::ILLUSTRATED_CONNECTIONS {
-            let c = &ill["connections"][conn];
-            let raw = test_vectors::hex_of(&c["messages"]["server_hello"]);
-            let sh = ServerHello::parse(&raw).unwrap();
+        for c in illustrated().connections() {
+            let sh = ServerHello::parse(&c.messages.server_hello).unwrap();
             assert_eq!(sh.legacy_session_id_echo.len(), 32);
             assert_eq!(
                 sh.key_share.unwrap().key_exchange,
-                test_vectors::hex_of(&c["ephemeral_keys"]["server"]["public_key"])
+                c.ephemeral_keys.server.public_key
             );
         }
     }
 
     #[test]
     fn server_hello_must_select_tls13_with_legacy_version_0303() {
-        let raw = rfc8448_message("simple_1rtt", "server_hello");
+        let raw = rfc8448().simple_1rtt.messages.server_hello.clone();
         let mut bad = raw.clone();
         bad[4..6].copy_from_slice(&[3, 4]);
         assert!(ServerHello::parse(&bad).is_err());
@@ -233,15 +236,8 @@ mod tests {
 
     #[test]
     fn encode_server_hello_reproduces_rfc8448_section3() {
-        let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../testdata/rfc8448.json")).unwrap();
-        let raw = hex::decode(
-            doc["sections"]["simple_1rtt"]["summary"]["messages"]["server_hello"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-        let sh = ServerHello::parse(&raw).unwrap();
+        let raw = &rfc8448().simple_1rtt.messages.server_hello;
+        let sh = ServerHello::parse(raw).unwrap();
         let key = sh.key_share.unwrap();
         let encoded = encode_server_hello(
             sh.random,
@@ -251,6 +247,6 @@ mod tests {
             key.key_exchange,
         )
         .unwrap();
-        assert_eq!(encoded, raw);
+        assert_eq!(&encoded, raw);
     }
 }

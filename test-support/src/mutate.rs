@@ -1,15 +1,15 @@
 //! A fixed-seed mutation generator for the no-panic tests (no dependency: a xorshift64 and
-//! five mutations). Shared by `lurk-proto` and `lurk-engine` tests through `#[path]`.
+//! five mutations).
 
 /// xorshift64 (Marsaglia 2003): deterministic, so a failure names its iteration.
-pub(crate) struct XorShift(u64);
+pub struct XorShift(u64);
 
 impl XorShift {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -19,7 +19,7 @@ impl XorShift {
     }
 
     /// A number in `0..n` (`0` when `n` is 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0
         } else {
@@ -45,7 +45,7 @@ fn length_value(rng: &mut XorShift, input_len: usize) -> u32 {
 /// One to three mutations of `input`: bit flips, truncation, insertion of random bytes,
 /// deletion of a range, or a 1-, 2- or 3-byte big-endian length field overwritten (at a random
 /// offset, half the time in the first 8 bytes where the headers are).
-pub(crate) fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
+pub fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..1 + rng.below(3) {
         match rng.below(5) {
