@@ -657,14 +657,13 @@ fn rfc8448_section3_under_server_auth_the_rfc_server_is_refused_and_gets_no_tick
 }
 
 /// A record of section `s` sent by `sender` under `protection` (`handshake`, `application`).
-fn record(s: &str, sender: &str, protection: &str) -> Vec<u8> {
-    let r = section(s)["records"]
-        .as_array()
-        .unwrap()
+fn record(s: &Section, sender: &str, protection: &str) -> Vec<u8> {
+    let r = s
+        .records
         .iter()
-        .find(|r| r["sender"] == sender && r["derived"]["protection"] == protection)
-        .unwrap_or_else(|| panic!("{s}: no {sender} {protection} record"));
-    hex::decode(r["record"].as_str().unwrap()).unwrap()
+        .find(|r| r.sender == sender && r.derived.protection == protection)
+        .unwrap_or_else(|| panic!("{}: no {sender} {protection} record", s.name));
+    r.record.clone()
 }
 
 fn server_flight(
@@ -677,7 +676,7 @@ fn server_flight(
         ENGINE,
         pb::CServerFlightRequest {
             session_id: id.to_vec(),
-            server_hello: msg("simple_1rtt", "server_hello"),
+            server_hello: rfc8448().simple_1rtt.messages.server_hello.clone(),
             records,
             client_certificate: wire::encode_certificate::<Vec<u8>>(&[], &[]).unwrap(),
             secret_request: Some(all_secrets()),
@@ -696,7 +695,7 @@ fn server_flight(
 fn rfc8448_section3_server_flight_in_one_exchange() {
     let _g = serial();
     let cs = &fixture().cs;
-    let s = "simple_1rtt";
+    let s = &rfc8448().simple_1rtt;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let id = init_hello(cs, s, vec![]).session_id;
@@ -713,27 +712,28 @@ fn rfc8448_section3_server_flight_in_one_exchange() {
     assert!(r.certificate_verify.is_empty());
     assert_eq!(
         hex::encode(&r.client_finished),
-        hex::encode(msg(s, "client_finished"))
+        hex::encode(&s.messages.client_finished)
     );
-    for (t, name) in [
+    let k = &s.key_schedule;
+    for (t, want) in [
         (
             pb::SecretType::ClientHandshakeTraffic,
-            "client_handshake_traffic_secret",
+            &k.client_handshake_traffic_secret,
         ),
         (
             pb::SecretType::ServerHandshakeTraffic,
-            "server_handshake_traffic_secret",
+            &k.server_handshake_traffic_secret,
         ),
         (
             pb::SecretType::ClientApplicationTraffic,
-            "client_application_traffic_secret_0",
+            &k.client_application_traffic_secret_0,
         ),
         (
             pb::SecretType::ServerApplicationTraffic,
-            "server_application_traffic_secret_0",
+            &k.server_application_traffic_secret_0,
         ),
     ] {
-        assert_eq!(secret(&r.secrets, t), ks(s, name), "{t:?}");
+        assert_eq!(secret(&r.secrets, t), hex::encode(want), "{t:?}");
     }
     assert!(!r
         .secrets
@@ -745,7 +745,7 @@ fn rfc8448_section3_server_flight_in_one_exchange() {
         ENGINE,
         pb::CClientFinishedRequest {
             session_id: id,
-            handshake_messages: msg(s, "server_finished"),
+            handshake_messages: s.messages.server_finished.clone(),
             last_exchange: true,
             ..Default::default()
         },
@@ -761,7 +761,7 @@ fn rfc8448_section3_server_flight_in_one_exchange() {
 fn rfc8448_section3_server_flight_incomplete_then_client_finished() {
     let _g = serial();
     let cs = &fixture().cs;
-    let s = "simple_1rtt";
+    let s = &rfc8448().simple_1rtt;
     cs.inject_ephemeral(NamedGroup::X25519, &client_private(s, "x25519"))
         .unwrap();
     let id = init_hello(cs, s, vec![]).session_id;
@@ -770,7 +770,7 @@ fn rfc8448_section3_server_flight_incomplete_then_client_finished() {
     assert!(r.client_finished.is_empty());
     assert_eq!(
         secret(&r.secrets, pb::SecretType::ServerHandshakeTraffic),
-        ks(s, "server_handshake_traffic_secret")
+        hex::encode(&s.key_schedule.server_handshake_traffic_secret)
     );
     assert!(!r
         .secrets
@@ -782,10 +782,16 @@ fn rfc8448_section3_server_flight_incomplete_then_client_finished() {
         pb::CClientFinishedRequest {
             session_id: id,
             handshake_messages: [
-                msg(s, "encrypted_extensions"),
-                msg(s, "server_certificate"),
-                msg(s, "server_certificate_verify"),
-                msg(s, "server_finished"),
+                s.messages.encrypted_extensions.clone(),
+                s.messages
+                    .server_certificate
+                    .clone()
+                    .expect("server_certificate"),
+                s.messages
+                    .server_certificate_verify
+                    .clone()
+                    .expect("server_certificate_verify"),
+                s.messages.server_finished.clone(),
             ]
             .concat(),
             last_exchange: true,
@@ -793,5 +799,5 @@ fn rfc8448_section3_server_flight_incomplete_then_client_finished() {
         },
     )
     .unwrap();
-    assert_eq!(fin.client_finished, msg(s, "client_finished"));
+    assert_eq!(fin.client_finished, s.messages.client_finished);
 }

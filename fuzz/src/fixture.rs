@@ -129,6 +129,11 @@ pub fn call(cs: &Cs, engine: &str, call: CsCall) -> Result<(CsReply, Vec<u8>), S
             let enc = resp.encode_to_vec();
             (CsReply::ClientFinished(resp), enc)
         }
+        CsCall::ServerFlight(r) => {
+            let resp = ops::c_server_flight::handle(cs, engine, r)?;
+            let enc = resp.encode_to_vec();
+            (CsReply::ServerFlight(resp), enc)
+        }
         CsCall::InitClientFinished(r) => {
             let resp = ops::c_init_client_finished::handle(cs, engine, r)?;
             let enc = resp.encode_to_vec();

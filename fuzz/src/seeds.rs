@@ -55,6 +55,11 @@ fn captured(op: Op, b: u8) -> Option<Vec<u8>> {
                 r.session_id.clear();
                 r.encode_to_vec()
             }
+            CsCall::ServerFlight(r) => {
+                let mut r = r.clone();
+                r.session_id.clear();
+                r.encode_to_vec()
+            }
             CsCall::InitClientFinished(r) => r.encode_to_vec(),
             CsCall::PostHandAuth(r) => {
                 let mut r = r.clone();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use lurk_engine::internals::deframer::Deframer;
 use lurk_engine::internals::joiner::HandshakeJoiner;
-use lurk_engine::internals::record::{encode_plaintext, RecordDecrypter, RecordEncrypter, RecordKeys};
+use lurk_engine::internals::record::{
+    encode_plaintext, RecordDecrypter, RecordEncrypter, RecordKeys,
+};
 use lurk_proto::key_schedule::{
     finished_verify_data, next_application_traffic_secret, traffic_key_iv, verify_finished,
     KeyScheduleEarly, KeyScheduleHandshake, KeyScheduleMaster, Secret,

@@ -25,7 +25,7 @@
 //!   Tombstones are also bounded by count, the oldest purged first: per engine, live
 //!   tickets and tombstones together stay within twice `max_tickets_per_engine` (kept at
 //!   each registration; a take turns a ticket into a tombstone and leaves the sum as it
-//!   is), and in all within `max_tombstones` (at each [`TicketStore::purge_expired`]).
+//!   is), and in all within `max_tombstones` (at each [`Tickets::purge_expired`]).
 //!   Single use does not rest on them alone (docs/design.md §4.10): a ticket's PSK can only
 //!   be derived again in the session that registered it, which refuses the same nonce or
 //!   identity twice.
@@ -158,7 +158,7 @@ impl fmt::Debug for StoredTicket {
     }
 }
 
-/// What [`TicketStore::peek_ticket`] tells of a stored ticket: what binds its use.
+/// What [`Tickets::peek_ticket`] tells of a stored ticket: what binds its use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TicketBinding {
     pub hash: HashAlg,
