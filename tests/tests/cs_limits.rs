@@ -151,15 +151,21 @@ async fn a_flood_of_silent_sockets_never_evicts_an_engine_handshake() {
             let (stop, opened) = (stop.clone(), opened.clone());
             let addr: std::net::SocketAddr = cs.addr.parse().unwrap();
             std::thread::spawn(move || {
-                // The newest 100 stay open (the CS has long evicted the older ones).
+                // Each socket stays open a second (past the CS's 250 ms first-byte grace,
+                // so that silent sockets do fill the pending table however fast this
+                // machine opens them), at most 500 per thread.
                 let mut open = std::collections::VecDeque::new();
                 while !stop.load(Ordering::Relaxed) {
                     // A SYN dropped on a full backlog would stall connect() for a second.
                     if let Ok(s) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
-                        open.push_back(s);
+                        open.push_back((Instant::now(), s));
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
-                    if open.len() > 100 {
+                    while open.len() > 500
+                        || open
+                            .front()
+                            .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(1))
+                    {
                         open.pop_front();
                     }
                     std::thread::sleep(Duration::from_millis(2));
