@@ -29,6 +29,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName};
 use crate::cs_inproc::Fixture;
 use crate::handshake::{self, Client, Pki, Proc};
 use crate::p11_signer::P11Key;
+use crate::report::Target;
 use crate::sys::{self, ms, Lat};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -204,7 +205,7 @@ pub async fn run(
     n: usize,
     budget: Duration,
     tput_dur: Duration,
-) -> Result<(String, Vec<String>), BoxError> {
+) -> Result<(String, Vec<String>, Vec<Target>), BoxError> {
     // The software client key and its certificate.
     let soft = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec!["bench client".to_owned()])?;
@@ -282,7 +283,29 @@ pub async fn run(
         }
     }
     drop(srv);
-    Ok((markdown(&rows), notes))
+    Ok((markdown(&rows), notes, targets(&rows)))
+}
+
+/// Issue 10: client authentication with the key in the token ≤ 1.2× the rustls client
+/// signing with the same key in-process through PKCS#11 (wall, p50), for each engine mode.
+fn targets(rows: &[Row]) -> Vec<Target> {
+    let Some(bar) = rows.iter().find(|r| r.client.contains("PKCS#11")) else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter(|r| r.critical.is_some())
+        .map(|r| {
+            let x = ms(r.lat.p50) / ms(bar.lat.p50).max(1e-9);
+            (
+                format!(
+                    "client authentication, key in the token, {}: wall (p50) ≤ 1.2× rustls + in-process PKCS#11",
+                    r.client.trim_start_matches("engine + CS, ")
+                ),
+                format!("{:.3} ms vs {:.3} ms = {x:.2}×", ms(r.lat.p50), ms(bar.lat.p50)),
+                Some(x <= 1.2),
+            )
+        })
+        .collect()
 }
 
 fn markdown(rows: &[Row]) -> String {

@@ -309,6 +309,9 @@ pub struct RawToken {
     pub keygen: Lat,
     pub derive_destroy: Lat,
     pub per_s: f64,
+    /// This process's RSS growth over the timed loops, bytes per loop: each loop creates
+    /// three session objects and destroys them.
+    pub rss_per_loop: f64,
 }
 
 pub fn raw_token(
@@ -332,6 +335,7 @@ pub fn raw_token(
         token.derive_ephemeral(e, &peer)?;
     }
     let (mut g, mut d) = (vec![], vec![]);
+    let rss_before = sys::rss_kib(None);
     let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
@@ -346,7 +350,9 @@ pub fn raw_token(
     }
     let total: Duration = g.iter().chain(d.iter()).sum();
     let count = g.len();
+    let rss_growth = sys::rss_kib(None).saturating_sub(rss_before) as f64 * 1024.0;
     Ok(RawToken {
+        rss_per_loop: rss_growth / count.max(1) as f64,
         group: group.name(),
         n: count,
         keygen: Lat::of(g),

@@ -295,8 +295,20 @@ async fn soak_phase(fx: &cs_inproc::Fixture, cli: &Cli) -> Result<(), BoxError> 
         .prefix("lurk-bench-soak-")
         .tempdir()?;
     let pki = handshake::Pki::new(dir.path(), &workspace_root())?;
-    let s = soak::run(&fx.dev, &pki, &soak::Params::new(cli.quick)).await?;
-    let md = s.markdown(cli.quick);
+    let params = soak::Params::new(cli.quick);
+    let mut runs = Vec::new();
+    for backend in soak::backends() {
+        runs.push(soak::run(&fx.dev, &pki, &params, &backend).await?);
+    }
+    let mut md = soak::intro(
+        cli.quick,
+        runs.first().map_or(0, |s| s.nofile),
+        params.concurrent,
+    );
+    for s in &runs {
+        md.push_str(&s.markdown(cli.quick));
+        md.push('\n');
+    }
     let out = match (&cli.out, cli.quick) {
         (Some(o), _) => Some(o.clone()),
         (None, false) => Some(workspace_root()),
@@ -318,12 +330,14 @@ async fn soak_phase(fx: &cs_inproc::Fixture, cli: &Cli) -> Result<(), BoxError> 
         }
         None => println!("{md}"),
     }
-    if s.concurrent_errors + s.errors > 0 {
-        return Err(format!(
-            "soak: {} errors in {} concurrent handshakes, {} in {}: {:?}",
-            s.concurrent_errors, s.concurrent, s.errors, s.total, s.first_errors
-        )
-        .into());
+    for s in &runs {
+        if s.concurrent_errors + s.errors > 0 {
+            return Err(format!(
+                "soak ({} ephemerals): {} errors in {} concurrent handshakes, {} in {}: {:?}",
+                s.backend, s.concurrent_errors, s.concurrent, s.errors, s.total, s.first_errors
+            )
+            .into());
+        }
     }
     Ok(())
 }
@@ -495,9 +509,10 @@ async fn handshake_phase(
         token: (&url_token, cs_token.pid()),
     };
     match client_auth::run(fx, &pki, &procs, p.auth_n, p.auth_budget, p.tput_dur).await {
-        Ok((md, notes)) => {
+        Ok((md, notes, targets)) => {
             r.sections.push(md);
             r.notes.extend(notes);
+            r.more_targets.extend(targets);
         }
         Err(e) => r.notes.push(format!("client authentication rows: {e}")),
     }
@@ -550,9 +565,10 @@ async fn users_rows(
     }
     .await;
     match result {
-        Ok((md, notes)) => {
+        Ok((md, notes, targets)) => {
             r.sections.push(md);
             r.notes.extend(notes);
+            r.more_targets.extend(targets);
         }
         Err(e) => r.notes.push(format!("delaying-relay rows: {e}")),
     }

@@ -26,8 +26,13 @@ pub struct Results {
     pub notes: Vec<String>,
     /// Markdown sections of further benchmark modules, in order (each starts with `### `).
     pub sections: Vec<String>,
+    /// Issue 10 targets measured by the client-authentication and delaying-relay rows.
+    pub more_targets: Vec<Target>,
     pub took: Duration,
 }
+
+/// A target, what was measured, and whether it is met (None: not measurable in this run).
+pub type Target = (String, String, Option<bool>);
 
 const RUSTLS: &str = "rustls client";
 
@@ -66,6 +71,65 @@ impl Results {
 
     fn cpu_lurk(c: &Cell) -> Duration {
         c.cpu.client + c.cpu.cs.unwrap_or_default()
+    }
+
+    /// Issue 10's loopback targets (wall time against the rustls client, rustls server) and
+    /// those the client-authentication and relay rows measured.
+    fn targets_10(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let server = ServerKind::Rustls;
+        for (client, mode, label, bound) in [
+            (
+                "engine + CS (memory",
+                Mode::Full,
+                "full handshake, memory ephemerals",
+                1.3,
+            ),
+            (
+                "engine + CS (memory",
+                Mode::Resumed,
+                "resumed handshake, memory ephemerals",
+                1.5,
+            ),
+            (
+                "engine + CS (token",
+                Mode::Full,
+                "full handshake, token ephemerals",
+                1.6,
+            ),
+        ] {
+            if let (Some(c), Some(b)) =
+                (self.cell(client, server, mode), self.baseline(server, mode))
+            {
+                let r = ms(c.lat.p50) / ms(b.lat.p50).max(1e-9);
+                t.push((
+                    format!("{label}, loopback: wall (p50) ≤ {bound}× rustls"),
+                    format!(
+                        "{:.3} ms vs {:.3} ms = {r:.2}×",
+                        ms(c.lat.p50),
+                        ms(b.lat.p50)
+                    ),
+                    Some(r <= bound),
+                ));
+            }
+        }
+        if let (Some(c), Some(b)) = (
+            self.cell("engine + CS (memory", server, Mode::Full),
+            self.baseline(server, Mode::Full),
+        ) {
+            let r = ms(Self::cpu_lurk(c)) / ms(b.cpu.client).max(1e-9);
+            t.push((
+                "full handshake, memory ephemerals: CPU (engine + CS) ≤ 2× rustls".into(),
+                format!(
+                    "{:.3} ms vs {:.3} ms = {r:.2}×",
+                    ms(Self::cpu_lurk(c)),
+                    ms(b.cpu.client)
+                ),
+                (!b.cpu.client.is_zero()).then_some(r <= 2.0),
+            ));
+        }
+        t.extend(self.more_targets.iter().cloned());
+        t
     }
 
     /// The issue's targets with the measured figures.
@@ -186,6 +250,10 @@ impl Results {
         for (k, v) in &self.machine {
             let _ = writeln!(s, "| {k} | {v} |");
         }
+        s.push_str("\n### Targets (issue 10)\n\n| target | measured | |\n|---|---|---|\n");
+        for (what, got, ok) in self.targets_10() {
+            let _ = writeln!(s, "| {what} | {got} | {} |", verdict(ok));
+        }
         s.push_str("\n### Targets (issue 4)\n\n| target | measured | |\n|---|---|---|\n");
         for (what, got, ok) in self.targets() {
             let _ = writeln!(s, "| {what} | {got} | {} |", verdict(ok));
@@ -277,16 +345,17 @@ impl Results {
                 e.sets_two_threads_wall_s
             );
         }
-        s.push_str("\nSoftHSM alone, through `lurk_cs::token::Token` (generate_ephemeral, then derive_ephemeral which derives, reads the secret and destroys the three objects), one thread:\n\n| group | loops | keygen µs p50/p90/p99 | derive+destroy µs p50/p90/p99 | loops/s |\n|---|---|---|---|---|\n");
+        s.push_str("\nSoftHSM alone, through `lurk_cs::token::Token` (generate_ephemeral, then derive_ephemeral which derives, reads the secret and destroys the three objects), one thread. RSS growth: this process's VmRSS after the loops minus before, per loop (SoftHSM 2.6 keeps every destroyed session object's shell until `C_Finalize`):\n\n| group | loops | keygen µs p50/p90/p99 | derive+destroy µs p50/p90/p99 | loops/s | RSS growth, bytes per loop |\n|---|---|---|---|---|---|\n");
         for r in &self.raw {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} |",
+                "| {} | {} | {} | {} | {:.0} | {:.0} |",
                 r.group,
                 r.n,
                 lat_us(&r.keygen),
                 lat_us(&r.derive_destroy),
-                r.per_s
+                r.per_s,
+                r.rss_per_loop
             );
         }
         s.push_str("\n### Crypto Service memory\n\nRun in-process (the CS's code in this process, so RSS is this process's, CS and simulator together), memory ephemerals, two threads.\n\n");
