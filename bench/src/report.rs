@@ -9,24 +9,24 @@ use crate::svg;
 use crate::sys::{ms, us, Lat};
 
 /// `openssl s_time` figures: (server, mode, connections/s, CPU per connection).
-pub type STime = (ServerKind, Mode, f64, Duration);
+pub(crate) type STime = (ServerKind, Mode, f64, Duration);
 
 #[derive(Default)]
-pub struct Results {
-    pub quick: bool,
-    pub machine: Vec<(String, String)>,
-    pub raw: Vec<RawToken>,
-    pub exchanges: Vec<ExchangeFigures>,
-    pub mem_handshakes: Option<(Samples, Duration)>,
-    pub abandoned: Option<(Samples, usize, Duration, usize)>,
-    pub cells: Vec<Cell>,
-    pub s_time: Vec<STime>,
+pub(crate) struct Results {
+    pub(crate) quick: bool,
+    pub(crate) machine: Vec<(String, String)>,
+    pub(crate) raw: Vec<RawToken>,
+    pub(crate) exchanges: Vec<ExchangeFigures>,
+    pub(crate) mem_handshakes: Option<(Samples, Duration)>,
+    pub(crate) abandoned: Option<(Samples, usize, Duration, usize)>,
+    pub(crate) cells: Vec<Cell>,
+    pub(crate) s_time: Vec<STime>,
     /// The PostgreSQL store and replica rows (issue 8).
-    pub pg: Option<crate::pg_scale::Figures>,
-    pub notes: Vec<String>,
+    pub(crate) pg: Option<crate::pg_scale::Figures>,
+    pub(crate) notes: Vec<String>,
     /// Markdown sections of further benchmark modules, in order (each starts with `### `).
-    pub sections: Vec<String>,
-    pub took: Duration,
+    pub(crate) sections: Vec<String>,
+    pub(crate) took: Duration,
 }
 
 const RUSTLS: &str = "rustls client";
@@ -169,7 +169,7 @@ impl Results {
         t
     }
 
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -326,7 +326,7 @@ impl Results {
         s
     }
 
-    pub fn svgs(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn svgs(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let mut items = Vec::new();
         for c in &self.cells {

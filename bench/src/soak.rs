@@ -16,19 +16,19 @@ use crate::sys;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Sizes of a run.
-pub struct Params {
+pub(crate) struct Params {
     /// Handshakes started at once in (a).
-    pub concurrent: usize,
+    pub(crate) concurrent: usize,
     /// Handshakes in (b), and the sampling interval.
-    pub total: usize,
-    pub every: usize,
+    pub(crate) total: usize,
+    pub(crate) every: usize,
     /// Connection loops running side by side in (b).
-    pub workers: usize,
+    pub(crate) workers: usize,
 }
 
 impl Params {
     /// The quick or full sizes; `LURK_BENCH_SOAK=concurrent,total,every` overrides them.
-    pub fn new(quick: bool) -> Self {
+    pub(crate) fn new(quick: bool) -> Self {
         let mut p = Self::sizes(quick);
         let custom: Vec<usize> = std::env::var("LURK_BENCH_SOAK")
             .unwrap_or_default()
@@ -63,19 +63,19 @@ impl Params {
 }
 
 /// Figures of a run.
-pub struct Soak {
-    pub concurrent: usize,
-    pub concurrent_errors: usize,
-    pub concurrent_took: Duration,
-    pub total: usize,
-    pub errors: usize,
-    pub resumed: usize,
-    pub took: Duration,
+pub(crate) struct Soak {
+    pub(crate) concurrent: usize,
+    pub(crate) concurrent_errors: usize,
+    pub(crate) concurrent_took: Duration,
+    pub(crate) total: usize,
+    pub(crate) errors: usize,
+    pub(crate) resumed: usize,
+    pub(crate) took: Duration,
     /// (handshakes done, engine VmRSS KiB, CS VmRSS KiB).
-    pub samples: Vec<(usize, u64, u64)>,
+    pub(crate) samples: Vec<(usize, u64, u64)>,
     /// The first few errors, for the notes.
-    pub first_errors: Vec<String>,
-    pub nofile: u64,
+    pub(crate) first_errors: Vec<String>,
+    pub(crate) nofile: u64,
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (prlimit(1): the crate forbids
@@ -148,7 +148,7 @@ fn start_cs(dev: &Path, concurrent: usize) -> Result<(Proc, String), BoxError> {
     }
 }
 
-pub async fn run(dev: &Path, pki: &Pki, p: &Params) -> Result<Soak, BoxError> {
+pub(crate) async fn run(dev: &Path, pki: &Pki, p: &Params) -> Result<Soak, BoxError> {
     let nofile = raise_nofile();
     let (cs, url) = start_cs(dev, p.concurrent)?;
     let (_srv, port) = handshake::start_server(ServerKind::Rustls, pki)?;
@@ -285,7 +285,7 @@ fn mib(kib: u64) -> f64 {
 
 impl Soak {
     /// The markdown section.
-    pub fn markdown(&self, quick: bool) -> String {
+    pub(crate) fn markdown(&self, quick: bool) -> String {
         let mut md = String::new();
         md.push_str("## Load and soak (one engine process, one `lurk-cs serve`)\n\n");
         md.push_str(&format!(
