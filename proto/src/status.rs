@@ -45,7 +45,9 @@ pub enum LurkStatus {
     InvalidCertType,
     /// The exchange does not come next in this session's sequence (docs/protocol.md "Exchanges").
     InvalidStatus,
-    /// No signature scheme both offered by the peer and usable with the key (RFC 8446 §4.2.3).
+    /// No signature scheme both offered by the peer and usable with the key (RFC 8446 §4.2.3),
+    /// or, under `[server_auth]`, a server CertificateVerify in a scheme the client did not
+    /// offer (§4.4.3).
     InvalidSignatureScheme,
     /// The server's CertificateVerify signature does not verify (RFC 8446 §4.4.3), checked under
     /// `[server_auth]`.
@@ -61,7 +63,8 @@ pub enum LurkStatus {
     TooManyTickets,
     /// The engine, or the CS in total, holds its maximum of sessions or of session-state bytes.
     TooManySessions,
-    /// The caller has no engine identity the CS accepts (no or unknown client certificate).
+    /// The caller has no engine identity the CS accepts: no client certificate, or no valid
+    /// name in it (or in the development `lurk-engine-id` header).
     Unauthenticated,
     /// The PKCS#11 token does not answer (the CS is recovering it): retry later or on another CS.
     TokenUnavailable,
