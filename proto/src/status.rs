@@ -47,7 +47,7 @@ pub enum LurkStatus {
     InvalidStatus,
     /// No signature scheme both offered by the peer and usable with the key (RFC 8446 §4.2.3),
     /// or, under `[server_auth]`, a server CertificateVerify in a scheme the client did not
-    /// offer (§4.4.3).
+    /// offer or that does not fit the server's key (§4.4.3).
     InvalidSignatureScheme,
     /// The server's CertificateVerify signature does not verify (RFC 8446 §4.4.3), checked under
     /// `[server_auth]`.
