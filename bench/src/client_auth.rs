@@ -42,13 +42,13 @@ const TOKEN_KEY_ID: &str = "p256";
 /// of a fixed set (the clients' self-signed certificates), and its CertificateVerify must
 /// verify (RFC 8446 §4.4.3). No chain building: the certificates are pinned.
 #[derive(Debug)]
-pub struct PinnedClients {
+pub(crate) struct PinnedClients {
     pinned: Vec<Vec<u8>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedClients {
-    pub fn new(pinned: Vec<Vec<u8>>, provider: &CryptoProvider) -> Self {
+    pub(crate) fn new(pinned: Vec<Vec<u8>>, provider: &CryptoProvider) -> Self {
         Self {
             pinned,
             algs: provider.signature_verification_algorithms,
@@ -98,14 +98,14 @@ impl ClientCertVerifier for PinnedClients {
 }
 
 /// One client's figures against the client-auth server.
-pub struct Row {
-    pub client: String,
-    pub lat: Lat,
-    pub cpu: handshake::CpuPer,
-    pub tput8: f64,
-    pub exchanges: Vec<&'static str>,
-    pub critical: Option<usize>,
-    pub errors: usize,
+pub(crate) struct Row {
+    pub(crate) client: String,
+    pub(crate) lat: Lat,
+    pub(crate) cpu: handshake::CpuPer,
+    pub(crate) tput8: f64,
+    pub(crate) exchanges: Vec<&'static str>,
+    pub(crate) critical: Option<usize>,
+    pub(crate) errors: usize,
 }
 
 /// The PEM certificates in `path`, DER.
@@ -192,13 +192,13 @@ fn start_server(pki: &Pki, pinned: &Path) -> Result<(Proc, u16), BoxError> {
 }
 
 /// The CS processes of the run: (URL, PID) with memory and with token ephemerals.
-pub struct CsProcs<'a> {
-    pub memory: (&'a str, u32),
-    pub token: (&'a str, u32),
+pub(crate) struct CsProcs<'a> {
+    pub(crate) memory: (&'a str, u32),
+    pub(crate) token: (&'a str, u32),
 }
 
 /// Runs every client against the client-auth server; returns the markdown section and notes.
-pub async fn run(
+pub(crate) async fn run(
     fx: &Fixture,
     pki: &Pki,
     cs: &CsProcs<'_>,

@@ -28,19 +28,19 @@ use crate::sys::{self, Lat};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub const ENGINE: &str = "engine-bench";
+pub(crate) const ENGINE: &str = "engine-bench";
 
 /// One init-dev set-up, its token opened once (C_Initialize is once per process).
-pub struct Fixture {
-    pub dev: PathBuf,
-    pub cfg: Config,
-    pub token: Token,
+pub(crate) struct Fixture {
+    pub(crate) dev: PathBuf,
+    pub(crate) cfg: Config,
+    pub(crate) token: Token,
     store: Arc<dyn TicketStore>,
     _dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    pub fn new() -> Result<Self, BoxError> {
+    pub(crate) fn new() -> Result<Self, BoxError> {
         let dir = tempfile::Builder::new().prefix("lurk-bench-").tempdir()?;
         let dev = dir.path().join("dev");
         lurk_cs::init_dev::init_dev(&dev)?;
@@ -57,7 +57,11 @@ impl Fixture {
     }
 
     /// A CS with this ephemeral backend and at most `max_sessions` sessions.
-    pub fn cs(&self, backend: EphemeralBackendKind, max_sessions: usize) -> Result<Cs, BoxError> {
+    pub(crate) fn cs(
+        &self,
+        backend: EphemeralBackendKind,
+        max_sessions: usize,
+    ) -> Result<Cs, BoxError> {
         let mut cfg = self.cfg.clone();
         cfg.ephemeral.backend = backend;
         cfg.sessions.max = max_sessions;
@@ -76,7 +80,7 @@ impl Fixture {
 }
 
 /// The ClientHello an engine sends with cs_generated ephemerals (one empty x25519 share).
-pub fn engine_client_hello(group: NamedGroup) -> Vec<u8> {
+pub(crate) fn engine_client_hello(group: NamedGroup) -> Vec<u8> {
     ClientHelloBuilder::new([7u8; 32])
         .legacy_session_id(&[1u8; 32])
         .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
@@ -94,13 +98,13 @@ pub fn engine_client_hello(group: NamedGroup) -> Vec<u8> {
 }
 
 /// A TLS 1.3 server reduced to what the CS checks.
-pub struct ServerSim {
+pub(crate) struct ServerSim {
     cert: Vec<u8>,
     rng: SystemRandom,
 }
 
 impl ServerSim {
-    pub fn new() -> Result<Self, BoxError> {
+    pub(crate) fn new() -> Result<Self, BoxError> {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
         Ok(Self {
             cert: ck.cert.der().to_vec(),
@@ -110,7 +114,11 @@ impl ServerSim {
 
     /// ServerHello and the server's encrypted flight (EE, Certificate, CertificateVerify,
     /// Finished) answering the completed ClientHello `ch` whose x25519 share is `client_share`.
-    pub fn respond(&self, ch: &[u8], client_share: &[u8]) -> Result<(Vec<u8>, Vec<u8>), BoxError> {
+    pub(crate) fn respond(
+        &self,
+        ch: &[u8],
+        client_share: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), BoxError> {
         let sid = ClientHello::parse(ch)?.legacy_session_id.to_vec();
         let private = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &self.rng)
             .map_err(|_| "x25519 keygen")?;
@@ -170,15 +178,15 @@ fn init_request(template: &[u8], rng: &SystemRandom) -> pb::CInitClientHelloRequ
 
 /// Time spent inside each exchange of one full handshake.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SetTimes {
-    pub init: Duration,
-    pub server_hello: Duration,
-    pub finished: Duration,
+pub(crate) struct SetTimes {
+    pub(crate) init: Duration,
+    pub(crate) server_hello: Duration,
+    pub(crate) finished: Duration,
 }
 
 /// One full handshake through the three exchanges (sequence A): c_init_client_hello,
 /// c_server_hello, c_client_finished with last_exchange. Only the time inside `handle` counts.
-pub fn one_set(
+pub(crate) fn one_set(
     cs: &Cs,
     engine: &str,
     sim: &ServerSim,
@@ -230,21 +238,21 @@ pub fn one_set(
 
 /// In-process exchange figures for one backend.
 #[derive(Clone, Debug, Default)]
-pub struct ExchangeFigures {
-    pub backend: &'static str,
-    pub sets: usize,
-    pub init: Lat,
-    pub server_hello: Lat,
-    pub finished: Lat,
-    pub set: Lat,
+pub(crate) struct ExchangeFigures {
+    pub(crate) backend: &'static str,
+    pub(crate) sets: usize,
+    pub(crate) init: Lat,
+    pub(crate) server_hello: Lat,
+    pub(crate) finished: Lat,
+    pub(crate) set: Lat,
     /// Sets per second of time inside the CS on one thread (= per core).
-    pub sets_per_core_s: f64,
+    pub(crate) sets_per_core_s: f64,
     /// Sets per second with two threads, wall clock (simulator included).
-    pub sets_two_threads_wall_s: f64,
+    pub(crate) sets_two_threads_wall_s: f64,
 }
 
 /// Runs `n` exchange sets on one thread (at most `budget`), then `n` on two threads.
-pub fn exchange_sets(
+pub(crate) fn exchange_sets(
     cs: &Cs,
     backend: &'static str,
     n: usize,
@@ -303,18 +311,18 @@ pub fn exchange_sets(
 
 /// The token's own speed for what a handshake asks of it: generate, derive, destroy.
 #[derive(Clone, Debug, Default)]
-pub struct RawToken {
-    pub group: &'static str,
-    pub n: usize,
-    pub keygen: Lat,
-    pub derive_destroy: Lat,
-    pub per_s: f64,
+pub(crate) struct RawToken {
+    pub(crate) group: &'static str,
+    pub(crate) n: usize,
+    pub(crate) keygen: Lat,
+    pub(crate) derive_destroy: Lat,
+    pub(crate) per_s: f64,
     /// This process's RSS growth over the timed loops, bytes per loop: each loop creates
     /// three session objects and destroys them.
-    pub rss_per_loop: f64,
+    pub(crate) rss_per_loop: f64,
 }
 
-pub fn raw_token(
+pub(crate) fn raw_token(
     token: &Token,
     group: NamedGroup,
     n: usize,
@@ -362,14 +370,14 @@ pub fn raw_token(
 }
 
 /// RSS of this process (KiB) as a run goes: (operations so far, RSS, sessions held).
-pub type Samples = Vec<(usize, u64, usize, f64)>;
+pub(crate) type Samples = Vec<(usize, u64, usize, f64)>;
 
 fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
 /// `n` full handshakes on two threads (memory ephemerals), sampling RSS every `every`.
-pub fn memory_over_handshakes(
+pub(crate) fn memory_over_handshakes(
     cs: &Cs,
     n: usize,
     every: usize,
@@ -405,7 +413,7 @@ pub fn memory_over_handshakes(
 /// Abandoned sessions: `n` c_init_client_hello never followed up, from `engines` engine
 /// identities on two threads; RSS sampled every `every`. Returns the samples, how many were
 /// refused (too_many_sessions) and the time taken.
-pub fn abandoned_sessions(
+pub(crate) fn abandoned_sessions(
     cs: &Cs,
     n: usize,
     every: usize,

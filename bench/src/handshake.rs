@@ -24,16 +24,16 @@ use crate::sys::{self, Lat};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The file every client fetches (`GET /index.txt`).
-pub const PAYLOAD_LEN: usize = 256;
-pub const REQUEST: &[u8] = b"GET /index.txt HTTP/1.0\r\n\r\n";
+pub(crate) const PAYLOAD_LEN: usize = 256;
+pub(crate) const REQUEST: &[u8] = b"GET /index.txt HTTP/1.0\r\n\r\n";
 
 /// A child process killed by PID when dropped.
-pub struct Proc {
-    pub child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -69,12 +69,12 @@ pub(crate) fn wait_for_line(child: &mut Child, marker: &'static str) -> Result<S
 }
 
 /// Test PKI (scripts/make-certs.sh) and the served file.
-pub struct Pki {
-    pub dir: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
 }
 
 impl Pki {
-    pub fn new(root: &Path, workspace: &Path) -> Result<Self, BoxError> {
+    pub(crate) fn new(root: &Path, workspace: &Path) -> Result<Self, BoxError> {
         let dir = root.join("certs");
         let st = Command::new("bash")
             .arg(workspace.join("scripts/make-certs.sh"))
@@ -92,32 +92,32 @@ impl Pki {
             dir: root.to_path_buf(),
         })
     }
-    pub fn cert(&self) -> PathBuf {
+    pub(crate) fn cert(&self) -> PathBuf {
         self.dir.join("certs/server-ecdsa-p256.pem")
     }
-    pub fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.join("certs/server-ecdsa-p256.key")
     }
-    pub fn ca(&self) -> PathBuf {
+    pub(crate) fn ca(&self) -> PathBuf {
         self.dir.join("certs/ca-all.pem")
     }
-    pub fn www(&self) -> PathBuf {
+    pub(crate) fn www(&self) -> PathBuf {
         self.dir.join("www")
     }
 }
 
-pub fn payload() -> Vec<u8> {
+pub(crate) fn payload() -> Vec<u8> {
     (0..PAYLOAD_LEN).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKind {
+pub(crate) enum ServerKind {
     OpenSsl,
     Rustls,
 }
 
 impl ServerKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::OpenSsl => "openssl s_server",
             Self::Rustls => "rustls server",
@@ -126,7 +126,7 @@ impl ServerKind {
 }
 
 /// Starts a TLS 1.3 server on a free loopback port.
-pub fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError> {
+pub(crate) fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError> {
     let port = sys::free_port();
     let mut child = match kind {
         ServerKind::OpenSsl => Command::new("openssl")
@@ -168,13 +168,13 @@ pub fn start_server(kind: ServerKind, pki: &Pki) -> Result<(Proc, u16), BoxError
 }
 
 /// Starts `lurk-cs serve` on the init-dev set-up with the given ephemeral backend.
-pub fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
+pub(crate) fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
     start_cs_with(dev, &dev.join("lurk-cs.toml"), backend, &[])
 }
 
 /// A copy of the init-dev configuration with `per_group` token key pairs made ahead of use
 /// (`[ephemeral] token_pool`).
-pub fn token_pool_config(dev: &Path, per_group: usize) -> Result<PathBuf, BoxError> {
+pub(crate) fn token_pool_config(dev: &Path, per_group: usize) -> Result<PathBuf, BoxError> {
     let cfg = std::fs::read_to_string(dev.join("lurk-cs.toml"))?;
     if !cfg.contains("[ephemeral]\n") {
         return Err("the init-dev configuration has no [ephemeral] section".into());
@@ -191,7 +191,7 @@ pub fn token_pool_config(dev: &Path, per_group: usize) -> Result<PathBuf, BoxErr
 }
 
 /// [`start_cs`] with another configuration file and more environment (`LURK_*` overrides).
-pub fn start_cs_with(
+pub(crate) fn start_cs_with(
     dev: &Path,
     config: &Path,
     backend: &str,
@@ -234,20 +234,20 @@ pub fn start_cs_with(
 
 /// A client under test.
 #[derive(Clone)]
-pub enum Client {
+pub(crate) enum Client {
     Engine(Arc<Connector>),
     Rustls(tokio_rustls::TlsConnector),
 }
 
 /// Full handshakes only, or resumption from a ticket of an earlier connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Full,
     Resumed,
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Full => "full",
             Self::Resumed => "resumed",
@@ -255,7 +255,12 @@ impl Mode {
     }
 }
 
-pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
+pub(crate) fn engine_client(
+    dev: &Path,
+    cs_url: &str,
+    pki: &Pki,
+    mode: Mode,
+) -> Result<Client, BoxError> {
     let cs = engine_endpoint(dev, cs_url)?.connect_lazy()?;
     Ok(Client::Engine(Arc::new(Connector::new(
         Arc::new(engine_config(pki, mode)?),
@@ -264,7 +269,7 @@ pub fn engine_client(dev: &Path, cs_url: &str, pki: &Pki, mode: Mode) -> Result<
 }
 
 /// The engine's mTLS endpoint for the CS at `cs_url` (init-dev's `engine` identity).
-pub fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, BoxError> {
+pub(crate) fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, BoxError> {
     let tls = dev.join("tls");
     let mut ep = CsEndpoint::from_files(
         cs_url,
@@ -277,7 +282,7 @@ pub fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, BoxError>
 }
 
 /// The engine configuration of every engine client: CS ephemerals, x25519, AES-128-GCM.
-pub fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
+pub(crate) fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
     let mut cfg = ClientConfig::builder()
         .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
         .cipher_suites([CipherSuite::TlsAes128GcmSha256])
@@ -290,7 +295,7 @@ pub fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
     Ok(cfg.build()?)
 }
 
-pub fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
+pub(crate) fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(pki.ca())?;
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -314,13 +319,16 @@ pub fn rustls_client(pki: &Pki, mode: Mode) -> Result<Client, BoxError> {
 
 /// One connection: TCP connect, handshake, GET, response read to EOF. Returns whether the
 /// handshake resumed and the LURK exchanges made.
-pub async fn get_once(client: &Client, port: u16) -> Result<(bool, Vec<&'static str>), BoxError> {
+pub(crate) async fn get_once(
+    client: &Client,
+    port: u16,
+) -> Result<(bool, Vec<&'static str>), BoxError> {
     get_once_rt(client, port).await.map(|(r, e, _)| (r, e))
 }
 
 /// [`get_once`], also returning how many LURK exchanges the handshake waited for (those made
 /// before `connect` returned: the CS round trips on its critical path).
-pub async fn get_once_rt(
+pub(crate) async fn get_once_rt(
     client: &Client,
     port: u16,
 ) -> Result<(bool, Vec<&'static str>, usize), BoxError> {
@@ -372,36 +380,36 @@ async fn read_body<S: tokio::io::AsyncRead + Unpin>(s: &mut S, body: &mut Vec<u8
 
 /// CPU time per connection of each process involved.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CpuPer {
-    pub client: Duration,
-    pub cs: Option<Duration>,
-    pub server: Duration,
+pub(crate) struct CpuPer {
+    pub(crate) client: Duration,
+    pub(crate) cs: Option<Duration>,
+    pub(crate) server: Duration,
 }
 
 /// Figures of one (client, server, mode) cell.
 #[derive(Clone, Debug)]
-pub struct Cell {
-    pub client: String,
-    pub server: ServerKind,
-    pub mode: Mode,
-    pub lat: Lat,
-    pub cpu: CpuPer,
-    pub resumed_share: f64,
-    pub exchanges: Vec<&'static str>,
+pub(crate) struct Cell {
+    pub(crate) client: String,
+    pub(crate) server: ServerKind,
+    pub(crate) mode: Mode,
+    pub(crate) lat: Lat,
+    pub(crate) cpu: CpuPer,
+    pub(crate) resumed_share: f64,
+    pub(crate) exchanges: Vec<&'static str>,
     /// LURK exchanges made before the handshake completed (CS round trips it waited for).
-    pub critical: usize,
+    pub(crate) critical: usize,
     /// (concurrency, connections per second, share resumed)
-    pub throughput: Vec<(usize, f64)>,
-    pub errors: usize,
+    pub(crate) throughput: Vec<(usize, f64)>,
+    pub(crate) errors: usize,
 }
 
 /// What [`latency`] measured: latency, CPU per connection, share resumed, LURK exchanges of
 /// the last connection, failed connections, CS round trips on the critical path (the most
 /// seen).
-pub type LatencyFigures = (Lat, CpuPer, f64, Vec<&'static str>, usize, usize);
+pub(crate) type LatencyFigures = (Lat, CpuPer, f64, Vec<&'static str>, usize, usize);
 
 /// Sequential connections (concurrency 1): latency and CPU per connection.
-pub async fn latency(
+pub(crate) async fn latency(
     client: &Client,
     port: u16,
     server_pid: u32,
@@ -462,7 +470,7 @@ pub async fn latency(
 
 /// `conc` concurrent connection loops for `dur` (each at most `max_each` connections):
 /// connections per second.
-pub async fn throughput(
+pub(crate) async fn throughput(
     client: &Client,
     port: u16,
     conc: usize,
@@ -500,7 +508,12 @@ pub async fn throughput(
 }
 
 /// `openssl s_time` against a server: (connections per second, CPU of s_time per connection).
-pub fn s_time(pki: &Pki, port: u16, mode: Mode, secs: u32) -> Result<(f64, Duration), BoxError> {
+pub(crate) fn s_time(
+    pki: &Pki,
+    port: u16,
+    mode: Mode,
+    secs: u32,
+) -> Result<(f64, Duration), BoxError> {
     let cpu0 = sys::cpu_children();
     let out = Command::new("openssl")
         .arg("s_time")

@@ -12,6 +12,7 @@
 //! - `lurk-bench parse-cost` — CPU time of the largest requests the parsing caps allow;
 //! - `lurk-bench rtt` — the CS round trips on a connection's critical path (src/rtt.rs).
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, trivial_numeric_casts)]
 
 mod client_auth;
 mod cs_inproc;

@@ -28,7 +28,7 @@ struct Inner {
 
 /// A P-256 private key in a PKCS#11 token.
 #[derive(Clone)]
-pub struct P11Key(Arc<Inner>);
+pub(crate) struct P11Key(Arc<Inner>);
 
 impl std::fmt::Debug for P11Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +40,7 @@ impl P11Key {
     /// Opens `sessions` sessions on the token labelled `token_label` of `module`, logs in
     /// with `pin`, and finds the private key labelled `key_label`. Another part of this process
     /// may have initialised the module and logged in already: both are accepted.
-    pub fn open(
+    pub(crate) fn open(
         module: &Path,
         token_label: &str,
         pin: &str,
@@ -109,7 +109,10 @@ impl P11Key {
     }
 
     /// A rustls client certificate resolver presenting `chain` with this key.
-    pub fn resolver(&self, chain: Vec<CertificateDer<'static>>) -> Arc<dyn ResolvesClientCert> {
+    pub(crate) fn resolver(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Arc<dyn ResolvesClientCert> {
         Arc::new(Resolver(Arc::new(CertifiedKey::new(
             chain,
             Arc::new(self.clone()),

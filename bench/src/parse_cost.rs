@@ -203,7 +203,7 @@ fn time<F: FnMut() -> String>(n: usize, mut f: F) -> (Lat, String, Option<f64>) 
     (Lat::of(v), answer, Some(cpu))
 }
 
-pub fn run(n: usize) -> Result<(), BoxError> {
+pub(crate) fn run(n: usize) -> Result<(), BoxError> {
     let fx = Fixture::new()?;
     let cs = fx.cs(EphemeralBackendKind::Memory, 100_000)?;
     let sim = ServerSim::new()?;

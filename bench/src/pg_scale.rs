@@ -27,45 +27,45 @@ const STORE_CONCURRENCY: [usize; 2] = [1, 8];
 const PW_ENV: &str = "LURK_BENCH_PG_PASSWORD";
 
 /// Resumed handshakes with one CS whose ticket store is `store`.
-pub struct StoreRow {
-    pub store: String,
-    pub lat: Lat,
-    pub resumed_share: f64,
+pub(crate) struct StoreRow {
+    pub(crate) store: String,
+    pub(crate) lat: Lat,
+    pub(crate) resumed_share: f64,
     /// CPU per connection of the CS process.
-    pub cs_cpu: Duration,
+    pub(crate) cs_cpu: Duration,
     /// (concurrency, connections per second)
-    pub throughput: Vec<(usize, f64)>,
-    pub errors: usize,
+    pub(crate) throughput: Vec<(usize, f64)>,
+    pub(crate) errors: usize,
 }
 
 /// Full handshakes at [`REPLICA_CONCURRENCY`] through one engine, one way of reaching the CS.
-pub struct ReplicaRow {
-    pub setup: &'static str,
+pub(crate) struct ReplicaRow {
+    pub(crate) setup: &'static str,
     /// Connections per second of each round.
-    pub rates: Vec<f64>,
+    pub(crate) rates: Vec<f64>,
     /// CPU per connection: this process (the engine), all CS processes together, the
     /// TLS server.
-    pub engine_cpu: Duration,
-    pub cs_cpu: Duration,
-    pub server_cpu: Duration,
+    pub(crate) engine_cpu: Duration,
+    pub(crate) cs_cpu: Duration,
+    pub(crate) server_cpu: Duration,
     /// Wall time of all rounds.
-    pub wall: Duration,
+    pub(crate) wall: Duration,
     /// Cores the three kinds of process kept busy on average (CPU time / wall time).
-    pub busy: f64,
+    pub(crate) busy: f64,
     /// Sessions each replica opened (the pool's count), all rounds.
-    pub sessions: Vec<u64>,
-    pub errors: usize,
+    pub(crate) sessions: Vec<u64>,
+    pub(crate) errors: usize,
 }
 
-pub struct Figures {
-    pub fsync: bool,
-    pub stores: Vec<StoreRow>,
-    pub replicas: Vec<ReplicaRow>,
-    pub replica_dur: Duration,
+pub(crate) struct Figures {
+    pub(crate) fsync: bool,
+    pub(crate) stores: Vec<StoreRow>,
+    pub(crate) replicas: Vec<ReplicaRow>,
+    pub(crate) replica_dur: Duration,
 }
 
 /// Runs the rows; `Ok(None)` when PostgreSQL is not installed and `quick` (said in `notes`).
-pub async fn run(
+pub(crate) async fn run(
     dev: &Path,
     workspace: &Path,
     p: &Params,
@@ -275,7 +275,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 impl Figures {
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         use std::fmt::Write;
         let mut s = format!(
             "\n### PostgreSQL ticket store and CS replicas (issue 8)\n\n\

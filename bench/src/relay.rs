@@ -21,7 +21,7 @@ use crate::sys::{self, ms, Lat};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Listens on 127.0.0.1:`port`, relays each connection to 127.0.0.1:`to`. Prints `READY`.
-pub fn run(port: u16, to: u16, rtt: Duration) -> Result<(), BoxError> {
+pub(crate) fn run(port: u16, to: u16, rtt: Duration) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -117,7 +117,7 @@ struct Row {
 /// Every client through relays of each round trip in `rtts` to the rustls server on
 /// `server_port`; `clients(mode)` gives (name, client, is LURK) for a mode. Returns the markdown
 /// section and notes.
-pub async fn measure(
+pub(crate) async fn measure(
     server_port: u16,
     server_pid: u32,
     rtts: &[Duration],

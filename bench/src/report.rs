@@ -9,30 +9,30 @@ use crate::svg;
 use crate::sys::{ms, us, Lat};
 
 /// `openssl s_time` figures: (server, mode, connections/s, CPU per connection).
-pub type STime = (ServerKind, Mode, f64, Duration);
+pub(crate) type STime = (ServerKind, Mode, f64, Duration);
 
 #[derive(Default)]
-pub struct Results {
-    pub quick: bool,
-    pub machine: Vec<(String, String)>,
-    pub raw: Vec<RawToken>,
-    pub exchanges: Vec<ExchangeFigures>,
-    pub mem_handshakes: Option<(Samples, Duration)>,
-    pub abandoned: Option<(Samples, usize, Duration, usize)>,
-    pub cells: Vec<Cell>,
-    pub s_time: Vec<STime>,
+pub(crate) struct Results {
+    pub(crate) quick: bool,
+    pub(crate) machine: Vec<(String, String)>,
+    pub(crate) raw: Vec<RawToken>,
+    pub(crate) exchanges: Vec<ExchangeFigures>,
+    pub(crate) mem_handshakes: Option<(Samples, Duration)>,
+    pub(crate) abandoned: Option<(Samples, usize, Duration, usize)>,
+    pub(crate) cells: Vec<Cell>,
+    pub(crate) s_time: Vec<STime>,
     /// The PostgreSQL store and replica rows (issue 8).
-    pub pg: Option<crate::pg_scale::Figures>,
-    pub notes: Vec<String>,
+    pub(crate) pg: Option<crate::pg_scale::Figures>,
+    pub(crate) notes: Vec<String>,
     /// Markdown sections of further benchmark modules, in order (each starts with `### `).
-    pub sections: Vec<String>,
+    pub(crate) sections: Vec<String>,
     /// Issue 10 targets measured by the client-authentication and delaying-relay rows.
-    pub more_targets: Vec<Target>,
-    pub took: Duration,
+    pub(crate) more_targets: Vec<Target>,
+    pub(crate) took: Duration,
 }
 
 /// A target, what was measured, and whether it is met (None: not measurable in this run).
-pub type Target = (String, String, Option<bool>);
+pub(crate) type Target = (String, String, Option<bool>);
 
 const RUSTLS: &str = "rustls client";
 
@@ -233,7 +233,7 @@ impl Results {
         t
     }
 
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -395,7 +395,7 @@ impl Results {
         s
     }
 
-    pub fn svgs(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn svgs(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let mut items = Vec::new();
         for c in &self.cells {

@@ -130,7 +130,7 @@ async fn run_row(
     Ok((Lat::of(v), exchanges, resumed))
 }
 
-pub fn run(n: usize) -> Result<(), BoxError> {
+pub(crate) fn run(n: usize) -> Result<(), BoxError> {
     let fx = crate::cs_inproc::Fixture::new()?;
     let dir = tempfile::Builder::new()
         .prefix("lurk-bench-rtt-")

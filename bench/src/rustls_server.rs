@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub fn run(
+pub(crate) fn run(
     port: u16,
     cert: &Path,
     key: &Path,

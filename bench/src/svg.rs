@@ -14,7 +14,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A horizontal bar chart: one bar per (label, value, colour index, note).
-pub fn bars(title: &str, unit: &str, items: &[(String, f64, usize, String)]) -> String {
+pub(crate) fn bars(title: &str, unit: &str, items: &[(String, f64, usize, String)]) -> String {
     let row = 22.0;
     // Room for the longest label (about 6.8 px per character at font-size 12).
     let longest = items
@@ -62,7 +62,7 @@ pub fn bars(title: &str, unit: &str, items: &[(String, f64, usize, String)]) -> 
 }
 
 /// A line chart of several series of (x, y) points.
-pub fn lines(
+pub(crate) fn lines(
     title: &str,
     xlabel: &str,
     ylabel: &str,
@@ -135,7 +135,7 @@ pub fn lines(
     s
 }
 
-pub fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {

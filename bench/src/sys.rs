@@ -39,22 +39,22 @@ fn ticks(t: u64) -> Duration {
 }
 
 /// User + system CPU time of a process (zero if it is gone).
-pub fn cpu_of(pid: u32) -> Duration {
+pub(crate) fn cpu_of(pid: u32) -> Duration {
     stat_fields(&pid.to_string()).map_or(Duration::ZERO, |f| ticks(f[11] + f[12]))
 }
 
 /// User + system CPU time of this process (same accounting as getrusage(RUSAGE_SELF)).
-pub fn cpu_self() -> Duration {
+pub(crate) fn cpu_self() -> Duration {
     stat_fields("self").map_or(Duration::ZERO, |f| ticks(f[11] + f[12]))
 }
 
 /// CPU time of this process's reaped children (getrusage(RUSAGE_CHILDREN)).
-pub fn cpu_children() -> Duration {
+pub(crate) fn cpu_children() -> Duration {
     stat_fields("self").map_or(Duration::ZERO, |f| ticks(f[13] + f[14]))
 }
 
 /// Resident set size in KiB.
-pub fn rss_kib(pid: Option<u32>) -> u64 {
+pub(crate) fn rss_kib(pid: Option<u32>) -> u64 {
     let p = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
     std::fs::read_to_string(format!("/proc/{p}/status"))
         .ok()
@@ -68,7 +68,7 @@ pub fn rss_kib(pid: Option<u32>) -> u64 {
 }
 
 /// A free loopback TCP port below 32768 (above it the kernel hands out ephemeral ports).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 21000 + (std::process::id() % 4000) as u16 * 2;
     for _ in 0..10_000 {
@@ -82,7 +82,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The p-th percentile (0..=100) of `sorted` (nearest rank).
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -92,15 +92,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Latency summary of a sample.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Lat {
-    pub p50: Duration,
-    pub p90: Duration,
-    pub p99: Duration,
-    pub n: usize,
+pub(crate) struct Lat {
+    pub(crate) p50: Duration,
+    pub(crate) p90: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) n: usize,
 }
 
 impl Lat {
-    pub fn of(mut v: Vec<Duration>) -> Self {
+    pub(crate) fn of(mut v: Vec<Duration>) -> Self {
         v.sort_unstable();
         Self {
             p50: percentile(&v, 50.0),
@@ -111,11 +111,11 @@ impl Lat {
     }
 }
 
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub fn us(d: Duration) -> f64 {
+pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -136,7 +136,7 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
 }
 
 /// The machine, as BENCHMARKS.md describes it.
-pub fn machine() -> Vec<(String, String)> {
+pub(crate) fn machine() -> Vec<(String, String)> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -196,7 +196,7 @@ pub fn machine() -> Vec<(String, String)> {
 }
 
 /// A binary of this workspace, next to the running one (`target/<profile>/NAME`).
-pub fn sibling_bin(name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn sibling_bin(name: &str) -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     [

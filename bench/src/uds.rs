@@ -23,7 +23,7 @@ struct Row {
 
 /// Starts a memory-ephemerals CS with a Unix socket mapping this process's uid to the dev
 /// engine identity (the mTLS certificate's CN), and measures both transports.
-pub async fn run(
+pub(crate) async fn run(
     dev: &Path,
     pki: &Pki,
     server: (u16, u32),

@@ -10,30 +10,45 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
+/// The whole configuration file; unknown keys are refused. Only `[listen]`, `[token]` and
+/// `[store]` are required.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[listen]`: where engines connect.
     pub listen: ListenConfig,
+    /// `[token]`: the PKCS#11 token holding every credential.
     pub token: TokenConfig,
+    /// `[[keys]]`: the signing keys engines may use, by id.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// `[ephemeral]`: where (EC)DHE key pairs are made.
     #[serde(default)]
     pub ephemeral: EphemeralConfig,
+    /// `[store]`: where sealed tickets and external PSKs are kept.
     pub store: StoreConfig,
+    /// `[sessions]`: the session table's caps and lifetimes.
     #[serde(default)]
     pub sessions: SessionConfig,
+    /// `[freshness]`: how ClientHello.random is derived (draft-mglt-lurk-tls13 §3).
     #[serde(default)]
     pub freshness: FreshnessConfig,
+    /// `[log]`: format, filter, access log.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[limits]`: transport and per-engine fairness caps.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[health]`: the `grpc.health.v1` probe of token and store.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    /// `[server_auth]`: the CS checks the TLS server itself.
     #[serde(default)]
     pub server_auth: ServerAuthConfig,
+    /// `[metrics]`: the Prometheus listener.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[exchanges]`: the optional exchanges offered.
     #[serde(default)]
     pub exchanges: ExchangesConfig,
 }
@@ -55,6 +70,8 @@ impl Default for ExchangesConfig {
     }
 }
 
+/// `[listen]`: the gRPC listener (mTLS, or plaintext in development) and an optional Unix
+/// socket.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
@@ -73,6 +90,7 @@ pub struct ListenConfig {
     pub unix: Option<UnixListenConfig>,
 }
 
+/// `[listen.unix]`: a Unix-domain socket for engines on the same host.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnixListenConfig {
@@ -91,7 +109,9 @@ pub struct UnixListenConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnixEngine {
+    /// The peer's uid, as SO_PEERCRED reports it.
     pub uid: u32,
+    /// The engine identity its requests run as (tickets, sessions and keys are per identity).
     pub engine: String,
 }
 
@@ -99,6 +119,8 @@ fn default_unix_mode() -> u32 {
     0o660
 }
 
+/// `[listen.tls]`: the listener's TLS; engines must present a certificate from `client_ca`,
+/// whose subject CN (else first DNS SAN) is the engine identity.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -110,6 +132,7 @@ pub struct TlsConfig {
     pub client_ca: PathBuf,
 }
 
+/// `[token]`: the PKCS#11 module and token, how to log in, and the session pool.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -135,6 +158,7 @@ pub struct TokenConfig {
     pub module_env: BTreeMap<String, String>,
 }
 
+/// One `[[keys]]` entry: a signing key in the token with its certificate chain.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
@@ -149,6 +173,7 @@ pub struct KeyConfig {
     pub allowed_engines: Vec<String>,
 }
 
+/// `[ephemeral] backend`: where (EC)DHE key pairs are generated and used.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EphemeralBackendKind {
@@ -159,9 +184,11 @@ pub enum EphemeralBackendKind {
     Memory,
 }
 
+/// `[ephemeral]`: the (EC)DHE backend and the token backend's pool of ready key pairs.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EphemeralConfig {
+    /// Token (default) or memory.
     #[serde(default)]
     pub backend: EphemeralBackendKind,
     /// Token backend: key pairs kept ready per group, generated ahead of use in the background
@@ -187,6 +214,7 @@ impl Default for EphemeralConfig {
     }
 }
 
+/// `[store] backend`: which database holds the sealed tickets and PSKs.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
@@ -197,9 +225,11 @@ pub enum StoreBackend {
     Postgres,
 }
 
+/// `[store]`: the ticket and external-PSK store and its caps.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// SQLite (default) or PostgreSQL.
     #[serde(default)]
     pub backend: StoreBackend,
     /// SQLite file holding the sealed tickets and external PSKs (`backend = "sqlite"`).
@@ -247,6 +277,8 @@ pub struct PostgresConfig {
     pub connect_timeout_ms: u64,
 }
 
+/// `[sessions]`: how many LURK sessions, and how many bytes of session state, the CS holds,
+/// and for how long.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
@@ -391,11 +423,13 @@ impl LimitsConfig {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerAuthConfig {
+    /// Off by default.
     pub enabled: bool,
     /// PEM file of the CA certificates TLS servers must chain to (required when enabled).
     pub trust_anchors: Option<PathBuf>,
 }
 
+/// `[freshness] mode`: the formula of the ClientHello.random derivation.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FreshnessMode {
@@ -406,9 +440,11 @@ pub enum FreshnessMode {
     Pylurk,
 }
 
+/// `[freshness]`: the freshness function (draft-mglt-lurk-tls13 §3, docs/design.md §3).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FreshnessConfig {
+    /// Draft (default) or pylurk.
     #[serde(default)]
     pub mode: FreshnessMode,
     /// Test-vector mode: accepts `null` freshness and injected ephemeral keys. Never in
@@ -418,17 +454,22 @@ pub struct FreshnessConfig {
     pub test_vectors: bool,
 }
 
+/// `[log] format`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// tracing's plain-text lines (default).
     #[default]
     Human,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
+/// `[log]`: the log's format and filter, and the access log.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// Human (default) or JSON lines.
     #[serde(default)]
     pub format: LogFormat,
     /// A tracing filter (`info`, `lurk_cs=debug`, ...); RUST_LOG overrides it.

@@ -17,15 +17,24 @@ use crate::token::{Need, Token};
 
 /// Everything an operation needs: the CS's state, shared by all requests.
 pub struct Cs {
+    /// The PKCS#11 token (None only in tests and benches that need no token operation).
     pub token: Option<Token>,
+    /// The signing keys and their certificate chains.
     pub keys: KeyRing,
+    /// Sealed tickets and external PSKs.
     pub store: Arc<dyn TicketStore>,
+    /// The open LURK sessions, bounded per engine and in total.
     pub sessions: SessionTable<Stage>,
+    /// Where (EC)DHE key pairs come from (token, memory, test vectors).
     pub ephemeral: EphemeralSource,
+    /// `[freshness] mode`: the ClientHello.random formula (draft-mglt-lurk-tls13 §3).
     pub freshness_mode: FreshnessMode,
     /// Test-vector mode: `null` freshness allowed, ephemeral keys injectable in-process.
     pub test_vectors: bool,
+    /// `[store] ticket_lifetime_secs`: a registered ticket lives at most this long, whatever
+    /// its NewSessionTicket says.
     pub ticket_lifetime_cap: u64,
+    /// `[store] max_tickets_per_engine`, reported in Capabilities.
     pub max_tickets_per_engine: u32,
     /// Post-handshake authentications per session.
     pub max_post_handshake_auths: usize,

@@ -27,9 +27,11 @@ use crate::token::{EphemeralPool, Token, TokenEphemeral};
 /// A generated key pair waiting for the server's share. An agreement that fails leaves it
 /// usable (a refused exchange changes nothing); it is destroyed when dropped.
 pub enum PendingEphemeral {
+    /// A key pair generated in the token as session objects (`[ephemeral] backend = "token"`).
     Token(TokenEphemeral),
     /// ring's key agrees once: it is taken only after the server's share is validated.
     Memory(Cell<Option<agreement::EphemeralPrivateKey>>),
+    /// Test-vector mode: a private key given in-process (RFC 8448's), never from a request.
     #[cfg(feature = "test-vectors")]
     Injected(InjectedKey),
 }
@@ -69,6 +71,8 @@ fn invalid_ephemeral(why: impl Into<String>) -> ServiceError {
 }
 
 impl EphemeralSource {
+    /// A source of `kind`; `token` is needed for the token backend, `test_vectors` allows
+    /// injected keys (only in builds with the `test-vectors` feature).
     pub fn new(kind: EphemeralBackendKind, token: Option<Token>, test_vectors: bool) -> Self {
         // Without the feature, the configuration refuses the mode (config.rs).
         #[cfg(not(feature = "test-vectors"))]
@@ -104,6 +108,7 @@ impl EphemeralSource {
         self.pool.as_ref()
     }
 
+    /// The configured backend.
     pub fn kind(&self) -> EphemeralBackendKind {
         self.kind
     }

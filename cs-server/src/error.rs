@@ -13,11 +13,15 @@ use lurk_proto::wire::WireErrorKind;
 /// Configuration errors (start-up only).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value is missing, out of range or inconsistent with another; the message says which.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A file the configuration names cannot be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
 }
@@ -26,32 +30,63 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
+    /// The PKCS#11 module (shared library) cannot be loaded or initialised.
     #[error("cannot load PKCS#11 module {module}: {reason}")]
-    Module { module: String, reason: String },
+    Module {
+        /// The module's path.
+        module: String,
+        /// The loader's or `C_Initialize`'s error.
+        reason: String,
+    },
+    /// No slot holds a token with the configured label.
     #[error("no token labelled {0:?} in any slot")]
     TokenNotFound(String),
+    /// The PIN file or environment variable cannot be read.
     #[error("cannot read the token PIN: {0}")]
     Pin(String),
+    /// `C_Login` as user failed (wrong PIN, locked token).
     #[error("login to token {label:?} failed: {reason}")]
-    Login { label: String, reason: String },
+    Login {
+        /// The token's label.
+        label: String,
+        /// The PKCS#11 error.
+        reason: String,
+    },
+    /// Start-up check: the token lacks mechanisms the configured keys and ephemerals need.
     #[error("the token lacks mechanisms this configuration needs: {}", .0.join(", "))]
     MissingMechanisms(Vec<String>),
+    /// A key object the configuration or a request names is not in the token:
+    /// `invalid_certificate` in an exchange.
     #[error("key not found in the token: {0}")]
     KeyNotFound(String),
+    /// A key whose type or parameters the CS cannot use for TLS 1.3 signing.
     #[error("unsupported key: {0}")]
     UnsupportedKey(String),
+    /// A group or signature scheme the token or the key does not support:
+    /// `invalid_signature_scheme`.
     #[error("unsupported group or scheme: {0}")]
     Unsupported(String),
+    /// The server's key share is not a valid public key of its group (RFC 8446 §4.2.8.2):
+    /// `invalid_ephemeral`.
     #[error("invalid peer public key for {0}")]
     InvalidPeerKey(&'static str),
+    /// A sealed ticket or PSK did not authenticate under the sealing key (tampered, or sealed
+    /// by another key): `invalid_psk`.
     #[error("sealed data failed authentication")]
     Unseal,
+    /// A PKCS#11 call failed for another reason: `undefined_error`, details only in the log.
     #[error("PKCS#11 {op} failed: {reason}")]
-    Pkcs11 { op: &'static str, reason: String },
+    Pkcs11 {
+        /// The PKCS#11 function (`C_Sign`, ...).
+        op: &'static str,
+        /// The CKR_ value or cryptoki's error.
+        reason: String,
+    },
     /// The token does not answer: a device or session failure, or the module is being
     /// re-initialised (token/pool.rs). Exchanges fail fast with `token_unavailable`.
     #[error("token unavailable: {0}")]
     Unavailable(String),
+    /// Any other token-side failure (a malformed attribute, a missing label, ...).
     #[error("{0}")]
     Other(String),
 }
@@ -70,8 +105,10 @@ impl TokenError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// An SQLite error.
     #[error("ticket store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL error.
     #[error("ticket store (PostgreSQL): {0}")]
     Postgres(#[from] postgres::Error),
     /// The database cannot be reached (no connection within the pool's timeout).
@@ -87,21 +124,43 @@ pub enum StoreError {
     /// The engine already used this ticket (a tombstone is kept until its expiry).
     #[error("ticket already used (RFC 8446 §C.4: a ticket is used once)")]
     TicketConsumed,
+    /// The database has a schema version this CS neither uses nor migrates from, or holds
+    /// tables that are not the store's.
     #[error("ticket store schema version {found} is not supported (expected {expected})")]
-    Schema { found: i64, expected: i64 },
+    Schema {
+        /// The version the database records.
+        found: i64,
+        /// The version this CS writes.
+        expected: i64,
+    },
+    /// The engine holds its cap of stored tickets: `too_many_tickets`.
     #[error("too many tickets for engine {engine:?} (cap {cap})")]
-    TooManyTickets { engine: String, cap: u32 },
+    TooManyTickets {
+        /// The engine's identity.
+        engine: String,
+        /// Its cap (`[store] max_tickets_per_engine`).
+        cap: u32,
+    },
+    /// Sealing or unsealing by the token failed (an unseal failure is `invalid_psk`).
     #[error("ticket store: sealing failed: {0}")]
     Seal(#[from] TokenError),
+    /// A value the store refuses to hold (an empty engine or identity, a PSK whose length
+    /// does not match its hash, ...).
     #[error("ticket store: invalid input: {0}")]
     Invalid(String),
+    /// A row that does not decode: never used, reported as `undefined_error`.
     #[error("ticket store: corrupt row: {0}")]
     Corrupt(String),
+    /// A file the store needs (database, directory, PostgreSQL password or CA file) cannot be
+    /// read or created.
     #[error("ticket store {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Any other store failure (WAL mode refused, a PostgreSQL setting missing, ...).
     #[error("ticket store: {0}")]
     Other(String),
 }
@@ -110,7 +169,12 @@ pub enum StoreError {
 #[derive(Debug)]
 pub enum ServiceError {
     /// The request broke a rule of the protocol or of the policy: refused with this status.
-    Refused { status: LurkStatus, reason: String },
+    Refused {
+        /// The status sent in `lurk-status`.
+        status: LurkStatus,
+        /// The rule broken, for the gRPC message and the refusal log (never a secret).
+        reason: String,
+    },
     /// The token failed.
     Token(TokenError),
     /// The store failed.
@@ -119,12 +183,21 @@ pub enum ServiceError {
     Internal(String),
     /// A `[limits]` cap of the engine was reached (e.g. its exchanges in flight): refused
     /// at once, nothing changed; the engine may retry later.
-    Overloaded { limit: &'static str, cap: usize },
+    Overloaded {
+        /// The `[limits]` key that was reached.
+        limit: &'static str,
+        /// Its value.
+        cap: usize,
+    },
     /// The RPC did not complete within `[limits] request_timeout_ms`.
-    TimedOut { after_ms: u64 },
+    TimedOut {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
 }
 
 impl ServiceError {
+    /// A refusal with `status`; `reason` names the rule broken.
     pub fn refuse(status: LurkStatus, reason: impl Into<String>) -> Self {
         Self::Refused {
             status,

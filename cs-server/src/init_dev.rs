@@ -33,7 +33,9 @@ use crate::error::TokenError;
 use crate::token::keys::{generate_signing_key, key_uri, KeyKind};
 use crate::token::{initialize_token, Need, SigningKey, SigningKeyType, Token};
 
+/// Label of the SoftHSM token init-dev makes.
 pub const DEV_TOKEN_LABEL: &str = "lurk-dev";
+/// The gRPC listener address written in the development `lurk-cs.toml`.
 pub const DEV_LISTEN_ADDR: &str = "127.0.0.1:7443";
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SEALING_KEY_LABEL: &str = "lurk-ticket-seal";
@@ -44,22 +46,30 @@ const CLIENT_KEYS: [(&str, &str, &[u8], KeyKind); 2] = [
     ("p256", "client-p256", &[0x02], KeyKind::P256),
 ];
 
+/// Why init-dev made nothing, or stopped part-way.
 #[derive(Debug, thiserror::Error)]
 pub enum InitDevError {
+    /// The directory already holds a finished set-up: it is never overwritten.
     #[error(
         "{0} already holds a development setup (lurk-cs.toml); use it, or remove the \
          directory to make a new one"
     )]
     Exists(PathBuf),
+    /// A token directory without `lurk-cs.toml`: an earlier run stopped part-way.
     #[error("{0} holds a token directory from an unfinished init-dev; remove the directory")]
     Unfinished(PathBuf),
+    /// A file or directory could not be written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// SoftHSM token creation, login or key generation failed.
     #[error("token: {0}")]
     Token(#[from] TokenError),
+    /// A certificate could not be made (rcgen, or the token signing it).
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
 }
@@ -67,15 +77,19 @@ pub enum InitDevError {
 /// What [`init_dev`] made.
 #[derive(Clone, Debug)]
 pub struct DevSetup {
+    /// The set-up's directory, `DIR`.
     pub dir: PathBuf,
     /// `DIR/lurk-cs.toml`.
     pub config: PathBuf,
     /// `DIR/softhsm2.conf` (set `SOFTHSM2_CONF` to it to use softhsm2-util / pkcs11-tool).
     pub softhsm_conf: PathBuf,
+    /// The token's label, [`DEV_TOKEN_LABEL`].
     pub token_label: String,
+    /// `DIR/pin`: the user PIN (mode 0600), named by the config's `[token] pin_file`.
     pub pin_file: PathBuf,
     /// (config key id, certificate file) of each client key.
     pub client_certs: Vec<(String, PathBuf)>,
+    /// `DIR/tls`: the transport CA, the CS's and the two engines' certificates and keys.
     pub tls_dir: PathBuf,
 }
 

@@ -14,7 +14,9 @@ use crate::token::{SigningKey, Token};
 
 /// A configured signing key.
 pub struct ConfiguredKey {
+    /// The key id engines name in their requests (`[[keys]] id`).
     pub id: String,
+    /// The private key in the token.
     pub key: SigningKey,
     /// DER certificates, leaf first; swapped whole by [`KeyRing::reload_chains`].
     chain: RwLock<Arc<Vec<Vec<u8>>>>,
@@ -32,6 +34,7 @@ impl ConfiguredKey {
             .clone()
     }
 
+    /// The key's type for Capabilities and logs (`ed25519`, `ecdsa-p256`, ...).
     pub fn kind_name(&self) -> String {
         self.key.key_type().name()
     }
@@ -41,6 +44,7 @@ impl ConfiguredKey {
         self.key.schemes()
     }
 
+    /// Whether `engine` may use this key (`allowed_engines` empty: every engine).
     pub fn allows(&self, engine: &str) -> bool {
         self.allowed_engines.is_empty() || self.allowed_engines.iter().any(|e| e == engine)
     }
@@ -75,6 +79,7 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
+    /// No key: a CS that only does key exchange and PSKs.
     pub fn empty() -> Self {
         Self::default()
     }
@@ -138,6 +143,7 @@ impl KeyRing {
             })
     }
 
+    /// Every key, whatever engine may use it.
     pub fn all(&self) -> impl Iterator<Item = &ConfiguredKey> {
         self.keys.iter()
     }
@@ -154,6 +160,7 @@ impl KeyRing {
         });
     }
 
+    /// The keys `engine` may use (what its Capabilities list).
     pub fn usable_by<'a>(
         &'a self,
         engine: &'a str,
@@ -165,11 +172,15 @@ impl KeyRing {
 /// What reloading one key's chain did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReload {
+    /// The key.
     pub key_id: String,
+    /// The PEM file its chain was read from.
     pub path: PathBuf,
+    /// What became of the chain in force.
     pub outcome: ChainOutcome,
 }
 
+/// The result of reloading one key's chain on SIGHUP ([`crate::reload`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainOutcome {
     /// A new chain is in force.

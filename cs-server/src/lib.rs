@@ -20,6 +20,7 @@
 //! - [`reflection`]: gRPC server reflection of `lurk.tls13.v1`.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, trivial_numeric_casts)]
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod cs;

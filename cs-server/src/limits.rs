@@ -41,6 +41,8 @@ pub struct ExchangeSlot {
 }
 
 impl ExchangeLimiter {
+    /// At most `running` exchanges of one engine at once (at least 1) and `queued` more
+    /// waiting; past that an exchange is refused with `too_many_requests`.
     pub fn new(running: usize, queued: usize) -> Arc<Self> {
         Arc::new(Self {
             running: running.max(1),
@@ -49,6 +51,7 @@ impl ExchangeLimiter {
         })
     }
 
+    /// From `[limits] max_exchanges_per_engine` and `max_queued_exchanges_per_engine`.
     pub fn from_config(limits: &LimitsConfig) -> Arc<Self> {
         Self::new(
             limits.max_exchanges_per_engine,
@@ -217,6 +220,7 @@ pub struct RateLimitedWarn {
 }
 
 impl RateLimitedWarn {
+    /// At most one line per `period`.
     pub fn new(period: Duration) -> Self {
         Self {
             period,

@@ -22,7 +22,12 @@ const OTHERS: &str = "(other engines)";
 pub enum Verdict {
     /// Log it; `suppressed` refusals of this engine were not logged before it; `last`: the
     /// next ones of this interval are only counted.
-    Log { suppressed: u64, last: bool },
+    Log {
+        /// Refusals of this engine counted but not logged since its last line.
+        suppressed: u64,
+        /// This is the interval's last logged line for the engine.
+        last: bool,
+    },
     /// Count it only.
     Suppress,
 }
@@ -47,6 +52,8 @@ impl Default for RefusalLog {
 }
 
 impl RefusalLog {
+    /// Logs at most `burst` refusals per engine per `interval` (at least 1); the others are
+    /// counted.
     pub fn new(burst: u32, interval: Duration) -> Self {
         Self {
             burst: burst.max(1),

@@ -133,8 +133,11 @@ pub struct ReloadReport {
     pub listener_reloaded: bool,
     /// The listener's new files were refused (the old ones stay).
     pub listener_refused: bool,
+    /// Signing keys whose certificate chain was replaced.
     pub chains_replaced: usize,
+    /// Signing keys whose file holds the chain already in force.
     pub chains_unchanged: usize,
+    /// Signing keys whose new chain was refused (the old one stays in force).
     pub chains_refused: usize,
 }
 

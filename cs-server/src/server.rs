@@ -74,6 +74,7 @@ impl EngineId {
         Ok(Self(id))
     }
 
+    /// The identity, as the session table, the store and the logs key it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -95,18 +96,26 @@ impl AsRef<str> for EngineId {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
+    /// The listener cannot be set up as configured (TLS material, reflection, a reload).
     #[error("listen: {0}")]
     Config(String),
+    /// A certificate, key or CA file cannot be read.
     #[error("listen: {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The listening socket cannot be bound.
     #[error("listen: cannot bind {addr}: {source}")]
     Bind {
+        /// The address or socket path.
         addr: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// tonic failed to serve.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

@@ -67,6 +67,7 @@ impl CryptoServiceImpl {
         self
     }
 
+    /// The state the operations share.
     pub fn cs(&self) -> &Arc<Cs> {
         &self.cs
     }

@@ -37,6 +37,7 @@ impl SessionId {
         Ok(Self(id))
     }
 
+    /// The 16 random bytes sent to the engine as `session_id`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -58,7 +59,9 @@ impl fmt::Debug for SessionId {
 /// Limits of the table.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
+    /// Sessions open at most, all engines together.
     pub max: usize,
+    /// Sessions one engine has open at most.
     pub max_per_engine: usize,
     /// Bytes all sessions hold at most.
     pub max_bytes: usize,
@@ -100,6 +103,7 @@ const SESSION_OVERHEAD: usize = 256;
 pub struct Session<S> {
     owner: String,
     expires: Instant,
+    /// Where the session is in its exchange sequence, and what it keeps.
     pub stage: S,
 }
 
@@ -158,6 +162,7 @@ fn unknown_session() -> ServiceError {
 }
 
 impl<S: SessionState> SessionTable<S> {
+    /// An empty table with these limits.
     pub fn new(limits: SessionLimits) -> Self {
         Self {
             limits,
@@ -166,6 +171,7 @@ impl<S: SessionState> SessionTable<S> {
         }
     }
 
+    /// The limits the table was made with.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
     }
@@ -415,10 +421,12 @@ impl<S: SessionState> SessionTable<S> {
         removed.len()
     }
 
+    /// Sessions open now, expired ones not yet purged included.
     pub fn len(&self) -> usize {
         self.lock().sessions.len()
     }
 
+    /// No session open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -445,6 +453,7 @@ impl<S: SessionState> SessionTable<S> {
 }
 
 impl<S> Session<S> {
+    /// The engine identity that opened the session; no other engine can reach it.
     pub fn owner(&self) -> &str {
         &self.owner
     }

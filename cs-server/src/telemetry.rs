@@ -662,6 +662,7 @@ pub fn transport_closed(why: &'static str, engine: Option<&str>) {
 pub struct SessionHash(Option<[u8; 8]>);
 
 impl SessionHash {
+    /// The hash of session id `id`; an empty id (an exchange without a session) prints `-`.
     pub fn of(id: &[u8]) -> Self {
         if id.is_empty() {
             return Self(None);
@@ -690,6 +691,7 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Starts timing `req`'s exchange.
     pub fn start<R: Exchange>(req: &R) -> Self {
         let session = if ACCESS_LOG.load(Ordering::Relaxed) {
             SessionHash::of(req.session_id())

@@ -29,6 +29,7 @@ pub enum FreshnessMode {
 }
 
 impl FreshnessMode {
+    /// The mode's name in the configuration (`freshness = "draft" | "pylurk"`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Draft => "draft",

@@ -44,10 +44,12 @@ impl Secret {
         &self.0
     }
 
+    /// Length in bytes (not secret).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// True for a secret of no bytes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -297,6 +299,7 @@ impl KeyScheduleEarly {
         Self { hash, early_secret }
     }
 
+    /// The hash of the negotiated cipher suite, which every derivation here uses (RFC 8446 §7.1).
     pub fn hash(&self) -> HashAlg {
         self.hash
     }
@@ -361,6 +364,7 @@ pub struct KeyScheduleHandshake {
 }
 
 impl KeyScheduleHandshake {
+    /// The hash of the negotiated cipher suite, which every derivation here uses (RFC 8446 §7.1).
     pub fn hash(&self) -> HashAlg {
         self.hash
     }
@@ -407,6 +411,7 @@ pub struct KeyScheduleMaster {
 }
 
 impl KeyScheduleMaster {
+    /// The hash of the negotiated cipher suite, which every derivation here uses (RFC 8446 §7.1).
     pub fn hash(&self) -> HashAlg {
         self.hash
     }

@@ -11,6 +11,7 @@
 //! - [`status`]: LURK status codes, shared so that both sides name errors the same way.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, trivial_numeric_casts)]
+#![deny(missing_docs)]
 
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all, unused_qualifications)]

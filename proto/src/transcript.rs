@@ -26,7 +26,10 @@ pub enum TranscriptError {
     /// The transcript does not start with a whole handshake message.
     TruncatedFirstMessage,
     /// The first message is not a ClientHello.
-    FirstMessageNotClientHello { got: u8 },
+    FirstMessageNotClientHello {
+        /// The HandshakeType byte of the first message.
+        got: u8,
+    },
     /// The transcript was already restarted: a second HelloRetryRequest in one connection is
     /// illegal (RFC 8446 §4.1.4).
     AlreadyRestarted,
@@ -95,6 +98,8 @@ impl fmt::Debug for Transcript {
 }
 
 impl Transcript {
+    /// An empty transcript, hashing with SHA-256 and SHA-384 at once until the cipher suite
+    /// is known.
     pub fn new() -> Self {
         Self {
             sha256: digest::Context::new(HashAlg::Sha256.digest_algorithm()),
@@ -134,6 +139,7 @@ impl Transcript {
         self.len
     }
 
+    /// True before any message was added.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -27,6 +27,8 @@ pub fn place(_cs: &Cs, req: &pb::CClientFinishedRequest) -> Where {
     Where::inline_if(req.key_id.is_empty())
 }
 
+/// Checks the server's flight of `engine`'s session and returns the client Finished (and
+/// CertificateVerify) with the application secrets the request asks for.
 pub fn handle(
     cs: &Cs,
     engine: &str,

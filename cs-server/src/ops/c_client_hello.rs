@@ -29,6 +29,8 @@ pub fn place(cs: &Cs, _req: &pb::CClientHelloRequest) -> Where {
     Where::inline_if(common::memory_ephemerals(cs))
 }
 
+/// Takes the HelloRetryRequest and the second ClientHello of `engine`'s session and returns
+/// that ClientHello completed (random, key shares, binders).
 pub fn handle(
     cs: &Cs,
     engine: &str,

@@ -24,6 +24,8 @@ pub fn place(_cs: &Cs, _req: &pb::CInitClientFinishedRequest) -> Where {
     Where::Blocking
 }
 
+/// Signs the client CertificateVerify over the handshake `engine` ran itself (sequence C)
+/// and, with post-handshake authentication offered, opens a session for c_post_hand_auth.
 pub fn handle(
     cs: &Cs,
     engine: &str,

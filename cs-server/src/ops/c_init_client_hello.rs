@@ -29,6 +29,8 @@ pub fn place(cs: &Cs, req: &pb::CInitClientHelloRequest) -> Where {
     Where::inline_if(common::memory_ephemerals(cs) && req.psks.is_empty())
 }
 
+/// Opens a session for `engine` and returns its ClientHello completed: fresh random, the
+/// CS's key shares, the binders.
 pub fn handle(
     cs: &Cs,
     engine: &str,

@@ -20,6 +20,8 @@ pub fn place(_cs: &Cs, _req: &pb::CPostHandAuthRequest) -> Where {
     Where::Blocking
 }
 
+/// Signs the CertificateVerify answering a post-handshake CertificateRequest in `engine`'s
+/// established session.
 pub fn handle(
     cs: &Cs,
     engine: &str,

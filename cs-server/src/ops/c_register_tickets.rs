@@ -36,6 +36,8 @@ pub fn place(_cs: &Cs, req: &pb::CRegisterTicketsRequest) -> Where {
     Where::inline_if(req.new_session_tickets.is_empty())
 }
 
+/// Stores, sealed and bound to `engine`, the PSK of each NewSessionTicket of its established
+/// session.
 pub fn handle(
     cs: &Cs,
     engine: &str,

@@ -40,6 +40,8 @@ pub fn place(cs: &Cs, req: &pb::CServerFlightRequest) -> Where {
     Where::inline_if(common::memory_ephemerals(cs) && req.key_id.is_empty())
 }
 
+/// Runs c_server_hello and, when the records hold the whole server flight, c_client_finished
+/// for `engine`'s session in one exchange.
 pub fn handle(
     cs: &Cs,
     engine: &str,

@@ -20,6 +20,7 @@ pub fn place(cs: &Cs, _req: &pb::CServerHelloRequest) -> Where {
     Where::inline_if(common::memory_ephemerals(cs))
 }
 
+/// Takes the ServerHello of `engine`'s session and returns the handshake traffic secrets.
 pub fn handle(
     cs: &Cs,
     engine: &str,

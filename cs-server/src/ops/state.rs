@@ -33,6 +33,7 @@ impl fmt::Debug for Stage {
 }
 
 impl Stage {
+    /// The stage's name in refusal messages and logs.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Hello(_) => "hello",
@@ -42,6 +43,7 @@ impl Stage {
         }
     }
 
+    /// After the client Finished (tickets and post-handshake authentication only).
     pub fn is_established(&self) -> bool {
         matches!(self, Self::Established(_))
     }
@@ -86,45 +88,65 @@ impl SessionState for Stage {
 /// What a key pair the CS holds costs besides its public key (ring's private key, or the
 /// token's object handles).
 const KEY_PAIR_BYTES: usize = 128;
-/// What one small heap allocation (a `Vec` entry) costs besides its bytes.
+/// What one small heap allocation (a `Vec` entry) costs besides its bytes, in the
+/// `held_bytes` estimates the session table charges.
 pub const ENTRY_BYTES: usize = 32;
 
 /// A key share the CS generated and still holds.
 pub struct CsShare {
+    /// The share's group.
     pub group: NamedGroup,
     /// The public key sent in the ClientHello (reused if a HelloRetryRequest keeps it).
     pub public: Vec<u8>,
+    /// The private half, in the token or in memory, used once by c_server_hello.
     pub pending: PendingEphemeral,
 }
 
 /// A PSK offered in the ClientHello, loaded from the store (never leaves the CS).
 #[derive(Clone)]
 pub struct OfferedPsk {
+    /// The identity as offered in pre_shared_key.
     pub identity: Vec<u8>,
+    /// The PSK (a ticket's is derived from r and the ticket_nonce, RFC 8446 §4.6.1).
     pub psk: Secret,
+    /// The hash the PSK is bound to: only suites with this hash may select it (§4.2.11).
     pub hash: HashAlg,
+    /// An external PSK (binder label "ext binder"), not a resumption ticket ("res binder").
     pub external: bool,
     /// A resumption ticket's server name, verified under `[server_auth]` when registered.
     pub server_name: Option<String>,
 }
 
+/// The session after the ClientHello: what c_server_hello (or a second c_client_hello after
+/// a HelloRetryRequest) needs.
 pub struct HelloState {
     /// The ClientHello (or, after a HelloRetryRequest, message_hash + HRR + ClientHello2).
     pub transcript: Transcript,
     /// The last completed ClientHello, as sent.
     pub client_hello: Vec<u8>,
+    /// The ClientHello.random the CS derived (draft-mglt-lurk-tls13 §3).
     pub random: [u8; 32],
+    /// The ServerHello must echo it (RFC 8446 §4.1.3).
     pub legacy_session_id: Vec<u8>,
+    /// The ServerHello's cipher_suite must be one of them.
     pub offered_suites: Vec<CipherSuite>,
+    /// supported_groups: a HelloRetryRequest may only ask for one of them (§4.1.4).
     pub offered_groups: Vec<NamedGroup>,
     /// Groups with a key share in the ClientHello (CS- or engine-generated).
     pub shared_groups: Vec<NamedGroup>,
+    /// The key shares the CS made (cs_generated); the others the engine made.
     pub cs_shares: Vec<CsShare>,
+    /// The PSKs offered, in pre_shared_key's order (selected_identity indexes them).
     pub psks: Vec<OfferedPsk>,
+    /// psk_ke offered: the server may resume without (EC)DHE (RFC 8446 §4.2.9).
     pub psk_ke: bool,
+    /// psk_dhe_ke offered: the server may resume with (EC)DHE.
     pub psk_dhe_ke: bool,
+    /// early_data offered in the ClientHello (RFC 8446 §4.2.10).
     pub early_data: bool,
+    /// post_handshake_auth offered (RFC 8446 §4.2.6).
     pub post_handshake_auth: bool,
+    /// A HelloRetryRequest was already answered: a second one is refused (§4.1.4).
     pub retried: bool,
     /// The ClientHello's server_name (SNI), what `[server_auth]` authenticates the server for.
     pub server_name: Option<String>,
@@ -133,12 +155,14 @@ pub struct HelloState {
 }
 
 impl CsShare {
+    /// Bytes charged to the session for this share.
     pub fn held_bytes(&self) -> usize {
         size_of::<Self>() + self.public.len() + KEY_PAIR_BYTES
     }
 }
 
 impl OfferedPsk {
+    /// Bytes charged to the session for this PSK.
     pub fn held_bytes(&self) -> usize {
         size_of::<Self>()
             + self.identity.len()
@@ -149,6 +173,7 @@ impl OfferedPsk {
 }
 
 impl HelloState {
+    /// Bytes charged to the session in this stage.
     pub fn held_bytes(&self) -> usize {
         size_of::<Self>()
             + self.client_hello.capacity()
@@ -166,16 +191,26 @@ impl HelloState {
     }
 }
 
+/// The session after the ServerHello: the handshake secrets, waiting for the server's
+/// flight (c_client_finished).
 pub struct HandshakeState {
+    /// The cipher suite the ServerHello selected.
     pub suite: CipherSuite,
+    /// Its hash.
     pub hash: HashAlg,
+    /// Through the ServerHello.
     pub transcript: Transcript,
+    /// At the Handshake Secret (RFC 8446 §7.1).
     pub key_schedule: lurk_proto::key_schedule::KeyScheduleHandshake,
+    /// client_handshake_traffic_secret: the client Finished's key.
     pub client_hs: Secret,
+    /// server_handshake_traffic_secret: checks the server Finished.
     pub server_hs: Secret,
     /// A PSK was selected: no server Certificate is expected.
     pub psk_mode: bool,
+    /// early_data was offered: only then may EncryptedExtensions accept it.
     pub early_data_offered: bool,
+    /// post_handshake_auth was offered (RFC 8446 §4.2.6).
     pub post_handshake_auth: bool,
     /// The ClientHello's server_name (SNI).
     pub server_name: Option<String>,
@@ -187,6 +222,7 @@ pub struct HandshakeState {
 }
 
 impl HandshakeState {
+    /// Bytes charged to the session in this stage.
     pub fn held_bytes(&self) -> usize {
         // The key schedule and the two traffic secrets: a few hashes each.
         size_of::<Self>()
@@ -198,8 +234,12 @@ impl HandshakeState {
     }
 }
 
+/// The session after the client Finished: what tickets and post-handshake authentication
+/// need.
 pub struct EstablishedState {
+    /// The connection's cipher suite.
     pub suite: CipherSuite,
+    /// Its hash.
     pub hash: HashAlg,
     /// Transcript through the client Finished: the base of every post-handshake
     /// authentication (RFC 8446 §4.4.1).
@@ -213,7 +253,10 @@ pub struct EstablishedState {
     /// NewSessionTicket is registered once (RFC 8446 §4.6.1: nonces are unique per
     /// connection), so that a ticket, once resumed, cannot be stored again.
     pub registered_nonces: Vec<[u8; 32]>,
+    /// SHA-256 of every ticket identity registered in this session (see
+    /// `registered_nonces`).
     pub registered_identities: Vec<[u8; 32]>,
+    /// post_handshake_auth was offered: c_post_hand_auth is refused otherwise.
     pub post_handshake_auth: bool,
     /// Sequence C: the engine made the client Finished itself; the CS receives it with the
     /// first c_post_hand_auth.
@@ -229,6 +272,7 @@ pub struct EstablishedState {
 }
 
 impl EstablishedState {
+    /// Bytes charged to the session in this stage.
     pub fn held_bytes(&self) -> usize {
         size_of::<Self>()
             + self

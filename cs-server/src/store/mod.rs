@@ -95,7 +95,10 @@ pub const MAX_ENGINE_LEN: usize = 255;
 /// implementation's format); `unseal` must fail with [`TokenError::Unseal`] when the blob or
 /// the AAD was altered, and with another `TokenError` when the token itself failed.
 pub trait Sealer: Send + Sync {
+    /// Encrypts and authenticates `plaintext`, binding `aad` (every field stored beside it:
+    /// `ticket_aad`, `external_psk_aad`).
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, TokenError>;
+    /// Opens what [`Sealer::seal`] made with the same `aad`.
     fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError>;
 }
 
@@ -133,10 +136,15 @@ impl fmt::Debug for NewTicket {
 
 /// A ticket taken out of the store (and so deleted from it).
 pub struct StoredTicket {
+    /// The resumption PSK, unsealed.
     pub psk: Zeroizing<Vec<u8>>,
+    /// The hash the PSK is bound to (RFC 8446 §4.2.11).
     pub hash: HashAlg,
+    /// The cipher suite of the connection that issued the ticket.
     pub cipher_suite: u16,
+    /// The ticket's max_early_data_size (0: no early data, RFC 8446 §4.2.10).
     pub max_early_data: u32,
+    /// The server name the ticket is bound to, if any.
     pub server_name: Option<String>,
     /// When the CS registered the ticket (an approximation of when the server issued it).
     pub issued_at: SystemTime,
@@ -161,14 +169,19 @@ impl fmt::Debug for StoredTicket {
 /// What [`Tickets::peek_ticket`] tells of a stored ticket: what binds its use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TicketBinding {
+    /// The hash the ticket's PSK is bound to.
     pub hash: HashAlg,
+    /// The server name the ticket is bound to, if any.
     pub server_name: Option<String>,
 }
 
 /// An external PSK (RFC 8446 §2.2, provisioned out of band). Not consumed on use.
 pub struct ExternalPsk {
+    /// The identity engines offer in pre_shared_key.
     pub identity: Vec<u8>,
+    /// The PSK itself.
     pub psk: Zeroizing<Vec<u8>>,
+    /// The hash it is used with (RFC 8446 §4.2.11: provisioned with the PSK).
     pub hash: HashAlg,
     /// Engine identities allowed to use it; empty = every authenticated engine.
     pub allowed_engines: Vec<String>,
@@ -188,8 +201,11 @@ impl fmt::Debug for ExternalPsk {
 /// What may be said about an external PSK without the PSK itself (`Capabilities`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExternalPskInfo {
+    /// The PSK's identity.
     pub identity: Vec<u8>,
+    /// The hash it is used with.
     pub hash: HashAlg,
+    /// Engine identities allowed to use it; empty = every authenticated engine.
     pub allowed_engines: Vec<String>,
 }
 

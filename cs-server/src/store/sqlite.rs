@@ -168,6 +168,7 @@ impl SqliteStore {
         self
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

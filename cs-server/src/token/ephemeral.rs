@@ -78,6 +78,7 @@ impl std::fmt::Debug for TokenEphemeral {
 }
 
 impl TokenEphemeral {
+    /// The key pair's group.
     pub fn group(&self) -> NamedGroup {
         self.group
     }

@@ -29,9 +29,14 @@ const OID_CURVE_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0
 /// Key types `keys generate` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
+    /// Ed25519: signs ed25519.
     Ed25519,
+    /// ECDSA on P-256: signs ecdsa_secp256r1_sha256.
     P256,
+    /// ECDSA on P-384: signs ecdsa_secp384r1_sha384.
     P384,
+    /// RSA 2048 bits: signs rsa_pss_rsae_sha256/384/512 (TLS 1.3 allows no PKCS#1 v1.5 here,
+    /// RFC 8446 §4.4.3).
     Rsa2048,
 }
 
@@ -47,6 +52,7 @@ impl KeyKind {
         }
     }
 
+    /// The type of the key this kind generates.
     pub fn signing_type(self) -> SigningKeyType {
         match self {
             Self::Ed25519 => SigningKeyType::Ed25519,
@@ -60,8 +66,11 @@ impl KeyKind {
 /// A key now in the token.
 #[derive(Clone, Debug)]
 pub struct ImportedKey {
+    /// CKA_LABEL.
     pub label: String,
+    /// CKA_ID.
     pub id: Vec<u8>,
+    /// What it signs.
     pub key_type: SigningKeyType,
     /// The public key (DER SubjectPublicKeyInfo), to put in a certificate or compare.
     pub spki_der: Vec<u8>,
@@ -74,12 +83,16 @@ pub struct ImportedKey {
 pub struct KeyListing {
     /// `private` or `secret`.
     pub class: &'static str,
+    /// CKA_LABEL.
     pub label: String,
     /// CKA_ID in hex.
     pub id: String,
     /// `ed25519`, `ecdsa-p256`, `ecdsa-p384`, `rsa-2048`, `aes-256`, ...
     pub key_type: String,
+    /// CKA_SENSITIVE: the key's value can never be read in the clear.
     pub sensitive: bool,
+    /// CKA_EXTRACTABLE: the key can be wrapped out of the token (never for a signing key
+    /// the CS generates or imports).
     pub extractable: bool,
 }
 

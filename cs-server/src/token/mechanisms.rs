@@ -24,7 +24,9 @@ pub enum Need {
     GenerateSigningKey(SigningKeyType),
     /// Any other mechanism, with what it is for.
     Mechanism {
+        /// The PKCS#11 mechanism.
         mechanism: MechanismType,
+        /// What the CS uses it for, in the start-up error.
         purpose: &'static str,
     },
 }

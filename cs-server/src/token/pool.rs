@@ -173,6 +173,7 @@ pub struct PoolUsage {
     pub size: usize,
     /// Sessions checked out or being opened.
     pub in_use: usize,
+    /// Logged-in sessions open and free.
     pub idle: usize,
     /// Callers waiting for a session.
     pub waiting: usize,

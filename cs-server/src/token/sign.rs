@@ -29,10 +29,17 @@ use crate::telemetry::TokenOp;
 /// The kind of a signing key, which fixes the schemes it can make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SigningKeyType {
+    /// Ed25519 (RFC 8446 §4.2.3 ed25519).
     Ed25519,
+    /// ECDSA on P-256 with SHA-256.
     EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
     EcdsaP384,
-    Rsa { bits: usize },
+    /// RSA, signing with RSASSA-PSS only (RFC 8446 §4.4.3).
+    Rsa {
+        /// The modulus length.
+        bits: usize,
+    },
 }
 
 impl SigningKeyType {
@@ -50,6 +57,7 @@ impl SigningKeyType {
         }
     }
 
+    /// The name `keys list` and Capabilities show (`ed25519`, `ecdsa-p256`, `rsa-2048`, ...).
     pub fn name(self) -> String {
         match self {
             Self::Ed25519 => "ed25519".to_owned(),
@@ -76,6 +84,7 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
+    /// What the key signs.
     pub fn key_type(&self) -> SigningKeyType {
         self.key_type
     }
@@ -85,14 +94,17 @@ impl SigningKey {
         self.key_type.schemes()
     }
 
+    /// Whether `scheme` is one of [`SigningKey::schemes`].
     pub fn can_sign(&self, scheme: SignatureScheme) -> bool {
         self.schemes().contains(&scheme)
     }
 
+    /// The key object's CKA_LABEL.
     pub fn label(&self) -> &str {
         &self.label
     }
 
+    /// The key object's CKA_ID.
     pub fn id(&self) -> &[u8] {
         &self.id
     }

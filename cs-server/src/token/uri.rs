@@ -12,11 +12,17 @@ use crate::error::TokenError;
 /// What a `[[keys]] object` names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyUri {
+    /// `object=`: the key's CKA_LABEL (RFC 7512 §2.3).
     pub label: Option<String>,
+    /// `id=`: the key's CKA_ID, percent-decoded.
     pub id: Option<Vec<u8>>,
+    /// `token=`: the token's label; must be the configured token's.
     pub token: Option<String>,
+    /// `manufacturer=`: must match the configured token's manufacturerID.
     pub manufacturer: Option<String>,
+    /// `model=`: must match the configured token's model.
     pub model: Option<String>,
+    /// `serial=`: must match the configured token's serialNumber.
     pub serial: Option<String>,
 }
 

@@ -24,7 +24,9 @@ use crate::server::{EngineId, ServerError};
 /// (read by `server::engine_identity`).
 #[derive(Clone, Debug)]
 pub struct UnixPeer {
+    /// The identity `[listen.unix] engines` gives the peer's uid.
     pub engine: EngineId,
+    /// The peer's uid (SO_PEERCRED).
     pub uid: u32,
 }
 
@@ -86,6 +88,7 @@ impl UnixListening {
         })
     }
 
+    /// The socket file.
     pub fn path(&self) -> &Path {
         &self.file.0
     }

@@ -56,20 +56,24 @@ impl<'a> Reader<'a> {
         <&[u8; N]>::try_from(bytes).map_err(|_| WireError::Truncated(self.name))
     }
 
+    /// A `uint8` (RFC 8446 §3.3).
     pub fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
 
+    /// A big-endian `uint16` (RFC 8446 §3.3).
     pub fn u16(&mut self) -> Result<u16, WireError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
+    /// A big-endian `uint24` (RFC 8446 §3.3), as in handshake and certificate lengths.
     pub fn u24(&mut self) -> Result<u32, WireError> {
         let b = self.take(3)?;
         Ok(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
 
+    /// A big-endian `uint32` (RFC 8446 §3.3).
     pub fn u32(&mut self) -> Result<u32, WireError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -116,10 +120,12 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// Number of bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.cursor
     }
 
+    /// True once every byte was read.
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
@@ -139,10 +145,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends a `uint8`.
 pub fn put_u8(buf: &mut Vec<u8>, v: u8) {
     buf.push(v);
 }
 
+/// Appends a big-endian `uint16` (RFC 8446 §3.3).
 pub fn put_u16(buf: &mut Vec<u8>, v: u16) {
     buf.extend_from_slice(&v.to_be_bytes());
 }
@@ -152,6 +160,7 @@ pub fn put_u24(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&v.to_be_bytes()[1..]);
 }
 
+/// Appends a big-endian `uint32` (RFC 8446 §3.3).
 pub fn put_u32(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&v.to_be_bytes());
 }

@@ -12,7 +12,13 @@ macro_rules! enum_builder {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[non_exhaustive]
         $vis enum $name {
-            $( $(#[$vmeta])* $variant, )*
+            $(
+                $(#[$vmeta])*
+                #[doc = concat!("Code point `", stringify!($value), "`.")]
+                $variant,
+            )*
+            /// A code point this crate has no name for, kept as received so that it survives
+            /// parsing (and a peer's unknown values can be echoed or skipped, never misread).
             Unknown($repr),
         }
 
@@ -130,6 +136,7 @@ impl NamedGroup {
         }
     }
 
+    /// The group's name in RFC 8446 §4.2.7 (`"unknown"` for [`NamedGroup::Unknown`]).
     pub fn name(self) -> &'static str {
         match self {
             Self::Secp256r1 => "secp256r1",
@@ -175,6 +182,7 @@ enum_builder! {
 }
 
 impl SignatureScheme {
+    /// The scheme's name in RFC 8446 §4.2.3 (`"unknown"` for [`SignatureScheme::Unknown`]).
     pub fn name(self) -> &'static str {
         match self {
             Self::RsaPkcs1Sha256 => "rsa_pkcs1_sha256",
@@ -226,6 +234,7 @@ impl CipherSuite {
         }
     }
 
+    /// The suite's name in RFC 8446 §B.4 (`"unknown"` for [`CipherSuite::Unknown`]).
     pub fn name(self) -> &'static str {
         match self {
             Self::TlsAes128GcmSha256 => "TLS_AES_128_GCM_SHA256",
@@ -241,11 +250,15 @@ impl CipherSuite {
 /// The hash of a TLS 1.3 cipher suite (RFC 8446 §7.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlg {
+    /// SHA-256: TLS_AES_128_GCM_SHA256 and TLS_CHACHA20_POLY1305_SHA256.
     Sha256,
+    /// SHA-384: TLS_AES_256_GCM_SHA384.
     Sha384,
 }
 
 impl HashAlg {
+    /// Hash.length of RFC 8446 §7.1: 32 or 48 bytes, the length of every secret and of
+    /// Finished.verify_data.
     pub fn output_len(self) -> usize {
         match self {
             Self::Sha256 => 32,
@@ -253,21 +266,24 @@ impl HashAlg {
         }
     }
 
-    pub fn digest_algorithm(self) -> &'static ring::digest::Algorithm {
+    /// The ring digest for Transcript-Hash (RFC 8446 §4.4.1).
+    pub(crate) fn digest_algorithm(self) -> &'static ring::digest::Algorithm {
         match self {
             Self::Sha256 => &ring::digest::SHA256,
             Self::Sha384 => &ring::digest::SHA384,
         }
     }
 
-    pub fn hmac_algorithm(self) -> ring::hmac::Algorithm {
+    /// The ring HMAC: HKDF-Extract (RFC 8446 §7.1), Finished and PSK binders (§4.4.4).
+    pub(crate) fn hmac_algorithm(self) -> ring::hmac::Algorithm {
         match self {
             Self::Sha256 => ring::hmac::HMAC_SHA256,
             Self::Sha384 => ring::hmac::HMAC_SHA384,
         }
     }
 
-    pub fn hkdf_algorithm(self) -> ring::hkdf::Algorithm {
+    /// The ring HKDF for HKDF-Extract / HKDF-Expand-Label (RFC 8446 §7.1).
+    pub(crate) fn hkdf_algorithm(self) -> ring::hkdf::Algorithm {
         match self {
             Self::Sha256 => ring::hkdf::HKDF_SHA256,
             Self::Sha384 => ring::hkdf::HKDF_SHA384,

@@ -14,7 +14,9 @@ use super::{ExtensionType, NamedGroup, PskKeyExchangeMode, SignatureScheme, Wire
 /// One extension as received: its type, its body, and where it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extension<'a> {
+    /// The extension_type (RFC 8446 §4.2); unknown types are kept as `Unknown(n)`.
     pub typ: ExtensionType,
+    /// The extension_data, without its two-byte length.
     pub body: &'a [u8],
     /// Absolute offset of the extension's type field in the parsed input (for a handshake
     /// message view: relative to the first byte of the 4-byte header).
@@ -36,16 +38,25 @@ impl<'a> Extension<'a> {
 /// The messages that carry extensions (the columns of the table in RFC 8446 §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtensionContext {
+    /// "CH" in RFC 8446 §4.2.
     ClientHello,
+    /// "SH": the extensions a ServerHello may carry (key_share, pre_shared_key,
+    /// supported_versions).
     ServerHello,
+    /// "HRR": a ServerHello whose random is [`super::HELLO_RETRY_REQUEST_RANDOM`].
     HelloRetryRequest,
+    /// "EE": the server's extensions that do not set up the cryptographic context.
     EncryptedExtensions,
+    /// "CR".
     CertificateRequest,
+    /// "CT": the extensions of one CertificateEntry (RFC 8446 §4.4.2).
     Certificate,
+    /// "NST".
     NewSessionTicket,
 }
 
 impl ExtensionContext {
+    /// The message's name, as error messages and [`WireError`] name it.
     pub fn name(self) -> &'static str {
         match self {
             Self::ClientHello => "ClientHello",
@@ -271,6 +282,7 @@ pub fn expect_empty_body(ext: &Extension<'_>, name: &'static str) -> Result<(), 
 /// A KeyShareEntry (RFC 8446 §4.2.8) and where it lies in the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyShareEntry<'a> {
+    /// The group the share is for; unknown groups are kept as `Unknown(n)`.
     pub group: NamedGroup,
     /// Empty in a ClientHello the engine sends to the CS: the CS fills it (LURK
     /// cs_generated). RFC 8446 itself requires at least one byte.
@@ -357,7 +369,10 @@ pub fn hrr_selected_group(ext: &Extension<'_>) -> Result<NamedGroup, WireError> 
 /// A PskIdentity of the ClientHello pre_shared_key extension (RFC 8446 §4.2.11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PskIdentity<'a> {
+    /// The ticket as the server sent it, or the external PSK's identity (1..2^16-1 bytes).
     pub identity: &'a [u8],
+    /// The ticket's age in milliseconds plus its ticket_age_add, mod 2^32 (RFC 8446
+    /// §4.2.11.1); 0 for an external PSK.
     pub obfuscated_ticket_age: u32,
     /// Absolute offset of the identity's length field.
     pub offset: usize,
@@ -366,6 +381,8 @@ pub struct PskIdentity<'a> {
 /// A PskBinderEntry (RFC 8446 §4.2.11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PskBinder<'a> {
+    /// The binder: an HMAC over the truncated ClientHello (RFC 8446 §4.2.11.2), Hash.length
+    /// bytes (32..255 on the wire).
     pub binder: &'a [u8],
     /// Absolute offset of the binder's one-byte length field.
     pub offset: usize,
@@ -381,7 +398,9 @@ impl PskBinder<'_> {
 /// The ClientHello pre_shared_key extension: OfferedPsks (RFC 8446 §4.2.11).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OfferedPsks<'a> {
+    /// The PSKs offered, in the client's order; the server's selected_identity indexes them.
     pub identities: Vec<PskIdentity<'a>>,
+    /// One binder per identity, in the same order (checked while parsing).
     pub binders: Vec<PskBinder<'a>>,
     /// Absolute offset of the binders list's length field: the PartialClientHello of
     /// §4.2.11.2 is everything before it.

@@ -10,6 +10,7 @@ pub const HEADER_LEN: usize = 4;
 /// One complete handshake message, borrowed from its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandshakeMessage<'a> {
+    /// msg_type; unknown types are kept as `Unknown(n)`.
     pub typ: HandshakeType,
     /// The body, without the header.
     pub body: &'a [u8],

@@ -12,19 +12,24 @@ use super::{
 /// EncryptedExtensions (RFC 8446 §4.3.1).
 #[derive(Clone, Debug)]
 pub struct EncryptedExtensions<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
+    /// Every extension, in wire order.
     pub extensions: Vec<Extension<'a>>,
     /// The server used the ClientHello's server_name (RFC 6066 §3: empty extension).
     pub server_name_ack: bool,
+    /// The server's preferred groups, for later connections (RFC 8446 §4.2.7).
     pub supported_groups: Option<Vec<NamedGroup>>,
     /// The ALPN protocol the server selected (RFC 7301 §3.1: exactly one).
     pub alpn_protocol: Option<&'a [u8]>,
     /// The server accepted early data (RFC 8446 §4.2.10).
     pub early_data: bool,
+    /// The largest record plaintext the server will receive (RFC 8449 §4).
     pub record_size_limit: Option<u16>,
 }
 
 impl<'a> EncryptedExtensions<'a> {
+    /// Parses one complete EncryptedExtensions message (header included).
     pub fn parse(raw: &'a [u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(
             raw,
@@ -34,6 +39,7 @@ impl<'a> EncryptedExtensions<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is an EncryptedExtensions.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::EncryptedExtensions, "EncryptedExtensions")?;
         let mut r = m.body_reader("EncryptedExtensions");
@@ -89,16 +95,21 @@ impl<'a> EncryptedExtensions<'a> {
 /// CertificateRequest (RFC 8446 §4.3.2).
 #[derive(Clone, Debug)]
 pub struct CertificateRequest<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
     /// certificate_request_context: empty in the handshake, non-empty post-handshake.
     pub context: &'a [u8],
     /// Every extension, signature_algorithms included, in wire order.
     pub extensions: Vec<Extension<'a>>,
+    /// The schemes the server accepts in the client's CertificateVerify (RFC 8446 §4.3.2:
+    /// required).
     pub signature_algorithms: Vec<SignatureScheme>,
+    /// The schemes the server accepts in the client's certificates, if it restricts them.
     pub signature_algorithms_cert: Option<Vec<SignatureScheme>>,
 }
 
 impl<'a> CertificateRequest<'a> {
+    /// Parses one complete CertificateRequest message (header included).
     pub fn parse(raw: &'a [u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(
             raw,
@@ -108,6 +119,7 @@ impl<'a> CertificateRequest<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a CertificateRequest.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::CertificateRequest, "CertificateRequest")?;
         let mut r = m.body_reader("CertificateRequest");
@@ -140,25 +152,33 @@ impl<'a> CertificateRequest<'a> {
 /// One CertificateEntry (RFC 8446 §4.4.2): a DER certificate and its extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateEntry<'a> {
+    /// The DER X.509 certificate (not empty; not parsed here).
     pub cert_data: &'a [u8],
+    /// The entry's extensions (such as an OCSP status or SCTs, RFC 8446 §4.4.2.1), in wire
+    /// order.
     pub extensions: Vec<Extension<'a>>,
 }
 
 /// Certificate (RFC 8446 §4.4.2). An empty `entries` is a client declining to authenticate.
 #[derive(Clone, Debug)]
 pub struct Certificate<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
+    /// certificate_request_context: empty from a server, the CertificateRequest's from a
+    /// client.
     pub context: &'a [u8],
     /// Leaf first.
     pub entries: Vec<CertificateEntry<'a>>,
 }
 
 impl<'a> Certificate<'a> {
+    /// Parses one complete Certificate message (header included).
     pub fn parse(raw: &'a [u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(raw, HandshakeType::Certificate, "Certificate")?;
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a Certificate.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::Certificate, "Certificate")?;
         let mut r = m.body_reader("Certificate");
@@ -200,12 +220,16 @@ impl<'a> Certificate<'a> {
 /// CertificateVerify (RFC 8446 §4.4.3).
 #[derive(Clone, Debug)]
 pub struct CertificateVerify<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
+    /// The signature scheme used (unknown ones kept; the verifier checks it was offered).
     pub scheme: SignatureScheme,
+    /// The signature over the content of RFC 8446 §4.4.3 (not empty).
     pub signature: &'a [u8],
 }
 
 impl<'a> CertificateVerify<'a> {
+    /// Parses one complete CertificateVerify message (header included).
     pub fn parse(raw: &'a [u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(
             raw,
@@ -215,6 +239,7 @@ impl<'a> CertificateVerify<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a CertificateVerify.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::CertificateVerify, "CertificateVerify")?;
         let mut r = m.body_reader("CertificateVerify");
@@ -238,7 +263,9 @@ impl<'a> CertificateVerify<'a> {
 /// Finished (RFC 8446 §4.4.4): verify_data, as long as the suite's hash.
 #[derive(Clone, Debug)]
 pub struct Finished<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
+    /// HMAC(finished_key, Transcript-Hash) (RFC 8446 §4.4.4), Hash.length bytes.
     pub verify_data: &'a [u8],
 }
 
@@ -250,6 +277,7 @@ impl<'a> Finished<'a> {
         Self::from_message(&m, hash)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a Finished.
     pub fn from_message(m: &HandshakeMessage<'a>, hash: HashAlg) -> Result<Self, WireError> {
         m.expect(HandshakeType::Finished, "Finished")?;
         if m.body.len() != hash.output_len() {
@@ -265,11 +293,18 @@ impl<'a> Finished<'a> {
 /// NewSessionTicket (RFC 8446 §4.6.1).
 #[derive(Clone, Debug)]
 pub struct NewSessionTicket<'a> {
+    /// The whole message, header included.
     pub raw: &'a [u8],
+    /// Seconds the ticket may be used, at most [`MAX_TICKET_LIFETIME`].
     pub ticket_lifetime: u32,
+    /// Added to the ticket age (mod 2^32) to make obfuscated_ticket_age (§4.2.11.1).
     pub ticket_age_add: u32,
+    /// Input of the ticket's PSK: HKDF-Expand-Label(resumption_master_secret, "resumption",
+    /// ticket_nonce, Hash.length) (§4.6.1).
     pub ticket_nonce: &'a [u8],
+    /// The opaque ticket, sent back as the PSK identity (not empty).
     pub ticket: &'a [u8],
+    /// Every extension, in wire order.
     pub extensions: Vec<Extension<'a>>,
     /// early_data's max_early_data_size, if the ticket allows early data.
     pub max_early_data_size: Option<u32>,
@@ -279,6 +314,7 @@ pub struct NewSessionTicket<'a> {
 pub const MAX_TICKET_LIFETIME: u32 = 604_800;
 
 impl<'a> NewSessionTicket<'a> {
+    /// Parses one complete NewSessionTicket message (header included).
     pub fn parse(raw: &'a [u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(
             raw,
@@ -288,6 +324,7 @@ impl<'a> NewSessionTicket<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a NewSessionTicket.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::NewSessionTicket, "NewSessionTicket")?;
         let mut r = m.body_reader("NewSessionTicket");
@@ -325,15 +362,19 @@ impl<'a> NewSessionTicket<'a> {
 /// KeyUpdate (RFC 8446 §4.6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyUpdate {
+    /// Whether the peer must answer with a KeyUpdate of its own (only the two known values
+    /// parse).
     pub request_update: KeyUpdateRequest,
 }
 
 impl KeyUpdate {
+    /// Parses one complete KeyUpdate message (header included).
     pub fn parse(raw: &[u8]) -> Result<Self, WireError> {
         let m = HandshakeMessage::parse_typed(raw, HandshakeType::KeyUpdate, "KeyUpdate")?;
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a KeyUpdate.
     pub fn from_message(m: &HandshakeMessage<'_>) -> Result<Self, WireError> {
         m.expect(HandshakeType::KeyUpdate, "KeyUpdate")?;
         let mut r = m.body_reader("KeyUpdate");
@@ -355,12 +396,14 @@ impl KeyUpdate {
 pub struct EndOfEarlyData;
 
 impl EndOfEarlyData {
+    /// Parses one complete EndOfEarlyData message (header included).
     pub fn parse(raw: &[u8]) -> Result<Self, WireError> {
         let m =
             HandshakeMessage::parse_typed(raw, HandshakeType::EndOfEarlyData, "EndOfEarlyData")?;
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is an EndOfEarlyData.
     pub fn from_message(m: &HandshakeMessage<'_>) -> Result<Self, WireError> {
         m.expect(HandshakeType::EndOfEarlyData, "EndOfEarlyData")?;
         if !m.body.is_empty() {

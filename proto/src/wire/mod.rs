@@ -71,7 +71,12 @@ pub enum WireError {
     /// A vector of `len` bytes (or entries), outside the range its definition allows (RFC 8446
     /// §3.4: e.g. `<1..2^16-1>` empty, `<0..32>` longer, a list of 2-byte values of odd
     /// length, or a fixed length such as Finished's `verify_data[Hash.length]`).
-    BadLength { what: &'static str, len: usize },
+    BadLength {
+        /// The vector, named as in RFC 8446's structure (e.g. `"cipher_suites"`).
+        what: &'static str,
+        /// Its length in bytes (or entries).
+        len: usize,
+    },
     /// A value does not fit its length prefix (encoding, or splicing a value in).
     TooLong(&'static str),
     /// A message or flight of `len` bytes, over its cap of `max` ([`limits`]).
@@ -84,24 +89,57 @@ pub enum WireError {
         max: usize,
     },
     /// A list with more than `max` entries ([`limits`]).
-    TooMany { what: &'static str, max: usize },
+    TooMany {
+        /// The list (e.g. `"Certificate entries"`).
+        what: &'static str,
+        /// The cap on its entries, from [`limits`].
+        max: usize,
+    },
 
     // Rules broken.
     /// A handshake message of another type was expected.
-    UnexpectedMessage { expected: &'static str, got: u8 },
+    UnexpectedMessage {
+        /// The message expected.
+        expected: &'static str,
+        /// The HandshakeType code point received.
+        got: u8,
+    },
     /// The same extension type appears twice in one message (RFC 8446 §4.2).
-    DuplicateExtension { message: &'static str, typ: u16 },
+    DuplicateExtension {
+        /// The message (or `"Certificate"` for a CertificateEntry's block).
+        message: &'static str,
+        /// The repeated extension type.
+        typ: u16,
+    },
     /// An extension RFC 8446 §4.2 does not allow in this message.
-    ExtensionNotAllowed { message: &'static str, typ: u16 },
+    ExtensionNotAllowed {
+        /// The message, named as in RFC 8446 §4.2's table.
+        message: &'static str,
+        /// The extension type's code point.
+        typ: u16,
+    },
     /// pre_shared_key is not the last ClientHello extension (RFC 8446 §4.2.11).
     PreSharedKeyNotLast,
     /// The numbers of PSK identities and binders differ (RFC 8446 §4.2.11).
-    BinderCountMismatch { identities: usize, binders: usize },
+    BinderCountMismatch {
+        /// Number of PSK identities.
+        identities: usize,
+        /// Number of binders.
+        binders: usize,
+    },
     /// A field holds a value its rule forbids (`what` names the field and the rule's source).
-    IllegalValue { what: &'static str, value: u64 },
+    IllegalValue {
+        /// The field and the rule.
+        what: &'static str,
+        /// The value received.
+        value: u64,
+    },
     /// A message does not negotiate TLS 1.3: no supported_versions, or one without 0x0304
     /// (RFC 8446 §4.2.1).
-    NotTls13 { message: &'static str },
+    NotTls13 {
+        /// `"ClientHello"`, `"ServerHello"` or `"HelloRetryRequest"`.
+        message: &'static str,
+    },
     /// A message lacks an extension it must carry.
     MissingExtension {
         /// The message.
@@ -119,15 +157,31 @@ pub enum WireError {
         requires: &'static str,
     },
     /// Two key_share entries for one group (RFC 8446 §4.2.8).
-    DuplicateKeyShare { group: u16 },
+    DuplicateKeyShare {
+        /// The NamedGroup code point.
+        group: u16,
+    },
     /// A key_share entry for a group not in supported_groups (RFC 8446 §4.2.8).
-    KeyShareGroupNotOffered { group: u16 },
+    KeyShareGroupNotOffered {
+        /// The NamedGroup code point.
+        group: u16,
+    },
     /// server_name with more than one host_name (RFC 6066 §3).
     DuplicateHostName,
     /// Filling the empty key_share entries: `fills` public keys for `empty` entries.
-    KeyShareFillCount { empty: usize, fills: usize },
+    KeyShareFillCount {
+        /// Empty entries in the ClientHello.
+        empty: usize,
+        /// Public keys given.
+        fills: usize,
+    },
     /// Filling the empty key_share entries: the entry is for `entry`, the key for `key`.
-    KeyShareFillGroup { entry: u16, key: u16 },
+    KeyShareFillGroup {
+        /// The entry's NamedGroup code point.
+        entry: u16,
+        /// The key's NamedGroup code point.
+        key: u16,
+    },
     /// A binder to write has `len` bytes, the ClientHello reserves `reserved` (RFC 8446
     /// §4.2.11.2).
     BinderLength {

@@ -13,8 +13,12 @@ use crate::wire::{
 /// length of its binder (the hash length of the PSK's suite).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OfferedPsk {
+    /// The ticket or external PSK identity (not empty).
     pub identity: Vec<u8>,
+    /// The ticket age plus ticket_age_add, mod 2^32 (RFC 8446 §4.2.11.1); 0 for an external
+    /// PSK.
     pub obfuscated_ticket_age: u32,
+    /// The binder's length, 32..=255: Hash.length of the PSK's cipher suite.
     pub binder_len: usize,
 }
 
@@ -103,6 +107,7 @@ impl ClientHelloBuilder {
         self
     }
 
+    /// cipher_suites, in preference order (not empty); replaces [`CipherSuite::SUPPORTED`].
     pub fn cipher_suites(mut self, suites: &[CipherSuite]) -> Self {
         self.cipher_suites = suites.to_vec();
         self
@@ -114,16 +119,22 @@ impl ClientHelloBuilder {
         self
     }
 
+    /// supported_versions (RFC 8446 §4.2.1), which must contain [`TLS13`]; `[TLS13]` by
+    /// default.
     pub fn supported_versions(mut self, versions: &[u16]) -> Self {
         self.supported_versions = versions.to_vec();
         self
     }
 
+    /// supported_groups (RFC 8446 §4.2.7); not sent when empty. Every key share's group must
+    /// be listed.
     pub fn supported_groups(mut self, groups: &[NamedGroup]) -> Self {
         self.supported_groups = groups.to_vec();
         self
     }
 
+    /// signature_algorithms (RFC 8446 §4.2.3): the schemes accepted in CertificateVerify;
+    /// not sent when empty.
     pub fn signature_algorithms(mut self, schemes: &[SignatureScheme]) -> Self {
         self.signature_algorithms = schemes.to_vec();
         self
@@ -141,21 +152,28 @@ impl ClientHelloBuilder {
         self
     }
 
+    /// application_layer_protocol_negotiation (RFC 7301), each name not empty; not sent when
+    /// empty.
     pub fn alpn_protocols(mut self, protocols: &[&[u8]]) -> Self {
         self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
         self
     }
 
+    /// psk_key_exchange_modes (RFC 8446 §4.2.9), required with a PSK; not sent when empty.
     pub fn psk_modes(mut self, modes: &[PskKeyExchangeMode]) -> Self {
         self.psk_modes = modes.to_vec();
         self
     }
 
+    /// Whether to send post_handshake_auth (RFC 8446 §4.2.6): the client accepts a
+    /// CertificateRequest after the handshake.
     pub fn post_handshake_auth(mut self, offer: bool) -> Self {
         self.post_handshake_auth = offer;
         self
     }
 
+    /// Whether to send early_data (RFC 8446 §4.2.10), which requires a PSK; a second
+    /// ClientHello never carries it.
     pub fn early_data(mut self, offer: bool) -> Self {
         self.early_data = offer;
         self
@@ -167,6 +185,8 @@ impl ClientHelloBuilder {
         self
     }
 
+    /// record_size_limit (RFC 8449 §4): the largest record plaintext the client will receive
+    /// (in TLS 1.3 counting the content type and padding), at least 64.
     pub fn record_size_limit(mut self, limit: u16) -> Self {
         self.record_size_limit = Some(limit);
         self

@@ -23,25 +23,43 @@ pub const RANDOM_OFFSET: usize = HEADER_LEN + 2;
 pub struct ClientHello<'a> {
     /// The whole message, header included.
     pub raw: &'a [u8],
+    /// Always [`TLS12`] (0x0303): parsing refuses any other value (RFC 8446 §4.1.2).
     pub legacy_version: u16,
+    /// ClientHello.random: the engine's random in what the engine sends, the freshness
+    /// output in what the CS completes (draft-mglt-lurk-tls13 §3).
     pub random: &'a [u8; 32],
+    /// 0..=32 bytes, echoed by the server (RFC 8446 §4.1.2, Appendix D.4).
     pub legacy_session_id: &'a [u8],
+    /// The suites offered, in the client's order (at least one, unknown ones kept).
     pub cipher_suites: Vec<CipherSuite>,
     /// Every extension, known or not, in wire order.
     pub extensions: Vec<Extension<'a>>,
+    /// server_name's host names (RFC 6066 §3: at most one), if the extension is present.
     pub server_names: Option<Vec<&'a [u8]>>,
+    /// supported_versions (RFC 8446 §4.2.1): present and containing [`TLS13`], or parsing
+    /// fails.
     pub supported_versions: Vec<u16>,
+    /// supported_groups (RFC 8446 §4.2.7), required with key_share.
     pub supported_groups: Option<Vec<NamedGroup>>,
+    /// signature_algorithms (RFC 8446 §4.2.3): the schemes accepted in CertificateVerify.
     pub signature_algorithms: Option<Vec<SignatureScheme>>,
+    /// signature_algorithms_cert (RFC 8446 §4.2.3): the schemes accepted in certificates.
     pub signature_algorithms_cert: Option<Vec<SignatureScheme>>,
+    /// application_layer_protocol_negotiation's protocol names (RFC 7301).
     pub alpn_protocols: Option<Vec<&'a [u8]>>,
     /// key_share entries (empty key_exchange = placeholder for the CS).
     pub key_shares: Option<Vec<KeyShareEntry<'a>>>,
+    /// psk_key_exchange_modes (RFC 8446 §4.2.9), required with pre_shared_key.
     pub psk_modes: Option<Vec<PskKeyExchangeMode>>,
+    /// early_data is present (RFC 8446 §4.2.10); only with pre_shared_key.
     pub early_data: bool,
+    /// The HelloRetryRequest's cookie echoed in a second ClientHello (RFC 8446 §4.2.2).
     pub cookie: Option<&'a [u8]>,
+    /// post_handshake_auth is present (RFC 8446 §4.2.6).
     pub post_handshake_auth: bool,
+    /// record_size_limit (RFC 8449 §4).
     pub record_size_limit: Option<u16>,
+    /// pre_shared_key (RFC 8446 §4.2.11), checked to be the last extension.
     pub pre_shared_key: Option<OfferedPsks<'a>>,
     /// Offset of the extensions block's u16 length.
     pub extensions_len_offset: usize,
@@ -54,6 +72,7 @@ impl<'a> ClientHello<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a ClientHello.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::ClientHello, "ClientHello")?;
         let mut r = m.body_reader("ClientHello");

@@ -46,11 +46,17 @@ pub fn encode_server_hello(
 /// apart by the random).
 #[derive(Clone, Debug)]
 pub struct ServerHello<'a> {
+    /// The whole message, header included (what the transcript hashes).
     pub raw: &'a [u8],
+    /// Always [`TLS12`] (0x0303): parsing refuses any other value (RFC 8446 §4.1.3).
     pub legacy_version: u16,
+    /// ServerHello.random; [`HELLO_RETRY_REQUEST_RANDOM`] marks a HelloRetryRequest.
     pub random: &'a [u8; 32],
+    /// The client's legacy_session_id as echoed (0..=32 bytes); the client checks it matches.
     pub legacy_session_id_echo: &'a [u8],
+    /// The suite the server selected (not checked against the offer here).
     pub cipher_suite: CipherSuite,
+    /// Every extension, in wire order.
     pub extensions: Vec<Extension<'a>>,
     /// supported_versions' selected_version (always 0x0304 once parsed).
     pub selected_version: u16,
@@ -71,6 +77,7 @@ impl<'a> ServerHello<'a> {
         Self::from_message(&m)
     }
 
+    /// Parses a message already split from a flight; fails unless it is a ServerHello.
     pub fn from_message(m: &HandshakeMessage<'a>) -> Result<Self, WireError> {
         m.expect(HandshakeType::ServerHello, "ServerHello")?;
         let mut r = m.body_reader("ServerHello");
@@ -155,6 +162,7 @@ impl<'a> ServerHello<'a> {
         *self.random == HELLO_RETRY_REQUEST_RANDOM
     }
 
+    /// The extension of type `typ`, if the message carries it.
     pub fn extension(&self, typ: ExtensionType) -> Option<&Extension<'a>> {
         find(&self.extensions, typ)
     }
