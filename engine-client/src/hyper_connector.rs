@@ -113,13 +113,17 @@ impl HttpsConnector {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port)).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = async {
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
+        };
         if !https {
-            return Ok(MaybeHttpsStream::Http(TokioIo::new(tcp)));
+            return Ok(MaybeHttpsStream::Http(TokioIo::new(tcp.await?)));
         }
         let name = ServerName::try_from(host)?;
-        let tls = self.connector.connect(tcp, &name, port).await?;
+        // The first CS exchange runs while the TCP connection is made.
+        let tls = self.connector.connect_with(&name, port, tcp).await?;
         if let Some(f) = &self.observer {
             f(tls.summary());
         }

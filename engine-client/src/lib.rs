@@ -39,6 +39,8 @@
 //! [`Connector::connect`] takes any connected `AsyncRead + AsyncWrite + Unpin` transport and
 //! returns a [`TlsStream`] once the handshake is over; the stream is itself `AsyncRead +
 //! AsyncWrite` (hence usable under hyper: `HttpsConnector` with the `hyper` feature).
+//! [`Connector::connect_with`] takes the connect future instead, and makes the first CS
+//! exchange while the transport connects.
 //! As with tokio-rustls:
 //!
 //! - `poll_write` encrypts into a buffer and returns at once; bytes reach the socket on

@@ -442,12 +442,16 @@ async fn open(
     port: u16,
     server_name: &str,
 ) -> Result<TlsStream<TcpStream>, BoxError> {
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-    tcp.set_nodelay(true)?;
     let name = ServerName::try_from(server_name)?;
-    Ok(connector.connect(tcp, &name, port).await?)
+    // The first CS exchange runs while the TCP connection is made.
+    let tcp = async {
+        let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("connecting to {host}:{port}: {e}"))
+        })?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    };
+    Ok(connector.connect_with(&name, port, tcp).await?)
 }
 
 fn report(tls: &TlsArgs, stream: &TlsStream<TcpStream>) {

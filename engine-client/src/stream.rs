@@ -19,6 +19,7 @@
 //! The CS may be several replicas ([`CsPool`]): each connection's calls go through its own
 //! route, which keeps the connection's LURK session on the replica its first call reached.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -244,7 +245,9 @@ impl Connector {
 
     /// Runs the handshake with `server_name` on `io`, a connected transport (TCP, Unix
     /// socket, anything `AsyncRead + AsyncWrite`); `port` keys the ticket store (tickets
-    /// are kept per `name:port`).
+    /// are kept per `name:port`). When the caller dials the transport itself,
+    /// [`Self::connect_with`] saves a round trip: it makes the first CS exchange while the
+    /// transport is being connected.
     pub async fn connect<IO>(
         &self,
         mut io: IO,
@@ -254,6 +257,98 @@ impl Connector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        match self.prepare(server_name, port).await {
+            Ok(prepared) => self.finish(prepared, io).await,
+            Err(failed) => Err(failed.send_alert(&mut io).await),
+        }
+    }
+
+    /// Runs the handshake with `server_name` on the transport `io` resolves to, starting
+    /// before it exists: the CS exchange that precedes the ClientHello (c_init_client_hello,
+    /// which also makes the binders of a resumption) runs while `io` connects, both driven by the returned
+    /// future (no task is spawned). The ClientHello goes out as soon as both are done, so the
+    /// first exchange costs no time of its own when the TCP connect is the longer of the two.
+    /// `port` keys the ticket store, as for [`Self::connect`].
+    ///
+    /// An error of `io` ends the handshake (an [`Error::Io`]); a failed CS exchange ends it
+    /// without waiting for `io`. A CS session opened meanwhile is left to expire at the CS, as
+    /// for any handshake that fails or is dropped before its end.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use lurk_engine::cs_client::CsEndpoint;
+    /// use lurk_engine::verify::TrustAnchors;
+    /// use lurk_engine::{ClientConfig, Connector, ServerName};
+    /// use tokio::io::AsyncWriteExt;
+    /// use tokio::net::TcpStream;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let config = ClientConfig::builder()
+    ///     .trust_anchors(TrustAnchors::from_pem_file("ca.pem".as_ref())?)
+    ///     .build()?;
+    /// let cs = CsEndpoint::from_files(
+    ///     "https://cs.internal:7443",
+    ///     Some("cs-ca.pem".as_ref()),
+    ///     Some("engine.pem".as_ref()),
+    ///     Some("engine.key".as_ref()),
+    /// )?
+    /// .connect_lazy()?;
+    /// let connector = Connector::new(Arc::new(config), Some(cs));
+    ///
+    /// let name = ServerName::try_from("example.com")?;
+    /// // The TCP connect and the first CS exchange run together.
+    /// let tcp = async {
+    ///     let tcp = TcpStream::connect("example.com:443").await?;
+    ///     tcp.set_nodelay(true)?;
+    ///     Ok(tcp)
+    /// };
+    /// let mut tls = connector.connect_with(&name, 443, tcp).await?;
+    /// tls.write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n").await?;
+    /// tls.flush().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with<IO, F>(
+        &self,
+        server_name: &ServerName,
+        port: u16,
+        io: F,
+    ) -> Result<TlsStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+        F: Future<Output = io::Result<IO>>,
+    {
+        let mut io_fut = std::pin::pin!(io);
+        let mut prepare = std::pin::pin!(self.prepare(server_name, port));
+        let mut transport: Option<IO> = None;
+        // Both in this task: the connect first (its first poll sends the SYN), then the CS
+        // exchange, each polled until done.
+        let prepared = std::future::poll_fn(|cx| {
+            if transport.is_none() {
+                if let Poll::Ready(r) = io_fut.as_mut().poll(cx) {
+                    match r {
+                        Ok(t) => transport = Some(t),
+                        Err(e) => return Poll::Ready(Err(Failed::new(Error::io(&e)))),
+                    }
+                }
+            }
+            prepare.as_mut().poll(cx)
+        })
+        .await;
+        let prepared = match (prepared, transport) {
+            (Ok(p), Some(io)) => return self.finish(p, io).await,
+            (Ok(p), None) => p,
+            (Err(failed), Some(mut io)) => return Err(failed.send_alert(&mut io).await),
+            (Err(failed), None) => return Err(failed.error),
+        };
+        let io = io_fut.await.map_err(|e| Error::io(&e))?;
+        self.finish(prepared, io).await
+    }
+
+    /// The handshake up to its first need of the transport: the wait for tickets of earlier
+    /// connections (see [`Self::connect`]), the connection state, and the CS exchanges that
+    /// precede the ClientHello.
+    async fn prepare(&self, server_name: &ServerName, port: u16) -> Result<Prepared, Failed> {
         let server_name = server_name.as_str();
         // Tickets of earlier connections may still be on their way to the store: wait for
         // them (only for them: a session close carrying no ticket is never waited for) when
@@ -267,8 +362,9 @@ impl Connector {
             }
         }
         let mut conn =
-            ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())?;
-        let mut server_flight = match self.server_flight() {
+            ClientConnection::new(self.config.clone(), server_name, port, self.cs.is_some())
+                .map_err(Failed::new)?;
+        let server_flight = match self.server_flight() {
             Ok(v) => {
                 conn.set_cs_server_flight(v);
                 None
@@ -276,10 +372,48 @@ impl Connector {
             Err(task) => Some(task),
         };
         let route = self.cs.as_ref().map(|cs| cs.session());
+        loop {
+            match conn.next_action() {
+                Action::CallCs(call) => {
+                    let reply = match &route {
+                        Some(r) => r.perform(call).await,
+                        None => Err(no_cs()),
+                    };
+                    if let Err(error) = conn.cs_response(reply) {
+                        return Err(Failed {
+                            error,
+                            alert: conn.take_tls(),
+                        });
+                    }
+                }
+                next => {
+                    return Ok(Prepared {
+                        conn,
+                        route,
+                        server_flight,
+                        next,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The rest of the handshake, on the transport.
+    async fn finish<IO>(&self, prepared: Prepared, mut io: IO) -> Result<TlsStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Prepared {
+            mut conn,
+            route,
+            mut server_flight,
+            next,
+        } = prepared;
+        let mut next = Some(next);
         let mut buf = vec![0u8; READ_SIZE];
         let result: Result<(), Error> = async {
             loop {
-                match conn.next_action() {
+                match next.take().unwrap_or_else(|| conn.next_action()) {
                     Action::CallCs(call) => {
                         let reply = match &route {
                             Some(r) => r.perform(call).await,
@@ -338,6 +472,40 @@ impl Connector {
             io_eof: false,
             cs_closed: false,
         })
+    }
+}
+
+/// A handshake up to its first need of the transport ([`Connector::prepare`]).
+struct Prepared {
+    conn: ClientConnection,
+    route: Option<Arc<dyn CsSession>>,
+    /// The Capabilities question, when still out.
+    server_flight: Option<tokio::task::JoinHandle<bool>>,
+    /// The first action that needs the transport.
+    next: Action,
+}
+
+/// A handshake that failed before it needed the transport, and the alert it queued.
+struct Failed {
+    error: Error,
+    alert: Vec<u8>,
+}
+
+impl Failed {
+    fn new(error: Error) -> Self {
+        Self {
+            error,
+            alert: Vec::new(),
+        }
+    }
+
+    /// Sends the queued alert on `io` (best effort); the error.
+    async fn send_alert<IO: AsyncWrite + Unpin>(self, io: &mut IO) -> Error {
+        if !self.alert.is_empty() {
+            let _ = io.write_all(&self.alert).await;
+            let _ = io.flush().await;
+        }
+        self.error
     }
 }
 
@@ -625,6 +793,9 @@ mod tests {
         let (a, _b) = tokio::io::duplex(64);
         let name = ServerName::try_from("localhost").unwrap();
         let fut = connector.connect(a, &name, 443);
+        assert_send(&fut);
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = connector.connect_with(&name, 443, async { Ok(a) });
         assert_send(&fut);
         fn stream_is_send<T: Send>() {}
         stream_is_send::<TlsStream<tokio::net::TcpStream>>();

@@ -4,6 +4,9 @@
 //! `c_register_tickets` calls that only close a session (no ticket, `last_exchange`) until the
 //! next `c_init_client_hello` arrives or `hold` has passed.
 //!
+//! It can also delay every call (`set_delay`), to stand for a CS farther away, and tell when a
+//! call reached it (`wait_for_start`).
+//!
 //! It forwards; it answers nothing itself: every answer is the real CS's.
 
 use std::net::SocketAddr;
@@ -30,6 +33,10 @@ pub enum Event {
 struct Shared {
     log: Mutex<Vec<(Instant, Event)>>,
     next_hello: Notify,
+    /// Bumped at each logged event.
+    logged: tokio::sync::watch::Sender<u64>,
+    /// How long each call waits before it is forwarded.
+    delay: Mutex<Option<Duration>>,
 }
 
 struct Relay {
@@ -86,11 +93,40 @@ impl CsRelay {
     pub fn clear(&self) {
         self.shared.log.lock().unwrap().clear();
     }
+
+    /// Every call from now on waits `delay` after it reached the relay, before it is
+    /// forwarded (`None`: none).
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        *self.shared.delay.lock().unwrap() = delay;
+    }
+
+    /// Waits, at most `timeout`, until a call of `exchange` reached the relay at or after
+    /// `since`; when it did.
+    pub async fn wait_for_start(
+        &self,
+        exchange: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let started = || {
+            self.shared
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(t, e)| *t >= since && matches!(e, Event::Start(n, _) if *n == exchange))
+                .map(|(t, _)| *t)
+        };
+        let mut rx = self.shared.logged.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|_| started().is_some())).await;
+        started()
+    }
 }
 
 impl Relay {
     fn log(&self, e: Event) {
         self.shared.log.lock().unwrap().push((Instant::now(), e));
+        self.shared.logged.send_modify(|n| *n += 1);
     }
 
     async fn forward<Req, Resp, F, Fut>(
@@ -110,6 +146,10 @@ impl Relay {
         }
         if let (true, Some(hold)) = (closing, self.hold) {
             let _ = tokio::time::timeout(hold, self.shared.next_hello.notified()).await;
+        }
+        let delay = *self.shared.delay.lock().unwrap();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
         let out = call(self.cs.clone(), req.into_inner()).await;
         self.log(Event::End(name, closing));

@@ -147,3 +147,92 @@ async fn server_flight_when_offered_standard_pair_otherwise() {
         );
     }
 }
+
+/// How long the test's TCP connect waits for the CS to receive the connection's first
+/// exchange (a bound, never reached on the new path).
+const GATE: Duration = Duration::from_secs(5);
+
+/// `Connector::connect_with` makes the exchange that precedes the ClientHello while the TCP
+/// connection is being made (issue 10, item 1): c_init_client_hello, for a full handshake and
+/// for a resumed one (the CS makes the binders). The test's TCP connect completes only once the relay in
+/// front of the real CS received that exchange (at most `GATE`), and the relay delays every
+/// call by 200 ms; the handshake with `openssl s_server` then goes on as usual. Overlap is
+/// checked on recorded instants only: the CS received the exchange before the TCP connection
+/// existed, and the connect began before the CS's answer came back. The old way (connect,
+/// then the handshake) is checked to show the other order, which this test refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_exchange_runs_while_the_tcp_connection_is_made() {
+    let setup = DevSetup::new();
+    let cs = setup.start();
+    let relay = CsRelay::start(cs.client("engine"), None).await;
+    relay.set_delay(Some(Duration::from_millis(200)));
+    let mut args: Vec<String> = vec!["-www".into()];
+    args.extend(certs().cert_args("server-ecdsa-p256"));
+    let srv = SServer::start(&args);
+    let port = srv.port();
+    let connector = Connector::new(resuming_config(), Some(relay.client()));
+    let name = lurk_engine::ServerName::try_from("localhost").unwrap();
+
+    // A TCP connect that completes once the CS received `first` (at most `gate`); when it
+    // began and when it ended.
+    let gated = |first: &'static str, from: Instant, gate: Duration| {
+        let times = Arc::new(std::sync::Mutex::new((None, None)));
+        let t = times.clone();
+        let relay = &relay;
+        let fut = async move {
+            t.lock().unwrap().0 = Some(Instant::now());
+            relay.wait_for_start(first, from, gate).await;
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+            tcp.set_nodelay(true)?;
+            t.lock().unwrap().1 = Some(Instant::now());
+            Ok::<_, std::io::Error>(tcp)
+        };
+        (fut, times)
+    };
+    let event_at = |want: Event, from: Instant| {
+        relay
+            .events()
+            .into_iter()
+            .find(|(t, e)| *t >= from && *e == want)
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| panic!("no {want:?} in {:?}", relay.events()))
+    };
+
+    let first = "c_init_client_hello";
+    for resumed in [false, true] {
+        let from = Instant::now();
+        let (tcp, times) = gated(first, from, GATE);
+        let mut s = connector
+            .connect_with(&name, port, tcp)
+            .await
+            .expect("handshake");
+        let summary = s.summary().clone();
+        assert_eq!(summary.resumed, resumed, "{summary:?}");
+        assert_eq!(summary.lurk_exchanges.first(), Some(&first), "{summary:?}");
+        if !resumed {
+            assert!(s.wait_for_tickets(Duration::from_secs(5)).await.unwrap() > 0);
+        }
+        let _ = s.shutdown().await;
+        let (connect_began, connected) = *times.lock().unwrap();
+        let (connect_began, connected) = (connect_began.unwrap(), connected.unwrap());
+        let cs_received = event_at(Event::Start(first, false), from);
+        let cs_answered = event_at(Event::End(first, false), from);
+        assert!(
+            cs_received < connected && connect_began < cs_answered,
+            "{first}: the CS exchange and the TCP connect did not overlap: connect \
+             {connect_began:?}..{connected:?}, CS {cs_received:?}..{cs_answered:?}"
+        );
+        connector.wait_for_cs(Duration::from_secs(5)).await;
+    }
+
+    // The old way, connect then handshake: the CS receives nothing until the connection
+    // exists (the gate runs out), which the check above refuses.
+    let from = Instant::now();
+    let (tcp, times) = gated("c_init_client_hello", from, Duration::from_millis(300));
+    let tcp = tcp.await.unwrap();
+    let fresh = Connector::new(resuming_config(), Some(relay.client()));
+    let mut s = fresh.connect(tcp, &name, port).await.expect("handshake");
+    let _ = s.shutdown().await;
+    let connected = times.lock().unwrap().1.unwrap();
+    assert!(event_at(Event::Start("c_init_client_hello", false), from) > connected);
+}
