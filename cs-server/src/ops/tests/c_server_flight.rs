@@ -17,7 +17,7 @@ use crate::ops::c_server_flight::{handle, MAX_RECORDS};
 
 /// A session after c_init_client_hello on a ClientHello with §3's client share; the
 /// transcript holds the ServerHello too and `server_hs` is the secret [`Sh::new`] gives.
-fn hello_with_engine_share(f: &Fx) -> Hs {
+pub(super) fn hello_with_engine_share(f: &Fx) -> Hs {
     let client = &s3().ephemeral_keys.client[0];
     let ch = ClientHelloBuilder::new([0x44; 32])
         .server_name(SNI)
@@ -34,7 +34,7 @@ fn hello_with_engine_share(f: &Fx) -> Hs {
     hs
 }
 
-fn req(hs: &Hs, records: Vec<Vec<u8>>) -> pb::CServerFlightRequest {
+pub(super) fn req(hs: &Hs, records: Vec<Vec<u8>>) -> pb::CServerFlightRequest {
     pb::CServerFlightRequest {
         session_id: hs.id.clone(),
         server_hello: Sh::new().encode(),
@@ -48,7 +48,7 @@ fn req(hs: &Hs, records: Vec<Vec<u8>>) -> pb::CServerFlightRequest {
 }
 
 /// §3's flight in one record, as the server sends it.
-fn good_records(hs: &Hs) -> Vec<Vec<u8>> {
+pub(super) fn good_records(hs: &Hs) -> Vec<Vec<u8>> {
     vec![hs.record(0, &hs.full_flight(), ContentType::Handshake)]
 }
 
@@ -173,7 +173,7 @@ fn a_server_hello_refusal_is_c_server_hellos() {
 fn records_that_are_not_the_servers_flight_are_refused() {
     let f = fx();
     type Case = (&'static str, fn(&Hs) -> Vec<Vec<u8>>, LurkStatus);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (
             "two records in one entry",
             |hs| {
@@ -238,6 +238,15 @@ fn records_that_are_not_the_servers_flight_are_refused() {
             |hs| {
                 let mut content = hs.full_flight();
                 content.extend_from_slice(&nst(60, b"n", b"t"));
+                vec![hs.record(0, &content, ContentType::Handshake)]
+            },
+            LurkStatus::InvalidHandshake,
+        ),
+        (
+            "the Finished followed by part of a message in its record",
+            |hs| {
+                let mut content = hs.full_flight();
+                content.extend_from_slice(&[4, 0]);
                 vec![hs.record(0, &content, ContentType::Handshake)]
             },
             LurkStatus::InvalidHandshake,

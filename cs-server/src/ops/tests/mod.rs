@@ -18,6 +18,7 @@ mod c_register_tickets;
 mod c_server_flight;
 mod c_server_hello;
 mod capabilities;
+mod server_auth;
 
 use std::sync::Arc;
 
@@ -333,6 +334,23 @@ pub(super) fn nst(lifetime: u32, nonce: &[u8], ticket: &[u8]) -> Vec<u8> {
 }
 
 impl Fx {
+    /// The same CS (sessions, store) with `[server_auth]` on, trusting only RFC 8448's
+    /// server certificate: the RFC's server is refused by it (expired since 2026-07-30, and
+    /// not valid for [`SNI`]).
+    pub(super) fn with_rfc_anchor(self) -> Self {
+        let cert = lurk_proto::wire::Certificate::parse(s3_certificate()[0])
+            .unwrap()
+            .entries[0]
+            .cert_data
+            .to_vec();
+        let anchors = lurk_proto::server_auth::TrustAnchors::from_der(&[cert]).unwrap();
+        let policy = crate::server_auth::ServerAuth::from_anchors(anchors);
+        Self {
+            cs: self.cs.with_server_auth(Some(policy)),
+            _dir: self._dir,
+        }
+    }
+
     /// Open sessions (all engines).
     pub(super) fn sessions(&self) -> usize {
         self.cs.sessions.len()
