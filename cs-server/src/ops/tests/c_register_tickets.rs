@@ -196,3 +196,58 @@ fn past_the_engines_ticket_cap_is_too_many_tickets_and_keeps_the_stored_ones() {
     );
     assert_eq!(f.tickets(ENGINE), 1);
 }
+
+/// An exchange that makes the session grow past the engine's byte share is refused before
+/// anything is stored (the table admits the new size before the commit, common::exchange).
+#[test]
+fn growing_past_the_engines_session_bytes_is_too_many_sessions_and_stores_nothing() {
+    let f = fx_with(|c| {
+        c.sessions.max_bytes_per_engine = 64 * 1024;
+        c.sessions.max_per_engine = 10_000;
+    });
+    let hs = f.established();
+    // Sessions until the engine's byte share is (nearly) full.
+    let mut fillers = Vec::new();
+    loop {
+        let r = init_req(hello().build().unwrap());
+        match ops::c_init_client_hello::handle(&f.cs, ENGINE, r) {
+            Ok(resp) => fillers.push(resp.session_id),
+            Err(e) => {
+                assert_eq!(e.lurk_status(), LurkStatus::TooManySessions);
+                break;
+            }
+        }
+        assert!(fillers.len() < 1000, "the byte share is never reached");
+    }
+    // 16 tickets at a time make the session grow until the growth is refused.
+    let mut round = 0u8;
+    let refused_req = loop {
+        assert!(round < 4, "the session's growth is never refused");
+        let tickets = (0..16u8)
+            .map(|i| nst(60, &[round, i], &[round, i]))
+            .collect();
+        let r = req(&hs, tickets);
+        let before = (f.sessions(), f.tickets(ENGINE));
+        match handle(&f.cs, ENGINE, r.clone()) {
+            Ok(ok) => assert_eq!(ok.registered, 16),
+            Err(e) => {
+                assert_eq!(e.lurk_status(), LurkStatus::TooManySessions);
+                assert_eq!(
+                    (f.sessions(), f.tickets(ENGINE)),
+                    before,
+                    "the refusal stored"
+                );
+                break r;
+            }
+        }
+        round += 1;
+    };
+    // Room made (the engine closes a session it no longer needs): the same request passes.
+    let close = pb::CRegisterTicketsRequest {
+        session_id: fillers.pop().unwrap(),
+        new_session_tickets: Vec::new(),
+        last_exchange: true,
+    };
+    handle(&f.cs, ENGINE, close).unwrap();
+    assert_eq!(handle(&f.cs, ENGINE, refused_req).unwrap().registered, 16);
+}
