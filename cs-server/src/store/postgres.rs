@@ -1149,6 +1149,55 @@ mod tests {
             .take_ticket("engine-a", b"killed-at-commit")
             .unwrap()
             .is_none());
+
+        // Every pooled connection closed by the server while idle (a restart, a failover):
+        // a peek runs again on a new connection, and the ticket is still taken once.
+        s.put_ticket("engine-a", ticket(b"peeked", &psk)).unwrap();
+        let terminated = f.count(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))
+             FROM (SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()
+                     AND backend_type = 'client backend' OFFSET 0) others",
+        );
+        assert!(terminated >= 1, "{terminated}");
+        assert!(s.peek_ticket("engine-a", b"peeked").unwrap().is_some());
+        assert!(s.take_ticket("engine-a", b"peeked").unwrap().is_some());
+        assert!(s.take_ticket("engine-a", b"peeked").unwrap().is_none());
+
+        // A registration killed in its statement, on an engine at its tombstone bound (cap 2:
+        // live tickets and tombstones at most 4): nothing was committed, so it runs again,
+        // and the bound is kept exactly once.
+        let capped = f.open_with(&cfg(2, 3600)).unwrap();
+        for id in [b"k0", b"k1"] {
+            capped.put_ticket("engine-k", ticket(id, &psk)).unwrap();
+            assert!(capped.take_ticket("engine-k", id).unwrap().is_some());
+        }
+        for id in [b"k2", b"k3"] {
+            capped.put_ticket("engine-k", ticket(id, &psk)).unwrap();
+        }
+        assert!(capped.take_ticket("engine-k", b"k2").unwrap().is_some());
+        let tombs = || f.count("SELECT count(*) FROM consumed_tickets WHERE engine = 'engine-k'");
+        assert_eq!(tombs(), 3);
+        f.exec("CREATE SEQUENCE kill_on_insert");
+        f.exec(
+            "CREATE FUNCTION kill_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('kill_on_insert') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                     PERFORM pg_sleep(10);
+                 END IF;
+                 RETURN NULL;
+             END $$",
+        );
+        f.exec(
+            "CREATE TRIGGER kill_on_insert AFTER INSERT ON tickets
+             FOR EACH ROW EXECUTE FUNCTION kill_on_insert()",
+        );
+        capped.put_ticket("engine-k", ticket(b"k4", &psk)).unwrap();
+        assert_eq!(f.count("SELECT last_value FROM kill_on_insert"), 2);
+        assert_eq!(capped.count_tickets("engine-k").unwrap(), 2);
+        assert_eq!(tombs(), 2, "one tombstone purged, once");
+        assert!(capped.take_ticket("engine-k", b"k4").unwrap().is_some());
     }
 
     /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and
