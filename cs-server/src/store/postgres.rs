@@ -1232,4 +1232,65 @@ mod tests {
         let err = PostgresStore::from_config(&wrong, f.sealer.clone()).unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     }
+
+    /// Not a test: the latency of store calls on a private cluster, printed, for
+    /// BENCHMARKS.md (`cargo test -p lurk-cs --lib store_call_latency -- --ignored
+    /// --nocapture`; `LURK_PG_FSYNC=1` for PostgreSQL's default durability). Serial
+    /// put-then-take of one engine, then 8 threads doing the same for 3 s.
+    #[test]
+    #[ignore]
+    fn store_call_latency() {
+        std::env::set_var(PASSWORD_ENV, PASSWORD);
+        let cluster = if std::env::var_os("LURK_PG_FSYNC").is_some() {
+            PgCluster::start_with_fsync()
+        } else {
+            PgCluster::start()
+        };
+        let f = Fixture::new(&cluster);
+        let s: Arc<dyn crate::store::TicketStore> =
+            Arc::from(f.open_with(&cfg(10_000, 3600)).unwrap());
+        let (mut put, mut take) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let id = format!("t{i}");
+            let t0 = Instant::now();
+            s.put_ticket("engine-a", ticket(id.as_bytes(), &[1; 32]))
+                .unwrap();
+            put.push(t0.elapsed());
+            let t0 = Instant::now();
+            assert!(s.take_ticket("engine-a", id.as_bytes()).unwrap().is_some());
+            take.push(t0.elapsed());
+        }
+        put.sort();
+        take.sort();
+        let ms = |v: &[Duration], q: f64| v[(v.len() as f64 * q) as usize].as_secs_f64() * 1e3;
+        eprintln!(
+            "serial: put p50 {:.3} p90 {:.3} ms, take p50 {:.3} p90 {:.3} ms",
+            ms(&put, 0.5),
+            ms(&put, 0.9),
+            ms(&take, 0.5),
+            ms(&take, 0.9)
+        );
+        let t0 = Instant::now();
+        let pairs: usize = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut k = 0;
+                    while t0.elapsed() < Duration::from_secs(3) {
+                        let id = format!("c{t}-{k}");
+                        s.put_ticket("engine-a", ticket(id.as_bytes(), &[1; 32]))
+                            .unwrap();
+                        assert!(s.take_ticket("engine-a", id.as_bytes()).unwrap().is_some());
+                        k += 1;
+                    }
+                    k
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        let rate = pairs as f64 / t0.elapsed().as_secs_f64();
+        eprintln!("8 threads, one engine: {rate:.0} put+take pairs/s");
+    }
 }
