@@ -13,7 +13,9 @@
 //!   `ticket_engines` (`SELECT … FOR UPDATE`), so registrations of one engine are
 //!   serialised across replicas while the count is taken and the row inserted; a take only
 //!   lowers the count, so it needs no lock. After the lock, one statement (`PUT_TICKET`)
-//!   checks and inserts: the lock is held for that statement and the commit only.
+//!   checks, makes room among the engine's tombstones (live tickets and tombstones within
+//!   twice the cap) and inserts: the lock is held for that statement and the commit only.
+//!   The total tombstone cap (`max_tombstones`) is kept by `purge_expired`.
 //! - **TLS** to the database: with `tls_ca`, rustls verifies the server against that CA and
 //!   the DSN's host; without it, plaintext (a Unix socket or loopback).
 //! - A database that cannot be reached surfaces as `StoreError::Unavailable` at once (no
