@@ -10,7 +10,8 @@
 #                                       kubernetes-validate (deploy/kubernetes/), PyYAML, prlimit,
 #                                       promtool (Debian's prometheus package), make and a C
 #                                       compiler (AFL++, scripts/fuzz.sh), nginx and h2load
-#                                       (nghttp2-client) for the edge proxy test
+#                                       (nghttp2-client) for the edge proxy test, OpenSSL's
+#                                       PKCS#11 engine (libengine-pkcs11-openssl) for lurk-bench
 # Rust comes from rustup.
 set -euo pipefail
 test_deps=0
@@ -38,6 +39,9 @@ if [ "$test_deps" = 1 ]; then
   # The edge proxy e2e test: nginx as the upstream, h2load as the load generator.
   [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
   command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+  # OpenSSL's PKCS#11 engine (libp11): lurk-bench's `openssl s_client` rows with the client key
+  # in the token (bench/src/openssl_engine.rs; Debian packages no pkcs11 provider).
+  ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || need+=(libengine-pkcs11-openssl)
 fi
 # promtool (Debian's prometheus package, without its recommended node exporter): the tests
 # check the scraped metrics and deploy/prometheus/ (alerting rules and their cases).

@@ -167,7 +167,7 @@ fn engine(dev: &Path, cs_url: &str, pki: &Pki, ephemeral: Ephemeral) -> Result<C
 }
 
 /// The rustls server requiring one of the certificates in `pinned`.
-fn start_server(pki: &Pki, pinned: &Path) -> Result<(Proc, u16), BoxError> {
+pub(crate) fn start_server(pki: &Pki, pinned: &Path) -> Result<(Proc, u16), BoxError> {
     let port = sys::free_port();
     let mut child = Command::new(std::env::current_exe()?)
         .arg("rustls-server")

@@ -17,6 +17,7 @@
 mod client_auth;
 mod cs_inproc;
 mod handshake;
+mod openssl_engine;
 mod p11_signer;
 mod parse_cost;
 mod pg_scale;
@@ -516,6 +517,15 @@ async fn handshake_phase(
             r.more_targets.extend(targets);
         }
         Err(e) => r.notes.push(format!("client authentication rows: {e}")),
+    }
+    match openssl_engine::run(fx, &pki, p.auth_n, p.auth_budget) {
+        Ok((md, notes)) => {
+            r.sections.push(md);
+            r.notes.extend(notes);
+        }
+        Err(e) => r
+            .notes
+            .push(format!("openssl s_client client-auth rows: {e}")),
     }
     drop(cs_token);
     drop(cs_memory);

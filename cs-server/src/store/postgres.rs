@@ -8,17 +8,26 @@
 //!   version than this code knows is refused (`StoreError::Schema`).
 //! - **Single use across replicas**: `take_ticket` is `DELETE … RETURNING` (the row lock
 //!   makes a concurrent take of the same row wait, then find nothing); the tombstone is
-//!   written in the same transaction.
+//!   written by the same statement (`TAKE_TICKET`).
 //! - **Per-engine cap across replicas**: `put_ticket` locks the engine's row of
 //!   `ticket_engines` (`SELECT … FOR UPDATE`), so registrations of one engine are
 //!   serialised across replicas while the count is taken and the row inserted; a take only
-//!   lowers the count, so it needs no lock.
+//!   lowers the count, so it needs no lock. After the lock, one statement (`PUT_TICKET`)
+//!   checks, makes room among the engine's tombstones (live tickets and tombstones within
+//!   twice the cap) and inserts: the lock is held for that statement and the commit only.
+//!   The total tombstone cap (`max_tombstones`) is kept by `purge_expired`.
 //! - **TLS** to the database: with `tls_ca`, rustls verifies the server against that CA and
 //!   the DSN's host; without it, plaintext (a Unix socket or loopback).
 //! - A database that cannot be reached surfaces as `StoreError::Unavailable` at once (no
-//!   retry loop holds the request); the pool checks a connection before lending it and
-//!   reconnects on demand, so the store recovers by itself when the database is back.
+//!   retry loop holds the request); the pool reconnects on demand, so the store recovers by
+//!   itself when the database is back.
+//! - **Round trips**: each pooled connection keeps its prepared statements (prepared on first
+//!   use, dropped with the connection), so a statement costs one round trip. A connection is
+//!   not checked before it is lent (only after `IDLE_CHECK_AFTER` idle); when it turns out
+//!   closed by the server, the call runs once more on a new connection, which is safe only
+//!   before a take's `COMMIT` was sent (see `PostgresStore::run` and `take_ticket`).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,14 +35,14 @@ use std::time::{Duration, SystemTime};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use postgres::NoTls;
+use postgres::{NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use super::{
     check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer,
-    Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
+    unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer, Sealing,
+    StoredTicket, TicketBinding, TicketRow, Tickets,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
@@ -84,6 +93,70 @@ CREATE TABLE key_check (
 ",
 )];
 
+/// Locks an engine's `ticket_engines` row (its registrations, across replicas).
+const LOCK_ENGINE: &str = "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UPDATE";
+
+/// A registration in one statement, under the engine's lock (one snapshot, so the checks
+/// agree with each other): purges the engine's expired tickets, and inserts the ticket
+/// unless its identity is stored and live, or consumed (a live tombstone), or the engine
+/// has `$11` live tickets. An expired row of the same identity is replaced (the purge leaves
+/// it to the insert: one statement must not change a row twice). When it inserts, it first
+/// makes room among the engine's tombstones, the oldest first, so that live tickets and
+/// tombstones stay within twice the cap (`tombstone_excess`, docs/design.md §4.10); a take
+/// committed after the snapshot turns a ticket counted live into a tombstone, which leaves
+/// the sum as it is, so the bound is exact. A refusal purges no tombstone (`excess` is 0,
+/// never NULL: `LIMIT NULL` would mean no limit). Returns (stored, consumed, live count).
+const PUT_TICKET: &str = "
+WITH purged AS (
+    DELETE FROM tickets WHERE engine = $1 AND expires_at <= $10 AND id_hash <> $2
+), seen AS (
+    SELECT EXISTS (SELECT 1 FROM tickets
+                   WHERE engine = $1 AND id_hash = $2 AND expires_at > $10) AS stored,
+           EXISTS (SELECT 1 FROM consumed_tickets
+                   WHERE engine = $1 AND id_hash = $2 AND expires_at > $10) AS consumed,
+           (SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $10) AS live,
+           (SELECT count(*) FROM consumed_tickets WHERE engine = $1) AS tombstones
+), state AS (
+    SELECT stored, consumed, live,
+           CASE WHEN NOT stored AND NOT consumed AND live < $11
+                THEN GREATEST(live + 1 + tombstones - 2 * $11, 0)
+                ELSE 0 END AS excess,
+           NOT stored AND NOT consumed AND live < $11 AS admitted
+    FROM seen
+), room AS (
+    DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash IN
+        (SELECT id_hash FROM consumed_tickets WHERE engine = $1
+         ORDER BY expires_at, id_hash LIMIT (SELECT excess FROM state))
+), inserted AS (
+    INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at, expires_at,
+                         max_early_data, server_name, sealed)
+    SELECT $1, $2, $3::bigint, $4::bigint, $5::bigint, $6::bigint, $7::bigint, $8::text,
+           $9::bytea
+    FROM state WHERE admitted
+    ON CONFLICT (engine, id_hash) DO UPDATE SET
+        hash_alg = excluded.hash_alg, cipher_suite = excluded.cipher_suite,
+        issued_at = excluded.issued_at, expires_at = excluded.expires_at,
+        max_early_data = excluded.max_early_data, server_name = excluded.server_name,
+        sealed = excluded.sealed
+    WHERE tickets.expires_at <= $10
+)
+SELECT stored, consumed, live FROM state";
+
+/// A take in one statement: deletes the row, and writes the tombstone of a live ticket
+/// (removed again in the same transaction when the row does not unseal).
+const TAKE_TICKET: &str = "
+WITH taken AS (
+    DELETE FROM tickets WHERE engine = $1 AND id_hash = $2
+    RETURNING hash_alg, cipher_suite, issued_at, expires_at, max_early_data, server_name,
+              sealed
+), tombstone AS (
+    INSERT INTO consumed_tickets (engine, id_hash, expires_at)
+    SELECT $1, $2, expires_at FROM taken WHERE expires_at > $3
+    ON CONFLICT (engine, id_hash) DO UPDATE
+        SET expires_at = GREATEST(consumed_tickets.expires_at, excluded.expires_at)
+)
+SELECT * FROM taken";
+
 /// Key of the advisory lock taken while migrating ("lurk-cs" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006c_7572_6b2d_6373;
 
@@ -95,10 +168,16 @@ enum Connector {
     Tls(MakeRustlsConnect),
 }
 
-/// A small blocking pool: idle connections are reused after a liveness check; when none is
-/// idle and fewer than `max` exist, a new one is made at once (so an unreachable database
-/// fails fast, and the first request after it is back reconnects); otherwise the caller
-/// waits up to `timeout` for one to be returned.
+/// A connection idle longer than this is checked (one round trip) before it is lent: a peer
+/// or firewall that dropped it silently would otherwise hold the first statement until the
+/// TCP timeout. A connection the server closed is caught by the retry in
+/// [`PostgresStore::run`] instead.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
+
+/// A small blocking pool: idle connections are reused (checked only when idle longer than
+/// [`IDLE_CHECK_AFTER`]); when none is idle and fewer than `max` exist, a new one is made at
+/// once (so an unreachable database fails fast, and the first request after it is back
+/// reconnects); otherwise the caller waits up to `timeout` for one to be returned.
 struct ConnPool {
     config: postgres::Config,
     connector: Connector,
@@ -109,35 +188,63 @@ struct ConnPool {
 }
 
 struct PoolState {
-    idle: Vec<postgres::Client>,
+    idle: Vec<PgConn>,
     /// Connections lent out or idle.
     open: usize,
+}
+
+/// A pooled connection and the statements prepared on it (server-side prepared statements
+/// live as long as the connection, and are dropped with it).
+struct PgConn {
+    client: postgres::Client,
+    statements: HashMap<&'static str, Statement>,
+    idle_since: Instant,
+    /// The server ended this connection (it is not lent again).
+    broken: bool,
+}
+
+impl PgConn {
+    /// The prepared statement for `sql`: prepared on first use, then reused (one round trip
+    /// per execution instead of two).
+    fn prepare(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
 }
 
 /// A lent connection, returned to the pool on drop (unless it broke).
 struct Conn<'a> {
     pool: &'a ConnPool,
-    client: Option<postgres::Client>,
+    conn: Option<PgConn>,
+    /// Taken from the idle list (it may have been closed by the server since).
+    reused: bool,
 }
 
 impl std::ops::Deref for Conn<'_> {
-    type Target = postgres::Client;
-    fn deref(&self) -> &postgres::Client {
-        self.client.as_ref().expect("connection present until drop")
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        self.conn.as_ref().expect("connection present until drop")
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
-    fn deref_mut(&mut self) -> &mut postgres::Client {
-        self.client.as_mut().expect("connection present until drop")
+    fn deref_mut(&mut self) -> &mut PgConn {
+        self.conn.as_mut().expect("connection present until drop")
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let mut st = self.pool.lock();
-        match self.client.take() {
-            Some(c) if !c.is_closed() => st.idle.push(c),
+        match self.conn.take() {
+            Some(mut c) if !c.broken && !c.client.is_closed() => {
+                c.idle_since = Instant::now();
+                st.idle.push(c);
+            }
             _ => st.open -= 1,
         }
         self.pool.returned.notify_one();
@@ -156,17 +263,34 @@ impl ConnPool {
         }
     }
 
+    /// Closes every idle connection (after one was found closed by the server: a restart or
+    /// failover closed them all).
+    fn discard_idle(&self) {
+        let idle = {
+            let mut st = self.lock();
+            let idle = std::mem::take(&mut st.idle);
+            st.open -= idle.len();
+            idle
+        };
+        drop(idle);
+        self.returned.notify_all();
+    }
+
     fn get(&self) -> Result<Conn<'_>, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut st = self.lock();
         loop {
             while let Some(mut c) = st.idle.pop() {
                 drop(st);
-                // A connection the database closed (restart) is dropped, not lent.
-                if !c.is_closed() && c.is_valid(self.timeout).is_ok() {
+                // A connection known closed is dropped; one idle for long is checked first.
+                let usable = !c.client.is_closed()
+                    && (c.idle_since.elapsed() < IDLE_CHECK_AFTER
+                        || c.client.is_valid(self.timeout).is_ok());
+                if usable {
                     return Ok(Conn {
                         pool: self,
-                        client: Some(c),
+                        conn: Some(c),
+                        reused: true,
                     });
                 }
                 st = self.lock();
@@ -176,9 +300,15 @@ impl ConnPool {
                 st.open += 1;
                 drop(st);
                 return match self.connect() {
-                    Ok(c) => Ok(Conn {
+                    Ok(client) => Ok(Conn {
                         pool: self,
-                        client: Some(c),
+                        conn: Some(PgConn {
+                            client,
+                            statements: HashMap::new(),
+                            idle_since: Instant::now(),
+                            broken: false,
+                        }),
+                        reused: false,
                     }),
                     Err(e) => {
                         self.lock().open -= 1;
@@ -199,6 +329,28 @@ impl ConnPool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+/// How a store operation on one connection failed.
+enum OpError {
+    /// A database error before any commit was sent: nothing was committed, so the operation
+    /// may run again on a new connection when this one turns out closed.
+    Db(postgres::Error),
+    /// Not to be retried: the commit of a take was sent and its outcome is unknown, or the
+    /// failure is not the database's (sealing, corrupt row).
+    Final(StoreError),
+}
+
+impl From<postgres::Error> for OpError {
+    fn from(e: postgres::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        Self::Final(e)
     }
 }
 
@@ -230,6 +382,26 @@ fn pg_err(e: postgres::Error) -> StoreError {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Postgres(e)
+    }
+}
+
+/// Whether `e` means that `client`'s connection is gone: closed, an I/O error, or the server
+/// ending the session (SQLSTATE class 08, or 57P: shutdown, crash, terminated, idle timeout;
+/// the socket may not read as closed yet when that answer arrives).
+fn connection_lost(e: &postgres::Error, client: &postgres::Client) -> bool {
+    client.is_closed()
+        || e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// [`pg_err`], and a lost connection is `Unavailable` whatever its SQLSTATE.
+fn db_err(e: postgres::Error, client: &postgres::Client) -> StoreError {
+    if connection_lost(&e, client) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        pg_err(e)
     }
 }
 
@@ -357,11 +529,45 @@ impl PostgresStore {
         })
     }
 
+    /// Runs `op` on a pooled connection. When `op` fails with [`OpError::Db`] and its
+    /// connection, taken from the idle list, turns out closed (the database restarted or
+    /// failed over since it was last used, or killed it), the idle connections are
+    /// discarded and `op` runs once more on a new connection. `op` reports `OpError::Db` only
+    /// where nothing can have been committed, or where running it again is harmless (see
+    /// `take_ticket` and `put_ticket`). A failure on a new connection is returned at once:
+    /// the store fails fast while the database is down.
+    fn run<T>(&self, op: impl Fn(&mut PgConn) -> Result<T, OpError>) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let err = match op(&mut conn) {
+            Ok(v) => return Ok(v),
+            Err(OpError::Final(e)) => return Err(e),
+            Err(OpError::Db(e)) => e,
+        };
+        let lost = connection_lost(&err, &conn.client);
+        conn.broken |= lost;
+        if !(lost && conn.reused) {
+            return Err(db_err(err, &conn.client));
+        }
+        drop(conn);
+        self.pool.discard_idle();
+        tracing::info!(database = %self.name, error = %err,
+            "database connection closed by the server: retrying once on a new connection");
+        let mut conn = self.conn()?;
+        match op(&mut conn) {
+            Ok(v) => Ok(v),
+            Err(OpError::Final(e)) => Err(e),
+            Err(OpError::Db(e)) => {
+                conn.broken |= connection_lost(&e, &conn.client);
+                Err(db_err(e, &conn.client))
+            }
+        }
+    }
+
     /// Applies the pending migrations; returns the schema version.
     pub fn migrate(&self) -> Result<i64, StoreError> {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
+        let mut tx = conn.client.transaction().map_err(pg_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .map_err(pg_err)?;
         tx.batch_execute(
@@ -407,17 +613,18 @@ impl PostgresStore {
                     .map(|r| r.get(0)),
             )
         };
-        let blob = match get(&mut conn)? {
+        let blob = match get(&mut conn.client)? {
             Some(b) => b,
             None => {
                 let kcv = self.sealing.key_check_value()?;
-                conn.execute(
-                    "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, $2)
+                conn.client
+                    .execute(
+                        "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, $2)
                      ON CONFLICT (id) DO NOTHING",
-                    &[&kcv, &sql_int(unix_secs(SystemTime::now()))],
-                )
-                .map_err(pg_err)?;
-                get(&mut conn)?.ok_or_else(|| StoreError::Corrupt("key_check row".into()))?
+                        &[&kcv, &sql_int(unix_secs(SystemTime::now()))],
+                    )
+                    .map_err(pg_err)?;
+                get(&mut conn.client)?.ok_or_else(|| StoreError::Corrupt("key_check row".into()))?
             }
         };
         self.sealing.verify_key_check(&blob, &self.name)
@@ -431,86 +638,28 @@ impl Tickets for PostgresStore {
         let Some(t) = self.sealing.prepare_ticket(engine, &ticket, now)? else {
             return Ok(());
         };
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
-        tx.execute(
-            "INSERT INTO ticket_engines (engine) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&engine],
-        )
-        .map_err(pg_err)?;
-        // Serialises this engine's registrations across replicas.
-        tx.execute(
-            "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UPDATE",
-            &[&engine],
-        )
-        .map_err(pg_err)?;
-        tx.execute(
-            "DELETE FROM tickets WHERE engine = $1 AND expires_at <= $2",
-            &[&engine, &sql_int(now)],
-        )
-        .map_err(pg_err)?;
-        let id_hash = &t.id_hash[..];
-        // A stored identity stays as it is: re-registering never extends a lifetime.
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM tickets WHERE engine = $1 AND id_hash = $2",
-                &[&engine, &id_hash],
-            )
-            .map_err(pg_err)?
-            .is_some();
-        // Checked after `exists`: a take that removed the row committed its tombstone with
-        // the deletion, so this statement (a later snapshot) sees it.
-        let consumed = !exists
-            && tx
-                .query_opt(
-                    "SELECT 1 FROM consumed_tickets
-                     WHERE engine = $1 AND id_hash = $2 AND expires_at > $3",
-                    &[&engine, &id_hash, &sql_int(now)],
-                )
-                .map_err(pg_err)?
-                .is_some();
-        let total: i64 = tx
-            .query_one("SELECT count(*) FROM tickets WHERE engine = $1", &[&engine])
-            .map_err(pg_err)?
-            .get(0);
-        let cap = self.max_tickets_per_engine;
-        let refusal = if exists {
-            None
-        } else if consumed {
-            Some(StoreError::TicketConsumed)
-        } else if total >= i64::from(cap) {
-            Some(StoreError::TooManyTickets {
-                engine: engine.to_owned(),
-                cap,
-            })
-        } else {
-            // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
-            // Counted after the live tickets: a take in between is counted twice, never
-            // missed.
-            let tombstones: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM consumed_tickets WHERE engine = $1",
-                    &[&engine],
-                )
-                .map_err(pg_err)?
-                .get(0);
-            let excess = tombstone_excess(total + 1, tombstones, cap);
-            if excess > 0 {
-                tx.execute(
-                    "DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash IN
-                        (SELECT id_hash FROM consumed_tickets WHERE engine = $1
-                         ORDER BY expires_at, id_hash LIMIT $2)",
-                    &[&engine, &excess],
-                )
-                .map_err(pg_err)?;
+        let cap = i64::from(self.max_tickets_per_engine);
+        // Running this again after a lost connection is harmless, even when the first commit
+        // went through: the identity is then stored, and a stored identity is left as it is.
+        let outcome = self.run(|c| {
+            let s_lock = c.prepare(LOCK_ENGINE)?;
+            let s_new_engine = c.prepare(
+                "INSERT INTO ticket_engines (engine) VALUES ($1) ON CONFLICT DO NOTHING",
+            )?;
+            let s_put = c.prepare(PUT_TICKET)?;
+            let mut tx = c.client.transaction()?;
+            // Serialises this engine's registrations across replicas, until the commit: the
+            // next statement's snapshot, taken after the lock, sees every registration
+            // committed before, so the count is exact.
+            if tx.query_opt(&s_lock, &[&engine])?.is_none() {
+                tx.execute(&s_new_engine, &[&engine])?;
+                tx.query_one(&s_lock, &[&engine])?;
             }
-            tx.execute(
-                "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
-                                      expires_at, max_early_data, server_name, sealed)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            let r = tx.query_one(
+                &s_put,
                 &[
                     &engine,
-                    &id_hash,
+                    &&t.id_hash[..],
                     &t.hash_alg,
                     &t.cipher_suite,
                     &t.issued_at,
@@ -518,12 +667,24 @@ impl Tickets for PostgresStore {
                     &t.max_early_data,
                     &t.server_name,
                     &t.sealed,
+                    &sql_int(now),
+                    &cap,
                 ],
-            )
-            .map_err(pg_err)?;
-            None
+            )?;
+            let outcome: (bool, bool, i64) = (r.get(0), r.get(1), r.get(2));
+            tx.commit()?;
+            Ok(outcome)
+        })?;
+        let refusal = match outcome {
+            // A stored identity stays as it is: re-registering never extends a lifetime.
+            (true, _, _) => None,
+            (false, true, _) => Some(StoreError::TicketConsumed),
+            (false, false, live) if live >= cap => Some(StoreError::TooManyTickets {
+                engine: engine.to_owned(),
+                cap: self.max_tickets_per_engine,
+            }),
+            _ => None,
         };
-        tx.commit().map_err(pg_err)?;
         match refusal {
             None => Ok(()),
             Some(e) => {
@@ -543,57 +704,55 @@ impl Tickets for PostgresStore {
             return Ok(None);
         }
         let id_hash = identity_hash(identity);
-        let now = self.now();
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
-        // The row lock: a concurrent take of the same ticket (any replica) waits here, then
-        // finds nothing.
-        let row = tx
-            .query_opt(
-                "DELETE FROM tickets WHERE engine = $1 AND id_hash = $2
-                 RETURNING hash_alg, cipher_suite, issued_at, expires_at, max_early_data,
-                           server_name, sealed",
-                &[&engine, &&id_hash[..]],
-            )
-            .map_err(pg_err)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let row = TicketRow {
-            hash_alg: row.get(0),
-            cipher_suite: row.get(1),
-            issued_at: row.get(2),
-            expires_at: row.get(3),
-            max_early_data: row.get(4),
-            server_name: row.get(5),
-            sealed: row.get(6),
-        };
-        let result = if row.expires_at <= sql_int(now) {
-            Ok(None)
-        } else {
-            self.sealing.open_ticket(engine, &id_hash, &row).map(Some)
-        };
-        match &result {
-            // The token could not answer: roll back, the ticket stays for a later attempt.
-            Err(StoreError::Seal(e)) if !matches!(e, TokenError::Unseal) => return result,
-            Err(e) => {
-                tracing::warn!(engine, error = %e, "stored ticket rejected and deleted");
+        let now = sql_int(self.now());
+        // May run twice only when its first run failed before `COMMIT` was sent (see `run`):
+        // the server rolls back the transaction of a closed connection, so the ticket is
+        // still there, and no token call's result is kept.
+        self.run(|c| {
+            let s_take = c.prepare(TAKE_TICKET)?;
+            let s_untomb =
+                c.prepare("DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash = $2")?;
+            let mut tx = c.client.transaction()?;
+            // The row lock: a concurrent take of the same ticket (any replica) waits here,
+            // then finds nothing.
+            let Some(row) = tx.query_opt(&s_take, &[&engine, &&id_hash[..], &now])? else {
+                return Ok(None);
+            };
+            let row = TicketRow {
+                hash_alg: row.get(0),
+                cipher_suite: row.get(1),
+                issued_at: row.get(2),
+                expires_at: row.get(3),
+                max_early_data: row.get(4),
+                server_name: row.get(5),
+                sealed: row.get(6),
+            };
+            let result = if row.expires_at <= now {
+                Ok(None)
+            } else {
+                self.sealing.open_ticket(engine, &id_hash, &row).map(Some)
+            };
+            match &result {
+                // The token could not answer: roll back, the ticket stays for a later attempt.
+                Err(StoreError::Seal(e)) if !matches!(e, TokenError::Unseal) => {
+                    return result.map_err(OpError::Final)
+                }
+                // A row that does not unseal was never usable: deleted, without a tombstone.
+                Err(e) => {
+                    tracing::warn!(engine, error = %e, "stored ticket rejected and deleted");
+                    tx.execute(&s_untomb, &[&engine, &&id_hash[..]])?;
+                }
+                Ok(_) => {}
             }
-            Ok(Some(_)) => {
-                tx.execute(
-                    "INSERT INTO consumed_tickets (engine, id_hash, expires_at)
-                     VALUES ($1, $2, $3)
-                     ON CONFLICT (engine, id_hash) DO UPDATE
-                        SET expires_at = GREATEST(consumed_tickets.expires_at,
-                                                  excluded.expires_at)",
-                    &[&engine, &&id_hash[..], &row.expires_at],
-                )
-                .map_err(pg_err)?;
+            // Once `COMMIT` is sent, the ticket may be consumed even if no answer comes back:
+            // never retried (a ticket used twice is worse than one lost; the engine falls
+            // back to a full handshake).
+            if let Err(e) = tx.commit() {
+                c.broken |= connection_lost(&e, &c.client);
+                return Err(OpError::Final(db_err(e, &c.client)));
             }
-            Ok(None) => {}
-        }
-        tx.commit().map_err(pg_err)?;
-        result
+            result.map_err(OpError::Final)
+        })
     }
 
     fn peek_ticket(
@@ -606,15 +765,15 @@ impl Tickets for PostgresStore {
             return Ok(None);
         }
         let id_hash = identity_hash(identity);
-        let now = self.now();
-        let row = self
-            .conn()?
-            .query_opt(
+        let now = sql_int(self.now());
+        // A read: running it again after a lost connection is harmless.
+        let row = self.run(|c| {
+            let s = c.prepare(
                 "SELECT hash_alg, server_name FROM tickets
                  WHERE engine = $1 AND id_hash = $2 AND expires_at > $3",
-                &[&engine, &&id_hash[..], &sql_int(now)],
-            )
-            .map_err(pg_err)?;
+            )?;
+            Ok(c.client.query_opt(&s, &[&engine, &&id_hash[..], &now])?)
+        })?;
         row.map(|r| {
             Ok(TicketBinding {
                 hash: hash_from_code(r.get(0))?,
@@ -625,42 +784,35 @@ impl Tickets for PostgresStore {
     }
 
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {
-        let now = self.now();
-        let n: i64 = self
-            .conn()?
-            .query_one(
-                "SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $2",
-                &[&engine, &sql_int(now)],
-            )
-            .map_err(pg_err)?
-            .get(0);
+        let now = sql_int(self.now());
+        let n: i64 = self.run(|c| {
+            let s =
+                c.prepare("SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $2")?;
+            Ok(c.client.query_one(&s, &[&engine, &now])?.get(0))
+        })?;
         int(n, "count")
     }
 
     fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
         let now = sql_int(unix_secs(now));
-        let mut conn = self.conn()?;
-        let n = conn
-            .execute("DELETE FROM tickets WHERE expires_at <= $1", &[&now])
-            .map_err(pg_err)?;
-        conn.execute(
-            "DELETE FROM consumed_tickets WHERE expires_at <= $1",
-            &[&now],
-        )
-        .map_err(pg_err)?;
-        let tombstones: i64 = conn
-            .query_one("SELECT count(*) FROM consumed_tickets", &[])
-            .map_err(pg_err)?
-            .get(0);
-        let excess = tombstones - sql_int(self.max_tombstones);
-        if excess > 0 {
-            conn.execute(
+        let max_tombstones = sql_int(self.max_tombstones);
+        // Running these again after a lost connection is harmless.
+        let (n, excess) = self.run(|c| {
+            let s_tickets = c.prepare("DELETE FROM tickets WHERE expires_at <= $1")?;
+            let s_tombstones = c.prepare("DELETE FROM consumed_tickets WHERE expires_at <= $1")?;
+            // Then the oldest tombstones past the cap, counted in the same snapshot.
+            let s_cap = c.prepare(
                 "DELETE FROM consumed_tickets WHERE (engine, id_hash) IN
                     (SELECT engine, id_hash FROM consumed_tickets
-                     ORDER BY expires_at, engine, id_hash LIMIT $1)",
-                &[&excess],
-            )
-            .map_err(pg_err)?;
+                     ORDER BY expires_at, engine, id_hash
+                     LIMIT GREATEST((SELECT count(*) FROM consumed_tickets) - $1, 0))",
+            )?;
+            let n = c.client.execute(&s_tickets, &[&now])?;
+            c.client.execute(&s_tombstones, &[&now])?;
+            let excess = c.client.execute(&s_cap, &[&max_tombstones])?;
+            Ok((n, excess))
+        })?;
+        if excess > 0 {
             tracing::warn!(
                 purged = excess,
                 cap = self.max_tombstones,
@@ -671,19 +823,20 @@ impl Tickets for PostgresStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.conn()?
-            .query_one("SELECT count(*) FROM key_check", &[])
-            .map_err(pg_err)?;
-        Ok(())
+        self.run(|c| {
+            let s = c.prepare("SELECT count(*) FROM key_check")?;
+            c.client.query_one(&s, &[])?;
+            Ok(())
+        })
     }
 }
 
 impl ExternalPsks for PostgresStore {
     fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
         let p = self.sealing.prepare_external(&psk)?;
-        let now = self.now();
-        self.conn()?
-            .execute(
+        let now = sql_int(self.now());
+        self.run(|c| {
+            let s = c.prepare(
                 "INSERT INTO external_psks (id_hash, identity, hash_alg, allowed_engines,
                                             created_at, sealed)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -691,17 +844,20 @@ impl ExternalPsks for PostgresStore {
                     identity = excluded.identity, hash_alg = excluded.hash_alg,
                     allowed_engines = excluded.allowed_engines,
                     created_at = excluded.created_at, sealed = excluded.sealed",
+            )?;
+            c.client.execute(
+                &s,
                 &[
                     &&p.id_hash[..],
                     &p.identity,
                     &p.hash_alg,
                     &p.allowed_engines,
-                    &sql_int(now),
+                    &now,
                     &p.sealed,
                 ],
-            )
-            .map_err(pg_err)?;
-        Ok(())
+            )?;
+            Ok(())
+        })
     }
 
     fn get_external_psk(
@@ -713,14 +869,13 @@ impl ExternalPsks for PostgresStore {
             return Ok(None);
         }
         let id_hash = identity_hash(identity);
-        let row = self
-            .conn()?
-            .query_opt(
+        let row = self.run(|c| {
+            let s = c.prepare(
                 "SELECT identity, hash_alg, allowed_engines, sealed
                  FROM external_psks WHERE id_hash = $1",
-                &[&&id_hash[..]],
-            )
-            .map_err(pg_err)?;
+            )?;
+            Ok(c.client.query_opt(&s, &[&&id_hash[..]])?)
+        })?;
         // The connection is back in the pool before the token call.
         match row {
             None => Ok(None),
@@ -733,25 +888,24 @@ impl ExternalPsks for PostgresStore {
     }
 
     fn delete_external_psk(&self, identity: &[u8]) -> Result<bool, StoreError> {
-        let n = self
-            .conn()?
-            .execute(
-                "DELETE FROM external_psks WHERE id_hash = $1",
-                &[&&identity_hash(identity)[..]],
-            )
-            .map_err(pg_err)?;
+        let id_hash = identity_hash(identity);
+        // A repeat after a lost answer may report `false` for a PSK the first run deleted:
+        // the PSK is gone either way.
+        let n = self.run(|c| {
+            let s = c.prepare("DELETE FROM external_psks WHERE id_hash = $1")?;
+            Ok(c.client.execute(&s, &[&&id_hash[..]])?)
+        })?;
         Ok(n > 0)
     }
 
     fn list_external_psks(&self) -> Result<Vec<ExternalPskInfo>, StoreError> {
-        let rows = self
-            .conn()?
-            .query(
+        let rows = self.run(|c| {
+            let s = c.prepare(
                 "SELECT identity, hash_alg, allowed_engines FROM external_psks
                  ORDER BY identity",
-                &[],
-            )
-            .map_err(pg_err)?;
+            )?;
+            Ok(c.client.query(&s, &[])?)
+        })?;
         rows.iter()
             .map(|r| {
                 Ok(ExternalPskInfo {
@@ -917,6 +1071,8 @@ mod tests {
         let err = PostgresStore::from_config(&tls, g.sealer.clone()).unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 
+        closed_connections(&cluster);
+
         // The database goes away: operations fail as `Unavailable`, and succeed again once
         // it is back, with the same store (no reopening).
         cluster.stop();
@@ -928,6 +1084,122 @@ mod tests {
         cluster.start_server();
         s.ping().unwrap();
         assert!(s.take_ticket("engine-a", b"t").unwrap().is_some());
+    }
+
+    /// The server closes the store's connection in the middle of a take (here a trigger
+    /// makes the backend terminate itself; in production a restart, a failover, an idle
+    /// timeout). Before `COMMIT`, nothing was committed: the take runs again on a new
+    /// connection and returns the ticket, once. At `COMMIT`, the outcome is unknown: the take
+    /// fails as `Unavailable` and is not run again.
+    fn closed_connections(cluster: &PgCluster) {
+        let f = Fixture::new(cluster);
+        let s = f.open();
+        let psk = random_psk(32);
+        s.put_ticket("engine-a", ticket(b"killed-once", &psk))
+            .unwrap();
+        // Non-transactional counters: the killed transaction's work is rolled back, theirs not.
+        f.exec("CREATE SEQUENCE kill_on_delete");
+        f.exec(
+            "CREATE FUNCTION kill_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('kill_on_delete') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                     PERFORM pg_sleep(10);
+                 END IF;
+                 RETURN OLD;
+             END $$",
+        );
+        f.exec(
+            "CREATE TRIGGER kill_on_delete AFTER DELETE ON tickets
+             FOR EACH ROW EXECUTE FUNCTION kill_on_delete()",
+        );
+        let t = s.take_ticket("engine-a", b"killed-once").unwrap().unwrap();
+        assert_eq!(&t.psk[..], &psk[..]);
+        assert!(s.take_ticket("engine-a", b"killed-once").unwrap().is_none());
+        assert_eq!(f.count("SELECT last_value FROM kill_on_delete"), 2);
+
+        // Killed at COMMIT (a deferred trigger runs there): the store cannot know whether the
+        // take committed, so it reports the store unavailable rather than take again.
+        s.put_ticket("engine-a", ticket(b"killed-at-commit", &psk))
+            .unwrap();
+        f.exec("CREATE SEQUENCE kill_at_commit");
+        f.exec(
+            "CREATE FUNCTION kill_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('kill_at_commit') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                     PERFORM pg_sleep(10);
+                 END IF;
+                 RETURN NULL;
+             END $$",
+        );
+        f.exec(
+            "CREATE CONSTRAINT TRIGGER kill_at_commit AFTER INSERT ON consumed_tickets
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION kill_at_commit()",
+        );
+        let err = s.take_ticket("engine-a", b"killed-at-commit").unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert_eq!(f.count("SELECT last_value FROM kill_at_commit"), 1);
+        // Here the kill came before the commit record, so the ticket is still there: the
+        // next take (a new connection, no retry involved) gets it, and only it.
+        let t = s
+            .take_ticket("engine-a", b"killed-at-commit")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&t.psk[..], &psk[..]);
+        assert!(s
+            .take_ticket("engine-a", b"killed-at-commit")
+            .unwrap()
+            .is_none());
+
+        // Every pooled connection closed by the server while idle (a restart, a failover):
+        // a peek runs again on a new connection, and the ticket is still taken once.
+        s.put_ticket("engine-a", ticket(b"peeked", &psk)).unwrap();
+        let terminated = f.count(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))
+             FROM (SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()
+                     AND backend_type = 'client backend' OFFSET 0) others",
+        );
+        assert!(terminated >= 1, "{terminated}");
+        assert!(s.peek_ticket("engine-a", b"peeked").unwrap().is_some());
+        assert!(s.take_ticket("engine-a", b"peeked").unwrap().is_some());
+        assert!(s.take_ticket("engine-a", b"peeked").unwrap().is_none());
+
+        // A registration killed in its statement, on an engine at its tombstone bound (cap 2:
+        // live tickets and tombstones at most 4): nothing was committed, so it runs again,
+        // and the bound is kept exactly once.
+        let capped = f.open_with(&cfg(2, 3600)).unwrap();
+        for id in [b"k0", b"k1"] {
+            capped.put_ticket("engine-k", ticket(id, &psk)).unwrap();
+            assert!(capped.take_ticket("engine-k", id).unwrap().is_some());
+        }
+        for id in [b"k2", b"k3"] {
+            capped.put_ticket("engine-k", ticket(id, &psk)).unwrap();
+        }
+        assert!(capped.take_ticket("engine-k", b"k2").unwrap().is_some());
+        let tombs = || f.count("SELECT count(*) FROM consumed_tickets WHERE engine = 'engine-k'");
+        assert_eq!(tombs(), 3);
+        f.exec("CREATE SEQUENCE kill_on_insert");
+        f.exec(
+            "CREATE FUNCTION kill_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('kill_on_insert') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                     PERFORM pg_sleep(10);
+                 END IF;
+                 RETURN NULL;
+             END $$",
+        );
+        f.exec(
+            "CREATE TRIGGER kill_on_insert AFTER INSERT ON tickets
+             FOR EACH ROW EXECUTE FUNCTION kill_on_insert()",
+        );
+        capped.put_ticket("engine-k", ticket(b"k4", &psk)).unwrap();
+        assert_eq!(f.count("SELECT last_value FROM kill_on_insert"), 2);
+        assert_eq!(capped.count_tickets("engine-k").unwrap(), 2);
+        assert_eq!(tombs(), 2, "one tombstone purged, once");
+        assert!(capped.take_ticket("engine-k", b"k4").unwrap().is_some());
     }
 
     /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and
@@ -961,5 +1233,66 @@ mod tests {
         wrong.postgres.as_mut().unwrap().tls_ca = Some(other);
         let err = PostgresStore::from_config(&wrong, f.sealer.clone()).unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+
+    /// Not a test: the latency of store calls on a private cluster, printed, for
+    /// BENCHMARKS.md (`cargo test -p lurk-cs --lib store_call_latency -- --ignored
+    /// --nocapture`; `LURK_PG_FSYNC=1` for PostgreSQL's default durability). Serial
+    /// put-then-take of one engine, then 8 threads doing the same for 3 s.
+    #[test]
+    #[ignore]
+    fn store_call_latency() {
+        std::env::set_var(PASSWORD_ENV, PASSWORD);
+        let cluster = if std::env::var_os("LURK_PG_FSYNC").is_some() {
+            PgCluster::start_with_fsync()
+        } else {
+            PgCluster::start()
+        };
+        let f = Fixture::new(&cluster);
+        let s: Arc<dyn crate::store::TicketStore> =
+            Arc::from(f.open_with(&cfg(10_000, 3600)).unwrap());
+        let (mut put, mut take) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let id = format!("t{i}");
+            let t0 = Instant::now();
+            s.put_ticket("engine-a", ticket(id.as_bytes(), &[1; 32]))
+                .unwrap();
+            put.push(t0.elapsed());
+            let t0 = Instant::now();
+            assert!(s.take_ticket("engine-a", id.as_bytes()).unwrap().is_some());
+            take.push(t0.elapsed());
+        }
+        put.sort();
+        take.sort();
+        let ms = |v: &[Duration], q: f64| v[(v.len() as f64 * q) as usize].as_secs_f64() * 1e3;
+        eprintln!(
+            "serial: put p50 {:.3} p90 {:.3} ms, take p50 {:.3} p90 {:.3} ms",
+            ms(&put, 0.5),
+            ms(&put, 0.9),
+            ms(&take, 0.5),
+            ms(&take, 0.9)
+        );
+        let t0 = Instant::now();
+        let pairs: usize = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut k = 0;
+                    while t0.elapsed() < Duration::from_secs(3) {
+                        let id = format!("c{t}-{k}");
+                        s.put_ticket("engine-a", ticket(id.as_bytes(), &[1; 32]))
+                            .unwrap();
+                        assert!(s.take_ticket("engine-a", id.as_bytes()).unwrap().is_some());
+                        k += 1;
+                    }
+                    k
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        let rate = pairs as f64 / t0.elapsed().as_secs_f64();
+        eprintln!("8 threads, one engine: {rate:.0} put+take pairs/s");
     }
 }

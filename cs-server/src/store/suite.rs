@@ -190,6 +190,18 @@ pub(crate) const CASES: &[Case] = &[
     ("taken_once_under_concurrency", taken_once_under_concurrency),
     ("the_cap_holds_across_handles", the_cap_holds_across_handles),
     (
+        "the_cap_holds_while_takes_free_places",
+        the_cap_holds_while_takes_free_places,
+    ),
+    (
+        "a_take_racing_a_re_registration",
+        a_take_racing_a_re_registration,
+    ),
+    (
+        "an_expired_identity_can_be_registered_again",
+        an_expired_identity_can_be_registered_again,
+    ),
+    (
         "a_consumed_ticket_stays_consumed",
         a_consumed_ticket_stays_consumed,
     ),
@@ -540,6 +552,124 @@ fn the_cap_holds_across_handles(h: &dyn Harness) {
     assert_eq!(replicas[1].count_tickets("engine-a").unwrap(), 10);
 }
 
+/// Registrations through one handle race takes through another on a full engine: a take
+/// frees one place, so exactly as many registrations succeed as tickets were taken, and
+/// the engine never holds more than its cap.
+fn the_cap_holds_while_takes_free_places(h: &dyn Harness) {
+    let replicas: Vec<Arc<dyn TicketStore>> = (0..2)
+        .map(|_| Arc::from(h.open_with(&cfg(10, 3600)).unwrap()))
+        .collect();
+    for i in 0..10u8 {
+        replicas[0]
+            .put_ticket("engine-a", ticket(&[b'o', i], &[1; 32]))
+            .unwrap();
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(3));
+    let taker = {
+        let s = replicas[0].clone();
+        let b = barrier.clone();
+        std::thread::spawn(move || {
+            b.wait();
+            (0..4u8)
+                .filter(|i| s.take_ticket("engine-a", &[b'o', *i]).unwrap().is_some())
+                .count()
+        })
+    };
+    let registrars: Vec<_> = (0..2u8)
+        .map(|t| {
+            let s = replicas[1].clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                (0..10u8)
+                    .filter(
+                        |i| match s.put_ticket("engine-a", ticket(&[b'n', t, *i], &[2; 32])) {
+                            Ok(()) => true,
+                            Err(StoreError::TooManyTickets { .. }) => false,
+                            Err(e) => panic!("{e}"),
+                        },
+                    )
+                    .count()
+            })
+        })
+        .collect();
+    let taken = taker.join().unwrap();
+    let stored: usize = registrars.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(taken, 4);
+    assert!(stored <= 4, "{stored} stored after 4 takes");
+    let live = replicas[1].count_tickets("engine-a").unwrap();
+    assert_eq!(live, 10 - 4 + stored as u64);
+    // Whatever the interleaving, the places freed and not yet refilled are free now.
+    for i in 0..(4 - stored as u8) {
+        replicas[1]
+            .put_ticket("engine-a", ticket(&[b'l', i], &[3; 32]))
+            .unwrap();
+    }
+    assert!(matches!(
+        replicas[0].put_ticket("engine-a", ticket(b"over", &[3; 32])),
+        Err(StoreError::TooManyTickets { .. })
+    ));
+}
+
+/// A take through one handle races a registration of the same identity through another:
+/// whichever comes first, the ticket is taken once in all.
+fn a_take_racing_a_re_registration(h: &dyn Harness) {
+    let replicas: Vec<Arc<dyn TicketStore>> = (0..2).map(|_| Arc::from(h.open())).collect();
+    for round in 0..10u8 {
+        let id = [b'r', round];
+        replicas[0]
+            .put_ticket("engine-a", ticket(&id, &[4; 32]))
+            .unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let taker = {
+            let s = replicas[0].clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                s.take_ticket("engine-a", &id).unwrap().is_some()
+            })
+        };
+        let registrar = {
+            let s = replicas[1].clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                match s.put_ticket("engine-a", ticket(&id, &[5; 32])) {
+                    Ok(()) | Err(StoreError::TicketConsumed) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        };
+        registrar.join().unwrap();
+        assert!(taker.join().unwrap(), "round {round}");
+        for s in &replicas {
+            assert!(
+                s.take_ticket("engine-a", &id).unwrap().is_none(),
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// An identity whose ticket expired (not yet purged) is a new ticket when registered again.
+fn an_expired_identity_can_be_registered_again(h: &dyn Harness) {
+    let s = h.open_with(&cfg(1, 3600)).unwrap();
+    let mut t = ticket(b"again", &random_psk(32));
+    t.lifetime_secs = 10;
+    s.put_ticket("engine-a", t).unwrap();
+    h.advance(10);
+    let psk = random_psk(32);
+    s.put_ticket("engine-a", ticket(b"again", &psk)).unwrap();
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 1);
+    let got = s.take_ticket("engine-a", b"again").unwrap().unwrap();
+    assert_eq!(&got.psk[..], &psk[..]);
+    assert_eq!(
+        got.expires_at,
+        h.clock().now() + Duration::from_secs(3600),
+        "the new ticket's lifetime"
+    );
+}
+
 /// Issue: a ticket taken could be registered again and taken a second time. The tombstone
 /// refuses it until the ticket's original expiry (RFC 8446 §C.4: single use).
 fn a_consumed_ticket_stays_consumed(h: &dyn Harness) {
@@ -796,6 +926,11 @@ fn tombstones_are_bounded(h: &dyn Harness) {
         // Its row went with the take: no tombstone needed for that.
         assert!(s.take_ticket("engine-a", &[0, i]).unwrap().is_none());
     }
+    assert_eq!(
+        tombs("engine-a"),
+        8,
+        "a refused registration purges nothing"
+    );
     assert_eq!(tombs("engine-b"), 2, "another engine's tombstones stay");
     // Four live tickets: room is made among the tombstones, never among live tickets.
     for i in 0..4u8 {
@@ -804,6 +939,14 @@ fn tombstones_are_bounded(h: &dyn Harness) {
     }
     assert_eq!(tombs("engine-a"), 4);
     assert_eq!(s.count_tickets("engine-a").unwrap(), 4);
+    // Neither a stored identity registered again nor one past the cap purges anything.
+    s.put_ticket("engine-a", ticket(&[3, 0], &random_psk(32)))
+        .unwrap();
+    assert!(matches!(
+        s.put_ticket("engine-a", ticket(&[4, 0], &random_psk(32))),
+        Err(StoreError::TooManyTickets { .. })
+    ));
+    assert_eq!(tombs("engine-a"), 4);
     for i in 0..4u8 {
         assert_eq!(tomb_of(&[2, i]), 1, "round 2, ticket {i}");
         assert!(s.take_ticket("engine-a", &[3, i]).unwrap().is_some());
