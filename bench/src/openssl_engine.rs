@@ -35,18 +35,18 @@ const OWN_TOKEN: &str = "lurk-bench-openssl";
 const OWN_PIN: &str = "bench-openssl-pin";
 
 /// The SoftHSM token holding the client key `client-p256` (an init-dev token).
-pub struct TokenSetup {
-    pub module: PathBuf,
-    pub label: String,
-    pub pin: String,
+pub(crate) struct TokenSetup {
+    pub(crate) module: PathBuf,
+    pub(crate) label: String,
+    pub(crate) pin: String,
     /// The module's environment (`SOFTHSM2_CONF`).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// The certificate of `client-p256`.
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
 }
 
 impl TokenSetup {
-    pub fn of(fx: &Fixture) -> Result<Self, BoxError> {
+    pub(crate) fn of(fx: &Fixture) -> Result<Self, BoxError> {
         let pin = std::fs::read_to_string(fx.cfg.token.pin_file.as_ref().ok_or("no pin_file")?)?;
         Ok(Self {
             module: fx.cfg.token.module.clone(),
@@ -65,13 +65,13 @@ impl TokenSetup {
 }
 
 /// One way of giving `openssl s_client` its client key.
-pub struct KeySpec {
-    pub name: String,
-    pub cert: PathBuf,
+pub(crate) struct KeySpec {
+    pub(crate) name: String,
+    pub(crate) cert: PathBuf,
     /// A PEM file, or a `pkcs11:` URI read through the engine.
-    pub key: String,
+    pub(crate) key: String,
     /// `OPENSSL_CONF` loading the engine (module path, PIN) and the SoftHSM configuration.
-    pub engine: Option<(PathBuf, Vec<(String, String)>)>,
+    pub(crate) engine: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 /// One sample: wall time, the process's CPU time, whether it did what it should.
@@ -134,19 +134,19 @@ fn s_client(spec: &KeySpec, port: u16, ca: &Path) -> Result<Sample, BoxError> {
 }
 
 /// One client's figures.
-pub struct Row {
-    pub client: String,
-    pub with_hs: Lat,
-    pub startup: Lat,
-    pub handshake: Lat,
-    pub cpu_hs: Duration,
-    pub cpu_startup: Duration,
-    pub server_cpu: Duration,
-    pub failed: usize,
+pub(crate) struct Row {
+    pub(crate) client: String,
+    pub(crate) with_hs: Lat,
+    pub(crate) startup: Lat,
+    pub(crate) handshake: Lat,
+    pub(crate) cpu_hs: Duration,
+    pub(crate) cpu_startup: Duration,
+    pub(crate) server_cpu: Duration,
+    pub(crate) failed: usize,
 }
 
 /// `n` pairs (a handshake, then a start-up only run), within `budget`.
-pub fn measure(
+pub(crate) fn measure(
     spec: &KeySpec,
     port: u16,
     server_pid: u32,
@@ -264,7 +264,7 @@ fn own_token(t: &TokenSetup, dir: &Path) -> Result<(PathBuf, String), BoxError> 
 /// The clients: s_client with a software key, and with the token key through the engine
 /// (the init-dev token's key when libp11 can read it, else a token of its own). Also returns
 /// the certificates the server must accept, PEM.
-pub fn clients(t: &TokenSetup, dir: &Path) -> Result<(Vec<KeySpec>, String), BoxError> {
+pub(crate) fn clients(t: &TokenSetup, dir: &Path) -> Result<(Vec<KeySpec>, String), BoxError> {
     let soft = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec!["bench openssl client".to_owned()])?;
     // A subject of its own: OpenSSL finds a trust anchor by subject name.
@@ -312,7 +312,7 @@ pub fn clients(t: &TokenSetup, dir: &Path) -> Result<(Vec<KeySpec>, String), Box
 /// Runs the rows against a client-auth server on `port`; the engine row on the init-dev token
 /// is dropped, with a note, when libp11 cannot read its key, and the own-token row kept;
 /// when it can, the own-token row is dropped.
-pub fn run_rows(
+pub(crate) fn run_rows(
     specs: &[KeySpec],
     port: u16,
     server_pid: u32,
@@ -356,7 +356,7 @@ pub fn run_rows(
 }
 
 /// The section and notes, against the bench's rustls server requiring a client certificate.
-pub fn run(
+pub(crate) fn run(
     fx: &Fixture,
     pki: &Pki,
     n: usize,
