@@ -164,16 +164,11 @@ fn params(group: NamedGroup) -> Result<GroupParams, TokenError> {
     }
 }
 
-/// Checks the peer's key_share value (RFC 8446 §4.2.8.2): uncompressed points on the curve
-/// for the NIST groups, 32 bytes for x25519.
 /// Every check a peer key_share value must pass before an agreement: the encoding, the point
 /// on the curve (RFC 8446 §4.2.8.2) and, for x25519, not of small order (RFC 8446 §7.4.2).
 pub fn validate_peer_key(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
-    validate_peer(group, peer)?;
-    if group == NamedGroup::X25519 && x25519_small_order(peer) {
-        return Err(TokenError::InvalidPeerKey(group.name()));
-    }
-    Ok(())
+    // validate_peer refuses small-order x25519 values too.
+    validate_peer(group, peer)
 }
 
 fn validate_peer(group: NamedGroup, peer: &[u8]) -> Result<(), TokenError> {
@@ -367,13 +362,49 @@ fn generate(
     session.generate_key_pair(mechanism, &public, &private)
 }
 
-/// True when `u` has small order: X25519 with any clamped scalar (a multiple of the
-/// cofactor 8) then gives zero.
+/// The points of small order on Curve25519 as u-coordinates with the top bit cleared
+/// (RFC 7748 §5 masks it): 0, 1, the two points of order 8, p − 1, and p and p + 1 (the
+/// only non-canonical encodings below 2^255 of any of them: of 0 and 1). Every other u is
+/// of order ≥ ℓ, so X25519 with it never gives the all-zero secret RFC 8446 §7.4.2 forbids.
+/// The list libsodium's `has_small_order` checks against; each entry is checked against a
+/// real scalar multiplication in the tests.
+const X25519_SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    p_plus(-1),
+    p_plus(0),
+    p_plus(1),
+];
+
+/// The little-endian encoding of p + d, p = 2^255 − 19, for a small d.
+const fn p_plus(d: i8) -> [u8; 32] {
+    let mut b = [0xff; 32];
+    b[0] = (0xed_i16 + d as i16) as u8;
+    b[31] = 0x7f;
+    b
+}
+
+/// True when `u` has small order (a table look-up: the peer's value is public, so no
+/// constant-time comparison is needed, and no scalar multiplication is spent on it).
 fn x25519_small_order(u: &[u8]) -> bool {
-    let Ok(u) = <[u8; 32]>::try_from(u) else {
+    let Ok(mut u) = <[u8; 32]>::try_from(u) else {
         return false;
     };
-    x25519_dalek::x25519([0x42; 32], u) == [0u8; 32]
+    u[31] &= 0x7f;
+    X25519_SMALL_ORDER.contains(&u)
 }
 
 /// CKM_ECDH1_DERIVE with CKD_NULL into a readable session secret, read, then destroyed.
@@ -428,7 +459,47 @@ mod tests {
     use super::super::testutil;
     use super::*;
     use ring::agreement;
-    use ring::rand::SystemRandom;
+    use ring::rand::{SecureRandom, SystemRandom};
+
+    /// The table holds exactly the values X25519 turns into the all-zero secret: each entry
+    /// (with the top bit clear or set) gives zero with random scalars and is refused by
+    /// ring's agreement, and random values are not in it and give a non-zero secret.
+    #[test]
+    fn x25519_small_order_table_matches_scalar_multiplication() {
+        let rng = SystemRandom::new();
+        let agree = |u: &[u8]| {
+            let k = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+            agreement::agree_ephemeral(
+                k,
+                &agreement::UnparsedPublicKey::new(&agreement::X25519, u),
+                |_| (),
+            )
+            .is_ok()
+        };
+        for entry in X25519_SMALL_ORDER {
+            for top in [0u8, 0x80] {
+                let mut u = entry;
+                u[31] |= top;
+                assert!(x25519_small_order(&u), "{u:02x?}");
+                assert!(!agree(&u), "ring agreed with {u:02x?}");
+                for _ in 0..4 {
+                    let mut k = [0u8; 32];
+                    rng.fill(&mut k).unwrap();
+                    assert_eq!(x25519_dalek::x25519(k, u), [0u8; 32], "{u:02x?}");
+                }
+                assert!(validate_peer_key(NamedGroup::X25519, &u).is_err());
+            }
+        }
+        for _ in 0..2000 {
+            let mut u = [0u8; 32];
+            rng.fill(&mut u).unwrap();
+            assert!(!x25519_small_order(&u), "{u:02x?}");
+            assert_ne!(x25519_dalek::x25519([0x42; 32], u), [0u8; 32]);
+        }
+        for u in [[0u8; 31].as_slice(), [0u8; 33].as_slice()] {
+            assert!(validate_peer_key(NamedGroup::X25519, u).is_err());
+        }
+    }
 
     fn ring_alg(group: NamedGroup) -> &'static agreement::Algorithm {
         match group {
