@@ -25,7 +25,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use lurk_proto::wire::NamedGroup;
 use zeroize::Zeroizing;
 
-use super::der::{self, OID_P256, OID_P384, OID_X25519};
+use super::der::{self, EcCurve};
 use super::pool::PooledSession;
 use super::Token;
 use crate::error::TokenError;
@@ -134,7 +134,7 @@ fn destroy_all(session: &PooledSession<'_>, handles: &[ObjectHandle]) -> Result<
 
 /// Curve parameters and sizes of a supported group.
 struct GroupParams {
-    oid: &'static [u8],
+    curve: EcCurve,
     public_len: usize,
     secret_len: usize,
 }
@@ -142,17 +142,17 @@ struct GroupParams {
 fn params(group: NamedGroup) -> Result<GroupParams, TokenError> {
     match group {
         NamedGroup::Secp256r1 => Ok(GroupParams {
-            oid: OID_P256,
+            curve: EcCurve::P256,
             public_len: 65,
             secret_len: 32,
         }),
         NamedGroup::Secp384r1 => Ok(GroupParams {
-            oid: OID_P384,
+            curve: EcCurve::P384,
             public_len: 97,
             secret_len: 48,
         }),
         NamedGroup::X25519 => Ok(GroupParams {
-            oid: OID_X25519,
+            curve: EcCurve::X25519,
             public_len: 32,
             secret_len: 32,
         }),
@@ -202,7 +202,7 @@ impl Token {
         let session = self.session_for(TokenOp::generate_key_pair(group))?;
         let (public_handle, private_handle) = match group {
             NamedGroup::X25519 => self.generate_x25519(&session)?,
-            _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.oid)
+            _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.curve)
                 .map_err(session.fail("C_GenerateKeyPair"))?,
         };
         let read = session
@@ -251,7 +251,7 @@ impl Token {
                 session,
                 &Mechanism::EccMontgomeryKeyPairGen,
                 KeyType::EC_MONTGOMERY,
-                OID_X25519,
+                EcCurve::X25519,
             ) {
                 Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {
                     tracing::info!(
@@ -266,7 +266,7 @@ impl Token {
             session,
             &Mechanism::EccEdwardsKeyPairGen,
             KeyType::EC_EDWARDS,
-            OID_X25519,
+            EcCurve::X25519,
         )
         .map_err(session.fail("C_GenerateKeyPair"))
     }
@@ -346,13 +346,13 @@ fn generate(
     session: &PooledSession<'_>,
     mechanism: &Mechanism<'_>,
     key_type: KeyType,
-    oid: &[u8],
+    curve: EcCurve,
 ) -> Result<(ObjectHandle, ObjectHandle), CkError> {
     let public = [
         Attribute::Token(false),
         Attribute::Private(false),
         Attribute::KeyType(key_type),
-        Attribute::EcParams(oid.to_vec()),
+        Attribute::EcParams(curve.ec_params()),
     ];
     let private = [
         Attribute::Token(false),
