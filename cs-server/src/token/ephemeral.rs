@@ -438,6 +438,18 @@ mod tests {
         }
     }
 
+    /// Agrees with a fresh ring key on `eph`'s group and checks the token gets ring's secret.
+    fn assert_derive_matches_ring(token: &Token, eph: TokenEphemeral, rng: &SystemRandom) {
+        let group = eph.group();
+        let alg = ring_alg(group);
+        let peer = agreement::EphemeralPrivateKey::generate(alg, rng).unwrap();
+        let peer_pub = peer.compute_public_key().unwrap();
+        let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+        let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+        let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
+        assert_eq!(&got[..], &expected[..], "{group:?}");
+    }
+
     #[test]
     fn ecdh_matches_ring_for_every_group() {
         let (token, _) = testutil::new_token("ecdh-ring");
@@ -446,13 +458,7 @@ mod tests {
             for _ in 0..3 {
                 let eph = token.generate_ephemeral(group).unwrap();
                 assert_eq!(eph.public_key().len(), group.public_key_len().unwrap());
-                let alg = ring_alg(group);
-                let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
-                let peer_pub = peer.compute_public_key().unwrap();
-                let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
-                let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
-                let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
-                assert_eq!(&got[..], &expected[..], "{group:?}");
+                assert_derive_matches_ring(&token, eph, &rng);
             }
         }
         assert_eq!(token.count_session_objects(), 0);
@@ -524,13 +530,7 @@ mod tests {
             let eph = token.generate_ephemeral(group).unwrap();
             // Hold the session that generated the pair (the pool is LIFO): derive gets another.
             let held = token.session().unwrap();
-            let alg = ring_alg(group);
-            let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
-            let peer_pub = peer.compute_public_key().unwrap();
-            let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
-            let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
-            let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
-            assert_eq!(&got[..], &expected[..]);
+            assert_derive_matches_ring(&token, eph, &rng);
             drop(held);
         }
         assert_eq!(token.count_session_objects(), 0);

@@ -480,19 +480,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let attrs = session
-            .get_attributes(
-                h,
-                &[
-                    AttributeType::Sensitive,
-                    AttributeType::Extractable,
-                    AttributeType::AlwaysSensitive,
-                    AttributeType::NeverExtractable,
-                ],
-            )
-            .unwrap();
-        assert!(attrs.contains(&Attribute::Sensitive(true)), "{label}");
-        assert!(attrs.contains(&Attribute::Extractable(false)), "{label}");
+        testutil::assert_sensitive_not_extractable(&session, h, label);
         let secret_attrs: &[AttributeType] = match key_type {
             SigningKeyType::Rsa { .. } => &[
                 AttributeType::PrivateExponent,
