@@ -146,23 +146,12 @@ impl<'a> ClientHello<'a> {
         let psk_modes = get(ExtensionType::PskKeyExchangeModes)
             .map(extensions::psk_modes)
             .transpose()?;
-        let early_data = match get(ExtensionType::EarlyData) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "early_data")?;
-                true
-            }
-            None => false,
-        };
+        let early_data = extensions::flag(get(ExtensionType::EarlyData), "early_data")?;
         let cookie = get(ExtensionType::Cookie)
             .map(extensions::cookie)
             .transpose()?;
-        let post_handshake_auth = match get(ExtensionType::PostHandshakeAuth) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "post_handshake_auth")?;
-                true
-            }
-            None => false,
-        };
+        let post_handshake_auth =
+            extensions::flag(get(ExtensionType::PostHandshakeAuth), "post_handshake_auth")?;
         let record_size_limit = get(ExtensionType::RecordSizeLimit)
             .map(extensions::record_size_limit)
             .transpose()?;
