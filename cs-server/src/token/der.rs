@@ -185,7 +185,6 @@ pub(crate) fn bit_len(magnitude: &[u8]) -> usize {
 mod tests {
     //! Against keys, SPKIs and signatures that OpenSSL made (testdata/keys/README.md).
     use super::*;
-    use p256::pkcs8::DecodePrivateKey;
     use pkcs8::{PrivateKeyInfo, SecretDocument};
     use ring::signature::{self as rs, UnparsedPublicKey};
 
@@ -259,21 +258,25 @@ mod tests {
         let public = rs::KeyPair::public_key(&kp).as_ref();
         assert_eq!(spki_ed25519(public).unwrap(), fixture!("ed25519.spki.der"));
 
-        use p256::elliptic_curve::sec1::ToEncodedPoint;
-        let sk =
-            p256::SecretKey::from_pkcs8_der(pkcs8(fixture!("p256.pk8.pem")).as_bytes()).unwrap();
-        let point = sk.public_key().to_encoded_point(false);
-        assert_eq!(
-            spki_ec(EcCurve::P256, point.as_bytes()).unwrap(),
-            fixture!("p256.spki.der")
-        );
-        let sk =
-            p384::SecretKey::from_pkcs8_der(pkcs8(fixture!("p384.pk8.pem")).as_bytes()).unwrap();
-        let point = sk.public_key().to_encoded_point(false);
-        assert_eq!(
-            spki_ec(EcCurve::P384, point.as_bytes()).unwrap(),
-            fixture!("p384.spki.der")
-        );
+        // EC: the point OpenSSL keeps in the SEC1 ECPrivateKey.
+        for (curve, pem, spki_der) in [
+            (
+                EcCurve::P256,
+                &fixture!("p256.pk8.pem")[..],
+                &fixture!("p256.spki.der")[..],
+            ),
+            (
+                EcCurve::P384,
+                fixture!("p384.pk8.pem"),
+                fixture!("p384.spki.der"),
+            ),
+        ] {
+            let doc = pkcs8(pem);
+            let info = PrivateKeyInfo::try_from(doc.as_bytes()).unwrap();
+            let key = sec1::EcPrivateKey::try_from(info.private_key).unwrap();
+            let point = key.public_key.unwrap();
+            assert_eq!(spki_ec(curve, point).unwrap(), spki_der, "{curve:?}");
+        }
 
         // RSA: modulus and exponent as PKCS#11 holds them (unsigned, no sign pad).
         let doc = pkcs8(fixture!("rsa2048.pk8.pem"));
