@@ -232,6 +232,22 @@ fn load(config: &Path) -> Result<Config, BoxError> {
     Ok(Config::load(config)?)
 }
 
+/// The configuration and its token, for the commands that work on the token.
+fn open_token(config: &Path) -> Result<(Config, lurk_cs::token::Token), BoxError> {
+    let cfg = load(config)?;
+    let token = lurk_cs::token::Token::open(&cfg.token)?;
+    Ok((cfg, token))
+}
+
+/// A secret kept in a file as hex (`token wrapping-key import`, `psk import`), read into
+/// zeroizing buffers.
+fn read_hex_secret(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, BoxError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path)?);
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| format!("the key file must hold the {what} in hex"))?;
+    Ok(zeroize::Zeroizing::new(bytes))
+}
+
 fn need_config(config: Option<PathBuf>) -> Result<PathBuf, BoxError> {
     config.ok_or_else(|| "--config FILE (or LURK_CONFIG) is required".into())
 }
@@ -275,8 +291,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                     ..
                 },
         } => {
-            let cfg = load(&need_config(config)?)?;
-            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            let (cfg, token) = open_token(&need_config(config)?)?;
             use lurk_cs::token::wrap::WRAPPED_HEADER;
             match action {
                 SealingKeyAction::ExportWrapped { wrapping_key, out } => {
@@ -324,12 +339,8 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                         },
                 },
         } => {
-            let cfg = load(&config)?;
-            let token = lurk_cs::token::Token::open(&cfg.token)?;
-            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?);
-            let key = zeroize::Zeroizing::new(
-                hex::decode(text.trim()).map_err(|_| "the key file must hold the key in hex")?,
-            );
+            let (_, token) = open_token(&config)?;
+            let key = read_hex_secret(&key_file, "key")?;
             token.import_wrapping_key(&label, &key)?;
             println!("wrapping key {label:?} imported");
             Ok(())
@@ -342,8 +353,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                     action: None,
                 },
         } => {
-            let cfg = load(&need_config(config)?)?;
-            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            let (cfg, token) = open_token(&need_config(config)?)?;
             if token.ensure_sealing_key_exportable(exportable)? {
                 println!("created the sealing key {:?}", cfg.token.sealing_key);
             } else {
@@ -359,8 +369,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 key,
                 cert,
             } => {
-                let cfg = load(&config)?;
-                let token = lurk_cs::token::Token::open(&cfg.token)?;
+                let (_, token) = open_token(&config)?;
                 let id = hex::decode(&id).map_err(|e| format!("--id: {e}"))?;
                 let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key)?);
                 // The certificate is checked against the key before the key enters the token.
@@ -391,8 +400,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 Ok(())
             }
             KeysCommand::List { config } => {
-                let cfg = load(&config)?;
-                let token = lurk_cs::token::Token::open(&cfg.token)?;
+                let (_, token) = open_token(&config)?;
                 for k in lurk_cs::token::keys::list_keys(&token)? {
                     println!("{k}");
                 }
@@ -425,10 +433,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 "sha384" => lurk_proto::wire::HashAlg::Sha384,
                 other => return Err(format!("--hash: {other:?} is not sha256 or sha384").into()),
             };
-            let text = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?);
-            let psk = zeroize::Zeroizing::new(
-                hex::decode(text.trim()).map_err(|_| "the key file must hold the PSK in hex")?,
-            );
+            let psk = read_hex_secret(&key_file, "PSK")?;
             let token = lurk_cs::token::Token::open(&cfg.token)?;
             let store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
             store.put_external_psk(lurk_cs::store::ExternalPsk {
@@ -468,8 +473,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Store {
             command: StoreCommand::Migrate { config },
         } => {
-            let cfg = load(&config)?;
-            let token = lurk_cs::token::Token::open(&cfg.token)?;
+            let (cfg, token) = open_token(&config)?;
             // Opening applies the migrations and checks the key check value.
             let _store = lurk_cs::store::open(&cfg.store, Arc::new(token))?;
             println!(

@@ -152,27 +152,17 @@ pub fn run(target: &str, data: &[u8]) {
 /// The seed corpus: each RFC 8448 handshake message for the views, the flight target and
 /// the joiner; each record for the deframer.
 pub fn write_seeds(dir: &Path) -> std::io::Result<()> {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../testdata/rfc8448.json")).expect("json");
-    let mut messages = Vec::new();
-    let mut records = Vec::new();
-    for section in doc["sections"].as_object().expect("sections").values() {
-        let s = &section["summary"];
-        if let Some(m) = s["messages"].as_object() {
-            for v in m.values() {
-                if let Some(h) = v.as_str() {
-                    messages.push(hex::decode(h).expect("hex"));
-                }
-            }
-        }
-        if let Some(rs) = s["records"].as_array() {
-            for r in rs {
-                if let Some(h) = r["record"].as_str() {
-                    records.push(hex::decode(h).expect("hex"));
-                }
-            }
-        }
-    }
+    // Sections in name order, values in key order: the corpus the JSON walk used to give.
+    let mut sections = lurk_test_support::rfc8448().sections();
+    sections.sort_by_key(|s| s.name);
+    let messages: Vec<Vec<u8>> = sections
+        .iter()
+        .flat_map(|s| s.messages.iter().map(|(_, m)| m.to_vec()))
+        .collect();
+    let records: Vec<Vec<u8>> = sections
+        .iter()
+        .flat_map(|s| s.records.iter().map(|r| r.record.clone()))
+        .collect();
     for target in TARGETS {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;

@@ -25,7 +25,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use lurk_proto::wire::NamedGroup;
 use zeroize::Zeroizing;
 
-use super::der::{self, OID_P256, OID_P384, OID_X25519};
+use super::der::{self, EcCurve};
 use super::pool::PooledSession;
 use super::Token;
 use crate::error::TokenError;
@@ -135,7 +135,7 @@ fn destroy_all(session: &PooledSession<'_>, handles: &[ObjectHandle]) -> Result<
 
 /// Curve parameters and sizes of a supported group.
 struct GroupParams {
-    oid: &'static [u8],
+    curve: EcCurve,
     public_len: usize,
     secret_len: usize,
 }
@@ -143,17 +143,17 @@ struct GroupParams {
 fn params(group: NamedGroup) -> Result<GroupParams, TokenError> {
     match group {
         NamedGroup::Secp256r1 => Ok(GroupParams {
-            oid: OID_P256,
+            curve: EcCurve::P256,
             public_len: 65,
             secret_len: 32,
         }),
         NamedGroup::Secp384r1 => Ok(GroupParams {
-            oid: OID_P384,
+            curve: EcCurve::P384,
             public_len: 97,
             secret_len: 48,
         }),
         NamedGroup::X25519 => Ok(GroupParams {
-            oid: OID_X25519,
+            curve: EcCurve::X25519,
             public_len: 32,
             secret_len: 32,
         }),
@@ -198,7 +198,7 @@ impl Token {
         let session = self.session_for(TokenOp::generate_key_pair(group))?;
         let (public_handle, private_handle) = match group {
             NamedGroup::X25519 => self.generate_x25519(&session)?,
-            _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.oid)
+            _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.curve)
                 .map_err(session.fail("C_GenerateKeyPair"))?,
         };
         let read = session
@@ -247,7 +247,7 @@ impl Token {
                 session,
                 &Mechanism::EccMontgomeryKeyPairGen,
                 KeyType::EC_MONTGOMERY,
-                OID_X25519,
+                EcCurve::X25519,
             ) {
                 Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {
                     tracing::info!(
@@ -262,7 +262,7 @@ impl Token {
             session,
             &Mechanism::EccEdwardsKeyPairGen,
             KeyType::EC_EDWARDS,
-            OID_X25519,
+            EcCurve::X25519,
         )
         .map_err(session.fail("C_GenerateKeyPair"))
     }
@@ -342,13 +342,13 @@ fn generate(
     session: &PooledSession<'_>,
     mechanism: &Mechanism<'_>,
     key_type: KeyType,
-    oid: &[u8],
+    curve: EcCurve,
 ) -> Result<(ObjectHandle, ObjectHandle), CkError> {
     let public = [
         Attribute::Token(false),
         Attribute::Private(false),
         Attribute::KeyType(key_type),
-        Attribute::EcParams(oid.to_vec()),
+        Attribute::EcParams(curve.ec_params()),
     ];
     let private = [
         Attribute::Token(false),
@@ -510,6 +510,18 @@ mod tests {
         }
     }
 
+    /// Agrees with a fresh ring key on `eph`'s group and checks the token gets ring's secret.
+    fn assert_derive_matches_ring(token: &Token, eph: TokenEphemeral, rng: &SystemRandom) {
+        let group = eph.group();
+        let alg = ring_alg(group);
+        let peer = agreement::EphemeralPrivateKey::generate(alg, rng).unwrap();
+        let peer_pub = peer.compute_public_key().unwrap();
+        let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
+        let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
+        let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
+        assert_eq!(&got[..], &expected[..], "{group:?}");
+    }
+
     #[test]
     fn ecdh_matches_ring_for_every_group() {
         let (token, _) = testutil::new_token("ecdh-ring");
@@ -518,13 +530,7 @@ mod tests {
             for _ in 0..3 {
                 let eph = token.generate_ephemeral(group).unwrap();
                 assert_eq!(eph.public_key().len(), group.public_key_len().unwrap());
-                let alg = ring_alg(group);
-                let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
-                let peer_pub = peer.compute_public_key().unwrap();
-                let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
-                let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
-                let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
-                assert_eq!(&got[..], &expected[..], "{group:?}");
+                assert_derive_matches_ring(&token, eph, &rng);
             }
         }
         assert_eq!(token.count_session_objects(), 0);
@@ -596,13 +602,7 @@ mod tests {
             let eph = token.generate_ephemeral(group).unwrap();
             // Hold the session that generated the pair (the pool is LIFO): derive gets another.
             let held = token.session().unwrap();
-            let alg = ring_alg(group);
-            let peer = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
-            let peer_pub = peer.compute_public_key().unwrap();
-            let ours = agreement::UnparsedPublicKey::new(alg, eph.public_key().to_vec());
-            let expected = agreement::agree_ephemeral(peer, &ours, |s| s.to_vec()).unwrap();
-            let got = token.derive_ephemeral(eph, peer_pub.as_ref()).unwrap();
-            assert_eq!(&got[..], &expected[..]);
+            assert_derive_matches_ring(&token, eph, &rng);
             drop(held);
         }
         assert_eq!(token.count_session_objects(), 0);

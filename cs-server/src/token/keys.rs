@@ -10,21 +10,16 @@
 
 use std::fmt;
 
+use const_oid::db::{rfc5912, rfc8410};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use p256::pkcs8::DecodePrivateKey;
-use pkcs8::der::asn1::ObjectIdentifier;
 use pkcs8::{PrivateKeyInfo, SecretDocument};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::TokenError;
-use crate::token::{self, wrap_ec_point, SigningKeyType, Token, OID_ED25519, OID_P256, OID_P384};
-
-const OID_KEY_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
-const OID_KEY_EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const OID_KEY_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const OID_CURVE_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const OID_CURVE_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+use crate::token::der::{self, EcCurve};
+use crate::token::{SigningKeyType, Token};
 
 /// Key types `keys generate` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,33 +160,28 @@ pub fn import_pkcs8_pem(
         ]
     };
     let (mut private, public, spki) = match info.algorithm.oid {
-        OID_KEY_ED25519 => {
-            // CurvePrivateKey ::= OCTET STRING (RFC 8410 §7), inside the PKCS#8 OCTET STRING.
-            let mut r = token::der::DerReader::new(info.private_key);
-            let seed = r
-                .read(0x04)
-                .filter(|s| s.len() == 32 && r.is_empty())
-                .ok_or_else(|| bad("malformed Ed25519 private key"))?;
+        rfc8410::ID_ED_25519 => {
+            let seed = der::ed25519_seed(info.private_key).map_err(|why| bad(&why))?;
             let public = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
                 .map_err(|_| bad("invalid Ed25519 seed"))?;
             let public = ring::signature::KeyPair::public_key(&public)
                 .as_ref()
                 .to_vec();
             let mut priv_t = common(ObjectClass::PRIVATE_KEY, KeyType::EC_EDWARDS);
-            priv_t.push(Attribute::EcParams(OID_ED25519.to_vec()));
+            priv_t.push(Attribute::EcParams(EcCurve::Ed25519.ec_params()));
             priv_t.push(Attribute::Value(seed.to_vec()));
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::EC_EDWARDS);
-            pub_t.push(Attribute::EcParams(OID_ED25519.to_vec()));
-            pub_t.push(Attribute::EcPoint(wrap_ec_point(&public)));
-            (priv_t, pub_t, token::der::spki_ed25519(&public))
+            pub_t.push(Attribute::EcParams(EcCurve::Ed25519.ec_params()));
+            pub_t.push(Attribute::EcPoint(der::wrap_ec_point(&public)?));
+            (priv_t, pub_t, der::spki_ed25519(&public)?)
         }
-        OID_KEY_EC => {
+        rfc5912::ID_EC_PUBLIC_KEY => {
             let curve = info
                 .algorithm
                 .parameters_oid()
                 .map_err(|_| bad("EC key without a named curve"))?;
-            let (oid, scalar, point) = match curve {
-                OID_CURVE_P256 => {
+            let (curve, scalar, point) = match curve {
+                rfc5912::SECP_256_R_1 => {
                     use p256::elliptic_curve::sec1::ToEncodedPoint;
                     let sk = p256::SecretKey::from_pkcs8_der(doc.as_bytes())
                         .map_err(|_| bad("invalid P-256 key"))?;
@@ -199,9 +189,9 @@ pub fn import_pkcs8_pem(
                     let scalar = Zeroizing::new(fb.to_vec());
                     fb[..].zeroize();
                     let point = sk.public_key().to_encoded_point(false).as_bytes().to_vec();
-                    (OID_P256, scalar, point)
+                    (EcCurve::P256, scalar, point)
                 }
-                OID_CURVE_P384 => {
+                rfc5912::SECP_384_R_1 => {
                     use p384::elliptic_curve::sec1::ToEncodedPoint;
                     let sk = p384::SecretKey::from_pkcs8_der(doc.as_bytes())
                         .map_err(|_| bad("invalid P-384 key"))?;
@@ -209,40 +199,40 @@ pub fn import_pkcs8_pem(
                     let scalar = Zeroizing::new(fb.to_vec());
                     fb[..].zeroize();
                     let point = sk.public_key().to_encoded_point(false).as_bytes().to_vec();
-                    (OID_P384, scalar, point)
+                    (EcCurve::P384, scalar, point)
                 }
                 other => return Err(bad(&format!("curve {other} is not supported"))),
             };
             let mut priv_t = common(ObjectClass::PRIVATE_KEY, KeyType::EC);
-            priv_t.push(Attribute::EcParams(oid.to_vec()));
+            priv_t.push(Attribute::EcParams(curve.ec_params()));
             priv_t.push(Attribute::Value(scalar.to_vec()));
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::EC);
-            pub_t.push(Attribute::EcParams(oid.to_vec()));
-            pub_t.push(Attribute::EcPoint(wrap_ec_point(&point)));
-            (priv_t, pub_t, token::der::spki_ec(oid, &point))
+            pub_t.push(Attribute::EcParams(curve.ec_params()));
+            pub_t.push(Attribute::EcPoint(der::wrap_ec_point(&point)?));
+            (priv_t, pub_t, der::spki_ec(curve, &point)?)
         }
-        OID_KEY_RSA => {
-            let k = token::der::parse_rsa_private_key(info.private_key)
-                .ok_or_else(|| bad("malformed RSAPrivateKey (two-prime keys only)"))?;
-            let bits = token::der::bit_len(k.modulus);
+        rfc5912::RSA_ENCRYPTION => {
+            let k = der::rsa_private_key(info.private_key).map_err(|why| bad(&why))?;
+            let (n, e) = (k.modulus.as_bytes(), k.public_exponent.as_bytes());
+            let bits = der::bit_len(n);
             if bits < 2048 {
                 return Err(bad(&format!("{bits}-bit RSA is too small (2048 at least)")));
             }
             let mut priv_t = common(ObjectClass::PRIVATE_KEY, KeyType::RSA);
             priv_t.extend([
-                Attribute::Modulus(k.modulus.to_vec()),
-                Attribute::PublicExponent(k.public_exponent.to_vec()),
-                Attribute::PrivateExponent(k.private_exponent.to_vec()),
-                Attribute::Prime1(k.prime1.to_vec()),
-                Attribute::Prime2(k.prime2.to_vec()),
-                Attribute::Exponent1(k.exponent1.to_vec()),
-                Attribute::Exponent2(k.exponent2.to_vec()),
-                Attribute::Coefficient(k.coefficient.to_vec()),
+                Attribute::Modulus(n.to_vec()),
+                Attribute::PublicExponent(e.to_vec()),
+                Attribute::PrivateExponent(k.private_exponent.as_bytes().to_vec()),
+                Attribute::Prime1(k.prime1.as_bytes().to_vec()),
+                Attribute::Prime2(k.prime2.as_bytes().to_vec()),
+                Attribute::Exponent1(k.exponent1.as_bytes().to_vec()),
+                Attribute::Exponent2(k.exponent2.as_bytes().to_vec()),
+                Attribute::Coefficient(k.coefficient.as_bytes().to_vec()),
             ]);
             let mut pub_t = common(ObjectClass::PUBLIC_KEY, KeyType::RSA);
-            pub_t.push(Attribute::Modulus(k.modulus.to_vec()));
-            pub_t.push(Attribute::PublicExponent(k.public_exponent.to_vec()));
-            let spki = token::der::spki_rsa(k.modulus, k.public_exponent);
+            pub_t.push(Attribute::Modulus(n.to_vec()));
+            pub_t.push(Attribute::PublicExponent(e.to_vec()));
+            let spki = der::spki_rsa(n, e)?;
             (priv_t, pub_t, spki)
         }
         other => return Err(bad(&format!("key algorithm {other} is not supported"))),
@@ -284,16 +274,16 @@ pub fn generate_signing_key(
     private.extend(private_key_policy());
     let mechanism = match kind {
         KeyKind::Ed25519 => {
-            public.push(Attribute::EcParams(OID_ED25519.to_vec()));
+            public.push(Attribute::EcParams(EcCurve::Ed25519.ec_params()));
             Mechanism::EccEdwardsKeyPairGen
         }
         KeyKind::P256 | KeyKind::P384 => {
-            let oid = if kind == KeyKind::P256 {
-                OID_P256
+            let curve = if kind == KeyKind::P256 {
+                EcCurve::P256
             } else {
-                OID_P384
+                EcCurve::P384
             };
-            public.push(Attribute::EcParams(oid.to_vec()));
+            public.push(Attribute::EcParams(curve.ec_params()));
             Mechanism::EccKeyPairGen
         }
         KeyKind::Rsa2048 => {
@@ -360,14 +350,15 @@ pub fn list_keys(token: &Token) -> Result<Vec<KeyListing>, TokenError> {
                     _ => {}
                 }
             }
-            l.key_type = match kt {
-                Some(KeyType::EC_EDWARDS) if params == OID_ED25519 => "ed25519".to_owned(),
-                Some(KeyType::EC) if params == OID_P256 => "ecdsa-p256".to_owned(),
-                Some(KeyType::EC) if params == OID_P384 => "ecdsa-p384".to_owned(),
-                Some(KeyType::RSA) => format!("rsa-{}", token::der::bit_len(&modulus)),
-                Some(KeyType::AES) => format!("aes-{}", value_len * 8),
-                Some(t) => t.to_string(),
-                None => "unknown".to_owned(),
+            let curve = EcCurve::from_ec_params(&params);
+            l.key_type = match (kt, curve) {
+                (Some(KeyType::EC_EDWARDS), Some(EcCurve::Ed25519)) => "ed25519".to_owned(),
+                (Some(KeyType::EC), Some(EcCurve::P256)) => "ecdsa-p256".to_owned(),
+                (Some(KeyType::EC), Some(EcCurve::P384)) => "ecdsa-p384".to_owned(),
+                (Some(KeyType::RSA), _) => format!("rsa-{}", der::bit_len(&modulus)),
+                (Some(KeyType::AES), _) => format!("aes-{}", value_len * 8),
+                (Some(t), _) => t.to_string(),
+                (None, _) => "unknown".to_owned(),
             };
             out.push(l);
         }
@@ -502,19 +493,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let attrs = session
-            .get_attributes(
-                h,
-                &[
-                    AttributeType::Sensitive,
-                    AttributeType::Extractable,
-                    AttributeType::AlwaysSensitive,
-                    AttributeType::NeverExtractable,
-                ],
-            )
-            .unwrap();
-        assert!(attrs.contains(&Attribute::Sensitive(true)), "{label}");
-        assert!(attrs.contains(&Attribute::Extractable(false)), "{label}");
+        testutil::assert_sensitive_not_extractable(&session, h, label);
         let secret_attrs: &[AttributeType] = match key_type {
             SigningKeyType::Rsa { .. } => &[
                 AttributeType::PrivateExponent,
@@ -696,13 +675,67 @@ mod tests {
         assert_eq!(list_keys(&token).unwrap().len(), 1);
     }
 
+    /// OpenSSL's keys (testdata/keys): the SPKI of the import and the one the token's
+    /// objects give back are OpenSSL's, and the key signs what OpenSSL's public key verifies.
+    #[test]
+    fn import_openssl_keys_gives_openssls_spki() {
+        let (token, _) = testutil::new_token("import-openssl");
+        let msg = b"TLS 1.3 CertificateVerify content";
+        for (label, pem, spki, verify) in [
+            (
+                "o-ed25519",
+                &include_bytes!("../../testdata/keys/ed25519.pk8.pem")[..],
+                &include_bytes!("../../testdata/keys/ed25519.spki.der")[..],
+                &rs::ED25519 as &dyn rs::VerificationAlgorithm,
+            ),
+            (
+                "o-p256",
+                include_bytes!("../../testdata/keys/p256.pk8.pem"),
+                include_bytes!("../../testdata/keys/p256.spki.der"),
+                &rs::ECDSA_P256_SHA256_ASN1,
+            ),
+            (
+                "o-p384",
+                include_bytes!("../../testdata/keys/p384.pk8.pem"),
+                include_bytes!("../../testdata/keys/p384.spki.der"),
+                &rs::ECDSA_P384_SHA384_ASN1,
+            ),
+            (
+                "o-rsa",
+                include_bytes!("../../testdata/keys/rsa2048.pk8.pem"),
+                include_bytes!("../../testdata/keys/rsa2048.spki.der"),
+                &rs::RSA_PSS_2048_8192_SHA256,
+            ),
+        ] {
+            let pem = Zeroizing::new(String::from_utf8(pem.to_vec()).unwrap());
+            let imported =
+                import_pkcs8_pem(&token, label, label.as_bytes(), &pem, Some(spki)).unwrap();
+            assert_eq!(imported.spki_der, spki, "{label}");
+            let key = token.find_signing_key(&imported.uri).unwrap();
+            assert_eq!(key.spki_der(), spki, "{label}");
+            let sig = token.sign(&key, key.schemes()[0], msg).unwrap();
+            let point = spki::SubjectPublicKeyInfoRef::try_from(spki)
+                .unwrap()
+                .subject_public_key
+                .raw_bytes();
+            UnparsedPublicKey::new(verify, point)
+                .verify(msg, &sig)
+                .unwrap_or_else(|_| panic!("{label}: {:?}", key.schemes()[0]));
+        }
+        // A three-prime RSA key is refused, and nothing is written.
+        let three = include_str!("../../testdata/keys/rsa2048-3primes.pk8.pem");
+        let err = import_pkcs8_pem(&token, "o-3p", b"3p", three, None).unwrap_err();
+        assert!(err.to_string().contains("multi-prime"), "{err}");
+        assert_eq!(list_keys(&token).unwrap().len(), 4);
+    }
+
     #[test]
     fn uris_round_trip() {
         assert_eq!(
             key_uri("client ed25519", &[1, 0xab]),
             "pkcs11:object=client%20ed25519;id=%01%ab;type=private"
         );
-        let u = token::KeyUri::parse(&key_uri("a;b", b"\x00")).unwrap();
+        let u = crate::token::KeyUri::parse(&key_uri("a;b", b"\x00")).unwrap();
         assert_eq!(u.label.as_deref(), Some("a;b"));
         assert_eq!(u.id.as_deref(), Some(&[0u8][..]));
     }

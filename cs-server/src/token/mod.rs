@@ -50,9 +50,6 @@ pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};
 pub use uri::KeyUri;
 
-pub(crate) use der::wrap_ec_point;
-pub(crate) use der::{OID_ED25519, OID_P256, OID_P384};
-
 pub use pool::PoolUsage;
 use pool::{PooledSession, SessionPool};
 

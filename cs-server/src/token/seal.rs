@@ -238,18 +238,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let attrs = session
-            .get_attributes(
-                h,
-                &[
-                    AttributeType::Sensitive,
-                    AttributeType::Extractable,
-                    AttributeType::Token,
-                ],
-            )
-            .unwrap();
-        assert!(attrs.contains(&Attribute::Sensitive(true)));
-        assert!(attrs.contains(&Attribute::Extractable(false)));
+        testutil::assert_sensitive_not_extractable(&session, h, "sealing key");
+        let attrs = session.get_attributes(h, &[AttributeType::Token]).unwrap();
         assert!(attrs.contains(&Attribute::Token(true)));
         testutil::assert_value_unreadable(&session, h, AttributeType::Value);
     }

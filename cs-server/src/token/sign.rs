@@ -19,7 +19,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use lurk_proto::wire::SignatureScheme;
 
-use super::der::{self, OID_ED25519, OID_P256, OID_P384, PRINTABLE_ED25519};
+use super::der::{self, EcCurve};
 use super::pool::{HandleEpoch, PooledSession};
 use super::uri::KeyUri;
 use super::{find_one, Token};
@@ -296,15 +296,16 @@ impl Token {
             }
             (
                 SigningKeyType::Rsa { bits },
-                der::spki_rsa(&n, &e),
-                der::rsa_public_key(&n, &e),
+                der::spki_rsa(&n, &e)?,
+                der::rsa_public_key(&n, &e)?,
             )
         } else if key_type == KeyType::EC || key_type == KeyType::EC_EDWARDS {
             let params = ec_params(session, handle, &what)?;
-            let (kind, raw_len) = match (key_type == KeyType::EC, params.as_slice()) {
-                (true, OID_P256) => (SigningKeyType::EcdsaP256, 65),
-                (true, OID_P384) => (SigningKeyType::EcdsaP384, 97),
-                (false, OID_ED25519 | PRINTABLE_ED25519) => (SigningKeyType::Ed25519, 32),
+            let curve = EcCurve::from_ec_params(&params);
+            let (kind, raw_len) = match (key_type == KeyType::EC, curve) {
+                (true, Some(EcCurve::P256)) => (SigningKeyType::EcdsaP256, 65),
+                (true, Some(EcCurve::P384)) => (SigningKeyType::EcdsaP384, 97),
+                (false, Some(EcCurve::Ed25519)) => (SigningKeyType::Ed25519, 32),
                 _ => {
                     return Err(TokenError::UnsupportedKey(format!(
                         "{what}: curve {} is not supported (P-256, P-384, Ed25519)",
@@ -314,9 +315,9 @@ impl Token {
             };
             let point = public_point(session, key_type, &label, &id, &what, raw_len)?;
             let spki = match kind {
-                SigningKeyType::Ed25519 => der::spki_ed25519(&point),
-                SigningKeyType::EcdsaP256 => der::spki_ec(OID_P256, &point),
-                _ => der::spki_ec(OID_P384, &point),
+                SigningKeyType::Ed25519 => der::spki_ed25519(&point)?,
+                SigningKeyType::EcdsaP256 => der::spki_ec(EcCurve::P256, &point)?,
+                _ => der::spki_ec(EcCurve::P384, &point)?,
             };
             (kind, spki, point)
         } else {
@@ -372,11 +373,11 @@ impl Token {
             ),
             SignatureScheme::EcdsaSecp256r1Sha256 => {
                 let digest = ring::digest::digest(&ring::digest::SHA256, message);
-                der::ecdsa_raw_to_der(&sign(&Mechanism::Ecdsa, digest.as_ref())?)
+                der::ecdsa_sig_value(EcCurve::P256, &sign(&Mechanism::Ecdsa, digest.as_ref())?)
             }
             SignatureScheme::EcdsaSecp384r1Sha384 => {
                 let digest = ring::digest::digest(&ring::digest::SHA384, message);
-                der::ecdsa_raw_to_der(&sign(&Mechanism::Ecdsa, digest.as_ref())?)
+                der::ecdsa_sig_value(EcCurve::P384, &sign(&Mechanism::Ecdsa, digest.as_ref())?)
             }
             SignatureScheme::RsaPssRsaeSha256
             | SignatureScheme::RsaPssRsaeSha384

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use cryptoki::object::{AttributeInfo, AttributeType, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::{initialize_token, load_module, Token};
@@ -126,4 +126,21 @@ pub(crate) fn assert_value_unreadable(
     );
     let values = session.get_attributes(handle, &[attr]).unwrap();
     assert!(values.is_empty(), "{attr:?} returned a value");
+}
+
+/// Asserts that `handle` is sensitive and not extractable (PKCS#11 3.0 §4.9: its secret
+/// value never leaves the token).
+pub(crate) fn assert_sensitive_not_extractable(
+    session: &Session,
+    handle: ObjectHandle,
+    what: &str,
+) {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[AttributeType::Sensitive, AttributeType::Extractable],
+        )
+        .unwrap();
+    assert!(attrs.contains(&Attribute::Sensitive(true)), "{what}");
+    assert!(attrs.contains(&Attribute::Extractable(false)), "{what}");
 }

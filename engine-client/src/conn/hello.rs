@@ -487,25 +487,7 @@ pub(super) fn server_hello_done(
         pb::SecretType::ServerHandshakeTraffic,
         "c_server_hello",
     )?;
-    install_handshake_keys(core, w.suite, &client, &server)?;
-    Ok(State::EncryptedExtensions(Box::new(
-        ExpectEncryptedExtensions {
-            hs: Handshake {
-                suite: w.suite,
-                hash: w.hash,
-                transcript: w.transcript,
-                early: w.early,
-                server_hs: server,
-                schedule: Schedule::Cs {
-                    session_id: w.session_id,
-                    server_flight: Vec::new(),
-                    prefinished: None,
-                },
-            },
-            psk: w.psk,
-            early_data_offered: w.early_data_offered,
-        },
-    )))
+    expect_encrypted_extensions(core, w, &client, server, None)
 }
 
 /// c_server_flight answered: the handshake traffic secrets, and when the CS found the whole
@@ -521,7 +503,6 @@ pub(super) fn server_flight_done(
     let ex = "c_server_flight";
     let client = find_secret(&r.secrets, pb::SecretType::ClientHandshakeTraffic, ex)?;
     let server = find_secret(&r.secrets, pb::SecretType::ServerHandshakeTraffic, ex)?;
-    install_handshake_keys(core, w.suite, &client, &server)?;
     let prefinished = r.flight_complete.then(|| {
         Box::new(Prefinished {
             key_id,
@@ -534,6 +515,19 @@ pub(super) fn server_flight_done(
             },
         })
     });
+    expect_encrypted_extensions(core, w, &client, server, prefinished)
+}
+
+/// After c_server_hello or c_server_flight: the handshake traffic keys installed
+/// (RFC 8446 §7.3), then the server's EncryptedExtensions expected.
+fn expect_encrypted_extensions(
+    core: &mut Core,
+    w: AwaitServerHelloSecrets,
+    client: &Secret,
+    server: Secret,
+    prefinished: Option<Box<Prefinished>>,
+) -> Result<State, Error> {
+    install_handshake_keys(core, w.suite, client, &server)?;
     Ok(State::EncryptedExtensions(Box::new(
         ExpectEncryptedExtensions {
             hs: Handshake {

@@ -279,6 +279,16 @@ pub fn expect_empty_body(ext: &Extension<'_>, name: &'static str) -> Result<(), 
     }
 }
 
+/// A flag extension: `true` when present with an empty body, `false` when absent
+/// (early_data, RFC 8446 §4.2.10; post_handshake_auth, §4.2.6; server_name in
+/// EncryptedExtensions, RFC 6066 §3).
+pub fn flag(ext: Option<&Extension<'_>>, name: &'static str) -> Result<bool, WireError> {
+    match ext {
+        Some(e) => expect_empty_body(e, name).map(|()| true),
+        None => Ok(false),
+    }
+}
+
 /// A KeyShareEntry (RFC 8446 §4.2.8) and where it lies in the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyShareEntry<'a> {

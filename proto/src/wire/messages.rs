@@ -46,13 +46,7 @@ impl<'a> EncryptedExtensions<'a> {
         let exts = read_extensions(&mut r, ExtensionContext::EncryptedExtensions)?;
         r.expect_empty("EncryptedExtensions")?;
         let get = |t| find(&exts, t);
-        let server_name_ack = match get(ExtensionType::ServerName) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "server_name")?;
-                true
-            }
-            None => false,
-        };
+        let server_name_ack = extensions::flag(get(ExtensionType::ServerName), "server_name")?;
         let supported_groups = get(ExtensionType::SupportedGroups)
             .map(extensions::named_groups)
             .transpose()?;
@@ -70,13 +64,7 @@ impl<'a> EncryptedExtensions<'a> {
             }
             None => None,
         };
-        let early_data = match get(ExtensionType::EarlyData) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "early_data")?;
-                true
-            }
-            None => false,
-        };
+        let early_data = extensions::flag(get(ExtensionType::EarlyData), "early_data")?;
         let record_size_limit = get(ExtensionType::RecordSizeLimit)
             .map(extensions::record_size_limit)
             .transpose()?;

@@ -222,7 +222,7 @@ fn check_psks(
 mod tests {
     use super::*;
     use crate::wire::hello::{ClientHelloBuilder, OfferedPsk};
-    use crate::wire::test_vectors::rfc8448;
+    use crate::wire::test_vectors::{self, rfc8448};
     use crate::wire::{
         encode_handshake, CipherSuite, HandshakeType, NamedGroup, PskKeyExchangeMode,
         SignatureScheme, HELLO_RETRY_REQUEST_RANDOM,
@@ -339,19 +339,9 @@ mod tests {
 
     /// Re-encodes `raw` with its extension list changed by `f`.
     fn with_exts(raw: &[u8], f: impl FnOnce(&mut Vec<(u16, Vec<u8>)>)) -> Vec<u8> {
-        let at = ClientHello::parse(raw).unwrap().extensions_len_offset;
         let mut list = exts(raw);
         f(&mut list);
-        let mut body = raw[4..at].to_vec();
-        let mut block = Vec::new();
-        for (t, b) in &list {
-            block.extend_from_slice(&t.to_be_bytes());
-            block.extend_from_slice(&(b.len() as u16).to_be_bytes());
-            block.extend_from_slice(b);
-        }
-        body.extend_from_slice(&(block.len() as u16).to_be_bytes());
-        body.extend_from_slice(&block);
-        encode_handshake(HandshakeType::ClientHello, &body).unwrap()
+        test_vectors::client_hello_with_extensions(raw, false, &list)
     }
 
     /// HRR suite, group, cookie; the PSKs kept; the extensions that change.

@@ -3,7 +3,8 @@
 
 pub(crate) use lurk_test_support::{illustrated, rfc8448};
 
-use super::NamedGroup;
+use super::handshake::HEADER_LEN;
+use super::{encode_handshake, ClientHello, HandshakeType, NamedGroup};
 
 /// Every handshake message of the vectors, named "<source>.<section>.<message>", plus the
 /// Illustrated NewSessionTickets. The truncated ClientHello of RFC 8448 §4 is left out (it
@@ -79,4 +80,29 @@ pub(crate) fn client_hellos() -> Vec<VectorClientHello> {
         });
     }
     out
+}
+
+/// `raw` (a ClientHello) re-encoded with its extension block replaced: the old extensions
+/// when `keep` is set, then each `(type, body)` of `exts` (tests that need a list the
+/// builder will not write).
+pub(crate) fn client_hello_with_extensions(
+    raw: &[u8],
+    keep: bool,
+    exts: &[(u16, Vec<u8>)],
+) -> Vec<u8> {
+    let at = ClientHello::parse(raw).unwrap().extensions_len_offset;
+    let mut body = raw[HEADER_LEN..at].to_vec();
+    let mut block = if keep {
+        raw[at + 2..].to_vec()
+    } else {
+        Vec::new()
+    };
+    for (t, b) in exts {
+        block.extend_from_slice(&t.to_be_bytes());
+        block.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        block.extend_from_slice(b);
+    }
+    body.extend_from_slice(&(block.len() as u16).to_be_bytes());
+    body.extend_from_slice(&block);
+    encode_handshake(HandshakeType::ClientHello, &body).unwrap()
 }

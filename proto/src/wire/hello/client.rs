@@ -165,23 +165,12 @@ impl<'a> ClientHello<'a> {
         let psk_modes = get(ExtensionType::PskKeyExchangeModes)
             .map(extensions::psk_modes)
             .transpose()?;
-        let early_data = match get(ExtensionType::EarlyData) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "early_data")?;
-                true
-            }
-            None => false,
-        };
+        let early_data = extensions::flag(get(ExtensionType::EarlyData), "early_data")?;
         let cookie = get(ExtensionType::Cookie)
             .map(extensions::cookie)
             .transpose()?;
-        let post_handshake_auth = match get(ExtensionType::PostHandshakeAuth) {
-            Some(e) => {
-                extensions::expect_empty_body(e, "post_handshake_auth")?;
-                true
-            }
-            None => false,
-        };
+        let post_handshake_auth =
+            extensions::flag(get(ExtensionType::PostHandshakeAuth), "post_handshake_auth")?;
         let record_size_limit = get(ExtensionType::RecordSizeLimit)
             .map(extensions::record_size_limit)
             .transpose()?;
@@ -406,8 +395,8 @@ pub fn set_binders<B: AsRef<[u8]>>(raw: &mut [u8], binders: &[B]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_vectors::{client_hellos, rfc8448};
-    use crate::wire::{encode_handshake, ClientHelloBuilder};
+    use crate::wire::test_vectors::{client_hello_with_extensions, client_hellos, rfc8448};
+    use crate::wire::ClientHelloBuilder;
 
     /// The message with every key_share key_exchange made empty (what the engine sends to
     /// the CS), rebuilt by hand from the parsed offsets.
@@ -648,17 +637,7 @@ mod tests {
     /// A ClientHello with extensions `exts` (type, body) appended after supported_versions.
     fn client_hello_with(exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
         let base = ClientHelloBuilder::new([0; 32]).build().unwrap();
-        let ch = ClientHello::parse(&base).unwrap();
-        let mut body = base[HEADER_LEN..ch.extensions_len_offset].to_vec();
-        let mut block = base[ch.extensions_len_offset + 2..].to_vec();
-        for (t, b) in exts {
-            block.extend_from_slice(&t.to_be_bytes());
-            block.extend_from_slice(&(b.len() as u16).to_be_bytes());
-            block.extend_from_slice(b);
-        }
-        body.extend_from_slice(&(block.len() as u16).to_be_bytes());
-        body.extend_from_slice(&block);
-        encode_handshake(HandshakeType::ClientHello, &body).unwrap()
+        client_hello_with_extensions(&base, true, exts)
     }
 
     fn psk_ext(binders: usize) -> (u16, Vec<u8>) {
