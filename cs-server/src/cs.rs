@@ -61,6 +61,14 @@ impl Cs {
             keys.all().map(|k| k.key.key_type()),
             cfg.ephemeral.backend == EphemeralBackendKind::Token,
         ))?;
+        if cfg.ephemeral.backend == EphemeralBackendKind::Token && token.keeps_destroyed_objects() {
+            tracing::warn!(
+                "this PKCS#11 module (SoftHSM up to 2.6) keeps the memory of every destroyed \
+                 session object until the process ends: with [ephemeral] backend = \"token\" the \
+                 CS grows by about 1 KiB per handshake; use backend = \"memory\", a newer \
+                 module, or restart the CS periodically (deploy/README.md)"
+            );
+        }
         let store = crate::store::open(&cfg.store, Arc::new(token.clone()))?;
         let server_auth = ServerAuth::from_config(&cfg.server_auth)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;

@@ -74,6 +74,15 @@ struct Inner {
     sealing_key: Mutex<Option<(pool::HandleEpoch, ObjectHandle)>>,
     signing_keys: Mutex<HashMap<String, SigningKey>>,
     x25519: ephemeral::X25519Route,
+    keeps_destroyed_objects: bool,
+}
+
+/// True for a PKCS#11 module known to keep the memory of every session object destroyed
+/// until `C_Finalize`: SoftHSM up to 2.6 (its `SessionObjectStore::deleteObject` leaves the
+/// object in `allObjects`). Measured with SoftHSM 2.6.1: about 1 KiB per handshake with
+/// token ephemerals (three objects each), see BENCHMARKS.md.
+pub fn keeps_destroyed_objects(library_manufacturer: &str, major: u8, minor: u8) -> bool {
+    library_manufacturer.trim() == "SoftHSM" && (major, minor) <= (2, 6)
 }
 
 impl fmt::Debug for Token {
@@ -339,6 +348,14 @@ impl Token {
         } else {
             cfg.pool_size
         };
+        let library = pkcs11
+            .get_library_info()
+            .map_err(|e| TokenError::pkcs11("C_GetInfo", e))?;
+        let keeps_destroyed_objects = keeps_destroyed_objects(
+            library.manufacturer_id(),
+            library.library_version().major(),
+            library.library_version().minor(),
+        );
         let pin = read_pin(cfg)?;
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
@@ -371,8 +388,15 @@ impl Token {
                 sealing_key: Mutex::new(None),
                 signing_keys: Mutex::new(HashMap::new()),
                 x25519,
+                keeps_destroyed_objects,
             }),
         })
+    }
+
+    /// Whether the module keeps every destroyed session object's memory until the process
+    /// ends ([`keeps_destroyed_objects`]): token ephemerals then grow the CS by each handshake.
+    pub fn keeps_destroyed_objects(&self) -> bool {
+        self.inner.keeps_destroyed_objects
     }
 
     /// The token's label.
@@ -500,6 +524,34 @@ mod tests {
         // An env var that is not set falls back to the file.
         cfg.pin_env = Some("LURK_TEST_UNSET_PIN_VARIABLE".to_owned());
         assert!(Token::open(&cfg).is_ok());
+    }
+
+    /// The module's own version decides: SoftHSM up to 2.6 keeps destroyed session objects
+    /// (checked against the installed `softhsm2-util --version`), other modules do not.
+    #[test]
+    fn modules_that_keep_destroyed_objects_are_recognised() {
+        assert!(keeps_destroyed_objects("SoftHSM", 2, 6));
+        assert!(keeps_destroyed_objects(
+            "SoftHSM                         ",
+            2,
+            5
+        ));
+        assert!(!keeps_destroyed_objects("SoftHSM", 2, 7));
+        assert!(!keeps_destroyed_objects("SoftHSM", 3, 0));
+        assert!(!keeps_destroyed_objects("Thales", 2, 6));
+        let (token, _) = testutil::new_token("keeps-destroyed");
+        let out = std::process::Command::new("softhsm2-util")
+            .arg("--version")
+            .output()
+            .expect("softhsm2-util");
+        let version = String::from_utf8_lossy(&out.stdout);
+        let mut parts = version.trim().split('.').map(|p| p.parse::<u8>().unwrap());
+        let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(
+            token.keeps_destroyed_objects(),
+            (major, minor) <= (2, 6),
+            "{version}"
+        );
     }
 
     #[test]
