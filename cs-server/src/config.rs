@@ -429,15 +429,13 @@ pub struct ServerAuthConfig {
     pub trust_anchors: Option<PathBuf>,
 }
 
-/// `[freshness] mode`: the formula of the ClientHello.random derivation.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FreshnessMode {
-    /// ClientHello.random = H(engine random ‖ "tls13 pfs clt") (draft-mglt-lurk-tls13).
-    #[default]
-    Draft,
-    /// ClientHello.random = H(engine random), as pylurk 0.0.3 does.
-    Pylurk,
+/// `[freshness] mode`: the formula of the ClientHello.random derivation, defined once in
+/// lurk-proto; read from its configuration name (`"draft"` or `"pylurk"`).
+pub use lurk_proto::freshness::FreshnessMode;
+
+fn de_freshness_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FreshnessMode, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
 }
 
 /// `[freshness]`: the freshness function (draft-mglt-lurk-tls13 §3, docs/design.md §3).
@@ -445,7 +443,7 @@ pub enum FreshnessMode {
 #[serde(deny_unknown_fields)]
 pub struct FreshnessConfig {
     /// Draft (default) or pylurk.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_freshness_mode")]
     pub mode: FreshnessMode,
     /// Test-vector mode: accepts `null` freshness and injected ephemeral keys. Never in
     /// production: it lets the engine choose the random the CS signs over. Refused at load by
@@ -741,6 +739,21 @@ mod tests {
         assert_eq!(c.freshness.mode, FreshnessMode::Draft);
         assert!(!c.freshness.test_vectors);
         assert_eq!(c.sessions.ttl_secs, 30);
+    }
+
+    /// `[freshness] mode` is read by lurk-proto's `FreshnessMode` (defined once); an unknown
+    /// name is refused with the names it accepts.
+    #[test]
+    fn freshness_mode_names() {
+        let with =
+            |m: &str| Config::from_toml(&format!("{MINIMAL}\n[freshness]\nmode = \"{m}\"\n"));
+        assert_eq!(
+            with("pylurk").unwrap().freshness.mode,
+            FreshnessMode::Pylurk
+        );
+        assert_eq!(with("draft").unwrap().freshness.mode, FreshnessMode::Draft);
+        let e = with("sha1").unwrap_err().to_string();
+        assert!(e.contains("pylurk"), "{e}");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Rules and computations several exchanges share: the secret_request policy, freshness,
 //! PSK loading, binders and the client CertificateVerify.
 
-use lurk_proto::freshness::{client_random, FreshnessMode as ProtoFreshnessMode};
+use lurk_proto::freshness::client_random;
 use lurk_proto::key_schedule::{binder, KeyScheduleEarly, PskKind, Secret};
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{HandshakeMessage, HandshakeType, HashAlg, SignatureScheme};
 
-use crate::config::{EphemeralBackendKind, FreshnessMode};
+use crate::config::EphemeralBackendKind;
 use crate::cs::Cs;
 use crate::error::ServiceError;
 use crate::ops::msgs;
@@ -107,11 +107,7 @@ pub(crate) fn fresh_random(
             "null freshness is accepted only in test-vector mode",
         ));
     }
-    let mode = match cs.freshness_mode {
-        FreshnessMode::Draft => ProtoFreshnessMode::Draft,
-        FreshnessMode::Pylurk => ProtoFreshnessMode::Pylurk,
-    };
-    Ok(client_random(f, mode, engine_random))
+    Ok(client_random(f, cs.freshness_mode, engine_random))
 }
 
 pub(crate) fn hash_of(tls_hash: i32) -> Result<HashAlg, ServiceError> {
