@@ -377,6 +377,31 @@ pub(crate) fn check_engine(engine: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The key a lookup by (`engine`, `identity`) uses: the identity's hash, or None when the
+/// identity cannot have been stored (no such ticket); a malformed engine name is an error.
+pub(crate) fn lookup_key(
+    engine: Option<&str>,
+    identity: &[u8],
+) -> Result<Option<[u8; 32]>, StoreError> {
+    if let Some(engine) = engine {
+        check_engine(engine)?;
+    }
+    Ok(check_identity(identity)
+        .is_ok()
+        .then(|| identity_hash(identity)))
+}
+
+/// A registration's outcome: a refusal is logged (one line, at warn) and returned.
+pub(crate) fn log_refusal(engine: &str, refusal: Option<StoreError>) -> Result<(), StoreError> {
+    match refusal {
+        None => Ok(()),
+        Some(e) => {
+            tracing::warn!(engine, error = %e, "ticket refused");
+            Err(e)
+        }
+    }
+}
+
 pub(crate) fn check_identity(identity: &[u8]) -> Result<(), StoreError> {
     if identity.is_empty() || identity.len() > MAX_IDENTITY_LEN {
         return Err(StoreError::Invalid(format!(

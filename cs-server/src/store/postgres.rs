@@ -40,9 +40,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use super::{
-    check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
-    unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer, Sealing,
-    StoredTicket, TicketBinding, TicketRow, Tickets,
+    hash_from_code, identity_hash, int, log_refusal, lookup_key, split_engines, sql_int, unix_secs,
+    ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer, Sealing, StoredTicket,
+    TicketBinding, TicketRow, Tickets,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
@@ -685,13 +685,7 @@ impl Tickets for PostgresStore {
             }),
             _ => None,
         };
-        match refusal {
-            None => Ok(()),
-            Some(e) => {
-                tracing::warn!(engine, error = %e, "ticket refused");
-                Err(e)
-            }
-        }
+        log_refusal(engine, refusal)
     }
 
     fn take_ticket(
@@ -699,11 +693,9 @@ impl Tickets for PostgresStore {
         engine: &str,
         identity: &[u8],
     ) -> Result<Option<StoredTicket>, StoreError> {
-        check_engine(engine)?;
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(Some(engine), identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let now = sql_int(self.now());
         // May run twice only when its first run failed before `COMMIT` was sent (see `run`):
         // the server rolls back the transaction of a closed connection, so the ticket is
@@ -760,11 +752,9 @@ impl Tickets for PostgresStore {
         engine: &str,
         identity: &[u8],
     ) -> Result<Option<TicketBinding>, StoreError> {
-        check_engine(engine)?;
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(Some(engine), identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let now = sql_int(self.now());
         // A read: running it again after a lost connection is harmless.
         let row = self.run(|c| {
@@ -865,10 +855,9 @@ impl ExternalPsks for PostgresStore {
         engine: Option<&str>,
         identity: &[u8],
     ) -> Result<Option<ExternalPsk>, StoreError> {
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(None, identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let row = self.run(|c| {
             let s = c.prepare(
                 "SELECT identity, hash_alg, allowed_engines, sealed

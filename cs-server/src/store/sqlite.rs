@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    check_engine, check_identity, hash_from_code, identity_hash, int, split_engines, sql_int,
+    hash_from_code, identity_hash, int, log_refusal, lookup_key, split_engines, sql_int,
     tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer,
     Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
 };
@@ -280,13 +280,7 @@ impl Tickets for SqliteStore {
         // Keep the purge; nothing else was changed.
         tx.commit()?;
         counts.by_engine.insert(engine.to_owned(), total);
-        match refusal {
-            None => Ok(()),
-            Some(e) => {
-                tracing::warn!(engine, error = %e, "ticket refused");
-                Err(e)
-            }
-        }
+        log_refusal(engine, refusal)
     }
 
     fn take_ticket(
@@ -294,11 +288,9 @@ impl Tickets for SqliteStore {
         engine: &str,
         identity: &[u8],
     ) -> Result<Option<StoredTicket>, StoreError> {
-        check_engine(engine)?;
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(Some(engine), identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let now = self.now();
 
         let mut conn = self.conn();
@@ -364,11 +356,9 @@ impl Tickets for SqliteStore {
         engine: &str,
         identity: &[u8],
     ) -> Result<Option<TicketBinding>, StoreError> {
-        check_engine(engine)?;
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(Some(engine), identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let now = self.now();
         let conn = self.conn();
         let row = conn
@@ -473,10 +463,9 @@ impl ExternalPsks for SqliteStore {
         engine: Option<&str>,
         identity: &[u8],
     ) -> Result<Option<ExternalPsk>, StoreError> {
-        if check_identity(identity).is_err() {
+        let Some(id_hash) = lookup_key(None, identity)? else {
             return Ok(None);
-        }
-        let id_hash = identity_hash(identity);
+        };
         let row = self
             .conn()
             .prepare_cached(
