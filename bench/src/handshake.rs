@@ -332,15 +332,35 @@ pub(crate) async fn get_once_rt(
     client: &Client,
     port: u16,
 ) -> Result<(bool, Vec<&'static str>, usize), BoxError> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.set_nodelay(true)?;
+    get_once_connect(client, port, None).await
+}
+
+/// [`get_once_rt`] with the TCP handshake taking `connect_rtt` more (`Some`): the connect
+/// future waits that long after the loopback connect, as a TCP handshake with a server that
+/// far would; the engine then connects with `Connector::connect_with`, which runs its first
+/// CS exchange meanwhile, and the rustls client waits for the connect before its ClientHello.
+pub(crate) async fn get_once_connect(
+    client: &Client,
+    port: u16,
+    connect_rtt: Option<Duration>,
+) -> Result<(bool, Vec<&'static str>, usize), BoxError> {
+    let connect = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        if let Some(d) = connect_rtt {
+            tokio::time::sleep(d).await;
+        }
+        Ok::<_, std::io::Error>(tcp)
+    };
     let mut body = Vec::with_capacity(1024);
     let mut critical = 0;
     let (resumed, exchanges) = match client {
         Client::Engine(c) => {
-            let mut s = c
-                .connect(tcp, &lurk_engine::ServerName::try_from("localhost")?, port)
-                .await?;
+            let name = lurk_engine::ServerName::try_from("localhost")?;
+            let mut s = match connect_rtt {
+                Some(_) => c.connect_with(&name, port, connect).await?,
+                None => c.connect(connect.await?, &name, port).await?,
+            };
             critical = s.summary().lurk_exchanges.len();
             s.write_all(REQUEST).await?;
             s.flush().await?;
@@ -351,7 +371,7 @@ pub(crate) async fn get_once_rt(
         }
         Client::Rustls(c) => {
             let name = rustls_pki_types::ServerName::try_from("localhost")?;
-            let mut s = c.connect(name, tcp).await?;
+            let mut s = c.connect(name, connect.await?).await?;
             s.write_all(REQUEST).await?;
             s.flush().await?;
             read_body(&mut s, &mut body).await;
@@ -417,6 +437,19 @@ pub(crate) async fn latency(
     n: usize,
     budget: Duration,
 ) -> Result<LatencyFigures, BoxError> {
+    latency_connect(client, port, (server_pid, cs_pid), n, budget, None).await
+}
+
+/// [`latency`] with each connection's TCP handshake taking `connect_rtt` more
+/// ([`get_once_connect`]).
+pub(crate) async fn latency_connect(
+    client: &Client,
+    port: u16,
+    (server_pid, cs_pid): (u32, Option<u32>),
+    n: usize,
+    budget: Duration,
+    connect_rtt: Option<Duration>,
+) -> Result<LatencyFigures, BoxError> {
     // Warm-up, and the first ticket for resumption.
     let (_, exchanges) = get_once(client, port).await?;
     for _ in 0..3 {
@@ -435,7 +468,7 @@ pub(crate) async fn latency(
     let mut critical = 0;
     for _ in 0..n {
         let t = Instant::now();
-        match get_once_rt(client, port).await {
+        match get_once_connect(client, port, connect_rtt).await {
             Ok((r, ex, crit)) => {
                 v.push(t.elapsed());
                 resumed += usize::from(r);

@@ -106,6 +106,8 @@ fn start(to: u16, rtt: Duration) -> Result<(Proc, u16), BoxError> {
 /// One (round trip, mode, client) figure.
 struct Row {
     rtt: Duration,
+    /// The TCP handshake delayed by a round trip too (`handshake::get_once_connect`).
+    tcp_rtt: bool,
     mode: Mode,
     client: String,
     lat: Lat,
@@ -130,15 +132,30 @@ pub(crate) async fn measure(
     for &rtt in rtts {
         let (relay, port) = start(server_port, rtt)?;
         for mode in [Mode::Full, Mode::Resumed] {
-            for (name, client, lurk) in clients(mode)? {
+            for ((name, client, lurk), tcp_rtt) in clients(mode)?
+                .into_iter()
+                .flat_map(|c| [(c.clone(), false), (c, true)])
+            {
                 crate::step(&format!(
-                    "relay {} ms · {} · {name}",
+                    "relay {} ms{} · {} · {name}",
                     rtt.as_millis(),
+                    if tcp_rtt { " + TCP handshake" } else { "" },
                     mode.name()
                 ));
-                match handshake::latency(&client, port, server_pid, None, n, budget).await {
+                let connect_rtt = tcp_rtt.then_some(rtt);
+                match handshake::latency_connect(
+                    &client,
+                    port,
+                    (server_pid, None),
+                    n,
+                    budget,
+                    connect_rtt,
+                )
+                .await
+                {
                     Ok((lat, _, resumed, _, errors, critical)) => rows.push(Row {
                         rtt,
+                        tcp_rtt,
                         mode,
                         client: name,
                         lat,
@@ -165,13 +182,18 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     rows.iter()
         .filter(|r| r.critical.is_some() && r.rtt == Duration::from_millis(10))
         .filter_map(|r| {
-            let b = rows
-                .iter()
-                .find(|b| b.rtt == r.rtt && b.mode == r.mode && b.critical.is_none())?;
+            let b = rows.iter().find(|b| {
+                b.rtt == r.rtt && b.tcp_rtt == r.tcp_rtt && b.mode == r.mode && b.critical.is_none()
+            })?;
             let x = ms(r.lat.p50) / ms(b.lat.p50).max(1e-9);
             Some((
                 format!(
-                    "10 ms server round trip, {} handshake, {}: wall (p50) ≤ 1.05× rustls",
+                    "10 ms server round trip{}, {} handshake, {}: wall (p50) ≤ 1.05× rustls",
+                    if r.tcp_rtt {
+                        " (TCP handshake too; engine: connect_with)"
+                    } else {
+                        " (TCP handshake not delayed)"
+                    },
                     r.mode.name(),
                     r.client
                 ),
@@ -193,21 +215,26 @@ fn markdown(rows: &[Row]) -> String {
          every chunk by half the round trip each way; the CS stays on loopback beside the \
          engine. Same connection as above, concurrency 1. The relay accepts the TCP connection \
          itself, so the TCP handshake is not delayed; every byte after it is: a full rustls \
-         handshake then GET and response take two round trips to the server.\n\n\
+         handshake then GET and response take two round trips to the server. Rows marked \
+         *TCP handshake* also delay the connect by one round trip (the client's connect \
+         future waits that long after the loopback connect, as with a server that far): the \
+         rustls client sends its ClientHello after it, the engine connects with \
+         `Connector::connect_with`, which runs its first CS exchange meanwhile.\n\n\
          | server round trip | mode | client | latency ms p50/p90/p99 | ×rustls p50 | CS round trips before the handshake ends | resumed | n | failed |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let base = rows
-            .iter()
-            .find(|b| b.rtt == r.rtt && b.mode == r.mode && b.critical.is_none());
+        let base = rows.iter().find(|b| {
+            b.rtt == r.rtt && b.tcp_rtt == r.tcp_rtt && b.mode == r.mode && b.critical.is_none()
+        });
         let ratio = base.map_or(String::new(), |b| {
             format!("{:.3}×", ms(r.lat.p50) / ms(b.lat.p50).max(1e-9))
         });
         let _ = writeln!(
             s,
-            "| {} ms | {} | {} | {:.2} / {:.2} / {:.2} | {} | {} | {:.0}% | {} | {} |",
+            "| {} ms{} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {} | {:.0}% | {} | {} |",
             r.rtt.as_millis(),
+            if r.tcp_rtt { " + TCP handshake" } else { "" },
             r.mode.name(),
             r.client,
             ms(r.lat.p50),
