@@ -114,9 +114,16 @@ async fn silent_sockets_beyond_the_descriptor_budget_do_not_stop_another_engine(
         pong.expect("another engine is answered").engine_identity,
         "engine-other"
     );
-    // The silent sockets hold at most the pending-handshake cap of descriptors.
-    let fds = cs.open_descriptors();
-    assert!(fds < 64, "{fds} descriptors open with 300 silent sockets");
+    // The silent sockets hold at most the pending-handshake cap of descriptors, once the
+    // sockets accepted but not yet evicted are closed (on a loaded machine a few are still
+    // in flight when the ping returns).
+    let mut fds = 0;
+    let bounded = eventually(Duration::from_secs(10), || {
+        fds = cs.open_descriptors();
+        fds < 64
+    })
+    .await;
+    assert!(bounded, "{fds} descriptors open with 300 silent sockets");
     assert!(
         !cs.log().contains("Too many open files"),
         "descriptors exhausted:\n{}",
