@@ -294,11 +294,51 @@ impl fmt::Debug for CsReply {
     }
 }
 
-/// Makes one call on `client` (a cheap clone of the shared channel).
+/// Times a call refused by the CS's HTTP/2 layer before any processing is made again, and
+/// the first pause (doubled each time).
+pub(crate) const REFUSED_STREAM_RETRIES: u32 = 6;
+pub(crate) const REFUSED_STREAM_FIRST_PAUSE: Duration = Duration::from_millis(1);
+
+/// Makes one call on `client` (a cheap clone of the shared channel). A call whose HTTP/2
+/// stream the CS refused before processing it (REFUSED_STREAM: the engine opened more
+/// streams than the CS's `max_concurrent_streams`, which happens when a burst of calls
+/// starts on a connection before the CS's SETTINGS arrived) is made again after a short
+/// pause: RFC 9113 §8.7 guarantees such a request was not processed, so the CS's session
+/// is as it was.
 pub async fn perform(
-    mut client: CryptoServiceClient<Channel>,
+    client: CryptoServiceClient<Channel>,
     call: CsCall,
 ) -> Result<CsReply, CsError> {
+    let mut pause = REFUSED_STREAM_FIRST_PAUSE;
+    let mut left = REFUSED_STREAM_RETRIES;
+    loop {
+        match perform_once(client.clone(), call.clone()).await {
+            Err(s) if left > 0 && refused_stream(&s) => {
+                left -= 1;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other.map_err(CsError::from),
+        }
+    }
+}
+
+/// Whether the CS's HTTP/2 layer refused the call's stream before processing it.
+pub(crate) fn refused_stream(s: &tonic::Status) -> bool {
+    let mut e = std::error::Error::source(s);
+    while let Some(err) = e {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        e = err.source();
+    }
+    false
+}
+
+async fn perform_once(
+    mut client: CryptoServiceClient<Channel>,
+    call: CsCall,
+) -> Result<CsReply, tonic::Status> {
     Ok(match call {
         CsCall::InitClientHello(r) => {
             CsReply::InitClientHello(client.c_init_client_hello(r).await?.into_inner())
@@ -325,4 +365,21 @@ pub async fn perform(
             CsReply::RegisterTickets(client.c_register_tickets(r).await?.into_inner())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an h2 REFUSED_STREAM (found anywhere in the status's sources) is retried.
+    #[test]
+    fn only_refused_streams_are_retried() {
+        let status =
+            |reason: h2::Reason| tonic::Status::from_error(Box::new(h2::Error::from(reason)));
+        assert!(refused_stream(&status(h2::Reason::REFUSED_STREAM)));
+        assert!(!refused_stream(&status(h2::Reason::CANCEL)));
+        assert!(!refused_stream(&status(h2::Reason::INTERNAL_ERROR)));
+        assert!(!refused_stream(&tonic::Status::unavailable("no source")));
+        assert!(!refused_stream(&tonic::Status::internal("refused stream")));
+    }
 }

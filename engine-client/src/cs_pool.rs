@@ -41,7 +41,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::cs_client::{perform, CsCall, CsEndpoint, CsError, CsReply};
+use crate::cs_client::{self, perform, CsCall, CsEndpoint, CsError, CsReply};
 
 /// The gRPC service name the health check asks about first.
 const CS_SERVICE: &str = pb::crypto_service_server::SERVICE_NAME;
@@ -313,7 +313,7 @@ impl CsPool {
         let mut targets = Vec::new();
         let mut replicas = Vec::new();
         for url in urls {
-            if url.starts_with(crate::cs_client::UNIX_SCHEME) {
+            if url.starts_with(cs_client::UNIX_SCHEME) {
                 // A socket path: one replica, nothing to resolve.
                 let channel = endpoint.channel(url, None, Some(opts.connect_timeout))?;
                 replicas.push(Replica::new(url.clone(), None, channel));
@@ -739,13 +739,34 @@ impl CsPool {
         F: FnMut(CryptoServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let (result, _) = self
-            .first_call(|c| {
-                let fut = op(c);
-                async move { fut.await.map_err(CsError::from) }
-            })
-            .await?;
-        result
+        // A stream refused before processing (REFUSED_STREAM) is no sign of a dead replica:
+        // the call is made again after a pause (see `cs_client::perform`).
+        let mut pause = cs_client::REFUSED_STREAM_FIRST_PAUSE;
+        let mut left = cs_client::REFUSED_STREAM_RETRIES;
+        loop {
+            let (result, _) = self
+                .first_call(|c| {
+                    let fut = op(c);
+                    async move {
+                        match fut.await {
+                            Ok(v) => Ok(Ok(v)),
+                            Err(s) if cs_client::refused_stream(&s) => Ok(Err(s)),
+                            Err(s) => Err(CsError::from(s)),
+                        }
+                    }
+                })
+                .await?;
+            match result {
+                Ok(Err(_)) if left > 0 => {
+                    left -= 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(Err(s)) => return Err(CsError::from(s)),
+                Ok(Ok(v)) => return Ok(v),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Makes `op` on the replica [`Self::pick`] gives, then on each other healthy one while

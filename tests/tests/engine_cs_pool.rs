@@ -124,6 +124,51 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A burst of calls on a fresh connection opens more HTTP/2 streams than the CS allows
+/// (`max_concurrent_streams` = 2) before the CS's SETTINGS reach the engine: the CS refuses
+/// the extra streams before processing them (REFUSED_STREAM, RFC 9113 §8.7) and the engine
+/// makes those calls again: every call gets the CS's own answer (here a LURK refusal of an
+/// empty request), none fails for want of a stream. (Before: each refused stream was an
+/// "unreachable" error, which also set the replica aside in a `CsPool`.)
+#[test]
+fn a_burst_beyond_the_cs_stream_limit_is_answered() {
+    let setup = DevSetup::new();
+    let cs = start_replica(
+        &setup,
+        "127.0.0.1:0",
+        &[
+            ("RUST_LOG", LOG),
+            ("LURK_LIMITS__MAX_CONCURRENT_STREAMS", "2"),
+        ],
+    );
+    rt().block_on(async {
+        let client = cs.endpoint("engine").connect_lazy().unwrap();
+        // All 64 are queued while the lazy connection is made, then sent at once.
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            calls.spawn(lurk_engine::cs_client::perform(
+                client.clone(),
+                lurk_engine::cs_client::CsCall::InitClientHello(Default::default()),
+            ));
+        }
+        let results = calls.join_all().await;
+        let unanswered: Vec<String> = results
+            .iter()
+            .filter_map(|r| match r {
+                Err(e) if e.lurk_status().is_none() => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            unanswered.is_empty(),
+            "{} unanswered: {unanswered:#?}",
+            unanswered.len()
+        );
+        let headers = wait_rpcs(&[&cs], 64)[0];
+        println!("request HEADERS read by the CS: {headers} for 64 calls");
+    });
+}
+
 /// Three replicas, sequential then concurrent full handshakes: every replica serves a fair
 /// share of the sessions, and what the pool counts is what the replicas received.
 #[test]
