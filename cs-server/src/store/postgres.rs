@@ -959,6 +959,33 @@ mod tests {
         }
     }
 
+    impl Fixture<'_> {
+        /// A trigger `name` that terminates its own backend the first time a row fires it
+        /// (`on`: "AFTER DELETE ON tickets" and the like; `at_commit`: a deferred constraint
+        /// trigger, run at COMMIT). The sequence `name` counts the firings (not rolled back).
+        fn kill_backend_once(&self, name: &str, on: &str, at_commit: bool) {
+            self.exec(&format!("CREATE SEQUENCE {name}"));
+            self.exec(&format!(
+                "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF nextval('{name}') = 1 THEN
+                         PERFORM pg_terminate_backend(pg_backend_pid());
+                         PERFORM pg_sleep(10);
+                     END IF;
+                     RETURN NULL;
+                 END $$"
+            ));
+            let (kind, when) = if at_commit {
+                ("CONSTRAINT TRIGGER", "DEFERRABLE INITIALLY DEFERRED")
+            } else {
+                ("TRIGGER", "")
+            };
+            self.exec(&format!(
+                "CREATE {kind} {name} {on} {when} FOR EACH ROW EXECUTE FUNCTION {name}()"
+            ));
+        }
+    }
+
     impl Harness for Fixture<'_> {
         fn open_sealed(
             &self,
@@ -1087,21 +1114,7 @@ mod tests {
         s.put_ticket("engine-a", ticket(b"killed-once", &psk))
             .unwrap();
         // Non-transactional counters: the killed transaction's work is rolled back, theirs not.
-        f.exec("CREATE SEQUENCE kill_on_delete");
-        f.exec(
-            "CREATE FUNCTION kill_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF nextval('kill_on_delete') = 1 THEN
-                     PERFORM pg_terminate_backend(pg_backend_pid());
-                     PERFORM pg_sleep(10);
-                 END IF;
-                 RETURN OLD;
-             END $$",
-        );
-        f.exec(
-            "CREATE TRIGGER kill_on_delete AFTER DELETE ON tickets
-             FOR EACH ROW EXECUTE FUNCTION kill_on_delete()",
-        );
+        f.kill_backend_once("kill_on_delete", "AFTER DELETE ON tickets", false);
         let t = s.take_ticket("engine-a", b"killed-once").unwrap().unwrap();
         assert_eq!(&t.psk[..], &psk[..]);
         assert!(s.take_ticket("engine-a", b"killed-once").unwrap().is_none());
@@ -1111,21 +1124,7 @@ mod tests {
         // take committed, so it reports the store unavailable rather than take again.
         s.put_ticket("engine-a", ticket(b"killed-at-commit", &psk))
             .unwrap();
-        f.exec("CREATE SEQUENCE kill_at_commit");
-        f.exec(
-            "CREATE FUNCTION kill_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF nextval('kill_at_commit') = 1 THEN
-                     PERFORM pg_terminate_backend(pg_backend_pid());
-                     PERFORM pg_sleep(10);
-                 END IF;
-                 RETURN NULL;
-             END $$",
-        );
-        f.exec(
-            "CREATE CONSTRAINT TRIGGER kill_at_commit AFTER INSERT ON consumed_tickets
-             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION kill_at_commit()",
-        );
+        f.kill_backend_once("kill_at_commit", "AFTER INSERT ON consumed_tickets", true);
         let err = s.take_ticket("engine-a", b"killed-at-commit").unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
         assert_eq!(f.count("SELECT last_value FROM kill_at_commit"), 1);
@@ -1169,21 +1168,7 @@ mod tests {
         assert!(capped.take_ticket("engine-k", b"k2").unwrap().is_some());
         let tombs = || f.count("SELECT count(*) FROM consumed_tickets WHERE engine = 'engine-k'");
         assert_eq!(tombs(), 3);
-        f.exec("CREATE SEQUENCE kill_on_insert");
-        f.exec(
-            "CREATE FUNCTION kill_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF nextval('kill_on_insert') = 1 THEN
-                     PERFORM pg_terminate_backend(pg_backend_pid());
-                     PERFORM pg_sleep(10);
-                 END IF;
-                 RETURN NULL;
-             END $$",
-        );
-        f.exec(
-            "CREATE TRIGGER kill_on_insert AFTER INSERT ON tickets
-             FOR EACH ROW EXECUTE FUNCTION kill_on_insert()",
-        );
+        f.kill_backend_once("kill_on_insert", "AFTER INSERT ON tickets", false);
         capped.put_ticket("engine-k", ticket(b"k4", &psk)).unwrap();
         assert_eq!(f.count("SELECT last_value FROM kill_on_insert"), 2);
         assert_eq!(capped.count_tickets("engine-k").unwrap(), 2);
