@@ -294,10 +294,32 @@ impl fmt::Debug for CsReply {
     }
 }
 
-/// Times a call refused by the CS's HTTP/2 layer before any processing is made again, and
-/// the first pause (doubled each time).
-pub(crate) const REFUSED_STREAM_RETRIES: u32 = 6;
-pub(crate) const REFUSED_STREAM_FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// The retries of a call whose stream the CS's HTTP/2 layer refused before processing it:
+/// at most 6, after a pause of 1 ms doubled each time.
+pub(crate) struct RefusedStreamRetry {
+    left: u32,
+    pause: Duration,
+}
+
+impl RefusedStreamRetry {
+    pub(crate) fn new() -> Self {
+        Self {
+            left: 6,
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// Whether `s` is a refused stream that may be retried; if so, waits the pause first.
+    pub(crate) async fn again(&mut self, s: &tonic::Status) -> bool {
+        if self.left == 0 || !refused_stream(s) {
+            return false;
+        }
+        self.left -= 1;
+        tokio::time::sleep(self.pause).await;
+        self.pause *= 2;
+        true
+    }
+}
 
 /// Makes one call on `client` (a cheap clone of the shared channel). A call whose HTTP/2
 /// stream the CS refused before processing it (REFUSED_STREAM: the engine opened more
@@ -309,15 +331,10 @@ pub async fn perform(
     client: CryptoServiceClient<Channel>,
     call: CsCall,
 ) -> Result<CsReply, CsError> {
-    let mut pause = REFUSED_STREAM_FIRST_PAUSE;
-    let mut left = REFUSED_STREAM_RETRIES;
+    let mut retry = RefusedStreamRetry::new();
     loop {
         match perform_once(client.clone(), call.clone()).await {
-            Err(s) if left > 0 && refused_stream(&s) => {
-                left -= 1;
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
+            Err(s) if retry.again(&s).await => {}
             other => return other.map_err(CsError::from),
         }
     }

@@ -741,8 +741,7 @@ impl CsPool {
     {
         // A stream refused before processing (REFUSED_STREAM) is no sign of a dead replica:
         // the call is made again after a pause (see `cs_client::perform`).
-        let mut pause = cs_client::REFUSED_STREAM_FIRST_PAUSE;
-        let mut left = cs_client::REFUSED_STREAM_RETRIES;
+        let mut retry = cs_client::RefusedStreamRetry::new();
         loop {
             let (result, _) = self
                 .first_call(|c| {
@@ -757,11 +756,7 @@ impl CsPool {
                 })
                 .await?;
             match result {
-                Ok(Err(_)) if left > 0 => {
-                    left -= 1;
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
+                Ok(Err(s)) if retry.again(&s).await => {}
                 Ok(Err(s)) => return Err(CsError::from(s)),
                 Ok(Ok(v)) => return Ok(v),
                 Err(e) => return Err(e),
