@@ -8,7 +8,10 @@
 //! configuration: each connection ends with a session close that the next one must not wait
 //! for); full handshakes without resumption; resumed handshakes. Each row once with the CS's
 //! default exchanges and once with a CS that offers only the standard ones (`LURK_EXTRA_ENV`
-//! style: `[exchanges] server_flight = false`), when that CS starts.
+//! style: `[exchanges] server_flight = false`), when that CS starts. With the default CS each
+//! row is also run over a tonic `Channel` (every call through tonic's buffer task) beside the
+//! engine's own channel (the call driven by the caller's future), in alternating blocks, with
+//! the CPU each process spent per connection.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -16,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lurk_engine::config::{ClientConfig, Ephemeral};
+use lurk_engine::cs_channel::{CsChannel, CsClient};
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_engine::tickets::MemoryTicketStore;
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::Connector;
+use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::wire::{CipherSuite, NamedGroup};
 
 use crate::handshake::{self, Client, Pki, Proc};
@@ -70,11 +75,45 @@ fn start_cs(dev: &std::path::Path, env: &[(&str, &str)]) -> Result<(Proc, String
     r
 }
 
+/// The engine's gRPC channel to the CS.
+#[derive(Clone, Copy, PartialEq)]
+enum Chan {
+    /// `CsEndpoint::connect_lazy`: the engine's own HTTP/2 channel.
+    Direct,
+    /// A tonic `Channel` with the same TLS settings, through `CsChannel::from`.
+    Tonic,
+}
+
+impl Chan {
+    fn name(self) -> &'static str {
+        match self {
+            Chan::Direct => "engine's",
+            Chan::Tonic => "tonic Channel",
+        }
+    }
+}
+
+/// A tonic `Channel` to the CS at `url` as the engine identity.
+fn tonic_client(tls: &std::path::Path, url: &str) -> Result<CsClient, BoxError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |name: &str| std::fs::read(tls.join(name));
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("engine.pem")?, read("engine.key")?))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .tls_config(config)?
+        .connect_lazy();
+    Ok(CryptoServiceClient::new(CsChannel::from(channel)))
+}
+
 fn connector(
     dev: &std::path::Path,
     url: &str,
     pki: &Pki,
     resume: bool,
+    chan: Chan,
 ) -> Result<Client, BoxError> {
     let tls = dev.join("tls");
     let mut ep = CsEndpoint::from_files(
@@ -94,40 +133,55 @@ fn connector(
         cfg = cfg.ticket_store(Arc::new(MemoryTicketStore::new(64)));
     }
     let cfg = cfg.build()?;
+    let cs = match chan {
+        Chan::Direct => ep.connect_lazy()?,
+        Chan::Tonic => tonic_client(&tls, url)?,
+    };
     Ok(Client::Engine(Arc::new(Connector::new(
         Arc::new(cfg),
-        Some(ep.connect_lazy()?),
+        Some(cs),
     ))))
 }
 
 struct Row {
     case: &'static str,
     cs: &'static str,
-    lat: Lat,
+    chan: Chan,
+    times: Vec<Duration>,
+    /// CPU of this process (the engine) and of the CS over `times`.
+    cpu_engine: Duration,
+    cpu_cs: Duration,
     exchanges: Vec<&'static str>,
     resumed: usize,
 }
 
-/// `n` sequential connections after a warm-up.
-async fn run_row(
+/// Blocks of sequential connections each row is run in, alternating between the rows of a case.
+const BLOCKS: usize = 5;
+
+/// `n` more sequential connections of `row` (after a warm-up on the first block).
+async fn run_block(
+    row: &mut Row,
     client: &Client,
     port: u16,
+    cs_pid: u32,
     n: usize,
-) -> Result<(Lat, Vec<&'static str>, usize), BoxError> {
-    let mut exchanges = Vec::new();
-    for _ in 0..20 {
-        exchanges = handshake::get_once(client, port).await?.1;
+) -> Result<(), BoxError> {
+    if row.times.is_empty() {
+        for _ in 0..20 {
+            row.exchanges = handshake::get_once(client, port).await?.1;
+        }
     }
-    let mut v = Vec::with_capacity(n);
-    let mut resumed = 0;
+    let (engine0, cs0) = (sys::cpu_self(), sys::cpu_of(cs_pid));
     for _ in 0..n {
         let t = Instant::now();
         let (r, ex) = handshake::get_once(client, port).await?;
-        v.push(t.elapsed());
-        resumed += usize::from(r);
-        exchanges = ex;
+        row.times.push(t.elapsed());
+        row.resumed += usize::from(r);
+        row.exchanges = ex;
     }
-    Ok((Lat::of(v), exchanges, resumed))
+    row.cpu_engine += sys::cpu_self() - engine0;
+    row.cpu_cs += sys::cpu_of(cs_pid) - cs0;
+    Ok(())
 }
 
 pub(crate) fn run(n: usize) -> Result<(), BoxError> {
@@ -149,39 +203,65 @@ pub(crate) fn run(n: usize) -> Result<(), BoxError> {
     let (_srv_none, port_none) = start_openssl(&pki, &["-num_tickets", "0"])?;
     let (_srv, port) = start_openssl(&pki, &[])?;
     let mut rows = Vec::new();
-    for (cs_name, (_proc, url)) in &css {
+    for (cs_name, (proc, url)) in &css {
+        let chans: &[Chan] = if *cs_name == "default" {
+            &[Chan::Direct, Chan::Tonic]
+        } else {
+            &[Chan::Direct]
+        };
         for (case, port, resume) in [
             ("no tickets, resumption asked", port_none, true),
             ("full, no resumption", port, false),
             ("resumed", port, true),
         ] {
-            let client = connector(&fx.dev, url, &pki, resume)?;
-            let (lat, exchanges, resumed) = rt.block_on(run_row(&client, port, n))?;
-            rows.push(Row {
-                case,
-                cs: cs_name,
-                lat,
-                exchanges,
-                resumed,
-            });
-            if let Client::Engine(c) = &client {
-                rt.block_on(c.wait_for_cs(Duration::from_secs(5)));
+            let mut case_rows = Vec::new();
+            for &chan in chans {
+                let client = connector(&fx.dev, url, &pki, resume, chan)?;
+                let row = Row {
+                    case,
+                    cs: cs_name,
+                    chan,
+                    times: Vec::with_capacity(n),
+                    cpu_engine: Duration::ZERO,
+                    cpu_cs: Duration::ZERO,
+                    exchanges: Vec::new(),
+                    resumed: 0,
+                };
+                case_rows.push((client, row));
+            }
+            for b in 0..BLOCKS {
+                let count = n / BLOCKS + usize::from(b < n % BLOCKS);
+                for (client, row) in &mut case_rows {
+                    rt.block_on(run_block(row, client, port, proc.pid(), count))?;
+                }
+            }
+            for (client, row) in case_rows {
+                if let Client::Engine(c) = &client {
+                    rt.block_on(c.wait_for_cs(Duration::from_secs(5)));
+                }
+                rows.push(row);
             }
         }
     }
     println!(
-        "| case | CS | p50 ms | p90 ms | p99 ms | n | resumed | LURK exchanges of the connection |"
+        "| case | CS | gRPC channel | p50 ms | p90 ms | p99 ms | CPU engine ms | CPU CS ms | n | resumed | LURK exchanges of the connection |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
+        let per = |d: Duration| ms(d) / r.times.len().max(1) as f64;
+        let (cpu_engine, cpu_cs) = (per(r.cpu_engine), per(r.cpu_cs));
+        let lat = Lat::of(r.times);
         println!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
             r.case,
             r.cs,
-            ms(r.lat.p50),
-            ms(r.lat.p90),
-            ms(r.lat.p99),
-            r.lat.n,
+            r.chan.name(),
+            ms(lat.p50),
+            ms(lat.p90),
+            ms(lat.p99),
+            cpu_engine,
+            cpu_cs,
+            lat.n,
             r.resumed,
             r.exchanges.join(", ")
         );

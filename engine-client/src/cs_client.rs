@@ -10,7 +10,9 @@ use std::time::Duration;
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use rustls_pki_types::ServerName;
+
+use crate::cs_channel::{CsChannel, CsClient, TlsSettings};
 
 /// Where the CS is and how to authenticate to it.
 #[derive(Clone, Debug)]
@@ -48,7 +50,7 @@ impl CsEndpoint {
     }
 
     /// Opens the channel (lazily: the first call connects).
-    pub fn connect_lazy(&self) -> Result<CryptoServiceClient<Channel>, CsError> {
+    pub fn connect_lazy(&self) -> Result<CsClient, CsError> {
         Ok(CryptoServiceClient::new(self.channel(
             &self.url,
             self.domain.as_deref(),
@@ -57,84 +59,80 @@ impl CsEndpoint {
     }
 
     /// A lazy channel to `url` with these credentials and `domain` as TLS server name (the
-    /// URL's host when `None`); `connect_timeout` bounds the TCP connect (5 s when `None`).
+    /// URL's host when `None`); `connect_timeout` bounds the connect, TLS handshake included
+    /// (5 s when `None`).
     pub(crate) fn channel(
         &self,
         url: &str,
         domain: Option<&str>,
         connect_timeout: Option<Duration>,
-    ) -> Result<Channel, CsError> {
+    ) -> Result<CsChannel, CsError> {
+        let timeout = connect_timeout.unwrap_or(Duration::from_secs(5));
         if let Some(path) = url.strip_prefix(UNIX_SCHEME) {
-            return unix_channel(path, connect_timeout);
+            if path.is_empty() {
+                return Err(CsError::Config("CS URL unix: names no socket path".into()));
+            }
+            return Ok(CsChannel::unix(url, Path::new(path), timeout));
         }
-        let mut ep = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| CsError::Config(format!("CS URL {url:?}: {e}")))?
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(5)));
-        if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &self.ca_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(ca));
+        let tls = if url.starts_with("https://") {
+            let host = url
+                .parse::<tonic::codegen::http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+            let name = domain.map(str::to_owned).or(host).ok_or_else(|| {
+                CsError::Config(format!("CS URL {url:?}: no host for the TLS server name"))
+            })?;
+            Some(TlsSettings {
+                config: self.tls_config()?,
+                server_name: ServerName::try_from(name.clone())
+                    .map_err(|e| CsError::Config(format!("CS TLS server name {name:?}: {e}")))?,
+            })
+        } else {
+            None
+        };
+        CsChannel::tcp(url, tls, timeout)
+    }
+
+    /// The mTLS client configuration: the CS's CA, this engine's certificate and key, ALPN h2.
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, CsError> {
+        let bad =
+            |what: &str, e: &dyn fmt::Display| CsError::Config(format!("CS TLS: {what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &self.ca_pem {
+            for cert in rustls_pemfile::certs(&mut &ca[..]) {
+                let cert = cert.map_err(|e| bad("CA certificate", &e))?;
+                roots.add(cert).map_err(|e| bad("CA certificate", &e))?;
             }
-            if let Some((cert, key)) = &self.identity_pem {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(d) = domain {
-                tls = tls.domain_name(d);
-            }
-            ep = ep
-                .tls_config(tls)
-                .map_err(|e| CsError::Config(format!("CS TLS: {e}")))?;
         }
-        Ok(ep.connect_lazy())
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_root_certificates(roots);
+        let mut config = match &self.identity_pem {
+            Some((cert, key)) => {
+                let chain = rustls_pemfile::certs(&mut &cert[..])
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("engine certificate", &e))?;
+                let key = rustls_pemfile::private_key(&mut &key[..])
+                    .map_err(|e| bad("engine key", &e))?
+                    .ok_or_else(|| {
+                        CsError::Config("CS TLS: engine key: no key in the PEM".into())
+                    })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad("engine certificate and key", &e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
 /// The URL prefix of a CS on a Unix-domain socket: `unix:/run/lurk-cs/cs.sock`.
 pub const UNIX_SCHEME: &str = "unix:";
-
-/// A lazy channel over the Unix socket at `path`: HTTP/2 without TLS (the CS names the engine
-/// by the peer uid the kernel reports, SO_PEERCRED).
-fn unix_channel(path: &str, connect_timeout: Option<Duration>) -> Result<Channel, CsError> {
-    if path.is_empty() {
-        return Err(CsError::Config("CS URL unix: names no socket path".into()));
-    }
-    // The URI is only the :authority of the requests; the connector ignores it.
-    let ep = Endpoint::from_static("http://localhost")
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(5)));
-    Ok(ep.connect_with_connector_lazy(UnixConnector(Arc::from(Path::new(path)))))
-}
-
-/// Connects to one Unix socket path, whatever URI it is asked for.
-#[derive(Clone)]
-struct UnixConnector(Arc<Path>);
-
-impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move {
-            let s = tokio::net::UnixStream::connect(&*path).await?;
-            Ok(hyper_util::rt::TokioIo::new(s))
-        })
-    }
-}
 
 /// A failed call to the CS.
 #[derive(Debug, thiserror::Error)]
@@ -327,10 +325,7 @@ impl RefusedStreamRetry {
 /// starts on a connection before the CS's SETTINGS arrived) is made again after a short
 /// pause: RFC 9113 §8.7 guarantees such a request was not processed, so the CS's session
 /// is as it was.
-pub async fn perform(
-    client: CryptoServiceClient<Channel>,
-    call: CsCall,
-) -> Result<CsReply, CsError> {
+pub async fn perform(client: CsClient, call: CsCall) -> Result<CsReply, CsError> {
     let mut retry = RefusedStreamRetry::new();
     loop {
         match perform_once(client.clone(), call.clone()).await {
@@ -352,10 +347,7 @@ pub(crate) fn refused_stream(s: &tonic::Status) -> bool {
     false
 }
 
-async fn perform_once(
-    mut client: CryptoServiceClient<Channel>,
-    call: CsCall,
-) -> Result<CsReply, tonic::Status> {
+async fn perform_once(mut client: CsClient, call: CsCall) -> Result<CsReply, tonic::Status> {
     Ok(match call {
         CsCall::InitClientHello(r) => {
             CsReply::InitClientHello(client.c_init_client_hello(r).await?.into_inner())

@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use crate::cs_channel::{CsChannel, CsClient};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -70,7 +70,7 @@ pub struct CsPoolOptions {
     pub backoff_max: Duration,
     /// How long the first call waits for a DNS name's first resolution (default 5 s).
     pub resolve_timeout: Duration,
-    /// How long the TCP connect to a replica may take (default 5 s).
+    /// How long the connect to a replica may take, TLS handshake included (default 5 s).
     pub connect_timeout: Duration,
     /// How long one call may take, connecting included (default 10 s); a call that runs out
     /// counts as unanswered: its replica is set aside, and a connection's first call goes to
@@ -155,9 +155,9 @@ pub(crate) struct Replica {
     url: String,
     /// The target it came from and its address (for re-resolution).
     origin: Option<(usize, SocketAddr)>,
-    client: CryptoServiceClient<Channel>,
+    client: CsClient,
     /// For health checks (`None`: a pool made from a client, not checked).
-    channel: Option<Channel>,
+    channel: Option<CsChannel>,
     health: Mutex<Health>,
     outstanding: AtomicUsize,
     answered: AtomicU64,
@@ -166,7 +166,7 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn new(url: String, origin: Option<(usize, SocketAddr)>, channel: Channel) -> Arc<Self> {
+    fn new(url: String, origin: Option<(usize, SocketAddr)>, channel: CsChannel) -> Arc<Self> {
         Self::with_client(
             url,
             origin,
@@ -178,8 +178,8 @@ impl Replica {
     fn with_client(
         url: String,
         origin: Option<(usize, SocketAddr)>,
-        client: CryptoServiceClient<Channel>,
-        channel: Option<Channel>,
+        client: CsClient,
+        channel: Option<CsChannel>,
     ) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(Self {
@@ -355,7 +355,7 @@ impl CsPool {
 
     /// A pool of one replica on an existing channel: no health checks, no re-resolution
     /// (what [`crate::Connector::new`] makes of a single client).
-    pub fn from_client(client: CryptoServiceClient<Channel>) -> Self {
+    pub fn from_client(client: CsClient) -> Self {
         let url = "CS".to_owned();
         Self {
             inner: Arc::new(Inner {
@@ -482,7 +482,7 @@ impl CsPool {
     /// (LURK refusal included) marks it healthy.
     async fn call_on<T, F, Fut>(&self, r: &Arc<Replica>, op: F) -> Result<T, CsError>
     where
-        F: FnOnce(CryptoServiceClient<Channel>) -> Fut,
+        F: FnOnce(CsClient) -> Fut,
         Fut: Future<Output = Result<T, CsError>>,
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -643,7 +643,7 @@ impl CsPool {
 /// `grpc.health.v1.Health/Check` for the CryptoService, or for the whole server (service
 /// `""`) when the CS does not report the service by name; a CS without the health service
 /// (UNIMPLEMENTED) is healthy when its `Ping` answers.
-async fn check_health(channel: &Channel, timeout: Duration) -> Result<(), String> {
+async fn check_health(channel: &CsChannel, timeout: Duration) -> Result<(), String> {
     let mut health = HealthClient::new(channel.clone());
     for service in [CS_SERVICE, ""] {
         let req = HealthCheckRequest {
@@ -736,7 +736,7 @@ impl CsPool {
     /// unanswered call is made again on each other healthy replica.
     pub async fn call_any<T, F, Fut>(&self, mut op: F) -> Result<T, CsError>
     where
-        F: FnMut(CryptoServiceClient<Channel>) -> Fut,
+        F: FnMut(CsClient) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         // A stream refused before processing (REFUSED_STREAM) is no sign of a dead replica:
@@ -772,7 +772,7 @@ impl CsPool {
         mut op: F,
     ) -> Result<(Result<T, CsError>, Arc<Replica>), CsError>
     where
-        F: FnMut(CryptoServiceClient<Channel>) -> Fut,
+        F: FnMut(CsClient) -> Fut,
         Fut: Future<Output = Result<T, CsError>>,
     {
         self.wait_resolved().await?;

@@ -94,6 +94,7 @@ mod alert;
 pub mod config;
 mod conn;
 pub mod crypto_service;
+pub mod cs_channel;
 pub mod cs_client;
 pub mod cs_pool;
 mod deframer;

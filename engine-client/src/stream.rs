@@ -26,14 +26,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tonic::transport::Channel;
 
 use crate::action::Action;
 use crate::config::{ClientConfig, HandshakeSummary};
 use crate::conn::{ClientConnection, CsEpilogue};
 use crate::crypto_service::{CryptoService, CsFuture, CsSession};
+use crate::cs_channel::CsClient;
 use crate::cs_client::{CsCall, CsError};
 use crate::cs_pool::CsPool;
 use crate::error::Error;
@@ -179,9 +178,9 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// A connector; `cs` is the Crypto Service channel (`None`: the engine can only run
+    /// A connector; `cs` is the Crypto Service's client (`None`: the engine can only run
     /// handshakes that need no CS, sequence D).
-    pub fn new(config: Arc<ClientConfig>, cs: Option<CryptoServiceClient<Channel>>) -> Self {
+    pub fn new(config: Arc<ClientConfig>, cs: Option<CsClient>) -> Self {
         Self {
             config,
             cs: cs.map(|c| Arc::new(CsPool::from_client(c)) as Arc<dyn CryptoService>),

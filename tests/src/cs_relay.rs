@@ -13,11 +13,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::pb::crypto_service_server::{CryptoService, CryptoServiceServer};
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// One logged event.
@@ -40,7 +39,7 @@ struct Shared {
 }
 
 struct Relay {
-    cs: CryptoServiceClient<Channel>,
+    cs: CsClient,
     shared: Arc<Shared>,
     hold: Option<Duration>,
 }
@@ -55,7 +54,7 @@ impl CsRelay {
     /// Starts a relay to `cs` on a free loopback port, in the current runtime. `hold`: how long
     /// a call that only closes a session is held, at most, waiting for the next
     /// `c_init_client_hello` (`None`: never held).
-    pub async fn start(cs: CryptoServiceClient<Channel>, hold: Option<Duration>) -> CsRelay {
+    pub async fn start(cs: CsClient, hold: Option<Duration>) -> CsRelay {
         let shared = Arc::new(Shared::default());
         let relay = Relay {
             cs,
@@ -76,12 +75,15 @@ impl CsRelay {
     }
 
     /// A client of the relay (plaintext HTTP/2 on loopback), for a `Connector`.
-    pub fn client(&self) -> CryptoServiceClient<Channel> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect_lazy();
-        CryptoServiceClient::new(ch)
+    pub fn client(&self) -> CsClient {
+        lurk_engine::cs_client::CsEndpoint {
+            url: format!("http://{}", self.addr),
+            ca_pem: None,
+            identity_pem: None,
+            domain: None,
+        }
+        .connect_lazy()
+        .unwrap()
     }
 
     /// The events so far, in order.
@@ -137,7 +139,7 @@ impl Relay {
         call: F,
     ) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(CryptoServiceClient<Channel>, Req) -> Fut,
+        F: FnOnce(CsClient, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         self.log(Event::Start(name, closing));

@@ -22,8 +22,8 @@ pub mod rfc8448;
 pub mod sequence_c;
 pub mod tlslite;
 
+use lurk_engine::cs_channel::CsClient;
 use lurk_engine::cs_client::CsEndpoint;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use tonic::transport::Channel;
 
 /// Path of a binary built from this workspace (`cargo build --bins` must have run; the
@@ -395,7 +395,7 @@ impl CsProcess {
         (code, body.to_owned())
     }
 
-    pub fn client(&self, identity: &str) -> CryptoServiceClient<Channel> {
+    pub fn client(&self, identity: &str) -> CsClient {
         self.endpoint(identity).connect_lazy().unwrap()
     }
 

@@ -3,10 +3,9 @@
 //! engine making its own key share, so that the transcript is the RFC's and §4's binder
 //! proves which PSK the CS read back from its store.
 
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_test_support::rfc8448::rfc8448;
-use tonic::transport::Channel;
 
 /// A handshake message of a section (`simple_1rtt`, `resumed_0rtt`), by its name in
 /// `lurk_test_support::rfc8448::Messages`.
@@ -37,9 +36,7 @@ pub fn resumption_request() -> pb::CInitClientHelloRequest {
 
 /// RFC 8448 §3 through the CS, the engine making its own share (e_generated) and the CS in
 /// test-vector mode (null freshness), up to c_client_finished; returns the session id.
-pub async fn section3_handshake(
-    c: &mut CryptoServiceClient<Channel>,
-) -> Result<Vec<u8>, tonic::Status> {
+pub async fn section3_handshake(c: &mut CsClient) -> Result<Vec<u8>, tonic::Status> {
     let s = &rfc8448().simple_1rtt;
     let m = &s.messages;
     let init = c
@@ -89,9 +86,7 @@ pub async fn section3_handshake(
 }
 
 /// §3's handshake then its NewSessionTicket registered; returns how many were registered.
-pub async fn register_section3_ticket(
-    c: &mut CryptoServiceClient<Channel>,
-) -> Result<u32, tonic::Status> {
+pub async fn register_section3_ticket(c: &mut CsClient) -> Result<u32, tonic::Status> {
     let id = section3_handshake(c).await?;
     Ok(c.c_register_tickets(pb::CRegisterTicketsRequest {
         session_id: id,

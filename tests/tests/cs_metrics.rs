@@ -11,12 +11,11 @@ use lurk_e2e::raw_h2::{raw_h2, tls, unfinished_request};
 use lurk_e2e::rfc8448::{ks, msg, resumption_request, section3_handshake};
 use lurk_e2e::sequence_c::{ed25519_leaf, Handshake};
 use lurk_e2e::{p11_fault_shim, CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{encode_certificate, CipherSuite, ClientHelloBuilder, NamedGroup};
 use serde_json::Value;
-use tonic::transport::Channel;
 
 /// The series of `name` (`name{labels} value` lines), keyed by their label set.
 fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
@@ -75,7 +74,7 @@ fn value(text: &str, name: &str, labels: &str) -> f64 {
 }
 
 /// c_init_client_hello with CS-generated (token) shares for `shares`: the session id.
-async fn hello(c: &mut CryptoServiceClient<Channel>, shares: &[NamedGroup]) -> Vec<u8> {
+async fn hello(c: &mut CsClient, shares: &[NamedGroup]) -> Vec<u8> {
     let mut b = ClientHelloBuilder::new([7u8; 32])
         .legacy_session_id(&[1u8; 32])
         .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
@@ -101,7 +100,7 @@ async fn hello(c: &mut CryptoServiceClient<Channel>, shares: &[NamedGroup]) -> V
 /// c_init_client_finished (sequence C) signing with the ed25519 key: one C_Sign.
 async fn sign(
     dev: &DevSetup,
-    c: &mut CryptoServiceClient<Channel>,
+    c: &mut CsClient,
 ) -> Result<pb::CInitClientFinishedResponse, tonic::Status> {
     let leaf = ed25519_leaf(&dev.path());
     c.c_init_client_finished(pb::CInitClientFinishedRequest {

@@ -5,20 +5,19 @@
 //! nothing: the same session then goes on, and the CS keeps serving.
 
 use lurk_e2e::{server_hello, CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
     encode_certificate, encode_certificate_verify, encode_finished, encode_handshake, CipherSuite,
     ClientHello, ClientHelloBuilder, HandshakeType, NamedGroup, SignatureScheme,
 };
-use tonic::transport::Channel;
 
 fn status_of(e: &tonic::Status) -> LurkStatus {
     LurkStatus::from_grpc(e).unwrap_or_else(|| panic!("no lurk-status in {e:?}"))
 }
 
-async fn ping_ok(client: &mut CryptoServiceClient<Channel>) {
+async fn ping_ok(client: &mut CsClient) {
     client
         .ping(pb::PingRequest {})
         .await

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use lurk_e2e::engine::EngineRun;
 use lurk_e2e::openssl::{certs, path_str, SServer};
 use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const DONE: &str = "certificate reload done";
 
@@ -129,7 +130,7 @@ async fn sighup_rotates_the_listener_certificate_and_client_ca() {
     engine_handshake(&cs, &server);
 
     // An engine connection established before the rotation.
-    let mut established: CryptoServiceClient<Channel> = cs.client("engine");
+    let mut established: CsClient = cs.client("engine");
     established
         .capabilities(pb::CapabilitiesRequest {})
         .await

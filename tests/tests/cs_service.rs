@@ -3,13 +3,12 @@
 //! service keeps serving after each.
 
 use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
     CipherSuite, ClientHelloBuilder, NamedGroup, PskKeyExchangeMode, SignatureScheme,
 };
-use tonic::transport::Channel;
 
 fn status_of(e: tonic::Status) -> LurkStatus {
     LurkStatus::from_grpc(&e).unwrap_or_else(|| panic!("no lurk-status in {e:?}"))
@@ -42,7 +41,7 @@ fn init_request(ch: Vec<u8>) -> pb::CInitClientHelloRequest {
     }
 }
 
-async fn ping_ok(client: &mut CryptoServiceClient<Channel>) {
+async fn ping_ok(client: &mut CsClient) {
     let p = client
         .ping(pb::PingRequest {})
         .await

@@ -3,9 +3,9 @@
 //! registered once and resumed once, and what a session holds is bounded per engine.
 
 use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::key_schedule::{finished_verify_data, KeyScheduleEarly};
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
 use lurk_proto::wire::{
@@ -13,9 +13,8 @@ use lurk_proto::wire::{
     ClientHelloBuilder, HashAlg, NamedGroup, PskKeyExchangeMode, SignatureScheme,
 };
 use ring::agreement;
-use tonic::transport::Channel;
 
-type Client = CryptoServiceClient<Channel>;
+type Client = CsClient;
 
 fn status_of(e: tonic::Status) -> LurkStatus {
     LurkStatus::from_grpc(&e).unwrap_or_else(|| panic!("no lurk-status in {e:?}"))

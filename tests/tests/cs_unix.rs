@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use lurk_e2e::engine::EngineRun;
 use lurk_e2e::openssl::{certs, path_str, SServer};
 use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_engine::cs_client::CsEndpoint;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
-use tonic::transport::Channel;
 
 /// This process's effective uid (the owner of `/proc/self`).
 fn my_uid() -> u32 {
@@ -35,7 +34,7 @@ fn start(uid: u32, engine: &str, limits: &str) -> (DevSetup, CsProcess, PathBuf)
 }
 
 /// A gRPC client over the Unix socket (the engine library's own channel).
-fn unix_client(sock: &Path) -> CryptoServiceClient<Channel> {
+fn unix_client(sock: &Path) -> CsClient {
     let ep = CsEndpoint {
         url: format!("unix:{}", path_str(sock)),
         ca_pem: None,
@@ -45,7 +44,7 @@ fn unix_client(sock: &Path) -> CryptoServiceClient<Channel> {
     ep.connect_lazy().unwrap()
 }
 
-async fn ping(mut c: CryptoServiceClient<Channel>) -> Result<(), String> {
+async fn ping(mut c: CsClient) -> Result<(), String> {
     tokio::time::timeout(Duration::from_secs(5), c.ping(pb::PingRequest::default()))
         .await
         .map_err(|_| "timed out".to_owned())?

@@ -8,9 +8,9 @@ use lurk_e2e::engine::field_bool;
 use lurk_e2e::lurk::Lurk;
 use lurk_e2e::openssl::{certs, path_str, SServer};
 use lurk_e2e::{CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::key_schedule::finished_verify_data;
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::server_auth::server_signed_content;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::transcript::Transcript;
@@ -20,9 +20,8 @@ use lurk_proto::wire::{
 };
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-use tonic::transport::Channel;
 
-type Client = CryptoServiceClient<Channel>;
+type Client = CsClient;
 
 const SESSION_ID: [u8; 32] = [1; 32];
 

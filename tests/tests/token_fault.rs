@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use lurk_e2e::sequence_c::{ed25519_leaf, ed25519_public_key, Handshake, ENGINE_RANDOM};
 use lurk_e2e::{p11_fault_shim, CsProcess, DevSetup};
+use lurk_engine::cs_channel::CsClient;
 use lurk_proto::freshness::{client_random, FreshnessMode};
 use lurk_proto::pb;
-use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
     encode_certificate, CipherSuite, ClientHelloBuilder, NamedGroup, SignatureScheme,
 };
-use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 
 const SERVICE: &str = "lurk.tls13.v1.CryptoService";
@@ -52,7 +51,7 @@ impl Faulty {
         std::fs::write(&self.control, faults).unwrap();
     }
 
-    fn client(&self) -> CryptoServiceClient<Channel> {
+    fn client(&self) -> CsClient {
         self.cs.client("engine")
     }
 }
@@ -70,7 +69,7 @@ fn unavailable(e: tonic::Status) {
 
 /// c_init_client_finished with the ed25519 key (one C_Sign): Ok only with a signature that
 /// verifies over the fresh random, as in cs_service.rs.
-async fn sign(dev: &DevSetup, c: &mut CryptoServiceClient<Channel>) -> Result<(), tonic::Status> {
+async fn sign(dev: &DevSetup, c: &mut CsClient) -> Result<(), tonic::Status> {
     let hs = Handshake::new();
     let leaf = ed25519_leaf(&dev.path());
     let client_cert = encode_certificate(&[], std::slice::from_ref(&leaf)).unwrap();
@@ -94,7 +93,7 @@ async fn sign(dev: &DevSetup, c: &mut CryptoServiceClient<Channel>) -> Result<()
 
 /// c_init_client_hello with a CS-generated x25519 share (one C_GenerateKeyPair): returns
 /// the session id and the share, which must be a usable x25519 public key.
-async fn hello(c: &mut CryptoServiceClient<Channel>) -> Result<(Vec<u8>, Vec<u8>), tonic::Status> {
+async fn hello(c: &mut CsClient) -> Result<(Vec<u8>, Vec<u8>), tonic::Status> {
     let ch = ClientHelloBuilder::new([7u8; 32])
         .legacy_session_id(&[1u8; 32])
         .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
@@ -126,10 +125,7 @@ async fn hello(c: &mut CryptoServiceClient<Channel>) -> Result<(Vec<u8>, Vec<u8>
 }
 
 /// c_server_hello for a session made by [`hello`]: the CS derives with its token key pair.
-async fn server_hello(
-    c: &mut CryptoServiceClient<Channel>,
-    session_id: &[u8],
-) -> Result<(), tonic::Status> {
+async fn server_hello(c: &mut CsClient, session_id: &[u8]) -> Result<(), tonic::Status> {
     let rng = ring::rand::SystemRandom::new();
     let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng)
         .unwrap()
@@ -186,7 +182,7 @@ fn wait_log(cs: &CsProcess, needle: &str, n: usize) {
     }
 }
 
-async fn ping(c: &mut CryptoServiceClient<Channel>) {
+async fn ping(c: &mut CsClient) {
     c.ping(pb::PingRequest {}).await.expect("the CS stays up");
 }
 
