@@ -39,7 +39,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::config::{LimitsConfig, ListenConfig, TlsConfig};
 use crate::error::ServiceError;
 use crate::reload::{summarize, ListenerTls, TlsSummary};
-pub use crate::transport::{UnixListening, UnixPeer};
+pub use crate::transport::{ConnectionEngine, UnixListening, UnixPeer};
 
 /// Metadata header naming the engine on a plaintext (development) listener.
 pub const ENGINE_ID_METADATA: &str = "lurk-engine-id";
@@ -287,7 +287,12 @@ pub fn engine_identity<T>(
     req: &tonic::Request<T>,
     plaintext: bool,
 ) -> Result<EngineId, ServiceError> {
-    // Set by the Unix-socket listener only: the peer's uid, mapped in [listen.unix].
+    // Set by the CS's own listeners (transport.rs), from the connection's certificate or
+    // its Unix peer's uid, once per connection.
+    if let Some(ConnectionEngine(engine)) = req.extensions().get::<ConnectionEngine>() {
+        return Ok(engine.clone());
+    }
+    // Set by the Unix-socket listener: the peer's uid, mapped in [listen.unix].
     if let Some(peer) = req.extensions().get::<UnixPeer>() {
         return Ok(peer.engine.clone());
     }

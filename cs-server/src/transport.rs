@@ -446,8 +446,15 @@ impl Drop for InFlight {
     }
 }
 
-/// The per-connection service: adds the connection's info to each request (as tonic's
-/// server does), bounds the RPC by the request timeout and counts it in flight.
+/// The engine a connection authenticated (its mTLS certificate, or its Unix peer's uid),
+/// put in each of its requests: [`crate::server::engine_identity`] reads it rather than parse
+/// the certificate again for every call.
+#[derive(Clone, Debug)]
+pub struct ConnectionEngine(pub EngineId);
+
+/// The per-connection service: adds the connection's info and engine to each request (as
+/// tonic's server adds its info), bounds the RPC by the request timeout and counts it in
+/// flight.
 #[derive(Clone)]
 struct ConnService<I> {
     routes: Routes,
@@ -486,6 +493,10 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<http::Request<Inc
             }
         };
         req.extensions_mut().insert(self.info.clone());
+        // The engine this connection authenticated (named once, at its handshake).
+        if let Some(engine) = self.engine_requests.as_ref().and_then(|c| c.engine.clone()) {
+            req.extensions_mut().insert(ConnectionEngine(engine));
+        }
         let deadline = Instant::now() + self.timeout;
         let in_flight = self.activity.begin(deadline);
         let after_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
