@@ -302,11 +302,7 @@ async fn soak_phase(fx: &cs_inproc::Fixture, cli: &Cli) -> Result<(), BoxError> 
     for backend in soak::backends() {
         runs.push(soak::run(&fx.dev, &pki, &params, &backend).await?);
     }
-    let mut md = soak::intro(
-        cli.quick,
-        runs.first().map_or(0, |s| s.nofile),
-        params.concurrent,
-    );
+    let mut md = soak::intro(cli.quick, runs.first().map_or(0, |s| s.nofile));
     for s in &runs {
         md.push_str(&s.markdown(cli.quick));
         md.push('\n');

@@ -72,6 +72,12 @@ pub struct CsPoolOptions {
     pub resolve_timeout: Duration,
     /// How long the connect to a replica may take, TLS handshake included (default 5 s).
     pub connect_timeout: Duration,
+    /// At most this many calls in flight on one replica (default 64); the others wait their
+    /// turn in the engine, within [`Self::call_timeout`]. The CS refuses an engine's requests
+    /// beyond its `[limits] max_requests_per_engine` (128 by default, across the engine's
+    /// connections and processes): keep this, times the processes sharing an engine identity,
+    /// under it. 64 is also the CS's default `max_concurrent_streams` per connection.
+    pub max_calls_in_flight: usize,
     /// How long one call may take, connecting included (default 10 s); a call that runs out
     /// counts as unanswered: its replica is set aside, and a connection's first call goes to
     /// another replica (a session the CS may have opened meanwhile expires there).
@@ -90,6 +96,7 @@ impl Default for CsPoolOptions {
             backoff_max: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            max_calls_in_flight: 64,
             call_timeout: Duration::from_secs(10),
             resolver: None,
         }
@@ -106,6 +113,7 @@ impl fmt::Debug for CsPoolOptions {
             .field("backoff_max", &self.backoff_max)
             .field("resolve_timeout", &self.resolve_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_calls_in_flight", &self.max_calls_in_flight)
             .field("call_timeout", &self.call_timeout)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
             .finish()
@@ -159,6 +167,8 @@ pub(crate) struct Replica {
     /// For health checks (`None`: a pool made from a client, not checked).
     channel: Option<CsChannel>,
     health: Mutex<Health>,
+    /// One permit per call in flight ([`CsPoolOptions::max_calls_in_flight`]).
+    calls: tokio::sync::Semaphore,
     outstanding: AtomicUsize,
     answered: AtomicU64,
     failures: AtomicU64,
@@ -166,12 +176,18 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn new(url: String, origin: Option<(usize, SocketAddr)>, channel: CsChannel) -> Arc<Self> {
+    fn new(
+        url: String,
+        origin: Option<(usize, SocketAddr)>,
+        channel: CsChannel,
+        max_calls: usize,
+    ) -> Arc<Self> {
         Self::with_client(
             url,
             origin,
             CryptoServiceClient::new(channel.clone()),
             Some(channel),
+            max_calls,
         )
     }
 
@@ -180,6 +196,7 @@ impl Replica {
         origin: Option<(usize, SocketAddr)>,
         client: CsClient,
         channel: Option<CsChannel>,
+        max_calls: usize,
     ) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(Self {
@@ -187,6 +204,7 @@ impl Replica {
             origin,
             client,
             channel,
+            calls: tokio::sync::Semaphore::new(max_calls.max(1)),
             health: Mutex::new(Health {
                 healthy: true,
                 backoff: Duration::ZERO,
@@ -316,7 +334,12 @@ impl CsPool {
             if url.starts_with(cs_client::UNIX_SCHEME) {
                 // A socket path: one replica, nothing to resolve.
                 let channel = endpoint.channel(url, None, Some(opts.connect_timeout))?;
-                replicas.push(Replica::new(url.clone(), None, channel));
+                replicas.push(Replica::new(
+                    url.clone(),
+                    None,
+                    channel,
+                    opts.max_calls_in_flight,
+                ));
                 targets.push(Target::Fixed);
                 continue;
             }
@@ -327,7 +350,12 @@ impl CsPool {
                     endpoint.domain.as_deref(),
                     Some(opts.connect_timeout),
                 )?;
-                replicas.push(Replica::new(url.clone(), None, channel));
+                replicas.push(Replica::new(
+                    url.clone(),
+                    None,
+                    channel,
+                    opts.max_calls_in_flight,
+                ));
                 targets.push(Target::Fixed);
             } else {
                 targets.push(Target::Name { scheme, host, port });
@@ -367,7 +395,13 @@ impl CsPool {
                 },
                 targets: vec![Target::Fixed],
                 opts: CsPoolOptions::default(),
-                replicas: Mutex::new(vec![Replica::with_client(url, None, client, None)]),
+                replicas: Mutex::new(vec![Replica::with_client(
+                    url,
+                    None,
+                    client,
+                    None,
+                    CsPoolOptions::default().max_calls_in_flight,
+                )]),
                 cursor: AtomicUsize::new(0),
                 resolved: watch::Sender::new(true),
                 resolve_error: Mutex::new(None),
@@ -487,9 +521,19 @@ impl CsPool {
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
         let _guard = Outstanding(&r.outstanding);
+        // A call beyond the replica's `max_calls_in_flight` waits here for its turn rather
+        // than be refused by the CS (its per-engine request limit).
+        let call = async {
+            let _permit = r
+                .calls
+                .acquire()
+                .await
+                .map_err(|_| CsError::Unreachable("the replica is gone".into()))?;
+            op(r.client.clone()).await
+        };
         let result = match self.inner.call_timeout {
-            None => op(r.client.clone()).await,
-            Some(t) => match tokio::time::timeout(t, op(r.client.clone())).await {
+            None => call.await,
+            Some(t) => match tokio::time::timeout(t, call).await {
                 Ok(r) => r,
                 Err(_) => Err(CsError::Unreachable(format!("no answer within {t:?}"))),
             },
@@ -630,7 +674,12 @@ impl CsPool {
                 {
                     Ok(ch) => {
                         tracing::debug!("CS replica {url} ({host})");
-                        replicas.push(Replica::new(format!("{url} ({host})"), Some((i, a)), ch));
+                        replicas.push(Replica::new(
+                            format!("{url} ({host})"),
+                            Some((i, a)),
+                            ch,
+                            inner.opts.max_calls_in_flight,
+                        ));
                     }
                     Err(e) => tracing::warn!("CS replica {url}: {e}"),
                 }

@@ -81,6 +81,10 @@ struct PoolArgs {
     /// set aside; a connection's first call goes to another replica).
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     cs_call_timeout: f64,
+    /// Calls in flight on one CS replica at most; the others wait their turn (keep it under the
+    /// CS's `[limits] max_requests_per_engine`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    cs_max_calls: u32,
 }
 
 fn seconds(s: &str) -> Result<f64, String> {
@@ -98,6 +102,7 @@ impl PoolArgs {
             health_interval: Duration::from_secs_f64(self.cs_health_interval),
             backoff_max: Duration::from_secs_f64(self.cs_backoff_max).max(d.backoff_min),
             call_timeout: Duration::from_secs_f64(self.cs_call_timeout),
+            max_calls_in_flight: self.cs_max_calls as usize,
             ..d
         }
     }

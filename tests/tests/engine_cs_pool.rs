@@ -18,6 +18,8 @@ use lurk_engine::config::{ClientConfig, ClientConfigBuilder};
 use lurk_engine::cs_pool::{CsPool, CsPoolOptions, ReplicaStatus, Resolver};
 use lurk_engine::verify::TrustAnchors;
 use lurk_engine::{Connector, ExternalPsk};
+use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -167,6 +169,78 @@ fn a_burst_beyond_the_cs_stream_limit_is_answered() {
         let headers = wait_rpcs(&[&cs], 64)[0];
         println!("request HEADERS read by the CS: {headers} for 64 calls");
     });
+}
+
+/// A burst of 64 calls through a pool against a CS that takes at most 4 requests in flight
+/// from one engine (`max_requests_per_engine`): with the pool's `max_calls_in_flight` at 4 the
+/// calls wait their turn in the engine and every one gets the CS's answer (a LURK refusal of
+/// its empty request); with no bound in the engine (as before) the CS refuses some of them
+/// with TOO_MANY_REQUESTS.
+#[test]
+fn a_burst_beyond_the_cs_request_limit_waits_in_the_engine() {
+    let setup = DevSetup::new();
+    let cs = start_replica(
+        &setup,
+        "127.0.0.1:0",
+        &[
+            ("RUST_LOG", LOG),
+            ("LURK_LIMITS__MAX_REQUESTS_PER_ENGINE", "4"),
+        ],
+    );
+    let burst = |max_calls_in_flight: usize| {
+        rt().block_on(async {
+            let pool = pool(
+                &[&cs],
+                &[cs.url()],
+                CsPoolOptions {
+                    max_calls_in_flight,
+                    ..opts()
+                },
+            );
+            // Connected before the burst: the calls overlap at the CS.
+            pool.call_any(|mut c| async move { c.ping(pb::PingRequest {}).await })
+                .await
+                .expect("ping");
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..64 {
+                let pool = pool.clone();
+                calls.spawn(async move {
+                    pool.call_any(|mut c| async move {
+                        c.c_init_client_hello(pb::CInitClientHelloRequest::default())
+                            .await
+                    })
+                    .await
+                });
+            }
+            let results = calls.join_all().await;
+            let too_many = results
+                .iter()
+                .filter(
+                    |r| matches!(r, Err(e) if e.lurk_status() == Some(LurkStatus::TooManyRequests)),
+                )
+                .count();
+            let unanswered: Vec<String> = results
+                .iter()
+                .filter_map(|r| match r {
+                    Err(e) if e.lurk_status().is_none() => Some(e.to_string()),
+                    _ => None,
+                })
+                .collect();
+            assert!(unanswered.is_empty(), "unanswered: {unanswered:#?}");
+            too_many
+        })
+    };
+    assert_eq!(
+        burst(4),
+        0,
+        "refused as too many although the engine bounds its calls"
+    );
+    let unbounded = burst(1_000);
+    assert!(
+        unbounded > 0,
+        "the CS never refused an unbounded burst: the test shows nothing"
+    );
+    println!("refused as too many without the engine's bound: {unbounded} of 64");
 }
 
 /// Three replicas, sequential then concurrent full handshakes: every replica serves a fair
