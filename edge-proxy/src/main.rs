@@ -93,6 +93,18 @@ struct Args {
     /// Idle upstream connections kept per host.
     #[arg(long, default_value_t = 32)]
     pool_max_idle: usize,
+    /// Seconds one upstream attempt may take until the response headers (connecting and the
+    /// handshake included); past it the attempt fails like a lost connection: a request
+    /// without a body and with an idempotent method is sent again, another gets 504.
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    upstream_timeout: f64,
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: seconds between 0.01 and 86400")),
+    }
 }
 
 /// Counters exported at [`METRICS_PATH`].
@@ -189,6 +201,8 @@ impl Upstream {
 
 struct Proxy {
     upstream: Upstream,
+    /// `--upstream-timeout`: one attempt, until the response headers.
+    upstream_timeout: Duration,
     /// `scheme://authority` of the upstream.
     base: String,
     counters: Arc<Counters>,
@@ -262,7 +276,28 @@ impl Proxy {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.upstream.request(req).await {
+            // An attempt that gets no response headers in time fails like a lost connection
+            // (an HTTP/2 client can wait forever on a connection the upstream stopped serving).
+            let outcome =
+                match tokio::time::timeout(self.upstream_timeout, self.upstream.request(req)).await
+                {
+                    Ok(Ok(res)) => Ok(res),
+                    Ok(Err(e)) => {
+                        let mut msg = e.to_string();
+                        let mut src = std::error::Error::source(&e);
+                        while let Some(s) = src {
+                            msg.push_str(": ");
+                            msg.push_str(&s.to_string());
+                            src = s.source();
+                        }
+                        Err((StatusCode::BAD_GATEWAY, msg))
+                    }
+                    Err(_) => Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("no response within {:?}", self.upstream_timeout),
+                    )),
+                };
+            match outcome {
                 Ok(res) => {
                     // The summary of the connection that carried the response.
                     if let Some(s) = res.extensions().get::<HandshakeSummary>() {
@@ -277,7 +312,7 @@ impl Proxy {
                     strip_hop_by_hop(&mut parts.headers);
                     return Response::from_parts(parts, body.boxed());
                 }
-                Err(e) => match &retry {
+                Err((status, msg)) => match &retry {
                     Some((method, uri, headers)) if attempts < MAX_ATTEMPTS => {
                         self.counters
                             .upstream_retries
@@ -291,15 +326,8 @@ impl Proxy {
                         self.counters
                             .upstream_errors
                             .fetch_add(1, Ordering::Relaxed);
-                        let mut msg = e.to_string();
-                        let mut src = std::error::Error::source(&e);
-                        while let Some(s) = src {
-                            msg.push_str(": ");
-                            msg.push_str(&s.to_string());
-                            src = s.source();
-                        }
                         eprintln!("lurk-edge-proxy: upstream: {msg}");
-                        return text(StatusCode::BAD_GATEWAY, format!("upstream: {msg}\n"));
+                        return text(status, format!("upstream: {msg}\n"));
                     }
                 },
             }
@@ -427,6 +455,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     let proxy = Arc::new(Proxy {
         upstream,
+        upstream_timeout: Duration::from_secs_f64(args.upstream_timeout),
         base,
         counters,
     });

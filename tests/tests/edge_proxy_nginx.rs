@@ -275,6 +275,10 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
         upstream.clone(),
         "--ca".into(),
         path_str(&c.ca_all()),
+        // A request that an HTTP/2 upstream connection strands (hyper's client can wait
+        // forever on a connection nginx stopped serving) is sent again after 10 s.
+        "--upstream-timeout".into(),
+        "10".into(),
     ];
     let mut lurk_args = common.clone();
     lurk_args.extend(lurk.cs_args());
@@ -421,4 +425,62 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
     drop(p3);
     drop(base);
     drop(nginx);
+}
+
+/// An upstream that accepts connections and never answers (its TLS handshake stalls): each
+/// attempt of the proxy gives up after `--upstream-timeout`, a GET is tried three times and
+/// then answered 504, a POST with a body once; the proxy keeps serving (before: the request
+/// waited forever).
+#[test]
+fn a_silent_upstream_gets_a_gateway_timeout_not_a_hang() {
+    let c = certs();
+    let lurk = Lurk::start();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept() {
+            held.push(s);
+        }
+    });
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--upstream".into(),
+        format!("https://localhost:{port}"),
+        "--ca".into(),
+        path_str(&c.ca_all()),
+        "--upstream-timeout".into(),
+        "0.5".into(),
+    ];
+    args.extend(lurk.cs_args());
+    args.extend(["--client-key".into(), KEY_ID.into()]);
+    let proxy = EdgeProxy::start(&args);
+    let curl = |extra: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
+            .args(extra)
+            .arg(format!("http://{}/", proxy.addr))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "504", "GET: {}", proxy.proc.output());
+    assert_eq!(proxy.metric("lurk_proxy_upstream_retries_total"), 2);
+    assert_eq!(
+        curl(&["--data", "x=1"]),
+        "504",
+        "POST: {}",
+        proxy.proc.output()
+    );
+    assert_eq!(proxy.metric("lurk_proxy_upstream_retries_total"), 2);
+    assert_eq!(proxy.metric("lurk_proxy_upstream_errors_total"), 2);
 }
