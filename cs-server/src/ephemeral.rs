@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EphemeralBackendKind;
 use crate::error::ServiceError;
-use crate::token::{EphemeralPool, Token, TokenEphemeral};
+use crate::token::{EphemeralAdmission, EphemeralPool, Token, TokenEphemeral};
 
 /// A generated key pair waiting for the server's share. An agreement that fails leaves it
 /// usable (a refused exchange changes nothing); it is destroyed when dropped.
@@ -137,6 +137,17 @@ impl EphemeralSource {
             .unwrap_or_else(|p| p.into_inner());
         let pos = q.iter().position(|k| k.group == group)?;
         q.remove(pos)
+    }
+
+    /// Token backend: admits the key generations of one request until the admission drops
+    /// (`Token::admit_ephemerals`), so that a planned module recycle never waits for the
+    /// first of its key pairs while the second waits for the recycle. Waits while a
+    /// recycle is under way. None with another backend.
+    pub fn admit(&self) -> Result<Option<EphemeralAdmission<'_>>, ServiceError> {
+        match (&self.token, self.kind) {
+            (Some(token), EphemeralBackendKind::Token) => Ok(Some(token.admit_ephemerals()?)),
+            _ => Ok(None),
+        }
     }
 
     /// Generates a key pair for `group`; returns the key_share public value (TLS encoding).
