@@ -295,16 +295,25 @@ fn rss() {
     let spec = std::env::var("LURK_RECYCLE_RSS").unwrap_or_else(|_| "20000,0".into());
     let (n, threshold) = spec.split_once(',').unwrap();
     let (n, threshold): (u64, u64) = (n.parse().unwrap(), threshold.parse().unwrap());
-    let cs = cs(|c| c.token.recycle_after_objects = Some(threshold));
+    let cs = cs(|c| {
+        c.token.recycle_after_objects = Some(threshold);
+        // The LURK sessions these exchange sets leave open go soon: the figure is the token's.
+        c.sessions.ttl_secs = 1;
+    });
     for _ in 0..200 {
         exchange(&cs, &[NamedGroup::X25519]).unwrap();
     }
     let start = (rss_kib(), Instant::now());
     for i in 1..=n {
         exchange(&cs, &[NamedGroup::X25519]).unwrap();
+        if i % 100 == 0 {
+            // What the server's periodic purge does.
+            cs.sessions.purge_expired();
+        }
         if i % (n / 4).max(1) == 0 {
             println!(
-                "recycle_after_objects={threshold}: {i} exchange sets, RSS +{} KiB, {:?}",
+                "recycle_after_objects={threshold}: {i} exchange sets, {:.1} s, RSS +{} KiB, {:?}",
+                start.1.elapsed().as_secs_f64(),
                 rss_kib().saturating_sub(start.0),
                 token(&cs).recycle_stats()
             );
