@@ -225,6 +225,35 @@ fn concurrent_handshakes_across_recycles_all_succeed() {
     exchange(&cs, &[NamedGroup::X25519]).unwrap();
 }
 
+/// With key pairs made ahead of use (`[ephemeral] token_pool`): the ready ones are not waited
+/// for, and none made under an earlier module generation is handed out.
+#[test]
+fn with_a_token_key_pair_pool_handshakes_go_on_across_recycles() {
+    let _one = one();
+    let cs = cs(|c| {
+        c.token.recycle_after_objects = Some(20);
+        c.token.recycle_drain_ms = 3000;
+        c.ephemeral.token_pool = 4;
+    });
+    let t = token(&cs);
+    let before = t.recycle_stats();
+    std::thread::scope(|s| {
+        for n in 0..3 {
+            let cs = &cs;
+            s.spawn(move || {
+                for i in 0..12 {
+                    exchange(cs, &[NamedGroup::X25519])
+                        .unwrap_or_else(|e| panic!("thread {n}, set {i}: {e:?}"));
+                }
+            });
+        }
+    });
+    let after = t.recycle_stats();
+    assert!(after.recycles >= before.recycles + 2, "{after:?}");
+    assert_eq!(after.given_up, 0, "{after:?}");
+    sign(&cs);
+}
+
 #[test]
 fn a_key_pair_alive_when_the_drain_ends_is_given_up_and_its_handshake_refused() {
     let _one = one();
