@@ -19,7 +19,11 @@
 //!
 //! One recycle at a time, run by the thread whose key generation finds it due (it holds no
 //! session and no key pair); never while the token is down (its recovery re-initialises the
-//! module anyway).
+//! module anyway). The key pairs of one request are made under one admission
+//! (`Token::admit_ephemerals`; `c_init_client_hello` with several empty shares), so that the
+//! second never waits for a drain that waits for the first. A HelloRetryRequest during a
+//! drain waits for it while its session still holds the first ClientHello's key pair: that
+//! drain runs to its end and gives the old pair up (it is of no use after the retry).
 
 use std::cell::Cell;
 use std::marker::PhantomData;
