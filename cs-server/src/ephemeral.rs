@@ -194,6 +194,15 @@ impl EphemeralSource {
 }
 
 impl PendingEphemeral {
+    /// A token key pair no longer needed if the running exchange commits (the first
+    /// ClientHello's, after a HelloRetryRequest): a planned module recycle need not wait for
+    /// it (token/pool/recycle.rs). Until then it stays usable unless the module is recycled.
+    pub fn not_needed_by_recycle(&self) {
+        if let Self::Token(eph) = self {
+            eph.set_in_use(false);
+        }
+    }
+
     /// The (EC)DHE shared secret with the server's public value. A refused server share
     /// leaves the key pair as it was, so that a refused c_server_hello changes nothing.
     /// Blocking (may call the token).

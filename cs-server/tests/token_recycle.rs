@@ -25,7 +25,8 @@ use lurk_proto::key_schedule::KeyScheduleEarly;
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 use lurk_proto::wire::{
-    encode_certificate, CipherSuite, ClientHelloBuilder, HashAlg, NamedGroup, SignatureScheme,
+    encode_certificate, encode_handshake, CipherSuite, ClientHelloBuilder, HandshakeType, HashAlg,
+    NamedGroup, SignatureScheme, HELLO_RETRY_REQUEST_RANDOM,
 };
 use ring::agreement;
 use ring::rand::SystemRandom;
@@ -285,6 +286,97 @@ fn a_key_pair_alive_when_the_drain_ends_is_given_up_and_its_handshake_refused() 
     // The others are served.
     exchange(&cs, &[NamedGroup::X25519]).unwrap();
     sign(&cs);
+}
+
+/// A HelloRetryRequest for P-256 (RFC 8446 §4.1.4) echoing the legacy_session_id `[1; 32]`.
+fn hrr_p256() -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&HELLO_RETRY_REQUEST_RANDOM);
+    body.push(32);
+    body.extend_from_slice(&[1u8; 32]);
+    body.extend_from_slice(&CipherSuite::TlsAes128GcmSha256.get().to_be_bytes());
+    body.push(0);
+    let mut exts = vec![0, 0x2b, 0, 2, 3, 4, 0, 0x33, 0, 2];
+    exts.extend_from_slice(&NamedGroup::Secp256r1.get().to_be_bytes());
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    encode_handshake(HandshakeType::ServerHello, &body).unwrap()
+}
+
+/// A HelloRetryRequest arriving when a recycle is due: its generation runs the recycle,
+/// which does not wait for the first ClientHello's key pair (of no use after the retry), so
+/// nothing is given up, and the handshake completes on the new module.
+#[test]
+fn a_hello_retry_request_does_not_wait_for_its_first_key_pair() {
+    let _one = one();
+    let cs = cs(|c| {
+        c.token.recycle_after_objects = Some(10);
+        c.token.recycle_drain_ms = 2000;
+    });
+    let t = token(&cs);
+    let first = ClientHelloBuilder::new([7u8; 32])
+        .legacy_session_id(&[1u8; 32])
+        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
+        .server_name("localhost")
+        .supported_versions(&[0x0304])
+        .supported_groups(&[NamedGroup::X25519, NamedGroup::Secp256r1])
+        .signature_algorithms(&[SignatureScheme::Ed25519])
+        .key_share(NamedGroup::X25519, &[]);
+    let session = ops::c_init_client_hello::handle(
+        &cs,
+        ENGINE,
+        pb::CInitClientHelloRequest {
+            client_hello: first.build().unwrap(),
+            freshness: pb::Freshness::Sha256 as i32,
+            psks: vec![],
+            secret_request: None,
+        },
+    )
+    .unwrap()
+    .session_id;
+    // Other handshakes until the recycle is due; the next key generation runs it.
+    while t.recycle_stats().objects < 10 {
+        exchange(&cs, &[NamedGroup::X25519]).unwrap();
+    }
+    assert_eq!(t.recycle_stats().recycles, 0);
+    let second = first
+        .retry(None, Some((NamedGroup::Secp256r1, &[])), vec![])
+        .build()
+        .unwrap();
+    let r = ops::c_client_hello::handle(
+        &cs,
+        ENGINE,
+        pb::CClientHelloRequest {
+            session_id: session.clone(),
+            hello_retry_request: hrr_p256(),
+            client_hello: second,
+        },
+    )
+    .unwrap();
+    let stats = t.recycle_stats();
+    assert_eq!((stats.recycles, stats.given_up), (1, 0), "{stats:?}");
+    assert_eq!(r.key_shares.len(), 1);
+    // The handshake goes on with the P-256 key pair of the new module.
+    let rng = SystemRandom::new();
+    let key = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();
+    let sh = lurk_e2e::server_hello(
+        CipherSuite::TlsAes128GcmSha256,
+        NamedGroup::Secp256r1,
+        key.compute_public_key().unwrap().as_ref(),
+        &[1u8; 32],
+    );
+    ops::c_server_hello::handle(
+        &cs,
+        ENGINE,
+        pb::CServerHelloRequest {
+            session_id: session,
+            server_hello: sh,
+            ephemeral: None,
+            secret_request: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.recycle_stats().in_use, 0);
 }
 
 #[test]

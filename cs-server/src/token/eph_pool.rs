@@ -112,7 +112,7 @@ impl EphemeralPool {
                 }
             };
             let mut found = None;
-            while let Some(mut r) = q.pop_front() {
+            while let Some(r) = q.pop_front() {
                 if now.duration_since(r.made) < self.shared.max_age
                     && self.shared.token.ephemeral_is_live(&r.eph)
                     && self.shared.token.ephemeral_is_unfaulted(&r.eph)
@@ -229,7 +229,7 @@ fn refill(shared: &Shared) {
             continue;
         };
         match shared.token.generate_ephemeral(group) {
-            Ok(mut eph) => {
+            Ok(eph) => {
                 // Ready, not in use: a recycle does not wait for it.
                 eph.set_in_use(false);
                 let mut st = shared.lock();

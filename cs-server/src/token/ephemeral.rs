@@ -16,7 +16,7 @@
 //! `sensitive=false, extractable=true`; that key is a session object that lives for the
 //! microseconds between C_DeriveKey and its C_DestroyObject, in this function.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -68,7 +68,7 @@ pub struct TokenEphemeral {
     live: bool,
     /// Counted as in use by the planned module recycle (token/pool/recycle.rs): handed out
     /// and of the current generation.
-    in_use: bool,
+    in_use: AtomicBool,
 }
 
 impl std::fmt::Debug for TokenEphemeral {
@@ -95,12 +95,13 @@ impl TokenEphemeral {
     /// Counts this key pair as in use (handed out to an exchange) or not (kept ready in the
     /// ephemeral pool, or gone) for the planned module recycle (token/pool/recycle.rs).
     /// Whether it is in use now: never for a key pair of an earlier module generation.
-    pub(crate) fn set_in_use(&mut self, in_use: bool) -> bool {
-        if self.in_use != in_use {
+    pub(crate) fn set_in_use(&self, in_use: bool) -> bool {
+        // One exchange at a time holds a key pair (its LURK session is locked).
+        if self.in_use.load(Ordering::Relaxed) != in_use {
             let counted = self.token.inner.pool.count_in_use(self.generation, in_use);
-            self.in_use = in_use && counted;
+            self.in_use.store(in_use && counted, Ordering::Relaxed);
         }
-        self.in_use
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// Destroys the key pair now (what `Drop` does, with the error reported).
@@ -253,7 +254,7 @@ impl Token {
             creator,
             faults,
             live: true,
-            in_use,
+            in_use: AtomicBool::new(in_use),
         })
     }
 

@@ -21,9 +21,9 @@
 //! session and no key pair); never while the token is down (its recovery re-initialises the
 //! module anyway). The key pairs of one request are made under one admission
 //! (`Token::admit_ephemerals`; `c_init_client_hello` with several empty shares), so that the
-//! second never waits for a drain that waits for the first. A HelloRetryRequest during a
-//! drain waits for it while its session still holds the first ClientHello's key pair: that
-//! drain runs to its end and gives the old pair up (it is of no use after the retry).
+//! second never waits for a drain that waits for the first; after a HelloRetryRequest, the
+//! first ClientHello's key pairs, of no use any more, are not waited for
+//! (`PendingEphemeral::not_needed_by_recycle`).
 
 use std::cell::Cell;
 use std::marker::PhantomData;
