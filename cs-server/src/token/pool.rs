@@ -31,6 +31,9 @@
 //! session, object handle or session object of the old module is used afterwards (each
 //! checkout carries the module's `generation`; callers compare it with what they cached).
 //!
+//! The same re-initialisation also runs planned, for a module that keeps every destroyed
+//! session object until C_Finalize (`recycle`): checkouts then wait for it instead of failing.
+//!
 //! [`Token::probe`]: super::Token::probe
 
 use std::cell::Cell;
