@@ -43,7 +43,28 @@ fn one() -> MutexGuard<'static, ()> {
 fn dev() -> &'static (PathBuf, Config) {
     static DEV: OnceLock<(PathBuf, Config)> = OnceLock::new();
     DEV.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Kept for the process (a static): the token must outlive every test of it. The
+        // next run removes those older than an hour (a concurrent run keeps its own).
+        for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            if old
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with("lurk-recycle-test-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lurk-recycle-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let dev = dir.join("dev");
         lurk_cs::init_dev::init_dev(&dev).expect("init-dev");
         let cfg = Config::load(&dev.join("lurk-cs.toml")).unwrap();
@@ -54,8 +75,10 @@ fn dev() -> &'static (PathBuf, Config) {
 /// A `Cs` on the init-dev token, its `[token]` recycle settings changed by `edit`.
 fn cs(edit: impl FnOnce(&mut Config)) -> Cs {
     let mut cfg = dev().1.clone();
-    // Each test its own store file.
-    cfg.store.path = tempfile::tempdir().unwrap().keep().join("tickets.db");
+    // Each test its own store file, in the setup's directory.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cfg.store.path = dev().0.join(format!("tickets-{n}.sqlite"));
     edit(&mut cfg);
     let token = Token::open(&cfg.token).unwrap();
     assert!(
