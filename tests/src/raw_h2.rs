@@ -71,13 +71,19 @@ pub async fn unfinished_request(
     let (answer, mut body) = h2c.send_request(req, false).unwrap();
     let mut prefix = vec![0u8];
     prefix.extend_from_slice(&declared.to_be_bytes());
-    body.send_data(Bytes::from(prefix), false).unwrap();
-    const CHUNK: usize = 64 << 10;
-    let mut left = sent;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        body.send_data(Bytes::from(vec![0x16u8; n]), false).unwrap();
-        left -= n;
+    // A request the CS refuses at once (admission) is answered and its stream reset without
+    // its body being read: the reset may arrive while the body is being sent, and the rest
+    // of the body then has nowhere to go (the answer future holds the refusal).
+    if body.send_data(Bytes::from(prefix), false).is_ok() {
+        const CHUNK: usize = 64 << 10;
+        let mut left = sent;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            if body.send_data(Bytes::from(vec![0x16u8; n]), false).is_err() {
+                break;
+            }
+            left -= n;
+        }
     }
     (h2c, answer, body)
 }
