@@ -197,6 +197,9 @@ pub fn established(data: &[u8]) {
     let mut sent = Vec::new();
     let mut failed = false;
     let mut closed = false;
+    // Raw bytes put the record framing where the fuzzer chose: a record cut short waits for
+    // the rest (RFC 8446 §5.1: the header's length rules), so what follows may never arrive.
+    let mut raw = false;
     for c in chunks(rest) {
         match c.tag {
             tag::SIGN_OR_KEY_UPDATE => s.srv.key_update(false),
@@ -206,7 +209,10 @@ pub fn established(data: &[u8]) {
                 let cr = crate::server::Server::certificate_request(c.body);
                 s.srv.send_record(ContentType::Handshake, &cr);
             }
-            tag::RAW => s.srv.out.extend_from_slice(c.body),
+            tag::RAW => {
+                raw = true;
+                s.srv.out.extend_from_slice(c.body)
+            }
             // An inner content type of 0 is padding: the receiver takes the payload's last
             // non-zero byte as the type (RFC 8446 §5.4), so the chunk means nothing else.
             0 => continue,
@@ -234,7 +240,7 @@ pub fn established(data: &[u8]) {
         sent.starts_with(&got),
         "delivered data the server did not send"
     );
-    if !failed {
+    if !failed && !raw {
         assert_eq!(got.len(), sent.len(), "application data lost");
     }
 }

@@ -123,7 +123,8 @@ impl Op {
 enum Outcome {
     NotMade,
     Undecodable,
-    /// A c_init_client_hello offering PSKs was accepted: no follow-up check.
+    /// A c_init_client_hello offering PSKs was accepted, or offering the ticket was refused
+    /// (the ticket is used up either way): no follow-up check.
     TookPsks,
     Refused,
     Accepted,
@@ -160,6 +161,18 @@ pub fn run(op: Op, data: &[u8]) {
             return Flow::Stop;
         };
         let secrets = s.all_secrets();
+        // A c_init_client_hello offering the first connection's ticket uses it up even when
+        // it is then refused (a ticket offered is consumed: `load_psks` in the CS).
+        let offers_ticket = match (&fuzzed, &s.ticket) {
+            (CsCall::InitClientHello(r), Some((identity, _, _))) => {
+                lurk_proto::wire::ClientHello::parse(&r.client_hello).is_ok_and(|ch| {
+                    ch.pre_shared_key
+                        .as_ref()
+                        .is_some_and(|p| p.identities.iter().any(|id| id.identity == &identity[..]))
+                })
+            }
+            _ => false,
+        };
         match fixture::call(&fix.cs, fixture::ENGINE, fuzzed) {
             Ok((reply, encoded)) => {
                 fixture::assert_no_secret(&encoded, &secrets, op.exchange());
@@ -181,6 +194,10 @@ pub fn run(op: Op, data: &[u8]) {
             }
             Err(e) => {
                 fixture::assert_no_secret(e.to_string().as_bytes(), &secrets, op.exchange());
+                if offers_ticket {
+                    outcome.set(Outcome::TookPsks);
+                    return Flow::Stop;
+                }
                 outcome.set(Outcome::Refused);
                 Flow::Continue
             }
