@@ -26,7 +26,7 @@ use tonic::codegen::http::{Request, Response, Uri};
 use tonic::codegen::{Service, StdError};
 use tonic::transport::Channel;
 
-use crate::cs_client::CsError;
+use crate::cs_client::{append_causes, CsError};
 
 /// The CS's gRPC client over a [`CsChannel`]: what [`crate::Connector::new`] and
 /// [`crate::cs_pool::CsPool::from_client`] take, and what
@@ -301,17 +301,7 @@ where
 
 /// `e` and its distinct sources, one after the other.
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut m = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !m.contains(&t) {
-            m.push_str(": ");
-            m.push_str(&t);
-        }
-        source = s.source();
-    }
-    m
+    append_causes(e.to_string(), e.source())
 }
 
 /// The future of one call.

@@ -198,8 +198,14 @@ impl From<tonic::Status> for CsError {
 /// The status message followed by the distinct messages of its sources ("tcp connect error:
 /// Connection refused (os error 111)").
 fn with_causes(s: &tonic::Status) -> String {
-    let mut m = s.message().to_owned();
-    let mut source = std::error::Error::source(s);
+    append_causes(s.message().to_owned(), std::error::Error::source(s))
+}
+
+/// `m` followed by the messages of `source` and its sources that `m` does not hold yet.
+pub(crate) fn append_causes(
+    mut m: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
     while let Some(e) = source {
         let t = e.to_string();
         if !m.contains(&t) {

@@ -126,6 +126,22 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A replica whose `[limits]` has one value changed (`LURK_LIMITS__…`).
+fn start_limited(setup: &DevSetup, limit: (&str, &str)) -> CsProcess {
+    start_replica(setup, "127.0.0.1:0", &[("RUST_LOG", LOG), limit])
+}
+
+/// The calls that got no answer from the CS (an error without a LURK status).
+fn unanswered<T>(results: &[Result<T, lurk_engine::cs_client::CsError>]) -> Vec<String> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            Err(e) if e.lurk_status().is_none() => Some(e.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A burst of calls on a fresh connection opens more HTTP/2 streams than the CS allows
 /// (`max_concurrent_streams` = 2) before the CS's SETTINGS reach the engine: the CS refuses
 /// the extra streams before processing them (REFUSED_STREAM, RFC 9113 §8.7) and the engine
@@ -135,14 +151,7 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn a_burst_beyond_the_cs_stream_limit_is_answered() {
     let setup = DevSetup::new();
-    let cs = start_replica(
-        &setup,
-        "127.0.0.1:0",
-        &[
-            ("RUST_LOG", LOG),
-            ("LURK_LIMITS__MAX_CONCURRENT_STREAMS", "2"),
-        ],
-    );
+    let cs = start_limited(&setup, ("LURK_LIMITS__MAX_CONCURRENT_STREAMS", "2"));
     rt().block_on(async {
         let client = cs.endpoint("engine").connect_lazy().unwrap();
         // All 64 are queued while the lazy connection is made, then sent at once.
@@ -154,13 +163,7 @@ fn a_burst_beyond_the_cs_stream_limit_is_answered() {
             ));
         }
         let results = calls.join_all().await;
-        let unanswered: Vec<String> = results
-            .iter()
-            .filter_map(|r| match r {
-                Err(e) if e.lurk_status().is_none() => Some(e.to_string()),
-                _ => None,
-            })
-            .collect();
+        let unanswered = unanswered(&results);
         assert!(
             unanswered.is_empty(),
             "{} unanswered: {unanswered:#?}",
@@ -179,14 +182,7 @@ fn a_burst_beyond_the_cs_stream_limit_is_answered() {
 #[test]
 fn a_burst_beyond_the_cs_request_limit_waits_in_the_engine() {
     let setup = DevSetup::new();
-    let cs = start_replica(
-        &setup,
-        "127.0.0.1:0",
-        &[
-            ("RUST_LOG", LOG),
-            ("LURK_LIMITS__MAX_REQUESTS_PER_ENGINE", "4"),
-        ],
-    );
+    let cs = start_limited(&setup, ("LURK_LIMITS__MAX_REQUESTS_PER_ENGINE", "4"));
     let burst = |max_calls_in_flight: usize| {
         rt().block_on(async {
             let pool = pool(
@@ -219,13 +215,7 @@ fn a_burst_beyond_the_cs_request_limit_waits_in_the_engine() {
                     |r| matches!(r, Err(e) if e.lurk_status() == Some(LurkStatus::TooManyRequests)),
                 )
                 .count();
-            let unanswered: Vec<String> = results
-                .iter()
-                .filter_map(|r| match r {
-                    Err(e) if e.lurk_status().is_none() => Some(e.to_string()),
-                    _ => None,
-                })
-                .collect();
+            let unanswered = unanswered(&results);
             assert!(unanswered.is_empty(), "unanswered: {unanswered:#?}");
             too_many
         })
