@@ -54,6 +54,17 @@ impl Faulty {
     fn client(&self) -> CsClient {
         self.cs.client("engine")
     }
+
+    /// [`unavailable`], with the CS's own account of the failure when it is not.
+    fn unavailable(&self, e: tonic::Status) {
+        if LurkStatus::from_grpc(&e) != Some(LurkStatus::TokenUnavailable) {
+            std::thread::sleep(Duration::from_millis(200));
+            let log = self.cs.log();
+            let failed: Vec<&str> = log.lines().filter(|l| l.contains("failed")).collect();
+            panic!("{e:?}; the CS's log says:\n{}", failed.join("\n"));
+        }
+        unavailable(e)
+    }
 }
 
 /// The status of a failed exchange; a token failure must be `token_unavailable` with gRPC
@@ -300,7 +311,7 @@ async fn exchanges_in_flight_when_the_token_fails_get_a_right_answer_or_token_un
                 match r {
                     Ok(()) => ok += 1,
                     Err(e) => {
-                        unavailable(e);
+                        f.unavailable(e);
                         refused += 1;
                     }
                 }

@@ -640,6 +640,45 @@ mod tests {
         assert!(token.inner.pool.idle() <= token.pool_size());
     }
 
+    /// A session opened after every other one closed logs in afresh, and SoftHSM then names
+    /// private objects by new handles: a handle cached before must not be reused by it, even
+    /// when its opening was reserved before the last close (the e2e token_fault race).
+    #[test]
+    fn a_session_opened_after_the_last_one_closed_looks_its_handles_up_again() {
+        let (token, _cfg) = testutil::new_token("relogin-race");
+        token.ensure_sealing_key().unwrap();
+        token.seal(b"aad", b"psk").unwrap();
+        // Leave one open session, idle, and a sealing-key handle cached under its epoch.
+        let held: Vec<_> = (0..token.pool_size())
+            .map(|_| token.session().unwrap())
+            .collect();
+        for s in &held[1..] {
+            s.fault.set(Some(pool::Fault::Session));
+        }
+        drop(held);
+        token.seal(b"aad", b"psk").unwrap();
+        assert_eq!(token.inner.pool.idle(), 1);
+        let last = token.session().unwrap();
+
+        // The next checkout reserves a new session; before it opens it, the last open one
+        // closes on a fault, which logs the token out.
+        let (reserved_tx, reserved) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        token.inner.pool.before_next_open(move || {
+            reserved_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        std::thread::scope(|s| {
+            let sealer = s.spawn(|| token.seal(b"aad", b"psk"));
+            reserved.recv().unwrap();
+            last.fault.set(Some(pool::Fault::Session));
+            drop(last);
+            go.send(()).unwrap();
+            let sealed = sealer.join().unwrap().unwrap();
+            assert_eq!(&token.unseal(b"aad", &sealed).unwrap()[..], b"psk");
+        });
+    }
+
     #[test]
     fn pool_serves_more_threads_than_sessions() {
         let (token, _cfg) = testutil::new_token("pool-threads");

@@ -187,6 +187,9 @@ pub(crate) struct SessionPool {
     gate: RwLock<()>,
     state: Mutex<State>,
     returned: Condvar,
+    /// Runs once between reserving a new session and opening it.
+    #[cfg(test)]
+    before_open: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl SessionPool {
@@ -228,7 +231,15 @@ impl SessionPool {
                 waiting: 0,
             }),
             returned: Condvar::new(),
+            #[cfg(test)]
+            before_open: Mutex::new(None),
         }
+    }
+
+    /// Runs `hook` once, in the next checkout that opens a session, before it opens it.
+    #[cfg(test)]
+    pub(crate) fn before_next_open(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.before_open.lock().unwrap() = Some(Box::new(hook));
     }
 
     pub(crate) fn size(&self) -> usize {
@@ -316,11 +327,21 @@ impl SessionPool {
             if st.open < self.size {
                 // A session was dropped: open and log in its replacement.
                 st.open += 1;
-                let (slot, generation, faults) = (st.slot, st.generation, st.faults);
+                let (slot, generation) = (st.slot, st.generation);
                 drop(st);
+                #[cfg(test)]
+                if let Some(hook) = self.before_open.lock().unwrap().take() {
+                    hook();
+                }
                 match open_session(&self.pkcs11, slot, &self.cfg) {
                     Ok(session) => {
                         let mut st = self.lock();
+                        // Read once the session is logged in: when every other session
+                        // closed meanwhile, the token logged out and this login may name
+                        // the private objects by new handles (SoftHSM does). Each such
+                        // close counted a fault first (`Drop`), so handles cached before
+                        // it are not reused under this epoch.
+                        let faults = st.faults;
                         let id = st.next_id;
                         st.next_id += 1;
                         st.live.insert(id);
@@ -547,7 +568,7 @@ pub(crate) struct PooledSession<'a> {
     generation: u64,
     /// Session faults seen by the pool when this session was checked out (or verified).
     faults: u64,
-    fault: Cell<Option<Fault>>,
+    pub(super) fault: Cell<Option<Fault>>,
     /// Measures this checkout until the session goes back (token/mod.rs, `session_for`).
     call: Option<TokenCall>,
 }
