@@ -156,6 +156,37 @@ pub struct TokenConfig {
     /// Environment variables set before the module is initialised (e.g. SOFTHSM2_CONF).
     #[serde(default)]
     pub module_env: BTreeMap<String, String>,
+    /// A planned re-initialisation of the module (token/pool/recycle.rs) after this many
+    /// session objects made since it was (re)initialised, for a module that keeps every
+    /// destroyed session object until C_Finalize (SoftHSM up to 2.6). Unset:
+    /// [`DEFAULT_RECYCLE_AFTER_OBJECTS`] for such a module, else never; 0: never.
+    #[serde(default)]
+    pub recycle_after_objects: Option<u64>,
+    /// How long a planned re-initialisation waits for the token key pairs in use to be
+    /// consumed; those still alive then are given up (their handshake is refused).
+    #[serde(default = "default_recycle_drain_ms")]
+    pub recycle_drain_ms: u64,
+}
+
+/// `[token] recycle_after_objects` for a module that keeps destroyed session objects:
+/// 100,000 handshakes with token ephemerals (three session objects each), about 90 MB of
+/// SoftHSM 2.6 memory.
+pub const DEFAULT_RECYCLE_AFTER_OBJECTS: u64 = 300_000;
+
+fn default_recycle_drain_ms() -> u64 {
+    3000
+}
+
+impl TokenConfig {
+    /// The planned re-initialisation's threshold for a module that does or does not keep
+    /// destroyed session objects (`recycle_after_objects`); 0: never.
+    pub fn recycle_threshold(&self, module_keeps_destroyed_objects: bool) -> u64 {
+        match self.recycle_after_objects {
+            Some(n) => n,
+            None if module_keeps_destroyed_objects => DEFAULT_RECYCLE_AFTER_OBJECTS,
+            None => 0,
+        }
+    }
 }
 
 /// One `[[keys]]` entry: a signing key in the token with its certificate chain.
@@ -617,6 +648,11 @@ impl Config {
                     .into(),
             ));
         }
+        if self.token.recycle_drain_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "token: recycle_drain_ms is at most 60000 (key generation waits that long)".into(),
+            ));
+        }
         if let Some(u) = &self.listen.unix {
             let mut uids = std::collections::BTreeSet::new();
             for e in &u.engines {
@@ -881,6 +917,30 @@ mod tests {
         assert_eq!(c.metrics.top_engines, 3);
         assert!(!c.log.access);
         assert!(Config::from_toml(&format!("{MINIMAL}\n[metrics]\nport = 1\n")).is_err());
+    }
+
+    /// The planned module recycle is on by default only for a module that keeps destroyed
+    /// session objects; 0 turns it off; the drain is bounded.
+    #[test]
+    fn module_recycle_defaults_to_on_only_for_modules_that_keep_objects() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.token.recycle_after_objects, None);
+        assert_eq!(c.token.recycle_drain_ms, 3000);
+        assert_eq!(
+            c.token.recycle_threshold(true),
+            DEFAULT_RECYCLE_AFTER_OBJECTS
+        );
+        assert_eq!(c.token.recycle_threshold(false), 0);
+        let with = |extra: &str| {
+            Config::from_toml(&MINIMAL.replace("[store]", &format!("{extra}\n[store]")))
+        };
+        let c = with("recycle_after_objects = 0").unwrap();
+        assert_eq!(c.token.recycle_threshold(true), 0);
+        let c = with("recycle_after_objects = 50\nrecycle_drain_ms = 100").unwrap();
+        assert_eq!(c.token.recycle_threshold(true), 50);
+        assert_eq!(c.token.recycle_threshold(false), 50);
+        assert_eq!(c.token.recycle_drain_ms, 100);
+        assert!(with("recycle_drain_ms = 60001").is_err());
     }
 
     #[test]

@@ -62,12 +62,21 @@ impl Cs {
             cfg.ephemeral.backend == EphemeralBackendKind::Token,
         ))?;
         if cfg.ephemeral.backend == EphemeralBackendKind::Token && token.keeps_destroyed_objects() {
-            tracing::warn!(
-                "this PKCS#11 module (SoftHSM up to 2.6) keeps the memory of every destroyed \
-                 session object until the process ends: with [ephemeral] backend = \"token\" the \
-                 CS grows by about 1 KiB per handshake; use backend = \"memory\", a newer \
-                 module, or restart the CS periodically (deploy/README.md)"
-            );
+            match token.recycle_stats().after_objects {
+                0 => tracing::warn!(
+                    "this PKCS#11 module (SoftHSM up to 2.6) keeps the memory of every destroyed \
+                     session object until the process ends: with [ephemeral] backend = \"token\" \
+                     the CS grows by about 1 KiB per handshake; set [token] \
+                     recycle_after_objects, use backend = \"memory\" or a newer module \
+                     (deploy/README.md)"
+                ),
+                n => tracing::info!(
+                    recycle_after_objects = n,
+                    "this PKCS#11 module (SoftHSM up to 2.6) keeps the memory of every destroyed \
+                     session object until C_Finalize: it is re-initialised after that many \
+                     (deploy/README.md)"
+                ),
+            }
         }
         let store = crate::store::open(&cfg.store, Arc::new(token.clone()))?;
         let server_auth = ServerAuth::from_config(&cfg.server_auth)

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EphemeralBackendKind;
 use crate::error::ServiceError;
-use crate::token::{EphemeralPool, Token, TokenEphemeral};
+use crate::token::{EphemeralAdmission, EphemeralPool, Token, TokenEphemeral};
 
 /// A generated key pair waiting for the server's share. An agreement that fails leaves it
 /// usable (a refused exchange changes nothing); it is destroyed when dropped.
@@ -139,6 +139,17 @@ impl EphemeralSource {
         q.remove(pos)
     }
 
+    /// Token backend: admits the key generations of one request until the admission drops
+    /// (`Token::admit_ephemerals`), so that a planned module recycle never waits for the
+    /// first of its key pairs while the second waits for the recycle. Waits while a
+    /// recycle is under way. None with another backend.
+    pub fn admit(&self) -> Result<Option<EphemeralAdmission<'_>>, ServiceError> {
+        match (&self.token, self.kind) {
+            (Some(token), EphemeralBackendKind::Token) => Ok(Some(token.admit_ephemerals()?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Generates a key pair for `group`; returns the key_share public value (TLS encoding).
     /// Blocking (may call the token).
     pub fn generate(&self, group: NamedGroup) -> Result<(Vec<u8>, PendingEphemeral), ServiceError> {
@@ -183,6 +194,15 @@ impl EphemeralSource {
 }
 
 impl PendingEphemeral {
+    /// A token key pair no longer needed if the running exchange commits (the first
+    /// ClientHello's, after a HelloRetryRequest): a planned module recycle need not wait for
+    /// it (token/pool/recycle.rs). Until then it stays usable unless the module is recycled.
+    pub fn not_needed_by_recycle(&self) {
+        if let Self::Token(eph) = self {
+            eph.set_in_use(false);
+        }
+    }
+
     /// The (EC)DHE shared secret with the server's public value. A refused server share
     /// leaves the key pair as it was, so that a refused c_server_hello changes nothing.
     /// Blocking (may call the token).

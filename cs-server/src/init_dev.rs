@@ -325,6 +325,8 @@ pub fn init_dev(dir: &Path) -> Result<DevSetup, InitDevError> {
         pool_size: 2,
         sealing_key: SEALING_KEY_LABEL.to_owned(),
         module_env,
+        recycle_after_objects: None,
+        recycle_drain_ms: 3000,
     };
     let token = Token::open(&token_cfg)?;
     token.check_mechanisms(&[

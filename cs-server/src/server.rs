@@ -969,6 +969,14 @@ mod tests {
         assert_eq!(reference.token.module, minimal.token.module);
         assert_eq!(reference.token.pool_size, minimal.token.pool_size);
         assert_eq!(reference.token.sealing_key, minimal.token.sealing_key);
+        assert_eq!(
+            reference.token.recycle_after_objects,
+            minimal.token.recycle_after_objects
+        );
+        assert_eq!(
+            reference.token.recycle_drain_ms,
+            minimal.token.recycle_drain_ms
+        );
         assert_eq!(reference.ephemeral.backend, minimal.ephemeral.backend);
         assert_eq!(
             reference.store.ticket_lifetime_secs,

@@ -155,6 +155,9 @@ pub struct Metrics {
     pool_in_use: IntGauge,
     pool_idle: IntGauge,
     pool_waiting: IntGauge,
+    token_objects: IntGauge,
+    token_recycles: IntCounter,
+    token_recycle_given_up: IntCounter,
     sessions_by_engine: IntGaugeVec,
     transport_refusals: IntCounterVec,
     /// Engine identities with a label of their own, at most `max_engines`.
@@ -290,6 +293,24 @@ impl Metrics {
             "lurk_cs_token_pool_waiting",
             "Callers waiting for a pooled PKCS#11 session at scrape time",
         );
+        let token_objects = gauge(
+            "lurk_cs_token_session_objects_made",
+            "PKCS#11 session objects made since the module was (re)initialised (token key \
+             pairs and derived secrets); a module recycle ([token] recycle_after_objects) \
+             starts it again from 0; read at scrape time",
+        );
+        let token_recycles = IntCounter::new(
+            "lurk_cs_token_recycles_total",
+            "Planned re-initialisations of a PKCS#11 module that keeps destroyed session \
+             objects ([token] recycle_after_objects)",
+        )
+        .expect("valid metric");
+        let token_recycle_given_up = IntCounter::new(
+            "lurk_cs_token_recycle_given_up_total",
+            "Token key pairs still in use when a planned module recycle's drain ended \
+             ([token] recycle_drain_ms): their handshakes were refused with token_unavailable",
+        )
+        .expect("valid metric");
         let sessions_by_engine = IntGaugeVec::new(
             Opts::new(
                 "lurk_cs_sessions_open_by_engine",
@@ -337,6 +358,9 @@ impl Metrics {
             Box::new(pool_in_use.clone()),
             Box::new(pool_idle.clone()),
             Box::new(pool_waiting.clone()),
+            Box::new(token_objects.clone()),
+            Box::new(token_recycles.clone()),
+            Box::new(token_recycle_given_up.clone()),
             Box::new(sessions_by_engine.clone()),
             Box::new(transport_refusals.clone()),
             Box::new(build_info),
@@ -362,6 +386,9 @@ impl Metrics {
             pool_in_use,
             pool_idle,
             pool_waiting,
+            token_objects,
+            token_recycles,
+            token_recycle_given_up,
             sessions_by_engine,
             transport_refusals,
             engines: Mutex::new(HashSet::new()),
@@ -437,6 +464,8 @@ impl Metrics {
             self.pool_in_use.set(pool.in_use as i64);
             self.pool_idle.set(pool.idle as i64);
             self.pool_waiting.set(pool.waiting as i64);
+            self.token_objects
+                .set(i64::try_from(token.recycle_stats().objects).unwrap_or(i64::MAX));
         }
     }
 
@@ -473,6 +502,12 @@ pub fn configure(metrics_cfg: &MetricsConfig, log: &LogConfig) {
         .top_engines
         .store(metrics_cfg.top_engines, Ordering::Relaxed);
     ACCESS_LOG.store(log.access, Ordering::Relaxed);
+}
+
+/// A planned module recycle ran (token/pool/recycle.rs), giving up `given_up` key pairs.
+pub fn token_recycled(given_up: u64) {
+    METRICS.token_recycles.inc();
+    METRICS.token_recycle_given_up.inc_by(given_up);
 }
 
 /// A stored ticket was taken to resume a session (it is used once).

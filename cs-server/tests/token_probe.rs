@@ -79,6 +79,8 @@ fn probe_reports_a_failing_token_and_drives_its_recovery() {
         pool_size: 2,
         sealing_key: "probe-seal".to_owned(),
         module_env: env,
+        recycle_after_objects: None,
+        recycle_drain_ms: 3000,
     })
     .unwrap();
     token.probe().unwrap();

@@ -173,6 +173,12 @@ fn prepare(
     let mut new_share = None;
     let mut client_hello = candidate;
     if let Some(group) = hrr.hrr_group {
+        // The first ClientHello's key pairs serve no more once this exchange commits
+        // (RFC 8446 §4.1.4: the HRR's group had no share): a module recycle due now need not
+        // wait for them while this generation waits for it.
+        for s in &state.cs_shares {
+            s.pending.not_needed_by_recycle();
+        }
         let (public, pending) = cs.ephemeral.generate(group)?;
         fills = vec![(group, public.clone())];
         client_hello = msgs::complete_client_hello(&req.client_hello, Some(&state.random), &fills)?;

@@ -123,6 +123,12 @@ fn build(
     let mut cs_shares = Vec::new();
     let mut fills = Vec::new();
     let mut key_shares = Vec::new();
+    // One admission for all the shares the CS makes (a planned module recycle waits for
+    // it; token/pool/recycle.rs).
+    let admitted = match ch.shares.iter().any(|(_, empty)| *empty) {
+        true => cs.ephemeral.admit()?,
+        false => None,
+    };
     for (group, empty) in &ch.shares {
         if *empty {
             let (public, pending) = cs.ephemeral.generate(*group)?;
@@ -138,6 +144,7 @@ fn build(
             });
         }
     }
+    drop(admitted);
     let psks = common::load_psks(
         cs,
         engine,

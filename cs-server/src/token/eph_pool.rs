@@ -15,6 +15,9 @@
 //!   made before it is handed out: they are dropped, and their objects destroyed only if the
 //!   session that made them is still open (the objects of a closed session died with it, and
 //!   their handles may name other objects now).
+//! - Ready key pairs are not "in use" for a planned module recycle (token/pool/recycle.rs):
+//!   it does not wait for them; they are discarded after it, like after a fault. A take
+//!   waits while a recycle is under way.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -96,6 +99,7 @@ impl EphemeralPool {
     /// A key pair for `group`, ready-made when the pool has a live one, else generated now.
     /// Blocking (may call the token).
     pub fn take(&self, group: NamedGroup) -> Result<TokenEphemeral, TokenError> {
+        let _admitted = self.shared.token.admit_ephemerals()?;
         let mut stale = Vec::new();
         let found = {
             let mut st = self.shared.lock();
@@ -112,6 +116,7 @@ impl EphemeralPool {
                 if now.duration_since(r.made) < self.shared.max_age
                     && self.shared.token.ephemeral_is_live(&r.eph)
                     && self.shared.token.ephemeral_is_unfaulted(&r.eph)
+                    && r.eph.set_in_use(true)
                 {
                     found = Some(r.eph);
                     break;
@@ -167,6 +172,7 @@ impl Drop for EphemeralPool {
 /// The refill thread: tops up each asked-for group to `per_group`, one key pair per token
 /// call, and destroys expired or dead ones.
 fn refill(shared: &Shared) {
+    let mut epoch = shared.token.handle_epoch();
     loop {
         let (expired, need) = {
             let mut st = shared.lock();
@@ -175,6 +181,17 @@ fn refill(shared: &Shared) {
             }
             let now = Instant::now();
             let mut expired = Vec::new();
+            // After a fault or a recycle, the key pairs of before are dead: replace them now.
+            if shared.token.handle_epoch() != epoch {
+                epoch = shared.token.handle_epoch();
+                for (_, q) in &mut st.groups {
+                    let (dead, kept): (Vec<Ready>, Vec<Ready>) = q
+                        .drain(..)
+                        .partition(|r| !shared.token.ephemeral_is_unfaulted(&r.eph));
+                    expired.extend(dead);
+                    q.extend(kept);
+                }
+            }
             for (_, q) in &mut st.groups {
                 while q
                     .front()
@@ -213,6 +230,8 @@ fn refill(shared: &Shared) {
         };
         match shared.token.generate_ephemeral(group) {
             Ok(eph) => {
+                // Ready, not in use: a recycle does not wait for it.
+                eph.set_in_use(false);
                 let mut st = shared.lock();
                 if st.closed {
                     drop(st);
@@ -331,6 +350,33 @@ mod tests {
         wait_until("4 objects", || token.count_session_objects() == 4);
         drop(pool);
         assert_eq!(token.count_session_objects(), 0);
+    }
+
+    /// For the planned module recycle (token/pool/recycle.rs): every session object made is
+    /// counted (two per key pair, one per derive), and a key pair is in use from its take
+    /// until it is destroyed; ready ones are not (a recycle does not wait for them).
+    #[test]
+    fn only_key_pairs_handed_out_are_in_use_and_every_object_counts() {
+        let (token, _) = testutil::new_token("eph-pool-in-use");
+        let s0 = token.recycle_stats();
+        assert_eq!((s0.objects, s0.in_use), (0, 0));
+        let pool = EphemeralPool::start(token.clone(), 3, Duration::from_secs(300)).unwrap();
+        let first = pool.take(NamedGroup::X25519).unwrap();
+        wait_until("3 ready", || pool.ready(NamedGroup::X25519) == 3);
+        let s = token.recycle_stats();
+        assert_eq!((s.objects, s.in_use), (8, 1), "{s:?}");
+        derives_correctly(&token, first);
+        let s = token.recycle_stats();
+        assert_eq!((s.objects, s.in_use), (9, 0), "{s:?}");
+        let ready = pool.take(NamedGroup::X25519).unwrap();
+        let made = token.generate_ephemeral(NamedGroup::Secp256r1).unwrap();
+        assert_eq!(token.recycle_stats().in_use, 2);
+        drop(ready);
+        made.destroy().unwrap();
+        assert_eq!(token.recycle_stats().in_use, 0);
+        pool.close();
+        wait_until("nothing in use", || token.recycle_stats().in_use == 0);
+        assert_eq!(token.recycle_stats().generation, 0);
     }
 
     /// The token logged out behind the pool's back (a token reset): every ready key pair died

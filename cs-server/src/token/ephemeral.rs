@@ -16,7 +16,7 @@
 //! `sensitive=false, extractable=true`; that key is a session object that lives for the
 //! microseconds between C_DeriveKey and its C_DestroyObject, in this function.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -66,6 +66,9 @@ pub struct TokenEphemeral {
     /// Session faults the pool had seen when the pair was made (`pool::HandleEpoch`).
     faults: u64,
     live: bool,
+    /// Counted as in use by the planned module recycle (token/pool/recycle.rs): handed out
+    /// and of the current generation.
+    in_use: AtomicBool,
 }
 
 impl std::fmt::Debug for TokenEphemeral {
@@ -89,6 +92,18 @@ impl TokenEphemeral {
         &self.public
     }
 
+    /// Counts this key pair as in use (handed out to an exchange) or not (kept ready in the
+    /// ephemeral pool, or gone) for the planned module recycle (token/pool/recycle.rs).
+    /// Whether it is in use now: never for a key pair of an earlier module generation.
+    pub(crate) fn set_in_use(&self, in_use: bool) -> bool {
+        // One exchange at a time holds a key pair (its LURK session is locked).
+        if self.in_use.load(Ordering::Relaxed) != in_use {
+            let counted = self.token.inner.pool.count_in_use(self.generation, in_use);
+            self.in_use.store(in_use && counted, Ordering::Relaxed);
+        }
+        self.in_use.load(Ordering::Relaxed)
+    }
+
     /// Destroys the key pair now (what `Drop` does, with the error reported).
     pub fn destroy(mut self) -> Result<(), TokenError> {
         self.live = false;
@@ -103,19 +118,20 @@ impl TokenEphemeral {
 
 impl Drop for TokenEphemeral {
     fn drop(&mut self) {
-        if !self.live {
-            return;
-        }
-        let result = self.token.session_for(TokenOp::DESTROY).and_then(|s| {
-            if s.is_live(self.generation, self.creator) {
-                destroy_all(&s, &[self.private_handle, self.public_handle])
-            } else {
-                Ok(())
+        if self.live {
+            let result = self.token.session_for(TokenOp::DESTROY).and_then(|s| {
+                if s.is_live(self.generation, self.creator) {
+                    destroy_all(&s, &[self.private_handle, self.public_handle])
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, group = self.group.name(), "could not destroy an unused token ephemeral");
             }
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, group = self.group.name(), "could not destroy an unused token ephemeral");
         }
+        // After the destroy: a recycle waiting for this pair may now run.
+        self.set_in_use(false);
     }
 }
 
@@ -195,12 +211,14 @@ impl Token {
     /// Generates an (EC)DHE key pair for `group` as session objects.
     pub fn generate_ephemeral(&self, group: NamedGroup) -> Result<TokenEphemeral, TokenError> {
         let p = params(group)?;
+        let _admitted = self.admit_ephemerals()?;
         let session = self.session_for(TokenOp::generate_key_pair(group))?;
         let (public_handle, private_handle) = match group {
             NamedGroup::X25519 => self.generate_x25519(&session)?,
             _ => generate(&session, &Mechanism::EccKeyPairGen, KeyType::EC, p.curve)
                 .map_err(session.fail("C_GenerateKeyPair"))?,
         };
+        session.objects_made(2);
         let read = session
             .get_attributes(public_handle, &[AttributeType::EcPoint])
             .map_err(session.fail("C_GetAttributeValue"))
@@ -223,6 +241,8 @@ impl Token {
         };
         let (generation, creator) = (session.generation(), session.id());
         let faults = session.epoch().1;
+        // Counted while the session is out: no recycle can start a new generation meanwhile.
+        let in_use = self.inner.pool.count_in_use(generation, true);
         drop(session);
         Ok(TokenEphemeral {
             token: self.clone(),
@@ -234,6 +254,7 @@ impl Token {
             creator,
             faults,
             live: true,
+            in_use: AtomicBool::new(in_use),
         })
     }
 
@@ -300,7 +321,13 @@ impl Token {
         let session = self.session_for(TokenOp::derive(group))?;
         if !session.is_live(eph.generation, eph.creator) {
             return Err(TokenError::Unavailable(
-                "the token session holding this (EC)DHE key pair was lost".into(),
+                if session.generation() != eph.generation {
+                    "the PKCS#11 module was re-initialised (a fault, or a planned recycle) since \
+                     this (EC)DHE key pair was made"
+                } else {
+                    "the token session holding this (EC)DHE key pair was lost"
+                }
+                .into(),
             ));
         }
         let result = validate_peer(group, peer)
@@ -325,6 +352,12 @@ impl Token {
     /// in sessions that a later login brings back. Reads memory only.
     pub(crate) fn ephemeral_is_unfaulted(&self, eph: &TokenEphemeral) -> bool {
         self.inner.pool.current_epoch() == (eph.generation, eph.faults)
+    }
+
+    /// The module generation and session faults now (`pool::HandleEpoch`): a key pair made
+    /// under another is dead. Reads memory only.
+    pub(crate) fn handle_epoch(&self) -> (u64, u64) {
+        self.inner.pool.current_epoch()
     }
 
     /// Session objects of this token visible to us (tests: nothing may leak).
@@ -427,6 +460,7 @@ fn derive(
     let derived = session
         .derive_key(&mechanism, private, &template)
         .map_err(session.fail("C_DeriveKey"))?;
+    session.objects_made(1);
     let value = session
         .get_attributes(derived, &[AttributeType::Value])
         .map_err(session.fail("C_GetAttributeValue"))

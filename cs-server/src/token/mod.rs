@@ -50,8 +50,8 @@ pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};
 pub use uri::KeyUri;
 
-pub use pool::PoolUsage;
-use pool::{PooledSession, SessionPool};
+pub use pool::{EphemeralAdmission, PoolUsage, RecycleStats};
+use pool::{PooledSession, RecyclePolicy, SessionPool};
 
 use crate::telemetry::{TokenCall, TokenOp};
 
@@ -369,15 +369,20 @@ impl Token {
         }
         drop(pin);
         let x25519 = ephemeral::X25519Route::from_mechanisms(&mechanisms);
+        let recycle = RecyclePolicy {
+            after_objects: cfg.recycle_threshold(keeps_destroyed_objects),
+            drain: std::time::Duration::from_millis(cfg.recycle_drain_ms),
+        };
         tracing::info!(
             token = %cfg.label,
             slot = slot.id(),
             sessions = size,
+            recycle_after_objects = recycle.after_objects,
             "token opened"
         );
         Ok(Token {
             inner: Arc::new(Inner {
-                pool: SessionPool::new(pkcs11.clone(), cfg.clone(), slot, sessions),
+                pool: SessionPool::new(pkcs11.clone(), cfg.clone(), slot, sessions, recycle),
                 pkcs11,
                 label: cfg.label.clone(),
                 manufacturer: info.manufacturer_id().to_owned(),
@@ -397,6 +402,19 @@ impl Token {
     /// ends ([`keeps_destroyed_objects`]): token ephemerals then grow the CS by each handshake.
     pub fn keeps_destroyed_objects(&self) -> bool {
         self.inner.keeps_destroyed_objects
+    }
+
+    /// The planned module recycle's figures (token/pool/recycle.rs). Reads memory only.
+    pub fn recycle_stats(&self) -> RecycleStats {
+        self.inner.pool.recycle_stats()
+    }
+
+    /// Admits token key generations on this thread until the admission drops: a planned
+    /// module recycle waits for it, and the key pairs it makes (one per `generate_ephemeral`)
+    /// are never kept waiting by a recycle that would wait for their siblings. Take one for
+    /// every key pair one request makes; waits while a recycle is under way.
+    pub fn admit_ephemerals(&self) -> Result<EphemeralAdmission<'_>, TokenError> {
+        self.inner.pool.admit()
     }
 
     /// The token's label.

@@ -31,11 +31,15 @@
 //! session, object handle or session object of the old module is used afterwards (each
 //! checkout carries the module's `generation`; callers compare it with what they cached).
 //!
+//! The same re-initialisation also runs planned, for a module that keeps every destroyed
+//! session object until C_Finalize (`recycle`): checkouts then wait for it instead of failing.
+//!
 //! [`Token::probe`]: super::Token::probe
 
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,6 +51,10 @@ use cryptoki::slot::Slot;
 use crate::config::TokenConfig;
 use crate::error::TokenError;
 use crate::telemetry::TokenCall;
+
+mod recycle;
+pub(crate) use recycle::RecyclePolicy;
+pub use recycle::{EphemeralAdmission, RecycleStats};
 
 /// How long a caller waits for a free session before giving up. Every checkout is held only
 /// for one or a few token calls, so reaching this means the token hangs (or a caller holds a
@@ -164,6 +172,8 @@ struct State {
     pin_refused: Option<Option<SystemTime>>,
     /// Callers waiting for a session.
     waiting: usize,
+    /// Session objects and token key pairs of this generation (the planned recycle).
+    eph: recycle::Counts,
 }
 
 /// The pool at one instant (for the metrics).
@@ -187,6 +197,13 @@ pub(crate) struct SessionPool {
     gate: RwLock<()>,
     state: Mutex<State>,
     returned: Condvar,
+    /// The planned recycle of a module that keeps destroyed objects (pool/recycle.rs).
+    recycle: RecyclePolicy,
+    /// Wakes a recycle waiting for key pairs in use, and key generations waiting for it.
+    recycle_cv: Condvar,
+    /// Set while a planned recycle holds (or waits for) the gate's write half: a checkout
+    /// then waits for it instead of failing.
+    planned: AtomicBool,
     /// Runs once between reserving a new session and opening it.
     #[cfg(test)]
     before_open: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -198,6 +215,7 @@ impl SessionPool {
         cfg: TokenConfig,
         slot: Slot,
         sessions: Vec<Session>,
+        recycle: RecyclePolicy,
     ) -> Self {
         let size = sessions.len();
         let idle: Vec<Entry> = sessions
@@ -229,8 +247,12 @@ impl SessionPool {
                 backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
                 pin_refused: None,
                 waiting: 0,
+                eph: recycle::Counts::default(),
             }),
             returned: Condvar::new(),
+            recycle,
+            recycle_cv: Condvar::new(),
+            planned: AtomicBool::new(false),
             #[cfg(test)]
             before_open: Mutex::new(None),
         }
@@ -279,6 +301,13 @@ impl SessionPool {
         loop {
             let gate = match self.gate.try_read() {
                 Ok(g) => g,
+                // A planned recycle (pool/recycle.rs) holds the module for a few token calls:
+                // wait for it (a thread holding a session would wait for itself).
+                Err(TryLockError::WouldBlock)
+                    if self.planned.load(Ordering::Acquire) && HELD.get() == 0 =>
+                {
+                    self.gate.read().unwrap_or_else(|e| e.into_inner())
+                }
                 Err(TryLockError::WouldBlock) => {
                     return Err(TokenError::Unavailable(
                         "the PKCS#11 module is being re-initialised".into(),
@@ -412,21 +441,7 @@ impl SessionPool {
     fn recover(&self) {
         // Waits until every checked-out session is back (their guards hold the read half).
         let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        let old: Vec<Entry> = {
-            let mut st = self.lock();
-            st.live.clear();
-            st.open = 0;
-            st.idle.drain(..).collect()
-        };
-        // Closed before C_Finalize: after C_Initialize the same handle numbers may name the
-        // new module's sessions.
-        for e in old {
-            let _ = e.session.close();
-        }
-        let result = super::reinitialize_module(&self.pkcs11)
-            .and_then(|()| super::find_slot(&self.pkcs11, &self.cfg.label))
-            .map_err(OpenError::from)
-            .and_then(|slot| Ok((slot, open_session(&self.pkcs11, slot, &self.cfg)?)));
+        let result = self.reinitialize(&gate);
         let mut st = self.lock();
         st.recovering = false;
         st.pin_refused = match &result {
@@ -434,19 +449,7 @@ impl SessionPool {
             _ => None,
         };
         match result {
-            Ok((slot, session)) => {
-                st.slot = slot;
-                st.generation += 1;
-                let id = st.next_id;
-                st.next_id += 1;
-                st.live.insert(id);
-                st.open = 1;
-                let checked = st.faults;
-                st.idle.push(Entry {
-                    session,
-                    id,
-                    checked,
-                });
+            Ok(()) => {
                 st.health = Health::Up {
                     since: Instant::now(),
                 };
@@ -479,6 +482,43 @@ impl SessionPool {
         drop(st);
         drop(gate);
         self.returned.notify_all();
+    }
+
+    /// Closes every session, runs C_Finalize and C_Initialize, finds the token's slot again
+    /// and opens one logged-in session; on success a new module generation begins. Called
+    /// under the gate's write half (`_gate`): no session is checked out.
+    fn reinitialize(&self, _gate: &std::sync::RwLockWriteGuard<'_, ()>) -> Result<(), OpenError> {
+        let old: Vec<Entry> = {
+            let mut st = self.lock();
+            st.live.clear();
+            st.open = 0;
+            st.idle.drain(..).collect()
+        };
+        // Closed before C_Finalize: after C_Initialize the same handle numbers may name the
+        // new module's sessions.
+        for e in old {
+            let _ = e.session.close();
+        }
+        let (slot, session) = super::reinitialize_module(&self.pkcs11)
+            .and_then(|()| super::find_slot(&self.pkcs11, &self.cfg.label))
+            .map_err(OpenError::from)
+            .and_then(|slot| Ok((slot, open_session(&self.pkcs11, slot, &self.cfg)?)))?;
+        let mut st = self.lock();
+        st.slot = slot;
+        st.generation += 1;
+        // C_Finalize freed every session object: the new generation starts from none.
+        st.eph.new_generation();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.live.insert(id);
+        st.open = 1;
+        let checked = st.faults;
+        st.idle.push(Entry {
+            session,
+            id,
+            checked,
+        });
+        Ok(())
     }
 
     /// Whether pool session `id` of module generation `generation` is open now (the session
@@ -612,6 +652,11 @@ impl<'a> PooledSession<'a> {
     /// generation must be looked up again.
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// `n` session objects were made in this session (the planned recycle counts them).
+    pub(crate) fn objects_made(&self, n: u64) {
+        self.pool.objects_made(self.generation, n);
     }
 
     /// This session's number in the pool.

@@ -104,6 +104,8 @@ pub(crate) fn new_token(name: &str) -> (Token, TokenConfig) {
         pool_size: 4,
         sealing_key: "lurk-ticket-seal".to_owned(),
         module_env: BTreeMap::new(),
+        recycle_after_objects: None,
+        recycle_drain_ms: 3000,
     };
     let token = Token::open(&cfg).expect("open the test token");
     (token, cfg)
