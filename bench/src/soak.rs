@@ -131,6 +131,9 @@ fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
             "LURK_STORE__MAX_TICKETS_PER_ENGINE",
             std::env::var("LURK_BENCH_SOAK_TICKET_CAP").unwrap_or_else(|_| "10000000".into()),
         )
+        // SoftHSM 2.6 keeps destroyed session objects until C_Finalize: the module is
+        // recycled every RECYCLE objects (3 per handshake with token ephemerals).
+        .env("LURK_TOKEN__RECYCLE_AFTER_OBJECTS", recycle_after_objects())
         .env("LURK_LOG__LEVEL", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -304,6 +307,13 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// `[token] recycle_after_objects` of the soak's CS: `LURK_BENCH_SOAK_RECYCLE`, else 30,000
+/// (about 10,000 handshakes with token ephemerals; the CS's default, 300,000, would first
+/// recycle near the end of a 100,000-handshake run).
+fn recycle_after_objects() -> String {
+    std::env::var("LURK_BENCH_SOAK_RECYCLE").unwrap_or_else(|_| "30000".into())
+}
+
 /// The section's introduction, once for all runs.
 pub(crate) fn intro(quick: bool, nofile: u64) -> String {
     format!(
@@ -315,8 +325,9 @@ pub(crate) fn intro(quick: bool, nofile: u64) -> String {
          RLIMIT_NOFILE {} (raised to the hard limit; the CS and server inherit it). The CS \
          runs with its default `[limits]` (one engine's requests past 128 in flight are \
          refused; the engine keeps at most {} calls in flight per replica and queues the \
-         others) and `[store] max_tickets_per_engine` raised so that the store keeps every \
-         ticket.\n\n",
+         others), `[store] max_tickets_per_engine` raised so that the store keeps every \
+         ticket, and `[token] recycle_after_objects` = {} (SoftHSM 2.6 keeps every destroyed \
+         session object until the module is re-initialised: deploy/README.md §6).\n\n",
         if quick { " --quick" } else { "" },
         if cfg!(debug_assertions) {
             "debug"
@@ -325,6 +336,7 @@ pub(crate) fn intro(quick: bool, nofile: u64) -> String {
         },
         nofile,
         lurk_engine::cs_pool::CsPoolOptions::default().max_calls_in_flight,
+        recycle_after_objects(),
     )
 }
 
