@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EphemeralBackendKind;
 use crate::error::ServiceError;
-use crate::token::{EphemeralAdmission, EphemeralPool, Token, TokenEphemeral};
+use crate::token::{AsyncAdmission, EphemeralAdmission, EphemeralPool, Token, TokenEphemeral};
 
 /// A generated key pair waiting for the server's share. An agreement that fails leaves it
 /// usable (a refused exchange changes nothing); it is destroyed when dropped.
@@ -146,6 +146,18 @@ impl EphemeralSource {
     pub fn admit(&self) -> Result<Option<EphemeralAdmission<'_>>, ServiceError> {
         match (&self.token, self.kind) {
             (Some(token), EphemeralBackendKind::Token) => Ok(Some(token.admit_ephemerals()?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`admit`](Self::admit) taken before the request's blocking work: it waits for a
+    /// recycle on the async side, holding no blocking thread and no exchange slot
+    /// (service.rs); the blocking work enters it.
+    pub async fn admit_async(&self) -> Result<Option<AsyncAdmission>, ServiceError> {
+        match (&self.token, self.kind) {
+            (Some(token), EphemeralBackendKind::Token) => {
+                Ok(Some(token.admit_ephemerals_async().await?))
+            }
             _ => Ok(None),
         }
     }

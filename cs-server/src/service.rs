@@ -33,6 +33,7 @@ use crate::ops::{self, Where};
 use crate::refusal_log::{self, RefusalLog, Verdict};
 use crate::server::{engine_identity, EngineId};
 use crate::telemetry::{self, Answer, Exchange, Probe};
+use crate::token::AsyncAdmission;
 
 /// Largest encoded request that may run inline. A normal handshake's largest request (the
 /// server flight of c_client_finished) is a few KiB. Measured (`lurk-bench parse-cost`,
@@ -127,7 +128,7 @@ impl CryptoServiceImpl {
         };
         let msg = req.into_inner();
         let len = msg.encoded_len();
-        let place = if len > INLINE_MAX_REQUEST_LEN {
+        let place = if len > INLINE_MAX_REQUEST_LEN && place == Where::Inline {
             Where::Blocking
         } else {
             place
@@ -138,26 +139,45 @@ impl CryptoServiceImpl {
                 format!("a request of {len} bytes is over the cap of {MAX_REQUEST_LEN}"),
             )),
             Where::Inline => op(&self.cs, engine.as_str(), msg),
-            Where::Blocking => match self.exchanges.acquire(engine.as_str()).await {
+            Where::Blocking => self.blocking(&engine, None, msg, op).await,
+            // Admitted before the slot: a recycle's wait holds no slot (token/pool/recycle.rs).
+            Where::KeyPairs => match self.cs.ephemeral.admit_async().await {
                 Err(e) => Err(e),
-                Ok(slot) => {
-                    // Held until the operation ends, even if the RPC times out meanwhile.
-                    let cs = self.cs.clone();
-                    let who = engine.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let _slot = slot;
-                        op(&cs, who.as_str(), msg)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ServiceError::Internal(format!(
-                            "operation task failed: {e}"
-                        )))
-                    })
-                }
+                Ok(admission) => self.blocking(&engine, admission, msg, op).await,
             },
         };
         (Some(engine), result)
+    }
+
+    /// Runs `op` on the blocking pool under one of the engine's exchange slots, with
+    /// `admission` entered on its thread.
+    async fn blocking<Req, Resp, F>(
+        &self,
+        engine: &EngineId,
+        admission: Option<AsyncAdmission>,
+        msg: Req,
+        op: F,
+    ) -> Result<Resp, ServiceError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: FnOnce(&Cs, &str, Req) -> Result<Resp, ServiceError> + Send + 'static,
+    {
+        let slot = self.exchanges.acquire(engine.as_str()).await?;
+        // Held until the operation ends, even if the RPC times out meanwhile.
+        let cs = self.cs.clone();
+        let who = engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let _entered = admission.as_ref().map(AsyncAdmission::enter);
+            op(&cs, who.as_str(), msg)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ServiceError::Internal(format!(
+                "operation task failed: {e}"
+            )))
+        })
     }
 }
 

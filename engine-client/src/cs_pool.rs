@@ -76,7 +76,9 @@ pub struct CsPoolOptions {
     /// turn in the engine, within [`Self::call_timeout`]. The CS refuses an engine's requests
     /// beyond its `[limits] max_requests_per_engine` (128 by default, across the engine's
     /// connections and processes): keep this, times the processes sharing an engine identity,
-    /// under it. 64 is also the CS's default `max_concurrent_streams` per connection.
+    /// under it. 64 is also the CS's default `max_concurrent_streams` per connection. Calls
+    /// that open a LURK session (and Ping, Capabilities) hold at most three quarters of them:
+    /// the rest stays for the calls of the handshakes in flight.
     pub max_calls_in_flight: usize,
     /// How long one call may take, connecting included (default 10 s); a call that runs out
     /// counts as unanswered: its replica is set aside, and a connection's first call goes to
@@ -158,6 +160,15 @@ struct Health {
     last_check: Instant,
 }
 
+/// How many of a replica's `max_calls` permits calls that open a session may hold: all but
+/// a quarter. A handshake in flight then always finds a permit for its next call, however
+/// many new handshakes wait, e.g. for a CS whose token is being recycled, which waits in
+/// turn for the handshakes in flight (cs-server token/pool/recycle.rs).
+fn opening_permits(max_calls: usize) -> usize {
+    let max_calls = max_calls.max(1);
+    (max_calls - max_calls / 4).max(1)
+}
+
 /// One CS replica: its own HTTP/2 channel.
 pub(crate) struct Replica {
     url: String,
@@ -169,6 +180,9 @@ pub(crate) struct Replica {
     health: Mutex<Health>,
     /// One permit per call in flight ([`CsPoolOptions::max_calls_in_flight`]).
     calls: tokio::sync::Semaphore,
+    /// One permit per call in flight that opens a session (or belongs to none): a quarter
+    /// of `calls` stays for the calls of sessions already open ([`opening_permits`]).
+    openings: tokio::sync::Semaphore,
     outstanding: AtomicUsize,
     answered: AtomicU64,
     failures: AtomicU64,
@@ -205,6 +219,7 @@ impl Replica {
             client,
             channel,
             calls: tokio::sync::Semaphore::new(max_calls.max(1)),
+            openings: tokio::sync::Semaphore::new(opening_permits(max_calls)),
             health: Mutex::new(Health {
                 healthy: true,
                 backoff: Duration::ZERO,
@@ -514,7 +529,8 @@ impl CsPool {
 
     /// One call on `r`, with the bookkeeping: an unreachable replica is set aside, an answer
     /// (LURK refusal included) marks it healthy.
-    async fn call_on<T, F, Fut>(&self, r: &Arc<Replica>, op: F) -> Result<T, CsError>
+    /// `opening`: the call opens a session or belongs to none (see [`opening_permits`]).
+    async fn call_on<T, F, Fut>(&self, r: &Arc<Replica>, opening: bool, op: F) -> Result<T, CsError>
     where
         F: FnOnce(CsClient) -> Fut,
         Fut: Future<Output = Result<T, CsError>>,
@@ -524,11 +540,12 @@ impl CsPool {
         // A call beyond the replica's `max_calls_in_flight` waits here for its turn rather
         // than be refused by the CS (its per-engine request limit).
         let call = async {
-            let _permit = r
-                .calls
-                .acquire()
-                .await
-                .map_err(|_| CsError::Unreachable("the replica is gone".into()))?;
+            let gone = |_| CsError::Unreachable("the replica is gone".into());
+            let _opening = match opening {
+                true => Some(r.openings.acquire().await.map_err(gone)?),
+                false => None,
+            };
+            let _permit = r.calls.acquire().await.map_err(gone)?;
             op(r.client.clone()).await
         };
         let result = match self.inner.call_timeout {
@@ -756,7 +773,7 @@ impl CsRoute {
     async fn perform_inner(&self, call: CsCall) -> Result<CsReply, CsError> {
         let pool = &self.pool;
         if let Some(r) = self.pinned.get() {
-            return match pool.call_on(r, |c| perform(c, call)).await {
+            return match pool.call_on(r, false, |c| perform(c, call)).await {
                 Err(CsError::Unreachable(m)) => Err(CsError::Unreachable(format!(
                     "lost the CS replica {} holding this connection's LURK session: {m}",
                     r.url
@@ -835,7 +852,7 @@ impl CsPool {
                     CsError::Unreachable(format!("no CS replica reachable: {}", errors.join("; ")))
                 });
             };
-            match self.call_on(&r, &mut op).await {
+            match self.call_on(&r, true, &mut op).await {
                 // Not answered: nothing was opened there; the next replica gets the call.
                 Err(CsError::Unreachable(m)) => {
                     tracing::debug!(replica = %r.url, "CS call unanswered, trying another replica: {m}");
@@ -851,6 +868,16 @@ impl CsPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_of_sessions_in_flight_keep_a_quarter_of_the_permits() {
+        assert_eq!(opening_permits(64), 48);
+        assert_eq!(opening_permits(4), 3);
+        // Too few to split: openings may take them all.
+        assert_eq!(opening_permits(3), 3);
+        assert_eq!(opening_permits(1), 1);
+        assert_eq!(opening_permits(0), 1);
+    }
 
     fn endpoint() -> CsEndpoint {
         CsEndpoint {

@@ -85,6 +85,45 @@ fn tls_server() -> SServer {
     SServer::start(&a)
 }
 
+/// A rustls server on a free loopback port (`server-ecdsa-p256`, no tickets), one task per
+/// connection: the handshake, then reads until the client closes. It runs until the
+/// runtime stops.
+async fn concurrent_tls_server() -> u16 {
+    let c = certs();
+    let chain: Vec<_> =
+        rustls_pemfile::certs(&mut &std::fs::read(c.pem("server-ecdsa-p256")).unwrap()[..])
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key =
+        rustls_pemfile::private_key(&mut &std::fs::read(c.key("server-ecdsa-p256")).unwrap()[..])
+            .unwrap()
+            .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    cfg.send_tls13_tickets = 0;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut sink).await;
+                }
+            });
+        }
+    });
+    port
+}
+
 /// One full handshake with the server, then close_notify.
 async fn handshake(c: &Connector, port: u16) -> Result<(), String> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
@@ -231,6 +270,73 @@ fn a_burst_beyond_the_cs_request_limit_waits_in_the_engine() {
         "the CS never refused an unbounded burst: the test shows nothing"
     );
     println!("refused as too many without the engine's bound: {unbounded} of 64");
+}
+
+/// New handshakes that wait at the CS (here for a planned recycle of its token, which waits
+/// in turn for the key pairs of the handshakes in flight) must not take every call permit
+/// of the replica: with `max_calls_in_flight` at 4 and 32 handshakes at once, the calls of
+/// handshakes in flight keep a permit, every handshake succeeds and the CS gives up no key
+/// pair. (Before: the four permits went to new handshakes waiting for the drain, which
+/// then gave up the key pairs of the others.)
+#[test]
+fn handshakes_in_flight_keep_a_call_permit_while_new_ones_wait() {
+    let setup = DevSetup::new();
+    let cs = start_replica(
+        &setup,
+        "127.0.0.1:0",
+        &[
+            ("RUST_LOG", "info"),
+            // 30 session objects: a recycle every 10 handshakes, 2 s drain at most.
+            ("LURK_TOKEN__RECYCLE_AFTER_OBJECTS", "30"),
+            ("LURK_TOKEN__RECYCLE_DRAIN_MS", "2000"),
+        ],
+    );
+    let rt = rt();
+    // A server that serves its connections at once (`openssl s_server` serves one at a
+    // time: it would wait for a connection whose first CS call waits for the drain).
+    let port = rt.block_on(concurrent_tls_server());
+    rt.block_on(async {
+        let pool = pool(
+            &[&cs],
+            &[cs.url()],
+            CsPoolOptions {
+                max_calls_in_flight: 4,
+                ..opts()
+            },
+        );
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        let mut tasks = Vec::new();
+        for w in 0..32 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..4 {
+                    handshake(&c, port)
+                        .await
+                        .map_err(|e| format!("worker {w} handshake {i}: {e}"))?;
+                }
+                Ok::<(), String>(())
+            }));
+        }
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                let log = plain_log(&cs);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("recycled") || l.contains("refused"))
+                    .collect();
+                panic!("{e}; the CS's log:\n{}", lines.join("\n"));
+            }
+        }
+    });
+    let log = plain_log(&cs);
+    let recycles: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("PKCS#11 module recycled"))
+        .collect();
+    assert!(recycles.len() >= 2, "{log}");
+    for line in recycles {
+        assert!(line.contains("given_up=0"), "{line}");
+    }
 }
 
 /// Three replicas, sequential then concurrent full handshakes: every replica serves a fair

@@ -170,6 +170,44 @@ async fn handshakes_go_on_across_planned_module_recycles() {
     exchange(&mut c).await;
 }
 
+/// A recycle's drain waits for the key pairs of the handshakes in flight, whose next
+/// exchange needs one of the engine's exchange slots (`[limits] max_exchanges_per_engine`):
+/// the new handshakes that wait for the recycle must not hold those slots meanwhile, nor
+/// the recycle itself. With 2 slots and 12 engines' connections at once, every handshake
+/// succeeds and no key pair is given up.
+#[tokio::test]
+async fn handshakes_in_flight_finish_while_new_ones_wait_for_a_recycle() {
+    let dev = DevSetup::new();
+    dev.edit_config(
+        "[token]\n",
+        "[token]\nrecycle_after_objects = 30\nrecycle_drain_ms = 2000\n",
+    );
+    dev.append_config(
+        "[metrics]\naddr = \"127.0.0.1:0\"\n\
+         [limits]\nmax_exchanges_per_engine = 2\nmax_queued_exchanges_per_engine = 64\n",
+    );
+    let cs = dev.start_with_env(&[("RUST_LOG", "info")]);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let mut c = cs.client("engine");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                exchange(&mut c).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("every handshake succeeds");
+    }
+    let (_, text) = cs.scrape("/metrics");
+    assert!(
+        value(&text, "lurk_cs_token_recycles_total") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(value(&text, "lurk_cs_token_recycle_given_up_total"), 0.0);
+    assert!(!cs.log().contains("token unavailable"), "{}", cs.log());
+}
+
 /// With `[token] recycle_after_objects = 0` the module is never recycled, however many
 /// objects the CS makes.
 #[tokio::test]

@@ -26,7 +26,11 @@ fn invalid(why: impl Into<String>) -> ServiceError {
 
 /// The new share only (the PSKs are in the session already).
 pub fn place(cs: &Cs, _req: &pb::CClientHelloRequest) -> Where {
-    Where::inline_if(common::memory_ephemerals(cs))
+    if common::memory_ephemerals(cs) {
+        Where::Inline
+    } else {
+        Where::KeyPairs
+    }
 }
 
 /// Takes the HelloRetryRequest and the second ClientHello of `engine`'s session and returns

@@ -26,7 +26,11 @@ const MAX_PUBLIC_KEY_LEN: usize = 97;
 /// A PSK is taken from the store (and unsealed by the token); the key shares are made by
 /// the ephemeral backend.
 pub fn place(cs: &Cs, req: &pb::CInitClientHelloRequest) -> Where {
-    Where::inline_if(common::memory_ephemerals(cs) && req.psks.is_empty())
+    if common::memory_ephemerals(cs) {
+        Where::inline_if(req.psks.is_empty())
+    } else {
+        Where::KeyPairs
+    }
 }
 
 /// Opens a session for `engine` and returns its ClientHello completed: fresh random, the

@@ -27,6 +27,10 @@ pub enum Where {
     Inline,
     /// On the blocking pool: may call the token or the store.
     Blocking,
+    /// On the blocking pool, after a token key-generation admission taken on the async side
+    /// (`Ephemeral::admit_async`): may make key pairs in the token, which a planned module
+    /// recycle waits for (token/pool/recycle.rs).
+    KeyPairs,
 }
 
 impl Where {

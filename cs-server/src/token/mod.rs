@@ -50,7 +50,7 @@ pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};
 pub use uri::KeyUri;
 
-pub use pool::{EphemeralAdmission, PoolUsage, RecycleStats};
+pub use pool::{AsyncAdmission, EnteredAdmission, EphemeralAdmission, PoolUsage, RecycleStats};
 use pool::{PooledSession, RecyclePolicy, SessionPool};
 
 use crate::telemetry::{TokenCall, TokenOp};
@@ -415,6 +415,12 @@ impl Token {
     /// every key pair one request makes; waits while a recycle is under way.
     pub fn admit_ephemerals(&self) -> Result<EphemeralAdmission<'_>, TokenError> {
         self.inner.pool.admit()
+    }
+
+    /// [`admit_ephemerals`](Self::admit_ephemerals) for a request about to run on a blocking
+    /// thread: waits on the async side (see [`AsyncAdmission`]).
+    pub async fn admit_ephemerals_async(&self) -> Result<AsyncAdmission, TokenError> {
+        AsyncAdmission::take(self).await
     }
 
     /// The token's label.

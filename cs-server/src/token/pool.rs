@@ -54,7 +54,7 @@ use crate::telemetry::TokenCall;
 
 mod recycle;
 pub(crate) use recycle::RecyclePolicy;
-pub use recycle::{EphemeralAdmission, RecycleStats};
+pub use recycle::{AsyncAdmission, EnteredAdmission, EphemeralAdmission, RecycleStats};
 
 /// How long a caller waits for a free session before giving up. Every checkout is held only
 /// for one or a few token calls, so reaching this means the token hangs (or a caller holds a
@@ -204,6 +204,8 @@ pub(crate) struct SessionPool {
     /// Set while a planned recycle holds (or waits for) the gate's write half: a checkout
     /// then waits for it instead of failing.
     planned: AtomicBool,
+    /// Whether a recycle is under way, for the waiters on the async side.
+    drain_watch: tokio::sync::watch::Sender<bool>,
     /// Runs once between reserving a new session and opening it.
     #[cfg(test)]
     before_open: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -253,6 +255,7 @@ impl SessionPool {
             recycle,
             recycle_cv: Condvar::new(),
             planned: AtomicBool::new(false),
+            drain_watch: tokio::sync::watch::Sender::new(false),
             #[cfg(test)]
             before_open: Mutex::new(None),
         }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::{Health, SessionPool, State, HELD};
 use crate::error::TokenError;
+use crate::token::Token;
 
 /// How long a key generation waits for a recycle beyond its drain: the re-initialisation
 /// itself (waiting for the token calls in flight, C_Finalize, C_Initialize, a login).
@@ -140,7 +141,7 @@ impl SessionPool {
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 } else if self.recycle_due(&st) {
-                    st.eph.draining = true;
+                    self.set_draining(&mut st, true);
                     drop(st);
                     self.recycle();
                     st = self.lock();
@@ -156,6 +157,12 @@ impl SessionPool {
             pool: self,
             _one_thread: PhantomData,
         })
+    }
+
+    /// Starts or ends a drain, for the waiters of both kinds.
+    fn set_draining(&self, st: &mut State, on: bool) {
+        st.eph.draining = on;
+        self.drain_watch.send_replace(on);
     }
 
     fn recycle_due(&self, st: &State) -> bool {
@@ -198,7 +205,7 @@ impl SessionPool {
         drop(gate);
         self.planned.store(false, Ordering::Release);
         let mut st = self.lock();
-        st.eph.draining = false;
+        self.set_draining(&mut st, false);
         match result {
             Some(Ok(())) => {
                 st.eph.recycles += 1;
@@ -264,5 +271,96 @@ impl SessionPool {
             given_up: st.eph.given_up,
             after_objects: self.recycle.after_objects,
         }
+    }
+}
+
+/// A token key-generation admission taken on the async side, before the request takes a
+/// blocking thread and one of its engine's exchange slots (service.rs): while a recycle is
+/// under way it waits there, holding neither, so that the exchanges of the handshakes in
+/// flight (whose key pairs the drain waits for) still find slots. Moved to the request's
+/// blocking thread and [entered](Self::enter) there, it admits that thread's key
+/// generations without waiting.
+pub struct AsyncAdmission {
+    token: Token,
+}
+
+impl std::fmt::Debug for AsyncAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncAdmission")
+    }
+}
+
+impl AsyncAdmission {
+    /// Waits while a recycle is under way (starting it, on a blocking thread, when it is
+    /// due), at most the drain time and [`REINIT_MARGIN`]; then `Unavailable`.
+    pub(crate) async fn take(token: &Token) -> Result<Self, TokenError> {
+        let pool = &token.inner.pool;
+        let until = tokio::time::Instant::now() + pool.recycle.drain + REINIT_MARGIN;
+        loop {
+            let recycler = {
+                let mut st = pool.lock();
+                if st.eph.draining {
+                    false
+                } else if pool.recycle_due(&st) {
+                    pool.set_draining(&mut st, true);
+                    true
+                } else {
+                    st.eph.admitted += 1;
+                    return Ok(Self {
+                        token: token.clone(),
+                    });
+                }
+            };
+            if recycler {
+                // The recycle waits for admissions and key pairs in use: not on a worker.
+                let t = token.clone();
+                tokio::task::spawn_blocking(move || t.inner.pool.recycle());
+            }
+            let mut rx = pool.drain_watch.subscribe();
+            if tokio::time::timeout_at(until, rx.wait_for(|draining| !*draining))
+                .await
+                .is_err()
+            {
+                return Err(TokenError::Unavailable(
+                    "the PKCS#11 module is being recycled".into(),
+                ));
+            }
+        }
+    }
+
+    /// Admits this thread's key generations, without waiting, until the guard drops.
+    pub fn enter(&self) -> EnteredAdmission<'_> {
+        ADMITTED.set(ADMITTED.get() + 1);
+        EnteredAdmission {
+            _admission: PhantomData,
+        }
+    }
+}
+
+impl Drop for AsyncAdmission {
+    fn drop(&mut self) {
+        let pool = &self.token.inner.pool;
+        let mut st = pool.lock();
+        st.eph.admitted = st.eph.admitted.saturating_sub(1);
+        if st.eph.draining {
+            pool.recycle_cv.notify_all();
+        }
+    }
+}
+
+/// [`AsyncAdmission::enter`]: held by one thread (not `Send`).
+pub struct EnteredAdmission<'a> {
+    _admission: PhantomData<(&'a AsyncAdmission, *const ())>,
+}
+
+impl std::fmt::Debug for EnteredAdmission<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnteredAdmission")
+    }
+}
+
+impl Drop for EnteredAdmission<'_> {
+    fn drop(&mut self) {
+        ADMITTED.set(ADMITTED.get().saturating_sub(1));
     }
 }
