@@ -78,6 +78,8 @@ pub(crate) struct Soak {
     /// The first few errors, for the notes.
     pub(crate) first_errors: Vec<String>,
     pub(crate) nofile: u64,
+    /// (module recycles, key pairs they gave up), from the CS's log.
+    pub(crate) recycles: (usize, u64),
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (prlimit(1): the crate forbids
@@ -134,10 +136,11 @@ fn start_cs(dev: &Path, backend: &str) -> Result<(Proc, String), BoxError> {
         // SoftHSM 2.6 keeps destroyed session objects until C_Finalize: the module is
         // recycled every RECYCLE objects (3 per handshake with token ephemerals).
         .env("LURK_TOKEN__RECYCLE_AFTER_OBJECTS", recycle_after_objects())
-        .env("LURK_LOG__LEVEL", "warn")
+        // Warnings, and the recycle's line with its figures (read back by `recycles`).
+        .env("LURK_LOG__LEVEL", "warn,lurk_cs::token::pool::recycle=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(cs_log(dev, backend))?)
         .spawn()?;
     match handshake::wait_for_line(&mut child, "READY ") {
         Ok(line) => Ok((
@@ -284,6 +287,7 @@ pub(crate) async fn run(
         samples.push((p.total, sys::rss_kib(None), sys::rss_kib(Some(cs_pid))));
     }
     drop(cs);
+    let recycles = recycles(&cs_log(dev, backend));
     let first_errors = first_errors
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -300,11 +304,33 @@ pub(crate) async fn run(
         samples,
         first_errors,
         nofile,
+        recycles,
     })
 }
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// Where the soak's CS writes its log.
+fn cs_log(dev: &Path, backend: &str) -> std::path::PathBuf {
+    dev.join(format!("soak-cs-{backend}.log"))
+}
+
+/// The module recycles the CS logged, and the key pairs they gave up in all.
+fn recycles(log: &Path) -> (usize, u64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("PKCS#11 module recycled"))
+        .collect();
+    let given_up = lines
+        .iter()
+        .filter_map(|l| l.split("given_up=").nth(1))
+        .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    (lines.len(), given_up)
 }
 
 /// `[token] recycle_after_objects` of the soak's CS: `LURK_BENCH_SOAK_RECYCLE`, else 30,000
@@ -361,6 +387,12 @@ impl Soak {
             self.took.as_secs_f64(),
             self.total as f64 / self.took.as_secs_f64().max(1e-9)
         ));
+        if self.backend == "token" {
+            md.push_str(&format!(
+                "PKCS#11 module recycles during the run: {}, token key pairs they gave up: {}.\n\n",
+                self.recycles.0, self.recycles.1
+            ));
+        }
         md.push_str("| handshakes | engine VmRSS (MiB) | CS VmRSS (MiB) |\n|---:|---:|---:|\n");
         for (n, e, c) in &self.samples {
             md.push_str(&format!("| {n} | {:.1} | {:.1} |\n", mib(*e), mib(*c)));
