@@ -283,10 +283,30 @@ pub(crate) fn engine_endpoint(dev: &Path, cs_url: &str) -> Result<CsEndpoint, Bo
 
 /// The engine configuration of every engine client: CS ephemerals, x25519, AES-128-GCM.
 pub(crate) fn engine_config(pki: &Pki, mode: Mode) -> Result<ClientConfig, BoxError> {
+    engine_config_in(pki, mode, NamedGroup::X25519)
+}
+
+/// [`engine_client`] offering `group` only.
+pub(crate) fn engine_client_in(
+    dev: &Path,
+    cs_url: &str,
+    pki: &Pki,
+    mode: Mode,
+    group: NamedGroup,
+) -> Result<Client, BoxError> {
+    let cs = engine_endpoint(dev, cs_url)?.connect_lazy()?;
+    Ok(Client::Engine(Arc::new(Connector::new(
+        Arc::new(engine_config_in(pki, mode, group)?),
+        Some(cs),
+    ))))
+}
+
+/// [`engine_config`] offering `group` only.
+fn engine_config_in(pki: &Pki, mode: Mode, group: NamedGroup) -> Result<ClientConfig, BoxError> {
     let mut cfg = ClientConfig::builder()
         .trust_anchors(TrustAnchors::from_pem_file(&pki.ca())?)
         .cipher_suites([CipherSuite::TlsAes128GcmSha256])
-        .groups([NamedGroup::X25519])
+        .groups([group])
         .ephemeral(Ephemeral::Cs)
         .resume(mode == Mode::Resumed);
     if mode == Mode::Resumed {

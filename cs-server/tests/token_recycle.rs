@@ -123,8 +123,8 @@ fn hello(cs: &Cs, groups: &[NamedGroup]) -> Result<Hello, LurkStatus> {
     let share = r
         .key_shares
         .iter()
-        .find(|k| k.group == u32::from(NamedGroup::X25519.get()))
-        .expect("an x25519 share")
+        .find(|k| k.group == u32::from(groups[0].get()))
+        .expect("a share of the first group")
         .key_exchange
         .clone();
     Ok((r.session_id, r.client_hello, share))
@@ -133,12 +133,27 @@ fn hello(cs: &Cs, groups: &[NamedGroup]) -> Result<Hello, LurkStatus> {
 /// c_server_hello selecting x25519: Ok only with the server handshake traffic secret the
 /// server side computes from its own key (RFC 8446 §7.1), never a wrong one.
 fn server_hello(cs: &Cs, session: &[u8], ch: &[u8], share: &[u8]) -> Result<(), LurkStatus> {
+    server_hello_in(NamedGroup::X25519, cs, session, ch, share)
+}
+
+/// [`server_hello`] selecting `group` (x25519 or P-256).
+fn server_hello_in(
+    group: NamedGroup,
+    cs: &Cs,
+    session: &[u8],
+    ch: &[u8],
+    share: &[u8],
+) -> Result<(), LurkStatus> {
+    let alg = match group {
+        NamedGroup::Secp256r1 => &agreement::ECDH_P256,
+        _ => &agreement::X25519,
+    };
     let rng = SystemRandom::new();
-    let key = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+    let key = agreement::EphemeralPrivateKey::generate(alg, &rng).unwrap();
     let public = key.compute_public_key().unwrap();
     let sh = lurk_e2e::server_hello(
         CipherSuite::TlsAes128GcmSha256,
-        NamedGroup::X25519,
+        group,
         public.as_ref(),
         &[1u8; 32],
     );
@@ -153,12 +168,11 @@ fn server_hello(cs: &Cs, session: &[u8], ch: &[u8], share: &[u8]) -> Result<(), 
         },
     )
     .map_err(|e| e.lurk_status())?;
-    let ecdhe = agreement::agree_ephemeral(
-        key,
-        &agreement::UnparsedPublicKey::new(&agreement::X25519, share),
-        |s| s.to_vec(),
-    )
-    .unwrap();
+    let ecdhe =
+        agreement::agree_ephemeral(key, &agreement::UnparsedPublicKey::new(alg, share), |s| {
+            s.to_vec()
+        })
+        .unwrap();
     let hash = ring::digest::digest(&ring::digest::SHA256, &[ch, &sh[..]].concat());
     let expected = KeyScheduleEarly::new(HashAlg::Sha256, None)
         .into_handshake(Some(&ecdhe))
@@ -175,7 +189,7 @@ fn server_hello(cs: &Cs, session: &[u8], ch: &[u8], share: &[u8]) -> Result<(), 
 /// One exchange set: c_init_client_hello then c_server_hello.
 fn exchange(cs: &Cs, groups: &[NamedGroup]) -> Result<(), LurkStatus> {
     let (session, ch, share) = hello(cs, groups)?;
-    server_hello(cs, &session, &ch, &share)
+    server_hello_in(groups[0], cs, &session, &ch, &share)
 }
 
 /// c_init_client_finished with the ed25519 key: the signature verifies.
@@ -429,7 +443,7 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-/// A figure, not a check: `LURK_RECYCLE_RSS=N,THRESHOLD cargo test -p lurk-cs --test
+/// A figure, not a check: `LURK_RECYCLE_RSS=N,THRESHOLD[,p256] cargo test -p lurk-cs --test
 /// token_recycle -- --ignored --nocapture rss` runs N exchange sets with token ephemerals
 /// (threshold 0: no recycle) and prints the growth of this process's RSS.
 #[test]
@@ -437,26 +451,34 @@ fn rss_kib() -> u64 {
 fn rss() {
     let _one = one();
     let spec = std::env::var("LURK_RECYCLE_RSS").unwrap_or_else(|_| "20000,0".into());
-    let (n, threshold) = spec.split_once(',').unwrap();
-    let (n, threshold): (u64, u64) = (n.parse().unwrap(), threshold.parse().unwrap());
+    let mut spec = spec.split(',');
+    let (n, threshold): (u64, u64) = (
+        spec.next().unwrap().parse().unwrap(),
+        spec.next().unwrap().parse().unwrap(),
+    );
+    // A third field, `p256`, makes the key pairs on P-256 instead of X25519.
+    let group = match spec.next() {
+        Some("p256") => NamedGroup::Secp256r1,
+        _ => NamedGroup::X25519,
+    };
     let cs = cs(|c| {
         c.token.recycle_after_objects = Some(threshold);
         // The LURK sessions these exchange sets leave open go soon: the figure is the token's.
         c.sessions.ttl_secs = 1;
     });
     for _ in 0..200 {
-        exchange(&cs, &[NamedGroup::X25519]).unwrap();
+        exchange(&cs, &[group]).unwrap();
     }
     let start = (rss_kib(), Instant::now());
     for i in 1..=n {
-        exchange(&cs, &[NamedGroup::X25519]).unwrap();
+        exchange(&cs, &[group]).unwrap();
         if i % 100 == 0 {
             // What the server's periodic purge does.
             cs.sessions.purge_expired();
         }
         if i % (n / 4).max(1) == 0 {
             println!(
-                "recycle_after_objects={threshold}: {i} exchange sets, {:.1} s, RSS +{} KiB, {:?}",
+                "{group:?}, recycle_after_objects={threshold}: {i} exchange sets, {:.1} s, RSS +{} KiB, {:?}",
                 start.1.elapsed().as_secs_f64(),
                 rss_kib().saturating_sub(start.0),
                 token(&cs).recycle_stats()
@@ -464,7 +486,7 @@ fn rss() {
         }
     }
     println!(
-        "recycle_after_objects={threshold}: {n} exchange sets in {:.1} s, RSS {} → {} KiB",
+        "{group:?}, recycle_after_objects={threshold}: {n} exchange sets in {:.1} s, RSS {} → {} KiB",
         start.1.elapsed().as_secs_f64(),
         start.0,
         rss_kib()
