@@ -15,7 +15,8 @@
 //! A blocking operation first takes one of its engine's exchange slots (`[limits]
 //! max_exchanges_per_engine`, with a bounded queue; `limits.rs`): past them it is refused at
 //! once with `too_many_requests`, so one engine cannot hold every blocking thread or token
-//! session.
+//! session. One that makes token key pairs (`Where::KeyPairs`) first waits out a planned
+//! module recycle, holding no slot meanwhile (token/pool/recycle.rs).
 
 use std::sync::Arc;
 

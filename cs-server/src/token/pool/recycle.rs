@@ -6,7 +6,9 @@
 //!
 //! 1. new token key generations stop: they wait, at most the drain time and
 //!    [`REINIT_MARGIN`]; every other token call goes on (signatures, sealing, the derives of
-//!    handshakes in flight);
+//!    handshakes in flight). A gRPC request waits on the async side, before it takes an
+//!    exchange slot or a blocking thread ([`AsyncAdmission`], service.rs), so that the
+//!    handshakes in flight always find a slot for the exchange that frees their key pair;
 //! 2. the recycle waits until no key pair made under this generation and handed out is
 //!    alive (each is destroyed after its derive, or with its LURK session) and no generation
 //!    is in progress, at most `[token] recycle_drain_ms`. Key pairs still alive then are
@@ -18,7 +20,7 @@
 //! 4. key generation resumes.
 //!
 //! One recycle at a time, run by the thread whose key generation finds it due (it holds no
-//! session and no key pair); never while the token is down (its recovery re-initialises the
+//! session and no key pair), or for a gRPC request on a blocking thread of its own; never while the token is down (its recovery re-initialises the
 //! module anyway). The key pairs of one request are made under one admission
 //! (`Token::admit_ephemerals`; `c_init_client_hello` with several empty shares), so that the
 //! second never waits for a drain that waits for the first; after a HelloRetryRequest, the
