@@ -21,6 +21,7 @@ pub mod replica_load;
 pub mod rfc8448;
 pub mod sequence_c;
 pub mod tlslite;
+pub mod token_calls;
 
 use lurk_engine::cs_channel::CsClient;
 use lurk_engine::cs_client::CsEndpoint;

@@ -6,81 +6,27 @@
 
 use std::time::{Duration, Instant};
 
-use lurk_e2e::sequence_c::{ed25519_leaf, ed25519_public_key, Handshake, ENGINE_RANDOM};
-use lurk_e2e::{CsProcess, DevSetup};
+use lurk_e2e::{token_calls, CsProcess, DevSetup};
 use lurk_engine::cs_channel::CsClient;
-use lurk_proto::freshness::{client_random, FreshnessMode};
-use lurk_proto::pb;
-use lurk_proto::wire::{
-    encode_certificate, CipherSuite, ClientHelloBuilder, NamedGroup, SignatureScheme,
-};
 
 const RECYCLED: &str = "PKCS#11 module recycled";
 
 /// c_init_client_hello (the CS makes an x25519 key pair in the token), then c_server_hello
 /// (the CS derives with it): both must succeed.
 async fn exchange(c: &mut CsClient) {
-    let ch = ClientHelloBuilder::new([7u8; 32])
-        .legacy_session_id(&[1u8; 32])
-        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
-        .server_name("localhost")
-        .supported_versions(&[0x0304])
-        .supported_groups(&[NamedGroup::X25519])
-        .signature_algorithms(&[SignatureScheme::Ed25519])
-        .key_share(NamedGroup::X25519, &[])
-        .build()
-        .unwrap();
-    let r = c
-        .c_init_client_hello(pb::CInitClientHelloRequest {
-            client_hello: ch,
-            freshness: pb::Freshness::Sha256 as i32,
-            psks: vec![],
-            secret_request: None,
-        })
+    let (session, _) = token_calls::x25519_hello(c)
         .await
-        .expect("c_init_client_hello")
-        .into_inner();
-    let rng = ring::rand::SystemRandom::new();
-    let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng)
-        .unwrap()
-        .compute_public_key()
-        .unwrap();
-    c.c_server_hello(pb::CServerHelloRequest {
-        session_id: r.session_id,
-        server_hello: lurk_e2e::server_hello(
-            CipherSuite::TlsAes128GcmSha256,
-            NamedGroup::X25519,
-            peer.as_ref(),
-            &[1u8; 32],
-        ),
-        ephemeral: None,
-        secret_request: None,
-    })
-    .await
-    .expect("c_server_hello");
+        .expect("c_init_client_hello");
+    token_calls::x25519_server_hello(c, &session)
+        .await
+        .expect("c_server_hello");
 }
 
 /// c_init_client_finished with the ed25519 key: the signature verifies.
 async fn sign(dev: &DevSetup, c: &mut CsClient) {
-    let hs = Handshake::new();
-    let leaf = ed25519_leaf(&dev.path());
-    let cert = encode_certificate(&[], std::slice::from_ref(&leaf)).unwrap();
-    let r = c
-        .c_init_client_finished(pb::CInitClientFinishedRequest {
-            handshake_messages: hs.messages(),
-            freshness: pb::Freshness::Sha256 as i32,
-            key_id: "ed25519".into(),
-            client_certificate: cert.clone(),
-            last_exchange: true,
-        })
+    token_calls::ed25519_sign(dev, c)
         .await
-        .expect("c_init_client_finished")
-        .into_inner();
-    let cv = lurk_proto::wire::CertificateVerify::parse(&r.certificate_verify).unwrap();
-    let fresh = client_random(pb::Freshness::Sha256, FreshnessMode::Draft, &ENGINE_RANDOM);
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, ed25519_public_key(&leaf))
-        .verify(&hs.signed_content(&fresh, &cert), cv.signature)
-        .expect("the signature verifies");
+        .expect("c_init_client_finished");
 }
 
 /// The value of the unlabelled series `name` in a scrape.
