@@ -112,11 +112,7 @@ impl std::fmt::Debug for EphemeralAdmission<'_> {
 impl Drop for EphemeralAdmission<'_> {
     fn drop(&mut self) {
         ADMITTED.set(ADMITTED.get().saturating_sub(1));
-        let mut st = self.pool.lock();
-        st.eph.admitted = st.eph.admitted.saturating_sub(1);
-        if st.eph.draining {
-            self.pool.recycle_cv.notify_all();
-        }
+        self.pool.end_admission();
     }
 }
 
@@ -159,6 +155,15 @@ impl SessionPool {
             pool: self,
             _one_thread: PhantomData,
         })
+    }
+
+    /// An admission ends: a drain waiting for it may finish.
+    fn end_admission(&self) {
+        let mut st = self.lock();
+        st.eph.admitted = st.eph.admitted.saturating_sub(1);
+        if st.eph.draining {
+            self.recycle_cv.notify_all();
+        }
     }
 
     /// Starts or ends a drain, for the waiters of both kinds.
@@ -341,12 +346,7 @@ impl AsyncAdmission {
 
 impl Drop for AsyncAdmission {
     fn drop(&mut self) {
-        let pool = &self.token.inner.pool;
-        let mut st = pool.lock();
-        st.eph.admitted = st.eph.admitted.saturating_sub(1);
-        if st.eph.draining {
-            pool.recycle_cv.notify_all();
-        }
+        self.token.inner.pool.end_admission();
     }
 }
 
