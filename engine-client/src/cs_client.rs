@@ -143,6 +143,11 @@ pub enum CsError {
     /// No answer from the CS (connect refused, connection lost, UNAVAILABLE).
     #[error("CS unreachable: {0}")]
     Unreachable(String),
+    /// The call was not sent: the engine's own calls in flight to the replica
+    /// ([`crate::cs_pool::CsPoolOptions::max_calls_in_flight`]) stayed full for the whole call
+    /// timeout. Says nothing about the replica's health.
+    #[error("CS call not sent: {0}")]
+    Busy(String),
     /// The CS answered with a LURK refusal (docs/protocol.md).
     #[error("CS refused the exchange with LURK status {status}: {message}")]
     Refused {

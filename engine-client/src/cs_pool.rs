@@ -17,6 +17,10 @@
 //!   made again on each other healthy replica in turn: no CS session exists yet, and nothing
 //!   depends on the lost attempt. A LURK refusal (a status carrying `lurk-status`) is an
 //!   answer and is never retried;
+//! - a call that finds no free call permit on its replica within the call timeout
+//!   ([`CsPoolOptions::max_calls_in_flight`]) is not sent and fails with [`CsError::Busy`]:
+//!   the congestion is the engine's own, so the replica is not set aside and no other replica
+//!   is tried (its time is spent);
 //! - a replica whose call finds it unreachable, or whose health check fails, is set aside and
 //!   probed again after a backoff (doubling up to [`CsPoolOptions::backoff_max`]); a probe or a
 //!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check` for
@@ -80,9 +84,11 @@ pub struct CsPoolOptions {
     /// that open a LURK session (and Ping, Capabilities) hold at most three quarters of them:
     /// the rest stays for the calls of the handshakes in flight.
     pub max_calls_in_flight: usize,
-    /// How long one call may take, connecting included (default 10 s); a call that runs out
-    /// counts as unanswered: its replica is set aside, and a connection's first call goes to
-    /// another replica (a session the CS may have opened meanwhile expires there).
+    /// How long one call may take, its wait for a call permit and connecting included (default
+    /// 10 s). A call that runs out once sent counts as unanswered: its replica is set aside,
+    /// and a connection's first call goes to another replica (a session the CS may have opened
+    /// meanwhile expires there). A call that runs out waiting for a permit was never sent:
+    /// [`CsError::Busy`], the replica stays in use.
     pub call_timeout: Duration,
     /// Name resolution; `None`: tokio's `lookup_host` (the system resolver).
     pub resolver: Option<Resolver>,
@@ -137,6 +143,9 @@ pub struct ReplicaStatus {
     pub failures: u64,
     /// Connections whose first call went there.
     pub sessions: u64,
+    /// Calls not sent: they waited out the call timeout for a call permit
+    /// ([`CsPoolOptions::max_calls_in_flight`]; the engine's own congestion).
+    pub busy: u64,
 }
 
 /// One configured URL.
@@ -187,6 +196,7 @@ pub(crate) struct Replica {
     answered: AtomicU64,
     failures: AtomicU64,
     sessions: AtomicU64,
+    busy: AtomicU64,
 }
 
 impl Replica {
@@ -231,6 +241,7 @@ impl Replica {
             answered: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         })
     }
 
@@ -246,6 +257,7 @@ impl Replica {
             answered: self.answered.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Relaxed),
         }
     }
 }
@@ -537,6 +549,7 @@ impl CsPool {
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
         let _guard = Outstanding(&r.outstanding);
+        let sent = AtomicBool::new(false);
         // A call beyond the replica's `max_calls_in_flight` waits here for its turn rather
         // than be refused by the CS (its per-engine request limit).
         let call = async {
@@ -546,17 +559,28 @@ impl CsPool {
                 false => None,
             };
             let _permit = r.calls.acquire().await.map_err(gone)?;
+            sent.store(true, Ordering::Relaxed);
             op(r.client.clone()).await
         };
         let result = match self.inner.call_timeout {
             None => call.await,
             Some(t) => match tokio::time::timeout(t, call).await {
                 Ok(r) => r,
-                Err(_) => Err(CsError::Unreachable(format!("no answer within {t:?}"))),
+                Err(_) if sent.load(Ordering::Relaxed) => {
+                    Err(CsError::Unreachable(format!("no answer within {t:?}")))
+                }
+                Err(_) => Err(CsError::Busy(format!(
+                    "the engine's {} calls in flight to {} stayed in use for {t:?}",
+                    self.inner.opts.max_calls_in_flight.max(1),
+                    r.url
+                ))),
             },
         };
         match &result {
             Err(CsError::Unreachable(m)) => self.set_aside(r, m),
+            Err(CsError::Busy(_)) => {
+                r.busy.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {
                 r.answered.fetch_add(1, Ordering::Relaxed);
                 if !r.healthy() {
@@ -853,6 +877,8 @@ impl CsPool {
                 });
             };
             match self.call_on(&r, true, &mut op).await {
+                // Not sent, and the call's time is spent.
+                Err(e @ CsError::Busy(_)) => return Err(e),
                 // Not answered: nothing was opened there; the next replica gets the call.
                 Err(CsError::Unreachable(m)) => {
                     tracing::debug!(replica = %r.url, "CS call unanswered, trying another replica: {m}");
@@ -1083,6 +1109,81 @@ mod tests {
             .await;
         let e = check_health(&ch, t).await.unwrap_err();
         assert!(e.contains("NOT_SERVING"), "{e}");
+    }
+
+    /// A call that waits out the call timeout for a call permit (the engine's own
+    /// congestion) is not sent, fails `Busy`, and leaves its replica in use; a call that runs
+    /// out once sent still sets its replica aside. Against a real gRPC server (tonic-health).
+    #[tokio::test]
+    async fn a_call_that_finds_no_permit_in_time_is_busy_and_leaves_the_replica_in_use() {
+        let (_reporter, addr) = health_server().await;
+        let opts = CsPoolOptions {
+            max_calls_in_flight: 4,
+            call_timeout: Duration::from_millis(200),
+            health_interval: Duration::from_secs(3600),
+            ..CsPoolOptions::default()
+        };
+        let pool = CsPool::new(&endpoint(), &[format!("http://{addr}")], opts).unwrap();
+        let r = lock(&pool.inner.replicas)[0].clone();
+        let ops = Arc::new(AtomicUsize::new(0));
+        let op = |ops: Arc<AtomicUsize>| {
+            move |c: CsClient| {
+                ops.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let mut c = c;
+                    c.ping(pb::PingRequest::default())
+                        .await
+                        .map_err(CsError::from)
+                }
+            }
+        };
+        // A first call and a call of an open session, each with every permit taken by
+        // calls in flight (held here).
+        let held = r.calls.acquire_many(4).await.unwrap();
+        let e = pool.first_call(op(ops.clone())).await.unwrap_err();
+        assert!(
+            matches!(&e, CsError::Busy(m) if m.contains("4 calls")),
+            "{e}"
+        );
+        let e = pool.call_on(&r, false, op(ops.clone())).await.unwrap_err();
+        assert!(matches!(e, CsError::Busy(_)), "{e}");
+        // A first call whose opening permits (three of four) are taken.
+        drop(held);
+        let openings = r.openings.acquire_many(3).await.unwrap();
+        let e = pool.first_call(op(ops.clone())).await.unwrap_err();
+        assert!(matches!(e, CsError::Busy(_)), "{e}");
+        assert_eq!(ops.load(Ordering::Relaxed), 0, "no call was sent");
+        let st = &pool.replicas()[0];
+        assert!(st.healthy && st.failures == 0, "{st:?}");
+        assert_eq!((st.outstanding, st.busy, st.sessions), (0, 3, 0));
+        // The replica answers the next call (the gRPC server has no Ping: UNIMPLEMENTED is
+        // an answer).
+        drop(openings);
+        let (answer, _) = pool.first_call(op(ops.clone())).await.unwrap();
+        assert!(
+            matches!(
+                &answer,
+                Err(CsError::Other {
+                    code: tonic::Code::Unimplemented,
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(ops.load(Ordering::Relaxed), 1);
+        // A call sent that gets no answer in time does set the replica aside.
+        let e = pool
+            .call_on(&r, false, |_c| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CsError::Unreachable(m) if m.contains("no answer")),
+            "{e}"
+        );
+        assert!(!pool.replicas()[0].healthy);
     }
 
     /// A replica whose health turns NOT_SERVING (a CS draining) is set aside by the periodic
