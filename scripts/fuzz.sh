@@ -7,8 +7,13 @@
 # builds AFL++ when it is installed) and SoftHSM (the CS targets' token).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   scripts/fuzz.sh build          (the build only)
+#   scripts/fuzz.sh long [TARGET...]
+#     (long campaigns, FUZZING.md: each target to FUZZ_EXECS executions, default 10,100,000,
+#     in FUZZ_LONG_DIR/TARGET, default fuzz/long, under nice 19; a campaign stopped before is
+#     resumed where it stopped: its queue, executions and run time carry over)
 #   FUZZ_JOBS=N (parallel targets, default 2), FUZZ_OUT=DIR (default fuzz/out),
-#   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0: faster to build, slower to run)
+#   FUZZ_DEPS_OPT_LEVEL=N (dependencies' opt-level, default 0, 3 for `long`: faster to build,
+#   slower to run)
 #   The build goes to \$CARGO_TARGET_DIR (default target/), profile directory fuzz/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,19 +36,17 @@ cd "$root/fuzz"
 # Its own profile directory (`fuzz`) in the usual target directory: nothing is shared with the
 # workspace's builds, but a kept target directory keeps the dependencies built.
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-# Dependencies unoptimised (the build is what CI pays for); FUZZ_DEPS_OPT_LEVEL=1 for long runs.
+# Dependencies unoptimised (the build is what CI pays for), at opt-level 3 for long campaigns
+# (the connection and CS targets run 2.5 to 4 times faster).
+deps_opt=0
+[ "$secs" = long ] && deps_opt=3
 RUSTC_WRAPPER="$root/fuzz/rustc-afl.sh" AFL_RT="$rt" CARGO_TARGET_DIR="$target_dir" \
   cargo build --profile fuzz --locked --quiet \
-  --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-0}"
+  --config "profile.fuzz.package.\"*\".opt-level=${FUZZ_DEPS_OPT_LEVEL:-$deps_opt}"
 bin=$target_dir/fuzz/lurk-fuzz
 # `scripts/fuzz.sh build`: the build only (e.g. to keep the dependencies in a cached target dir).
 [ "$secs" = build ] && exit 0
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <("$bin" list); fi
-
-rm -rf "$out"
-mkdir -p "$out"
-# The CS set-up (a SoftHSM token, a SQLite store) of the seed run.
-LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
 
 # No UI, no CPU binding (cores are shared), no core-dump or CPU-governor checks
 # (containers), quick calibration. An input may take a while: the first of a process opens the
@@ -55,6 +58,21 @@ map_size=$(AFL_DUMP_MAP_SIZE=1 "$bin" list || true)
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
   AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_MAP_SIZE=$map_size
 
+stat_of() { sed -n "s/^$2 *: //p" "$1/fuzzer_stats"; }
+
+# What a run of target $1 (AFL++ output directory $2) did; fails on a crash or a hang.
+report() {
+  local t=$1 d=$2 crashes hangs
+  crashes=$(find "$d/crashes" -type f -name 'id:*' | wc -l)
+  hangs=$(find "$d/hangs" -type f -name 'id:*' | wc -l)
+  echo "fuzz: $t: $(stat_of "$d" execs_done) executions in $(stat_of "$d" run_time) s," \
+    "$(stat_of "$d" edges_found) edges ($(stat_of "$d" bitmap_cvg)), $crashes crashes, $hangs hangs"
+  if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
+    echo "fuzz: $t: inputs in $d/crashes and hangs" >&2
+    return 1
+  fi
+}
+
 one() {
   local t=$1
   # Each target its own CS set-up: runs in parallel do not share a ticket store.
@@ -63,19 +81,45 @@ one() {
     echo "fuzz: $t: afl-fuzz failed, see $out/$t.log" >&2
     return 1
   }
-  local stats=$out/$t/default/fuzzer_stats
-  local execs cvg edges crashes hangs
-  execs=$(sed -n 's/^execs_done *: //p' "$stats")
-  cvg=$(sed -n 's/^bitmap_cvg *: //p' "$stats")
-  edges=$(sed -n 's/^edges_found *: //p' "$stats")
-  crashes=$(find "$out/$t/default/crashes" -type f -name 'id:*' | wc -l)
-  hangs=$(find "$out/$t/default/hangs" -type f -name 'id:*' | wc -l)
-  echo "fuzz: $t: $execs executions, $edges edges ($cvg), $crashes crashes, $hangs hangs"
-  if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
-    echo "fuzz: $t: inputs in $out/$t/default/crashes and hangs" >&2
-    return 1
-  fi
+  report "$t" "$out/$t/default"
 }
+
+# A long campaign of target $1 in $long_dir/$1, to $execs executions (AFL++ stops at its first
+# check past them), resumed when it ran before (`-i -`).
+campaign() {
+  local t=$1 dir=$long_dir/$1 input
+  local d=$dir/afl/default
+  mkdir -p "$dir"
+  if [ -f "$d/fuzzer_stats" ]; then
+    if [ "$(stat_of "$d" execs_done)" -ge "$execs" ]; then
+      report "$t" "$d"
+      return
+    fi
+    echo "fuzz: $t: resumed at $(stat_of "$d" execs_done) executions"
+    input=-
+  else
+    LURK_FUZZ_DIR="$dir/seeds.cs" "$bin" seeds "$dir/seeds" >/dev/null
+    input=$dir/seeds/$t
+  fi
+  LURK_FUZZ_DIR="$dir/cs" nice -n 19 cargo afl fuzz -E "$execs" -t 10000 -i "$input" \
+    -o "$dir/afl" "$bin" "$t" >>"$dir/afl.log" 2>&1 || {
+    echo "fuzz: $t: afl-fuzz failed, see $dir/afl.log" >&2
+    return 1
+  }
+  report "$t" "$d"
+}
+
+if [ "$secs" = long ]; then
+  execs=${FUZZ_EXECS:-10100000}
+  long_dir=${FUZZ_LONG_DIR:-$root/fuzz/long}
+  run=campaign
+else
+  rm -rf "$out"
+  mkdir -p "$out"
+  # The CS set-up (a SoftHSM token, a SQLite store) of the seed run.
+  LURK_FUZZ_DIR="$out/seeds.cs" "$bin" seeds "$out/seeds" >/dev/null
+  run=one
+fi
 
 failed=0
 running=0
@@ -84,13 +128,14 @@ for t in "${targets[@]}"; do
     wait -n || failed=1
     running=$((running - 1))
   fi
-  one "$t" &
+  "$run" "$t" &
   running=$((running + 1))
 done
 while [ "$running" -gt 0 ]; do
   wait -n || failed=1
   running=$((running - 1))
 done
+[ "$run" = campaign ] && exit $failed
 
 # Every input kept as a regression, replayed (without instrumentation feedback: once).
 for d in regressions/*/; do
