@@ -8,7 +8,9 @@
 //!   offers `h2` then `http/1.1`.
 //! - Counts the upstream handshakes by their summaries, and the responses by the summary of
 //!   the connection that carried them (response extensions), and serves the counters at
-//!   `/lurk-proxy/metrics` (Prometheus text format); that path is not forwarded.
+//!   `/lurk-proxy/metrics` (Prometheus text format) with the engine's view of each CS replica
+//!   (healthy or set aside, calls in flight, answered, failed, not sent, sessions); that path
+//!   is not forwarded.
 //! - `--key-file`/`--cert-file` instead of `--cs`: the same proxy on hyper-rustls with the
 //!   client key in a file (the baseline of BENCHMARKS.md).
 //!
@@ -34,6 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use lurk_engine::cs_pool::{CsPool, ReplicaStatus};
 use lurk_engine::{HandshakeSummary, HttpsConnector};
 use tokio::net::TcpListener;
 
@@ -206,6 +209,49 @@ struct Proxy {
     /// `scheme://authority` of the upstream.
     base: String,
     counters: Arc<Counters>,
+    /// The CS replicas (`None` with `--key-file`).
+    cs: Option<CsPool>,
+}
+
+/// Prometheus label value escaping (the text exposition format: `\\`, `\"`, `\n`).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The engine's view of each CS replica ([`CsPool::replicas`]), one line per replica and
+/// family.
+fn render_replicas(replicas: &[ReplicaStatus]) -> String {
+    type Value = fn(&ReplicaStatus) -> u64;
+    let families: [(&str, &str, Value); 6] = [
+        ("lurk_proxy_cs_replica_healthy", "gauge", |r| {
+            u64::from(r.healthy)
+        }),
+        ("lurk_proxy_cs_calls_in_flight", "gauge", |r| {
+            r.outstanding as u64
+        }),
+        ("lurk_proxy_cs_calls_answered_total", "counter", |r| {
+            r.answered
+        }),
+        // Calls that found the replica unreachable, and failed health checks.
+        ("lurk_proxy_cs_failures_total", "counter", |r| r.failures),
+        // Calls not sent: no call permit within the call timeout (the engine's own queue).
+        ("lurk_proxy_cs_calls_not_sent_total", "counter", |r| r.busy),
+        ("lurk_proxy_cs_sessions_total", "counter", |r| r.sessions),
+    ];
+    let mut out = String::new();
+    for (name, kind, value) in families {
+        out.push_str(&format!("# TYPE {name} {kind}\n"));
+        for r in replicas {
+            out.push_str(&format!(
+                "{name}{{replica=\"{}\"}} {}\n",
+                label(&r.url),
+                value(r)
+            ));
+        }
+    }
+    out
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded.
@@ -244,7 +290,11 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 impl Proxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() == METRICS_PATH {
-            return text(StatusCode::OK, self.counters.render());
+            let mut body = self.counters.render();
+            if let Some(cs) = &self.cs {
+                body.push_str(&render_replicas(&cs.replicas()));
+            }
+            return text(StatusCode::OK, body);
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let (mut parts, body) = req.into_parts();
@@ -358,10 +408,10 @@ fn alpn(args: &Args) -> Vec<Vec<u8>> {
     }
 }
 
-/// The engine's connector: client key and tickets in the CS.
-async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError> {
+/// The engine's connector (client key and tickets in the CS) and its CS replicas.
+async fn lurk_connector(args: &Args) -> Result<(lurk_engine::Connector, CsPool), BoxError> {
     use lurk_engine::cs_client::CsEndpoint;
-    use lurk_engine::cs_pool::{CsPool, CsPoolOptions};
+    use lurk_engine::cs_pool::CsPoolOptions;
     use lurk_engine::{ClientConfig, ClientKey, MemoryTicketStore};
 
     let ep = CsEndpoint::from_files(
@@ -382,7 +432,10 @@ async fn lurk_connector(args: &Args) -> Result<lurk_engine::Connector, BoxError>
         cfg = cfg.client_key(key);
     }
     let cfg = cfg.build()?;
-    Ok(lurk_engine::Connector::with_cs_pool(Arc::new(cfg), pool))
+    Ok((
+        lurk_engine::Connector::with_cs_pool(Arc::new(cfg), pool.clone()),
+        pool,
+    ))
 }
 
 /// The baseline: rustls with the client key in a file, TLS 1.3 only, in-memory resumption.
@@ -442,11 +495,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .pool_max_idle_per_host(args.pool_max_idle)
         .pool_idle_timeout(Duration::from_secs(30));
     let mut engine = None;
+    let mut cs = None;
     let upstream = if args.key_file.is_some() {
         Upstream::Rustls(builder.build(rustls_connector(&args)?))
     } else {
-        let connector = lurk_connector(&args).await?;
+        let (connector, pool) = lurk_connector(&args).await?;
         engine = Some(connector.clone());
+        cs = Some(pool);
         let c = counters.clone();
         let https = HttpsConnector::new(connector)
             .https_only(true)
@@ -458,6 +513,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         upstream_timeout: Duration::from_secs_f64(args.upstream_timeout),
         base,
         counters,
+        cs,
     });
     let acceptor = listen_tls(&args)?;
     let listener = TcpListener::bind(args.listen).await?;
@@ -523,5 +579,40 @@ fn main() -> ExitCode {
             eprintln!("lurk-edge-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One line per replica and family; a label value is escaped as the exposition format
+    /// wants it.
+    #[test]
+    fn replicas_render_as_labelled_lines() {
+        let r = |url: &str, healthy| ReplicaStatus {
+            url: url.into(),
+            healthy,
+            outstanding: 2,
+            answered: 7,
+            failures: 1,
+            sessions: 3,
+            busy: 4,
+        };
+        let out = render_replicas(&[
+            r("https://10.0.0.1:7443 (cs)", true),
+            r("unix:/run/a\"b\\c\nd", false),
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6 * 3, "{out}");
+        assert!(lines.contains(&"# TYPE lurk_proxy_cs_replica_healthy gauge"));
+        assert!(lines
+            .contains(&"lurk_proxy_cs_replica_healthy{replica=\"https://10.0.0.1:7443 (cs)\"} 1"));
+        assert!(lines
+            .contains(&"lurk_proxy_cs_replica_healthy{replica=\"unix:/run/a\\\"b\\\\c\\nd\"} 0"));
+        assert!(lines.contains(
+            &"lurk_proxy_cs_calls_not_sent_total{replica=\"https://10.0.0.1:7443 (cs)\"} 4"
+        ));
+        assert!(lines.contains(&"# TYPE lurk_proxy_cs_sessions_total counter"));
     }
 }

@@ -13,6 +13,8 @@
 //! with 200, nginx must log client-authenticated TLS 1.3 for each and resumed sessions among
 //! them, and the client key must be a non-extractable, sensitive token object. The same
 //! proxy on hyper-rustls with the key in a file runs the first load too, for comparison.
+//! The third proxy also names a CS replica that is down: its metrics must show it set aside
+//! and the live one carrying every upstream session.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -202,6 +204,14 @@ impl EdgeProxy {
             .collect()
     }
 
+    /// The metrics whose name (labels included) starts with `prefix`.
+    fn metrics_of(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.metrics()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+
     fn metric(&self, name: &str) -> u64 {
         self.metrics()
             .into_iter()
@@ -300,6 +310,15 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
     //    tickets of the one before.
     const N_TLS: usize = 300;
     let mut tls_args = lurk_args.clone();
+    // A second CS replica, down (nothing listens there): first calls that pick it are made
+    // again on the live one, which the metrics below must show.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("https://127.0.0.1:{dead_port}");
+    tls_args.extend(["--cs".into(), dead.clone()]);
     tls_args.extend([
         "--tls-cert".into(),
         path_str(&c.pem("server-ecdsa-p256")),
@@ -335,6 +354,32 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
     );
     assert!(resumed1 > 0, "proxy 1 resumed no upstream session");
     assert!(resumed3 > 0, "proxy 3 resumed no upstream session");
+
+    // The engine's view of the CS replicas: proxy 1's one replica healthy, with a session
+    // per upstream connection, nothing failed or left unsent, nothing in flight now.
+    let cs_url = lurk.cs_args()[1].clone();
+    let replica = |p: &EdgeProxy, family: &str, url: &str| {
+        p.metric(&format!("lurk_proxy_cs_{family}{{replica=\"{url}\"}}"))
+    };
+    assert_eq!(p1.metrics_of("lurk_proxy_cs_replica_healthy").len(), 1);
+    assert_eq!(replica(&p1, "replica_healthy", &cs_url), 1);
+    assert_eq!(replica(&p1, "sessions_total", &cs_url), full1 + resumed1);
+    assert!(replica(&p1, "calls_answered_total", &cs_url) >= full1 + resumed1);
+    assert_eq!(replica(&p1, "failures_total", &cs_url), 0);
+    assert_eq!(replica(&p1, "calls_not_sent_total", &cs_url), 0);
+    assert_eq!(replica(&p1, "calls_in_flight", &cs_url), 0);
+    // Proxy 3: the replica that is down is set aside, with its failed calls (or probes);
+    // the live one carried every session.
+    assert_eq!(
+        replica(&p3, "replica_healthy", &dead),
+        0,
+        "{:?}",
+        p3.metrics()
+    );
+    assert!(replica(&p3, "failures_total", &dead) >= 1);
+    assert_eq!(replica(&p3, "sessions_total", &dead), 0);
+    assert_eq!(replica(&p3, "replica_healthy", &cs_url), 1);
+    assert_eq!(replica(&p3, "sessions_total", &cs_url), full3 + resumed3);
 
     // nginx's view: one line per request, each client-authenticated TLS 1.3.
     let log = nginx.access_log();
