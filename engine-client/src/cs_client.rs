@@ -143,9 +143,10 @@ pub enum CsError {
     /// No answer from the CS (connect refused, connection lost, UNAVAILABLE).
     #[error("CS unreachable: {0}")]
     Unreachable(String),
-    /// The call was not sent: the engine's own calls in flight to the replica
-    /// ([`crate::cs_pool::CsPoolOptions::max_calls_in_flight`]) stayed full for the whole call
-    /// timeout. Says nothing about the replica's health.
+    /// The call was not sent: it waited the whole call timeout for its turn among the
+    /// engine's calls to the replica ([`crate::cs_pool::CsPoolOptions::max_calls_in_flight`],
+    /// three quarters of them at most opening sessions). Says nothing about the replica's
+    /// health.
     #[error("CS call not sent: {0}")]
     Busy(String),
     /// The CS answered with a LURK refusal (docs/protocol.md).

@@ -19,8 +19,9 @@
 //!   answer and is never retried;
 //! - a call that finds no free call permit on its replica within the call timeout
 //!   ([`CsPoolOptions::max_calls_in_flight`]) is not sent and fails with [`CsError::Busy`]:
-//!   the congestion is the engine's own, so the replica is not set aside and no other replica
-//!   is tried (its time is spent);
+//!   the congestion is the engine's own, so the replica is not set aside, and no other
+//!   replica is tried (the caller has waited a whole call timeout already); a call sent has
+//!   its own call timeout;
 //! - a replica whose call finds it unreachable, or whose health check fails, is set aside and
 //!   probed again after a backoff (doubling up to [`CsPoolOptions::backoff_max`]); a probe or a
 //!   call that succeeds brings it back. The health check is `grpc.health.v1.Health/Check` for
@@ -39,7 +40,7 @@ use std::time::Duration;
 use crate::cs_channel::{CsChannel, CsClient};
 use lurk_proto::pb;
 use lurk_proto::pb::crypto_service_client::CryptoServiceClient;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, SemaphorePermit};
 use tokio::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -84,11 +85,11 @@ pub struct CsPoolOptions {
     /// that open a LURK session (and Ping, Capabilities) hold at most three quarters of them:
     /// the rest stays for the calls of the handshakes in flight.
     pub max_calls_in_flight: usize,
-    /// How long one call may take, its wait for a call permit and connecting included (default
-    /// 10 s). A call that runs out once sent counts as unanswered: its replica is set aside,
-    /// and a connection's first call goes to another replica (a session the CS may have opened
-    /// meanwhile expires there). A call that runs out waiting for a permit was never sent:
-    /// [`CsError::Busy`], the replica stays in use.
+    /// How long one call may wait for its turn ([`Self::max_calls_in_flight`]), then how long
+    /// it may take once sent, connecting included (default 10 s each). A call that runs out
+    /// waiting is not sent: [`CsError::Busy`], and the replica stays in use. A call that runs
+    /// out once sent counts as unanswered: its replica is set aside, and a connection's first
+    /// call goes to another replica (a session the CS may have opened meanwhile expires there).
     pub call_timeout: Duration,
     /// Name resolution; `None`: tokio's `lookup_host` (the system resolver).
     pub resolver: Option<Resolver>,
@@ -135,7 +136,7 @@ pub struct ReplicaStatus {
     pub url: String,
     /// Whether new sessions may go there.
     pub healthy: bool,
-    /// Calls in flight.
+    /// Calls in flight or waiting for their turn ([`CsPoolOptions::max_calls_in_flight`]).
     pub outstanding: usize,
     /// Calls the replica answered (LURK refusals included).
     pub answered: u64,
@@ -540,7 +541,7 @@ impl CsPool {
     }
 
     /// One call on `r`, with the bookkeeping: an unreachable replica is set aside, an answer
-    /// (LURK refusal included) marks it healthy.
+    /// (LURK refusal included) marks it healthy, a call not sent counts as busy.
     /// `opening`: the call opens a session or belongs to none (see [`opening_permits`]).
     async fn call_on<T, F, Fut>(&self, r: &Arc<Replica>, opening: bool, op: F) -> Result<T, CsError>
     where
@@ -549,32 +550,18 @@ impl CsPool {
     {
         r.outstanding.fetch_add(1, Ordering::Relaxed);
         let _guard = Outstanding(&r.outstanding);
-        let sent = AtomicBool::new(false);
-        // A call beyond the replica's `max_calls_in_flight` waits here for its turn rather
-        // than be refused by the CS (its per-engine request limit).
-        let call = async {
-            let gone = |_| CsError::Unreachable("the replica is gone".into());
-            let _opening = match opening {
-                true => Some(r.openings.acquire().await.map_err(gone)?),
-                false => None,
-            };
-            let _permit = r.calls.acquire().await.map_err(gone)?;
-            sent.store(true, Ordering::Relaxed);
-            op(r.client.clone()).await
-        };
-        let result = match self.inner.call_timeout {
-            None => call.await,
-            Some(t) => match tokio::time::timeout(t, call).await {
-                Ok(r) => r,
-                Err(_) if sent.load(Ordering::Relaxed) => {
-                    Err(CsError::Unreachable(format!("no answer within {t:?}")))
+        let result = match self.permits(r, opening).await {
+            // Sent: the call has its own timeout, however long it waited for its turn.
+            Ok(_permits) => {
+                let call = op(r.client.clone());
+                match self.inner.call_timeout {
+                    None => call.await,
+                    Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
+                        Err(CsError::Unreachable(format!("no answer within {t:?}")))
+                    }),
                 }
-                Err(_) => Err(CsError::Busy(format!(
-                    "the engine's {} calls in flight to {} stayed in use for {t:?}",
-                    self.inner.opts.max_calls_in_flight.max(1),
-                    r.url
-                ))),
-            },
+            }
+            Err(e) => Err(e),
         };
         match &result {
             Err(CsError::Unreachable(m)) => self.set_aside(r, m),
@@ -589,6 +576,37 @@ impl CsPool {
             }
         }
         result
+    }
+
+    /// A call's permits on `r` (an opening one first, when `opening`). A call beyond the
+    /// replica's `max_calls_in_flight` waits here for its turn rather than be refused by the
+    /// CS (its per-engine request limit), for at most the call timeout: past it the call is
+    /// not sent ([`CsError::Busy`]).
+    async fn permits<'r>(
+        &self,
+        r: &'r Replica,
+        opening: bool,
+    ) -> Result<(Option<SemaphorePermit<'r>>, SemaphorePermit<'r>), CsError> {
+        let gone = |_| CsError::Unreachable("the replica is gone".into());
+        let wait = async {
+            let opening = match opening {
+                true => Some(r.openings.acquire().await.map_err(gone)?),
+                false => None,
+            };
+            Ok((opening, r.calls.acquire().await.map_err(gone)?))
+        };
+        match self.inner.call_timeout {
+            None => wait.await,
+            Some(t) => tokio::time::timeout(t, wait).await.unwrap_or_else(|_| {
+                let max = self.inner.opts.max_calls_in_flight.max(1);
+                Err(CsError::Busy(format!(
+                    "no call permit free on {} within {t:?}: the engine keeps at most {max} \
+                     calls in flight there, {} of them opening sessions",
+                    r.url,
+                    opening_permits(max)
+                )))
+            }),
+        }
     }
 
     fn start_background(&self, rt: &tokio::runtime::Handle) {
@@ -877,8 +895,11 @@ impl CsPool {
                 });
             };
             match self.call_on(&r, true, &mut op).await {
-                // Not sent, and the call's time is spent.
-                Err(e @ CsError::Busy(_)) => return Err(e),
+                // Not sent, after a whole call timeout of waiting: not tried elsewhere.
+                Err(CsError::Busy(m)) => {
+                    errors.push(format!("{}: {m}", r.url));
+                    return Err(CsError::Busy(errors.join("; ")));
+                }
                 // Not answered: nothing was opened there; the next replica gets the call.
                 Err(CsError::Unreachable(m)) => {
                     tracing::debug!(replica = %r.url, "CS call unanswered, trying another replica: {m}");
@@ -1142,7 +1163,7 @@ mod tests {
         let held = r.calls.acquire_many(4).await.unwrap();
         let e = pool.first_call(op(ops.clone())).await.unwrap_err();
         assert!(
-            matches!(&e, CsError::Busy(m) if m.contains("4 calls")),
+            matches!(&e, CsError::Busy(m) if m.contains("at most 4 calls in flight there, 3 of")),
             "{e}"
         );
         let e = pool.call_on(&r, false, op(ops.clone())).await.unwrap_err();
@@ -1184,6 +1205,42 @@ mod tests {
             "{e}"
         );
         assert!(!pool.replicas()[0].healthy);
+    }
+
+    /// A call that gets its turn late still has a whole call timeout once sent: a CS that
+    /// answers within it is not set aside because the call first waited in the engine.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_sent_late_has_its_own_call_timeout() {
+        let opts = CsPoolOptions {
+            max_calls_in_flight: 1,
+            call_timeout: Duration::from_secs(1),
+            health_interval: Duration::from_secs(86_400),
+            ..CsPoolOptions::default()
+        };
+        let pool = CsPool::new(&endpoint(), &["http://10.0.0.1:7000".into()], opts).unwrap();
+        let r = lock(&pool.inner.replicas)[0].clone();
+        let held = r.calls.acquire().await.unwrap();
+        let start = Instant::now();
+        let call = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.first_call(|_c| async {
+                    // The CS's answer takes 0.7 s.
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        // The call waits 0.6 s for its turn, then 0.7 s for its answer: 1.3 s in all.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(held);
+        let (answer, _) = call.await.unwrap().unwrap();
+        answer.expect("answered within the call timeout once sent");
+        assert_eq!(start.elapsed(), Duration::from_millis(1300));
+        let st = &pool.replicas()[0];
+        assert!(st.healthy && st.failures == 0 && st.busy == 0, "{st:?}");
+        assert_eq!((st.answered, st.sessions), (1, 0));
     }
 
     /// A replica whose health turns NOT_SERVING (a CS draining) is set aside by the periodic

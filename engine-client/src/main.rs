@@ -77,8 +77,9 @@ struct PoolArgs {
     /// 0.25 s and doubles).
     #[arg(long, default_value_t = 30.0, value_parser = seconds)]
     cs_backoff_max: f64,
-    /// Seconds one CS call may take; a call that runs out counts as unanswered (its replica is
-    /// set aside; a connection's first call goes to another replica).
+    /// Seconds one CS call may wait for its turn (`--cs-max-calls`; past it the call is not
+    /// sent), then take once sent; a call sent that runs out counts as unanswered (its replica
+    /// is set aside; a connection's first call goes to another replica).
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     cs_call_timeout: f64,
     /// Calls in flight on one CS replica at most; the others wait their turn (keep it under the
