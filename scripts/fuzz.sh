@@ -60,15 +60,17 @@ export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_FAST_CAL=1 \
 
 stat_of() { sed -n "s/^$2 *: //p" "$1/fuzzer_stats"; }
 
-# What a run of target $1 (AFL++ output directory $2) did; fails on a crash or a hang.
+# What a run of target $1 (AFL++ output directory $2) did; fails on a crash or a hang. A
+# resumed campaign's earlier crashes and hangs are in crashes.DATE/ and hangs.DATE/ (AFL++
+# renames them): counted too.
 report() {
   local t=$1 d=$2 crashes hangs
-  crashes=$(find "$d/crashes" -type f -name 'id:*' | wc -l)
-  hangs=$(find "$d/hangs" -type f -name 'id:*' | wc -l)
+  crashes=$(find "$d" -mindepth 2 -maxdepth 2 -type f -path "$d/crashes*/id:*" | wc -l)
+  hangs=$(find "$d" -mindepth 2 -maxdepth 2 -type f -path "$d/hangs*/id:*" | wc -l)
   echo "fuzz: $t: $(stat_of "$d" execs_done) executions in $(stat_of "$d" run_time) s," \
     "$(stat_of "$d" edges_found) edges ($(stat_of "$d" bitmap_cvg)), $crashes crashes, $hangs hangs"
   if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
-    echo "fuzz: $t: inputs in $d/crashes and hangs" >&2
+    echo "fuzz: $t: inputs in $d/crashes* and hangs*" >&2
     return 1
   fi
 }

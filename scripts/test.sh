@@ -29,12 +29,14 @@ cargo test --workspace --locked
 # regression inputs; a crash, a hang or a target that cannot start fails.
 scripts/fuzz.sh
 # A long campaign (`scripts/fuzz.sh long`) stopped at its budget and run again with a larger
-# one resumes: its executions carry over. The build above serves (dependencies at opt-level 0).
+# one is resumed by AFL++ in place and reaches the new budget. The build above serves
+# (dependencies at opt-level 0).
 long_dir=$(mktemp -d)
 FUZZ_DEPS_OPT_LEVEL=0 FUZZ_EXECS=20000 FUZZ_LONG_DIR="$long_dir" scripts/fuzz.sh long deframer
 resumed=$(FUZZ_DEPS_OPT_LEVEL=0 FUZZ_EXECS=40000 FUZZ_LONG_DIR="$long_dir" scripts/fuzz.sh long deframer)
 echo "$resumed"
 grep -Eq '^fuzz: deframer: resumed at [0-9]{5,} executions$' <<<"$resumed"
+grep -q 'will attempt session resume' "$long_dir/deframer/afl.log"
 execs=$(sed -n 's/^execs_done *: //p' "$long_dir/deframer/afl/default/fuzzer_stats")
 [ "$execs" -ge 40000 ] || { echo "fuzz: the resumed campaign ran $execs executions" >&2; exit 1; }
 rm -rf "$long_dir"
