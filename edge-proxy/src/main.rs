@@ -9,8 +9,8 @@
 //! - Counts the upstream handshakes by their summaries, and the responses by the summary of
 //!   the connection that carried them (response extensions), and serves the counters at
 //!   `/lurk-proxy/metrics` (Prometheus text format) with the engine's view of each CS replica
-//!   (healthy or set aside, calls in flight, answered, failed, not sent, sessions); that path
-//!   is not forwarded.
+//!   (healthy or set aside, calls outstanding, answered, failed, not sent, sessions), on a
+//!   listener of its own (`--metrics-listen`): the proxy's clients cannot read them.
 //! - `--key-file`/`--cert-file` instead of `--cs`: the same proxy on hyper-rustls with the
 //!   client key in a file (the baseline of BENCHMARKS.md).
 //!
@@ -57,6 +57,11 @@ struct Args {
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of a plain-HTTP listener for the metrics, `GET /lurk-proxy/metrics` (port 0:
+    /// any free port; printed as `METRICS <addr>`); none without it. They name the CS
+    /// replicas: keep it on loopback or a management network.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS on the listening side (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -110,7 +115,7 @@ fn seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Counters exported at [`METRICS_PATH`].
+/// Counters exported at [`METRICS_PATH`] (`--metrics-listen`).
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
@@ -228,7 +233,8 @@ fn render_replicas(replicas: &[ReplicaStatus]) -> String {
         ("lurk_proxy_cs_replica_healthy", "gauge", |r| {
             u64::from(r.healthy)
         }),
-        ("lurk_proxy_cs_calls_in_flight", "gauge", |r| {
+        // Calls in flight or waiting for their turn (max_calls_in_flight).
+        ("lurk_proxy_cs_calls_outstanding", "gauge", |r| {
             r.outstanding as u64
         }),
         ("lurk_proxy_cs_calls_answered_total", "counter", |r| {
@@ -288,14 +294,27 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 }
 
 impl Proxy {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        if req.uri().path() == METRICS_PATH {
-            let mut body = self.counters.render();
-            if let Some(cs) = &self.cs {
-                body.push_str(&render_replicas(&cs.replicas()));
-            }
-            return text(StatusCode::OK, body);
+    /// A request to the metrics listener.
+    fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != METRICS_PATH {
+            return text(StatusCode::NOT_FOUND, "not found\n".into());
         }
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        let mut body = self.counters.render();
+        if let Some(cs) = &self.cs {
+            body.push_str(&render_replicas(&cs.replicas()));
+        }
+        let mut r = text(StatusCode::OK, body);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -516,6 +535,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         cs,
     });
     let acceptor = listen_tls(&args)?;
+    if let Some(a) = args.metrics_listen {
+        let metrics = TcpListener::bind(a).await?;
+        println!("METRICS {}", metrics.local_addr()?);
+        tokio::spawn(serve_metrics(metrics, proxy.clone()));
+    }
     let listener = TcpListener::bind(args.listen).await?;
     println!("LISTEN {}", listener.local_addr()?);
 
@@ -559,6 +583,36 @@ async fn run(args: Args) -> Result<(), BoxError> {
         engine.wait_for_cs(Duration::from_secs(5)).await;
     }
     Ok(())
+}
+
+/// The metrics listener: at most 4 connections at once (others are closed at once), each for
+/// at most 10 s.
+async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                eprintln!("lurk-edge-proxy: metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc = hyper::service::service_fn(move |req| {
+                let r = proxy.metrics(&req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let server = auto::Builder::new(TokioExecutor::new());
+            let conn = server.serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        });
+    }
 }
 
 fn main() -> ExitCode {
@@ -614,5 +668,6 @@ mod tests {
             &"lurk_proxy_cs_calls_not_sent_total{replica=\"https://10.0.0.1:7443 (cs)\"} 4"
         ));
         assert!(lines.contains(&"# TYPE lurk_proxy_cs_sessions_total counter"));
+        assert!(lines.contains(&"# TYPE lurk_proxy_cs_calls_outstanding gauge"));
     }
 }
