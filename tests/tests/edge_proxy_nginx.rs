@@ -221,6 +221,18 @@ impl EdgeProxy {
     }
 }
 
+/// The HTTP status curl got for `url` (with `extra` options), within 30 s.
+fn http_status(url: &str, extra: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--max-time", "30"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// What h2load reported.
 struct Load {
     succeeded: usize,
@@ -433,21 +445,7 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from nginx\n");
     // The metrics listener serves that one path, to GET (and HEAD) only.
     let status = |extra: &[&str], path: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-            ])
-            .args(extra)
-            .arg(format!("http://{}{path}", p1.metrics_addr))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_status(&format!("http://{}{path}", p1.metrics_addr), extra)
     };
     assert_eq!(status(&[], "/lurk-proxy/metrics"), "200");
     assert_eq!(status(&[], "/"), "404");
@@ -536,23 +534,7 @@ fn a_silent_upstream_gets_a_gateway_timeout_not_a_hang() {
     args.extend(lurk.cs_args());
     args.extend(["--client-key".into(), KEY_ID.into()]);
     let proxy = EdgeProxy::start(&args);
-    let curl = |extra: &[&str]| -> String {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "30",
-            ])
-            .args(extra)
-            .arg(format!("http://{}/", proxy.addr))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let curl = |extra: &[&str]| http_status(&format!("http://{}/", proxy.addr), extra);
     assert_eq!(curl(&[]), "504", "GET: {}", proxy.proc.output());
     assert_eq!(proxy.metric("lurk_proxy_upstream_retries_total"), 2);
     assert_eq!(
