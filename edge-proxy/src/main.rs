@@ -10,7 +10,7 @@
 //!   the connection that carried them (response extensions), and serves the counters at
 //!   `/lurk-proxy/metrics` (Prometheus text format) with the engine's view of each CS replica
 //!   (healthy or set aside, calls outstanding, answered, failed, not sent, sessions), on a
-//!   listener of its own (`--metrics-listen`): the proxy's clients cannot read them.
+//!   listener of its own (`--metrics-listen`), not on the proxy's.
 //! - `--key-file`/`--cert-file` instead of `--cs`: the same proxy on hyper-rustls with the
 //!   client key in a file (the baseline of BENCHMARKS.md).
 //!
@@ -34,7 +34,7 @@ use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use lurk_engine::cs_pool::{CsPool, ReplicaStatus};
 use lurk_engine::{HandshakeSummary, HttpsConnector};
@@ -300,7 +300,11 @@ impl Proxy {
             return text(StatusCode::NOT_FOUND, "not found\n".into());
         }
         if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n".into());
+            // RFC 9110 §15.5.6.
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return r;
         }
         let mut body = self.counters.render();
         if let Some(cs) = &self.cs {
@@ -585,8 +589,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The metrics listener: at most 4 connections at once (others are closed at once), each for
-/// at most 10 s.
+/// The metrics listener: HTTP/1.1, one request per connection, at most 4 connections at
+/// once (others are closed at once), each for at most 10 s, the request head within 5 s.
 async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(4));
     loop {
@@ -608,8 +612,11 @@ async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
                 let r = proxy.metrics(&req);
                 async move { Ok::<_, Infallible>(r) }
             });
-            let server = auto::Builder::new(TokioExecutor::new());
-            let conn = server.serve_connection(TokioIo::new(tcp), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), svc);
             let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
         });
     }

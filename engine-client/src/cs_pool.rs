@@ -86,7 +86,8 @@ pub struct CsPoolOptions {
     /// the rest stays for the calls of the handshakes in flight.
     pub max_calls_in_flight: usize,
     /// How long one call may wait for its turn ([`Self::max_calls_in_flight`]), then how long
-    /// it may take once sent, connecting included (default 10 s each). A call that runs out
+    /// it may take once sent, connecting included (default 10 s each: a call may take twice
+    /// this in all, per replica a first call tries). A call that runs out
     /// waiting is not sent: [`CsError::Busy`], and the replica stays in use. A call that runs
     /// out once sent counts as unanswered: its replica is set aside, and a connection's first
     /// call goes to another replica (a session the CS may have opened meanwhile expires there).
@@ -896,9 +897,12 @@ impl CsPool {
             };
             match self.call_on(&r, true, &mut op).await {
                 // Not sent, after a whole call timeout of waiting: not tried elsewhere.
+                Err(CsError::Busy(m)) if errors.is_empty() => return Err(CsError::Busy(m)),
                 Err(CsError::Busy(m)) => {
-                    errors.push(format!("{}: {m}", r.url));
-                    return Err(CsError::Busy(errors.join("; ")));
+                    let before = errors.join("; ");
+                    return Err(CsError::Busy(format!(
+                        "{m} (replicas tried before: {before})"
+                    )));
                 }
                 // Not answered: nothing was opened there; the next replica gets the call.
                 Err(CsError::Unreachable(m)) => {

@@ -448,6 +448,7 @@ fn edge_proxy_in_front_of_nginx_with_the_key_in_the_cs() {
         http_status(&format!("http://{}{path}", p1.metrics_addr), extra)
     };
     assert_eq!(status(&[], "/lurk-proxy/metrics"), "200");
+    assert_eq!(status(&["--head"], "/lurk-proxy/metrics"), "200");
     assert_eq!(status(&[], "/"), "404");
     assert_eq!(status(&["--data", "x"], "/lurk-proxy/metrics"), "405");
 
