@@ -502,7 +502,15 @@ fn lurk_refusal_is_not_retried() {
         assert_eq!(st.iter().map(|r| r.answered).sum::<u64>(), 1, "{st:#?}");
         assert!(st.iter().all(|r| r.healthy && r.failures == 0), "{st:#?}");
         let counts = wait_rpcs(&refs, 1);
-        let refused: Vec<usize> = cs.iter().map(refusals).collect();
+        // The refusal's log line may reach the test after the engine got the refusal.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused = loop {
+            let refused: Vec<usize> = cs.iter().map(refusals).collect();
+            if refused.iter().sum::<usize>() >= 1 || Instant::now() > deadline {
+                break refused;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert_eq!(counts.iter().sum::<usize>(), 1, "RPCs {counts:?}");
         assert_eq!(refused.iter().sum::<usize>(), 1, "refusals {refused:?}");
     });
