@@ -103,7 +103,9 @@ campaign() {
     LURK_FUZZ_DIR="$dir/seeds.cs" "$bin" seeds "$dir/seeds" >/dev/null
     input=$dir/seeds/$t
   fi
-  LURK_FUZZ_DIR="$dir/cs" nice -n 19 cargo afl fuzz -E "$execs" -t 10000 -i "$input" \
+  # nice 19, for afl-fuzz and for its target (in an autogroup of its own: lurk-fuzz sets it).
+  LURK_FUZZ_AUTOGROUP_NICE=19 LURK_FUZZ_DIR="$dir/cs" nice -n 19 \
+    cargo afl fuzz -E "$execs" -t 10000 -i "$input" \
     -o "$dir/afl" "$bin" "$t" >>"$dir/afl.log" 2>&1 || {
     echo "fuzz: $t: afl-fuzz failed, see $dir/afl.log" >&2
     return 1

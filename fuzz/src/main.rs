@@ -79,6 +79,13 @@ fn main() {
         }
         Some(t) if all.contains(&t) => {
             let target = t.to_owned();
+            // afl-fuzz starts its target in a session of its own (setsid), hence in a
+            // scheduler autogroup of its own, which `nice` on the campaign does not reach:
+            // `scripts/fuzz.sh long` sets this group's nice through this variable.
+            if let Ok(nice) = std::env::var("LURK_FUZZ_AUTOGROUP_NICE") {
+                // Best effort: without autogroups (or /proc) the file is absent.
+                let _ = std::fs::write("/proc/self/autogroup", nice);
+            }
             if needs_cs(&target) {
                 // Before AFL++ forks: the set-up, made by a child process.
                 fixture::ensure_setup();
