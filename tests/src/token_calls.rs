@@ -13,10 +13,10 @@ use lurk_proto::wire::{
 use crate::sequence_c::{ed25519_leaf, ed25519_public_key, Handshake, ENGINE_RANDOM};
 use crate::DevSetup;
 
-/// c_init_client_hello with one empty x25519 share (one C_GenerateKeyPair): the session id
-/// and the CS's share, which must be a usable x25519 public key.
-pub async fn x25519_hello(c: &mut CsClient) -> Result<(Vec<u8>, Vec<u8>), tonic::Status> {
-    let ch = ClientHelloBuilder::new([7u8; 32])
+/// The ClientHello an engine sends for an x25519 handshake: one empty x25519 share for the
+/// CS to fill.
+pub fn x25519_client_hello() -> Vec<u8> {
+    ClientHelloBuilder::new([7u8; 32])
         .legacy_session_id(&[1u8; 32])
         .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
         .server_name("localhost")
@@ -25,7 +25,13 @@ pub async fn x25519_hello(c: &mut CsClient) -> Result<(Vec<u8>, Vec<u8>), tonic:
         .signature_algorithms(&[SignatureScheme::Ed25519])
         .key_share(NamedGroup::X25519, &[])
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// c_init_client_hello with one empty x25519 share (one C_GenerateKeyPair): the session id
+/// and the CS's share, which must be a usable x25519 public key.
+pub async fn x25519_hello(c: &mut CsClient) -> Result<(Vec<u8>, Vec<u8>), tonic::Status> {
+    let ch = x25519_client_hello();
     let r = c
         .c_init_client_hello(pb::CInitClientHelloRequest {
             client_hello: ch,

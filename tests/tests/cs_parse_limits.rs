@@ -59,16 +59,7 @@ fn append_extensions(raw: &[u8], at: usize, extra: &[u8]) -> Vec<u8> {
 
 /// The ClientHello an engine sends: an empty x25519 share for the CS to fill.
 fn client_hello() -> Vec<u8> {
-    ClientHelloBuilder::new([7u8; 32])
-        .legacy_session_id(&[1u8; 32])
-        .cipher_suites(&[CipherSuite::TlsAes128GcmSha256])
-        .server_name("localhost")
-        .supported_versions(&[0x0304])
-        .supported_groups(&[NamedGroup::X25519])
-        .signature_algorithms(&[SignatureScheme::Ed25519])
-        .key_share(NamedGroup::X25519, &[])
-        .build()
-        .unwrap()
+    lurk_e2e::token_calls::x25519_client_hello()
 }
 
 fn client_hello_with(extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
