@@ -147,8 +147,7 @@ impl TrustAnchors {
         };
         let leaf_der = CertificateDer::from(*leaf);
         let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(ChainError::Leaf)?;
-        let intermediates: Vec<CertificateDer<'_>> =
-            rest.iter().map(|c| CertificateDer::from(*c)).collect();
+        let intermediates = path_candidates(rest);
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &self.anchors,
@@ -164,6 +163,61 @@ impl TrustAnchors {
         ee.verify_is_valid_for_subject_name(&name)
             .map_err(ChainError::Name)?;
         Ok(())
+    }
+}
+
+/// How many of a chain's other certificates may share one subject name. webpki tries every
+/// order of the candidates for each issuer name until its budget of 200,000 path-building
+/// calls runs out: fifteen self-issued certificates named alike cost some 100 ms of CPU per
+/// chain, and no signature is ever checked. Two (an intermediate and its cross-signed
+/// twin, RFC 4158 §2.3) keep every path an honest server offers, and bound the search to
+/// two candidates per step, at most six steps deep.
+const MAX_SAME_SUBJECT: usize = 2;
+
+/// The certificates after the leaf that path building may use: in the server's order
+/// (RFC 8446 §4.4.2), without exact duplicates, at most [`MAX_SAME_SUBJECT`] per subject
+/// name (certificates whose subject does not parse count as one name).
+fn path_candidates<'a>(rest: &[&'a [u8]]) -> Vec<CertificateDer<'a>> {
+    let mut kept: Vec<(&'a [u8], Option<&'a [u8]>)> = Vec::with_capacity(rest.len());
+    for &der in rest {
+        if kept.iter().any(|(d, _)| *d == der) {
+            continue;
+        }
+        let name = subject(der);
+        if kept.iter().filter(|(_, n)| *n == name).count() >= MAX_SAME_SUBJECT {
+            continue;
+        }
+        kept.push((der, name));
+    }
+    kept.into_iter()
+        .map(|(d, _)| CertificateDer::from(d))
+        .collect()
+}
+
+/// The subject Name of a certificate (RFC 5280 §4.1: the sixth field of the
+/// TBSCertificate when the version is present, else the fifth).
+fn subject(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, cert, _) = der_tlv(cert)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_tlv(cert)? else {
+        return None;
+    };
+    let (tag, _, mut rest) = der_tlv(tbs)?;
+    if tag != 0xa0 {
+        rest = tbs;
+    }
+    // serialNumber, signature, issuer, validity.
+    for want in [0x02, 0x30, 0x30, 0x30] {
+        let (tag, _, r) = der_tlv(rest)?;
+        if tag != want {
+            return None;
+        }
+        rest = r;
+    }
+    match der_tlv(rest)? {
+        (0x30, name, _) => Some(name),
+        _ => None,
     }
 }
 
@@ -388,5 +442,108 @@ mod tests {
         assert_eq!(&c[..64], &[0x20; 64][..]);
         assert_eq!(&c[64..97], b"TLS 1.3, server CertificateVerify");
         assert_eq!(&c[97..], &[0, 1, 2]);
+    }
+
+    /// A CA certificate named `name`, self-signed, or issued by `issuer`.
+    fn ca(
+        name: &str,
+        issuer: Option<&(rcgen::Certificate, rcgen::KeyPair)>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = match issuer {
+            None => p.self_signed(&key).unwrap(),
+            Some((c, k)) => p.signed_by(&key, c, k).unwrap(),
+        };
+        (cert, key)
+    }
+
+    fn leaf(issuer: &(rcgen::Certificate, rcgen::KeyPair)) -> rcgen::Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let p = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        p.signed_by(&key, &issuer.0, &issuer.1).unwrap()
+    }
+
+    #[test]
+    fn subjects_are_read_from_the_tbs_certificate() {
+        let x = ca("X", None);
+        let y = ca("Y", Some(&x));
+        let x_again = ca("X", Some(&y));
+        let name = subject(x.0.der()).unwrap();
+        assert!(name.ends_with(b"X"));
+        assert_eq!(subject(x_again.0.der()), Some(name));
+        assert!(subject(y.0.der()).unwrap().ends_with(b"Y"));
+        assert_eq!(subject(b"junk"), None);
+    }
+
+    #[test]
+    fn path_candidates_drop_duplicates_and_a_third_alike_name() {
+        let x = ca("X", None);
+        let (x1, x2, x3) = (ca("X", None), ca("X", None), ca("X", None));
+        let y = ca("Y", Some(&x));
+        let chain: Vec<&[u8]> = vec![
+            x.0.der(),
+            x.0.der(),
+            x1.0.der(),
+            y.0.der(),
+            x2.0.der(),
+            x3.0.der(),
+            b"junk",
+            b"more junk",
+            b"still junk",
+        ];
+        let candidates = path_candidates(&chain);
+        let kept: Vec<&[u8]> = candidates.iter().map(|c| c.as_ref()).collect();
+        let want: Vec<&[u8]> = vec![x.0.der(), x1.0.der(), y.0.der(), b"junk", b"more junk"];
+        assert_eq!(kept, want);
+    }
+
+    /// Fifteen self-issued CAs named alike: webpki would try their orders until its
+    /// 200,000-call budget ran out (MaximumPathBuildCallsExceeded, some 100 ms of CPU); with
+    /// two candidates per name the search ends at once, and the chain is refused.
+    #[test]
+    fn a_chain_of_alike_names_is_refused_without_exhausting_the_path_budget() {
+        let anchor = ca("Anchor", None);
+        let anchors = TrustAnchors::from_der(&[anchor.0.der()]).unwrap();
+        let x = ca("X", None);
+        let leaf = leaf(&x);
+        let others: Vec<_> = (0..14).map(|_| ca("X", None)).collect();
+        let mut chain: Vec<&[u8]> = vec![leaf.der(), x.0.der()];
+        chain.extend(others.iter().map(|c| c.0.der().as_ref()));
+        assert_eq!(chain.len(), crate::wire::limits::MAX_CERTIFICATE_ENTRIES);
+        match anchors.verify_server_chain(&chain, "a.example", UnixTime::now()) {
+            Err(ChainError::Path(e)) => assert_eq!(e, webpki::Error::UnknownIssuer),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An honest chain with a cross-signed twin of its intermediate (issued by a CA that is
+    /// not an anchor) and repeated certificates still validates.
+    #[test]
+    fn a_cross_signed_intermediate_still_validates() {
+        let root = ca("Root", None);
+        let other_root = ca("Other Root", None);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Intermediate");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let by_root = p.clone().signed_by(&key, &root.0, &root.1).unwrap();
+        let by_other = p.signed_by(&key, &other_root.0, &other_root.1).unwrap();
+        let intermediate = (by_root, key);
+        let leaf = leaf(&intermediate);
+        let anchors = TrustAnchors::from_der(&[root.0.der()]).unwrap();
+        let chain: Vec<&[u8]> = vec![
+            leaf.der(),
+            by_other.der(),
+            by_other.der(),
+            other_root.0.der(),
+            intermediate.0.der(),
+        ];
+        anchors
+            .verify_server_chain(&chain, "a.example", UnixTime::now())
+            .unwrap();
     }
 }

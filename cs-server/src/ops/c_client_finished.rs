@@ -22,9 +22,10 @@ use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, HandshakeState, Stage};
 use crate::ops::Where;
 
-/// Only a client CertificateVerify needs the token (a key to sign with).
-pub fn place(_cs: &Cs, req: &pb::CClientFinishedRequest) -> Where {
-    Where::inline_if(req.key_id.is_empty())
+/// A client CertificateVerify needs the token (a key to sign with); under `[server_auth]`
+/// the server's chain and signature checks are milliseconds of CPU, not for the async workers.
+pub fn place(cs: &Cs, req: &pb::CClientFinishedRequest) -> Where {
+    Where::inline_if(req.key_id.is_empty() && cs.server_auth.is_none())
 }
 
 /// Checks the server's flight of `engine`'s session and returns the client Finished (and

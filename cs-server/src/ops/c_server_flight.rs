@@ -35,9 +35,12 @@ enum Next {
     Established(EstablishedState),
 }
 
-/// c_server_hello's agreement, then c_client_finished's signature when a key is named.
+/// c_server_hello's agreement, then c_client_finished's signature when a key is named and
+/// its server checks under `[server_auth]`.
 pub fn place(cs: &Cs, req: &pb::CServerFlightRequest) -> Where {
-    Where::inline_if(common::memory_ephemerals(cs) && req.key_id.is_empty())
+    Where::inline_if(
+        common::memory_ephemerals(cs) && req.key_id.is_empty() && cs.server_auth.is_none(),
+    )
 }
 
 /// Runs c_server_hello and, when the records hold the whole server flight, c_client_finished

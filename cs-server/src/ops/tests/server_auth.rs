@@ -201,3 +201,29 @@ fn c_init_client_finished_needs_a_certificate_the_policy_accepts() {
         assert_eq!(f.sessions(), 0);
     }
 }
+
+/// The policy's chain and signature checks run on the blocking pool, under the engine's
+/// exchange slots: never on the async workers, whatever the request names.
+#[test]
+fn server_checks_never_run_on_the_async_workers() {
+    let flight = pb::CServerFlightRequest::default();
+    let finished = pb::CClientFinishedRequest::default();
+    let f = fx();
+    assert_eq!(
+        ops::c_server_flight::place(&f.cs, &flight),
+        ops::Where::Inline
+    );
+    assert_eq!(
+        ops::c_client_finished::place(&f.cs, &finished),
+        ops::Where::Inline
+    );
+    let f = f.with_rfc_anchor();
+    assert_eq!(
+        ops::c_server_flight::place(&f.cs, &flight),
+        ops::Where::Blocking
+    );
+    assert_eq!(
+        ops::c_client_finished::place(&f.cs, &finished),
+        ops::Where::Blocking
+    );
+}
