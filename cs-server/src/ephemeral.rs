@@ -2,7 +2,8 @@
 //! docs/design.md §4.4). Three backends:
 //! - `Token` (default): key pairs generated in the PKCS#11 token as session objects, derived
 //!   with CKM_ECDH1_DERIVE and destroyed as soon as the shared secret exists;
-//! - `Memory`: ring's ephemeral keys in CS memory (single use, dropped after agreement);
+//! - `Memory`: ring's ephemeral keys in CS memory (single use; the shared secret is kept for
+//!   the server share it was agreed with while the session is in its hello stage);
 //! - test vectors: private keys injected by an in-process test (RFC 8448 traces), only in a
 //!   build with the `test-vectors` feature and when the configuration enables the mode. There
 //!   is no RPC to inject keys.
@@ -29,11 +30,29 @@ use crate::token::{AsyncAdmission, EphemeralAdmission, EphemeralPool, Token, Tok
 pub enum PendingEphemeral {
     /// A key pair generated in the token as session objects (`[ephemeral] backend = "token"`).
     Token(TokenEphemeral),
-    /// ring's key agrees once: it is taken only after the server's share is validated.
-    Memory(Cell<Option<agreement::EphemeralPrivateKey>>),
+    /// ring's key agrees once: it is taken only after the server's share is validated, and
+    /// the shared secret is kept for that share (see [`MemoryKey`]).
+    Memory(Cell<Option<MemoryKey>>),
     /// Test-vector mode: a private key given in-process (RFC 8448's), never from a request.
     #[cfg(feature = "test-vectors")]
     Injected(InjectedKey),
+}
+
+/// A memory key pair's state. ring's private key agrees once, but the exchange that agrees
+/// may still be refused after it (a server flight whose records do not open, a byte cap):
+/// the shared secret is then kept for that same server share, so that the exchange retried,
+/// or `c_server_hello` after a refused `c_server_flight`, finds the session as it was. A
+/// different server share is refused (`invalid_ephemeral`): the key pair served once.
+pub enum MemoryKey {
+    /// Not used yet.
+    Fresh(agreement::EphemeralPrivateKey),
+    /// Agreed with `peer`.
+    Agreed {
+        /// The server's share.
+        peer: Vec<u8>,
+        /// The (EC)DHE shared secret.
+        shared: Zeroizing<Vec<u8>>,
+    },
 }
 
 impl fmt::Debug for PendingEphemeral {
@@ -199,7 +218,10 @@ impl EphemeralSource {
                     .map_err(|_| ServiceError::Internal("ephemeral public key failed".into()))?
                     .as_ref()
                     .to_vec();
-                Ok((public, PendingEphemeral::Memory(Cell::new(Some(private)))))
+                Ok((
+                    public,
+                    PendingEphemeral::Memory(Cell::new(Some(MemoryKey::Fresh(private)))),
+                ))
             }
         }
     }
@@ -234,13 +256,41 @@ impl PendingEphemeral {
                 // Every way ring's agreement can refuse the peer is checked before the
                 // single-use key is taken.
                 crate::token::validate_peer_key(group, peer)?;
-                let private = cell
-                    .take()
-                    .ok_or_else(|| ServiceError::Internal("key share already used".into()))?;
                 let alg = ring_alg(group)?;
-                let peer = agreement::UnparsedPublicKey::new(alg, peer);
-                agreement::agree_ephemeral(private, &peer, |s| Zeroizing::new(s.to_vec()))
-                    .map_err(|_| ServiceError::Internal("ECDH failed on a validated key".into()))
+                match cell.take() {
+                    None => Err(ServiceError::Internal("no memory key pair".into())),
+                    Some(MemoryKey::Fresh(private)) => {
+                        let shared = agreement::agree_ephemeral(
+                            private,
+                            &agreement::UnparsedPublicKey::new(alg, peer),
+                            |s| Zeroizing::new(s.to_vec()),
+                        )
+                        .map_err(|_| {
+                            ServiceError::Internal("ECDH failed on a validated key".into())
+                        })?;
+                        cell.set(Some(MemoryKey::Agreed {
+                            peer: peer.to_vec(),
+                            shared: shared.clone(),
+                        }));
+                        Ok(shared)
+                    }
+                    Some(MemoryKey::Agreed {
+                        peer: agreed,
+                        shared,
+                    }) => {
+                        let same = agreed == peer;
+                        let out = same.then(|| shared.clone());
+                        cell.set(Some(MemoryKey::Agreed {
+                            peer: agreed,
+                            shared,
+                        }));
+                        out.ok_or_else(|| {
+                            invalid_ephemeral(
+                                "the CS's key share was already agreed with another server share",
+                            )
+                        })
+                    }
+                }
             }
             #[cfg(feature = "test-vectors")]
             Self::Injected(k) => injected_agree(k, peer),

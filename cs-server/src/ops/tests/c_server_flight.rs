@@ -288,3 +288,42 @@ fn the_flight_split_over_records_completes() {
     );
     assert!(handle(&f.cs, ENGINE, r).unwrap().flight_complete);
 }
+
+/// With a share the CS made in memory (single-use ring key), a flight refused after the
+/// agreement leaves the session as it was: c_server_hello with the same ServerHello then
+/// succeeds (the documented fallback), and another server share is refused as such.
+#[test]
+fn a_refused_flight_keeps_the_cs_made_memory_share_for_its_server_hello() {
+    let f = fx();
+    let mut hs = f.hello();
+    let garbage = [&[23u8, 3, 3, 0, 40][..], &[0x5a; 40]].concat();
+    let flight = pb::CServerFlightRequest {
+        session_id: hs.id.clone(),
+        server_hello: Sh::new().encode(),
+        records: vec![garbage],
+        ..Default::default()
+    };
+    let sessions = f.sessions();
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, flight.clone())),
+        LurkStatus::InvalidHandshake
+    );
+    // The same request again: refused the same way, not for a spent key.
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, flight)),
+        LurkStatus::InvalidHandshake
+    );
+    assert_eq!(f.sessions(), sessions);
+    let other_share = Sh {
+        share: Some((NamedGroup::X25519, vec![9; 32])),
+        ..Sh::new()
+    };
+    let r = Fx::server_hello_req(&hs, &other_share.encode());
+    assert_eq!(
+        status(ops::c_server_hello::handle(&f.cs, ENGINE, r)),
+        LurkStatus::InvalidEphemeral
+    );
+    f.server_hello(&mut hs);
+    let r = Fx::client_finished_req(&hs, hs.full_flight());
+    ops::c_client_finished::handle(&f.cs, ENGINE, r).unwrap();
+}
