@@ -298,16 +298,16 @@ impl<S: SessionState> SessionTable<S> {
     /// The session `id` if it exists, is alive and belongs to `owner`.
     pub fn get(&self, owner: &str, id: &SessionId) -> Result<Arc<Mutex<Session<S>>>, ServiceError> {
         let now = Instant::now();
-        let mut inner = self.lock();
+        let inner = self.lock();
         let entry = inner.sessions.get(id).ok_or_else(unknown_session)?;
         // Another engine's session looks exactly like an unknown one (docs/design.md §4.7).
         if entry.owner != owner {
             return Err(unknown_session());
         }
+        // An expired session is left to the purge (or to the next open), off the async
+        // workers: dropping it may destroy token objects (an exchange on the async side may
+        // ask for it).
         if entry.expires <= now {
-            let removed = Self::remove(&mut inner, id);
-            drop(inner);
-            drop(removed);
             return Err(unknown_session());
         }
         Ok(entry.session.clone())
@@ -526,15 +526,40 @@ mod tests {
         );
     }
 
+    /// A state that says when it is dropped.
+    #[derive(Debug)]
+    struct Tracked(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl SessionState for Tracked {
+        fn held_bytes(&self) -> usize {
+            0
+        }
+        fn lifetime(&self) -> Lifetime {
+            Lifetime::Handshake
+        }
+    }
+
+    /// An expired session is unknown at once, but dropped only by the purge, which runs on
+    /// a blocking thread (its token objects are destroyed there), not by the lookup.
     #[test]
     fn sessions_expire() {
         let t = SessionTable::new(limits(10, 10, 1));
-        let id = t.open("e", Idle).unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = t.open("e", Tracked(dropped.clone())).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
             t.get("e", &id).unwrap_err().lurk_status(),
             LurkStatus::InvalidSessionId
         );
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(t.purge_expired(), 1);
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
         assert!(t.is_empty());
     }
 

@@ -433,6 +433,42 @@ fn with_the_threshold_zero_the_module_is_never_recycled() {
     assert_eq!(after.objects - before.objects, 30, "{after:?}");
 }
 
+/// With token key pairs, closing a session may destroy token objects (a session closed in
+/// its hello stage): it runs on the blocking pool, like every exchange that calls the token.
+/// A session that expires is dropped by the purge, off the async workers, not by a lookup.
+#[test]
+fn closing_a_session_with_token_key_pairs_is_not_placed_on_the_async_workers() {
+    let _one = one();
+    let cs = cs(|_| {});
+    let close = pb::CRegisterTicketsRequest {
+        last_exchange: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        ops::c_register_tickets::place(&cs, &close),
+        ops::Where::Blocking
+    );
+    let touch = pb::CRegisterTicketsRequest::default();
+    assert_eq!(
+        ops::c_register_tickets::place(&cs, &touch),
+        ops::Where::Inline
+    );
+    // And the close works in the hello stage.
+    let (session, _, _) = hello(&cs, &[NamedGroup::X25519]).unwrap();
+    let r = ops::c_register_tickets::handle(
+        &cs,
+        ENGINE,
+        pb::CRegisterTicketsRequest {
+            session_id: session,
+            last_exchange: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.registered, 0);
+    assert_eq!(cs.sessions.len(), 0);
+}
+
 /// This process's resident set in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

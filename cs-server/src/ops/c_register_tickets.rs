@@ -31,9 +31,13 @@ use crate::ops::Where;
 use crate::session::{lock_session, SessionId};
 use crate::store::NewTicket;
 
-/// Tickets go to the store (sealed by the token); closing a session touches neither.
-pub fn place(_cs: &Cs, req: &pb::CRegisterTicketsRequest) -> Where {
-    Where::inline_if(req.new_session_tickets.is_empty())
+/// Tickets go to the store (sealed by the token). Closing a session touches neither, but
+/// may drop token key pairs (a session closed in its hello stage): with the token backend
+/// that runs on the blocking pool too.
+pub fn place(cs: &Cs, req: &pb::CRegisterTicketsRequest) -> Where {
+    Where::inline_if(
+        req.new_session_tickets.is_empty() && (!req.last_exchange || common::memory_ephemerals(cs)),
+    )
 }
 
 /// Stores, sealed and bound to `engine`, the PSK of each NewSessionTicket of its established
