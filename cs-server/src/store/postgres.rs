@@ -144,11 +144,15 @@ SELECT stored, consumed, live FROM state";
 
 /// A take in one statement: deletes the row, and writes the tombstone of a live ticket
 /// (removed again in the same transaction when the row does not unseal).
+const READ_TICKET: &str = "
+SELECT hash_alg, cipher_suite, issued_at, expires_at, max_early_data, server_name, sealed
+FROM tickets WHERE engine = $1 AND id_hash = $2";
+
+/// The row read ($4: its sealed blob), deleted with its tombstone when it is still there.
 const TAKE_TICKET: &str = "
 WITH taken AS (
-    DELETE FROM tickets WHERE engine = $1 AND id_hash = $2
-    RETURNING hash_alg, cipher_suite, issued_at, expires_at, max_early_data, server_name,
-              sealed
+    DELETE FROM tickets WHERE engine = $1 AND id_hash = $2 AND sealed = $4
+    RETURNING expires_at
 ), tombstone AS (
     INSERT INTO consumed_tickets (engine, id_hash, expires_at)
     SELECT $1, $2, expires_at FROM taken WHERE expires_at > $3
@@ -697,45 +701,56 @@ impl Tickets for PostgresStore {
             return Ok(None);
         };
         let now = sql_int(self.now());
+        // Read, unseal, then consume: no connection is held during the token call, which
+        // may wait for a token session (other engines' store calls go on meanwhile). A read:
+        // running it again after a lost connection is harmless.
+        let row = self.run(|c| {
+            let s = c.prepare(READ_TICKET)?;
+            Ok(c.client.query_opt(&s, &[&engine, &&id_hash[..]])?)
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row = TicketRow {
+            hash_alg: row.get(0),
+            cipher_suite: row.get(1),
+            issued_at: row.get(2),
+            expires_at: row.get(3),
+            max_early_data: row.get(4),
+            server_name: row.get(5),
+            sealed: row.get(6),
+        };
+        let result = if row.expires_at <= now {
+            Ok(None)
+        } else {
+            self.sealing.open_ticket(engine, &id_hash, &row).map(Some)
+        };
+        match &result {
+            // The token could not answer: the ticket stays for a later attempt.
+            Err(StoreError::Seal(e)) if !matches!(e, TokenError::Unseal) => return result,
+            // A row that does not unseal was never usable: deleted, without a tombstone.
+            Err(e) => tracing::warn!(engine, error = %e, "stored ticket rejected and deleted"),
+            Ok(_) => {}
+        }
+        let used = matches!(result, Ok(Some(_)));
         // May run twice only when its first run failed before `COMMIT` was sent (see `run`):
-        // the server rolls back the transaction of a closed connection, so the ticket is
-        // still there, and no token call's result is kept.
-        self.run(|c| {
-            let s_take = c.prepare(TAKE_TICKET)?;
-            let s_untomb =
-                c.prepare("DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash = $2")?;
+        // the server rolls back the transaction of a closed connection, so the row is still
+        // there.
+        let deleted = self.run(|c| {
+            let s = if used {
+                c.prepare(TAKE_TICKET)?
+            } else {
+                c.prepare("DELETE FROM tickets WHERE engine = $1 AND id_hash = $2 AND sealed = $3")?
+            };
             let mut tx = c.client.transaction()?;
             // The row lock: a concurrent take of the same ticket (any replica) waits here,
             // then finds nothing.
-            let Some(row) = tx.query_opt(&s_take, &[&engine, &&id_hash[..], &now])? else {
-                return Ok(None);
-            };
-            let row = TicketRow {
-                hash_alg: row.get(0),
-                cipher_suite: row.get(1),
-                issued_at: row.get(2),
-                expires_at: row.get(3),
-                max_early_data: row.get(4),
-                server_name: row.get(5),
-                sealed: row.get(6),
-            };
-            let result = if row.expires_at <= now {
-                Ok(None)
+            let n = if used {
+                tx.query(&s, &[&engine, &&id_hash[..], &now, &row.sealed])?
+                    .len() as u64
             } else {
-                self.sealing.open_ticket(engine, &id_hash, &row).map(Some)
+                tx.execute(&s, &[&engine, &&id_hash[..], &row.sealed])?
             };
-            match &result {
-                // The token could not answer: roll back, the ticket stays for a later attempt.
-                Err(StoreError::Seal(e)) if !matches!(e, TokenError::Unseal) => {
-                    return result.map_err(OpError::Final)
-                }
-                // A row that does not unseal was never usable: deleted, without a tombstone.
-                Err(e) => {
-                    tracing::warn!(engine, error = %e, "stored ticket rejected and deleted");
-                    tx.execute(&s_untomb, &[&engine, &&id_hash[..]])?;
-                }
-                Ok(_) => {}
-            }
             // Once `COMMIT` is sent, the ticket may be consumed even if no answer comes back:
             // never retried (a ticket used twice is worse than one lost; the engine falls
             // back to a full handshake).
@@ -743,8 +758,13 @@ impl Tickets for PostgresStore {
                 c.broken |= connection_lost(&e, &c.client);
                 return Err(OpError::Final(db_err(e, &c.client)));
             }
-            result.map_err(OpError::Final)
-        })
+            Ok(n)
+        })?;
+        if deleted == 0 {
+            // Taken meanwhile, through this replica or another: not this caller's.
+            return result.map(|_| None);
+        }
+        result
     }
 
     fn peek_ticket(

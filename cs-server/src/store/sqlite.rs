@@ -292,10 +292,10 @@ impl Tickets for SqliteStore {
             return Ok(None);
         };
         let now = self.now();
-
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row = tx
+        // Read, unseal, then consume: no lock is held during the token call, which may wait
+        // for a token session (other engines' store calls go on meanwhile).
+        let row = self
+            .conn()
             .prepare_cached(
                 "SELECT hash_alg, cipher_suite, issued_at, expires_at, max_early_data,
                         server_name, sealed
@@ -327,23 +327,32 @@ impl Tickets for SqliteStore {
             Err(e) => {
                 tracing::warn!(engine, error = %e, "stored ticket rejected and deleted");
             }
-            Ok(Some(_)) => {
-                // The tombstone: this ticket is never stored again before its expiry.
-                tx.prepare_cached(
-                    "INSERT INTO consumed_tickets (engine, id_hash, expires_at)
-                     VALUES (?1, ?2, ?3)
-                     ON CONFLICT (engine, id_hash) DO UPDATE
-                        SET expires_at = max(expires_at, excluded.expires_at)",
-                )?
-                .execute(params![engine, &id_hash[..], row.expires_at])?;
-            }
-            Ok(None) => {}
+            Ok(_) => {}
         }
-        // Used, expired, forged or corrupt: in every case the row goes.
+        // Used, expired, forged or corrupt: in every case the row read above goes, if it is
+        // still there (a concurrent take through another handle may have taken it).
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let deleted = tx
-            .prepare_cached("DELETE FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
-            .execute(params![engine, &id_hash[..]])?;
+            .prepare_cached(
+                "DELETE FROM tickets WHERE engine = ?1 AND id_hash = ?2 AND sealed = ?3",
+            )?
+            .execute(params![engine, &id_hash[..], &row.sealed])?;
+        if deleted == 0 {
+            return result.map(|_| None);
+        }
+        if matches!(result, Ok(Some(_))) {
+            // The tombstone: this ticket is never stored again before its expiry.
+            tx.prepare_cached(
+                "INSERT INTO consumed_tickets (engine, id_hash, expires_at)
+                 VALUES (?1, ?2, ?3)
+                 ON CONFLICT (engine, id_hash) DO UPDATE
+                    SET expires_at = max(expires_at, excluded.expires_at)",
+            )?
+            .execute(params![engine, &id_hash[..], row.expires_at])?;
+        }
         tx.commit()?;
+        drop(conn);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.by_engine.get_mut(engine) {
             *n -= deleted as i64;

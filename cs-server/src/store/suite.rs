@@ -22,6 +22,35 @@ pub(crate) struct TestSealer {
     rng: SystemRandom,
     /// Number of upcoming `unseal` calls that fail as if the token were unavailable.
     pub fail_unseal: AtomicUsize,
+    /// When set, the next `unseal` waits in it (a token that is slow to answer).
+    pub unseal_gate: std::sync::Mutex<Option<Arc<Gate>>>,
+}
+
+/// Holds an `unseal` until opened: `entered` says it is waiting.
+#[derive(Default)]
+pub(crate) struct Gate {
+    entered: std::sync::Mutex<bool>,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        *self.entered.lock().unwrap() = true;
+        self.cv.notify_all();
+        let open = self.open.lock().unwrap();
+        let _open = self.cv.wait_while(open, |o| !*o).unwrap();
+    }
+
+    fn wait_entered(&self) {
+        let entered = self.entered.lock().unwrap();
+        let _entered = self.cv.wait_while(entered, |e| !*e).unwrap();
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
 }
 
 impl TestSealer {
@@ -33,6 +62,7 @@ impl TestSealer {
             key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key[..]).unwrap()),
             rng,
             fail_unseal: AtomicUsize::new(0),
+            unseal_gate: std::sync::Mutex::new(None),
         })
     }
 }
@@ -57,6 +87,10 @@ impl Sealer for TestSealer {
     }
 
     fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        let gate = self.unseal_gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            gate.pass();
+        }
         if self
             .fail_unseal
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -188,6 +222,14 @@ pub(crate) const CASES: &[Case] = &[
     ("invalid_tickets", invalid_tickets),
     ("concurrent_puts", concurrent_puts),
     ("taken_once_under_concurrency", taken_once_under_concurrency),
+    (
+        "a_take_holds_no_store_lock_while_the_token_unseals",
+        a_take_holds_no_store_lock_while_the_token_unseals,
+    ),
+    (
+        "two_takes_past_the_unseal_get_the_ticket_once",
+        two_takes_past_the_unseal_get_the_ticket_once,
+    ),
     ("the_cap_holds_across_handles", the_cap_holds_across_handles),
     (
         "the_cap_holds_while_takes_free_places",
@@ -439,6 +481,69 @@ fn a_token_failure_keeps_the_ticket(h: &dyn Harness) {
     ));
     let t = s.take_ticket("engine-a", b"t").unwrap().unwrap();
     assert_eq!(&t.psk[..], &psk[..]);
+}
+
+/// While the token unseals one engine's ticket (here: waits), the store is not held:
+/// another engine registers, peeks at and takes its own tickets. The slow take then
+/// completes, once.
+fn a_take_holds_no_store_lock_while_the_token_unseals(h: &dyn Harness) {
+    let s: Arc<dyn TicketStore> = Arc::from(h.open());
+    let psk = random_psk(32);
+    s.put_ticket("engine-a", ticket(b"slow", &psk)).unwrap();
+    s.put_ticket("engine-b", ticket(b"b-1", &[1; 32])).unwrap();
+    let gate = Arc::new(Gate::default());
+    *h.sealer().unseal_gate.lock().unwrap() = Some(gate.clone());
+    let slow = {
+        let s = s.clone();
+        std::thread::spawn(move || s.take_ticket("engine-a", b"slow"))
+    };
+    gate.wait_entered();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.put_ticket("engine-b", ticket(b"b-2", &[2; 32])).unwrap();
+            assert!(s.peek_ticket("engine-b", b"b-2").unwrap().is_some());
+            let t = s.take_ticket("engine-b", b"b-1").unwrap().unwrap();
+            tx.send(t.psk.to_vec()).unwrap();
+        })
+    };
+    // Before: the take held the store (SQLite's connection, a PostgreSQL connection and
+    // the row) until the token answered, and this waited for the gate.
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    gate.open();
+    other.join().unwrap();
+    assert_eq!(got.expect("engine-b's calls went on"), vec![1; 32]);
+    let t = slow.join().unwrap().unwrap().unwrap();
+    assert_eq!(&t.psk[..], &psk[..]);
+    assert!(s.take_ticket("engine-a", b"slow").unwrap().is_none());
+    assert!(matches!(
+        s.put_ticket("engine-a", ticket(b"slow", &psk)),
+        Err(StoreError::TicketConsumed)
+    ));
+}
+
+/// Two takes of one ticket, both past the unseal before either consumes it: one gets it.
+fn two_takes_past_the_unseal_get_the_ticket_once(h: &dyn Harness) {
+    let replicas: Vec<Arc<dyn TicketStore>> = (0..2).map(|_| Arc::from(h.open())).collect();
+    replicas[0]
+        .put_ticket("engine-a", ticket(b"once", &[7; 32]))
+        .unwrap();
+    let gate = Arc::new(Gate::default());
+    *h.sealer().unseal_gate.lock().unwrap() = Some(gate.clone());
+    let first = {
+        let s = replicas[0].clone();
+        std::thread::spawn(move || s.take_ticket("engine-a", b"once").unwrap())
+    };
+    gate.wait_entered();
+    // The second take reads, unseals and consumes while the first waits in its unseal.
+    let second = replicas[1].take_ticket("engine-a", b"once").unwrap();
+    gate.open();
+    let first = first.join().unwrap();
+    assert!(second.is_some());
+    assert!(first.is_none());
+    assert_eq!(h.count("SELECT count(*) FROM tickets"), 0);
+    assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 1);
 }
 
 fn invalid_tickets(h: &dyn Harness) {
