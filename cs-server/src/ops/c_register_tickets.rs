@@ -10,6 +10,10 @@
 //! ticket expires no later than its lifetime counted from the client Finished, and r serves
 //! for `established_ttl_secs` after it, whatever the exchanges in between.
 //!
+//! The store takes a request's tickets all together or refuses them all (too many tickets
+//! for the engine, an identity already used): a refused request stores nothing, records no
+//! nonce and leaves the session as it was.
+//!
 //! Under `[server_auth]` the session's server was authenticated (c_client_finished) and each
 //! ticket is stored bound to its name: it can only be offered again for that SNI.
 //!
@@ -59,7 +63,7 @@ pub fn handle(
             last_exchange: true,
         });
     }
-    let registered = common::exchange(
+    let registered = common::exchange_or_refuse(
         cs,
         engine,
         &req.session_id,
@@ -72,26 +76,29 @@ pub fn handle(
             }
             other => Err(other.out_of_order("c_register_tickets")),
         },
-        // The store writes happen here so that the session records exactly the tickets
-        // stored, also when the store refuses one midway (too many tickets).
+        // The store write, all the tickets or none, happens here, under the session's lock:
+        // the session records the tickets only once they are stored. A refusal (too many
+        // tickets, one already used) stores none and leaves the session as it was.
         |stage, tickets| -> Result<u32, ServiceError> {
             let Stage::Established(state) = stage else {
                 return Ok(0);
             };
-            let mut registered = 0;
-            for t in tickets {
-                if let Some(ticket) = t.ticket {
-                    crate::telemetry::store_op("put_ticket", || {
-                        cs.store.put_ticket(engine, ticket)
-                    })?;
-                    registered += 1;
-                }
-                state.registered_nonces.push(t.nonce_hash);
-                state.registered_identities.push(t.identity_hash);
+            let (marks, stored): (Vec<_>, Vec<_>) = tickets
+                .into_iter()
+                .map(|t| ((t.nonce_hash, t.identity_hash), t.ticket))
+                .unzip();
+            let stored: Vec<NewTicket> = stored.into_iter().flatten().collect();
+            let registered = u32::try_from(stored.len()).unwrap_or(u32::MAX);
+            if !stored.is_empty() {
+                crate::telemetry::store_op("put_ticket", || cs.store.put_tickets(engine, stored))?;
+            }
+            for (nonce, identity) in marks {
+                state.registered_nonces.push(nonce);
+                state.registered_identities.push(identity);
             }
             Ok(registered)
         },
-    )??;
+    )?;
     Ok(pb::CRegisterTicketsResponse {
         registered,
         last_exchange: req.last_exchange,

@@ -388,6 +388,38 @@ pub(crate) fn exchange_with<P, R>(
     prepare: impl FnOnce(&Stage) -> Result<(P, usize, bool), ServiceError>,
     commit: impl FnOnce(&mut Stage, P) -> R,
 ) -> Result<R, ServiceError> {
+    run_exchange(cs, engine, session_id, prepare, |stage, p| {
+        Ok(commit(stage, p))
+    })
+}
+
+/// [`exchange`] whose commit may still be refused by something outside the session
+/// (`c_register_tickets`: the store). A `commit` that fails must leave the stage as it was:
+/// the session is then neither touched nor closed, and holds the bytes it held.
+pub(crate) fn exchange_or_refuse<P, R>(
+    cs: &Cs,
+    engine: &str,
+    session_id: &[u8],
+    last_exchange: bool,
+    prepare: impl FnOnce(&Stage) -> Result<(P, usize), ServiceError>,
+    commit: impl FnOnce(&mut Stage, P) -> Result<R, ServiceError>,
+) -> Result<R, ServiceError> {
+    run_exchange(
+        cs,
+        engine,
+        session_id,
+        |stage| prepare(stage).map(|(p, bytes)| (p, bytes, last_exchange)),
+        commit,
+    )
+}
+
+fn run_exchange<P, R>(
+    cs: &Cs,
+    engine: &str,
+    session_id: &[u8],
+    prepare: impl FnOnce(&Stage) -> Result<(P, usize, bool), ServiceError>,
+    commit: impl FnOnce(&mut Stage, P) -> Result<R, ServiceError>,
+) -> Result<R, ServiceError> {
     let id = SessionId::parse(session_id)?;
     let session = cs.sessions.get(engine, &id)?;
     let mut session = lock_session(&session)?;
@@ -399,6 +431,7 @@ pub(crate) fn exchange_with<P, R>(
     if !last_exchange {
         cs.sessions.settle(&id, session.stage.held_bytes());
     }
+    let out = out?;
     finish(cs, &id, &mut session, last_exchange);
     Ok(out)
 }

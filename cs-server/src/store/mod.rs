@@ -223,7 +223,13 @@ pub trait Tickets: Send + Sync {
     /// already took fails with `StoreError::TicketConsumed` until that ticket's expiry.
     /// Beyond `max_tickets_per_engine` live tickets (expired ones are purged first) fails
     /// with `StoreError::TooManyTickets`, leaving the existing ones intact.
-    fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError>;
+    fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
+        self.put_tickets(engine, vec![ticket])
+    }
+
+    /// Registers `tickets` for `engine` as [`put_ticket`](Self::put_ticket) does each, all or
+    /// none: the first one refused refuses them all, and nothing is stored.
+    fn put_tickets(&self, engine: &str, tickets: Vec<NewTicket>) -> Result<(), StoreError>;
 
     /// Takes `engine`'s ticket with this identity: returns it unsealed and deletes it (a
     /// ticket is used once). `None` when the engine has no such live ticket (another
@@ -391,12 +397,14 @@ pub(crate) fn lookup_key(
         .then(|| identity_hash(identity)))
 }
 
-/// A registration's outcome: a refusal is logged (one line, at warn) and returned.
+/// A registration's outcome: a refusal is returned, and logged at debug only. The exchange
+/// that asked logs it with its other refusals, limited per engine (an engine can repeat a
+/// refused registration at will).
 pub(crate) fn log_refusal(engine: &str, refusal: Option<StoreError>) -> Result<(), StoreError> {
     match refusal {
         None => Ok(()),
         Some(e) => {
-            tracing::warn!(engine, error = %e, "ticket refused");
+            tracing::debug!(engine, error = %e, "ticket refused");
             Err(e)
         }
     }

@@ -142,13 +142,13 @@ WITH purged AS (
 )
 SELECT stored, consumed, live FROM state";
 
-/// A take in one statement: deletes the row, and writes the tombstone of a live ticket
-/// (removed again in the same transaction when the row does not unseal).
+/// A take reads the row first, and unseals it with no connection held.
 const READ_TICKET: &str = "
 SELECT hash_alg, cipher_suite, issued_at, expires_at, max_early_data, server_name, sealed
 FROM tickets WHERE engine = $1 AND id_hash = $2";
 
-/// The row read ($4: its sealed blob), deleted with its tombstone when it is still there.
+/// Then the take in one statement: the row read ($4: its sealed blob), if it is still
+/// there, deleted with the tombstone of a live ticket.
 const TAKE_TICKET: &str = "
 WITH taken AS (
     DELETE FROM tickets WHERE engine = $1 AND id_hash = $2 AND sealed = $4
@@ -636,16 +636,21 @@ impl PostgresStore {
 }
 
 impl Tickets for PostgresStore {
-    fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
+    fn put_tickets(&self, engine: &str, tickets: Vec<NewTicket>) -> Result<(), StoreError> {
         let now = self.now();
-        // The token call happens before a connection is taken.
-        let Some(t) = self.sealing.prepare_ticket(engine, &ticket, now)? else {
+        // The token calls happen before a connection is taken.
+        let mut sealed = Vec::with_capacity(tickets.len());
+        for ticket in &tickets {
+            sealed.extend(self.sealing.prepare_ticket(engine, ticket, now)?);
+        }
+        if sealed.is_empty() {
             return Ok(());
-        };
+        }
         let cap = i64::from(self.max_tickets_per_engine);
         // Running this again after a lost connection is harmless, even when the first commit
-        // went through: the identity is then stored, and a stored identity is left as it is.
-        let outcome = self.run(|c| {
+        // went through: the identities are then stored, and a stored identity is left as it
+        // is.
+        let refusal = self.run(|c| {
             let s_lock = c.prepare(LOCK_ENGINE)?;
             let s_new_engine = c.prepare(
                 "INSERT INTO ticket_engines (engine) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -659,36 +664,42 @@ impl Tickets for PostgresStore {
                 tx.execute(&s_new_engine, &[&engine])?;
                 tx.query_one(&s_lock, &[&engine])?;
             }
-            let r = tx.query_one(
-                &s_put,
-                &[
-                    &engine,
-                    &&t.id_hash[..],
-                    &t.hash_alg,
-                    &t.cipher_suite,
-                    &t.issued_at,
-                    &t.expires_at,
-                    &t.max_early_data,
-                    &t.server_name,
-                    &t.sealed,
-                    &sql_int(now),
-                    &cap,
-                ],
-            )?;
-            let outcome: (bool, bool, i64) = (r.get(0), r.get(1), r.get(2));
+            for t in &sealed {
+                let r = tx.query_one(
+                    &s_put,
+                    &[
+                        &engine,
+                        &&t.id_hash[..],
+                        &t.hash_alg,
+                        &t.cipher_suite,
+                        &t.issued_at,
+                        &t.expires_at,
+                        &t.max_early_data,
+                        &t.server_name,
+                        &t.sealed,
+                        &sql_int(now),
+                        &cap,
+                    ],
+                )?;
+                let refusal = match (r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, i64>(2)) {
+                    // A stored identity stays as it is: re-registering never extends a
+                    // lifetime.
+                    (true, _, _) => None,
+                    (false, true, _) => Some(StoreError::TicketConsumed),
+                    (false, false, live) if live >= cap => Some(StoreError::TooManyTickets {
+                        engine: engine.to_owned(),
+                        cap: self.max_tickets_per_engine,
+                    }),
+                    _ => None,
+                };
+                if refusal.is_some() {
+                    // All or none: the transaction rolls back.
+                    return Ok(refusal);
+                }
+            }
             tx.commit()?;
-            Ok(outcome)
+            Ok(None)
         })?;
-        let refusal = match outcome {
-            // A stored identity stays as it is: re-registering never extends a lifetime.
-            (true, _, _) => None,
-            (false, true, _) => Some(StoreError::TicketConsumed),
-            (false, false, live) if live >= cap => Some(StoreError::TooManyTickets {
-                engine: engine.to_owned(),
-                cap: self.max_tickets_per_engine,
-            }),
-            _ => None,
-        };
         log_refusal(engine, refusal)
     }
 

@@ -191,12 +191,16 @@ impl SqliteStore {
 }
 
 impl Tickets for SqliteStore {
-    fn put_ticket(&self, engine: &str, ticket: NewTicket) -> Result<(), StoreError> {
+    fn put_tickets(&self, engine: &str, tickets: Vec<NewTicket>) -> Result<(), StoreError> {
         let now = self.now();
-        // The token call happens before the lock is taken.
-        let Some(t) = self.sealing.prepare_ticket(engine, &ticket, now)? else {
+        // The token calls happen before the lock is taken.
+        let mut sealed = Vec::with_capacity(tickets.len());
+        for ticket in &tickets {
+            sealed.extend(self.sealing.prepare_ticket(engine, ticket, now)?);
+        }
+        if sealed.is_empty() {
             return Ok(());
-        };
+        }
 
         let mut conn = self.conn();
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,6 +212,7 @@ impl Tickets for SqliteStore {
             counts.by_engine.clear();
             counts.data_version = Some(version);
         }
+        // Taken out of the cache: put back only when the transaction commits.
         let known = counts.by_engine.remove(engine);
         // Expired tickets neither count nor stay. Through the expiry index: the primary
         // key would visit every row of the engine.
@@ -217,70 +222,74 @@ impl Tickets for SqliteStore {
                  WHERE expires_at <= ?2 AND engine = ?1",
             )?
             .execute(params![engine, sql_int(now)])?;
-        let total: i64 = match known {
+        let mut total: i64 = match known {
             Some(n) => n - expired as i64,
             None => tx
                 .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1")?
                 .query_row(params![engine], |r| r.get(0))?,
         };
-        // A stored identity stays as it is: re-registering never extends a lifetime.
-        let exists: i64 = tx
-            .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
-            .query_row(params![engine, &t.id_hash[..]], |r| r.get(0))?;
-        let consumed: i64 = tx
-            .prepare_cached(
-                "SELECT count(*) FROM consumed_tickets
-                 WHERE engine = ?1 AND id_hash = ?2 AND expires_at > ?3",
-            )?
-            .query_row(params![engine, &t.id_hash[..], sql_int(now)], |r| r.get(0))?;
         let cap = self.max_tickets_per_engine;
-        let refusal = if exists > 0 {
-            None
-        } else if consumed > 0 {
-            Some(StoreError::TicketConsumed)
-        } else if total >= i64::from(cap) {
-            Some(StoreError::TooManyTickets {
-                engine: engine.to_owned(),
-                cap,
-            })
-        } else {
-            // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
-            let tombstones: i64 = tx
-                .prepare_cached("SELECT count(*) FROM consumed_tickets WHERE engine = ?1")?
-                .query_row(params![engine], |r| r.get(0))?;
-            let excess = tombstone_excess(total + 1, tombstones, cap);
-            if excess > 0 {
-                tx.prepare_cached(
-                    "DELETE FROM consumed_tickets WHERE engine = ?1 AND id_hash IN
-                        (SELECT id_hash FROM consumed_tickets WHERE engine = ?1
-                         ORDER BY expires_at, id_hash LIMIT ?2)",
-                )?
-                .execute(params![engine, excess])?;
+        for t in &sealed {
+            // A stored identity stays as it is: re-registering never extends a lifetime.
+            let exists: i64 = tx
+                .prepare_cached("SELECT count(*) FROM tickets WHERE engine = ?1 AND id_hash = ?2")?
+                .query_row(params![engine, &t.id_hash[..]], |r| r.get(0))?;
+            if exists > 0 {
+                continue;
             }
-            tx.prepare_cached(
-                "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
-                                      expires_at, max_early_data, server_name, sealed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                engine,
-                &t.id_hash[..],
-                t.hash_alg,
-                t.cipher_suite,
-                t.issued_at,
-                t.expires_at,
-                t.max_early_data,
-                t.server_name,
-                t.sealed,
-            ])?;
-            tx.commit()?;
-            counts.by_engine.insert(engine.to_owned(), total + 1);
-            return Ok(());
-        };
-        // Keep the purge; nothing else was changed.
+            let consumed: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM consumed_tickets
+                     WHERE engine = ?1 AND id_hash = ?2 AND expires_at > ?3",
+                )?
+                .query_row(params![engine, &t.id_hash[..], sql_int(now)], |r| r.get(0))?;
+            let refusal = if consumed > 0 {
+                StoreError::TicketConsumed
+            } else if total >= i64::from(cap) {
+                StoreError::TooManyTickets {
+                    engine: engine.to_owned(),
+                    cap,
+                }
+            } else {
+                // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
+                let tombstones: i64 = tx
+                    .prepare_cached("SELECT count(*) FROM consumed_tickets WHERE engine = ?1")?
+                    .query_row(params![engine], |r| r.get(0))?;
+                let excess = tombstone_excess(total + 1, tombstones, cap);
+                if excess > 0 {
+                    tx.prepare_cached(
+                        "DELETE FROM consumed_tickets WHERE engine = ?1 AND id_hash IN
+                            (SELECT id_hash FROM consumed_tickets WHERE engine = ?1
+                             ORDER BY expires_at, id_hash LIMIT ?2)",
+                    )?
+                    .execute(params![engine, excess])?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
+                                          expires_at, max_early_data, server_name, sealed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    engine,
+                    &t.id_hash[..],
+                    t.hash_alg,
+                    t.cipher_suite,
+                    t.issued_at,
+                    t.expires_at,
+                    t.max_early_data,
+                    t.server_name,
+                    t.sealed,
+                ])?;
+                total += 1;
+                continue;
+            };
+            // All or none: the transaction rolls back (the purge too).
+            drop(tx);
+            return log_refusal(engine, Some(refusal));
+        }
         tx.commit()?;
         counts.by_engine.insert(engine.to_owned(), total);
-        log_refusal(engine, refusal)
+        Ok(())
     }
 
     fn take_ticket(

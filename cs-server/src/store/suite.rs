@@ -230,6 +230,7 @@ pub(crate) const CASES: &[Case] = &[
         "two_takes_past_the_unseal_get_the_ticket_once",
         two_takes_past_the_unseal_get_the_ticket_once,
     ),
+    ("put_tickets_is_all_or_none", put_tickets_is_all_or_none),
     ("the_cap_holds_across_handles", the_cap_holds_across_handles),
     (
         "the_cap_holds_while_takes_free_places",
@@ -544,6 +545,32 @@ fn two_takes_past_the_unseal_get_the_ticket_once(h: &dyn Harness) {
     assert!(first.is_none());
     assert_eq!(h.count("SELECT count(*) FROM tickets"), 0);
     assert_eq!(h.count("SELECT count(*) FROM consumed_tickets"), 1);
+}
+
+/// put_tickets stores all the tickets or none: past the cap, or with an identity already
+/// used, nothing of the batch is stored; within the cap, all of it.
+fn put_tickets_is_all_or_none(h: &dyn Harness) {
+    let s = h.open_with(&cfg(3, 3600)).unwrap();
+    s.put_ticket("engine-a", ticket(b"used", &[1; 32])).unwrap();
+    assert!(s.take_ticket("engine-a", b"used").unwrap().is_some());
+    s.put_ticket("engine-a", ticket(b"kept", &[2; 32])).unwrap();
+    let batch = |ids: &[&[u8]]| ids.iter().map(|id| ticket(id, &[3; 32])).collect();
+    assert!(matches!(
+        s.put_tickets("engine-a", batch(&[b"x", b"y", b"z"])),
+        Err(StoreError::TooManyTickets { .. })
+    ));
+    assert!(matches!(
+        s.put_tickets("engine-a", batch(&[b"x", b"used"])),
+        Err(StoreError::TicketConsumed)
+    ));
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 1);
+    assert!(s.peek_ticket("engine-a", b"x").unwrap().is_none());
+    // An identity stored already is left as it is, and counts once.
+    s.put_tickets("engine-a", batch(&[b"x", b"kept", b"y"]))
+        .unwrap();
+    assert_eq!(s.count_tickets("engine-a").unwrap(), 3);
+    let kept = s.take_ticket("engine-a", b"kept").unwrap().unwrap();
+    assert_eq!(&kept.psk[..], &[2; 32]);
 }
 
 fn invalid_tickets(h: &dyn Harness) {

@@ -177,6 +177,8 @@ fn a_session_the_engine_keyed_has_no_r_and_is_invalid_status() {
     assert_eq!(f.sessions(), sessions - 1);
 }
 
+/// The store refuses a request's tickets all together: a request that would pass the cap
+/// midway stores none of them and records none of their nonces, so they register later.
 #[test]
 fn past_the_engines_ticket_cap_is_too_many_tickets_and_keeps_the_stored_ones() {
     let f = fx_with(|c| c.store.max_tickets_per_engine = 2);
@@ -184,6 +186,17 @@ fn past_the_engines_ticket_cap_is_too_many_tickets_and_keeps_the_stored_ones() {
     handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n1", b"t1")])).unwrap();
     let r = req(&hs, vec![nst(60, b"n2", b"t2"), nst(60, b"n3", b"t3")]);
     assert_eq!(status(handle(&f.cs, ENGINE, r)), LurkStatus::TooManyTickets);
+    assert_eq!(
+        f.tickets(ENGINE),
+        1,
+        "none of the refused request is stored"
+    );
+    let ok = handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n2", b"t2")])).unwrap();
+    assert_eq!(ok.registered, 1);
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n3", b"t3")]))),
+        LurkStatus::TooManyTickets
+    );
     assert_eq!(f.tickets(ENGINE), 2);
     // The tickets stored are intact: one resumes.
     let ch = resumption_hello(b"t1").build().unwrap();
