@@ -20,9 +20,6 @@ use crate::ops::state::{CsShare, HelloState, Stage};
 use crate::ops::Where;
 use crate::session::lock_session;
 
-/// The longest key_share public value the CS makes (an uncompressed P-384 point).
-const MAX_PUBLIC_KEY_LEN: usize = 97;
-
 /// A PSK is taken from the store (and unsealed by the token); the key shares are made by
 /// the ephemeral backend.
 pub fn place(cs: &Cs, req: &pb::CInitClientHelloRequest) -> Where {
@@ -88,18 +85,17 @@ pub fn handle(
 
     // Reserve the session, and the bytes it will hold (the completed ClientHello, the key
     // pairs, the PSKs), before any key is made or any ticket consumed.
-    let reserve = size_of::<HelloState>()
-        + req.client_hello.len()
-        + ch.shares.len() * (MAX_PUBLIC_KEY_LEN + 256)
-        + ch.psk_identities
-            .iter()
-            .map(|i| i.len() + 256)
-            .sum::<usize>()
-        + 512;
+    let reserve = HelloState::reserve_bound(req.client_hello.len(), &ch);
     let id = cs.sessions.open_reserving(engine, Stage::Taken, reserve)?;
     let result = build(cs, engine, &req, ch, random);
     match result {
         Ok((state, resp)) => {
+            // The settle below is not checked against the caps: the reservation must hold.
+            debug_assert!(
+                state.held_bytes() <= reserve,
+                "{} > {reserve}",
+                state.held_bytes()
+            );
             let session = cs.sessions.get(engine, &id)?;
             let mut session = lock_session(&session)?;
             session.stage = Stage::Hello(Box::new(state));

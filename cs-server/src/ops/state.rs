@@ -172,7 +172,38 @@ impl OfferedPsk {
     }
 }
 
+/// The longest key_share public value the CS makes (an uncompressed P-384 point).
+pub const MAX_PUBLIC_KEY_LEN: usize = 97;
+/// The longest server name a stored ticket is bound to: a DNS name (RFC 1035 §2.3.4: 253
+/// bytes) or an address, as `[server_auth]` verified it.
+const MAX_BOUND_NAME_LEN: usize = 256;
+
 impl HelloState {
+    /// An upper bound of [`held_bytes`](Self::held_bytes) for the state c_init_client_hello
+    /// builds from a ClientHello of `hello_len` bytes read as `ch`: the session table
+    /// reserves it before any key pair is made or any ticket taken.
+    pub(crate) fn reserve_bound(hello_len: usize, ch: &crate::ops::msgs::ClientHelloInfo) -> usize {
+        let shares = ch.shares.len();
+        let psk = |identity: &Vec<u8>| {
+            size_of::<OfferedPsk>()
+                + identity.len()
+                + crate::store::MAX_EXTERNAL_PSK_LEN
+                + MAX_BOUND_NAME_LEN
+                + 3 * ENTRY_BYTES
+        };
+        size_of::<Self>()
+            // The completed ClientHello: its shares filled in, exact capacity.
+            + hello_len
+            + shares * MAX_PUBLIC_KEY_LEN
+            + ch.legacy_session_id.len()
+            // Offered suites, offered and shared groups, signature schemes.
+            + 2 * (ch.suites.len() + 2 * ch.groups.len() + ch.signature_schemes.len())
+            + shares * (size_of::<CsShare>() + MAX_PUBLIC_KEY_LEN + KEY_PAIR_BYTES)
+            + ch.psk_identities.iter().map(psk).sum::<usize>()
+            + ch.server_name.as_ref().map_or(0, String::len)
+            + 8 * ENTRY_BYTES
+    }
+
     /// Bytes charged to the session in this stage.
     pub fn held_bytes(&self) -> usize {
         size_of::<Self>()

@@ -272,3 +272,24 @@ fn past_the_engines_session_cap_is_too_many_sessions() {
     // Another engine is not affected.
     f.init_as(OTHER, req);
 }
+
+/// The bytes reserved before the key pairs are made cover what the session then holds,
+/// which the table charges without a check (c_init_client_hello asserts it in debug builds,
+/// as these tests run): here a server_name of 20,000 bytes that are not UTF-8 (each decoded
+/// as U+FFFD, three bytes) and a P-384 share the CS makes.
+#[test]
+fn the_reservation_covers_the_session_it_opens() {
+    let f = fx();
+    let sni = "a".repeat(20_000);
+    let ch = hello()
+        .server_name(&sni)
+        .supported_groups(&[NamedGroup::X25519, NamedGroup::Secp384r1])
+        .key_share(NamedGroup::Secp384r1, &[])
+        .build()
+        .unwrap();
+    let ch = patched(ch, sni.as_bytes(), &[0x80; 20_000]);
+    let before = f.cs.sessions.bytes_held(ENGINE).0;
+    handle(&f.cs, ENGINE, init_req(ch)).unwrap();
+    let held = f.cs.sessions.bytes_held(ENGINE).0 - before;
+    assert!(held >= 4 * 20_000, "{held}");
+}
