@@ -400,7 +400,11 @@ impl<S: SessionState> SessionTable<S> {
         let mut dead = Vec::new();
         let mut earliest: Option<Instant> = None;
         for (k, e) in &inner.sessions {
-            if e.expires <= now {
+            // A session an exchange is still running on is left for the next purge: the
+            // exchange would otherwise drop it last, on whatever thread it runs (an inline
+            // one on an async worker), with the token objects it may hold. (No new handle is
+            // made meanwhile: `get` takes this lock.)
+            if e.expires <= now && Arc::strong_count(&e.session) == 1 {
                 dead.push(*k);
             } else {
                 earliest = Some(earliest.map_or(e.expires, |x| x.min(e.expires)));
@@ -561,6 +565,23 @@ mod tests {
         assert_eq!(t.purge_expired(), 1);
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
         assert!(t.is_empty());
+    }
+
+    /// A session that expires while an exchange holds it is not purged from under it: the
+    /// exchange would then drop it last, on its own thread. The next purge takes it.
+    #[test]
+    fn a_session_in_use_is_purged_after_its_exchange() {
+        let t = SessionTable::new(limits(10, 10, 20));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = t.open("e", Tracked(dropped.clone())).unwrap();
+        let held = t.get("e", &id).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(t.purge_expired(), 0);
+        assert_eq!(t.len(), 1);
+        drop(held);
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(t.purge_expired(), 1);
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]

@@ -169,9 +169,11 @@ impl TrustAnchors {
 /// How many of a chain's other certificates may share one subject name. webpki tries every
 /// order of the candidates for each issuer name until its budget of 200,000 path-building
 /// calls runs out: fifteen self-issued certificates named alike cost some 100 ms of CPU per
-/// chain, and no signature is ever checked. Two (an intermediate and its cross-signed
-/// twin, RFC 4158 §2.3) keep every path an honest server offers, and bound the search to
-/// two candidates per step, at most six steps deep.
+/// chain, and no signature is ever checked. Two per name (an intermediate and its
+/// cross-signed twin, RFC 4158 §2.3) bound the search to two candidates per step, at most
+/// six steps deep. A server that lists two other certificates of that name before the
+/// one its path needs is refused: each certificate should certify the one before it
+/// (RFC 8446 §4.4.2), so the path's own comes first.
 const MAX_SAME_SUBJECT: usize = 2;
 
 /// The certificates after the leaf that path building may use: in the server's order

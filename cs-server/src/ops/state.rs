@@ -85,9 +85,10 @@ impl SessionState for Stage {
     }
 }
 
-/// What a key pair the CS holds costs besides its public key (ring's private key, or the
-/// token's object handles).
-const KEY_PAIR_BYTES: usize = 128;
+/// What a key pair the CS holds costs besides its public key: ring's private key, or once
+/// agreed (kept for a retry, ephemeral.rs `MemoryKey`) the server's share and the shared
+/// secret in two allocations; or the token's object handles.
+const KEY_PAIR_BYTES: usize = 97 + 48 + 4 * ENTRY_BYTES;
 /// What one small heap allocation (a `Vec` entry) costs besides its bytes, in the
 /// `held_bytes` estimates the session table charges.
 pub const ENTRY_BYTES: usize = 32;

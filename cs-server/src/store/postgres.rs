@@ -6,9 +6,11 @@
 //!   are applied in order at open (and by `lurk-cs store migrate`), under a transaction
 //!   advisory lock so that replicas starting together do not race. A database at a later
 //!   version than this code knows is refused (`StoreError::Schema`).
-//! - **Single use across replicas**: `take_ticket` is `DELETE … RETURNING` (the row lock
-//!   makes a concurrent take of the same row wait, then find nothing); the tombstone is
-//!   written by the same statement (`TAKE_TICKET`).
+//! - **Single use across replicas**: `take_ticket` reads the row (`READ_TICKET`), unseals
+//!   it with no connection held, then runs `DELETE … RETURNING` on that same row, matched
+//!   by its sealed blob (`TAKE_TICKET`): the row lock makes a concurrent take of the same
+//!   row wait, then find nothing, and only the take that deleted it gets the ticket; the
+//!   tombstone is written by the same statement.
 //! - **Per-engine cap across replicas**: `put_ticket` locks the engine's row of
 //!   `ticket_engines` (`SELECT … FOR UPDATE`), so registrations of one engine are
 //!   serialised across replicas while the count is taken and the row inserted; a take only

@@ -13,9 +13,11 @@
 //!   service already serialises them through `spawn_blocking`. Enough for one CS (thousands
 //!   of operations per second); a pool of WAL readers would only speed up lookups, and
 //!   `take_ticket` writes anyway. Statements are cached per connection (`prepare_cached`).
-//! - Token calls: `put_*` seals before taking the lock; `take_ticket` unseals *inside* its
-//!   transaction, so that a token failure can leave the row in place while a forged or
-//!   corrupt row is deleted, and two concurrent takes can never both succeed.
+//! - Token calls never hold the lock: `put_*` seals before taking it; `take_ticket` reads the
+//!   row, unseals it, then deletes that same row (matched by its sealed blob) with its
+//!   tombstone in one transaction. A token failure leaves the row in place, a forged or
+//!   corrupt row is deleted, and of two concurrent takes only the one whose delete removed
+//!   the row gets the ticket.
 
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -360,12 +362,15 @@ impl Tickets for SqliteStore {
             )?
             .execute(params![engine, &id_hash[..], row.expires_at])?;
         }
-        tx.commit()?;
-        drop(conn);
+        // The cached count is lowered before the connection is let go: a registration in
+        // between would count the rows again, and then be lowered twice.
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        tx.commit()?;
         if let Some(n) = counts.by_engine.get_mut(engine) {
             *n -= deleted as i64;
         }
+        drop(counts);
+        drop(conn);
         result
     }
 

@@ -274,9 +274,9 @@ fn past_the_engines_session_cap_is_too_many_sessions() {
 }
 
 /// The bytes reserved before the key pairs are made cover what the session then holds,
-/// which the table charges without a check (c_init_client_hello asserts it in debug builds,
-/// as these tests run): here a server_name of 20,000 bytes that are not UTF-8 (each decoded
-/// as U+FFFD, three bytes) and a P-384 share the CS makes.
+/// which the table charges without a check (c_init_client_hello also asserts it in debug
+/// builds): here a server_name of 20,000 bytes that are not UTF-8 (each decoded as U+FFFD,
+/// three bytes) and a P-384 share the CS makes.
 #[test]
 fn the_reservation_covers_the_session_it_opens() {
     let f = fx();
@@ -289,7 +289,18 @@ fn the_reservation_covers_the_session_it_opens() {
         .unwrap();
     let ch = patched(ch, sni.as_bytes(), &[0x80; 20_000]);
     let before = f.cs.sessions.bytes_held(ENGINE).0;
-    handle(&f.cs, ENGINE, init_req(ch)).unwrap();
+    let id = handle(&f.cs, ENGINE, init_req(ch.clone()))
+        .unwrap()
+        .session_id;
     let held = f.cs.sessions.bytes_held(ENGINE).0 - before;
     assert!(held >= 4 * 20_000, "{held}");
+    let id = crate::session::SessionId::parse(&id).unwrap();
+    let session = f.cs.sessions.get(ENGINE, &id).unwrap();
+    let stage_bytes = crate::session::lock_session(&session)
+        .unwrap()
+        .stage
+        .held_bytes();
+    let info = msgs::client_hello(&ch).unwrap();
+    let bound = ops::state::HelloState::reserve_bound(ch.len(), &info);
+    assert!(stage_bytes <= bound, "{stage_bytes} > {bound}");
 }
