@@ -281,8 +281,9 @@ impl Figures {
             "\n### PostgreSQL ticket store and CS replicas (issue 8)\n\n\
              Engine + `lurk-cs serve` (memory ephemerals) over loopback against the rustls \
              server, as above; PostgreSQL is a private cluster on this machine (fsync {}). \
-             Resumed: each connection offers a ticket of an earlier one, which the CS takes from \
-             its store (one transaction: the row deleted, its tombstone written) and unseals; \
+             Resumed: each connection offers a ticket of an earlier one, which the CS reads \
+             from its store, unseals, then takes (one transaction: the row deleted, its \
+             tombstone written); \
              the connection's new ticket is registered in the background (a second transaction).\n\n\
              | CS ticket store | resumed latency ms p50/p90/p99 | conn/s @1 | @8 | CS CPU ms per connection | resumed | n | failed |\n|---|---|---|---|---|---|---|---|\n",
             if self.fsync { "on" } else { "off" }
