@@ -11,8 +11,9 @@
 //! for `established_ttl_secs` after it, whatever the exchanges in between.
 //!
 //! The store takes a request's tickets all together or refuses them all (too many tickets
-//! for the engine, an identity already used): a refused request stores nothing, records no
-//! nonce and leaves the session as it was.
+//! for the engine, an identity already used): a refused request stores nothing and records
+//! no nonce. It leaves the session as it was, except that a refused request with
+//! last_exchange still ends it: the engine's connection is over, and r goes with it.
 //!
 //! Under `[server_auth]` the session's server was authenticated (c_client_finished) and each
 //! ticket is stored bound to its name: it can only be offered again for that SNI.
@@ -54,15 +55,36 @@ pub fn handle(
     if req.new_session_tickets.is_empty() && req.last_exchange {
         // The engine closes a session it no longer needs (the connection ended, or the
         // server declined what the session was opened for), whatever its stage.
-        let id = SessionId::parse(&req.session_id)?;
-        let session = cs.sessions.get(engine, &id)?;
-        let _session = lock_session(&session)?;
-        cs.sessions.close(&id);
+        close(cs, engine, &req.session_id)?;
         return Ok(pb::CRegisterTicketsResponse {
             registered: 0,
             last_exchange: true,
         });
     }
+    let result = register(cs, engine, &req);
+    if result.is_err() && req.last_exchange {
+        // Refused, but the engine is done with the session (its connection ended): it ends
+        // all the same, and r with it, instead of waiting out established_ttl_secs. Unknown
+        // or busy: nothing to close.
+        let _ = close(cs, engine, &req.session_id);
+    }
+    result
+}
+
+/// Forgets `engine`'s session `session_id`, whatever its stage.
+fn close(cs: &Cs, engine: &str, session_id: &[u8]) -> Result<(), ServiceError> {
+    let id = SessionId::parse(session_id)?;
+    let session = cs.sessions.get(engine, &id)?;
+    let _session = lock_session(&session)?;
+    cs.sessions.close(&id);
+    Ok(())
+}
+
+fn register(
+    cs: &Cs,
+    engine: &str,
+    req: &pb::CRegisterTicketsRequest,
+) -> Result<pb::CRegisterTicketsResponse, ServiceError> {
     let registered = common::exchange_or_refuse(
         cs,
         engine,
@@ -70,7 +92,7 @@ pub fn handle(
         req.last_exchange,
         |stage| match stage {
             Stage::Established(state) => {
-                let tickets = prepare(cs, state, &req)?;
+                let tickets = prepare(cs, state, req)?;
                 let bytes = state.held_bytes() + 64 * tickets.len();
                 Ok((tickets, bytes))
             }

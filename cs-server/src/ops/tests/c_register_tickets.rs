@@ -210,6 +210,30 @@ fn past_the_engines_ticket_cap_is_too_many_tickets_and_keeps_the_stored_ones() {
     assert_eq!(f.tickets(ENGINE), 1);
 }
 
+/// The engine's last registration (its connection is over) refused by the store: nothing
+/// is stored, and the session ends all the same, r with it.
+#[test]
+fn a_refused_last_registration_stores_nothing_and_still_ends_the_session() {
+    let f = fx_with(|c| c.store.max_tickets_per_engine = 1);
+    let hs = f.established();
+    handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n1", b"t1")])).unwrap();
+    let sessions = f.sessions();
+    let last = pb::CRegisterTicketsRequest {
+        last_exchange: true,
+        ..req(&hs, vec![nst(60, b"n2", b"t2")])
+    };
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, last)),
+        LurkStatus::TooManyTickets
+    );
+    assert_eq!(f.tickets(ENGINE), 1);
+    assert_eq!(f.sessions(), sessions - 1);
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n3", b"t3")]))),
+        LurkStatus::InvalidSessionId
+    );
+}
+
 /// An exchange that makes the session grow past the engine's byte share is refused before
 /// anything is stored (the table admits the new size before the commit, common::exchange).
 #[test]
