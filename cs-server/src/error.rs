@@ -340,8 +340,12 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Refused { .. }
             | ServiceError::Overloaded { .. }
             | ServiceError::TimedOut { .. } => e.to_string(),
+            // The token's names for its keys (labels, ids) stay in the CS's log.
+            ServiceError::Token(TokenError::KeyNotFound(_)) => format!(
+                "{}: the signing key is not in the crypto service's token",
+                lurk.name()
+            ),
             ServiceError::Token(TokenError::InvalidPeerKey(_))
-            | ServiceError::Token(TokenError::KeyNotFound(_))
             | ServiceError::Token(TokenError::Unseal)
             | ServiceError::Token(TokenError::Unsupported(_))
             | ServiceError::Store(StoreError::TooManyTickets { .. }) => {
@@ -442,6 +446,16 @@ mod tests {
             ServiceError::Token(TokenError::pkcs11("C_Sign", "CKR_DEVICE_ERROR secret-ish")).into();
         assert_eq!(LurkStatus::from_grpc(&st), Some(LurkStatus::UndefinedError));
         assert!(!st.message().contains("secret-ish"));
+        // A signing key the token no longer has: its label and id stay in the CS's log.
+        let st: tonic::Status = ServiceError::Token(TokenError::KeyNotFound(
+            "lurk-ed25519: the token now holds another key under this name".into(),
+        ))
+        .into();
+        assert_eq!(
+            LurkStatus::from_grpc(&st),
+            Some(LurkStatus::InvalidCertificate)
+        );
+        assert!(!st.message().contains("lurk-ed25519"), "{}", st.message());
     }
 
     #[test]

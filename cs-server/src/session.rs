@@ -463,6 +463,19 @@ impl<S> Session<S> {
     }
 }
 
+/// Lets go of a session handle from [`SessionTable::get`]. When the session was closed
+/// meanwhile (by an exchange of its own on another thread) this handle is its last: the
+/// session is then dropped on the blocking pool, not on the caller's thread, which may be an
+/// async worker (its token key pairs are destroyed on drop).
+pub fn release<S: Send + 'static>(session: Arc<Mutex<Session<S>>>) {
+    if let Some(last) = Arc::into_inner(session) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(last))),
+            Err(_) => drop(last),
+        }
+    }
+}
+
 /// Locks a session for one exchange. Two exchanges on one session at the same time are a
 /// protocol error: the second is refused rather than queued.
 pub fn lock_session<S>(
@@ -565,6 +578,52 @@ mod tests {
         assert_eq!(t.purge_expired(), 1);
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
         assert!(t.is_empty());
+    }
+
+    /// A state that says on which thread it is dropped.
+    #[derive(Debug)]
+    struct DroppedOn(Arc<Mutex<Option<std::thread::ThreadId>>>);
+
+    impl Drop for DroppedOn {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(std::thread::current().id());
+        }
+    }
+
+    impl SessionState for DroppedOn {
+        fn held_bytes(&self) -> usize {
+            0
+        }
+        fn lifetime(&self) -> Lifetime {
+            Lifetime::Handshake
+        }
+    }
+
+    /// An exchange whose session was closed meanwhile holds its last handle: released on an
+    /// async worker, the session is dropped on the blocking pool, not there.
+    #[test]
+    fn the_last_handle_of_a_closed_session_is_dropped_off_the_async_workers() {
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        let on = Arc::new(Mutex::new(None));
+        let id = t.open("e", DroppedOn(on.clone())).unwrap();
+        let handle = t.get("e", &id).unwrap();
+        t.close(&id);
+        assert!(on.lock().unwrap().is_none(), "the exchange still holds it");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let here = std::thread::current().id();
+        rt.block_on(async move { release(handle) });
+        drop(rt);
+        let dropped_on = on.lock().unwrap().expect("dropped");
+        assert_ne!(dropped_on, here);
+        // Outside a runtime: dropped at once, here.
+        let id = t.open("e", DroppedOn(on.clone())).unwrap();
+        let handle = t.get("e", &id).unwrap();
+        t.close(&id);
+        release(handle);
+        assert_eq!(on.lock().unwrap().expect("dropped"), here);
     }
 
     /// A session that expires while an exchange holds it is not purged from under it: the

@@ -393,6 +393,12 @@ fn a_hello_retry_request_does_not_wait_for_its_first_key_pair() {
     let stats = t.recycle_stats();
     assert_eq!((stats.recycles, stats.given_up), (1, 0), "{stats:?}");
     assert_eq!(r.key_shares.len(), 1);
+    // As the service runs it: on the blocking pool, without the async admission, which
+    // would wait out the recycle's drain for the first key pair.
+    assert_eq!(
+        ops::c_client_hello::place(&cs, &pb::CClientHelloRequest::default()),
+        ops::Where::Blocking
+    );
     // The handshake goes on with the P-256 key pair of the new module.
     let rng = SystemRandom::new();
     let key = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();

@@ -24,12 +24,16 @@ fn invalid(why: impl Into<String>) -> ServiceError {
     ServiceError::refuse(LurkStatus::InvalidHandshake, why)
 }
 
-/// The new share only (the PSKs are in the session already).
+/// The new share only (the PSKs are in the session already). With token key pairs, on the
+/// blocking pool without the async admission (`Where::KeyPairs`): that admission waits out
+/// a planned module recycle, whose drain would wait for this session's first key pairs,
+/// given up only when this exchange runs (`not_needed_by_recycle`). The key generation
+/// takes its admission itself, after that.
 pub fn place(cs: &Cs, _req: &pb::CClientHelloRequest) -> Where {
     if common::memory_ephemerals(cs) {
         Where::Inline
     } else {
-        Where::KeyPairs
+        Where::Blocking
     }
 }
 

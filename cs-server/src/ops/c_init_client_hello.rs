@@ -96,11 +96,14 @@ pub fn handle(
                 "{} > {reserve}",
                 state.held_bytes()
             );
-            let session = cs.sessions.get(engine, &id)?;
-            let mut session = lock_session(&session)?;
-            session.stage = Stage::Hello(Box::new(state));
-            cs.sessions.settle(&id, session.stage.held_bytes());
-            cs.sessions.touch(&id, &mut session);
+            let handle = cs.sessions.get(engine, &id)?;
+            let locked = lock_session(&handle).map(|mut session| {
+                session.stage = Stage::Hello(Box::new(state));
+                cs.sessions.settle(&id, session.stage.held_bytes());
+                cs.sessions.touch(&id, &mut session);
+            });
+            crate::session::release(handle);
+            locked?;
             Ok(pb::CInitClientHelloResponse {
                 session_id: id.as_bytes().to_vec(),
                 ..resp

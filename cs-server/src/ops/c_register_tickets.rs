@@ -33,7 +33,7 @@ use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST, MAX_TICKETS_PER_SESSION}
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, Stage};
 use crate::ops::Where;
-use crate::session::{lock_session, SessionId};
+use crate::session::{lock_session, release, SessionId};
 use crate::store::NewTicket;
 
 /// Tickets go to the store (sealed by the token). Closing a session touches neither, but
@@ -74,10 +74,10 @@ pub fn handle(
 /// Forgets `engine`'s session `session_id`, whatever its stage.
 fn close(cs: &Cs, engine: &str, session_id: &[u8]) -> Result<(), ServiceError> {
     let id = SessionId::parse(session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let _session = lock_session(&session)?;
-    cs.sessions.close(&id);
-    Ok(())
+    let handle = cs.sessions.get(engine, &id)?;
+    let locked = lock_session(&handle).map(|_session| cs.sessions.close(&id));
+    release(handle);
+    locked
 }
 
 fn register(

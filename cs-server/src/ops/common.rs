@@ -421,17 +421,21 @@ fn run_exchange<P, R>(
     commit: impl FnOnce(&mut Stage, P) -> Result<R, ServiceError>,
 ) -> Result<R, ServiceError> {
     let id = SessionId::parse(session_id)?;
-    let session = cs.sessions.get(engine, &id)?;
-    let mut session = lock_session(&session)?;
-    let (prepared, bytes_after, last_exchange) = prepare(&session.stage)?;
-    if !last_exchange {
-        cs.sessions.resize(&id, bytes_after)?;
-    }
-    let out = commit(&mut session.stage, prepared);
-    if !last_exchange {
-        cs.sessions.settle(&id, session.stage.held_bytes());
-    }
-    let out = out?;
-    finish(cs, &id, &mut session, last_exchange);
-    Ok(out)
+    let handle = cs.sessions.get(engine, &id)?;
+    let result = (|| {
+        let mut session = lock_session(&handle)?;
+        let (prepared, bytes_after, last_exchange) = prepare(&session.stage)?;
+        if !last_exchange {
+            cs.sessions.resize(&id, bytes_after)?;
+        }
+        let out = commit(&mut session.stage, prepared);
+        if !last_exchange {
+            cs.sessions.settle(&id, session.stage.held_bytes());
+        }
+        let out = out?;
+        finish(cs, &id, &mut session, last_exchange);
+        Ok(out)
+    })();
+    crate::session::release(handle);
+    result
 }
