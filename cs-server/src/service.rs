@@ -15,8 +15,8 @@
 //! A blocking operation first takes one of its engine's exchange slots (`[limits]
 //! max_exchanges_per_engine`, with a bounded queue; `limits.rs`): past them it is refused at
 //! once with `too_many_requests`, so one engine cannot hold every blocking thread or token
-//! session. One that makes token key pairs (`Where::KeyPairs`) first waits out a planned
-//! module recycle, holding no slot meanwhile (token/pool/recycle.rs).
+//! session. One that opens a session with token key pairs (`Where::KeyPairs`) first waits
+//! out a planned module recycle, holding no slot meanwhile (token/pool/recycle.rs).
 
 use std::sync::Arc;
 
@@ -170,6 +170,7 @@ impl CryptoServiceImpl {
         let who = engine.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _pool = crate::session::OnBlockingPool::enter();
             let _entered = admission.as_ref().map(AsyncAdmission::enter);
             op(&cs, who.as_str(), msg)
         })

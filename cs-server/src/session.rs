@@ -93,6 +93,33 @@ pub trait SessionState {
     fn held_bytes(&self) -> usize;
     /// Which TTL applies.
     fn lifetime(&self) -> Lifetime;
+    /// Whether dropping the state may block (token key pairs are destroyed on drop): such a
+    /// state is never dropped on an async worker ([`release`]).
+    fn drop_may_block(&self) -> bool {
+        false
+    }
+}
+
+thread_local! {
+    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as running an exchange on the blocking pool until dropped
+/// (service.rs): a session released there is dropped there, within the exchange.
+pub struct OnBlockingPool(());
+
+impl OnBlockingPool {
+    /// Marks the current thread.
+    pub fn enter() -> Self {
+        ON_BLOCKING_POOL.with(|b| b.set(true));
+        Self(())
+    }
+}
+
+impl Drop for OnBlockingPool {
+    fn drop(&mut self) {
+        ON_BLOCKING_POOL.with(|b| b.set(false));
+    }
 }
 
 /// What one session costs besides its stage: the table entry, its map slot, the Arc'd mutex.
@@ -463,16 +490,20 @@ impl<S> Session<S> {
     }
 }
 
-/// Lets go of a session handle from [`SessionTable::get`]. When the session was closed
-/// meanwhile (by an exchange of its own on another thread) this handle is its last: the
-/// session is then dropped on the blocking pool, not on the caller's thread, which may be an
-/// async worker (its token key pairs are destroyed on drop).
-pub fn release<S: Send + 'static>(session: Arc<Mutex<Session<S>>>) {
-    if let Some(last) = Arc::into_inner(session) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(move || drop(last))),
-            Err(_) => drop(last),
-        }
+/// Lets go of a session handle from [`SessionTable::get`]. When the session was closed (by
+/// this exchange, or meanwhile by another of its exchanges) this handle is its last: a
+/// session whose drop may block is then dropped on the blocking pool when the caller is an
+/// async worker (an inline exchange); elsewhere, and for any other session, here.
+pub fn release<S: SessionState + Send + 'static>(session: Arc<Mutex<Session<S>>>) {
+    let Some(last) = Arc::into_inner(session) else {
+        return;
+    };
+    let last = last.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !last.stage.drop_may_block() || ON_BLOCKING_POOL.with(|b| b.get()) {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        drop(rt.spawn_blocking(move || drop(last)));
     }
 }
 
@@ -597,6 +628,9 @@ mod tests {
         fn lifetime(&self) -> Lifetime {
             Lifetime::Handshake
         }
+        fn drop_may_block(&self) -> bool {
+            true
+        }
     }
 
     /// An exchange whose session was closed meanwhile holds its last handle: released on an
@@ -624,6 +658,35 @@ mod tests {
         t.close(&id);
         release(handle);
         assert_eq!(on.lock().unwrap().expect("dropped"), here);
+        // An exchange on the blocking pool drops it there, within the exchange.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let (ran_on, dropped) = rt.block_on(async {
+            let id = t.open("e", DroppedOn(on.clone())).unwrap();
+            let handle = t.get("e", &id).unwrap();
+            t.close(&id);
+            let on = on.clone();
+            tokio::task::spawn_blocking(move || {
+                let _pool = OnBlockingPool::enter();
+                release(handle);
+                (std::thread::current().id(), on.lock().unwrap().take())
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(dropped, Some(ran_on));
+        // A session whose drop cannot block is dropped at once, even on an async worker.
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t = SessionTable::new(limits(10, 10, 10_000));
+        rt.block_on(async {
+            let id = t.open("e", Tracked(dropped.clone())).unwrap();
+            let handle = t.get("e", &id).unwrap();
+            t.close(&id);
+            release(handle);
+        });
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     /// A session that expires while an exchange holds it is not purged from under it: the

@@ -62,11 +62,14 @@ pub fn handle(
         });
     }
     let result = register(cs, engine, &req);
-    if result.is_err() && req.last_exchange {
+    if let Err(ServiceError::Refused { status, .. }) = &result {
         // Refused, but the engine is done with the session (its connection ended): it ends
         // all the same, and r with it, instead of waiting out established_ttl_secs. Unknown
-        // or busy: nothing to close.
-        let _ = close(cs, engine, &req.session_id);
+        // or busy: nothing to close. A failure the engine may retry (token or store
+        // unavailable) keeps it.
+        if req.last_exchange && *status != LurkStatus::TokenUnavailable {
+            let _ = close(cs, engine, &req.session_id);
+        }
     }
     result
 }

@@ -76,6 +76,16 @@ impl SessionState for Stage {
         Stage::held_bytes(self)
     }
 
+    fn drop_may_block(&self) -> bool {
+        match self {
+            Self::Hello(s) => s
+                .cs_shares
+                .iter()
+                .any(|c| matches!(c.pending, PendingEphemeral::Token(_))),
+            _ => false,
+        }
+    }
+
     fn lifetime(&self) -> Lifetime {
         match self {
             Self::Established(s) if s.engine_keyed => Lifetime::EngineKeyed,

@@ -6,9 +6,12 @@
 //!
 //! 1. new token key generations stop: they wait, at most the drain time and
 //!    [`REINIT_MARGIN`]; every other token call goes on (signatures, sealing, the derives of
-//!    handshakes in flight). A gRPC request waits on the async side, before it takes an
-//!    exchange slot or a blocking thread ([`AsyncAdmission`], service.rs), so that the
-//!    handshakes in flight always find a slot for the exchange that frees their key pair;
+//!    handshakes in flight). A `c_init_client_hello` waits on the async side, before it
+//!    takes an exchange slot or a blocking thread ([`AsyncAdmission`], service.rs), so that
+//!    the handshakes in flight always find a slot for the exchange that frees their key
+//!    pair. A `c_client_hello` after a HelloRetryRequest waits on its blocking thread
+//!    instead, once it has given up its first key pairs (which the drain would otherwise
+//!    wait for); it holds one of its engine's exchange slots meanwhile;
 //! 2. the recycle waits until no key pair made under this generation and handed out is
 //!    alive (each is destroyed after its derive, or with its LURK session) and no generation
 //!    is in progress, at most `[token] recycle_drain_ms`. Key pairs still alive then are
