@@ -15,7 +15,9 @@
 use std::cell::Cell;
 
 use lurk_engine::cs_client::{CsCall, CsReply};
+use lurk_cs::error::ServiceError;
 use lurk_proto::pb;
+use lurk_proto::status::LurkStatus;
 use prost::Message;
 
 use crate::fixture::{self, Fixture};
@@ -126,6 +128,9 @@ enum Outcome {
     /// A c_init_client_hello offering PSKs was accepted, or offering the ticket was refused
     /// (the ticket is used up either way): no follow-up check.
     TookPsks,
+    /// A c_register_tickets with last_exchange on the engine's session was refused: the
+    /// session ends all the same (the engine is done with it, docs/protocol.md).
+    Ended,
     Refused,
     Accepted,
 }
@@ -151,6 +156,7 @@ pub fn run(op: Op, data: &[u8]) {
     let setup = op.setup(b);
     let mut s = Scenario::new(&fix, setup);
     let outcome = Cell::new(Outcome::NotMade);
+    let ended_session = std::cell::RefCell::new(Vec::new());
     let mut hook = |fix: &Fixture, s: &mut Scenario, call: &CsCall| -> Flow {
         if outcome.get() != Outcome::NotMade || call.exchange() != op.exchange() {
             return Flow::Continue;
@@ -173,6 +179,17 @@ pub fn run(op: Op, data: &[u8]) {
             }
             _ => false,
         };
+        let ends_session = match (&fuzzed, call) {
+            (CsCall::RegisterTickets(f), CsCall::RegisterTickets(own)) => {
+                f.last_exchange && f.session_id == own.session_id
+            }
+            _ => false,
+        };
+        let own_session = match call {
+            CsCall::RegisterTickets(own) => own.session_id.clone(),
+            _ => Vec::new(),
+        };
+        ended_session.replace(own_session);
         match fixture::call(&fix.cs, fixture::ENGINE, fuzzed) {
             Ok((reply, encoded)) => {
                 fixture::assert_no_secret(&encoded, &secrets, op.exchange());
@@ -198,6 +215,13 @@ pub fn run(op: Op, data: &[u8]) {
                     outcome.set(Outcome::TookPsks);
                     return Flow::Stop;
                 }
+                if ends_session
+                    && matches!(&e, ServiceError::Refused { status, .. }
+                        if *status != LurkStatus::TokenUnavailable)
+                {
+                    outcome.set(Outcome::Ended);
+                    return Flow::Stop;
+                }
                 outcome.set(Outcome::Refused);
                 Flow::Continue
             }
@@ -215,6 +239,19 @@ pub fn run(op: Op, data: &[u8]) {
     match outcome.get() {
         Outcome::NotMade => panic!("the engine did not make {} ({setup:?})", op.exchange()),
         Outcome::Undecodable | Outcome::TookPsks => return,
+        Outcome::Ended => {
+            // The session is gone: the engine's own last registration finds no session.
+            let close = CsCall::RegisterTickets(pb::CRegisterTicketsRequest {
+                session_id: ended_session.take(),
+                new_session_tickets: Vec::new(),
+                last_exchange: true,
+            });
+            match fixture::call(&fix.cs, fixture::ENGINE, close) {
+                Err(e) => assert_eq!(e.lurk_status(), LurkStatus::InvalidSessionId, "{e}"),
+                Ok(_) => panic!("a refused last c_register_tickets left its session open"),
+            }
+            return;
+        }
         Outcome::Accepted if !matches!(op, Op::InitClientHello | Op::InitClientFinished) => return,
         _ => {}
     }
