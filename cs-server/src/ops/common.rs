@@ -369,12 +369,13 @@ pub(crate) fn exchange<P, R>(
     prepare: impl FnOnce(&Stage) -> Result<(P, usize), ServiceError>,
     commit: impl FnOnce(&mut Stage, P) -> R,
 ) -> Result<R, ServiceError> {
-    exchange_with(
+    exchange_or_refuse(
         cs,
         engine,
         session_id,
-        |stage| prepare(stage).map(|(p, bytes)| (p, bytes, last_exchange)),
-        commit,
+        last_exchange,
+        prepare,
+        |stage, p| Ok(commit(stage, p)),
     )
 }
 
