@@ -171,6 +171,8 @@ impl CryptoServiceImpl {
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let _pool = crate::session::OnBlockingPool::enter();
+            // Its token checkouts queue as this engine's (token/pool/fair.rs).
+            let _caller = crate::token::Caller::enter(who.as_str());
             let _entered = admission.as_ref().map(AsyncAdmission::enter);
             op(&cs, who.as_str(), msg)
         })
@@ -278,5 +280,33 @@ impl CryptoService for CryptoServiceImpl {
 impl From<TokenError> for Status {
     fn from(e: TokenError) -> Self {
         ServiceError::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Caller;
+
+    /// The token sessions of a blocking exchange are queued as its engine's
+    /// (token/pool/fair.rs): the operation runs marked with it, and the mark goes after.
+    #[tokio::test]
+    async fn a_blocking_exchange_runs_as_its_engine() {
+        let f = ops::tests::fx();
+        let svc = CryptoServiceImpl::new(Arc::new(f.cs), true);
+        let engine = EngineId::new("engine-a").unwrap();
+        let seen = svc
+            .blocking(&engine, None, (), |_, _, ()| {
+                Ok((Caller::current(), std::thread::current().id()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.0.as_deref(), Some("engine-a"));
+        // The blocking pool's next task (on the thread the exchange ran on, idle now) is not
+        // marked.
+        let next = tokio::task::spawn_blocking(|| (Caller::current(), std::thread::current().id()))
+            .await
+            .unwrap();
+        assert_eq!(next, (None, seen.1));
     }
 }

@@ -15,7 +15,7 @@ pub(crate) mod common;
 pub(crate) mod msgs;
 pub mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Where an operation runs: an operation that may call the token (PKCS#11) or the ticket store
 /// runs on a blocking thread, never on the async workers; one that touches neither is tens of

@@ -50,7 +50,9 @@ pub use mechanisms::Need;
 pub use sign::{SigningKey, SigningKeyType};
 pub use uri::KeyUri;
 
-pub use pool::{AsyncAdmission, EnteredAdmission, EphemeralAdmission, PoolUsage, RecycleStats};
+pub use pool::{
+    AsyncAdmission, Caller, EnteredAdmission, EphemeralAdmission, PoolUsage, RecycleStats,
+};
 use pool::{PooledSession, RecyclePolicy, SessionPool};
 
 use crate::telemetry::{TokenCall, TokenOp};
@@ -717,5 +719,58 @@ mod tests {
             }
         });
         assert_eq!(token.inner.pool.idle(), token.pool_size());
+    }
+
+    /// One engine holds every session and waits with more exchanges; another engine's
+    /// exchange, which came last, gets the first session back (pool/fair.rs).
+    #[test]
+    fn a_freed_session_goes_to_the_engine_holding_none_before_another_engines_backlog() {
+        let (token, _cfg) = testutil::new_token("pool-fair");
+        let size = token.pool_size();
+        let waiting = |n: usize| {
+            while token.pool_usage().waiting != n {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let order = Mutex::new(Vec::new());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        std::thread::scope(|s| {
+            let (took, all_taken) = std::sync::mpsc::channel();
+            for _ in 0..size {
+                let (token, held, took) = (&token, &held, took.clone());
+                s.spawn(move || {
+                    let _c = Caller::enter("flood");
+                    let session = token.session().unwrap();
+                    took.send(()).unwrap();
+                    held.lock().unwrap().recv().unwrap();
+                    drop(session);
+                });
+            }
+            (0..size).for_each(|_| all_taken.recv().unwrap());
+            // Each waiter notes its turn while it holds the session.
+            let wait_as = |engine: &'static str| {
+                let (token, order) = (&token, &order);
+                move || {
+                    let _c = Caller::enter(engine);
+                    let _session = token.session().unwrap();
+                    order.lock().unwrap().push(engine);
+                }
+            };
+            for n in 1..=3 {
+                s.spawn(wait_as("flood"));
+                waiting(n);
+            }
+            s.spawn(wait_as("quiet"));
+            waiting(4);
+            // One session comes back and goes round the waiters, one at a time.
+            release.send(()).unwrap();
+            while order.lock().unwrap().len() < 4 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (1..size).for_each(|_| release.send(()).unwrap());
+        });
+        assert_eq!(*order.lock().unwrap(), ["quiet", "flood", "flood", "flood"]);
+        assert_eq!(token.pool_usage().in_use, 0);
     }
 }

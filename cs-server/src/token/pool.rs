@@ -2,7 +2,8 @@
 //!
 //! A cryptoki `Session` is `Send` but not `Sync`: one thread at a time. The pool hands each
 //! session to exactly one caller (checkout) and takes it back when the guard drops (checkin);
-//! callers wait on a condition variable when all sessions are out. The sessions stay open as
+//! callers wait when all sessions are out, and a session that comes back goes to the waiter
+//! whose engine holds the fewest (pool/fair.rs). The sessions stay open as
 //! long as the pool lives, which keeps the token logged in (PKCS#11 logs the application out
 //! when its last session closes) and keeps the session objects (token ephemerals) alive.
 //!
@@ -40,7 +41,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki::context::Pkcs11;
@@ -52,7 +53,10 @@ use crate::config::TokenConfig;
 use crate::error::TokenError;
 use crate::telemetry::TokenCall;
 
+mod fair;
 mod recycle;
+pub use fair::Caller;
+use fair::{FairQueue, Who};
 pub(crate) use recycle::RecyclePolicy;
 pub use recycle::{AsyncAdmission, EnteredAdmission, EphemeralAdmission, RecycleStats};
 
@@ -170,8 +174,8 @@ struct State {
     /// Set when the token refused the PIN: the PIN file's modification time then (None: no
     /// file). No login is tried again until it changes.
     pin_refused: Option<Option<SystemTime>>,
-    /// Callers waiting for a session.
-    waiting: usize,
+    /// Callers waiting for a session, and the sessions each engine holds.
+    fair: FairQueue,
     /// Session objects and token key pairs of this generation (the planned recycle).
     eph: recycle::Counts,
 }
@@ -196,7 +200,6 @@ pub(crate) struct SessionPool {
     size: usize,
     gate: RwLock<()>,
     state: Mutex<State>,
-    returned: Condvar,
     /// The planned recycle of a module that keeps destroyed objects (pool/recycle.rs).
     recycle: RecyclePolicy,
     /// Wakes a recycle waiting for key pairs in use, and key generations waiting for it.
@@ -248,10 +251,9 @@ impl SessionPool {
                 recovering: false,
                 backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
                 pin_refused: None,
-                waiting: 0,
+                fair: FairQueue::default(),
                 eph: recycle::Counts::default(),
             }),
-            returned: Condvar::new(),
             recycle,
             recycle_cv: Condvar::new(),
             planned: AtomicBool::new(false),
@@ -289,7 +291,7 @@ impl SessionPool {
             size: self.size,
             in_use: st.open.saturating_sub(st.idle.len()),
             idle: st.idle.len(),
-            waiting: st.waiting,
+            waiting: st.fair.len(),
         }
     }
 
@@ -298,8 +300,33 @@ impl SessionPool {
         self.lock().slot
     }
 
-    /// Takes a session, waiting until one is free; fails at once while the token is down.
+    /// Sessions free now: idle, or not open (a checkout opens it).
+    fn free(&self, st: &State) -> usize {
+        st.idle.len() + self.size.saturating_sub(st.open)
+    }
+
+    /// Takes a session, waiting until one is free (and is this caller's turn: pool/fair.rs);
+    /// fails at once while the token is down.
     pub(crate) fn checkout(&self) -> Result<PooledSession<'_>, TokenError> {
+        let who = Caller::current();
+        let mut ticket = None;
+        let result = self.checkout_as(&who, &mut ticket);
+        if let Some((id, _)) = ticket {
+            // Gave up while waiting: a grant it holds passes on.
+            let mut st = self.lock();
+            let free = self.free(&st);
+            st.fair.leave(id, free);
+        }
+        result
+    }
+
+    /// [`checkout`](Self::checkout) for `who`; `ticket` is its place in the queue while it
+    /// waits.
+    fn checkout_as(
+        &self,
+        who: &Who,
+        ticket: &mut Option<(u64, Arc<Condvar>)>,
+    ) -> Result<PooledSession<'_>, TokenError> {
         let deadline = Instant::now() + CHECKOUT_TIMEOUT;
         loop {
             let gate = match self.gate.try_read() {
@@ -332,12 +359,45 @@ impl SessionPool {
                 self.recover();
                 continue;
             }
-            if let Some(entry) = st.idle.pop() {
+            let free = self.free(&st);
+            st.fair.grant(free);
+            if !st.fair.may_take(ticket.as_ref().map(|t| t.0), free) {
+                // Wait for a grant without holding the gate (a recovery may need it).
+                drop(gate);
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(TokenError::Other(format!(
+                        "no token session became free in {} s ({} in the pool)",
+                        CHECKOUT_TIMEOUT.as_secs(),
+                        self.size
+                    )));
+                }
+                let wake = ticket
+                    .get_or_insert_with(|| st.fair.join(who.clone()))
+                    .1
+                    .clone();
+                drop(
+                    wake.wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                continue;
+            }
+            // This caller's session: an idle one, else one to open.
+            let entry = st.idle.pop();
+            if entry.is_none() {
+                st.open += 1;
+            }
+            st.fair.took(who);
+            if let Some((id, _)) = ticket.take() {
+                let free = self.free(&st);
+                st.fair.leave(id, free);
+            }
+            if let Some(entry) = entry {
                 let generation = st.generation;
                 let stale = entry.checked < st.faults;
                 let faults = st.faults;
                 drop(st);
-                let mut s = PooledSession::new(self, gate, entry, generation, faults);
+                let mut s = PooledSession::new(self, gate, entry, generation, faults, who);
                 if stale {
                     // Another session failed since this one was last known good.
                     match s.get_session_info() {
@@ -356,65 +416,50 @@ impl SessionPool {
                 }
                 return Ok(s);
             }
-            if st.open < self.size {
-                // A session was dropped: open and log in its replacement.
-                st.open += 1;
-                let (slot, generation) = (st.slot, st.generation);
-                drop(st);
-                #[cfg(test)]
-                if let Some(hook) = self.before_open.lock().unwrap().take() {
-                    hook();
-                }
-                match open_session(&self.pkcs11, slot, &self.cfg) {
-                    Ok(session) => {
-                        let mut st = self.lock();
-                        // Read once the session is logged in: when every other session
-                        // closed meanwhile, the token logged out and this login may name
-                        // the private objects by new handles (SoftHSM does). Each such
-                        // close counted a fault first (`Drop`), so handles cached before
-                        // it are not reused under this epoch.
-                        let faults = st.faults;
-                        let id = st.next_id;
-                        st.next_id += 1;
-                        st.live.insert(id);
-                        drop(st);
-                        tracing::info!(token = %self.cfg.label, "opened a new token session");
-                        let entry = Entry {
-                            session,
-                            id,
-                            checked: faults,
-                        };
-                        return Ok(PooledSession::new(self, gate, entry, generation, faults));
-                    }
-                    Err(e) => {
-                        let mut st = self.lock();
-                        st.open -= 1;
-                        let reason = format!("cannot open a logged-in session: {}", e.error);
-                        if e.pin_refused {
-                            st.pin_refused = Some(pin_file_time(&self.cfg));
-                        }
-                        self.mark_down(&mut st, &reason);
-                        return Err(TokenError::Unavailable(reason));
-                    }
-                }
-            }
-            // Wait for a checkin without holding the gate (a recovery may need it).
-            drop(gate);
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(TokenError::Other(format!(
-                    "no token session became free in {} s ({} in the pool)",
-                    CHECKOUT_TIMEOUT.as_secs(),
-                    self.size
-                )));
-            }
-            st.waiting += 1;
-            let (mut st, _) = self
-                .returned
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner());
-            st.waiting -= 1;
+            // A session was dropped: open and log in its replacement.
+            let (slot, generation) = (st.slot, st.generation);
             drop(st);
+            #[cfg(test)]
+            if let Some(hook) = self.before_open.lock().unwrap().take() {
+                hook();
+            }
+            match open_session(&self.pkcs11, slot, &self.cfg) {
+                Ok(session) => {
+                    let mut st = self.lock();
+                    // Read once the session is logged in: when every other session
+                    // closed meanwhile, the token logged out and this login may name
+                    // the private objects by new handles (SoftHSM does). Each such
+                    // close counted a fault first (`Drop`), so handles cached before
+                    // it are not reused under this epoch.
+                    let faults = st.faults;
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.live.insert(id);
+                    drop(st);
+                    tracing::info!(token = %self.cfg.label, "opened a new token session");
+                    let entry = Entry {
+                        session,
+                        id,
+                        checked: faults,
+                    };
+                    return Ok(PooledSession::new(
+                        self, gate, entry, generation, faults, who,
+                    ));
+                }
+                Err(e) => {
+                    let mut st = self.lock();
+                    st.open -= 1;
+                    st.fair.gave_back(who);
+                    let reason = format!("cannot open a logged-in session: {}", e.error);
+                    if e.pin_refused {
+                        st.pin_refused = Some(pin_file_time(&self.cfg));
+                    }
+                    self.mark_down(&mut st, &reason);
+                    let free = self.free(&st);
+                    st.fair.grant(free);
+                    return Err(TokenError::Unavailable(reason));
+                }
+            }
         }
     }
 
@@ -435,7 +480,7 @@ impl SessionPool {
                 retry_at: Instant::now() + delay,
             };
             // Waiters fail fast now rather than at their timeout.
-            self.returned.notify_all();
+            st.fair.wake_all();
         }
     }
 
@@ -482,9 +527,11 @@ impl SessionPool {
                 };
             }
         }
+        let free = self.free(&st);
+        st.fair.grant(free);
+        st.fair.wake_all();
         drop(st);
         drop(gate);
-        self.returned.notify_all();
     }
 
     /// Closes every session, runs C_Finalize and C_Initialize, finds the token's slot again
@@ -614,6 +661,8 @@ pub(crate) struct PooledSession<'a> {
     pub(super) fault: Cell<Option<Fault>>,
     /// Measures this checkout until the session goes back (token/mod.rs, `session_for`).
     call: Option<TokenCall>,
+    /// Whose exchange holds it (pool/fair.rs).
+    who: Who,
 }
 
 /// When cached object handles were looked up: the module generation and the session
@@ -629,6 +678,7 @@ impl<'a> PooledSession<'a> {
         entry: Entry,
         generation: u64,
         faults: u64,
+        who: &Who,
     ) -> Self {
         HELD.set(HELD.get() + 1);
         Self {
@@ -639,6 +689,7 @@ impl<'a> PooledSession<'a> {
             faults,
             fault: Cell::new(None),
             call: None,
+            who: who.clone(),
         }
     }
 
@@ -723,21 +774,24 @@ impl Drop for PooledSession<'_> {
         let Some(entry) = self.entry.take() else {
             return;
         };
+        let mut st = self.pool.lock();
+        st.fair.gave_back(&self.who);
         let Some(fault) = self.fault.get() else {
-            self.pool.lock().idle.push(entry);
-            self.pool.returned.notify_one();
+            st.idle.push(entry);
+            let free = self.pool.free(&st);
+            st.fair.grant(free);
             return;
         };
-        {
-            let mut st = self.pool.lock();
-            st.open -= 1;
-            st.live.remove(&entry.id);
-            st.faults += 1;
-            if fault == Fault::Device {
-                self.pool
-                    .mark_down(&mut st, "a token call failed with a device error");
-            }
+        st.open -= 1;
+        st.live.remove(&entry.id);
+        st.faults += 1;
+        if fault == Fault::Device {
+            self.pool
+                .mark_down(&mut st, "a token call failed with a device error");
         }
+        let free = self.pool.free(&st);
+        st.fair.grant(free);
+        drop(st);
         tracing::warn!(
             token = %self.pool.cfg.label,
             ?fault,
@@ -745,7 +799,6 @@ impl Drop for PooledSession<'_> {
         );
         // Still under the read gate: the module cannot be re-initialised meanwhile.
         let _ = entry.session.close();
-        self.pool.returned.notify_one();
     }
 }
 

@@ -65,12 +65,12 @@ pub(super) fn status<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> LurkStat
 }
 
 /// A CS on memory ephemerals and a temp SQLite store, no token, no signing key.
-pub(super) struct Fx {
-    pub(super) cs: Cs,
-    _dir: tempfile::TempDir,
+pub(crate) struct Fx {
+    pub(crate) cs: Cs,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
-pub(super) fn fx() -> Fx {
+pub(crate) fn fx() -> Fx {
     fx_with(|_| {})
 }
 

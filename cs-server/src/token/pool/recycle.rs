@@ -239,9 +239,10 @@ impl SessionPool {
             }
             None => {}
         }
+        let free = self.free(&st);
+        st.fair.grant(free);
         drop(st);
         self.recycle_cv.notify_all();
-        self.returned.notify_all();
     }
 
     /// `n` session objects were made by a session of module generation `generation`.
