@@ -772,5 +772,6 @@ mod tests {
         });
         assert_eq!(*order.lock().unwrap(), ["quiet", "flood", "flood", "flood"]);
         assert_eq!(token.pool_usage().in_use, 0);
+        assert!(token.inner.pool.fair_is_empty());
     }
 }

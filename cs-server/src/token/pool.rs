@@ -315,7 +315,7 @@ impl SessionPool {
             // Gave up while waiting: a grant it holds passes on.
             let mut st = self.lock();
             let free = self.free(&st);
-            st.fair.leave(id, free);
+            st.fair.leave(id, &who, free);
         }
         result
     }
@@ -372,10 +372,7 @@ impl SessionPool {
                         self.size
                     )));
                 }
-                let wake = ticket
-                    .get_or_insert_with(|| st.fair.join(who.clone()))
-                    .1
-                    .clone();
+                let wake = ticket.get_or_insert_with(|| st.fair.join(who)).1.clone();
                 drop(
                     wake.wait_timeout(st, deadline - now)
                         .unwrap_or_else(|e| e.into_inner()),
@@ -387,11 +384,9 @@ impl SessionPool {
             if entry.is_none() {
                 st.open += 1;
             }
-            st.fair.took(who);
-            if let Some((id, _)) = ticket.take() {
-                let free = self.free(&st);
-                st.fair.leave(id, free);
-            }
+            let taken = ticket.take().map(|t| t.0);
+            let free = self.free(&st);
+            st.fair.take(taken, who, free);
             if let Some(entry) = entry {
                 let generation = st.generation;
                 let stale = entry.checked < st.faults;
@@ -410,6 +405,14 @@ impl SessionPool {
                         Err(e) => s.fault.set(Some(fault_of(&e).unwrap_or(Fault::Session))),
                     }
                     if s.fault.get().is_some() {
+                        // Wait again in the same place; the slot it frees may be its own.
+                        let mut st = self.lock();
+                        let id = match taken {
+                            Some(id) => (id, st.fair.rejoin(id, who)),
+                            None => st.fair.join(who),
+                        };
+                        *ticket = Some(id);
+                        drop(st);
                         drop(s);
                         continue;
                     }
@@ -589,6 +592,12 @@ impl SessionPool {
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
         self.lock().idle.len()
+    }
+
+    /// No caller holds a session or waits for one (pool/fair.rs).
+    #[cfg(test)]
+    pub(crate) fn fair_is_empty(&self) -> bool {
+        self.lock().fair.is_empty()
     }
 
     /// The module generation (re-initialisations so far).
