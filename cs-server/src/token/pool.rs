@@ -305,6 +305,12 @@ impl SessionPool {
         st.idle.len() + self.size.saturating_sub(st.open)
     }
 
+    /// Grants the free sessions to waiters (pool/fair.rs); after every change that frees one.
+    fn grant(&self, st: &mut State) {
+        let free = self.free(st);
+        st.fair.grant(free);
+    }
+
     /// Takes a session, waiting until one is free (and is this caller's turn: pool/fair.rs);
     /// fails at once while the token is down.
     pub(crate) fn checkout(&self) -> Result<PooledSession<'_>, TokenError> {
@@ -458,8 +464,7 @@ impl SessionPool {
                         st.pin_refused = Some(pin_file_time(&self.cfg));
                     }
                     self.mark_down(&mut st, &reason);
-                    let free = self.free(&st);
-                    st.fair.grant(free);
+                    self.grant(&mut st);
                     return Err(TokenError::Unavailable(reason));
                 }
             }
@@ -530,8 +535,7 @@ impl SessionPool {
                 };
             }
         }
-        let free = self.free(&st);
-        st.fair.grant(free);
+        self.grant(&mut st);
         st.fair.wake_all();
         drop(st);
         drop(gate);
@@ -787,8 +791,7 @@ impl Drop for PooledSession<'_> {
         st.fair.gave_back(&self.who);
         let Some(fault) = self.fault.get() else {
             st.idle.push(entry);
-            let free = self.pool.free(&st);
-            st.fair.grant(free);
+            self.pool.grant(&mut st);
             return;
         };
         st.open -= 1;
@@ -798,8 +801,7 @@ impl Drop for PooledSession<'_> {
             self.pool
                 .mark_down(&mut st, "a token call failed with a device error");
         }
-        let free = self.pool.free(&st);
-        st.fair.grant(free);
+        self.pool.grant(&mut st);
         drop(st);
         tracing::warn!(
             token = %self.pool.cfg.label,

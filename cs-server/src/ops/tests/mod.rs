@@ -67,7 +67,7 @@ pub(super) fn status<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> LurkStat
 /// A CS on memory ephemerals and a temp SQLite store, no token, no signing key.
 pub(crate) struct Fx {
     pub(crate) cs: Cs,
-    pub(crate) _dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 pub(crate) fn fx() -> Fx {

@@ -179,13 +179,14 @@ impl FairQueue {
             let next = self
                 .callers
                 .values_mut()
-                .filter_map(|c| c.waiting.front().map(|w| (c.held, w.id)).zip(Some(c)))
-                .min_by_key(|(key, _)| *key);
-            let Some((_, c)) = next else { return };
-            let Some(w) = c.waiting.pop_front() else {
+                .filter(|c| !c.waiting.is_empty())
+                .min_by_key(|c| (c.held, c.waiting[0].id));
+            let Some(w) = next.and_then(|c| {
+                c.held += 1;
+                c.waiting.pop_front()
+            }) else {
                 return;
             };
-            c.held += 1;
             self.waiting -= 1;
             w.wake.notify_one();
             self.granted.insert(w.id, w.wake);

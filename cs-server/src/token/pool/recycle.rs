@@ -239,8 +239,7 @@ impl SessionPool {
             }
             None => {}
         }
-        let free = self.free(&st);
-        st.fair.grant(free);
+        self.grant(&mut st);
         drop(st);
         self.recycle_cv.notify_all();
     }
