@@ -306,6 +306,11 @@ pub struct PostgresConfig {
     /// How long an operation waits for a connection before failing (milliseconds).
     #[serde(default = "default_pg_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// A statement of an engine's request, or its wait for a row lock held by another
+    /// replica, fails past this (milliseconds; PostgreSQL's `statement_timeout` and
+    /// `lock_timeout`, set on every pooled connection).
+    #[serde(default = "default_pg_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
 }
 
 /// `[sessions]`: how many LURK sessions, and how many bytes of session state, the CS holds,
@@ -567,6 +572,10 @@ fn default_pg_pool_size() -> u32 {
 fn default_pg_connect_timeout_ms() -> u64 {
     3000
 }
+fn default_pg_statement_timeout_ms() -> u64 {
+    // Well within the request's own timeout (`[limits] request_timeout_ms`).
+    2000
+}
 fn default_max_sessions() -> usize {
     100_000
 }
@@ -713,6 +722,11 @@ impl Config {
                 if pg.pool_size == 0 {
                     return Err(ConfigError::Invalid(
                         "store.postgres.pool_size must be > 0".into(),
+                    ));
+                }
+                if pg.statement_timeout_ms == 0 {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres.statement_timeout_ms must be > 0".into(),
                     ));
                 }
             }

@@ -38,8 +38,10 @@
 //!   refuses to start ([`StoreError::WrongSealingKey`]). Replicas share the key (a network
 //!   HSM, or `lurk-cs token sealing-key export-wrapped / import-wrapped`).
 
+use std::collections::HashSet;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lurk_proto::wire::HashAlg;
 use zeroize::Zeroizing;
@@ -467,6 +469,71 @@ pub(crate) struct PreparedExternal {
     pub sealed: Vec<u8>,
 }
 
+/// One registration at a time per engine in this process: the others of the same engine
+/// wait here, before the store's lock or connection is taken. An engine's registrations are
+/// serialised anyway (its cap is counted under a lock: PostgreSQL's row lock across
+/// replicas, SQLite's write lock); waiting for that lock while holding a pooled connection
+/// would let one engine's requests hold every connection, and a registration of another
+/// engine, a take, a health probe wait behind them.
+#[derive(Default)]
+pub(crate) struct EngineGates {
+    /// Engines with a registration past the gate.
+    busy: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+/// An engine's turn at the gate, until dropped.
+pub(crate) struct GateTurn<'a> {
+    gates: &'a EngineGates,
+    engine: String,
+}
+
+impl EngineGates {
+    /// Waits (at most `timeout`) until no other registration of `engine` is past the gate.
+    pub(crate) fn enter(
+        &self,
+        engine: &str,
+        timeout: Duration,
+    ) -> Result<GateTurn<'_>, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(engine) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "another registration of this engine held the store for more than \
+                     {timeout:?}"
+                )));
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        busy.insert(engine.to_owned());
+        Ok(GateTurn {
+            gates: self,
+            engine: engine.to_owned(),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.busy.lock().unwrap().is_empty()
+    }
+}
+
+impl Drop for GateTurn<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.gates.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.engine);
+        drop(busy);
+        // Waiters of every engine share the condition variable: each checks its own.
+        self.gates.freed.notify_all();
+    }
+}
+
 /// Tombstones of `engine` to purge (oldest first) before one more live ticket is stored:
 /// live tickets and tombstones together stay within twice the per-engine cap.
 pub(crate) fn tombstone_excess(live_after: i64, tombstones: i64, cap: u32) -> i64 {
@@ -702,6 +769,33 @@ mod tests {
             max_early_data: 0,
             server_name: Some("example.com"),
         }
+    }
+
+    /// One registration per engine past the gate: another engine passes at once, the same
+    /// engine waits for the turn to end, or fails as unavailable past its timeout.
+    #[test]
+    fn engine_gates() {
+        let gates = Arc::new(EngineGates::default());
+        let a = gates.enter("engine-a", Duration::ZERO).unwrap();
+        let b = gates.enter("engine-b", Duration::ZERO).unwrap();
+        let err = gates
+            .enter("engine-a", Duration::from_millis(20))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        let waiter = {
+            let gates = gates.clone();
+            std::thread::spawn(move || {
+                gates
+                    .enter("engine-a", Duration::from_secs(60))
+                    .map(|_turn| ())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        drop(a);
+        waiter.join().unwrap().unwrap();
+        drop(b);
+        assert!(gates.is_empty());
     }
 
     #[test]

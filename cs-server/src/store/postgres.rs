@@ -14,10 +14,18 @@
 //! - **Per-engine cap across replicas**: `put_ticket` locks the engine's row of
 //!   `ticket_engines` (`SELECT … FOR UPDATE`), so registrations of one engine are
 //!   serialised across replicas while the count is taken and the row inserted; a take only
-//!   lowers the count, so it needs no lock. After the lock, one statement (`PUT_TICKET`)
-//!   checks, makes room among the engine's tombstones (live tickets and tombstones within
-//!   twice the cap) and inserts: the lock is held for that statement and the commit only.
-//!   The total tombstone cap (`max_tombstones`) is kept by `purge_expired`.
+//!   lowers the count, so it needs no lock. After the lock, the engine's expired tickets
+//!   go and its tickets and tombstones are counted once; then one statement per ticket
+//!   (`PUT_TICKET`, index lookups only) checks, makes room among the engine's tombstones
+//!   (live tickets and tombstones within twice the cap) and inserts. The total tombstone
+//!   cap (`max_tombstones`) is kept by `purge_expired`.
+//! - **What one engine can hold**: its registrations go one at a time per replica
+//!   (`EngineGates`): the others wait in the CS, holding no connection, so one engine's
+//!   requests waiting for its lock hold one pooled connection, not the pool. Every
+//!   statement, and every wait for a row lock, fails past `statement_timeout_ms`
+//!   (`statement_timeout`, `lock_timeout`; a transaction left idle is ended at twice that).
+//!   The health probe (`ping`) has a connection of its own: a pool all lent out is load,
+//!   not an outage.
 //! - **TLS** to the database: with `tls_ca`, rustls verifies the server against that CA and
 //!   the DSN's host; without it, plaintext (a Unix socket or loopback).
 //! - A database that cannot be reached surfaces as `StoreError::Unavailable` at once (no
@@ -42,18 +50,19 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use super::{
-    hash_from_code, identity_hash, int, log_refusal, lookup_key, split_engines, sql_int, unix_secs,
-    ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer, Sealing, StoredTicket,
-    TicketBinding, TicketRow, Tickets,
+    hash_from_code, identity_hash, int, log_refusal, lookup_key, split_engines, sql_int,
+    tombstone_excess, unix_secs, EngineGates, ExternalPsk, ExternalPskInfo, ExternalPsks,
+    NewTicket, Sealer, Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
 
 /// The schema, one migration per version (each applied in its own transaction with the
 /// version row).
-pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE tickets (
     engine         TEXT   NOT NULL,
     id_hash        BYTEA  NOT NULL,  -- SHA-256 of the ticket identity
@@ -93,7 +102,15 @@ CREATE TABLE key_check (
     created_at BIGINT   NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        // An engine's oldest tombstones through an index (the room made at each
+        // registration of an engine at its bound), not by sorting all of them.
+        "CREATE INDEX consumed_tickets_engine_expires_at
+             ON consumed_tickets (engine, expires_at, id_hash);",
+    ),
+];
 
 /// Locks an engine's `ticket_engines` row (its registrations, across replicas).
 const LOCK_ENGINE: &str = "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UPDATE";
@@ -108,41 +125,40 @@ const LOCK_ENGINE: &str = "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UP
 /// committed after the snapshot turns a ticket counted live into a tombstone, which leaves
 /// the sum as it is, so the bound is exact. A refusal purges no tombstone (`excess` is 0,
 /// never NULL: `LIMIT NULL` would mean no limit). Returns (stored, consumed, live count).
+/// An engine's expired tickets go before its registration counts (under its lock).
+const PURGE_ENGINE_EXPIRED: &str = "DELETE FROM tickets WHERE engine = $1 AND expires_at <= $2";
+
+/// The engine's live tickets and tombstones, counted once per registration (under its
+/// lock): each ticket then costs index lookups only.
+const COUNT_ENGINE: &str = "
+SELECT (SELECT count(*) FROM tickets WHERE engine = $1),
+       (SELECT count(*) FROM consumed_tickets WHERE engine = $1)";
+
+/// One ticket: whether its identity is stored or consumed, and if neither and `$11` (room
+/// under the cap), room among the tombstones (`$12` oldest purged) and the insert.
 const PUT_TICKET: &str = "
-WITH purged AS (
-    DELETE FROM tickets WHERE engine = $1 AND expires_at <= $10 AND id_hash <> $2
-), seen AS (
-    SELECT EXISTS (SELECT 1 FROM tickets
-                   WHERE engine = $1 AND id_hash = $2 AND expires_at > $10) AS stored,
+WITH seen AS (
+    SELECT EXISTS (SELECT 1 FROM tickets WHERE engine = $1 AND id_hash = $2) AS stored,
            EXISTS (SELECT 1 FROM consumed_tickets
-                   WHERE engine = $1 AND id_hash = $2 AND expires_at > $10) AS consumed,
-           (SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $10) AS live,
-           (SELECT count(*) FROM consumed_tickets WHERE engine = $1) AS tombstones
+                   WHERE engine = $1 AND id_hash = $2 AND expires_at > $10) AS consumed
 ), state AS (
-    SELECT stored, consumed, live,
-           CASE WHEN NOT stored AND NOT consumed AND live < $11
-                THEN GREATEST(live + 1 + tombstones - 2 * $11, 0)
-                ELSE 0 END AS excess,
-           NOT stored AND NOT consumed AND live < $11 AS admitted
+    SELECT stored, consumed, NOT stored AND NOT consumed AND $11::boolean AS admitted
     FROM seen
 ), room AS (
     DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash IN
         (SELECT id_hash FROM consumed_tickets WHERE engine = $1
-         ORDER BY expires_at, id_hash LIMIT (SELECT excess FROM state))
+         ORDER BY expires_at, id_hash
+         LIMIT (SELECT CASE WHEN admitted THEN $12::bigint ELSE 0 END FROM state))
+    RETURNING 1
 ), inserted AS (
     INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at, expires_at,
                          max_early_data, server_name, sealed)
     SELECT $1, $2, $3::bigint, $4::bigint, $5::bigint, $6::bigint, $7::bigint, $8::text,
            $9::bytea
     FROM state WHERE admitted
-    ON CONFLICT (engine, id_hash) DO UPDATE SET
-        hash_alg = excluded.hash_alg, cipher_suite = excluded.cipher_suite,
-        issued_at = excluded.issued_at, expires_at = excluded.expires_at,
-        max_early_data = excluded.max_early_data, server_name = excluded.server_name,
-        sealed = excluded.sealed
-    WHERE tickets.expires_at <= $10
+    ON CONFLICT (engine, id_hash) DO NOTHING
 )
-SELECT stored, consumed, live FROM state";
+SELECT stored, consumed, (SELECT count(*) FROM room) FROM state";
 
 /// A take reads the row first, and unseals it with no connection held.
 const READ_TICKET: &str = "
@@ -363,6 +379,11 @@ impl From<StoreError> for OpError {
 /// The PostgreSQL ticket store. See the module documentation.
 pub struct PostgresStore {
     pool: ConnPool,
+    /// The health probe's own connection (`ping`): a pool that is all lent out is load,
+    /// not an outage, and must not turn the replica NOT_SERVING.
+    health: Mutex<Option<postgres::Client>>,
+    /// One registration per engine at a time from this replica (store/mod.rs).
+    gates: EngineGates,
     sealing: Sealing,
     /// Host and database, for messages (never the password).
     name: String,
@@ -383,11 +404,18 @@ impl std::fmt::Debug for PostgresStore {
 
 /// A connection-level failure (no SQLSTATE: closed, refused, timed out) means the database
 /// is unreachable; anything else is an error of the statement.
+/// A statement cancelled by `statement_timeout` or `lock_timeout` (`statement_timeout_ms`)
+/// means the database is too slow or the row is held elsewhere: unavailable for now.
 fn pg_err(e: postgres::Error) -> StoreError {
-    if e.code().is_none() {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Postgres(e)
+    use postgres::error::SqlState;
+    match e.code() {
+        None => StoreError::Unavailable(e.to_string()),
+        Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
+            StoreError::Unavailable(format!(
+                "a statement ran past store.postgres.statement_timeout_ms: {e}"
+            ))
+        }
+        Some(_) => StoreError::Postgres(e),
     }
 }
 
@@ -480,6 +508,14 @@ impl PostgresStore {
         let timeout = Duration::from_millis(pg.connect_timeout_ms.max(1));
         pcfg.connect_timeout(timeout);
         pcfg.application_name("lurk-cs");
+        // No statement, and no wait for a row lock (another replica's registration of the
+        // same engine), holds a connection longer than this: it fails, and is rolled back.
+        let limit = pg.statement_timeout_ms.max(1);
+        pcfg.options(&format!(
+            "-c statement_timeout={limit} -c lock_timeout={limit} \
+             -c idle_in_transaction_session_timeout={}",
+            limit.saturating_mul(2)
+        ));
         let name = format!(
             "postgres {:?}/{}",
             pcfg.get_hosts(),
@@ -505,6 +541,8 @@ impl PostgresStore {
         };
         let store = Self {
             pool,
+            health: Mutex::new(None),
+            gates: EngineGates::default(),
             sealing: Sealing::new(sealer, cfg),
             name,
             max_tickets_per_engine: cfg.max_tickets_per_engine,
@@ -574,6 +612,9 @@ impl PostgresStore {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let mut conn = self.conn()?;
         let mut tx = conn.client.transaction().map_err(pg_err)?;
+        // A migration (an index on a large table) may take long; the lock waits too.
+        tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+            .map_err(pg_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .map_err(pg_err)?;
         tx.batch_execute(
@@ -648,7 +689,10 @@ impl Tickets for PostgresStore {
         if sealed.is_empty() {
             return Ok(());
         }
-        let cap = i64::from(self.max_tickets_per_engine);
+        let cap = self.max_tickets_per_engine;
+        // One registration of this engine at a time from this replica: the others wait
+        // here, holding no connection (store/mod.rs `EngineGates`).
+        let _turn = self.gates.enter(engine, self.pool.timeout)?;
         // Running this again after a lost connection is harmless, even when the first commit
         // went through: the identities are then stored, and a stored identity is left as it
         // is.
@@ -657,16 +701,23 @@ impl Tickets for PostgresStore {
             let s_new_engine = c.prepare(
                 "INSERT INTO ticket_engines (engine) VALUES ($1) ON CONFLICT DO NOTHING",
             )?;
+            let s_purge = c.prepare(PURGE_ENGINE_EXPIRED)?;
+            let s_count = c.prepare(COUNT_ENGINE)?;
             let s_put = c.prepare(PUT_TICKET)?;
             let mut tx = c.client.transaction()?;
             // Serialises this engine's registrations across replicas, until the commit: the
             // next statement's snapshot, taken after the lock, sees every registration
-            // committed before, so the count is exact.
+            // committed before, so the counts are exact.
             if tx.query_opt(&s_lock, &[&engine])?.is_none() {
                 tx.execute(&s_new_engine, &[&engine])?;
                 tx.query_one(&s_lock, &[&engine])?;
             }
+            tx.execute(&s_purge, &[&engine, &sql_int(now)])?;
+            let counts = tx.query_one(&s_count, &[&engine])?;
+            let (mut live, mut tombstones) = (counts.get::<_, i64>(0), counts.get::<_, i64>(1));
             for t in &sealed {
+                let room = live < i64::from(cap);
+                let excess = tombstone_excess(live + 1, tombstones, cap);
                 let r = tx.query_one(
                     &s_put,
                     &[
@@ -680,19 +731,24 @@ impl Tickets for PostgresStore {
                         &t.server_name,
                         &t.sealed,
                         &sql_int(now),
-                        &cap,
+                        &room,
+                        &excess,
                     ],
                 )?;
-                let refusal = match (r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, i64>(2)) {
+                let refusal = match (r.get::<_, bool>(0), r.get::<_, bool>(1)) {
                     // A stored identity stays as it is: re-registering never extends a
                     // lifetime.
-                    (true, _, _) => None,
-                    (false, true, _) => Some(StoreError::TicketConsumed),
-                    (false, false, live) if live >= cap => Some(StoreError::TooManyTickets {
+                    (true, _) => None,
+                    (false, true) => Some(StoreError::TicketConsumed),
+                    (false, false) if !room => Some(StoreError::TooManyTickets {
                         engine: engine.to_owned(),
-                        cap: self.max_tickets_per_engine,
+                        cap,
                     }),
-                    _ => None,
+                    (false, false) => {
+                        live += 1;
+                        tombstones -= r.get::<_, i64>(2);
+                        None
+                    }
                 };
                 if refusal.is_some() {
                     // All or none: the transaction rolls back.
@@ -830,9 +886,14 @@ impl Tickets for PostgresStore {
                      ORDER BY expires_at, engine, id_hash
                      LIMIT GREATEST((SELECT count(*) FROM consumed_tickets) - $1, 0))",
             )?;
-            let n = c.client.execute(&s_tickets, &[&now])?;
-            c.client.execute(&s_tombstones, &[&now])?;
-            let excess = c.client.execute(&s_cap, &[&max_tombstones])?;
+            let mut tx = c.client.transaction()?;
+            // The CS's own periodic work, over every engine's rows: not bound by
+            // `statement_timeout_ms`, which is for what engines' requests make it wait.
+            tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+            let n = tx.execute(&s_tickets, &[&now])?;
+            tx.execute(&s_tombstones, &[&now])?;
+            let excess = tx.execute(&s_cap, &[&max_tombstones])?;
+            tx.commit()?;
             Ok((n, excess))
         })?;
         if excess > 0 {
@@ -846,11 +907,31 @@ impl Tickets for PostgresStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.run(|c| {
-            let s = c.prepare("SELECT count(*) FROM key_check")?;
-            c.client.query_one(&s, &[])?;
-            Ok(())
-        })
+        // Its own connection, kept between probes; one found closed (a restart, a failover)
+        // is replaced once.
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..2 {
+            let kept = health.is_some();
+            let client = match health.as_mut() {
+                Some(c) => c,
+                None => health.insert(self.pool.connect().map_err(pg_err)?),
+            };
+            match client.query_one("SELECT count(*) FROM key_check", &[]) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let lost = connection_lost(&e, client);
+                    let err = db_err(e, client);
+                    *health = None;
+                    if !(lost && kept) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{}: health connection lost",
+            self.name
+        )))
     }
 }
 
@@ -971,6 +1052,8 @@ mod tests {
             // Also the wait for a free pooled connection: eight threads share four in
             // `concurrent_puts`, and a loaded CI machine must not turn that into a failure.
             connect_timeout_ms: 15_000,
+            // Generous: a loaded CI machine must not fail a registration that waits its turn.
+            statement_timeout_ms: 15_000,
         });
         c
     }
@@ -1121,6 +1204,7 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 
         closed_connections(&cluster);
+        a_waiting_engine_holds_one_connection(&cluster);
 
         // The database goes away: operations fail as `Unavailable`, and succeed again once
         // it is back, with the same store (no reopening).
@@ -1207,6 +1291,104 @@ mod tests {
         assert_eq!(capped.count_tickets("engine-k").unwrap(), 2);
         assert_eq!(tombs(), 2, "one tombstone purged, once");
         assert!(capped.take_ticket("engine-k", b"k4").unwrap().is_some());
+    }
+
+    /// Another replica is in the middle of a registration of engine-a (it holds engine-a's
+    /// row lock). engine-a's registrations here wait for it one at a time: one in the
+    /// database holding one pooled connection, the others in the CS holding none; another
+    /// engine's calls and the health probe go on meanwhile. A wait past
+    /// `statement_timeout_ms` fails as `Unavailable` and stores nothing.
+    fn a_waiting_engine_holds_one_connection(cluster: &PgCluster) {
+        let f = Fixture::new(cluster);
+        let mut c = pg_cfg(cluster, &f.db, &cfg(100, 3600));
+        let pg = c.postgres.as_mut().unwrap();
+        pg.pool_size = 2;
+        pg.connect_timeout_ms = 10_000;
+        let s = Arc::new(
+            PostgresStore::from_config(&c, f.sealer.clone())
+                .unwrap()
+                .with_clock(f.clock.func()),
+        );
+        let psk = random_psk(32);
+        s.put_ticket("engine-a", ticket(b"a0", &psk)).unwrap();
+        s.put_ticket("engine-b", ticket(b"b0", &psk)).unwrap();
+        let mut replica = f.raw();
+        let mut tx = replica.transaction().unwrap();
+        tx.query_one(LOCK_ENGINE, &[&"engine-a"]).unwrap();
+        let puts: Vec<_> = (1..=6)
+            .map(|i| {
+                let (s, psk) = (s.clone(), psk.clone());
+                std::thread::spawn(move || {
+                    s.put_ticket("engine-a", ticket(format!("a{i}").as_bytes(), &psk))
+                })
+            })
+            .collect();
+        let waiting = || {
+            f.count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+        };
+        let t0 = Instant::now();
+        while waiting() == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no registration waits"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Time for the others to reach the pool, if they could.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(waiting(), 1, "one registration waits in the database");
+        assert!(s.take_ticket("engine-b", b"b0").unwrap().is_some());
+        s.put_ticket("engine-b", ticket(b"b1", &psk)).unwrap();
+        s.ping().unwrap();
+        tx.rollback().unwrap();
+        for p in puts {
+            p.join().unwrap().unwrap();
+        }
+        assert_eq!(s.count_tickets("engine-a").unwrap(), 7);
+        assert!(s.gates.is_empty());
+
+        // Every pooled connection lent out (one, waiting for that lock): the health probe
+        // answers on its own connection.
+        let pg = c.postgres.as_mut().unwrap();
+        pg.pool_size = 1;
+        pg.connect_timeout_ms = 500;
+        let s = Arc::new(PostgresStore::from_config(&c, f.sealer.clone()).unwrap());
+        let mut tx = replica.transaction().unwrap();
+        tx.query_one(LOCK_ENGINE, &[&"engine-a"]).unwrap();
+        let put = {
+            let (s, psk) = (s.clone(), psk.clone());
+            std::thread::spawn(move || s.put_ticket("engine-a", ticket(b"a7", &psk)))
+        };
+        while waiting() == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no registration waits"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.ping().unwrap();
+        tx.rollback().unwrap();
+        put.join().unwrap().unwrap();
+
+        // The lock held past statement_timeout_ms: the registration fails, stores nothing,
+        // and its connection serves again.
+        let pg = c.postgres.as_mut().unwrap();
+        pg.statement_timeout_ms = 300;
+        let s = PostgresStore::from_config(&c, f.sealer.clone()).unwrap();
+        let mut tx = replica.transaction().unwrap();
+        tx.query_one(LOCK_ENGINE, &[&"engine-a"]).unwrap();
+        let err = s.put_ticket("engine-a", ticket(b"late", &psk)).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("statement_timeout_ms")),
+            "{err}"
+        );
+        tx.rollback().unwrap();
+        assert!(s.take_ticket("engine-a", b"late").unwrap().is_none());
+        s.put_ticket("engine-a", ticket(b"late", &psk)).unwrap();
+        assert!(s.take_ticket("engine-a", b"late").unwrap().is_some());
     }
 
     /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and

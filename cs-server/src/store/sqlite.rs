@@ -5,8 +5,8 @@
 //! - `journal_mode=WAL`, `synchronous=NORMAL` (a crash may lose the last tickets registered,
 //!   never corrupt the file: a lost ticket only costs a full handshake), `secure_delete=ON`
 //!   (freed pages are zeroed, so consumed tickets' sealed blobs do not linger), busy timeout.
-//! - A `schema_version` table: an empty file gets the latest schema, a v1 file is migrated
-//!   to v2 (tombstones, key check value); any other version, or a file holding other
+//! - A `schema_version` table: an empty file gets the latest schema, a v1 or v2 file is
+//!   migrated (v2: tombstones, key check value; v3: an index of each engine's tombstones); any other version, or a file holding other
 //!   tables, is refused with `StoreError::Schema`.
 //! - Sealed blobs are versioned: one format byte ([`BLOB_V1`]) before the sealer's output.
 //! - One connection behind a `Mutex`: every operation is a short transaction, and the
@@ -29,14 +29,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     hash_from_code, identity_hash, int, log_refusal, lookup_key, split_engines, sql_int,
-    tombstone_excess, unix_secs, ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, Sealer,
-    Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
+    tombstone_excess, unix_secs, EngineGates, ExternalPsk, ExternalPskInfo, ExternalPsks,
+    NewTicket, Sealer, Sealing, StoredTicket, TicketBinding, TicketRow, Tickets,
 };
 use crate::config::StoreConfig;
 use crate::error::{StoreError, TokenError};
 
 /// Version of the SQLite schema this code writes.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for another process holding the file (a second CS on the same
 /// file, an administrator's `sqlite3`).
@@ -85,6 +85,15 @@ CREATE TABLE key_check (
 );
 ";
 
+/// v2 → v3: an engine's oldest tombstones found through an index (the room made at each
+/// registration of an engine at its bound), not by sorting all of them.
+const SCHEMA_V3: &str = "
+CREATE INDEX consumed_tickets_engine_expires_at ON consumed_tickets (engine, expires_at);
+";
+
+/// The migrations from v1, in order: (version reached, SQL).
+const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_V2), (3, SCHEMA_V3)];
+
 type Clock = Box<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// The SQLite ticket store. See the module documentation.
@@ -93,6 +102,8 @@ pub struct SqliteStore {
     /// Rows per engine, so that the per-engine cap needs no `count(*)` over the engine's
     /// rows on every registration. Locked only with `conn` held (order: `conn`, `counts`).
     counts: Mutex<RowCounts>,
+    /// One registration per engine at a time (store/mod.rs).
+    gates: EngineGates,
     sealing: Sealing,
     path: PathBuf,
     max_tickets_per_engine: u32,
@@ -152,6 +163,7 @@ impl SqliteStore {
         let store = Self {
             conn: Mutex::new(conn),
             counts: Mutex::new(RowCounts::default()),
+            gates: EngineGates::default(),
             sealing,
             path: path.to_owned(),
             max_tickets_per_engine: cfg.max_tickets_per_engine,
@@ -204,6 +216,9 @@ impl Tickets for SqliteStore {
             return Ok(());
         }
 
+        // One registration of this engine at a time: the others wait here, not in the
+        // connection's queue in front of other engines' calls (store/mod.rs `EngineGates`).
+        let _turn = self.gates.enter(engine, BUSY_TIMEOUT)?;
         let mut conn = self.conn();
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -231,6 +246,8 @@ impl Tickets for SqliteStore {
                 .query_row(params![engine], |r| r.get(0))?,
         };
         let cap = self.max_tickets_per_engine;
+        // The engine's tombstones, counted at its first admitted ticket, then kept.
+        let mut tombstones: Option<i64> = None;
         for t in &sealed {
             // A stored identity stays as it is: re-registering never extends a lifetime.
             let exists: i64 = tx
@@ -254,18 +271,24 @@ impl Tickets for SqliteStore {
                 }
             } else {
                 // Room among the engine's tombstones, the oldest first (docs/design.md §4.10).
-                let tombstones: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM consumed_tickets WHERE engine = ?1")?
-                    .query_row(params![engine], |r| r.get(0))?;
-                let excess = tombstone_excess(total + 1, tombstones, cap);
-                if excess > 0 {
+                let held = match tombstones {
+                    Some(n) => n,
+                    None => tx
+                        .prepare_cached("SELECT count(*) FROM consumed_tickets WHERE engine = ?1")?
+                        .query_row(params![engine], |r| r.get(0))?,
+                };
+                let excess = tombstone_excess(total + 1, held, cap);
+                let purged = if excess > 0 {
                     tx.prepare_cached(
                         "DELETE FROM consumed_tickets WHERE engine = ?1 AND id_hash IN
                             (SELECT id_hash FROM consumed_tickets WHERE engine = ?1
                              ORDER BY expires_at, id_hash LIMIT ?2)",
                     )?
-                    .execute(params![engine, excess])?;
-                }
+                    .execute(params![engine, excess])?
+                } else {
+                    0
+                };
+                tombstones = Some(held - purged as i64);
                 tx.prepare_cached(
                     "INSERT INTO tickets (engine, id_hash, hash_alg, cipher_suite, issued_at,
                                           expires_at, max_early_data, server_name, sealed)
@@ -566,8 +589,8 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates the latest schema in an empty file, migrates a v1 file to v2, or checks the
-/// version of an existing one.
+/// Creates the latest schema in an empty file, migrates a file of an earlier version, or
+/// checks the version of an existing one.
 fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
     // IMMEDIATE: two processes opening a new file at once do not both create the schema.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -590,7 +613,9 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
             });
         }
         tx.execute_batch(SCHEMA_V1)?;
-        tx.execute_batch(SCHEMA_V2)?;
+        for (_, sql) in MIGRATIONS {
+            tx.execute_batch(sql)?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             params![SCHEMA_VERSION],
@@ -605,15 +630,17 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
         .collect::<Result<_, _>>()?;
     match versions.as_slice() {
         [v] if *v == SCHEMA_VERSION => Ok(()),
-        [1] => {
-            tx.execute_batch(SCHEMA_V2)?;
+        [v] if (1..SCHEMA_VERSION).contains(v) => {
+            for (_, sql) in MIGRATIONS.iter().filter(|m| m.0 > *v) {
+                tx.execute_batch(sql)?;
+            }
             tx.execute(
                 "UPDATE schema_version SET version = ?1",
                 params![SCHEMA_VERSION],
             )?;
             tx.commit()?;
             tracing::info!(
-                from = 1,
+                from = v,
                 to = SCHEMA_VERSION,
                 "ticket store schema migrated"
             );
@@ -775,6 +802,42 @@ mod tests {
         ));
     }
 
+    /// A v2 file gets the index of v3 and keeps its tickets and tombstones.
+    #[test]
+    fn a_v2_file_is_migrated_and_keeps_its_tickets() {
+        let f = Fixture::new();
+        let psk = random_psk(32);
+        {
+            let s = f.open();
+            s.put_ticket("engine-a", ticket(b"used", &psk)).unwrap();
+            s.put_ticket("engine-a", ticket(b"kept", &psk)).unwrap();
+            assert!(s.take_ticket("engine-a", b"used").unwrap().is_some());
+        }
+        f.raw()
+            .execute_batch(
+                "DROP INDEX consumed_tickets_engine_expires_at;
+                 UPDATE schema_version SET version = 2;",
+            )
+            .unwrap();
+        let s = f.open();
+        let (v, index): (i64, i64) = f
+            .raw()
+            .query_row(
+                "SELECT (SELECT version FROM schema_version),
+                        (SELECT count(*) FROM sqlite_master
+                         WHERE name = 'consumed_tickets_engine_expires_at')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((v, index), (SCHEMA_VERSION, 1));
+        assert!(s.take_ticket("engine-a", b"kept").unwrap().is_some());
+        assert!(matches!(
+            s.put_ticket("engine-a", ticket(b"used", &psk)),
+            Err(StoreError::TicketConsumed)
+        ));
+    }
+
     #[test]
     fn the_file_never_holds_a_psk_in_clear() {
         let f = Fixture::new();
@@ -880,12 +943,12 @@ mod tests {
         let f = Fixture::new();
         drop(f.open());
         f.raw()
-            .execute("UPDATE schema_version SET version = 3", [])
+            .execute("UPDATE schema_version SET version = 99", [])
             .unwrap();
         assert!(matches!(
             f.open_with(&cfg(1, 1)),
             Err(StoreError::Schema {
-                found: 3,
+                found: 99,
                 expected: SCHEMA_VERSION
             })
         ));

@@ -23,15 +23,15 @@ pub(crate) struct TestSealer {
     /// Number of upcoming `unseal` calls that fail as if the token were unavailable.
     pub fail_unseal: AtomicUsize,
     /// When set, the next `unseal` waits in it (a token that is slow to answer).
-    pub unseal_gate: std::sync::Mutex<Option<Arc<Gate>>>,
+    pub unseal_gate: Mutex<Option<Arc<Gate>>>,
 }
 
 /// Holds an `unseal` until opened: `entered` says it is waiting.
 #[derive(Default)]
 pub(crate) struct Gate {
-    entered: std::sync::Mutex<bool>,
-    open: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
+    entered: Mutex<bool>,
+    open: Mutex<bool>,
+    cv: Condvar,
 }
 
 impl Gate {
@@ -62,7 +62,7 @@ impl TestSealer {
             key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key[..]).unwrap()),
             rng,
             fail_unseal: AtomicUsize::new(0),
-            unseal_gate: std::sync::Mutex::new(None),
+            unseal_gate: Mutex::new(None),
         })
     }
 }
