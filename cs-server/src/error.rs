@@ -165,6 +165,24 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// Whether a write that failed so may have been committed all the same: the database's
+    /// answer was lost (a connection closed at `COMMIT`, a failover) or the failure came from
+    /// the database. Refusals the store decides before writing (`TooManyTickets`,
+    /// `TicketConsumed`, invalid input, sealing) store nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        !matches!(
+            self,
+            Self::TooManyTickets { .. }
+                | Self::TicketConsumed
+                | Self::Invalid(_)
+                | Self::Seal(_)
+                | Self::WrongSealingKey(_)
+                | Self::Schema { .. }
+        )
+    }
+}
+
 /// What an operation returns when it fails.
 #[derive(Debug)]
 pub enum ServiceError {

@@ -223,6 +223,8 @@ pub(crate) fn run(
         established_at: Instant::now(),
         registered_nonces: Vec::new(),
         registered_identities: Vec::new(),
+        unsettled_tickets: Vec::new(),
+        store_failures: 0,
         post_handshake_auth: state.post_handshake_auth,
         awaiting_client_finished: false,
         pha_contexts: Vec::new(),

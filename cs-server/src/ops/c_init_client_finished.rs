@@ -180,6 +180,8 @@ pub fn handle(
         established_at: std::time::Instant::now(),
         registered_nonces: Vec::new(),
         registered_identities: Vec::new(),
+        unsettled_tickets: Vec::new(),
+        store_failures: 0,
         post_handshake_auth: true,
         awaiting_client_finished: true,
         pha_contexts: Vec::new(),

@@ -13,7 +13,12 @@
 //! The store takes a request's tickets all together or refuses them all (too many tickets
 //! for the engine, an identity already used): a refused request stores nothing and records
 //! no nonce. It leaves the session as it was, except that a refused request with
-//! last_exchange still ends it: the engine's connection is over, and r goes with it.
+//! last_exchange still ends it: the engine's connection is over, and r goes with it; and
+//! that the session counts it: after `MAX_STORE_FAILURES_PER_SESSION` refused or failed
+//! writes it registers no more. A write that failed with its outcome unknown (the
+//! database's answer lost: it may have been stored) binds each of its nonces to its ticket
+//! identity for the rest of the session: the same pair may be sent again, the nonce with
+//! another identity may not (it would store the same PSK twice).
 //!
 //! Under `[server_auth]` the session's server was authenticated (c_client_finished) and each
 //! ticket is stored bound to its name: it can only be offered again for that SNI.
@@ -29,7 +34,9 @@ use zeroize::Zeroizing;
 
 use crate::cs::Cs;
 use crate::error::ServiceError;
-use crate::ops::common::{self, MAX_TICKETS_PER_REQUEST, MAX_TICKETS_PER_SESSION};
+use crate::ops::common::{
+    self, MAX_STORE_FAILURES_PER_SESSION, MAX_TICKETS_PER_REQUEST, MAX_TICKETS_PER_SESSION,
+};
 use crate::ops::msgs;
 use crate::ops::state::{EstablishedState, Stage};
 use crate::ops::Where;
@@ -115,8 +122,22 @@ fn register(
             let stored: Vec<NewTicket> = stored.into_iter().flatten().collect();
             let registered = u32::try_from(stored.len()).unwrap_or(u32::MAX);
             if !stored.is_empty() {
-                crate::telemetry::store_op("put_ticket", || cs.store.put_tickets(engine, stored))?;
+                let put = crate::telemetry::store_op("put_ticket", || {
+                    cs.store.put_tickets(engine, stored)
+                });
+                if let Err(e) = put {
+                    state.store_failures = state.store_failures.saturating_add(1);
+                    if e.outcome_unknown() {
+                        for pair in &marks {
+                            if !state.unsettled_tickets.contains(pair) {
+                                state.unsettled_tickets.push(*pair);
+                            }
+                        }
+                    }
+                    return Err(e.into());
+                }
             }
+            state.unsettled_tickets.retain(|pair| !marks.contains(pair));
             for (nonce, identity) in marks {
                 state.registered_nonces.push(nonce);
                 state.registered_identities.push(identity);
@@ -176,10 +197,13 @@ fn prepare(
             format!("at most {MAX_TICKETS_PER_REQUEST} tickets per request"),
         ));
     }
-    if state.registered_nonces.len() + req.new_session_tickets.len() > MAX_TICKETS_PER_SESSION {
+    if state.store_failures >= MAX_STORE_FAILURES_PER_SESSION {
         return Err(ServiceError::refuse(
             LurkStatus::TooManyTickets,
-            format!("at most {MAX_TICKETS_PER_SESSION} tickets per session"),
+            format!(
+                "the store refused or failed {MAX_STORE_FAILURES_PER_SESSION} registrations \
+                 of this session: it registers no more"
+            ),
         ));
     }
     // Parse and check everything first: a refused request stores nothing.
@@ -205,6 +229,17 @@ fn prepare(
                 "this NewSessionTicket's nonce or ticket was already registered in this session",
             ));
         }
+        if state
+            .unsettled_tickets
+            .iter()
+            .any(|&(n, i)| (n == nonce_hash) != (i == identity_hash))
+        {
+            return Err(ServiceError::refuse(
+                LurkStatus::InvalidHandshake,
+                "this NewSessionTicket's nonce or ticket was sent with another ticket or nonce \
+                 in a registration of this session whose outcome is unknown",
+            ));
+        }
         // RFC 8446 §4.6.1: lifetime 0 means discard the ticket at once; the lifetime counts
         // from the handshake, not from the registration.
         let lifetime = t.lifetime.min(cap).saturating_sub(elapsed);
@@ -225,6 +260,23 @@ fn prepare(
             identity_hash,
             ticket,
         });
+    }
+    // Unsettled pairs count until they are registered; a retry of one counts once.
+    let fresh = out
+        .iter()
+        .filter(|p| {
+            !state
+                .unsettled_tickets
+                .contains(&(p.nonce_hash, p.identity_hash))
+        })
+        .count();
+    if state.registered_nonces.len() + state.unsettled_tickets.len() + fresh
+        > MAX_TICKETS_PER_SESSION
+    {
+        return Err(ServiceError::refuse(
+            LurkStatus::TooManyTickets,
+            format!("at most {MAX_TICKETS_PER_SESSION} tickets per session"),
+        ));
     }
     Ok(out)
 }

@@ -22,6 +22,10 @@ pub(crate) const MAX_TICKETS_PER_REQUEST: usize = 16;
 /// At most this many NewSessionTicket messages registered in one session (servers send a
 /// few per connection).
 pub(crate) const MAX_TICKETS_PER_SESSION: usize = 64;
+/// At most this many registrations of one session refused or failed by the store: each
+/// costs a store transaction, and a refused one changes nothing, so it could be repeated
+/// for the session's whole life.
+pub(crate) const MAX_STORE_FAILURES_PER_SESSION: u8 = 8;
 
 /// Reads the server's Certificate then CertificateVerify (RFC 8446 §4.4.2, §4.4.3) from the
 /// flight into the transcript and, with `[server_auth]` on, checks them for `server_name`

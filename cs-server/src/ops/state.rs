@@ -298,6 +298,15 @@ pub struct EstablishedState {
     /// SHA-256 of every ticket identity registered in this session (see
     /// `registered_nonces`).
     pub registered_identities: Vec<[u8; 32]>,
+    /// (nonce, identity) SHA-256 pairs of a registration whose store write failed with its
+    /// outcome unknown (it may have been stored): each is bound to the other for the life of
+    /// the session. The same pair may be registered again (the store leaves a stored identity
+    /// as it is); the nonce under another identity, or the reverse, is refused, so that the
+    /// same PSK is never stored twice.
+    pub unsettled_tickets: Vec<([u8; 32], [u8; 32])>,
+    /// Registrations of this session the store refused or failed (at most
+    /// `MAX_STORE_FAILURES_PER_SESSION`: then the session registers no more).
+    pub store_failures: u8,
     /// post_handshake_auth was offered: c_post_hand_auth is refused otherwise.
     pub post_handshake_auth: bool,
     /// Sequence C: the engine made the client Finished itself; the CS receives it with the
@@ -327,6 +336,7 @@ impl EstablishedState {
                 .map(|c| c.len() + ENTRY_BYTES)
                 .sum::<usize>()
             + 32 * (self.registered_nonces.len() + self.registered_identities.len())
+            + 64 * self.unsettled_tickets.len()
             + self
                 .server_name
                 .as_ref()

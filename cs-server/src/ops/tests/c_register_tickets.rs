@@ -4,8 +4,14 @@
 use lurk_proto::pb;
 use lurk_proto::status::LurkStatus;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use super::*;
+use crate::error::StoreError;
 use crate::ops::c_register_tickets::handle;
+use crate::store::{
+    ExternalPsk, ExternalPskInfo, ExternalPsks, NewTicket, StoredTicket, TicketBinding, Tickets,
+};
 
 fn req(hs: &Hs, tickets: Vec<Vec<u8>>) -> pb::CRegisterTicketsRequest {
     pb::CRegisterTicketsRequest {
@@ -287,4 +293,154 @@ fn growing_past_the_engines_session_bytes_is_too_many_sessions_and_stores_nothin
     };
     handle(&f.cs, ENGINE, close).unwrap();
     assert_eq!(handle(&f.cs, ENGINE, refused_req).unwrap().registered, 16);
+}
+
+/// The real store, with a fault: while `lose` is set, a registration is stored and then
+/// reported failed, as when the database's answer to `COMMIT` is lost. Counts the writes.
+struct AnswerLost {
+    inner: Arc<dyn TicketStore>,
+    lose: AtomicBool,
+    puts: AtomicUsize,
+}
+
+impl Tickets for AnswerLost {
+    fn put_tickets(&self, engine: &str, tickets: Vec<NewTicket>) -> Result<(), StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_tickets(engine, tickets)?;
+        if self.lose.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "the answer to COMMIT was lost".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn take_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<StoredTicket>, StoreError> {
+        self.inner.take_ticket(engine, identity)
+    }
+    fn peek_ticket(
+        &self,
+        engine: &str,
+        identity: &[u8],
+    ) -> Result<Option<TicketBinding>, StoreError> {
+        self.inner.peek_ticket(engine, identity)
+    }
+    fn count_tickets(&self, engine: &str) -> Result<u64, StoreError> {
+        self.inner.count_tickets(engine)
+    }
+    fn purge_expired(&self, now: std::time::SystemTime) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now)
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping()
+    }
+}
+
+impl ExternalPsks for AnswerLost {
+    fn put_external_psk(&self, psk: ExternalPsk) -> Result<(), StoreError> {
+        self.inner.put_external_psk(psk)
+    }
+    fn get_external_psk(
+        &self,
+        engine: Option<&str>,
+        identity: &[u8],
+    ) -> Result<Option<ExternalPsk>, StoreError> {
+        self.inner.get_external_psk(engine, identity)
+    }
+    fn delete_external_psk(&self, identity: &[u8]) -> Result<bool, StoreError> {
+        self.inner.delete_external_psk(identity)
+    }
+    fn list_external_psks(&self) -> Result<Vec<ExternalPskInfo>, StoreError> {
+        self.inner.list_external_psks()
+    }
+}
+
+fn fx_answer_lost(edit: impl FnOnce(&mut Config)) -> (Fx, Arc<AnswerLost>) {
+    let mut wrapper = None;
+    let f = fx_with_store(edit, |inner| {
+        let w = Arc::new(AnswerLost {
+            inner,
+            lose: AtomicBool::new(false),
+            puts: AtomicUsize::new(0),
+        });
+        wrapper = Some(w.clone());
+        w
+    });
+    (f, wrapper.unwrap())
+}
+
+/// A registration whose store write failed with its outcome unknown (here it was stored,
+/// the answer lost) binds its nonce to its ticket for the rest of the session: the nonce
+/// under another identity, or the identity under another nonce, is refused (it would store
+/// the same PSK twice, usable twice); the same pair again registers, the stored ticket
+/// kept as it is, and is then refused like any registered ticket.
+#[test]
+fn a_registration_whose_outcome_is_unknown_binds_its_nonce_to_its_ticket() {
+    let (f, store) = fx_answer_lost(|_| {});
+    let hs = f.established();
+    store.lose.store(true, Ordering::SeqCst);
+    let one = |nonce: &[u8], ticket: &[u8]| req(&hs, vec![nst(60, nonce, ticket)]);
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, one(b"n1", b"t1"))),
+        LurkStatus::UndefinedError
+    );
+    assert_eq!(f.tickets(ENGINE), 1, "stored, the answer lost");
+    store.lose.store(false, Ordering::SeqCst);
+    for (nonce, ticket) in [(b"n1", b"t2"), (b"n2", b"t1")] {
+        assert_eq!(
+            status(handle(&f.cs, ENGINE, one(nonce, ticket))),
+            LurkStatus::InvalidHandshake
+        );
+    }
+    assert_eq!(f.tickets(ENGINE), 1);
+    assert_eq!(
+        handle(&f.cs, ENGINE, one(b"n1", b"t1")).unwrap().registered,
+        1
+    );
+    assert_eq!(
+        status(handle(&f.cs, ENGINE, one(b"n1", b"t1"))),
+        LurkStatus::InvalidHandshake
+    );
+    assert_eq!(f.tickets(ENGINE), 1);
+    // Other tickets of the session register as before.
+    assert_eq!(
+        handle(&f.cs, ENGINE, one(b"n2", b"t2")).unwrap().registered,
+        1
+    );
+    assert_eq!(f.tickets(ENGINE), 2);
+}
+
+/// A session whose registrations the store refused `MAX_STORE_FAILURES_PER_SESSION` times
+/// registers no more, without another store write; other sessions are not affected.
+#[test]
+fn a_session_whose_registrations_keep_failing_registers_no_more() {
+    let (f, store) = fx_answer_lost(|c| c.store.max_tickets_per_engine = 1);
+    let hs = f.established();
+    handle(&f.cs, ENGINE, req(&hs, vec![nst(60, b"n0", b"t0")])).unwrap();
+    let limit = usize::from(ops::common::MAX_STORE_FAILURES_PER_SESSION);
+    for i in 1..=limit {
+        let t = format!("t{i}");
+        let r = req(&hs, vec![nst(60, t.as_bytes(), t.as_bytes())]);
+        assert_eq!(status(handle(&f.cs, ENGINE, r)), LurkStatus::TooManyTickets);
+    }
+    assert_eq!(store.puts.load(Ordering::SeqCst), 1 + limit);
+    let r = req(&hs, vec![nst(60, b"late", b"late")]);
+    assert_eq!(status(handle(&f.cs, ENGINE, r)), LurkStatus::TooManyTickets);
+    assert_eq!(
+        store.puts.load(Ordering::SeqCst),
+        1 + limit,
+        "no store write"
+    );
+    assert_eq!(f.tickets(ENGINE), 1);
+    let other = f.established();
+    let r = req(&other, vec![nst(60, b"other", b"other")]);
+    assert_eq!(status(handle(&f.cs, ENGINE, r)), LurkStatus::TooManyTickets);
+    assert_eq!(
+        store.puts.load(Ordering::SeqCst),
+        2 + limit,
+        "another session writes"
+    );
 }

@@ -39,7 +39,7 @@ use crate::error::ServiceError;
 use crate::keyring::KeyRing;
 use crate::ops::{self, msgs};
 use crate::store::suite::TestSealer;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, TicketStore};
 
 /// The engine every request comes from.
 pub(super) const ENGINE: &str = "engine-a";
@@ -76,6 +76,14 @@ pub(crate) fn fx() -> Fx {
 
 /// [`fx`] with the configuration edited first (limits, `[exchanges]`).
 pub(super) fn fx_with(edit: impl FnOnce(&mut Config)) -> Fx {
+    fx_with_store(edit, |store| store)
+}
+
+/// [`fx_with`], the CS's store wrapped by `wrap` (a fault around the real store).
+pub(super) fn fx_with_store(
+    edit: impl FnOnce(&mut Config),
+    wrap: impl FnOnce(Arc<dyn TicketStore>) -> Arc<dyn TicketStore>,
+) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::from_toml(&format!(
         r#"
@@ -95,7 +103,7 @@ path = {:?}
     .unwrap();
     edit(&mut cfg);
     let store = SqliteStore::open(&cfg.store.path, TestSealer::new(), &cfg.store).unwrap();
-    let cs = Cs::new(&cfg, None, KeyRing::empty(), Arc::new(store));
+    let cs = Cs::new(&cfg, None, KeyRing::empty(), wrap(Arc::new(store)));
     assert!(ops::common::memory_ephemerals(&cs));
     Fx { cs, _dir: dir }
 }
