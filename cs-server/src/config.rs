@@ -367,7 +367,9 @@ impl Default for SessionConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// A whole RPC (request body received, operation run, answer sent) at most, in ms.
+    /// A whole RPC (request body received, operation run, answer sent) at most, in ms
+    /// (8 s by default: below the engine's call timeout, 10 s, so that a slow CS answers
+    /// DEADLINE_EXCEEDED with a LURK status before the engine sets it aside).
     pub request_timeout_ms: u64,
     /// The TLS handshake of an accepted socket at most, in ms.
     pub handshake_timeout_ms: u64,
@@ -403,7 +405,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            request_timeout_ms: 10_000,
+            request_timeout_ms: 8_000,
             handshake_timeout_ms: 5_000,
             first_request_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,

@@ -748,6 +748,58 @@ fn a_hung_replica_is_stepped_around_after_the_call_timeout() {
     });
 }
 
+/// A replica slower than its request timeout is alive: the CS's own timeout
+/// (`[limits] request_timeout_ms`, 8 s by default) runs out before the engine's call timeout
+/// (10 s), and it answers DEADLINE_EXCEEDED with a LURK status, so the engine sees a refusal
+/// and keeps the replica in use. Here both defaults are scaled down by ten, and the token
+/// takes 3 s to make a key pair (c_init_client_hello's first token call).
+#[test]
+fn a_replica_slower_than_its_request_timeout_answers_and_stays_in_use() {
+    let cs_default = lurk_cs::config::LimitsConfig::default().request_timeout_ms;
+    let engine_default = CsPoolOptions::default().call_timeout;
+    assert!(
+        Duration::from_millis(cs_default) + Duration::from_secs(1) < engine_default,
+        "the CS's request timeout ({cs_default} ms) must run out well before the engine's \
+         call timeout ({engine_default:?})"
+    );
+    let setup = DevSetup::new();
+    setup.edit_config(
+        "module = \"/usr/lib/softhsm/libsofthsm2.so\"",
+        &format!(
+            "module = {:?}",
+            lurk_e2e::p11_fault_shim().display().to_string()
+        ),
+    );
+    let control = setup.path().join("p11-faults");
+    std::fs::write(&control, "").unwrap();
+    let timeout = (cs_default / 10).to_string();
+    let cs = start_replica(
+        &setup,
+        "127.0.0.1:0",
+        &[
+            ("RUST_LOG", LOG),
+            ("LURK_P11_FAULT_FILE", control.to_str().unwrap()),
+            ("LURK_LIMITS__REQUEST_TIMEOUT_MS", &timeout),
+        ],
+    );
+    let server = tls_server();
+    rt().block_on(async {
+        let opts = CsPoolOptions {
+            call_timeout: engine_default / 10,
+            ..opts()
+        };
+        let pool = pool(&[&cs], &[cs.url()], opts);
+        std::fs::write(&control, "delay 3000 C_GenerateKeyPair\n").unwrap();
+        let c = Connector::with_cs_pool(config(), pool.clone());
+        let e = handshake(&c, server.port()).await.unwrap_err();
+        std::fs::write(&control, "").unwrap();
+        println!("{e}");
+        let st = pool.replicas();
+        let r = status_of(&st, &cs);
+        assert!(r.healthy && r.failures == 0 && r.answered >= 1, "{r:?}");
+    });
+}
+
 /// The CS behind the `CryptoService` trait: a connector given a decorated pool (it records
 /// the exchanges, then calls the real pool) makes every LURK exchange of the handshake
 /// through it, one session per connection.
