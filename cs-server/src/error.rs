@@ -6,9 +6,12 @@
 //! internal failure names the operation that failed.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use lurk_proto::status::{LurkStatus, LURK_STATUS_METADATA};
 use lurk_proto::wire::WireErrorKind;
+
+use crate::refusal_log::{self, RefusalLog, Verdict};
 
 /// Configuration errors (start-up only).
 #[derive(Debug, thiserror::Error)]
@@ -349,52 +352,74 @@ impl From<lurk_proto::wire::WireError> for ServiceError {
     }
 }
 
+/// Failures on the CS side (the store, the CS itself) logged at error: at most a burst per
+/// cause per interval, the rest counted (refusal_log). A database that is down fails every
+/// request, and requests an engine repeats at will must not flood the log.
+static FAILURE_LOG: LazyLock<RefusalLog> = LazyLock::new(RefusalLog::default);
+
+fn log_failure(log: &RefusalLog, cause: &'static str, e: &ServiceError) {
+    if let Verdict::Log { suppressed, last } = log.note(cause) {
+        tracing::error!(error = %e, suppressed, "request failed: {cause}");
+        if last {
+            tracing::warn!(
+                "further failures ({cause}) are counted, not logged, for {} s",
+                refusal_log::INTERVAL.as_secs()
+            );
+        }
+    }
+}
+
 /// The one mapping to what the engine sees: a gRPC status whose metadata carries the LURK
 /// status number. Internal details (token and store failures) are logged, not returned.
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
-        let lurk = e.lurk_status();
-        let message = match &e {
-            ServiceError::Refused { .. }
-            | ServiceError::Overloaded { .. }
-            | ServiceError::TimedOut { .. } => e.to_string(),
-            // The token's names for its keys (labels, ids) stay in the CS's log.
-            ServiceError::Token(TokenError::KeyNotFound(_)) => format!(
-                "{}: the signing key is not in the crypto service's token",
-                lurk.name()
-            ),
-            ServiceError::Token(TokenError::InvalidPeerKey(_))
-            | ServiceError::Token(TokenError::Unseal)
-            | ServiceError::Token(TokenError::Unsupported(_))
-            | ServiceError::Store(StoreError::TooManyTickets { .. }) => {
-                format!("{}: {e}", lurk.name())
-            }
-            ServiceError::Token(TokenError::Unavailable(_))
-            | ServiceError::Store(StoreError::Seal(TokenError::Unavailable(_))) => {
-                // Logged once per outage by token/pool.rs, not once per request.
-                format!(
-                    "{}: the crypto service's token is recovering; retry later",
-                    lurk.name()
-                )
-            }
-            ServiceError::Store(StoreError::Unavailable(_)) => {
-                tracing::error!(error = %e, "request failed: ticket store unavailable");
-                format!(
-                    "{}: the crypto service's ticket store is unavailable; retry later",
-                    lurk.name()
-                )
-            }
-            _ => {
-                tracing::error!(error = %e, "request failed on the CS side");
-                format!("{}: the crypto service failed; see its log", lurk.name())
-            }
-        };
-        let mut status = tonic::Status::new(e.grpc_code(), message);
-        if let Ok(v) = lurk.code().to_string().parse() {
-            status.metadata_mut().insert(LURK_STATUS_METADATA, v);
-        }
-        status
+        status_logged_in(e, &FAILURE_LOG)
     }
+}
+
+/// [`tonic::Status::from`], its failure lines limited by `log`.
+fn status_logged_in(e: ServiceError, log: &RefusalLog) -> tonic::Status {
+    let lurk = e.lurk_status();
+    let message = match &e {
+        ServiceError::Refused { .. }
+        | ServiceError::Overloaded { .. }
+        | ServiceError::TimedOut { .. } => e.to_string(),
+        // The token's names for its keys (labels, ids) stay in the CS's log.
+        ServiceError::Token(TokenError::KeyNotFound(_)) => format!(
+            "{}: the signing key is not in the crypto service's token",
+            lurk.name()
+        ),
+        ServiceError::Token(TokenError::InvalidPeerKey(_))
+        | ServiceError::Token(TokenError::Unseal)
+        | ServiceError::Token(TokenError::Unsupported(_))
+        | ServiceError::Store(StoreError::TooManyTickets { .. }) => {
+            format!("{}: {e}", lurk.name())
+        }
+        ServiceError::Token(TokenError::Unavailable(_))
+        | ServiceError::Store(StoreError::Seal(TokenError::Unavailable(_))) => {
+            // Logged once per outage by token/pool.rs, not once per request.
+            format!(
+                "{}: the crypto service's token is recovering; retry later",
+                lurk.name()
+            )
+        }
+        ServiceError::Store(StoreError::Unavailable(_)) => {
+            log_failure(log, "ticket store unavailable", &e);
+            format!(
+                "{}: the crypto service's ticket store is unavailable; retry later",
+                lurk.name()
+            )
+        }
+        _ => {
+            log_failure(log, "on the CS side", &e);
+            format!("{}: the crypto service failed; see its log", lurk.name())
+        }
+    };
+    let mut status = tonic::Status::new(e.grpc_code(), message);
+    if let Ok(v) = lurk.code().to_string().parse() {
+        status.metadata_mut().insert(LURK_STATUS_METADATA, v);
+    }
+    status
 }
 
 #[cfg(test)]
@@ -474,6 +499,51 @@ mod tests {
             Some(LurkStatus::InvalidCertificate)
         );
         assert!(!st.message().contains("lurk-ed25519"), "{}", st.message());
+    }
+
+    /// A store that is down fails every request: a burst of error lines per cause and
+    /// interval, then a note that the rest are counted; every answer is still a status.
+    #[test]
+    fn failures_are_logged_a_burst_per_cause() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let log = RefusalLog::default();
+        tracing::subscriber::with_default(subscriber, || {
+            // Other tests may have hit these call sites first, with no subscriber.
+            tracing::callsite::rebuild_interest_cache();
+            for _ in 0..50 {
+                let e = ServiceError::Store(StoreError::Unavailable("down".into()));
+                let st = status_logged_in(e, &log);
+                assert_eq!(st.code(), tonic::Code::Unavailable);
+                let e = ServiceError::Internal("broken".into());
+                assert_eq!(status_logged_in(e, &log).code(), tonic::Code::Internal);
+            }
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines = |s: &str| text.lines().filter(|l| l.contains(s)).count();
+        let burst = refusal_log::BURST as usize;
+        assert_eq!(
+            lines("request failed: ticket store unavailable"),
+            burst,
+            "{text}"
+        );
+        assert_eq!(lines("request failed: on the CS side"), burst, "{text}");
+        assert_eq!(lines("are counted, not logged"), 2, "{text}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub use unix::{UnixListening, UnixPeer};
 use crate::config::LimitsConfig;
 use crate::error::ServiceError;
 use crate::limits::{connection_cap, descriptor_limit, RateLimitedWarn};
+use crate::refusal_log::{RefusalLog, Verdict};
 use crate::reload::ListenerTls;
 use crate::server::{identity_from_certificate, EngineId};
 
@@ -131,7 +132,7 @@ pub(crate) async fn serve(
         requests: Arc::new(Counter::new(limits.max_requests, "requests in flight")),
         stop: stop_rx,
         evicted_warn: RateLimitedWarn::new(WARN_PERIOD),
-        engine_cap_warn: RateLimitedWarn::new(WARN_PERIOD),
+        engine_cap_warn: RefusalLog::new(1, WARN_PERIOD),
     });
     // Every connection task holds a clone; recv() returns None once all are done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -227,7 +228,9 @@ struct Shared {
     /// True once the server shuts down.
     stop: watch::Receiver<bool>,
     evicted_warn: RateLimitedWarn,
-    engine_cap_warn: RateLimitedWarn,
+    /// One line per engine per period (refusal_log: engines tracked are bounded), so that
+    /// one engine's flood does not hide another engine reaching its cap.
+    engine_cap_warn: RefusalLog,
 }
 
 fn configure_socket(tcp: &TcpStream) {
@@ -298,10 +301,7 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
     };
     let Some(counted) = shared.engines.enter(&engine) else {
         crate::telemetry::transport_refused("max_connections_per_engine", Some(engine.as_str()));
-        if let Some(n) = shared.engine_cap_warn.check() {
-            tracing::warn!(engine = %engine, cap = shared.engines.cap, times = n,
-                "connection cap per engine reached: new connection closed");
-        }
+        engine_cap_reached(shared, &engine);
         return;
     };
     // What tonic's own server puts in each request: `Request::peer_certs` reads it.
@@ -309,6 +309,15 @@ async fn connection(shared: &Shared, tcp: TcpStream) {
     let requests = counted.requests.clone();
     serve_http2(shared, tls, info, Some(requests)).await;
     drop(counted);
+}
+
+/// Logs that `engine` reached its connection cap: at most once per engine per period, with
+/// the times it was reached since its last line.
+fn engine_cap_reached(shared: &Shared, engine: &EngineId) {
+    if let Verdict::Log { suppressed, .. } = shared.engine_cap_warn.note(engine.as_str()) {
+        tracing::warn!(engine = %engine, cap = shared.engines.cap, times = suppressed + 1,
+            "connection cap per engine reached: new connection closed");
+    }
 }
 
 /// HTTP/2 on one connection; `engine_requests` counts the requests in flight of the

@@ -291,6 +291,27 @@ async fn idle_tls_connections_beyond_the_engine_cap_do_not_stop_another_engine()
         "{}",
         cs.log()
     );
+    // Another engine reaching its cap in the same period has its own line: the first
+    // engine's flood does not hide it.
+    let mut other = Vec::new();
+    for _ in 0..8 {
+        let ep = endpoint(&cs, "engine2");
+        if let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_millis(500), ep.connect()).await {
+            other.push(ch);
+        }
+    }
+    let logged_for = |engine: &str| {
+        plain(&cs.log())
+            .lines()
+            .any(|l| l.contains("connection cap per engine reached") && l.contains(engine))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || logged_for("engine-other")).await,
+        "{}",
+        cs.log()
+    );
+    assert!(logged_for("engine-dev"), "{}", cs.log());
+    drop(other);
     drop(held);
 }
 

@@ -196,10 +196,7 @@ fn identify(
 /// One mapped peer: the engine's connection cap, then HTTP/2 as on the TCP listener.
 async fn connection(shared: &Shared, stream: UnixStream, peer: UnixPeer) {
     let Some(counted) = shared.engines.enter(&peer.engine) else {
-        if let Some(n) = shared.engine_cap_warn.check() {
-            tracing::warn!(engine = %peer.engine, cap = shared.engines.cap, times = n,
-                "connection cap per engine reached: new connection closed");
-        }
+        super::engine_cap_reached(shared, &peer.engine);
         return;
     };
     let requests = counted.requests.clone();
