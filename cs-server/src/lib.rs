@@ -26,6 +26,7 @@ pub mod config;
 pub mod cs;
 pub mod ephemeral;
 pub mod error;
+pub mod fair;
 pub mod health;
 pub mod init_dev;
 pub mod keyring;

@@ -171,7 +171,7 @@ impl CryptoServiceImpl {
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let _pool = crate::session::OnBlockingPool::enter();
-            // Its token checkouts queue as this engine's (token/pool/fair.rs).
+            // Its token checkouts queue as this engine's (fair.rs).
             let _caller = crate::token::Caller::enter(who.as_str());
             let _entered = admission.as_ref().map(AsyncAdmission::enter);
             op(&cs, who.as_str(), msg)
@@ -289,7 +289,7 @@ mod tests {
     use crate::token::Caller;
 
     /// The token sessions of a blocking exchange are queued as its engine's
-    /// (token/pool/fair.rs): the operation runs marked with it (the guard's restoring is
+    /// (fair.rs): the operation runs marked with it (the guard's restoring is
     /// fair.rs's test).
     #[tokio::test]
     async fn a_blocking_exchange_runs_as_its_engine() {

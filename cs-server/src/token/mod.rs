@@ -722,7 +722,7 @@ mod tests {
     }
 
     /// One engine holds every session and waits with more exchanges; another engine's
-    /// exchange, which came last, gets the first session back (pool/fair.rs).
+    /// exchange, which came last, gets the first session back (fair.rs).
     #[test]
     fn a_freed_session_goes_to_the_engine_holding_none_before_another_engines_backlog() {
         let (token, _cfg) = testutil::new_token("pool-fair");

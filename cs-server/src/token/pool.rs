@@ -3,7 +3,7 @@
 //! A cryptoki `Session` is `Send` but not `Sync`: one thread at a time. The pool hands each
 //! session to exactly one caller (checkout) and takes it back when the guard drops (checkin);
 //! callers wait when all sessions are out, and a session that comes back goes to the waiter
-//! whose engine holds the fewest (pool/fair.rs). The sessions stay open as
+//! whose engine holds the fewest (fair.rs). The sessions stay open as
 //! long as the pool lives, which keeps the token logged in (PKCS#11 logs the application out
 //! when its last session closes) and keeps the session objects (token ephemerals) alive.
 //!
@@ -53,10 +53,9 @@ use crate::config::TokenConfig;
 use crate::error::TokenError;
 use crate::telemetry::TokenCall;
 
-mod fair;
 mod recycle;
-pub use fair::Caller;
-use fair::{FairQueue, Who};
+pub use crate::fair::Caller;
+use crate::fair::{FairQueue, Who};
 pub(crate) use recycle::RecyclePolicy;
 pub use recycle::{AsyncAdmission, EnteredAdmission, EphemeralAdmission, RecycleStats};
 
@@ -305,13 +304,13 @@ impl SessionPool {
         st.idle.len() + self.size.saturating_sub(st.open)
     }
 
-    /// Grants the free sessions to waiters (pool/fair.rs); after every change that frees one.
+    /// Grants the free sessions to waiters (fair.rs); after every change that frees one.
     fn grant(&self, st: &mut State) {
         let free = self.free(st);
         st.fair.grant(free);
     }
 
-    /// Takes a session, waiting until one is free (and is this caller's turn: pool/fair.rs);
+    /// Takes a session, waiting until one is free (and is this caller's turn: fair.rs);
     /// fails at once while the token is down.
     pub(crate) fn checkout(&self) -> Result<PooledSession<'_>, TokenError> {
         let who = Caller::current();
@@ -598,7 +597,7 @@ impl SessionPool {
         self.lock().idle.len()
     }
 
-    /// No caller holds a session or waits for one (pool/fair.rs).
+    /// No caller holds a session or waits for one (fair.rs).
     #[cfg(test)]
     pub(crate) fn fair_is_empty(&self) -> bool {
         self.lock().fair.is_empty()
@@ -674,7 +673,7 @@ pub(crate) struct PooledSession<'a> {
     pub(super) fault: Cell<Option<Fault>>,
     /// Measures this checkout until the session goes back (token/mod.rs, `session_for`).
     call: Option<TokenCall>,
-    /// Whose exchange holds it (pool/fair.rs).
+    /// Whose exchange holds it (fair.rs).
     who: Who,
 }
 

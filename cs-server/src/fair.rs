@@ -1,17 +1,17 @@
-//! Fair queuing at the session pool. When every session is out, a session that comes back
-//! goes to the waiting caller whose engine holds the fewest pool sessions at that moment
-//! (sessions granted and not taken yet count as held; ties: the first to wait). A waiting
-//! exchange of an engine that holds fewer sessions than every other waiting engine gets the
-//! next free session, whatever the backlog of the others.
+//! Fair queuing at a pool shared by engines: the token's sessions (token/pool.rs), the
+//! PostgreSQL store's connections (store/postgres.rs). When every resource is out, one that
+//! comes back goes to the waiting caller whose engine holds the fewest of them at that
+//! moment (resources granted and not taken yet count as held; ties: the first to wait). A
+//! waiting exchange of an engine that holds fewer than every other waiting engine gets the
+//! next free one, whatever the backlog of the others.
 //!
 //! The engine is the one whose exchange the thread runs ([`Caller::enter`], service.rs);
-//! the CS's own work (the ephemeral pool's refill, probes, closing sessions) counts as one
-//! more caller.
+//! the CS's own work (the ephemeral pool's refill, probes, closing sessions, the store's
+//! purge) counts as one more caller.
 //!
-//! A session goes to a waiter by a grant (under the pool's lock): a caller that finds no
-//! free session left ungranted joins its caller's queue, and a granted waiter is woken on
-//! its own condition variable. Each grant looks at the callers that wait, not at every
-//! waiter.
+//! A resource goes to a waiter by a grant (under the pool's lock): a caller that finds no
+//! free one left ungranted joins its caller's queue, and a granted waiter is woken on its
+//! own condition variable. Each grant looks at the callers that wait, not at every waiter.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -60,21 +60,21 @@ struct Waiter {
     wake: Arc<Condvar>,
 }
 
-/// One caller's sessions and waiters.
+/// One caller's resources and waiters.
 #[derive(Default)]
 struct PerCaller {
-    /// Sessions it holds, and sessions granted to its waiters not taken yet.
+    /// Resources it holds, and resources granted to its waiters not taken yet.
     held: usize,
     /// Its waiters not granted yet, by arrival.
     waiting: VecDeque<Waiter>,
 }
 
-/// The waiters and the sessions each caller holds; lives in the pool's state (its lock).
+/// The waiters and the resources each caller holds; lives in the pool's state (its lock).
 #[derive(Default)]
 pub(crate) struct FairQueue {
-    /// Callers that hold a session or wait; absent: neither.
+    /// Callers that hold a resource or wait; absent: neither.
     callers: HashMap<Who, PerCaller>,
-    /// Waiters granted a session, not taken yet.
+    /// Waiters granted a resource, not taken yet.
     granted: HashMap<u64, Arc<Condvar>>,
     /// Waiters not granted yet.
     waiting: usize,
@@ -87,14 +87,14 @@ impl FairQueue {
         self.waiting + self.granted.len()
     }
 
-    /// Nobody holds a session or waits.
+    /// Nobody holds a resource or waits.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.callers.is_empty() && self.granted.is_empty() && self.waiting == 0
     }
 
-    /// Whether a caller may take one of `free` sessions: a waiter (`ticket`) once granted,
-    /// a newcomer when a free session is not granted to a waiter already.
+    /// Whether a caller may take one of `free` resources: a waiter (`ticket`) once granted,
+    /// a newcomer when a free resource is not granted to a waiter already.
     pub(crate) fn may_take(&self, ticket: Option<u64>, free: usize) -> bool {
         match ticket {
             Some(id) => self.granted.contains_key(&id),
@@ -109,7 +109,7 @@ impl FairQueue {
         (id, self.rejoin(id, who))
     }
 
-    /// `who` waits again with its earlier ticket `id` (the session it took was unusable): in
+    /// `who` waits again with its earlier ticket `id` (the resource it took was unusable): in
     /// its first place among its caller's waiters.
     pub(crate) fn rejoin(&mut self, id: u64, who: &Who) -> Arc<Condvar> {
         let wake = Arc::new(Condvar::new());
@@ -126,8 +126,8 @@ impl FairQueue {
         wake
     }
 
-    /// `who` takes a session: with its grant (`ticket`), or as a newcomer. Then `free`
-    /// sessions are free.
+    /// `who` takes a resource: with its grant (`ticket`), or as a newcomer. Then `free`
+    /// resources are free.
     pub(crate) fn take(&mut self, ticket: Option<u64>, who: &Who, free: usize) {
         match ticket {
             // Counted as held since its grant.
@@ -139,8 +139,8 @@ impl FairQueue {
         self.grant(free);
     }
 
-    /// Waiter `id` of `who` gives up (its wait timed out, or the token is down). A grant it
-    /// leaves unused goes to the next waiter: `free` sessions are free after it left.
+    /// Waiter `id` of `who` gives up (its wait timed out, or the pool failed). A grant it
+    /// leaves unused goes to the next waiter: `free` resources are free after it left.
     pub(crate) fn leave(&mut self, id: u64, who: &Who, free: usize) {
         if self.granted.remove(&id).is_some() {
             self.gave_back(who);
@@ -154,7 +154,7 @@ impl FairQueue {
         self.grant(free);
     }
 
-    /// `who` gave a session back (or lost it).
+    /// `who` gave a resource back (or lost it).
     pub(crate) fn gave_back(&mut self, who: &Who) {
         if let Some(c) = self.callers.get_mut(who) {
             c.held = c.held.saturating_sub(1);
@@ -172,8 +172,8 @@ impl FairQueue {
         }
     }
 
-    /// Grants the `free` sessions not granted yet, each to the first waiter of the caller
-    /// that holds the fewest sessions (ties: the first to wait), and wakes it.
+    /// Grants the `free` resources not granted yet, each to the first waiter of the caller
+    /// that holds the fewest resources (ties: the first to wait), and wakes it.
     pub(crate) fn grant(&mut self, free: usize) {
         while self.granted.len() < free {
             let next = self
@@ -193,7 +193,7 @@ impl FairQueue {
         }
     }
 
-    /// Wakes every waiter (the token went down, or came back): each checks again.
+    /// Wakes every waiter (the token went down, or came back: token/pool.rs): each checks again.
     pub(crate) fn wake_all(&self) {
         let waiting = self.callers.values().flat_map(|c| &c.waiting);
         waiting.for_each(|w| w.wake.notify_one());
