@@ -56,6 +56,7 @@ use super::{
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{StoreError, TokenError};
+use crate::fair::{Caller, FairQueue, Who};
 
 /// The schema, one migration per version (each applied in its own transaction with the
 /// version row).
@@ -199,20 +200,24 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
 /// A small blocking pool: idle connections are reused (checked only when idle longer than
 /// [`IDLE_CHECK_AFTER`]); when none is idle and fewer than `max` exist, a new one is made at
 /// once (so an unreachable database fails fast, and the first request after it is back
-/// reconnects); otherwise the caller waits up to `timeout` for one to be returned.
+/// reconnects); otherwise the caller waits up to `timeout` for one to be returned, and a
+/// connection returned goes to the waiting caller whose engine holds the fewest (fair.rs).
 struct ConnPool {
     config: postgres::Config,
     connector: Connector,
     max: usize,
     timeout: Duration,
     state: Mutex<PoolState>,
-    returned: Condvar,
 }
 
 struct PoolState {
     idle: Vec<PgConn>,
     /// Connections lent out or idle.
     open: usize,
+    /// Callers waiting for a connection, and the connections each engine holds: when every
+    /// connection is out, the next one back goes to the engine that holds the fewest
+    /// (fair.rs), so that one engine's calls cannot keep the pool from the others.
+    fair: FairQueue,
 }
 
 /// A pooled connection and the statements prepared on it (server-side prepared statements
@@ -244,6 +249,8 @@ struct Conn<'a> {
     conn: Option<PgConn>,
     /// Taken from the idle list (it may have been closed by the server since).
     reused: bool,
+    /// Whose call holds it (fair.rs).
+    who: Who,
 }
 
 impl std::ops::Deref for Conn<'_> {
@@ -269,7 +276,8 @@ impl Drop for Conn<'_> {
             }
             _ => st.open -= 1,
         }
-        self.pool.returned.notify_one();
+        st.fair.gave_back(&self.who);
+        self.pool.grant(&mut st);
     }
 }
 
@@ -285,6 +293,17 @@ impl ConnPool {
         }
     }
 
+    /// Connections free now: idle, or not open (a caller opens it).
+    fn free(&self, st: &PoolState) -> usize {
+        st.idle.len() + self.max.saturating_sub(st.open)
+    }
+
+    /// Grants the free connections to waiters (fair.rs); after every change that frees one.
+    fn grant(&self, st: &mut PoolState) {
+        let free = self.free(st);
+        st.fair.grant(free);
+    }
+
     /// Closes every idle connection (after one was found closed by the server: a restart or
     /// failover closed them all).
     fn discard_idle(&self) {
@@ -292,52 +311,40 @@ impl ConnPool {
             let mut st = self.lock();
             let idle = std::mem::take(&mut st.idle);
             st.open -= idle.len();
+            self.grant(&mut st);
             idle
         };
         drop(idle);
-        self.returned.notify_all();
     }
 
+    /// A connection for this thread's caller (fair.rs), waiting at most `timeout` for one
+    /// to be free and its turn.
     fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let who = Caller::current();
+        let mut ticket = None;
+        let result = self.get_as(&who, &mut ticket);
+        if let Some((id, _)) = ticket {
+            // Gave up waiting: a grant it holds passes on.
+            let mut st = self.lock();
+            let free = self.free(&st);
+            st.fair.leave(id, &who, free);
+        }
+        result
+    }
+
+    /// [`get`](Self::get) for `who`; `ticket` is its place in the queue while it waits.
+    fn get_as(
+        &self,
+        who: &Who,
+        ticket: &mut Option<(u64, Arc<Condvar>)>,
+    ) -> Result<Conn<'_>, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut st = self.lock();
         loop {
-            while let Some(mut c) = st.idle.pop() {
-                drop(st);
-                // A connection known closed is dropped; one idle for long is checked first.
-                let usable = !c.client.is_closed()
-                    && (c.idle_since.elapsed() < IDLE_CHECK_AFTER
-                        || c.client.is_valid(self.timeout).is_ok());
-                if usable {
-                    return Ok(Conn {
-                        pool: self,
-                        conn: Some(c),
-                        reused: true,
-                    });
-                }
-                st = self.lock();
-                st.open -= 1;
-            }
-            if st.open < self.max {
-                st.open += 1;
-                drop(st);
-                return match self.connect() {
-                    Ok(client) => Ok(Conn {
-                        pool: self,
-                        conn: Some(PgConn {
-                            client,
-                            statements: HashMap::new(),
-                            idle_since: Instant::now(),
-                            broken: false,
-                        }),
-                        reused: false,
-                    }),
-                    Err(e) => {
-                        self.lock().open -= 1;
-                        self.returned.notify_one();
-                        Err(pg_err(e))
-                    }
-                };
+            self.grant(&mut st);
+            let free = self.free(&st);
+            if st.fair.may_take(ticket.as_ref().map(|t| t.0), free) {
+                break;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -345,11 +352,54 @@ impl ConnPool {
                     "no database connection free within the timeout".into(),
                 ));
             }
-            st = self
-                .returned
+            let wake = ticket.get_or_insert_with(|| st.fair.join(who)).1.clone();
+            st = wake
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+        // This caller's connection: an idle one, else one to open.
+        let idle = st.idle.pop();
+        if idle.is_none() {
+            st.open += 1;
+        }
+        let taken = ticket.take().map(|t| t.0);
+        let free = self.free(&st);
+        st.fair.take(taken, who, free);
+        drop(st);
+        if let Some(mut c) = idle {
+            // A connection known closed is replaced; one idle for long is checked first.
+            let usable = !c.client.is_closed()
+                && (c.idle_since.elapsed() < IDLE_CHECK_AFTER
+                    || c.client.is_valid(self.timeout).is_ok());
+            if usable {
+                return Ok(Conn {
+                    pool: self,
+                    conn: Some(c),
+                    reused: true,
+                    who: who.clone(),
+                });
+            }
+        }
+        match self.connect() {
+            Ok(client) => Ok(Conn {
+                pool: self,
+                conn: Some(PgConn {
+                    client,
+                    statements: HashMap::new(),
+                    idle_since: Instant::now(),
+                    broken: false,
+                }),
+                reused: false,
+                who: who.clone(),
+            }),
+            Err(e) => {
+                let mut st = self.lock();
+                st.open -= 1;
+                st.fair.gave_back(who);
+                self.grant(&mut st);
+                Err(pg_err(e))
+            }
         }
     }
 }
@@ -536,8 +586,8 @@ impl PostgresStore {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
+                fair: FairQueue::default(),
             }),
-            returned: Condvar::new(),
         };
         let store = Self {
             pool,
@@ -1205,6 +1255,7 @@ mod tests {
 
         closed_connections(&cluster);
         a_waiting_engine_holds_one_connection(&cluster);
+        a_freed_connection_goes_to_the_engine_holding_none(&cluster);
 
         // The database goes away: operations fail as `Unavailable`, and succeed again once
         // it is back, with the same store (no reopening).
@@ -1389,6 +1440,60 @@ mod tests {
         assert!(s.take_ticket("engine-a", b"late").unwrap().is_none());
         s.put_ticket("engine-a", ticket(b"late", &psk)).unwrap();
         assert!(s.take_ticket("engine-a", b"late").unwrap().is_some());
+    }
+
+    /// Every pooled connection out (a pool of two, both held by engine "flood", which waits
+    /// with three more calls), then engine "quiet" asks: the first connection back goes to
+    /// "quiet", which holds none, before "flood"'s older waiters.
+    fn a_freed_connection_goes_to_the_engine_holding_none(cluster: &PgCluster) {
+        let f = Fixture::new(cluster);
+        let mut c = pg_cfg(cluster, &f.db, &cfg(100, 3600));
+        c.postgres.as_mut().unwrap().pool_size = 2;
+        let s = Arc::new(PostgresStore::from_config(&c, f.sealer.clone()).unwrap());
+        let mut held = {
+            let _flood = Caller::enter("flood");
+            vec![s.pool.get().unwrap(), s.pool.get().unwrap()]
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let call = |engine: &'static str| {
+            let (s, order) = (s.clone(), order.clone());
+            std::thread::spawn(move || {
+                let _caller = Caller::enter(engine);
+                let conn = s.pool.get().unwrap();
+                order.lock().unwrap().push(engine);
+                drop(conn);
+            })
+        };
+        let waiting = |n: usize| {
+            let t0 = Instant::now();
+            while s.pool.lock().fair.len() < n {
+                assert!(t0.elapsed() < Duration::from_secs(30), "{n} waiters");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let mut calls = Vec::new();
+        for n in 1..=3 {
+            calls.push(call("flood"));
+            waiting(n);
+        }
+        calls.push(call("quiet"));
+        waiting(4);
+        drop(held.pop());
+        let t0 = Instant::now();
+        while order.lock().unwrap().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "nobody got the connection"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(order.lock().unwrap()[0], "quiet");
+        drop(held);
+        for c in calls {
+            c.join().unwrap();
+        }
+        assert_eq!(order.lock().unwrap().len(), 4);
+        assert!(s.pool.lock().fair.is_empty());
     }
 
     /// A cluster that accepts TCP only over TLS: the store connects with `tls_ca`, and
