@@ -117,6 +117,10 @@ pub enum StoreError {
     /// The database cannot be reached (no connection within the pool's timeout).
     #[error("ticket store unavailable: {0}")]
     Unavailable(String),
+    /// Another registration of the same engine held its turn past the wait
+    /// (store/mod.rs `EngineGates`): that engine's own contention, nothing written.
+    #[error("ticket store busy: {0}")]
+    Busy(String),
     /// The store's key check value does not open with this CS's sealing key.
     #[error(
         "ticket store {0}: its tickets are sealed by another sealing key (key check value \
@@ -177,6 +181,7 @@ impl StoreError {
         !matches!(
             self,
             Self::TooManyTickets { .. }
+                | Self::Busy(_)
                 | Self::TicketConsumed
                 | Self::Invalid(_)
                 | Self::Seal(_)
@@ -335,6 +340,7 @@ impl From<StoreError> for ServiceError {
                 Self::refuse(LurkStatus::TooManyTickets, e.to_string())
             }
             StoreError::TicketConsumed => Self::refuse(LurkStatus::InvalidPsk, e.to_string()),
+            StoreError::Busy(_) => Self::refuse(LurkStatus::TooManyRequests, e.to_string()),
             other => Self::Store(other),
         }
     }

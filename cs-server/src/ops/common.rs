@@ -434,7 +434,9 @@ fn run_exchange<P, R>(
             cs.sessions.resize(&id, bytes_after)?;
         }
         let out = commit(&mut session.stage, prepared);
-        if !last_exchange {
+        // What the session holds now, whenever it lives on (a failed last exchange may keep
+        // it, and may have grown it: c_register_tickets' unsettled tickets).
+        if !last_exchange || out.is_err() {
             cs.sessions.settle(&id, session.stage.held_bytes());
         }
         let out = out?;

@@ -477,8 +477,8 @@ pub(crate) struct PreparedExternal {
 /// engine, a take, a health probe wait behind them.
 #[derive(Default)]
 pub(crate) struct EngineGates {
-    /// Engines with a registration past the gate.
-    busy: Mutex<HashSet<String>>,
+    /// Engines with a registration past the gate, and how many registrations wait.
+    busy: Mutex<(HashSet<String>, usize)>,
     freed: Condvar,
 }
 
@@ -497,11 +497,13 @@ impl EngineGates {
     ) -> Result<GateTurn<'_>, StoreError> {
         let deadline = Instant::now() + timeout;
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        while busy.contains(engine) {
+        busy.1 += 1;
+        while busy.0.contains(engine) {
             let now = Instant::now();
             if now >= deadline {
-                return Err(StoreError::Unavailable(format!(
-                    "another registration of this engine held the store for more than \
+                busy.1 -= 1;
+                return Err(StoreError::Busy(format!(
+                    "another registration of this engine held its turn for more than \
                      {timeout:?}"
                 )));
             }
@@ -511,23 +513,32 @@ impl EngineGates {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        busy.insert(engine.to_owned());
+        busy.1 -= 1;
+        busy.0.insert(engine.to_owned());
         Ok(GateTurn {
             gates: self,
             engine: engine.to_owned(),
         })
     }
 
+    /// No registration past the gate or waiting.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.busy.lock().unwrap().is_empty()
+        let busy = self.busy.lock().unwrap();
+        busy.0.is_empty() && busy.1 == 0
+    }
+
+    /// Registrations waiting at the gate.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.busy.lock().unwrap().1
     }
 }
 
 impl Drop for GateTurn<'_> {
     fn drop(&mut self) {
         let mut busy = self.gates.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.remove(&self.engine);
+        busy.0.remove(&self.engine);
         drop(busy);
         // Waiters of every engine share the condition variable: each checks its own.
         self.gates.freed.notify_all();
@@ -772,7 +783,7 @@ mod tests {
     }
 
     /// One registration per engine past the gate: another engine passes at once, the same
-    /// engine waits for the turn to end, or fails as unavailable past its timeout.
+    /// engine waits for the turn to end, or fails as busy past its timeout.
     #[test]
     fn engine_gates() {
         let gates = Arc::new(EngineGates::default());
@@ -782,7 +793,7 @@ mod tests {
             .enter("engine-a", Duration::from_millis(20))
             .err()
             .unwrap();
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(matches!(err, StoreError::Busy(_)), "{err}");
         let waiter = {
             let gates = gates.clone();
             std::thread::spawn(move || {
@@ -791,7 +802,9 @@ mod tests {
                     .map(|_turn| ())
             })
         };
-        std::thread::sleep(Duration::from_millis(50));
+        while gates.waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(a);
         waiter.join().unwrap().unwrap();
         drop(b);
