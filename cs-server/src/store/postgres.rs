@@ -1296,6 +1296,7 @@ mod tests {
         closed_connections(&cluster);
         a_waiting_engine_holds_one_connection(&cluster);
         a_freed_connection_goes_to_the_engine_holding_none(&cluster);
+        registrations_skip_rows_the_purge_holds(&cluster);
 
         // The database goes away: operations fail as `Unavailable`, and succeed again once
         // it is back, with the same store (no reopening).
@@ -1480,6 +1481,81 @@ mod tests {
         assert!(s.take_ticket("engine-a", b"late").unwrap().is_none());
         s.put_ticket("engine-a", ticket(b"late", &psk)).unwrap();
         assert!(s.take_ticket("engine-a", b"late").unwrap().is_some());
+    }
+
+    /// The periodic purge of another replica holds an expired ticket of engine-x and the
+    /// oldest tombstone of engine-k (here a raw transaction deletes them, uncommitted): their
+    /// registrations skip those rows rather than wait for them (a wait would fail past the
+    /// 300 ms statement timeout). The DSN's own `options` are kept beside the CS's, and the
+    /// health probe is one at a time.
+    fn registrations_skip_rows_the_purge_holds(cluster: &PgCluster) {
+        let f = Fixture::new(cluster);
+        f.exec("CREATE SCHEMA lurk_own");
+        let mut c = pg_cfg(cluster, &f.db, &cfg(2, 3600));
+        let pg = c.postgres.as_mut().unwrap();
+        pg.dsn = format!("{} options='-c search_path=lurk_own'", pg.dsn);
+        pg.statement_timeout_ms = 300;
+        let s = PostgresStore::from_config(&c, f.sealer.clone())
+            .unwrap()
+            .with_clock(f.clock.func());
+        assert_eq!(
+            f.count(
+                "SELECT count(*) FROM information_schema.tables
+                 WHERE table_schema = 'lurk_own' AND table_name = 'tickets'"
+            ),
+            1
+        );
+        let shown = s
+            .run(|c| Ok(c.client.query_one("SHOW statement_timeout", &[])?))
+            .unwrap();
+        assert_eq!(shown.get::<_, String>(0), "300ms");
+        let psk = random_psk(32);
+        let tombstones = |engine: &str| {
+            f.count(&format!(
+                "SELECT count(*) FROM lurk_own.consumed_tickets WHERE engine = '{engine}'"
+            ))
+        };
+        // An expired ticket of engine-x held: a registration does not wait for it.
+        let mut short = ticket(b"x0", &psk);
+        short.lifetime_secs = 10;
+        s.put_ticket("engine-x", short).unwrap();
+        // engine-k at its bound (cap 2: live tickets and tombstones at most 4): tombstones
+        // k0 (the oldest), k1, k3, live k2.
+        for id in [b"k0", b"k1", b"k2", b"k3"] {
+            s.put_ticket("engine-k", ticket(id, &psk)).unwrap();
+            if id != b"k2" {
+                assert!(s.take_ticket("engine-k", id).unwrap().is_some());
+            }
+            f.clock.advance(1);
+        }
+        f.clock.advance(20);
+        let mut purge = f.raw();
+        let mut tx = purge.transaction().unwrap();
+        tx.batch_execute(
+            "SET search_path = lurk_own;
+             DELETE FROM tickets WHERE engine = 'engine-x';
+             DELETE FROM consumed_tickets WHERE engine = 'engine-k' AND expires_at = (
+                 SELECT min(expires_at) FROM consumed_tickets WHERE engine = 'engine-k');",
+        )
+        .unwrap();
+        s.put_ticket("engine-x", ticket(b"x1", &psk)).unwrap();
+        // Room for k4 means one tombstone less: k1, as k0 is held.
+        s.put_ticket("engine-k", ticket(b"k4", &psk)).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(tombstones("engine-k"), 1, "k3's tombstone is left");
+        assert!(matches!(
+            s.put_ticket("engine-k", ticket(b"k3", &psk)),
+            Err(StoreError::TicketConsumed)
+        ));
+        assert!(s.take_ticket("engine-x", b"x1").unwrap().is_some());
+        assert!(s.take_ticket("engine-k", b"k4").unwrap().is_some());
+
+        let _probe = s.health.lock().unwrap();
+        let err = s.ping().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("previous health probe")),
+            "{err}"
+        );
     }
 
     /// Every pooled connection out (a pool of two, both held by engine "flood", which waits
