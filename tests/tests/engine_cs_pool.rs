@@ -751,9 +751,8 @@ fn a_hung_replica_is_stepped_around_after_the_call_timeout() {
 /// A replica slower than its request timeout is alive: the CS's own timeout
 /// (`[limits] request_timeout_ms`, 8 s by default) runs out before the engine's call timeout
 /// (10 s), and it answers DEADLINE_EXCEEDED with a LURK status, so the engine sees a refusal
-/// and keeps the replica in use. Here both defaults are scaled down by four (2 s and
-/// 2.5 s), and the token takes 6 s to make a key pair (c_init_client_hello's first token
-/// call).
+/// and keeps the replica in use. Here both defaults are halved (4 s and 5 s), and the
+/// token takes 10 s to make a key pair (c_init_client_hello's first token call).
 #[test]
 fn a_replica_slower_than_its_request_timeout_answers_and_stays_in_use() {
     let cs_default = lurk_cs::config::LimitsConfig::default().request_timeout_ms;
@@ -773,7 +772,7 @@ fn a_replica_slower_than_its_request_timeout_answers_and_stays_in_use() {
     );
     let control = setup.path().join("p11-faults");
     std::fs::write(&control, "").unwrap();
-    let timeout = (cs_default / 4).to_string();
+    let timeout = (cs_default / 2).to_string();
     let cs = start_replica(
         &setup,
         "127.0.0.1:0",
@@ -786,11 +785,11 @@ fn a_replica_slower_than_its_request_timeout_answers_and_stays_in_use() {
     let server = tls_server();
     rt().block_on(async {
         let opts = CsPoolOptions {
-            call_timeout: engine_default / 4,
+            call_timeout: engine_default / 2,
             ..opts()
         };
         let pool = pool(&[&cs], &[cs.url()], opts);
-        std::fs::write(&control, "delay 6000 C_GenerateKeyPair\n").unwrap();
+        std::fs::write(&control, "delay 10000 C_GenerateKeyPair\n").unwrap();
         let c = Connector::with_cs_pool(config(), pool.clone());
         let e = handshake(&c, server.port()).await.unwrap_err();
         std::fs::write(&control, "").unwrap();

@@ -259,7 +259,8 @@ pub trait Tickets: Send + Sync {
     fn count_tickets(&self, engine: &str) -> Result<u64, StoreError>;
 
     /// Deletes every ticket (and tombstone) expired at `now`, then the oldest tombstones
-    /// past `max_tombstones`; returns how many tickets.
+    /// past `max_tombstones`; returns how many tickets. PostgreSQL: in batches, skipping
+    /// rows another transaction holds (the next purge deletes them).
     fn purge_expired(&self, now: SystemTime) -> Result<u64, StoreError>;
 
     /// A cheap round trip to the backing database (health probe).

@@ -18,8 +18,11 @@
 //!   go and its tickets and tombstones are counted once (`PURGE_AND_COUNT`); then one
 //!   statement per ticket (`PUT_TICKET`, index lookups only) checks, makes room among the
 //!   engine's tombstones (live tickets and tombstones within twice the cap) and inserts.
-//!   Rows the periodic purge is deleting are skipped, not waited for. The total tombstone
-//!   cap (`max_tombstones`) is kept by `purge_expired`.
+//!   Rows another transaction holds (the periodic purge deleting them) are skipped, not
+//!   waited for; expired tombstones neither count nor make a live one go. The total
+//!   tombstone cap (`max_tombstones`) is kept by `purge_expired`, in batches of short
+//!   transactions that skip rows held elsewhere: it never waits for a registration or a
+//!   take, so the two cannot deadlock.
 //! - **What one engine can hold**: its registrations go one at a time per replica
 //!   (`EngineGates`): the others wait in the CS, holding no connection, so one engine's
 //!   requests waiting for its lock hold one pooled connection, not the pool; and when every
@@ -120,26 +123,32 @@ CREATE TABLE key_check (
 /// Locks an engine's `ticket_engines` row (its registrations, across replicas).
 const LOCK_ENGINE: &str = "SELECT 1 FROM ticket_engines WHERE engine = $1 FOR UPDATE";
 
-/// Under the engine's lock, once per registration: its expired tickets go (those the
-/// periodic purge is deleting are skipped, not waited for), and its live tickets and its
-/// tombstones are counted (in the snapshot from before the delete, hence the filter); each
-/// ticket then costs index lookups only.
+/// Under the engine's lock, once per registration: its expired tickets and tombstones go
+/// (rows another transaction holds, such as the periodic purge, are skipped, not waited
+/// for: they are being deleted), and its live tickets and live tombstones are counted (in
+/// the snapshot from before the deletes, hence the filters); each ticket then costs index
+/// lookups only.
 const PURGE_AND_COUNT: &str = "
-WITH purged AS (
+WITH tickets_gone AS (
     DELETE FROM tickets WHERE engine = $1 AND id_hash = ANY (ARRAY(
         SELECT id_hash FROM tickets WHERE engine = $1 AND expires_at <= $2
         FOR UPDATE SKIP LOCKED))
+), tombstones_gone AS (
+    DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash = ANY (ARRAY(
+        SELECT id_hash FROM consumed_tickets WHERE engine = $1 AND expires_at <= $2
+        FOR UPDATE SKIP LOCKED))
 )
 SELECT (SELECT count(*) FROM tickets WHERE engine = $1 AND expires_at > $2),
-       (SELECT count(*) FROM consumed_tickets WHERE engine = $1)";
+       (SELECT count(*) FROM consumed_tickets WHERE engine = $1 AND expires_at > $2)";
 
 /// One ticket, under the engine's lock: whether its identity is stored and live, or
 /// consumed (a live tombstone); if neither and `$11` (room under the cap), room among the
 /// engine's tombstones (the `$12` oldest purged: live tickets and tombstones within twice
 /// the cap, `tombstone_excess`, docs/design.md §4.10) and the insert, which replaces an
-/// expired row of the same identity. Tombstones another transaction holds (the periodic
-/// purge deleting expired ones) are skipped rather than waited for: the bound then holds
-/// once that purge commits. A take committed meanwhile turns a ticket counted live into a
+/// expired row of the same identity (one `PURGE_AND_COUNT` could not delete: another
+/// transaction held it, and the insert waits for it). Live tombstones another transaction
+/// holds (the periodic purge past `max_tombstones`, which deletes them) are skipped rather
+/// than waited for. A take committed meanwhile turns a ticket counted live into a
 /// tombstone, which leaves the sum as it is. Returns (stored, consumed, tombstones purged).
 const PUT_TICKET: &str = "
 WITH seen AS (
@@ -154,7 +163,7 @@ WITH seen AS (
     -- An array, not `IN (subquery)`: the rows are then found through the primary key (a
     -- semi-join would scan all the engine's tombstones).
     DELETE FROM consumed_tickets WHERE engine = $1 AND id_hash = ANY (ARRAY(
-        SELECT id_hash FROM consumed_tickets WHERE engine = $1
+        SELECT id_hash FROM consumed_tickets WHERE engine = $1 AND expires_at > $10
         ORDER BY expires_at, id_hash
         LIMIT (SELECT CASE WHEN admitted THEN $12::bigint ELSE 0 END FROM state)
         FOR UPDATE SKIP LOCKED))
@@ -173,6 +182,29 @@ WITH seen AS (
     WHERE tickets.expires_at <= $10
 )
 SELECT stored, consumed, (SELECT count(*) FROM room) FROM state";
+
+/// The periodic purge (`purge_expired`) deletes in batches of this many rows.
+const PURGE_BATCH: i64 = 10_000;
+/// At most this many batches per step and purge (the next purge goes on).
+const PURGE_MAX_BATCHES: usize = 100;
+
+/// Expired tickets, a batch (`$2` rows) at a time; rows held elsewhere are skipped.
+const PURGE_TICKETS: &str = "
+DELETE FROM tickets WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM tickets WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))";
+
+/// Expired tombstones, likewise.
+const PURGE_TOMBSTONES: &str = "
+DELETE FROM consumed_tickets WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM consumed_tickets WHERE expires_at <= $1 LIMIT $2
+    FOR UPDATE SKIP LOCKED))";
+
+/// The oldest tombstones past `max_tombstones` (`$1`), a batch at a time.
+const PURGE_OVER_CAP: &str = "
+DELETE FROM consumed_tickets WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM consumed_tickets ORDER BY expires_at, engine, id_hash
+    LIMIT LEAST(GREATEST((SELECT count(*) FROM consumed_tickets) - $1, 0), $2)
+    FOR UPDATE SKIP LOCKED))";
 
 /// A take reads the row first, and unseals it with no connection held.
 const READ_TICKET: &str = "
@@ -468,7 +500,9 @@ impl std::fmt::Debug for PostgresStore {
 /// A connection-level failure (no SQLSTATE: closed, refused, timed out) means the database
 /// is unreachable; anything else is an error of the statement.
 /// A statement cancelled by `statement_timeout` or `lock_timeout` (`statement_timeout_ms`)
-/// means the database is too slow or the row is held elsewhere: unavailable for now.
+/// means the database is too slow or the row is held elsewhere, and a transaction the
+/// database rolled back (a deadlock, a serialization failure) wrote nothing: unavailable
+/// for now.
 fn pg_err(e: postgres::Error) -> StoreError {
     use postgres::error::SqlState;
     match e.code() {
@@ -477,6 +511,13 @@ fn pg_err(e: postgres::Error) -> StoreError {
             StoreError::Unavailable(format!(
                 "a statement ran past store.postgres.statement_timeout_ms: {e}"
             ))
+        }
+        // Rolled back by the database, nothing written: the request may be sent again.
+        Some(c)
+            if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            StoreError::Unavailable(format!("the database rolled the transaction back: {e}"))
         }
         Some(_) => StoreError::Postgres(e),
     }
@@ -951,29 +992,34 @@ impl Tickets for PostgresStore {
         let max_tombstones = sql_int(self.max_tombstones);
         // Running these again after a lost connection is harmless.
         let (n, excess) = self.run(|c| {
-            let s_tickets = c.prepare("DELETE FROM tickets WHERE expires_at <= $1")?;
-            let s_tombstones = c.prepare("DELETE FROM consumed_tickets WHERE expires_at <= $1")?;
-            // Then the oldest tombstones past the cap, counted in the same snapshot.
-            let s_cap = c.prepare(
-                "DELETE FROM consumed_tickets WHERE (engine, id_hash) IN
-                    (SELECT engine, id_hash FROM consumed_tickets
-                     ORDER BY expires_at, engine, id_hash
-                     LIMIT GREATEST((SELECT count(*) FROM consumed_tickets) - $1, 0))",
-            )?;
+            let s_tickets = c.prepare(PURGE_TICKETS)?;
+            let s_tombstones = c.prepare(PURGE_TOMBSTONES)?;
+            let s_cap = c.prepare(PURGE_OVER_CAP)?;
             // The CS's own periodic work, over every engine's rows: not bound by
             // `statement_timeout_ms`, which is for what engines' requests make it wait.
-            // Each statement in a transaction of its own, so that its row locks go at once.
-            let mut run = |s: &Statement, p: &i64| -> Result<u64, postgres::Error> {
-                let mut tx = c.client.transaction()?;
-                tx.batch_execute("SET LOCAL statement_timeout = 0")?;
-                let n = tx.execute(s, &[p])?;
-                tx.commit()?;
-                Ok(n)
+            // Batches of `PURGE_BATCH` rows, each in a transaction of its own, rows that
+            // another transaction holds skipped (the next purge gets them): the purge never
+            // waits for a registration or a take, and holds few rows for little time.
+            let mut batches = |s: &Statement, p: i64| -> Result<u64, postgres::Error> {
+                let mut total = 0;
+                for _ in 0..PURGE_MAX_BATCHES {
+                    let mut tx = c.client.transaction()?;
+                    tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+                    let n = tx.execute(s, &[&p, &PURGE_BATCH])?;
+                    tx.commit()?;
+                    total += n;
+                    if n < PURGE_BATCH as u64 {
+                        break;
+                    }
+                }
+                Ok(total)
             };
-            let n = run(&s_tickets, &now)?;
-            run(&s_tombstones, &now)?;
-            let excess = run(&s_cap, &max_tombstones)?;
-            Ok((n, excess))
+            // Each step runs whatever became of the one before.
+            let tickets = batches(&s_tickets, now);
+            let tombstones = batches(&s_tombstones, now);
+            let cap = batches(&s_cap, max_tombstones);
+            tombstones?;
+            Ok((tickets?, cap?))
         })?;
         if excess > 0 {
             tracing::warn!(
@@ -1483,21 +1529,25 @@ mod tests {
         assert!(s.take_ticket("engine-a", b"late").unwrap().is_some());
     }
 
-    /// The periodic purge of another replica holds an expired ticket of engine-x and the
-    /// oldest tombstone of engine-k (here a raw transaction deletes them, uncommitted): their
-    /// registrations skip those rows rather than wait for them (a wait would fail past the
-    /// 300 ms statement timeout). The DSN's own `options` are kept beside the CS's, and the
-    /// health probe is one at a time.
+    /// The periodic purge of another replica holds an expired ticket of engine-x and an
+    /// expired tombstone of engine-k (here a raw transaction deletes them, uncommitted):
+    /// their registrations skip those rows rather than wait for them (a wait would fail past
+    /// the 1 s statement timeout), and a held expired tombstone neither counts nor makes a
+    /// live one go in its place. An expired row of the identity being registered, held and
+    /// then released, is replaced. The DSN's own `options` are kept beside the CS's, and
+    /// the health probe is one at a time.
     fn registrations_skip_rows_the_purge_holds(cluster: &PgCluster) {
         let f = Fixture::new(cluster);
         f.exec("CREATE SCHEMA lurk_own");
         let mut c = pg_cfg(cluster, &f.db, &cfg(2, 3600));
         let pg = c.postgres.as_mut().unwrap();
         pg.dsn = format!("{} options='-c search_path=lurk_own'", pg.dsn);
-        pg.statement_timeout_ms = 300;
-        let s = PostgresStore::from_config(&c, f.sealer.clone())
-            .unwrap()
-            .with_clock(f.clock.func());
+        pg.statement_timeout_ms = 1000;
+        let s = Arc::new(
+            PostgresStore::from_config(&c, f.sealer.clone())
+                .unwrap()
+                .with_clock(f.clock.func()),
+        );
         assert_eq!(
             f.count(
                 "SELECT count(*) FROM information_schema.tables
@@ -1508,25 +1558,25 @@ mod tests {
         let shown = s
             .run(|c| Ok(c.client.query_one("SHOW statement_timeout", &[])?))
             .unwrap();
-        assert_eq!(shown.get::<_, String>(0), "300ms");
+        assert_eq!(shown.get::<_, String>(0), "1s");
         let psk = random_psk(32);
-        let tombstones = |engine: &str| {
-            f.count(&format!(
-                "SELECT count(*) FROM lurk_own.consumed_tickets WHERE engine = '{engine}'"
-            ))
+        let short = |id: &[u8]| {
+            let mut t = ticket(id, &psk);
+            t.lifetime_secs = 10;
+            t
         };
-        // An expired ticket of engine-x held: a registration does not wait for it.
-        let mut short = ticket(b"x0", &psk);
-        short.lifetime_secs = 10;
-        s.put_ticket("engine-x", short).unwrap();
-        // engine-k at its bound (cap 2: live tickets and tombstones at most 4): tombstones
-        // k0 (the oldest), k1, k3, live k2.
-        for id in [b"k0", b"k1", b"k2", b"k3"] {
+        let tombstones =
+            || f.count("SELECT count(*) FROM lurk_own.consumed_tickets WHERE engine = 'engine-k'");
+        s.put_ticket("engine-x", short(b"x0")).unwrap();
+        // engine-k (cap 2: live tickets and live tombstones at most 4): tombstones k0
+        // (expires first), k1 and k3, live k2.
+        s.put_ticket("engine-k", short(b"k0")).unwrap();
+        assert!(s.take_ticket("engine-k", b"k0").unwrap().is_some());
+        for id in [b"k1", b"k2", b"k3"] {
             s.put_ticket("engine-k", ticket(id, &psk)).unwrap();
             if id != b"k2" {
                 assert!(s.take_ticket("engine-k", id).unwrap().is_some());
             }
-            f.clock.advance(1);
         }
         f.clock.advance(20);
         let mut purge = f.raw();
@@ -1534,21 +1584,58 @@ mod tests {
         tx.batch_execute(
             "SET search_path = lurk_own;
              DELETE FROM tickets WHERE engine = 'engine-x';
-             DELETE FROM consumed_tickets WHERE engine = 'engine-k' AND expires_at = (
-                 SELECT min(expires_at) FROM consumed_tickets WHERE engine = 'engine-k');",
+             DELETE FROM consumed_tickets WHERE engine = 'engine-k' AND id_hash = sha256('k0');",
         )
         .unwrap();
         s.put_ticket("engine-x", ticket(b"x1", &psk)).unwrap();
-        // Room for k4 means one tombstone less: k1, as k0 is held.
+        // k2, k4 live and k1, k3 tombstones: the bound holds, no tombstone goes.
         s.put_ticket("engine-k", ticket(b"k4", &psk)).unwrap();
         tx.commit().unwrap();
-        assert_eq!(tombstones("engine-k"), 1, "k3's tombstone is left");
-        assert!(matches!(
-            s.put_ticket("engine-k", ticket(b"k3", &psk)),
-            Err(StoreError::TicketConsumed)
-        ));
+        assert_eq!(tombstones(), 2, "k1's and k3's tombstones are kept");
+        for id in [b"k1", b"k3"] {
+            assert!(matches!(
+                s.put_ticket("engine-k", ticket(id, &psk)),
+                Err(StoreError::TicketConsumed)
+            ));
+        }
         assert!(s.take_ticket("engine-x", b"x1").unwrap().is_some());
         assert!(s.take_ticket("engine-k", b"k4").unwrap().is_some());
+
+        // An expired ticket held by another transaction, registered again: the insert waits
+        // for it (this store's statements may wait 30 s), then replaces it (here the other
+        // transaction rolls back).
+        c.postgres.as_mut().unwrap().statement_timeout_ms = 30_000;
+        let s = Arc::new(
+            PostgresStore::from_config(&c, f.sealer.clone())
+                .unwrap()
+                .with_clock(f.clock.func()),
+        );
+        s.put_ticket("engine-y", short(b"y0")).unwrap();
+        f.clock.advance(20);
+        let mut tx = purge.transaction().unwrap();
+        tx.batch_execute("SELECT 1 FROM lurk_own.tickets WHERE engine = 'engine-y' FOR UPDATE")
+            .unwrap();
+        let fresh = random_psk(32);
+        let again = {
+            let (s, fresh) = (s.clone(), fresh.clone());
+            std::thread::spawn(move || s.put_ticket("engine-y", ticket(b"y0", &fresh)))
+        };
+        let t0 = Instant::now();
+        while f.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ) == 0
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the insert does not wait"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tx.rollback().unwrap();
+        again.join().unwrap().unwrap();
+        let t = s.take_ticket("engine-y", b"y0").unwrap().unwrap();
+        assert_eq!(&t.psk[..], &fresh[..]);
 
         let _probe = s.health.lock().unwrap();
         let err = s.ping().unwrap_err();
