@@ -6,8 +6,9 @@
 //!   never corrupt the file: a lost ticket only costs a full handshake), `secure_delete=ON`
 //!   (freed pages are zeroed, so consumed tickets' sealed blobs do not linger), busy timeout.
 //! - A `schema_version` table: an empty file gets the latest schema, a v1 or v2 file is
-//!   migrated (v2: tombstones, key check value; v3: an index of each engine's tombstones); any other version, or a file holding other
-//!   tables, is refused with `StoreError::Schema`.
+//!   migrated (v2: tombstones, key check value; v3: an index of each engine's
+//!   tombstones); any other version, or a file holding other tables, is refused with
+//!   `StoreError::Schema`.
 //! - Sealed blobs are versioned: one format byte ([`BLOB_V1`]) before the sealer's output.
 //! - One connection behind a `Mutex`: every operation is a short transaction, and the
 //!   service already serialises them through `spawn_blocking`. Enough for one CS (thousands
