@@ -242,14 +242,26 @@ impl Proc {
     }
 
     /// Waits until `pred` holds for stdout, stderr or the combined output (a line may be
-    /// interleaved with the other stream's in the combined capture).
+    /// interleaved with the other stream's in the combined capture). On success,
+    /// [`Proc::output`] holds everything the match saw.
     pub fn wait_output(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
         // The reader threads append to stdout/stderr before `combined`, so each wake-up on
         // `combined` sees the separate captures up to date.
+        let deadline = Instant::now() + timeout;
         let (out, err) = (self.stdout.clone(), self.stderr.clone());
-        self.combined.wait_until(timeout, |all| {
+        let matched = self.combined.wait_until(timeout, |all| {
             pred(all) || pred(&out.text()) || pred(&err.text())
-        })
+        });
+        if !matched {
+            return false;
+        }
+        // A match on stdout or stderr may be ahead of `combined` by the one append its reader
+        // thread has not made yet: wait for it, so that a caller reading `output()` finds
+        // the line it waited for. Each reader appends the same text to both of its sinks.
+        let seen = out.text().len() + err.text().len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.combined
+            .wait_until(left.max(Duration::from_secs(5)), |all| all.len() >= seen)
     }
 
     /// Combined stdout + stderr so far.
@@ -323,4 +335,27 @@ pub fn random_port(lo: u16, hi: u16) -> u16 {
     );
     h.write_u32(std::process::id());
     lo + (h.finish() % u64::from(hi - lo)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A match that `wait_output` finds on stdout is in `output()` when it returns, even
+    /// though the reader thread appends to `stdout` before `combined` (a CI run read
+    /// `output()` one append too early and missed the `LISTEN` line it had waited for).
+    #[test]
+    fn output_holds_the_line_wait_output_matched() {
+        let script = "i=0; while [ $i -lt 40 ]; do echo \"line $i\"; echo \"err $i\" >&2; \
+                      i=$((i+1)); done; echo 'LISTEN 127.0.0.1:1'";
+        for round in 0..200 {
+            let p = Proc::spawn("sh", &["-c", script], &[]).expect("spawn sh");
+            assert!(p.wait_output(Duration::from_secs(20), |t| t.contains("LISTEN ")));
+            let out = p.output();
+            assert!(
+                out.contains("LISTEN 127.0.0.1:1"),
+                "round {round}: output() lacks the matched line:\n{out}"
+            );
+        }
+    }
 }
