@@ -247,7 +247,6 @@ impl Proc {
     pub fn wait_output(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
         // The reader threads append to stdout/stderr before `combined`, so each wake-up on
         // `combined` sees the separate captures up to date.
-        let deadline = Instant::now() + timeout;
         let (out, err) = (self.stdout.clone(), self.stderr.clone());
         let matched = self.combined.wait_until(timeout, |all| {
             pred(all) || pred(&out.text()) || pred(&err.text())
@@ -259,9 +258,8 @@ impl Proc {
         // thread has not made yet: wait for it, so that a caller reading `output()` finds
         // the line it waited for. Each reader appends the same text to both of its sinks.
         let seen = out.text().len() + err.text().len();
-        let left = deadline.saturating_duration_since(Instant::now());
         self.combined
-            .wait_until(left.max(Duration::from_secs(5)), |all| all.len() >= seen)
+            .wait_until(Duration::from_secs(5), |all| all.len() >= seen)
     }
 
     /// Combined stdout + stderr so far.
