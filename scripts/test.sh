@@ -4,6 +4,8 @@
 # processes, real openssl s_server). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-off build: incremental state would only add gigabytes to target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 scripts/install-deps.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
